@@ -1,0 +1,3 @@
+from chexcut.cli import main
+
+main()

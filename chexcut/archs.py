@@ -1,0 +1,225 @@
+"""The architecture registry: every family's block table, declared once, as data.
+
+A *block* is the unit that ``--drop`` counts. Everything before block 1 is the
+*stem*; what follows the last block in the library's model (head convs, pooling,
+classifier) is discarded by truncation. For ``drop >= 1`` a chexcut model is::
+
+    stem -> blocks[:B - drop] -> neck -> global average pool -> Linear(C, n_labels)
+
+and for ``drop == 0`` it is the library's whole model with its final Linear
+replaced by an ``n_labels``-way Linear (Inception v3 without AuxLogits).
+
+This module imports no torch: ``chexcut list`` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from chexcut.errors import ChexcutError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+def _seq(prefix: str, groups: list[list[int]]) -> tuple[tuple[str, ...], ...]:
+    """``_seq("features", [[1], [2, 3]])`` -> ``(("features.1",), ("features.2", "features.3"))``."""
+    return tuple(tuple(f"{prefix}.{i}" for i in g) for g in groups)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one architecture family is laid out: module paths, not guesses.
+
+    stem:   module paths, in forward order, that come before block 1.
+    blocks: one tuple of module paths per block, in forward order.
+    head:   path of the final ``nn.Linear`` that ``drop 0`` replaces.
+    neck:   ``"densenet"`` when a truncated model keeps the pretrained BatchNorm
+            (``transitionK.norm``) + ReLU after its last kept dense block; else ``None``.
+    """
+
+    name: str
+    stem: tuple[str, ...]
+    blocks: tuple[tuple[str, ...], ...]
+    head: str
+    neck: str | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def block_name(self, index: int) -> str:
+        """A readable name for block ``index`` (1-based), e.g. ``transition1+denseblock2``."""
+        return "+".join(p.split(".")[-1] if not p.split(".")[-1].isdigit() else p for p in self.blocks[index - 1])
+
+
+RESNET = Family(
+    name="resnet",
+    stem=("conv1", "bn1", "relu", "maxpool"),
+    blocks=(("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+    head="fc",
+)
+
+DENSENET = Family(
+    name="densenet",
+    stem=("features.conv0", "features.norm0", "features.relu0", "features.pool0"),
+    blocks=(
+        ("features.denseblock1",),
+        ("features.transition1", "features.denseblock2"),
+        ("features.transition2", "features.denseblock3"),
+        ("features.transition3", "features.denseblock4"),
+    ),
+    head="classifier",
+    neck="densenet",
+)
+
+EFFICIENTNET = Family(
+    name="efficientnet",
+    stem=("features.0",),
+    blocks=_seq("features", [[1], [2], [3], [4], [5], [6], [7]]),
+    head="classifier.1",
+)
+
+MOBILENET_V2 = Family(
+    name="mobilenet_v2",
+    stem=("features.0",),
+    blocks=_seq("features", [[1], [2, 3], [4, 5, 6], [7, 8, 9, 10], [11, 12, 13], [14, 15, 16], [17]]),
+    head="classifier.1",
+)
+
+# MobileNet v3: consecutive inverted-residual blocks with equal output channels form one block.
+MOBILENET_V3_LARGE = Family(
+    name="mobilenet_v3",
+    stem=("features.0",),
+    blocks=_seq("features", [[1], [2, 3], [4, 5, 6], [7, 8, 9, 10], [11, 12], [13, 14, 15]]),
+    head="classifier.3",
+)
+
+MOBILENET_V3_SMALL = Family(
+    name="mobilenet_v3",
+    stem=("features.0",),
+    blocks=_seq("features", [[1], [2, 3], [4, 5, 6], [7, 8], [9, 10, 11]]),
+    head="classifier.3",
+)
+
+MNASNET = Family(
+    name="mnasnet",
+    stem=tuple(f"layers.{i}" for i in range(8)),
+    blocks=_seq("layers", [[8], [9], [10], [11], [12], [13]]),
+    head="classifier.1",
+)
+
+INCEPTION_V3 = Family(
+    name="inception",
+    stem=("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2"),
+    blocks=tuple(
+        (f"Mixed_{n}",) for n in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")
+    ),
+    head="fc",
+    # torchvision's inception_v3 weights expect inputs normalised with mean = std = 0.5
+    # (its ``transform_input`` converts ImageNet-normalised inputs to that); chexcut
+    # normalises with these statistics directly and builds with transform_input=False.
+    mean=INCEPTION_MEAN,
+    std=INCEPTION_STD,
+)
+
+INCEPTION_V4 = Family(
+    name="inception",
+    stem=tuple(f"features.{i}" for i in range(6)),
+    blocks=_seq("features", [[i] for i in range(6, 22)]),
+    head="last_linear",
+    mean=INCEPTION_MEAN,
+    std=INCEPTION_STD,
+)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One supported architecture.
+
+    ``weights`` names the ImageNet weights: a torchvision ``Weights`` enum member
+    (``"IMAGENET1K_V1"``, the weights of the CheXtransfer era) or a timm pretrained tag.
+    ``top1`` is filled from torchvision's offline ``Weights.meta``; timm carries no
+    accuracy in its pretrained config, so ``top1_timm`` records the figure from timm's
+    published ``results-imagenet.csv`` for that tag.
+    """
+
+    name: str
+    family: Family
+    source: str  # "torchvision" | "timm"
+    weights: str
+    paper: bool = True  # one of the 16 CheXtransfer architectures
+    top1_timm: float | None = None
+    build_kwargs: dict = field(default_factory=dict)
+
+
+_ARCHS: tuple[Arch, ...] = (
+    Arch("densenet121", DENSENET, "torchvision", "IMAGENET1K_V1"),
+    Arch("densenet169", DENSENET, "torchvision", "IMAGENET1K_V1"),
+    Arch("densenet201", DENSENET, "torchvision", "IMAGENET1K_V1"),
+    Arch("resnet18", RESNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("resnet34", RESNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("resnet50", RESNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("resnet101", RESNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("inception_v3", INCEPTION_V3, "torchvision", "IMAGENET1K_V1",
+         build_kwargs={"aux_logits": True, "transform_input": False, "init_weights": True}),
+    Arch("inception_v4", INCEPTION_V4, "timm", "tf_in1k", top1_timm=80.168),
+    Arch("mnasnet1_0", MNASNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("mobilenet_v2", MOBILENET_V2, "torchvision", "IMAGENET1K_V1"),
+    Arch("mobilenet_v3_large", MOBILENET_V3_LARGE, "torchvision", "IMAGENET1K_V1"),
+    Arch("mobilenet_v3_small", MOBILENET_V3_SMALL, "torchvision", "IMAGENET1K_V1", paper=False),
+    Arch("efficientnet_b0", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("efficientnet_b1", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("efficientnet_b2", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("efficientnet_b3", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+)
+
+REGISTRY: dict[str, Arch] = {a.name: a for a in _ARCHS}
+PAPER_ARCHS: tuple[str, ...] = tuple(a.name for a in _ARCHS if a.paper)
+
+
+def list_archs() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_arch(name: str) -> Arch:
+    """The registry entry for ``name``; an unknown name is a one-line error with the closest matches."""
+    key = name.strip().lower().replace("-", "_")
+    if key in REGISTRY:
+        return REGISTRY[key]
+    close = difflib.get_close_matches(key, REGISTRY, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ChexcutError(
+        f"unknown architecture {name!r}.{hint} (`chexcut list` shows all {len(REGISTRY)})"
+    )
+
+
+def weights_meta(arch: Arch) -> dict:
+    """Offline ImageNet metadata of the arch's weights: top1, params, url/hub id, file name."""
+    if arch.source == "torchvision":
+        from torchvision.models import get_model_weights
+
+        w = get_model_weights(arch.name)[arch.weights]
+        return {
+            "top1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"],
+            "imagenet_params": w.meta["num_params"],
+            "url": w.url,
+            "file": w.url.rsplit("/", 1)[-1],
+            "id": f"torchvision:{arch.name}.{arch.weights}",
+        }
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(f"{arch.name}.{arch.weights}")
+    return {
+        "top1": arch.top1_timm,
+        "imagenet_params": None,
+        "url": f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors",
+        "file": "model.safetensors",
+        "hf_hub_id": cfg.hf_hub_id,
+        "id": f"timm:{arch.name}.{arch.weights}",
+    }

@@ -1,0 +1,353 @@
+"""Build an architecture, load its weights, cut its final blocks, attach a new head.
+
+The one generic mechanism behind every family: :mod:`chexcut.archs` says where the
+stem, the blocks and the head are; this module moves those modules (with their
+weights) into a :class:`ChexcutNet`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from chexcut.archs import Arch, get_arch, weights_meta
+from chexcut.errors import ChexcutError
+
+CHEXPERT_LABELS: tuple[str, ...] = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices",
+)
+COMPETITION_LABELS: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion",
+)
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+class ChexcutNet(nn.Module):
+    """stem -> blocks -> neck -> global average pool -> Linear: a truncated model.
+
+    Takes a normalised float batch (N, C, H, W); returns logits (N, n_labels).
+    """
+
+    def __init__(self, stem: nn.Module, blocks: nn.Module, neck: nn.Module, features: int, n_labels: int):
+        super().__init__()
+        self.stem = stem
+        self.blocks = blocks
+        self.neck = neck
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(features, n_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.neck(self.blocks(self.stem(x)))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+def build_architecture(arch: Arch | str) -> nn.Module:
+    """The library's full ImageNet architecture (1000 classes), randomly initialised."""
+    arch = get_arch(arch) if isinstance(arch, str) else arch
+    if arch.source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(arch.name, weights=None, **arch.build_kwargs)
+    import timm
+
+    return timm.create_model(arch.name, pretrained=False, **arch.build_kwargs)
+
+
+# ----------------------------------------------------------------------------- weights
+
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def normalise_state_dict(state: dict, arch: Arch) -> dict:
+    """Strip DataParallel's ``module.`` prefix and rename DenseNet's legacy ``norm.1`` keys."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        if arch.family.name == "densenet":
+            m = _DENSENET_LEGACY.match(key)
+            if m:
+                key = m.group(1) + m.group(2)
+        out[key] = value
+    return out
+
+
+def read_state_dict(path: Path) -> dict:
+    """Tensors from a .safetensors or a .pth/.pt file, never unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise ChexcutError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise ChexcutError(f"{path} is not a readable safetensors file ({e})") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ChexcutError(f"{path}: refused to load (only plain tensor state dicts are read): {first}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ChexcutError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_state_dict_strict(model: nn.Module, state: dict, arch: Arch, origin: str) -> None:
+    state = normalise_state_dict(state, arch)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        def few(keys):
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+        raise ChexcutError(f"{origin} does not fit {arch.name}: " + "; ".join(parts))
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ChexcutError(
+            f"{origin} does not fit {arch.name}: {len(bad)} tensors of another shape, "
+            f"e.g. {k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def imagenet_cache_path(arch: Arch) -> Path:
+    """Where the library's cache keeps (or would keep) the arch's ImageNet weights."""
+    meta = weights_meta(arch)
+    if arch.source == "torchvision":
+        return Path(torch.hub.get_dir()) / "checkpoints" / meta["file"]
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    repo = "models--" + meta["hf_hub_id"].replace("/", "--")
+    return Path(HF_HUB_CACHE) / repo / "snapshots" / "<revision>" / "model.safetensors"
+
+
+def load_imagenet(model: nn.Module, arch: Arch) -> dict:
+    """Load the library's ImageNet weights through its own cache; fail loudly, never fall back."""
+    meta = weights_meta(arch)
+    try:
+        if arch.source == "torchvision":
+            from torchvision.models import get_model_weights
+
+            w = get_model_weights(arch.name)[arch.weights]
+            state = w.get_state_dict(progress=False, check_hash=True)
+            load_state_dict_strict(model, state, arch, f"ImageNet weights {meta['file']}")
+        else:
+            import timm
+
+            src = timm.create_model(f"{arch.name}.{arch.weights}", pretrained=True)
+            load_state_dict_strict(model, src.state_dict(), arch, f"ImageNet weights {meta['id']}")
+    except ChexcutError:
+        raise
+    except Exception as e:  # no network, a corrupt cache, a proxy: all end here
+        where = imagenet_cache_path(arch)
+        raise ChexcutError(
+            f"ImageNet weights for {arch.name} are not cached and could not be downloaded "
+            f"({type(e).__name__}): download {meta['url']} and place it at {where}, "
+            f"or pass --weights PATH to a local state dict"
+        ) from None
+    return {"kind": "imagenet", "id": meta["id"], "url": meta["url"]}
+
+
+def load_weights(model: nn.Module, arch: Arch, weights: str | os.PathLike | None) -> dict:
+    """Apply ``weights`` ("imagenet" | "none" | a path) to the full architecture; return its origin."""
+    if weights is None or str(weights) == "none":
+        return {"kind": "none"}
+    if str(weights) == "imagenet":
+        return load_imagenet(model, arch)
+    path = Path(weights)
+    if not path.exists():
+        raise ChexcutError(f"--weights must be 'imagenet', 'none' or an existing file; {weights!s} does not exist")
+    load_state_dict_strict(model, read_state_dict(path), arch, str(path))
+    return {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
+
+
+# ----------------------------------------------------------------------------- cutting
+
+def resolve_drop(arch: Arch, drop: int | None = None, keep: int | None = None) -> int:
+    """``drop`` from ``--drop`` or ``--keep`` (exactly one or neither), validated against the arch."""
+    n = arch.family.num_blocks
+    if drop is not None and keep is not None:
+        raise ChexcutError("give --drop or --keep, not both")
+    if keep is not None:
+        if not 1 <= keep <= n:
+            raise ChexcutError(f"--keep {keep} is out of range for {arch.name}: valid 1..{n}")
+        return n - keep
+    drop = 0 if drop is None else drop
+    if not 0 <= drop <= n - 1:
+        raise ChexcutError(f"--drop {drop} is out of range for {arch.name}: valid 0..{n - 1} ({n} blocks)")
+    return drop
+
+
+def neck_modules(model: nn.Module, arch: Arch, kept: int) -> list[nn.Module]:
+    if arch.family.neck == "densenet":
+        return [get_module(model, f"features.transition{kept}.norm"), nn.ReLU(inplace=True)]
+    return []
+
+
+def cut(model: nn.Module, arch: Arch, drop: int, n_labels: int) -> nn.Module:
+    """Cut a full (weighted) architecture to ``drop`` final blocks fewer, with an ``n_labels`` head."""
+    fam = arch.family
+    if drop == 0:
+        if arch.name == "inception_v3":
+            model.aux_logits = False
+            model.AuxLogits = None
+        old = get_module(model, fam.head)
+        set_module(model, fam.head, nn.Linear(old.in_features, n_labels))
+        return model
+    kept = fam.num_blocks - drop
+    stem = nn.Sequential(*[get_module(model, p) for p in fam.stem])
+    blocks = nn.Sequential(
+        *[nn.Sequential(*[get_module(model, p) for p in paths]) for paths in fam.blocks[:kept]]
+    )
+    neck = neck_modules(model, arch, kept)
+    # Channel count of the last kept block, measured by a shape probe on the meta device.
+    with torch.device("meta"):
+        probe = torch.empty(1, 3, 299, 299)
+    with torch.no_grad():
+        channels = _probe_channels(nn.Sequential(stem, blocks), probe)
+    return ChexcutNet(stem, blocks, nn.Sequential(*neck), channels, n_labels)
+
+
+def _probe_channels(module: nn.Module, probe: torch.Tensor) -> int:
+    meta = _meta_copy(module)
+    return int(meta(probe).shape[1])
+
+
+def _meta_copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    # deepcopy onto meta without copying real storage: swap parameters for meta tensors.
+    memo = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        memo[id(t)] = t.detach().to("meta")
+    clone = copy.deepcopy(module, memo)
+    return clone
+
+
+def adapt_in_chans(model: nn.Module, mean: tuple, std: tuple) -> tuple[tuple, tuple]:
+    """Make the first conv take one grayscale channel.
+
+    A grey X-ray replicated to RGB and normalised per channel feeds the conv
+    ``sum_c W_c (g - m_c) / s_c``; the single-channel conv gets ``W' = s' * sum_c W_c / s_c``
+    with ``s'`` the mean of the stds and ``m'`` the mean of the means, which preserves the
+    pretrained filters' response up to a constant per output channel.
+    """
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    if conv.in_channels != 3:
+        raise ChexcutError("--in-chans 1 needs a model whose first convolution takes 3 channels")
+    s1 = sum(std) / 3
+    m1 = sum(mean) / 3
+    scale = torch.tensor([s1 / s for s in std], dtype=conv.weight.dtype).view(1, 3, 1, 1)
+    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_((conv.weight * scale).sum(1, keepdim=True))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    for name, m in model.named_modules():
+        if m is conv:
+            set_module(model, name, new)
+            break
+    return (m1,), (s1,)
+
+
+def truncate(
+    arch: str,
+    drop: int | None = None,
+    keep: int | None = None,
+    weights: str | os.PathLike | None = "imagenet",
+    labels: tuple[str, ...] | list[str] = CHEXPERT_LABELS,
+    in_chans: int = 3,
+    return_spec: bool = False,
+):
+    """Build ``arch`` with ``weights``, cut ``drop`` final blocks, attach a ``len(labels)``-way head.
+
+    Returns the ``nn.Module`` (in eval mode), or ``(module, spec)`` with ``return_spec=True``;
+    the spec is what :func:`chexcut.modelfile.save_model` records so the model can be rebuilt.
+    """
+    from chexcut import __version__
+
+    a = get_arch(arch)
+    d = resolve_drop(a, drop, keep)
+    labels = tuple(labels)
+    if not labels:
+        raise ChexcutError("--labels must name at least one label")
+    if len(set(labels)) != len(labels):
+        raise ChexcutError("--labels has duplicate names")
+    if in_chans not in (1, 3):
+        raise ChexcutError(f"--in-chans must be 1 or 3, not {in_chans}")
+    full = build_architecture(a)
+    origin = load_weights(full, a, weights)
+    model = cut(full, a, d, len(labels))
+    mean, std = a.family.mean, a.family.std
+    if in_chans == 1:
+        mean, std = adapt_in_chans(model, mean, std)
+    model.eval()
+    n = a.family.num_blocks
+    spec = {
+        "format": "chexcut-model",
+        "format_version": 1,
+        "arch": a.name,
+        "source": a.source,
+        "drop": d,
+        "keep": n - d,
+        "num_blocks": n,
+        "kept_blocks": [a.family.block_name(i) for i in range(1, n - d + 1)],
+        "head": {"type": "linear", "in_features": int(_head(model, a, d).in_features), "out_features": len(labels)},
+        "labels": list(labels),
+        "in_chans": in_chans,
+        "normalisation": {"mean": list(mean), "std": list(std)},
+        "image_size": 320,
+        "weights": origin,
+        "params": sum(p.numel() for p in model.parameters()),
+        "chexcut_version": __version__,
+    }
+    return (model, spec) if return_spec else model
+
+
+def _head(model: nn.Module, arch: Arch, drop: int) -> nn.Linear:
+    return model.head if drop else get_module(model, arch.family.head)
+
+
+def rebuild(spec: dict) -> nn.Module:
+    """An untrained module with the structure ``spec`` describes (weights come from the file)."""
+    model = truncate(spec["arch"], drop=int(spec["drop"]), weights="none",
+                     labels=spec["labels"], in_chans=int(spec.get("in_chans", 3)))
+    return model
