@@ -168,3 +168,4 @@ def anatomy(name: str, image_size: int = 320, n_labels: int = len(CHEXPERT_LABEL
     top1 = weights_meta(arch)["top1"]
     return Anatomy(arch.name, arch.source, image_size, fam.num_blocks, n_labels, stem_params,
                    blocks, truncations, top1)
+

@@ -136,6 +136,17 @@ def load_state_dict_strict(model: nn.Module, state: dict, arch: Arch, origin: st
             f"{origin} does not fit {arch.name}: {len(bad)} tensors of another shape, "
             f"e.g. {k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         )
+    load_with_metadata(model, state)
+
+
+def load_with_metadata(model: nn.Module, state: dict) -> None:
+    """``load_state_dict(strict=True)`` for tensors that lost PyTorch's per-module ``_metadata``
+    (safetensors files): the model's own metadata (e.g. MNASNet's ``version``) is used."""
+    from collections import OrderedDict
+
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = model.state_dict()._metadata
     model.load_state_dict(state, strict=True)
 
 
@@ -155,32 +166,53 @@ def imagenet_cache_path(arch: Arch) -> Path:
     from huggingface_hub.constants import HF_HUB_CACHE
 
     repo = "models--" + meta["hf_hub_id"].replace("/", "--")
-    return Path(HF_HUB_CACHE) / repo / "snapshots" / "<revision>" / "model.safetensors"
+    return Path(HF_HUB_CACHE) / repo
+
+
+def _host_resolves(url: str) -> bool:
+    """Fail fast offline: the hub clients otherwise retry for a minute before giving up."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        socket.getaddrinfo(urlparse(url).hostname, 443)
+        return True
+    except OSError:
+        return False
 
 
 def load_imagenet(model: nn.Module, arch: Arch) -> dict:
     """Load the library's ImageNet weights through its own cache; fail loudly, never fall back."""
     meta = weights_meta(arch)
+    where = imagenet_cache_path(arch)
+    if arch.source == "torchvision":
+        advice = f"download {meta['url']} and place it at {where}, or pass --weights PATH to a local copy"
+    else:
+        advice = (f"download {meta['url']} (into the Hugging Face cache at {where}, e.g. with "
+                  f"`huggingface-cli download {meta['hf_hub_id']}`), or pass --weights PATH to the downloaded file")
     try:
         if arch.source == "torchvision":
+            if not where.is_file() and not _host_resolves(meta["url"]):
+                raise ConnectionError("no network")
             from torchvision.models import get_model_weights
 
-            w = get_model_weights(arch.name)[arch.weights]
-            state = w.get_state_dict(progress=False, check_hash=True)
+            state = get_model_weights(arch.name)[arch.weights].get_state_dict(progress=False, check_hash=True)
             load_state_dict_strict(model, state, arch, f"ImageNet weights {meta['file']}")
         else:
-            import timm
+            from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-            src = timm.create_model(f"{arch.name}.{arch.weights}", pretrained=True)
-            load_state_dict_strict(model, src.state_dict(), arch, f"ImageNet weights {meta['id']}")
+            path = try_to_load_from_cache(meta["hf_hub_id"], "model.safetensors")
+            if not isinstance(path, str):
+                if not _host_resolves(meta["url"]):
+                    raise ConnectionError("no network")
+                path = hf_hub_download(meta["hf_hub_id"], "model.safetensors")
+            load_state_dict_strict(model, read_state_dict(Path(path)), arch, f"ImageNet weights {meta['id']}")
     except ChexcutError:
         raise
     except Exception as e:  # no network, a corrupt cache, a proxy: all end here
-        where = imagenet_cache_path(arch)
         raise ChexcutError(
             f"ImageNet weights for {arch.name} are not cached and could not be downloaded "
-            f"({type(e).__name__}): download {meta['url']} and place it at {where}, "
-            f"or pass --weights PATH to a local state dict"
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {advice}"
         ) from None
     return {"kind": "imagenet", "id": meta["id"], "url": meta["url"]}
 
@@ -295,12 +327,12 @@ def truncate(
     weights: str | os.PathLike | None = "imagenet",
     labels: tuple[str, ...] | list[str] = CHEXPERT_LABELS,
     in_chans: int = 3,
-    return_spec: bool = False,
+    image_size: int = 320,
 ):
     """Build ``arch`` with ``weights``, cut ``drop`` final blocks, attach a ``len(labels)``-way head.
 
-    Returns the ``nn.Module`` (in eval mode), or ``(module, spec)`` with ``return_spec=True``;
-    the spec is what :func:`chexcut.modelfile.save_model` records so the model can be rebuilt.
+    Returns the ``nn.Module`` in eval mode. Its ``chexcut_spec`` attribute is the JSON-able
+    spec that :func:`chexcut.save_model` records so :func:`chexcut.load_model` can rebuild it.
     """
     from chexcut import __version__
 
@@ -334,12 +366,13 @@ def truncate(
         "labels": list(labels),
         "in_chans": in_chans,
         "normalisation": {"mean": list(mean), "std": list(std)},
-        "image_size": 320,
+        "image_size": int(image_size),
         "weights": origin,
         "params": sum(p.numel() for p in model.parameters()),
         "chexcut_version": __version__,
     }
-    return (model, spec) if return_spec else model
+    model.chexcut_spec = spec
+    return model
 
 
 def _head(model: nn.Module, arch: Arch, drop: int) -> nn.Linear:
@@ -348,6 +381,5 @@ def _head(model: nn.Module, arch: Arch, drop: int) -> nn.Linear:
 
 def rebuild(spec: dict) -> nn.Module:
     """An untrained module with the structure ``spec`` describes (weights come from the file)."""
-    model = truncate(spec["arch"], drop=int(spec["drop"]), weights="none",
-                     labels=spec["labels"], in_chans=int(spec.get("in_chans", 3)))
-    return model
+    return truncate(spec["arch"], drop=int(spec["drop"]), weights="none", labels=spec["labels"],
+                    in_chans=int(spec.get("in_chans", 3)), image_size=int(spec.get("image_size", 320)))

@@ -1,0 +1,209 @@
+"""The ``chexcut`` command: parse, call the library, render. No logic lives here.
+
+Torch is imported inside commands only, so ``chexcut --help`` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from chexcut.errors import ChexcutError
+
+app = typer.Typer(
+    name="chexcut",
+    help="Which ImageNet backbone, how much of it, and is the difference real? "
+    "Truncate, fine-tune and evaluate CNNs on chest X-rays (CheXtransfer).",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_STATE = {"debug": False}
+
+
+def _version(value: bool):
+    if value:
+        from chexcut import __version__
+
+        typer.echo(f"chexcut {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for unexpected errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    _STATE["debug"] = debug
+
+
+def _complete_arch(incomplete: str) -> list[str]:
+    from chexcut.archs import REGISTRY
+
+    return [a for a in REGISTRY if a.startswith(incomplete)]
+
+
+def _split(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+# ----------------------------------------------------------------------------- list / inspect
+
+@app.command("list")
+def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
+    """Every supported architecture: params, ImageNet top-1, block count."""
+    from chexcut.archs import REGISTRY, weights_meta
+    from chexcut import ui
+
+    rows = []
+    for a in REGISTRY.values():
+        meta = weights_meta(a)
+        rows.append({"arch": a.name, "source": a.source, "family": a.family.name, "params": _arch_params(a.name),
+                     "top1": meta["top1"], "num_blocks": a.family.num_blocks, "paper": a.paper,
+                     "weights": meta["id"]})
+    if json_out:
+        ui.print_json(rows)
+    else:
+        ui.out.print(ui.arch_list_table(rows))
+
+
+def _arch_params(name: str) -> int:
+    from chexcut.anatomy import _meta_model
+    from chexcut.archs import get_arch
+
+    model = _meta_model(name)
+    n = sum(p.numel() for p in model.parameters())
+    if get_arch(name).name == "inception_v3":
+        n -= sum(p.numel() for p in model.AuxLogits.parameters())
+    return n
+
+
+@app.command()
+def inspect(
+    target: str = typer.Argument(..., help="Architecture name (see `chexcut list`) or a chexcut model file.",
+                                 autocompletion=_complete_arch),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size for shapes and MACs [default: 320, or the model file's]."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+):
+    """Block anatomy of an architecture or model file, and what each truncation level costs."""
+    from chexcut import ui
+    from chexcut.anatomy_cache import cached_anatomy
+
+    spec = None
+    if target.endswith(".safetensors") or Path(target).is_file():
+        from chexcut.modelfile import read_spec
+
+        spec = read_spec(target)
+        arch = spec["arch"]
+        size = image_size or int(spec.get("image_size", 320))
+        a = cached_anatomy(arch, size, n_labels=len(spec["labels"]))
+        a["model"] = spec
+    else:
+        a = cached_anatomy(target, image_size or 320, 14)
+    if json_out:
+        ui.print_json(a)
+        return
+    if spec:
+        ui.out.print(f"[bold]{target}[/]: {spec['arch']} drop {spec['drop']} (keep {spec['keep']}/{spec['num_blocks']}), "
+                     f"{spec['params']:,} params, {len(spec['labels'])} labels, weights {spec['weights'].get('id') or spec['weights']['kind']}")
+    for t in ui.anatomy_tables(a, highlight_drop=spec["drop"] if spec else None):
+        ui.out.print(t)
+
+
+# ----------------------------------------------------------------------------- truncate
+
+@app.command()
+def truncate(
+    arch: str = typer.Argument(..., help="Architecture name (see `chexcut list`).", autocompletion=_complete_arch),
+    out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
+    drop: Optional[int] = typer.Option(None, "--drop", help="Final blocks to remove (0..B-1) [default: 0]."),
+    keep: Optional[int] = typer.Option(None, "--keep", help="Blocks to keep (1..B); instead of --drop."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH to a state dict of the full architecture."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels [default: the 14 CheXpert observations]."),
+    in_chans: int = typer.Option(3, "--in-chans", help="1 = grayscale input (first conv's RGB filters combined)."),
+    image_size: int = typer.Option(320, "--image-size", help="Image size recorded in the model file and used for MACs."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the model spec and figures as JSON to stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
+):
+    """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
+    from chexcut import ui
+    from chexcut.anatomy import anatomy
+    from chexcut.archs import get_arch
+    from chexcut.fileio import check_writable
+    from chexcut.modelfile import save_model
+    from chexcut.surgery import CHEXPERT_LABELS, resolve_drop
+    from chexcut.surgery import truncate as do_truncate
+
+    a = get_arch(arch)
+    d = resolve_drop(a, drop, keep)
+    if out.suffix != ".safetensors":
+        raise ChexcutError(f"-o {out}: chexcut model files end in .safetensors")
+    check_writable(out, force=force)
+    label_list = _split(labels) or list(CHEXPERT_LABELS)
+    anat = anatomy(a.name, image_size, n_labels=len(label_list))
+    model = do_truncate(a.name, drop=d, weights=weights, labels=label_list, in_chans=in_chans, image_size=image_size)
+    save_model(model, out, force=force)
+    spec = model.chexcut_spec
+    full, cut = anat.truncations[0], anat.truncations[d]
+    if json_out:
+        ui.print_json({"path": str(out), "model": spec, "full": vars(full), "truncated": vars(cut)})
+    elif not quiet:
+        ui.err.print(ui.truncate_table(spec, vars(full), vars(cut)))
+        ui.err.print(f"wrote {out}")
+
+
+# ----------------------------------------------------------------------------- not yet
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def finetune(ctx: typer.Context):
+    """Fine-tune a model file or architecture on a CheXpert-layout dataset (not built yet)."""
+    raise ChexcutError("`chexcut finetune` is not built yet")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate(ctx: typer.Context):
+    """AUROC with bootstrap confidence intervals and paired tests (not built yet)."""
+    raise ChexcutError("`chexcut evaluate` is not built yet")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Run the app; user errors exit 2 with one line, Ctrl-C 130, bugs 1 (tracebacks with --debug)."""
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        rv = app(args=args, prog_name="chexcut", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except ChexcutError as e:
+        if debug:
+            raise
+        print(f"chexcut: error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except typer.Exit as e:
+        code = e.exit_code
+    except click_exception as e:
+        e.show()
+        code = e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("chexcut: interrupted", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    except Exception as e:
+        if debug:
+            raise
+        print(f"chexcut: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,59 @@
+"""Writing files safely: a crash never leaves half a file under the real name."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from chexcut.errors import ChexcutError
+
+
+def check_writable(path: Path, force: bool = False) -> None:
+    """Refuse an existing output without ``force`` and an output folder that cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ChexcutError(f"{path} is a directory; give a file name")
+    if path.exists() and not force:
+        raise ChexcutError(f"{path} exists; pass --force to overwrite it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ChexcutError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ChexcutError(f"cannot write {path}: folder {parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def cache_dir() -> Path:
+    """chexcut's cache folder: $CHEXCUT_CACHE, else $XDG_CACHE_HOME/chexcut, else ~/.cache/chexcut."""
+    if os.environ.get("CHEXCUT_CACHE"):
+        return Path(os.environ["CHEXCUT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chexcut"

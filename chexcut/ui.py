@@ -1,0 +1,77 @@
+"""Everything a person sees: rich tables and progress, in one place.
+
+Machine output (JSON, CSV) never goes through here; human tables go to stdout unless
+the command's machine output has stdout, progress always goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def human(n: float) -> str:
+    """12,345,678 -> '12.35M'."""
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def print_json(obj) -> None:
+    """Exact JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def arch_list_table(rows: list[dict]) -> Table:
+    t = Table(title="Supported architectures", title_justify="left")
+    for col, just in (("arch", "left"), ("source", "left"), ("params", "right"), ("ImageNet top-1", "right"),
+                      ("blocks", "right"), ("paper", "center")):
+        t.add_column(col, justify=just)
+    for r in rows:
+        t.add_row(r["arch"], r["source"], f"{r['params']:,}", f"{r['top1']:.2f}" if r["top1"] else "-",
+                  str(r["num_blocks"]), "yes" if r["paper"] else "")
+    return t
+
+
+def anatomy_tables(a: dict, highlight_drop: int | None = None) -> list[Table]:
+    size = a["image_size"]
+    blocks = Table(title=f"{a['arch']} ({a['source']}) blocks at {size}px", title_justify="left")
+    for col in ("#", "block", "params", "cum. params", "channels", "reduction", "output"):
+        blocks.add_column(col, justify="left" if col == "block" else "right")
+    blocks.add_row("", "stem", f"{a['stem_params']:,}", f"{a['stem_params']:,}", "", "", "", style="dim")
+    for b in a["blocks"]:
+        h, w = b["spatial"]
+        blocks.add_row(str(b["index"]), b["name"], f"{b['params']:,}", f"{b['cum_params']:,}",
+                       str(b["out_channels"]), f"/{b['reduction']}", f"{h}x{w}")
+    trunc = Table(title=f"Truncation levels ({a['n_labels']}-way head)", title_justify="left")
+    for col in ("drop", "keep", "params", "% of full", "compression", "MACs", "features"):
+        trunc.add_column(col, justify="right")
+    for t in a["truncations"]:
+        style = "bold green" if highlight_drop == t["drop"] else None
+        trunc.add_row(str(t["drop"]), str(t["keep"]), f"{t['params']:,}", f"{100 * t['fraction']:.1f}%",
+                      f"{t['compression']:.2f}x", human(t["macs"]), str(t["out_channels"]), style=style)
+    return [blocks, trunc]
+
+
+def truncate_table(spec: dict, full: dict, cut: dict) -> Table:
+    t = Table(title=f"{spec['arch']}: drop {spec['drop']} (keep {spec['keep']} of {spec['num_blocks']} blocks)",
+              title_justify="left")
+    t.add_column("")
+    t.add_column("full (drop 0)", justify="right")
+    t.add_column(f"drop {spec['drop']}", justify="right")
+    t.add_row("params", f"{full['params']:,}", f"{cut['params']:,}")
+    t.add_row(f"MACs at {spec['image_size']}px", human(full["macs"]), human(cut["macs"]))
+    t.add_row("compression", "1.00x", f"{full['params'] / cut['params']:.2f}x")
+    t.add_row("blocks kept", str(spec["num_blocks"]), str(spec["keep"]))
+    t.add_row("feature channels", str(full["out_channels"]), str(cut["out_channels"]))
+    t.add_row("weights", "", spec["weights"].get("id") or spec["weights"].get("path") or spec["weights"]["kind"])
+    return t

@@ -1,0 +1,1 @@
+complete --command chexcut --no-files --arguments "(env _CHEXCUT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) chexcut)" --condition "env _CHEXCUT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) chexcut"

@@ -1,0 +1,33 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALCXR = REPO.parent / "shared" / "realcxr-sample"
+
+# Tests never touch the network: any hub download attempt must fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A private chexcut cache per test session (anatomy cache, etc.).
+if "CHEXCUT_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["CHEXCUT_CACHE"] = tempfile.mkdtemp(prefix="chexcut-cache-")
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty, private torch/HF cache so 'imagenet' weights are never found by accident."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch"
+
+
+def run_cli(*args, cwd=None):
+    """Run the real console entry point in a subprocess: (exit code, stdout, stderr)."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
+    p = subprocess.run([sys.executable, "-m", "chexcut", *map(str, args)], capture_output=True, text=True,
+                       cwd=cwd, env=env, timeout=600)
+    return p.returncode, p.stdout, p.stderr

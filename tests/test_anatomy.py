@@ -1,0 +1,62 @@
+"""Parameter and MAC counts per truncation level, against the worked figures and real modules."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from chexcut.anatomy import anatomy
+from chexcut.archs import REGISTRY
+from chexcut.surgery import truncate
+
+
+@pytest.mark.parametrize("name,drop,params", [
+    ("densenet121", 1, 4_283_790),
+    ("resnet50", 1, 8_557_646),
+    ("resnet50", 0, 23_536_718),
+])
+def test_worked_figures(name, drop, params):
+    assert anatomy(name).truncations[drop].params == params
+    assert sum(p.numel() for p in truncate(name, drop=drop, weights="none").parameters()) == params
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_truncation_counts_match_the_built_module(name):
+    """params and MACs that inspect reports == those of the module truncate builds, every drop;
+    forward gives (2, 14) at 320 and 224 (on the meta device: real shapes, no compute)."""
+    anat = anatomy(name, 320)
+    for t in anat.truncations:
+        model = truncate(name, drop=t.drop, weights="none")
+        assert sum(p.numel() for p in model.parameters()) == t.params, t.drop
+        meta = model.to("meta")
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            y = meta(torch.empty(2, 3, 320, 320, device="meta"))
+        assert y.shape == (2, 14)
+        assert fc.get_total_flops() // 2 == 2 * t.macs
+        with torch.no_grad():
+            assert meta(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 14)
+
+
+def test_json_schema_fields():
+    a = anatomy("densenet121").to_json()
+    assert a["arch"] == "densenet121" and a["source"] == "torchvision" and a["image_size"] == 320
+    assert a["num_blocks"] == 4 and len(a["blocks"]) == 4 and len(a["truncations"]) == 4
+    for b in a["blocks"]:
+        assert {"index", "name", "params", "out_channels", "reduction"} <= set(b)
+    for t in a["truncations"]:
+        assert {"drop", "params", "macs", "out_channels"} <= set(t)
+    assert a["truncations"][0]["out_channels"] == 1024
+
+
+def test_anatomy_cache_is_keyed_and_reused(tmp_path, monkeypatch):
+    import json
+    from chexcut.anatomy_cache import cached_anatomy
+
+    monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path))
+    first = cached_anatomy("resnet18", 224, 14)
+    files = list((tmp_path / "anatomy").glob("resnet18-224-14-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text()) == first
+    files[0].write_text(json.dumps({**first, "marker": 1}))
+    assert cached_anatomy("resnet18", 224, 14)["marker"] == 1  # served from the cache
+    files[0].write_text("{corrupt")
+    assert cached_anatomy("resnet18", 224, 14) == first  # a corrupt entry is recomputed
+    assert cached_anatomy("resnet18", 224, 2)["truncations"][0]["params"] != first["truncations"][0]["params"]

@@ -1,0 +1,77 @@
+"""Model files: round trips for every architecture and drop; foreign and hostile files refused."""
+
+import pickle
+
+import pytest
+import torch
+
+import chexcut
+from chexcut.anatomy import anatomy
+from chexcut.archs import REGISTRY
+from chexcut.errors import ChexcutError
+from chexcut.modelfile import read_spec
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_round_trip_every_drop(name, tmp_path):
+    size = 75 if name.startswith("inception") else 64
+    for t in anatomy(name, 320).truncations:
+        torch.manual_seed(t.drop)
+        model = chexcut.truncate(name, drop=t.drop, weights="none")
+        path = chexcut.save_model(model, tmp_path / f"{name}-{t.drop}.safetensors")
+        again = chexcut.load_model(path)
+        x = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            a, b = model(x), again(x)
+        assert a.shape == (2, 14)
+        assert torch.equal(a, b)
+        assert again.chexcut_spec["drop"] == t.drop and again.chexcut_spec["arch"] == name
+        assert sum(p.numel() for p in again.parameters()) == t.params
+        assert not again.training
+
+
+def test_spec_contents(tmp_path):
+    m = chexcut.truncate("resnet18", drop=1, weights="none", image_size=224)
+    p = chexcut.save_model(m, tmp_path / "m.safetensors")
+    spec = read_spec(p)
+    for key in ("arch", "source", "drop", "keep", "kept_blocks", "head", "labels", "normalisation",
+                "image_size", "weights", "chexcut_version"):
+        assert key in spec
+    assert spec["kept_blocks"] == ["layer1", "layer2", "layer3"] and spec["image_size"] == 224
+
+
+def test_existing_file_needs_force(tmp_path):
+    m = chexcut.truncate("resnet18", drop=3, weights="none")
+    p = chexcut.save_model(m, tmp_path / "m.safetensors")
+    with pytest.raises(ChexcutError, match="--force"):
+        chexcut.save_model(m, p, force=False)
+
+
+def test_pickle_model_file_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    p = tmp_path / "evil.safetensors"
+    p.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ChexcutError, match="not a chexcut model file"):
+        chexcut.load_model(p)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_files_are_refused(tmp_path):
+    m = chexcut.truncate("resnet18", drop=3, weights="none")
+    p = chexcut.save_model(m, tmp_path / "m.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(p.read_bytes()[:-1000])
+    with pytest.raises(ChexcutError):
+        chexcut.load_model(cut)
+    from safetensors.torch import save_file
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ChexcutError, match="not a chexcut model"):
+        chexcut.load_model(foreign)
+    with pytest.raises(ChexcutError, match="not found"):
+        chexcut.load_model(tmp_path / "nope.safetensors")

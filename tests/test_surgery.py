@@ -1,0 +1,133 @@
+"""truncate(): weights land in the kept blocks, files are strict, errors are one line."""
+
+import pytest
+import torch
+
+from chexcut.errors import ChexcutError
+from chexcut.surgery import (CHEXPERT_LABELS, build_architecture, normalise_state_dict, truncate)
+from chexcut.archs import get_arch
+
+
+def test_weights_file_values_land_in_kept_blocks(tmp_path):
+    src = build_architecture("resnet18")
+    with torch.no_grad():
+        for p in src.parameters():
+            p.normal_()
+    path = tmp_path / "r18.pth"
+    torch.save({"module." + k: v for k, v in src.state_dict().items()}, path)  # DataParallel prefix
+    model = truncate("resnet18", drop=2, weights=path)
+    assert torch.equal(model.blocks[1][0][0].conv1.weight, src.layer2[0].conv1.weight)
+    assert torch.equal(model.stem[0].weight, src.conv1.weight)
+    assert torch.equal(model.stem[1].running_var, src.bn1.running_var)
+    assert model.chexcut_spec["weights"]["kind"] == "file"
+    assert len(model.chexcut_spec["weights"]["sha256"]) == 64
+
+
+def test_densenet_neck_is_the_pretrained_transition_norm(tmp_path):
+    src = build_architecture("densenet121")
+    with torch.no_grad():
+        src.features.transition2.norm.weight.uniform_(0.5, 1.5)
+    path = tmp_path / "d121.safetensors"
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    model = truncate("densenet121", drop=2, weights=path)
+    assert torch.equal(model.neck[0].weight, src.features.transition2.norm.weight)
+    assert isinstance(model.neck[1], torch.nn.ReLU)
+
+
+def test_densenet_legacy_keys_are_renamed():
+    a = get_arch("densenet121")
+    state = {"features.denseblock1.denselayer1.norm.1.weight": 1, "module.features.conv0.weight": 2}
+    assert normalise_state_dict(state, a) == {
+        "features.denseblock1.denselayer1.norm1.weight": 1, "features.conv0.weight": 2}
+
+
+def test_weights_of_another_arch_are_refused(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(build_architecture("resnet18").state_dict(), path)
+    with pytest.raises(ChexcutError, match=r"does not fit resnet50: .*tensors of another shape|does not fit resnet50"):
+        truncate("resnet50", drop=1, weights=path)
+    with pytest.raises(ChexcutError, match="missing keys"):
+        truncate("densenet121", drop=1, weights=path)
+
+
+def test_pickle_with_code_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    import pickle
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": Evil()}, f)
+    with pytest.raises(ChexcutError, match="refused"):
+        truncate("resnet18", weights=path)
+    assert not marker.exists()
+
+
+def test_missing_imagenet_cache_fails_with_the_file_to_place(torch_home, monkeypatch):
+    import chexcut.surgery as s
+    monkeypatch.setattr(s, "_host_resolves", lambda url: False)
+    with pytest.raises(ChexcutError) as e:
+        truncate("resnet18", drop=1, weights="imagenet")
+    msg = str(e.value)
+    assert "resnet18-f37072fd.pth" in msg and str(torch_home) in msg and "--weights PATH" in msg
+    assert "\n" not in msg
+
+
+def test_imagenet_weights_are_read_from_the_torch_cache(torch_home):
+    src = build_architecture("resnet18")
+    ckpt = torch_home / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.save(src.state_dict(), ckpt / "resnet18-f37072fd.pth")
+    model = truncate("resnet18", drop=1, weights="imagenet")
+    assert torch.equal(model.blocks[2][0][0].conv1.weight, src.layer3[0].conv1.weight)
+    assert model.chexcut_spec["weights"]["id"] == "torchvision:resnet18.IMAGENET1K_V1"
+
+
+def test_inception_v4_timm_weights_missing_offline(monkeypatch):
+    import chexcut.surgery as s
+    monkeypatch.setattr(s, "_host_resolves", lambda url: False)
+    with pytest.raises(ChexcutError, match="timm/inception_v4.tf_in1k"):
+        truncate("inception_v4", weights="imagenet")
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"drop": 4}, r"valid 0\.\.3"), ({"keep": 0}, r"valid 1\.\.4"), ({"drop": 1, "keep": 1}, "not both"),
+    ({"labels": []}, "at least one"), ({"labels": ["a", "a"]}, "duplicate"), ({"in_chans": 2}, "1 or 3"),
+])
+def test_bad_arguments(kw, msg):
+    with pytest.raises(ChexcutError, match=msg):
+        truncate("resnet18", weights="none", **kw)
+
+
+def test_keep_is_drop_complement_and_labels_set_head():
+    m = truncate("resnet18", keep=3, weights="none", labels=["a", "b"])
+    assert m.chexcut_spec["drop"] == 1 and m.head.out_features == 2
+    assert truncate("resnet18", weights="none").chexcut_spec["labels"] == list(CHEXPERT_LABELS)
+
+
+def test_in_chans_1_preserves_grey_response():
+    torch.manual_seed(0)
+    rgb = truncate("resnet18", drop=3, weights="none")
+    grey = truncate("resnet18", drop=3, weights="none", in_chans=1)
+    grey.load_state_dict({**rgb.state_dict(), "stem.0.weight": grey.stem[0].weight}, strict=True)
+    # rebuild the grey conv from rgb's weights to compare responses
+    from chexcut.surgery import adapt_in_chans
+    import copy
+    g = copy.deepcopy(rgb)
+    mean, std = adapt_in_chans(g, rgb.chexcut_spec["normalisation"]["mean"], rgb.chexcut_spec["normalisation"]["std"])
+    img = torch.rand(1, 1, 64, 64)
+    m3 = torch.tensor(rgb.chexcut_spec["normalisation"]["mean"]).view(1, 3, 1, 1)
+    s3 = torch.tensor(rgb.chexcut_spec["normalisation"]["std"]).view(1, 3, 1, 1)
+    x3 = (img.expand(1, 3, 64, 64) - m3) / s3
+    x1 = (img - mean[0]) / std[0]
+    a = rgb.stem[0](x3)
+    b = g.stem[0](x1)
+    # equal up to a constant per output channel (away from the zero-padded border)
+    diff = (a - b)[..., 4:-4, 4:-4]
+    assert torch.allclose(diff, diff.mean(dim=(2, 3), keepdim=True), atol=1e-4)
+    assert g.stem[0].in_channels == 1 and grey.chexcut_spec["in_chans"] == 1
+    assert grey(torch.rand(2, 1, 64, 64)).shape == (2, 14)
