@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -158,6 +158,99 @@ def truncate(
     elif not quiet:
         ui.err.print(ui.truncate_table(spec, vars(full), vars(cut)))
         ui.err.print(f"wrote {out}")
+
+
+# ----------------------------------------------------------------------------- data
+
+DataDir = Annotated[Path, typer.Argument(help="Dataset folder (CheXpert layout, or the base of --csv paths).")]
+CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="A generic CSV instead of train.csv/valid.csv.")]
+PathColOpt = Annotated[str, typer.Option("--path-col", help="Column of image paths (relative to DATA).")]
+LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label columns [default: the CheXpert 14 present].")]
+ViewsOpt = Annotated[str, typer.Option("--views", help="frontal | lateral | ap | pa | all.")]
+UncertainOpt = Annotated[str, typer.Option("--uncertain", help="Uncertain (-1) labels: ones | zeros | ignore | chexpert | A=ones,B=zeros,default=zeros.")]
+BlankOpt = Annotated[str, typer.Option("--blank", help="Blank labels: zeros (not mentioned) | ignore.")]
+ValidFracOpt = Annotated[float, typer.Option("--valid-frac", help="Valid share of patients when there is no valid.csv.")]
+ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Square image size in pixels.")]
+ResizeOpt = Annotated[str, typer.Option("--resize", help="squash (CheXpert baseline) | pad (letterbox).")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Image cache folder [default: ~/.cache/chexcut/images/KEY].")]
+SkipMissingOpt = Annotated[bool, typer.Option("--skip-missing", help="Proceed without missing image files (reported).")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unreadable images (reported).")]
+
+
+def _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0):
+    from chexcut.data.chexpert import DataOptions, VIEWS, parse_uncertain
+
+    if views not in VIEWS:
+        raise ChexcutError(f"--views must be one of {', '.join(VIEWS)}, not {views!r}")
+    if blank not in ("zeros", "ignore"):
+        raise ChexcutError(f"--blank must be zeros or ignore, not {blank!r}")
+    opts = DataOptions(csv=csv, path_col=path_col, labels=tuple(_split(labels)) if labels else None, views=views,
+                       uncertain=uncertain, blank=blank, valid_frac=valid_frac, split_seed=split_seed)
+    if opts.labels:
+        parse_uncertain(uncertain, opts.labels)  # validate early
+    return opts
+
+
+@app.command()
+def prepare(
+    data: DataDir,
+    image_size: ImageSizeOpt = 320,
+    resize: ResizeOpt = "squash",
+    cache: CacheOpt = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes [default: CPU count].")] = None,
+    csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = "frontal",
+    uncertain: UncertainOpt = "zeros", blank: BlankOpt = "zeros", valid_frac: ValidFracOpt = 0.1,
+    skip_missing: SkipMissingOpt = False, skip_bad: SkipBadOpt = False,
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+):
+    """Decode and resize every selected image once into a uint8 cache; print label prevalence."""
+    from chexcut import ui
+    from chexcut.data.cache import prepare_cache
+    from chexcut.data.chexpert import check_files, load_split
+
+    opts = _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
+    if resize not in ("squash", "pad"):
+        raise ChexcutError(f"--resize must be squash or pad, not {resize!r}")
+    if image_size < 16:
+        raise ChexcutError(f"--image-size must be at least 16, not {image_size}")
+    table = check_files(load_split(data, "all", opts), skip_missing)
+    with ui.progress_bar(f"decoding to {image_size}px", len(table), quiet=quiet or json_out) as update:
+        cache_obj, stats = prepare_cache(table.files, image_size, resize, cache, workers, progress=update,
+                                         skip_bad=skip_bad)
+    summary = {"images": len(cache_obj.paths), "image_size": image_size, "resize": resize, "cache": stats["folder"],
+               "decoded": stats["decoded"], "reused": stats["reused"], "bad": stats["bad"],
+               "notes": table.notes, "options": opts.to_json(), "prevalence": table.prevalence()}
+    if json_out:
+        ui.print_json(summary)
+        return
+    if not quiet:
+        ui.out.print(ui.prevalence_table(table.prevalence(), f"Label prevalence ({len(table)} images, "
+                                         f"uncertain={uncertain}, blank={blank})"))
+        for note in table.notes:
+            ui.err.print(f"note: {note}")
+        if stats["bad"]:
+            ui.err.print(f"[yellow]skipped {len(stats['bad'])} unreadable images[/] (first: {stats['bad'][0]})")
+        verb = "reused" if stats["decoded"] == 0 else f"decoded {stats['decoded']}, reused {stats['reused']}"
+        ui.err.print(f"cache {stats['folder']}: {len(cache_obj.paths)} images ({verb})")
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Argument(help="Folder to write CheXpert-v1.0-small/ into.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 600,
+    image_size: ImageSizeOpt = 320,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Write a synthetic dataset in the exact CheXpert layout, with findings a CNN can learn."""
+    from chexcut import ui
+    from chexcut.data.phantom import make_phantom
+
+    with ui.progress_bar("drawing phantom X-rays", n, quiet=quiet) as update:
+        root = make_phantom(out, n=n, image_size=image_size, seed=seed, progress=update)
+    if not quiet:
+        ui.err.print(f"wrote {n} images to {root} (train.csv, valid.csv)")
 
 
 # ----------------------------------------------------------------------------- not yet

@@ -17,15 +17,8 @@ from torch import nn
 
 from chexcut.archs import Arch, get_arch, weights_meta
 from chexcut.errors import ChexcutError
+from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS  # noqa: F401
 
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-)
-COMPETITION_LABELS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion",
-)
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:

@@ -75,3 +75,42 @@ def truncate_table(spec: dict, full: dict, cut: dict) -> Table:
     t.add_row("feature channels", str(full["out_channels"]), str(cut["out_channels"]))
     t.add_row("weights", "", spec["weights"].get("id") or spec["weights"].get("path") or spec["weights"]["kind"])
     return t
+
+
+class progress_bar:
+    """``with progress_bar("decoding", total) as update: update(done, total)`` on stderr (or nothing if quiet)."""
+
+    def __init__(self, description: str, total: int | None = None, quiet: bool = False):
+        self.description, self.total, self.quiet = description, total, quiet
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda done, total=None, **fields: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                 console=err, transient=False)
+        self.progress.__enter__()
+        self.task = self.progress.add_task(self.description, total=self.total, info="")
+
+        def update(done, total=None, info=""):
+            self.progress.update(self.task, completed=done, total=total or self.total, info=info)
+
+        return update
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.progress.__exit__(*exc)
+        return False
+
+
+def prevalence_table(rows: list[dict], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("label", "positive", "negative", "uncertain", "blank", "-> train pos", "-> train neg", "masked"):
+        t.add_column(col, justify="left" if col == "label" else "right")
+    for r in rows:
+        t.add_row(r["label"], str(r["positive"]), str(r["negative"]), str(r["uncertain"]), str(r["blank"]),
+                  str(r["train_pos"]), str(r["train_neg"]), str(r["masked"]))
+    return t

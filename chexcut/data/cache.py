@@ -1,0 +1,166 @@
+"""The prepared image cache: every selected image decoded and resized once, into one uint8 memmap.
+
+Layout of a cache folder (``cache_dir()/images/<key>/`` by default, ``--cache DIR`` to choose)::
+
+    images.u8     N x S x S uint8, row i = image i of index.json's "paths"
+    done.u8       N bytes, 1 = row written (resume after an interruption)
+    index.json    {"key", "image_size", "resize", "paths", "fingerprint", "complete"}
+
+The key hashes the image size, the resize mode and the sorted list of files with their sizes and
+mtimes, so a cache built for other settings or older files is never found, never misused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chexcut.errors import ChexcutError
+from chexcut.fileio import cache_dir, write_json
+
+FORMAT = 1
+
+
+def fingerprint(files: list[Path]) -> str:
+    """sha256 over (path, size, mtime) of every file, in the given order."""
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_key(files: list[Path], image_size: int, resize: str) -> tuple[str, list[str], str]:
+    ordered = sorted({str(f) for f in files})
+    fp = fingerprint([Path(p) for p in ordered])
+    key = hashlib.sha256(f"v{FORMAT}|{image_size}|{resize}|{fp}".encode()).hexdigest()[:24]
+    return key, ordered, fp
+
+
+@dataclass
+class ImageCache:
+    folder: Path
+    image_size: int
+    resize: str
+    paths: list[str]
+    images: np.ndarray  # memmap (N, S, S) uint8
+    row_of: dict[str, int]
+
+    def rows(self, files: list[Path]) -> np.ndarray:
+        try:
+            return np.array([self.row_of[str(f)] for f in files], dtype=np.int64)
+        except KeyError as e:
+            raise ChexcutError(f"the image cache {self.folder} does not hold {e.args[0]}; rerun `chexcut prepare`") from None
+
+
+def default_folder(key: str) -> Path:
+    return cache_dir() / "images" / key
+
+
+def open_cache(files: list[Path], image_size: int, resize: str, folder: Path | None = None,
+               refuse_other: bool = True) -> ImageCache | None:
+    """The complete cache for exactly these files and settings, or None.
+
+    A ``folder`` the user chose that holds a cache for other settings or files is refused
+    (``refuse_other``), never silently used or overwritten."""
+    key, ordered, fp = cache_key(files, image_size, resize)
+    folder = Path(folder) if folder else default_folder(key)
+    index = folder / "index.json"
+    try:
+        meta = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or not meta.get("complete"):
+        if refuse_other and folder != default_folder(key) and meta.get("key") not in (None, key):
+            raise ChexcutError(f"the cache at {folder} was built for other settings or files; "
+                               f"remove it or choose another --cache folder")
+        return None
+    images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(ordered), image_size, image_size))
+    return ImageCache(folder, image_size, resize, ordered, images, {p: i for i, p in enumerate(ordered)})
+
+
+def _decode_chunk(args):
+    from chexcut.data.images import load_image
+
+    folder, n, size, resize, items, skip_bad = args
+    images = np.memmap(Path(folder) / "images.u8", dtype=np.uint8, mode="r+", shape=(n, size, size))
+    bad = []
+    for row, path in items:
+        try:
+            images[row] = load_image(path, size, resize)
+        except ChexcutError as e:
+            if not skip_bad:
+                return row, str(e), bad
+            images[row] = 0
+            bad.append(path)
+    images.flush()
+    del images
+    return None, None, bad
+
+
+def prepare_cache(files: list[Path], image_size: int, resize: str = "squash", folder: Path | None = None,
+                  workers: int | None = None, progress=None, skip_bad: bool = False,
+                  chunk: int = 64) -> tuple[ImageCache, dict]:
+    """Decode every file once into the cache (resuming a partial one); returns (cache, stats).
+
+    ``progress(done, total)`` is called as chunks finish. A corrupt image stops with its name,
+    unless ``skip_bad`` (then it is stored black and listed in ``stats["bad"]``).
+    """
+    key, ordered, fp = cache_key(files, image_size, resize)
+    folder = Path(folder) if folder else default_folder(key)
+    existing = open_cache(files, image_size, resize, folder, refuse_other=False)
+    if existing is not None:
+        return existing, {"decoded": 0, "reused": len(ordered), "bad": [], "folder": str(folder)}
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(ordered)
+    index = folder / "index.json"
+    meta = {"format": FORMAT, "key": key, "image_size": image_size, "resize": resize, "fingerprint": fp,
+            "n": n, "complete": False}
+    images_path, done_path = folder / "images.u8", folder / "done.u8"
+    try:
+        old = json.loads(index.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old.get("key") != key or not images_path.exists() or not done_path.exists():
+        with open(images_path, "wb") as f:
+            f.truncate(n * image_size * image_size)
+        np.zeros(n, dtype=np.uint8).tofile(done_path)
+        write_json(index, {**meta, "paths": ordered})
+    done = np.fromfile(done_path, dtype=np.uint8)
+    todo = np.flatnonzero(done == 0)
+    stats = {"decoded": 0, "reused": int(n - len(todo)), "bad": [], "folder": str(folder)}
+    if progress:
+        progress(n - len(todo), n)
+    chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
+    workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
+    done_mm = np.memmap(done_path, dtype=np.uint8, mode="r+", shape=(n,))
+
+    def finish(rows, result):
+        bad_row, msg, bad = result
+        if bad_row is not None:
+            raise ChexcutError(f"{msg} (--skip-bad stores it black and goes on)")
+        done_mm[rows] = 1
+        done_mm.flush()
+        stats["decoded"] += len(rows)
+        stats["bad"].extend(bad)
+        if progress:
+            progress(int(done_mm.sum()), n)
+
+    jobs = [(str(folder), n, image_size, resize, [(int(r), ordered[r]) for r in rows], skip_bad) for rows in chunks]
+    if workers == 1 or len(chunks) <= 1:
+        for rows, job in zip(chunks, jobs):
+            finish(rows, _decode_chunk(job))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for rows, result in zip(chunks, pool.map(_decode_chunk, jobs)):
+                finish(rows, result)
+    write_json(index, {**meta, "paths": ordered, "complete": True, "bad": stats["bad"]})
+    cache = open_cache(files, image_size, resize, folder)
+    assert cache is not None
+    return cache, stats

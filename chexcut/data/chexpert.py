@@ -1,0 +1,351 @@
+"""CheXpert-layout label tables: CSV -> rows with targets + mask (label policy applied once).
+
+CheXpert's ``train.csv`` / ``valid.csv`` have ``Path,Sex,Age,Frontal/Lateral,AP/PA`` and the 14
+observations, each ``1.0`` (positive), ``0.0`` (negative), ``-1.0`` (uncertain) or blank (not
+mentioned). A :class:`LabelTable` holds, for the selected rows, the resolved image paths, the
+raw label values, ``targets`` (float32 0/1) and ``mask`` (1 = this label counts for this row),
+and the patient / study ids used for splits, clustering and study-level evaluation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from chexcut.errors import ChexcutError
+from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS  # noqa: F401
+
+PREFIXES = ("CheXpert-v1.0-small", "CheXpert-v1.0")
+VIEWS = ("frontal", "lateral", "ap", "pa", "all")
+
+# The CheXpert paper's best uncertainty approach per competition task, where it is U-Ones or
+# U-Zeros: U-Ones for Atelectasis and Edema; the others used U-MultiClass / U-SelfTrained,
+# which map to no fixed value, so they fall back to the default (zeros).
+UNCERTAIN_PRESETS = {"chexpert": "Atelectasis=ones,Edema=ones,default=zeros"}
+_POLICY_VALUES = {"ones": 1.0, "zeros": 0.0, "ignore": None}
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The data options shared by ``prepare``, ``finetune`` and ``evaluate``.
+
+    csv:       a generic CSV (any layout) instead of the CheXpert train.csv/valid.csv.
+    path_col:  the column holding image paths (relative to the data folder).
+    labels:    label columns, in head order (default: the 14 CheXpert names present in the CSV).
+    views:     frontal | lateral | ap | pa | all.
+    uncertain: ones | zeros | ignore | per-label ``A=ones,B=zeros,default=zeros`` | preset ``chexpert``.
+    blank:     zeros (CheXpert's "not mentioned") | ignore.
+    valid_frac / split_seed: the patient-level split used when there is no valid.csv.
+    """
+
+    csv: str | None = None
+    path_col: str = "Path"
+    labels: tuple[str, ...] | None = None
+    views: str = "frontal"
+    uncertain: str = "zeros"
+    blank: str = "zeros"
+    valid_frac: float = 0.1
+    split_seed: int = 0
+
+    def to_json(self) -> dict:
+        return {"csv": self.csv, "path_col": self.path_col, "labels": list(self.labels) if self.labels else None,
+                "views": self.views, "uncertain": self.uncertain, "blank": self.blank,
+                "valid_frac": self.valid_frac, "split_seed": self.split_seed}
+
+
+@dataclass
+class LabelTable:
+    """Selected rows of one split. Arrays are aligned with ``paths``."""
+
+    root: Path
+    paths: list[str]  # as written in the CSV (the join key for predictions)
+    files: list[Path]  # resolved image files
+    labels: tuple[str, ...]
+    values: np.ndarray  # (N, L) float32 raw labels, NaN = blank
+    targets: np.ndarray  # (N, L) float32 0/1
+    mask: np.ndarray  # (N, L) float32 1 = counts
+    patient: np.ndarray  # (N,) str
+    study: np.ndarray  # (N,) str (patient/study)
+    csv_rows: np.ndarray  # (N,) int: line numbers in the CSV (header = 1)
+    split: str = "train"
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index) -> "LabelTable":
+        index = np.asarray(index)
+        return replace(
+            self, paths=[self.paths[i] for i in index], files=[self.files[i] for i in index],
+            values=self.values[index], targets=self.targets[index], mask=self.mask[index],
+            patient=self.patient[index], study=self.study[index], csv_rows=self.csv_rows[index],
+        )
+
+    def prevalence(self) -> list[dict]:
+        """Per label: positives / negatives / uncertain / blank in the raw CSV, and what counts."""
+        out = []
+        for j, name in enumerate(self.labels):
+            v = self.values[:, j]
+            m = self.mask[:, j] > 0
+            out.append({
+                "label": name,
+                "positive": int((v == 1).sum()), "negative": int((v == 0).sum()),
+                "uncertain": int((v == -1).sum()), "blank": int(np.isnan(v).sum()),
+                "train_pos": int(((self.targets[:, j] == 1) & m).sum()),
+                "train_neg": int(((self.targets[:, j] == 0) & m).sum()),
+                "masked": int((~m).sum()),
+            })
+        return out
+
+
+# ----------------------------------------------------------------------------- policies
+
+def parse_uncertain(policy: str, labels: tuple[str, ...]) -> list[float | None]:
+    """Per label: the value given to uncertain (-1) cells, or ``None`` to mask them out."""
+    policy = UNCERTAIN_PRESETS.get(policy.strip().lower(), policy.strip())
+    if policy.lower() in _POLICY_VALUES:
+        return [_POLICY_VALUES[policy.lower()]] * len(labels)
+    mapping, default = {}, "zeros"
+    for part in policy.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ChexcutError(
+                f"--uncertain {policy!r}: use ones | zeros | ignore | chexpert | LABEL=ones,...,default=zeros"
+            )
+        name, value = (s.strip() for s in part.split("=", 1))
+        if value.lower() not in _POLICY_VALUES:
+            raise ChexcutError(f"--uncertain: {name}={value}: the value must be ones, zeros or ignore")
+        if name.lower() == "default":
+            default = value.lower()
+        elif name not in labels:
+            raise ChexcutError(f"--uncertain names {name!r}, which is not one of the labels ({', '.join(labels)})")
+        else:
+            mapping[name] = value.lower()
+    return [_POLICY_VALUES[mapping.get(n, default)] for n in labels]
+
+
+def apply_policies(values: np.ndarray, uncertain: list[float | None], blank: str) -> tuple[np.ndarray, np.ndarray]:
+    """Raw values (NaN = blank) -> (targets, mask), vectorised."""
+    if blank not in ("zeros", "ignore"):
+        raise ChexcutError(f"--blank must be zeros or ignore, not {blank!r}")
+    targets = (values == 1).astype(np.float32)
+    mask = np.ones_like(values, dtype=np.float32)
+    unc = values == -1
+    for j, u in enumerate(uncertain):
+        if u is None:
+            mask[unc[:, j], j] = 0
+        else:
+            targets[unc[:, j], j] = u
+    if blank == "ignore":
+        mask[np.isnan(values)] = 0
+    return targets, mask
+
+
+# ----------------------------------------------------------------------------- reading
+
+def find_dataset_dir(root: Path) -> Path:
+    """The folder holding train.csv/valid.csv: ``root`` itself or its CheXpert prefix folder."""
+    root = Path(root)
+    if not root.exists():
+        raise ChexcutError(f"data folder {root} does not exist")
+    if (root / "train.csv").is_file() or (root / "valid.csv").is_file():
+        return root
+    for prefix in PREFIXES:
+        if (root / prefix / "train.csv").is_file() or (root / prefix / "valid.csv").is_file():
+            return root / prefix
+    raise ChexcutError(
+        f"no train.csv or valid.csv in {root} or {root}/{PREFIXES[0]}; for another layout pass --csv FILE --path-col COL"
+    )
+
+
+def resolve_paths(paths: list[str], base: Path) -> list[Path]:
+    """CSV paths -> files. CheXpert paths start with their prefix folder; ``base`` may be that
+    folder itself or the folder that contains it."""
+    out = []
+    for p in paths:
+        first, _, rest = p.partition("/")
+        if first in PREFIXES and rest:
+            if base.name == first or not (base / first).is_dir():
+                out.append(base / rest)
+            else:
+                out.append(base / p)
+        else:
+            out.append(base / p)
+    return out
+
+
+_PATIENT = re.compile(r"(patient\d+)/(study\d+)")
+_NIH = re.compile(r"(?:^|/)(\d+)_(\d+)\.\w+$")
+
+
+def patient_study(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Patient and study ids from paths: ``patientNNNNN/studyN`` (CheXpert, MIMIC-like), NIH's
+    ``PATIENT_FOLLOWUP.png``, else the image itself."""
+    patients, studies = [], []
+    for p in paths:
+        m = _PATIENT.search(p)
+        if m:
+            patients.append(m.group(1))
+            studies.append(f"{m.group(1)}/{m.group(2)}")
+            continue
+        m = _NIH.search(p)
+        if m:
+            patients.append(m.group(1))
+            studies.append(f"{m.group(1)}/{m.group(2)}")
+            continue
+        patients.append(p)
+        studies.append(p)
+    return np.array(patients, dtype=object), np.array(studies, dtype=object)
+
+
+def _view_mask(df, views: str, paths: list[str]) -> np.ndarray:
+    if views not in VIEWS:
+        raise ChexcutError(f"--views must be one of {', '.join(VIEWS)}, not {views!r}")
+    n = len(df)
+    if views == "all":
+        return np.ones(n, dtype=bool)
+    if views in ("frontal", "lateral"):
+        if "Frontal/Lateral" in df.columns:
+            col = df["Frontal/Lateral"].fillna("").astype(str).str.lower().to_numpy()
+        else:  # infer from the file name (view1_frontal.jpg); unnamed views count as frontal
+            col = np.array(["lateral" if "lateral" in p.lower() else "frontal" for p in paths])
+        return col == views
+    if "AP/PA" not in df.columns:
+        raise ChexcutError(f"--views {views} needs an AP/PA column, which the CSV lacks")
+    return df["AP/PA"].fillna("").astype(str).str.lower().to_numpy() == views
+
+
+def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> LabelTable:
+    """Read one CSV, validate it, select views, apply the label policies."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(csv, dtype={opts.path_col: str}, low_memory=False)
+    except FileNotFoundError:
+        raise ChexcutError(f"CSV not found: {csv}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise ChexcutError(f"{csv} is not a readable CSV: {str(e).splitlines()[0]}") from None
+    if opts.path_col not in df.columns:
+        raise ChexcutError(f"{csv.name}: no path column {opts.path_col!r} (columns: {', '.join(map(str, df.columns[:8]))}...)")
+    if opts.labels:
+        labels = tuple(opts.labels)
+        missing = [c for c in labels if c not in df.columns]
+        if missing:
+            raise ChexcutError(f"{csv.name}: missing label columns: {', '.join(missing)}")
+    else:
+        labels = tuple(c for c in CHEXPERT_LABELS if c in df.columns)
+        if not labels:
+            raise ChexcutError(f"{csv.name}: none of the 14 CheXpert label columns is present; name them with --labels")
+    if df[opts.path_col].isna().any():
+        rows = (np.flatnonzero(df[opts.path_col].isna().to_numpy()) + 2)[:5]
+        raise ChexcutError(f"{csv.name}: empty {opts.path_col} in rows {', '.join(map(str, rows))}")
+    raw = df[list(labels)]
+    values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    # a non-numeric cell became NaN: that is an error, unlike a genuinely blank cell
+    bad = (np.isnan(values) & raw.notna().to_numpy()) | ~(np.isnan(values) | np.isin(values, (1.0, 0.0, -1.0)))
+    if bad.any():
+        r, c = np.nonzero(bad)
+        shown = ", ".join(f"row {i + 2} {labels[j]}={raw.iat[i, j]!r}" for i, j in list(zip(r, c))[:3])
+        raise ChexcutError(f"{csv.name}: {len(r)} label cells are not 1, 0, -1 or blank: {shown}")
+    paths = df[opts.path_col].astype(str).tolist()
+    keep = _view_mask(df, opts.views, paths)
+    sel = np.flatnonzero(keep)
+    paths = [paths[i] for i in sel]
+    values = values[sel]
+    targets, mask = apply_policies(values, parse_uncertain(opts.uncertain, labels), opts.blank)
+    patient, study = patient_study(paths)
+    return LabelTable(root=base, paths=paths, files=resolve_paths(paths, base), labels=labels, values=values,
+                      targets=targets, mask=mask, patient=patient, study=study, csv_rows=sel + 2, split=split)
+
+
+def patient_split(table: LabelTable, valid_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded patient-level split: no patient in both parts. Returns (train_index, valid_index)."""
+    if not 0 < valid_frac < 1:
+        raise ChexcutError(f"--valid-frac must be in (0, 1), not {valid_frac}")
+    patients = np.unique(table.patient.astype(str))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(patients)
+    n_valid = max(1, int(round(valid_frac * len(patients))))
+    valid_patients = set(patients[:n_valid])
+    is_valid = np.array([p in valid_patients for p in table.patient.astype(str)])
+    return np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+
+
+def load_split(data: str | Path, split: str, opts: DataOptions = DataOptions()) -> LabelTable:
+    """Rows of ``split`` ("train" | "valid" | "all") with ``opts`` applied.
+
+    CheXpert layout: train.csv and valid.csv. Without a valid.csv (or with ``--csv``), valid is
+    a seeded patient-level split of the one CSV.
+    """
+    if split not in ("train", "valid", "all"):
+        raise ChexcutError(f"--split must be train, valid or all, not {split!r}")
+    data = Path(data)
+    if opts.csv:
+        csv = Path(opts.csv)
+        if not csv.is_file() and (data / csv).is_file():
+            csv = data / csv
+        if not data.is_dir():
+            raise ChexcutError(f"data folder {data} does not exist")
+        table = read_csv_table(csv, data, opts, split)
+        note = (f"patient-level split of {csv.name} (valid {opts.valid_frac:.0%}, seed {opts.split_seed})"
+                if split != "all" else f"all rows of {csv.name}")
+    else:
+        ddir = find_dataset_dir(data)
+        base = data if ddir != data else ddir
+        train_csv, valid_csv = ddir / "train.csv", ddir / "valid.csv"
+        if valid_csv.is_file() and train_csv.is_file():
+            if split == "all":
+                a, b = (read_csv_table(c, base, opts, s) for c, s in ((train_csv, "train"), (valid_csv, "valid")))
+                table = _concat(a, b)
+            else:
+                table = read_csv_table(ddir / f"{split}.csv", base, opts, split)
+            table.notes.append(f"{split} = the dataset's own {split}.csv" if split != "all" else "train.csv + valid.csv")
+            return _non_empty(table, opts)
+        table = read_csv_table(train_csv if train_csv.is_file() else valid_csv, base, opts, split)
+        note = f"no valid.csv: patient-level split (valid {opts.valid_frac:.0%}, seed {opts.split_seed})"
+    if split != "all":
+        tr, va = patient_split(table, opts.valid_frac, opts.split_seed)
+        table = table.subset(tr if split == "train" else va)
+        table.split = split
+    table.notes.append(note)
+    return _non_empty(table, opts)
+
+
+def _concat(a: LabelTable, b: LabelTable) -> LabelTable:
+    if a.labels != b.labels:
+        raise ChexcutError("train.csv and valid.csv have different label columns")
+    return LabelTable(
+        root=a.root, paths=a.paths + b.paths, files=a.files + b.files, labels=a.labels,
+        values=np.concatenate([a.values, b.values]), targets=np.concatenate([a.targets, b.targets]),
+        mask=np.concatenate([a.mask, b.mask]), patient=np.concatenate([a.patient, b.patient]),
+        study=np.concatenate([a.study, b.study]), csv_rows=np.concatenate([a.csv_rows, b.csv_rows]), split="all",
+    )
+
+
+def _non_empty(table: LabelTable, opts: DataOptions) -> LabelTable:
+    if len(table) == 0:
+        raise ChexcutError(f"no images selected for split {table.split!r} with --views {opts.views}")
+    return table
+
+
+def check_files(table: LabelTable, skip_missing: bool = False) -> LabelTable:
+    """Every image file exists, checked before any work starts; ``skip_missing`` drops (and notes) them."""
+    import os
+
+    missing = [i for i, f in enumerate(table.files) if not os.path.isfile(f)]
+    if not missing:
+        return table
+    shown = ", ".join(str(table.files[i]) for i in missing[:3])
+    if not skip_missing:
+        raise ChexcutError(f"{len(missing)} of {len(table)} images are missing (first: {shown}); "
+                           f"--skip-missing proceeds without them")
+    keep = np.setdiff1d(np.arange(len(table)), missing)
+    if len(keep) == 0:
+        raise ChexcutError(f"all {len(table)} images are missing (first: {shown})")
+    out = table.subset(keep)
+    out.notes = table.notes + [f"skipped {len(missing)} missing images (first: {shown})"]
+    return out

@@ -1,0 +1,97 @@
+"""Decode any chest X-ray file into one uint8 grayscale square, and normalise batches on the device.
+
+JPEG and PNG, 8- and 16-bit, L / LA / P / RGB / RGBA all become one channel. ``squash``
+resizes to S x S ignoring the aspect ratio (the CheXpert baseline); ``pad`` letterboxes.
+Batches travel as uint8 (4x less than float32) and are normalised where they are used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from chexcut.errors import ChexcutError
+
+RESIZE_MODES = ("squash", "pad")
+
+
+def to_gray_u8(img) -> np.ndarray:
+    """A PIL image of any mode -> (H, W) uint8."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+        a = np.asarray(img, dtype=np.int64 if img.mode == "I" else np.uint16).astype(np.float32)
+        top = float(a.max()) if a.size else 0.0
+        # 16-bit containers hold 12- to 16-bit data: scale by the container's apparent bit depth
+        bits = 16 if top > 4095 else (12 if top > 255 else 8)
+        return np.clip(a / (2 ** bits - 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        return ((a - lo) / (hi - lo + 1e-12) * 255 + 0.5).astype(np.uint8)
+    if img.mode in ("RGBA", "LA", "PA"):
+        # an opaque alpha (the usual case for X-ray exports) is simply dropped; transparency goes to black
+        bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, img.convert("RGBA"))
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(path: str | Path, size: int, resize: str = "squash") -> np.ndarray:
+    """Decode ``path`` into a (size, size) uint8 array. Corrupt files raise ChexcutError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    if resize not in RESIZE_MODES:
+        raise ChexcutError(f"--resize must be squash or pad, not {resize!r}")
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                # decode at reduced resolution directly in the DCT (2-8x less work for big images)
+                img.draft("L", (size, size) if resize == "squash" else (size, size))
+            img.load()
+            gray = to_gray_u8(img)
+    except FileNotFoundError:
+        raise ChexcutError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ChexcutError(f"cannot read image {path}: {e}") from None
+    return resize_gray(gray, size, resize)
+
+
+def resize_gray(gray: np.ndarray, size: int, resize: str = "squash") -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(gray, mode="L")
+    if resize == "squash":
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+        return np.asarray(im, dtype=np.uint8)
+    w, h = im.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0)
+    out = np.zeros((size, size), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = np.asarray(im, dtype=np.uint8)
+    return out
+
+
+def normalise(batch, mean, std, in_chans: int = 3, channels_last: bool = False, dtype=None):
+    """uint8 (N, 1, H, W) on any device -> normalised float (N, in_chans, H, W).
+
+    ``mean``/``std`` are the model's per-channel statistics; a grey image is replicated to
+    3 channels (each normalised with its own channel's statistics) unless ``in_chans == 1``.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    x = batch.to(dtype=torch.float32).div_(255.0)
+    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    if in_chans == 3:
+        x = x.expand(-1, 3, -1, -1)
+    x = ((x - m) / s).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
