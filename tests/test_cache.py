@@ -1,6 +1,7 @@
 """The prepared cache: identical pixels, reuse, invalidation, resume, refusal of a foreign folder."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,8 +78,8 @@ def test_bad_image_named_or_skipped(phantom, tmp_path):
     d = tmp_path / "copy"
     shutil.copytree(phantom, d)
     t = load_split(d, "all")
-    t.files[3].write_bytes(b"garbage")
-    with pytest.raises(ChexcutError, match=t.files[3].name):
+    Path(t.files[3]).write_bytes(b"garbage")
+    with pytest.raises(ChexcutError, match=Path(t.files[3]).name):
         prepare_cache(t.files, 32, folder=tmp_path / "c1", workers=1)
     cache, stats = prepare_cache(t.files, 32, folder=tmp_path / "c2", workers=1, skip_bad=True)
     assert stats["bad"] == [str(t.files[3])]

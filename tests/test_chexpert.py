@@ -1,5 +1,7 @@
 """The CSV reader: every policy on a handwritten CSV, views, prefixes, splits, bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,7 +94,7 @@ def test_prefix_resolution_from_either_folder(chexpert):
     a = load_split(chexpert, "train")
     b = load_split(chexpert / "CheXpert-v1.0-small", "train")
     assert a.files == b.files
-    assert all(f.is_file() for f in a.files)
+    assert all(Path(f).is_file() for f in a.files)
     assert a.patient.tolist() == ["patient00001", "patient00002", "patient00003"]
     assert a.study.tolist()[2] == "patient00003/study2"
 
@@ -116,7 +118,7 @@ def test_missing_columns_and_bad_values(tmp_path):
 
 def test_missing_files_reported_or_skipped(chexpert):
     t = load_split(chexpert, "train")
-    t.files[1].unlink()
+    Path(t.files[1]).unlink()
     with pytest.raises(ChexcutError, match=r"1 of 3 images are missing .*patient00002.*--skip-missing"):
         check_files(t)
     kept = check_files(t, skip_missing=True)

@@ -62,7 +62,7 @@ class LabelTable:
 
     root: Path
     paths: list[str]  # as written in the CSV (the join key for predictions)
-    files: list[Path]  # resolved image files
+    files: list[str]  # resolved image files
     labels: tuple[str, ...]
     values: np.ndarray  # (N, L) float32 raw labels, NaN = blank
     targets: np.ndarray  # (N, L) float32 0/1
@@ -162,19 +162,21 @@ def find_dataset_dir(root: Path) -> Path:
     )
 
 
-def resolve_paths(paths: list[str], base: Path) -> list[Path]:
-    """CSV paths -> files. CheXpert paths start with their prefix folder; ``base`` may be that
-    folder itself or the folder that contains it."""
+def resolve_paths(paths: list[str], base: Path) -> list[str]:
+    """CSV paths -> file paths (strings). CheXpert paths start with their prefix folder; ``base``
+    may be that folder itself or the folder that contains it (decided once per prefix)."""
+    base_s = str(base).rstrip("/") or "/"
+    strip_prefix: dict[str, bool] = {}
     out = []
     for p in paths:
         first, _, rest = p.partition("/")
-        if first in PREFIXES and rest:
-            if base.name == first or not (base / first).is_dir():
-                out.append(base / rest)
-            else:
-                out.append(base / p)
+        if rest and first in PREFIXES:
+            strip = strip_prefix.get(first)
+            if strip is None:
+                strip = strip_prefix[first] = base.name == first or not (base / first).is_dir()
+            out.append(f"{base_s}/{rest if strip else p}")
         else:
-            out.append(base / p)
+            out.append(f"{base_s}/{p}")
     return out
 
 
@@ -186,19 +188,15 @@ def patient_study(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Patient and study ids from paths: ``patientNNNNN/studyN`` (CheXpert, MIMIC-like), NIH's
     ``PATIENT_FOLLOWUP.png``, else the image itself."""
     patients, studies = [], []
+    search, nih = _PATIENT.search, _NIH.search
     for p in paths:
-        m = _PATIENT.search(p)
+        m = search(p) or nih(p)
         if m:
             patients.append(m.group(1))
-            studies.append(f"{m.group(1)}/{m.group(2)}")
-            continue
-        m = _NIH.search(p)
-        if m:
-            patients.append(m.group(1))
-            studies.append(f"{m.group(1)}/{m.group(2)}")
-            continue
-        patients.append(p)
-        studies.append(p)
+            studies.append(m.group(1) + "/" + m.group(2))
+        else:
+            patients.append(p)
+            studies.append(p)
     return np.array(patients, dtype=object), np.array(studies, dtype=object)
 
 
