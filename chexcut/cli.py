@@ -261,12 +261,109 @@ def finetune(ctx: typer.Context):
     raise ChexcutError("`chexcut finetune` is not built yet")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate(ctx: typer.Context):
-    """AUROC with bootstrap confidence intervals and paired tests (not built yet)."""
-    raise ChexcutError("`chexcut evaluate` is not built yet")
+@app.command()
+def evaluate(
+    model: Annotated[Optional[str], typer.Argument(help="Model file or finetune run dir (omit with --predictions).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder to run MODEL on.")] = None,
+    split: Annotated[str, typer.Option("--split", help="train | valid | all.")] = "valid",
+    predictions: Annotated[Optional[Path], typer.Option("--predictions", help="Predictions CSV (Path + one probability column per label).")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="With --predictions: the label CSV. With MODEL: comma-separated labels to evaluate.")] = None,
+    truth: Annotated[Optional[Path], typer.Option("--truth", help="The label CSV for --predictions (same as --labels FILE).")] = None,
+    compare: Annotated[Optional[str], typer.Option("--compare", help="Another model, run dir or predictions CSV on the same rows.")] = None,
+    method: Annotated[str, typer.Option("--method", help="Paired test per label: bootstrap | delong.")] = "bootstrap",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0 disables).")] = 1000,
+    ci: Annotated[float, typer.Option("--ci", help="Confidence level.")] = 0.95,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level for the verdict.")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    cluster: Annotated[str, typer.Option("--cluster", help="Resample by patient | study | none.")] = "patient",
+    level: Annotated[str, typer.Option("--level", help="study (max over views, official CheXpert) | image.")] = "study",
+    logits: Annotated[bool, typer.Option("--logits", help="Predictions are logits: apply a sigmoid.")] = False,
+    predictions_out: Annotated[Optional[Path], typer.Option("--predictions-out", help="Write MODEL's predictions CSV here.")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the evaluation JSON to PATH, or - for stdout.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv-out", help="Write per-label results as CSV.")] = None,
+    csv: CsvOpt = None, path_col: PathColOpt = "Path", views: ViewsOpt = "frontal",
+    uncertain: UncertainOpt = "zeros", blank: BlankOpt = "zeros", valid_frac: ValidFracOpt = 0.1,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="[default: the model file's]")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="bf16 | fp16 | fp32 [default: bf16 on GPU, fp32 on CPU].")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 2,
+    cache: CacheOpt = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+):
+    """AUROC per label and on the 5 competition tasks, with bootstrap CIs and paired tests."""
+    from chexcut import evaluate as ev
+    from chexcut import ui
 
+    if level not in ("study", "image"):
+        raise ChexcutError(f"--level must be study or image, not {level!r}")
+    if (model is None) == (predictions is None):
+        raise ChexcutError("give a MODEL (with --data) or --predictions (with --labels FILE), not both or neither")
+    to_stdout = json_path == "-"
+    quiet = quiet or to_stdout
+    if bootstrap < 0:
+        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
+    if not 0 < ci < 1:
+        raise ChexcutError(f"--ci must be in (0, 1), not {ci}")
+    label_file = truth
+    label_list = None
+    if labels and Path(labels).is_file():
+        label_file = Path(labels)
+    elif labels:
+        label_list = tuple(_split(labels))
+    opts = _data_options(csv, path_col, ",".join(label_list) if label_list else None, views, uncertain, blank, valid_frac)
+    infer_kw = dict(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
+                    precision=precision, cache_dir=cache)
+    if model is not None:
+        if data is None:
+            raise ChexcutError("evaluating a MODEL needs --data DIR")
+        with ui.progress_bar("inference", quiet=quiet) as update:
+            table, preds, spec = ev.model_predictions(model, data, split, opts, labels=label_list, progress=update,
+                                                      **infer_kw)
+        evalset = ev.evalset_from_table(table)
+        scores = ev.align(evalset, preds)
+        if predictions_out:
+            ev.write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
+    else:
+        if label_file is None:
+            raise ChexcutError("--predictions needs the label CSV: --labels FILE (or --truth FILE)")
+        from chexcut.data.chexpert import read_csv_table
+        import dataclasses
 
+        preds = ev.read_predictions(predictions, logits=logits)
+        table = read_csv_table(label_file, label_file.parent, dataclasses.replace(opts, labels=tuple(preds.columns)), "valid")
+        evalset = ev.evalset_from_table(table)
+        scores = ev.align(evalset, preds)
+    other = None
+    if compare:
+        if ev._is_predictions_csv(compare):
+            other = ev.align(evalset, ev.read_predictions(compare, logits=logits), name=f"--compare {compare}")
+        else:
+            if data is None:
+                raise ChexcutError("--compare with a model needs --data DIR to run it on")
+            with ui.progress_bar("inference (compare)", quiet=quiet) as update:
+                _, opreds, _ = ev.model_predictions(compare, data, split, opts, labels=evalset.labels,
+                                                    progress=update, **infer_kw)
+            other = ev.align(evalset, opreds, name=f"--compare {compare}")
+    mats = [scores] + ([other] if other is not None else [])
+    if level == "study":
+        evalset, mats = ev.aggregate_by_study(evalset, mats)
+    result = ev.evaluate(evalset, mats[0], bootstrap=bootstrap, ci=ci, seed=seed, cluster=cluster,
+                         compare=mats[1] if other is not None else None, method=method, alpha=alpha)
+    result["level"] = level
+    result["source"] = {"model": model, "predictions": str(predictions) if predictions else None,
+                        "compare": compare, "data": str(data) if data else None, "split": split,
+                        "options": opts.to_json()}
+    if json_path and not to_stdout:
+        from chexcut.fileio import write_json
+
+        write_json(Path(json_path), result)
+    if csv_out:
+        ev.write_results_csv(csv_out, result)
+    if to_stdout:
+        ui.print_json(result)
+    elif not quiet:
+        ui.out.print(ui.evaluation_table(result))
 # ----------------------------------------------------------------------------- entry point
 
 def main(argv: Optional[list[str]] = None) -> None:

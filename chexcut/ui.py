@@ -114,3 +114,45 @@ def prevalence_table(rows: list[dict], title: str) -> Table:
         t.add_row(r["label"], str(r["positive"]), str(r["negative"]), str(r["uncertain"]), str(r["blank"]),
                   str(r["train_pos"]), str(r["train_neg"]), str(r["masked"]))
     return t
+
+
+def _f(x, fmt="{:.4f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def evaluation_table(r: dict) -> Table:
+    comp = r.get("compare")
+    title = (f"AUROC, {r['n']} {'studies' if r.get('level') == 'study' else 'images'}"
+             + (f", {int(r['ci'] * 100)}% bootstrap CI ({r['bootstrap']} replicates, by {r['cluster']})"
+                if r["bootstrap"] else ""))
+    t = Table(title=title, title_justify="left")
+    for col in ("label", "pos/neg", "AUROC", "CI"):
+        t.add_column(col, justify="left" if col == "label" else "right")
+    if comp:
+        for col in ("delta", "delta CI", "p"):
+            t.add_column(col, justify="right")
+    crow = {c["label"]: c for c in (comp or {}).get("labels", [])}
+
+    def ci(lo, hi):
+        return "-" if lo is None else f"{lo:.4f}-{hi:.4f}"
+
+    for row in r["labels"]:
+        auc = _f(row["auroc"]) if row["auroc"] is not None else f"[dim]n/e ({row.get('not_evaluable', '')})[/]"
+        cells = [row["label"], f"{row['n_pos']}/{row['n_neg']}", auc, ci(row["ci_low"], row["ci_high"])]
+        if comp:
+            c = crow[row["label"]]
+            cells += [_f(c["delta"], "{:+.4f}"), ci(c["ci_low"], c["ci_high"]), _f(c["p"], "{:.3g}")]
+        t.add_row(*cells)
+    for key, name in (("mean_competition", "mean (5 competition)"), ("mean_all", "mean (all evaluable)")):
+        m = r[key]
+        if not m:
+            continue
+        cells = [f"[bold]{name}[/]", f"{m['labels']} labels", f"[bold]{_f(m['auroc'])}[/]", ci(m["ci_low"], m["ci_high"])]
+        if comp:
+            c = comp.get(key) or {}
+            cells += [_f(c.get("delta"), "{:+.4f}"), ci(c.get("ci_low"), c.get("ci_high")), _f(c.get("p"), "{:.3g}")]
+        t.add_row(*cells, end_section=key == "mean_competition" and False)
+    if comp:
+        t.caption = comp["verdict"]
+        t.caption_justify = "left"
+    return t

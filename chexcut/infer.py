@@ -1,0 +1,77 @@
+"""Run a chexcut model over a label table: uint8 batches -> device -> normalise -> sigmoid."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from chexcut.errors import ChexcutError
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ChexcutError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ChexcutError("--device cuda was asked for, but no CUDA GPU is available")
+    return dev
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for ``precision`` (bf16 | fp16 | fp32) on ``device``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise ChexcutError(f"--precision must be bf16, fp16 or fp32, not {precision!r}")
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ChexcutError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_precision(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve_model_path(target: str):
+    """A model file, or a finetune run directory (its best.safetensors)."""
+    from pathlib import Path
+
+    p = Path(target)
+    if p.is_dir():
+        best = p / "best.safetensors"
+        if not best.is_file():
+            raise ChexcutError(f"{p} is a folder without best.safetensors: not a finished finetune run")
+        return best
+    if not p.exists():
+        raise ChexcutError(f"model not found: {p}")
+    return p
+
+
+@torch.no_grad()
+def predict(model, spec: dict, loader, n: int, device: torch.device, precision: str = "fp32",
+            channels_last: bool = False, progress=None) -> np.ndarray:
+    """Probabilities (n, n_labels) in the table's row order, from a loader of XrayBatches batches."""
+    from chexcut.data.images import normalise
+
+    model.eval()
+    mean, std = spec["normalisation"]["mean"], spec["normalisation"]["std"]
+    in_chans = int(spec.get("in_chans", 3))
+    out = np.zeros((n, len(spec["labels"])), dtype=np.float32)
+    done = 0
+    for images, _t, _m, rows in loader:
+        x = normalise(images.to(device, non_blocking=True), mean, std, in_chans, channels_last)
+        with autocast(device, precision):
+            logits = model(x)
+        out[rows.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+        done += len(rows)
+        if progress:
+            progress(done, n)
+    return out
