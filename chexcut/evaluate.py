@@ -157,7 +157,7 @@ def _mean_of(auc: np.ndarray, reps: np.ndarray | None, cols: list[int], ci: floa
 
 def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci: float = 0.95, seed: int = 0,
              cluster: str = "patient", compare: np.ndarray | None = None, method: str = "bootstrap",
-             alpha: float = 0.05, chunk: int = 32) -> dict:
+             alpha: float = 0.05, chunk: int | None = None) -> dict:
     """The evaluation JSON (see the README for the schema)."""
     if bootstrap < 0:
         raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")

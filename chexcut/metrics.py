@@ -135,16 +135,19 @@ def bootstrap_p(reps: np.ndarray) -> float:
 
 
 def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, clusters: np.ndarray,
-                     n_replicates: int, seed: int = 0, chunk: int = 32) -> list[np.ndarray]:
+                     n_replicates: int, seed: int = 0, chunk: int | None = None) -> list[np.ndarray]:
     """Replicate AUROCs, (B, L) per score matrix, all on the same resamples (paired).
 
     ``y``, ``mask``: (N, L); ``scores``: list of (N, L); ``clusters``: (N,) dense ids 0..K-1.
     Replicates are drawn ``chunk`` at a time, so memory stays bounded (a few (chunk, N) float32
-    arrays). The resamples depend only on ``seed``, ``n_replicates`` and ``chunk``.
+    arrays, ~32 MiB each by default). The resamples depend only on ``seed``, ``n_replicates``,
+    ``chunk`` and the number of clusters.
     """
     import torch
 
     n, n_labels = y.shape
+    if chunk is None:
+        chunk = max(32, min(n_replicates, 2**23 // max(n, 1)))
     k = int(clusters.max()) + 1 if n else 1
     rng = np.random.default_rng(seed)
     jobs = [(m, j, _LabelIndex(y[:, j], s[:, j], np.flatnonzero(mask[:, j]), clusters))
