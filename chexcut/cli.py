@@ -128,6 +128,7 @@ def truncate(
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH to a state dict of the full architecture."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels [default: the 14 CheXpert observations]."),
     in_chans: int = typer.Option(3, "--in-chans", help="1 = grayscale input (first conv's RGB filters combined)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for random initialisation (the new head; all weights with --weights none)."),
     image_size: int = typer.Option(320, "--image-size", help="Image size recorded in the model file and used for MACs."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     json_out: bool = typer.Option(False, "--json", help="Print the model spec and figures as JSON to stdout."),
@@ -149,7 +150,8 @@ def truncate(
     check_writable(out, force=force)
     label_list = _split(labels) or list(CHEXPERT_LABELS)
     anat = anatomy(a.name, image_size, n_labels=len(label_list))
-    model = do_truncate(a.name, drop=d, weights=weights, labels=label_list, in_chans=in_chans, image_size=image_size)
+    model = do_truncate(a.name, drop=d, weights=weights, labels=label_list, in_chans=in_chans, image_size=image_size,
+                        seed=seed)
     save_model(model, out, force=force)
     spec = model.chexcut_spec
     full, cut = anat.truncations[0], anat.truncations[d]
@@ -253,12 +255,101 @@ def phantom(
         ui.err.print(f"wrote {n} images to {root} (train.csv, valid.csv)")
 
 
-# ----------------------------------------------------------------------------- not yet
+# ----------------------------------------------------------------------------- finetune
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def finetune(ctx: typer.Context):
-    """Fine-tune a model file or architecture on a CheXpert-layout dataset (not built yet)."""
-    raise ChexcutError("`chexcut finetune` is not built yet")
+@app.command()
+def finetune(
+    model: Annotated[Optional[str], typer.Argument(help="Model file from `truncate`, or an architecture name (with --drop/--keep/--weights).", autocompletion=_complete_arch)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (CheXpert layout or --csv base).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory exactly where it stopped.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a --out that holds a finished or stopped run.")] = False,
+    drop: Annotated[Optional[int], typer.Option("--drop", help="With an architecture name: final blocks to remove.")] = None,
+    keep: Annotated[Optional[int], typer.Option("--keep", help="With an architecture name: blocks to keep.")] = None,
+    weights: Annotated[str, typer.Option("--weights", help="With an architecture name: imagenet | none | PATH.")] = "imagenet",
+    in_chans: Annotated[int, typer.Option("--in-chans", help="With an architecture name: 1 for grayscale input.")] = 3,
+    recipe: Annotated[str, typer.Option("--recipe", help="paper (Adam 1e-4, batch 16, 3 epochs, fp32) | fast (large batch, bf16, channels_last, compile, cosine).")] = "paper",
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size")] = None,
+    val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps (and at each epoch end).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="bf16 | fp16 | fp32 | auto.")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (GPU only).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 4,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps in all (the schedule is unchanged; --resume continues).")] = None,
+    log_every: Annotated[int, typer.Option("--log-every", help="Log every N steps.")] = 50,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
+    resize: ResizeOpt = "squash",
+    csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = "frontal",
+    uncertain: UncertainOpt = "zeros", blank: BlankOpt = "zeros", valid_frac: ValidFracOpt = 0.1,
+    cache: CacheOpt = None, skip_missing: SkipMissingOpt = False,
+    log_format: Annotated[str, typer.Option("--log-format", help="rich (progress bar on stderr) | json (one object per line on stdout).")] = "rich",
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """Fine-tune on a CheXpert-layout dataset into a run directory (resumable, kill-safe)."""
+    import json
+
+    from chexcut import ui
+    from chexcut.train import Run, TrainConfig, finetune as do_finetune
+
+    if log_format not in ("rich", "json"):
+        raise ChexcutError(f"--log-format must be rich or json, not {log_format!r}")
+    if resume is not None:
+        if model or out or data:
+            raise ChexcutError("--resume RUN_DIR takes its model, data and output from the run; give no MODEL, --data or --out")
+        try:
+            config = json.loads((resume / "config.json").read_text())
+        except (OSError, ValueError):
+            raise ChexcutError(f"--resume {resume}: no readable config.json there, not a finetune run") from None
+        train = {**config["train"], **({"max_steps": max_steps} if max_steps else {})}
+        if device:
+            train["device"] = device
+        cfg = TrainConfig(**train)
+        d = config["data"]
+        opts = _data_options(d["csv"], d["path_col"], ",".join(d["labels"]) if d["labels"] else None, d["views"],
+                             d["uncertain"], d["blank"], d["valid_frac"], d["split_seed"])
+        run = Run(run_dir=resume, data=Path(d["dir"]), opts=opts, cfg=cfg, model_source={}, resume=True,
+                  cache=Path(d["cache"]) if cache else None)
+    else:
+        if not model or data is None or out is None:
+            raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
+        if not data.exists():
+            raise ChexcutError(f"--data {data} does not exist")
+        cfg = TrainConfig.from_recipe(
+            recipe, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, val_every=val_every,
+            precision=precision, channels_last=channels_last, compile=compile_, workers=workers, seed=seed,
+            max_steps=max_steps, device=device, resize=resize, log_every=log_every)
+        if Path(model).is_file() or model.endswith(".safetensors"):
+            if drop is not None or keep is not None:
+                raise ChexcutError("--drop/--keep apply to an architecture name; the model file is already cut")
+            source = {"file": model}
+        else:
+            from chexcut.archs import get_arch
+            from chexcut.surgery import resolve_drop
+
+            a = get_arch(model)
+            source = {"arch": a.name, "drop": resolve_drop(a, drop, keep), "weights": weights, "in_chans": in_chans,
+                      "seed": seed}
+        opts = _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
+        run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source, cache=cache,
+                  skip_missing=skip_missing, force=force)
+    run.quiet = quiet
+    if log_format == "json":
+        def emit(event):
+            if not quiet:
+                print(json.dumps(event), flush=True)
+
+        result = do_finetune(run, emit)
+    else:
+        with ui.TrainProgress(quiet=quiet) as emit:
+            result = do_finetune(run, emit)
+    if log_format == "rich" and not quiet:
+        b = result["best"]
+        best = f"best mean AUROC {b['mean_auroc']:.4f} at step {b['step']}" if b.get("mean_auroc") is not None else "no evaluable validation"
+        ui.err.print(f"{result['status']}: {result['step']} steps, {best}; run in {result['run_dir']}")
 
 
 @app.command()

@@ -321,10 +321,12 @@ def truncate(
     labels: tuple[str, ...] | list[str] = CHEXPERT_LABELS,
     in_chans: int = 3,
     image_size: int = 320,
+    seed: int | None = 0,
 ):
     """Build ``arch`` with ``weights``, cut ``drop`` final blocks, attach a ``len(labels)``-way head.
 
-    Returns the ``nn.Module`` in eval mode. Its ``chexcut_spec`` attribute is the JSON-able
+    Random initialisation (``weights="none"`` and the new head) is seeded by ``seed``
+    (``None``: the global RNG). Returns the ``nn.Module`` in eval mode. Its ``chexcut_spec`` attribute is the JSON-able
     spec that :func:`chexcut.save_model` records so :func:`chexcut.load_model` can rebuild it.
     """
     from chexcut import __version__
@@ -338,9 +340,12 @@ def truncate(
         raise ChexcutError("--labels has duplicate names")
     if in_chans not in (1, 3):
         raise ChexcutError(f"--in-chans must be 1 or 3, not {in_chans}")
-    full = build_architecture(a)
-    origin = load_weights(full, a, weights)
-    model = cut(full, a, d, len(labels))
+    with torch.random.fork_rng(devices=[]):  # seeded init (random weights, the new head) without side effects
+        if seed is not None:
+            torch.manual_seed(seed)
+        full = build_architecture(a)
+        origin = load_weights(full, a, weights)
+        model = cut(full, a, d, len(labels))
     mean, std = a.family.mean, a.family.std
     if in_chans == 1:
         mean, std = adapt_in_chans(model, mean, std)
@@ -362,6 +367,7 @@ def truncate(
         "image_size": int(image_size),
         "weights": origin,
         "params": sum(p.numel() for p in model.parameters()),
+        "seed": seed,
         "chexcut_version": __version__,
     }
     model.chexcut_spec = spec

@@ -156,3 +156,38 @@ def evaluation_table(r: dict) -> Table:
         t.caption = comp["verdict"]
         t.caption_justify = "left"
     return t
+
+
+class TrainProgress:
+    """A rich progress bar fed by finetune's events: loss, images/s, validation AUROC, ETA."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress = None
+
+    def __enter__(self):
+        return self.emit
+
+    def emit(self, event: dict) -> None:
+        if self.quiet:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        kind = event.get("event")
+        if kind == "start":
+            self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err)
+            self.progress.__enter__()
+            self.task = self.progress.add_task("train", total=event["last_step"], completed=event["step"], info="")
+            err.print(f"{event['train_images']} train / {event['valid_images']} valid images on {event['device']} "
+                      f"({event['precision']}, {'cached' if event['cached'] else 'decoding'} images)")
+        elif kind == "log" and self.progress:
+            info = f"loss {event['train_loss']:.4f}  {event['images_per_s']:.0f} img/s"
+            if event.get("val_mean_auroc") is not None:
+                info += f"  val AUROC {event['val_mean_auroc']:.4f}"
+            self.progress.update(self.task, completed=event["step"], info=info)
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
+        return False

@@ -1,0 +1,193 @@
+"""finetune: learns, writes loadable outputs, resumes bit-exactly, survives kill -9, DDP, lock, NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import chexcut
+from chexcut.data.chexpert import DataOptions
+from chexcut.errors import ChexcutError
+from chexcut.train import Run, RunLock, TrainConfig, finetune
+from conftest import REPO, run_cli
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from chexcut.data.phantom import make_phantom
+
+    d = tmp_path_factory.mktemp("phantom")
+    make_phantom(d, n=300, image_size=64, seed=3)
+    return d
+
+
+def small(**kw):
+    base = dict(image_size=48, batch_size=16, epochs=2, val_every=10, workers=0, log_every=5, device="cpu")
+    return TrainConfig.from_recipe("paper", **{**base, **kw})
+
+
+def src(**kw):
+    return {"arch": "resnet18", "drop": 2, "weights": "none", **kw}
+
+
+def test_a_short_run_learns_and_writes_loadable_outputs(phantom, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = small(epochs=6, lr=1e-3, val_every=1000, image_size=64)
+    result = finetune(Run(run_dir, phantom, DataOptions(uncertain="ignore"), cfg, src()))
+    assert result["status"] == "finished"
+    assert result["best"]["mean_auroc"] > 0.65, result["best"]  # clearly above chance after ~80 steps
+    for name in ("config.json", "metrics.csv", "last.ckpt", "best.safetensors", "valid_predictions.csv", "state.json"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["lr"] == 1e-3 and config["data"]["uncertain"] == "ignore"
+    assert len(config["data"]["fingerprint"]) == 64 and "torch" in config["versions"]
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert {"step", "epoch", "images_seen", "train_loss", "images_per_s", "val_mean_auroc"} <= set(metrics.columns)
+    assert metrics["val_mean_auroc"].notna().sum() == 6  # one validation per epoch end
+    model = chexcut.load_model(run_dir / "best.safetensors")
+    assert model.chexcut_spec["training"]["step"] == result["best"]["step"]
+    preds = pd.read_csv(run_dir / "valid_predictions.csv")
+    assert list(preds.columns) == ["Path", *model.chexcut_spec["labels"]]
+    assert not (run_dir / ".lock").exists()
+    # the run directory is what evaluate and inspect take
+    rc, out, err = run_cli("evaluate", run_dir, "--data", phantom, "--bootstrap", "50", "--json", "-",
+                           "--workers", "0", "--uncertain", "ignore")
+    assert rc == 0, err
+    assert abs(json.loads(out)["mean_competition"]["auroc"] - result["best"]["mean_auroc"]) < 0.2
+    rc, out, err = run_cli("inspect", run_dir / "best.safetensors", "--json")
+    assert rc == 0 and json.loads(out)["model"]["arch"] == "resnet18"
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "last.ckpt", weights_only=True)["model"]
+
+
+def test_resume_is_bit_exact(phantom, tmp_path):
+    opts = DataOptions()
+    straight = finetune(Run(tmp_path / "a", phantom, opts, small(max_steps=23), src()))
+    assert straight["step"] == 23
+    first = finetune(Run(tmp_path / "b", phantom, opts, small(max_steps=9), src()))
+    assert first["status"] == "paused" and first["step"] == 9
+    again = finetune(Run(tmp_path / "b", phantom, opts, small(max_steps=23), {}, resume=True))
+    assert again["step"] == 23
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupt_saves_and_kill_9_leaves_a_good_checkpoint(phantom, tmp_path):
+    """kill -9 at some moment: last.ckpt (written to a temp file + renamed) always loads; resume works."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "chexcut", "finetune", "resnet18", "--drop", "2", "--weights", "none", "--data",
+           str(phantom), "--out", str(run_dir), "--image-size", "48", "--batch-size", "8", "--epochs", "50",
+           "--val-every", "2", "--workers", "0", "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.Popen(cmd, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "last.ckpt").exists():
+        time.sleep(0.2)
+    time.sleep(1.5)  # let it write more checkpoints, then kill it mid-run
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    ckpt = torch.load(run_dir / "last.ckpt", weights_only=True)
+    assert ckpt["step"] >= 2
+    # the lock of a dead process is stale and is taken over
+    rc, out, err = run_cli("finetune", "--resume", run_dir, "--max-steps", str(ckpt["step"] + 2), "--quiet")
+    assert rc == 0, err
+    assert json.loads((run_dir / "state.json").read_text())["step"] == ckpt["step"] + 2
+    # Ctrl-C: a checkpoint is written and the exit code is 130
+    run2 = tmp_path / "run2"
+    p = subprocess.Popen([str(run2) if c == str(run_dir) else c for c in cmd], env=env)
+    while not (run2 / "last.ckpt").exists():
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=120) == 130
+    state = json.loads((run2 / "state.json").read_text())
+    assert state["status"] == "interrupted"
+    assert torch.load(run2 / "last.ckpt", weights_only=True)["step"] == state["step"]
+
+
+def test_lock_refuses_a_second_finetune(phantom, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = RunLock(run_dir)
+    lock.acquire()  # this (live) process holds it
+    try:
+        with pytest.raises(ChexcutError, match="in use"):
+            finetune(Run(run_dir, phantom, DataOptions(), small(max_steps=2), src(), force=True))
+    finally:
+        lock.release()
+    finetune(Run(run_dir, phantom, DataOptions(), small(max_steps=2), src()))
+    with pytest.raises(ChexcutError, match="--force"):
+        finetune(Run(run_dir, phantom, DataOptions(), small(max_steps=2), src()))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(phantom, tmp_path, monkeypatch):
+    import chexcut.train as train
+
+    real, calls = train.masked_bce, []
+
+    def poisoned(logits, targets, mask):  # the loss turns NaN at step 7, after checkpoints at 2, 4, 6
+        calls.append(1)
+        loss = real(logits, targets, mask)
+        return loss * float("nan") if len(calls) >= 7 else loss
+
+    monkeypatch.setattr(train, "masked_bce", poisoned)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ChexcutError, match="loss became nan at step 7.*last good checkpoint"):
+        finetune(Run(run_dir, phantom, DataOptions(), small(max_steps=40, val_every=2), src()))
+    kept = torch.load(run_dir / "last.ckpt", weights_only=True)
+    assert kept["step"] == 6
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "stopped" and "step 7" in state["reason"]
+    assert not (run_dir / ".lock").exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--batch-size", "100000"], "larger than the training set"),
+    (["--image-size", "20", "--drop", "0"], None),
+    (["--precision", "fp16"], "needs a GPU"),
+    (["--recipe", "slow"], "--recipe"),
+])
+def test_bad_input(phantom, tmp_path, args, msg):
+    base = ["finetune", "resnet18", "--weights", "none", "--data", phantom, "--out", tmp_path / "r", "--workers", "0",
+            "--image-size", "48", "--device", "cpu", "-q"]
+    rc, out, err = run_cli(*base, *args)
+    if msg is None:  # a too-small image for the architecture is still fine for resnet at 20 px
+        assert rc == 0, err
+        return
+    assert rc == 2 and msg in err and err.count("\n") == 1, err
+
+
+def test_unwritable_out_and_missing_data(phantom, tmp_path):
+    rc, _, err = run_cli("finetune", "resnet18", "--weights", "none", "--data", tmp_path / "nope", "--out", tmp_path / "r")
+    assert rc == 2 and "does not exist" in err
+    (tmp_path / "file").write_text("x")
+    rc, _, err = run_cli("finetune", "resnet18", "--weights", "none", "--data", phantom, "--out", tmp_path / "file")
+    assert rc == 2 and "not a folder" in err
+
+
+def test_ddp_two_gloo_processes(phantom, tmp_path):
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "chexcut",
+           "finetune", "resnet18", "--drop", "2", "--weights", "none", "--data", str(phantom), "--out", str(run_dir),
+           "--image-size", "48", "--batch-size", "8", "--epochs", "1", "--val-every", "5", "--workers", "0",
+           "--device", "cpu", "--log-format", "json"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    events = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    assert sum(e["event"] == "start" for e in events) == 1  # rank 0 alone logs
+    state = json.loads((run_dir / "state.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 2 and state["status"] == "finished"
+    # each rank takes half the batches: an epoch of N images at batch 8 per rank has ~N/16 steps
+    assert state["total_steps"] == config["steps_per_epoch"] <= config["data"]["train_images"] // 16 + 1
+    assert (run_dir / "best.safetensors").is_file()
