@@ -64,14 +64,16 @@ def predict(model, spec: dict, loader, n: int, device: torch.device, precision: 
     model.eval()
     mean, std = spec["normalisation"]["mean"], spec["normalisation"]["std"]
     in_chans = int(spec.get("in_chans", 3))
-    out = np.zeros((n, len(spec["labels"])), dtype=np.float32)
+    # results stay on the device until the end: no per-batch synchronisation, so the next batch's
+    # host-to-device copy (pinned, non-blocking) overlaps this batch's compute
+    out = torch.zeros((n, len(spec["labels"])), dtype=torch.float32, device=device)
     done = 0
     for images, _t, _m, rows in loader:
         x = normalise(images.to(device, non_blocking=True), mean, std, in_chans, channels_last)
         with autocast(device, precision):
             logits = model(x)
-        out[rows.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+        out[rows.to(device, non_blocking=True)] = torch.sigmoid(logits.float())
         done += len(rows)
         if progress:
             progress(done, n)
-    return out
+    return out.cpu().numpy()
