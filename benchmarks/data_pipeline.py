@@ -80,6 +80,14 @@ def main():
             x = cached[b][0]
             n += len(b)
     cache_rate = n / (time.perf_counter() - t)
+    from chexcut.data.dataset import CachedBatchLoader
+
+    n = 0
+    t = time.perf_counter()
+    for rep in range(5):
+        for x, *_ in CachedBatchLoader(cached, batch_order(len(table), args.batch_size, True, 0, rep), threads=2):
+            n += len(x)
+    threaded_rate = n / (time.perf_counter() - t)
     decode = XrayBatches(table, args.image_size)
     n = 0
     t = time.perf_counter()
@@ -90,6 +98,7 @@ def main():
     assert x.shape[-1] == args.image_size
     print(f"read from cache, {args.image_size}px, batch {args.batch_size}, one process: {cache_rate:,.0f} img/s "
           f"(target >= 20,000)")
+    print(f"read from cache, CachedBatchLoader (2 threads):   {threaded_rate:,.0f} img/s (what finetune/evaluate use)")
     print(f"per-image JPEG decode + resize, one process:       {decode_rate:,.0f} img/s")
     print(f"ratio cache / decode: {cache_rate / decode_rate:.1f}x (target >= 10x)")
 

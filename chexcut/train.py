@@ -349,7 +349,7 @@ def _finetune(run: Run, emit, device, dist: Dist) -> dict:
     from chexcut.anatomy import check_image_size
     from chexcut.data.cache import open_cache
     from chexcut.data.chexpert import check_files, load_split
-    from chexcut.data.dataset import XrayBatches, batch_order
+    from chexcut.data.dataset import CachedBatchLoader, XrayBatches, batch_order
     from chexcut.data.images import normalise
     from chexcut.infer import autocast, default_precision
     from chexcut.surgery import rebuild
@@ -359,6 +359,8 @@ def _finetune(run: Run, emit, device, dist: Dist) -> dict:
     if precision == "fp16" and device.type == "cpu":
         raise ChexcutError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     use_compile = cfg.compile and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed training shapes (drop_last): autotune once
     channels_last = cfg.channels_last and device.type == "cuda"
 
     # --- data: every check before the first step
@@ -432,17 +434,20 @@ def _finetune(run: Run, emit, device, dist: Dist) -> dict:
 
     sampler = MutableBatches()
     pin = device.type == "cuda"
-    loader_kw = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0, prefetch_factor=4) if cfg.workers else {}
-    # The loaders get their own generators: creating an iterator must not consume the global RNG,
-    # or a validation (or a resume) would shift the training randomness.
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=None, sampler=sampler, pin_memory=pin,
-                                         generator=torch.Generator().manual_seed(cfg.seed), **loader_kw)
     val_sampler = MutableBatches()
     val_shard = np.arange(len(valid_ds))[dist.rank::dist.world]
     vbs = cfg.val_batch_size or max(cfg.batch_size, 64)
     val_sampler.batches = [val_shard[i:i + vbs].tolist() for i in range(0, len(val_shard), vbs)]
-    val_loader = torch.utils.data.DataLoader(valid_ds, batch_size=None, sampler=val_sampler, pin_memory=pin,
-                                             generator=torch.Generator().manual_seed(cfg.seed), **loader_kw)
+    if cache is not None:  # threads gather batches from the memmap straight into pinned memory
+        threads = max(2, min(cfg.workers, 8))
+        loader = CachedBatchLoader(train_ds, sampler, pin=pin, threads=threads)
+        val_loader = CachedBatchLoader(valid_ds, val_sampler, pin=pin, threads=threads)
+    else:  # decoding processes; their own generators, so making an iterator never consumes the global RNG
+        kw = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0, prefetch_factor=4) if cfg.workers else {}
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=None, sampler=sampler, pin_memory=pin,
+                                             generator=torch.Generator().manual_seed(cfg.seed), **kw)
+        val_loader = torch.utils.data.DataLoader(valid_ds, batch_size=None, sampler=val_sampler, pin_memory=pin,
+                                                 generator=torch.Generator().manual_seed(cfg.seed), **kw)
 
     def save_checkpoint(status: str) -> None:
         if not dist.main:

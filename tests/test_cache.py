@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from chexcut.data.cache import open_cache, prepare_cache
@@ -92,3 +93,23 @@ def test_batch_order_is_seeded_and_sharded():
     r0 = batch_order(10, 2, True, 0, 0, rank=0, world=2)
     r1 = batch_order(10, 2, True, 0, 0, rank=1, world=2)
     assert len(r0) == len(r1) and set(sum(r0, [])) | set(sum(r1, [])) == set(range(10))
+
+
+def test_cached_batch_loader_matches_the_dataset(phantom, tmp_path):
+    from chexcut.data.dataset import CachedBatchLoader
+
+    t = load_split(phantom, "all")
+    cache, _ = prepare_cache(t.files, 32, folder=tmp_path / "c", workers=1)
+    ds = XrayBatches(t, 32, cache=cache)
+    batches = batch_order(len(ds), 7, True, 0, 0)
+    got = list(CachedBatchLoader(ds, batches, threads=3, depth=2))
+    assert len(got) == len(batches)
+    for b, (x, y, m, rows) in zip(batches, got):
+        ref = ds[b]
+        assert rows.tolist() == b
+        assert torch.equal(x, ref[0]) and torch.equal(y, ref[1]) and torch.equal(m, ref[2])
+    # stopping early is fine (no hang), and the loader can be iterated again
+    for i, _ in enumerate(CachedBatchLoader(ds, batches, threads=2)):
+        if i == 1:
+            break
+    assert len(list(CachedBatchLoader(ds, batches))) == len(batches)

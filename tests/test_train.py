@@ -191,3 +191,20 @@ def test_ddp_two_gloo_processes(phantom, tmp_path):
     # each rank takes half the batches: an epoch of N images at batch 8 per rank has ~N/16 steps
     assert state["total_steps"] == config["steps_per_epoch"] <= config["data"]["train_images"] // 16 + 1
     assert (run_dir / "best.safetensors").is_file()
+
+
+def test_resume_is_bit_exact_from_the_cache(phantom, tmp_path):
+    """The same with the prepared cache (threaded loader) instead of per-image decoding."""
+    from chexcut.data.cache import prepare_cache
+    from chexcut.data.chexpert import load_split
+
+    t = load_split(phantom, "all", DataOptions())
+    prepare_cache(t.files, 48, folder=tmp_path / "cache", workers=1)
+    opts = DataOptions()
+    cfg = dict(workers=2)
+    finetune(Run(tmp_path / "a", phantom, opts, small(max_steps=15, **cfg), src(), cache=tmp_path / "cache"))
+    finetune(Run(tmp_path / "b", phantom, opts, small(max_steps=6, **cfg), src(), cache=tmp_path / "cache"))
+    finetune(Run(tmp_path / "b", phantom, opts, small(max_steps=15, **cfg), {}, resume=True, cache=tmp_path / "cache"))
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["data"]["cache"] == str(tmp_path / "cache")
