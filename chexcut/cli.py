@@ -443,7 +443,7 @@ def evaluate(
                          compare=mats[1] if other is not None else None, method=method, alpha=alpha)
     result["level"] = level
     result["source"] = {"model": model, "predictions": str(predictions) if predictions else None,
-                        "compare": compare, "data": str(data) if data else None, "split": split,
+                        "compare": compare, "data": str(data.resolve()) if data else None, "split": split,
                         "options": opts.to_json()}
     if json_path and not to_stdout:
         from chexcut.fileio import write_json
@@ -455,6 +455,125 @@ def evaluate(
         ui.print_json(result)
     elif not quiet:
         ui.out.print(ui.evaluation_table(result))
+# ----------------------------------------------------------------------------- study / report / demo
+
+study_app = typer.Typer(help="Plan and run a grid of finetune + evaluate runs (locally or on Slurm).",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+def _ints(value: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in _split(value)]
+    except ValueError:
+        raise ChexcutError(f"--{name} must be comma-separated integers, not {value!r}") from None
+
+
+@study_app.command("plan", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def study_plan(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder for every run.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write plan.json, run.sh, commands.txt into.")],
+    archs: Annotated[Optional[str], typer.Option("--archs", help="Comma-separated architectures [default: the 16 of the paper].")] = None,
+    weights: Annotated[str, typer.Option("--weights", help="Comma-separated: imagenet,none.")] = "imagenet,none",
+    drops: Annotated[str, typer.Option("--drops", help="Comma-separated drops (levels past an arch's blocks are skipped).")] = "0,1,2",
+    seeds: Annotated[str, typer.Option("--seeds")] = "0",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for each run's evaluate.")] = 1000,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Also write study.sbatch (one array task per run).")] = False,
+    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per Slurm task (torchrun when > 1).")] = 1,
+    sbatch: Annotated[Optional[str], typer.Option("--sbatch", help="Extra #SBATCH lines, comma-separated (e.g. --partition=gpu,--time=12:00:00).")] = None,
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+):
+    """Write a study plan; extra options after the known ones go to every finetune (e.g. --recipe fast)."""
+    from chexcut import ui
+    from chexcut.archs import PAPER_ARCHS
+    from chexcut.study import plan_study
+
+    plan = plan_study(out, data, archs=_split(archs) if archs else PAPER_ARCHS, weights=_split(weights),
+                      drops=_ints(drops, "drops"), seeds=_ints(seeds, "seeds"), finetune_args=list(ctx.args),
+                      bootstrap=bootstrap, slurm=slurm, gpus_per_task=gpus_per_task, slurm_args=_split(sbatch) or [])
+    if json_out:
+        ui.print_json(plan)
+        return
+    ui.err.print(f"planned {len(plan['runs'])} runs in {out}: run.sh, commands.txt, plan.json"
+                 + (", study.sbatch" if slurm else ""))
+    for s in plan["skipped"]:
+        ui.err.print(f"skipped {s}")
+    ui.err.print(f"next: chexcut study run {out} --jobs N   (or bash {out}/run.sh"
+                 + (f", or sbatch {out}/study.sbatch)" if slurm else ")"))
+
+
+@study_app.command("run")
+def study_run(
+    study_dir: Annotated[Path, typer.Argument(help="A folder written by `chexcut study plan`.")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs at once (one GPU each when there are GPUs).")] = 1,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Execute a plan locally with a live status table; failures never stop the other runs."""
+    from chexcut import ui
+    from chexcut.study import run_plan
+
+    with ui.StudyStatus(study_dir, quiet=quiet) as update:
+        all_jobs = run_plan(study_dir, jobs=jobs, on_update=update)
+    failed = [j for j in all_jobs if j.status == "failed"]
+    if not quiet:
+        ui.err.print(ui.study_summary(all_jobs, study_dir))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    targets: Annotated[list[Path], typer.Argument(help="Study folders or run directories.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.md, results.csv, results.json and PNG plots here.")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for the paired comparisons.")] = 1000,
+    alpha: Annotated[float, typer.Option("--alpha")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="- prints the report JSON to stdout.")] = None,
+):
+    """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
+    from chexcut import ui
+    from chexcut.report import build_report, write_outputs
+
+    if bootstrap < 0:
+        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
+    rep = build_report(targets, bootstrap=bootstrap, alpha=alpha, seed=seed)
+    if out:
+        written = write_outputs(rep, out)
+        ui.err.print(f"wrote {', '.join(p.name for p in written)} to {out}")
+    if json_path == "-":
+        ui.print_json(rep)
+    elif json_path:
+        from chexcut.fileio import write_json
+
+        write_json(Path(json_path), rep)
+    if json_path != "-":
+        for t in ui.report_tables(rep):
+            ui.out.print(t)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Where to put the phantom data, study and report.")] = Path("chexcut-demo"),
+    archs: Annotated[str, typer.Option("--archs")] = "resnet18,densenet121,mobilenet_v2",
+    drops: Annotated[str, typer.Option("--drops")] = "0,1,2",
+    n: Annotated[int, typer.Option("--n", help="Phantom images.")] = 500,
+    image_size: Annotated[int, typer.Option("--image-size")] = 64,
+    epochs: Annotated[int, typer.Option("--epochs")] = 3,
+    bootstrap: Annotated[int, typer.Option("--bootstrap")] = 500,
+    jobs: Annotated[int, typer.Option("--jobs")] = 1,
+):
+    """The whole study on phantom data: generate, plan, fine-tune, evaluate, report (CPU: a few minutes)."""
+    from chexcut import ui
+    from chexcut.demo import run_demo
+
+    rep, paths = run_demo(folder, archs=_split(archs), drops=_ints(drops, "drops"), n=n, image_size=image_size,
+                          epochs=epochs, bootstrap=bootstrap, jobs=jobs)
+    for t in ui.report_tables(rep):
+        ui.out.print(t)
+    ui.err.print(f"report: {paths['report']}/report.md (plots, results.csv, results.json beside it)")
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -76,10 +76,10 @@ def write_predictions(path: str | Path, paths: list[str], labels: tuple[str, ...
     if str(path) == "-":
         import sys
 
-        df.to_csv(sys.stdout, index=False, float_format="%.6g")
+        df.to_csv(sys.stdout, index=False, float_format="%.9g")
         return
     with atomic_path(Path(path)) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+        df.to_csv(tmp, index=False, float_format="%.9g")  # float32 round-trips: no artificial ties
 
 
 def align(evalset: EvalSet, preds, name: str = "predictions") -> np.ndarray:
@@ -303,7 +303,11 @@ def model_predictions(model_path, data, split: str, opts, image_size: int | None
 
     check_image_size(spec["arch"], size)
     resize = getattr(opts, "resize", "squash")
-    cache = open_cache(table.files, size, resize, cache_dir)
+    try:  # `chexcut prepare` caches the whole dataset (train + valid): read this split from it
+        key_files = load_split(data, "all", dataclasses.replace(opts, labels=want)).files
+    except ChexcutError:
+        key_files = None
+    cache = open_cache(table.files, size, resize, cache_dir, key_files=key_files)
     ds = XrayBatches(table, size, resize, cache=cache)
     channels_last = dev.type == "cuda"
     if channels_last:

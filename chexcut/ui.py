@@ -191,3 +191,110 @@ class TrainProgress:
         if self.progress:
             self.progress.__exit__(*exc)
         return False
+
+
+class StudyStatus:
+    """A live table of a study's runs (queued / running / done / failed, images/s) on stderr."""
+
+    def __init__(self, study_dir, quiet: bool = False):
+        from pathlib import Path
+
+        self.study_dir, self.quiet, self.live = Path(study_dir), quiet, None
+
+    def __enter__(self):
+        if not self.quiet:
+            from rich.live import Live
+
+            self.live = Live(Table(), console=err, refresh_per_second=2, transient=False)
+            self.live.__enter__()
+        return self.update
+
+    def update(self, jobs) -> None:
+        if self.live:
+            self.live.update(self.table(jobs))
+
+    def table(self, jobs) -> Table:
+        import time
+
+        from chexcut.study import images_per_s
+
+        counts = {}
+        for j in jobs:
+            counts[j.status] = counts.get(j.status, 0) + 1
+        t = Table(title="study: " + ", ".join(f"{v} {k}" for k, v in counts.items()), title_justify="left")
+        for col in ("run", "status", "img/s", "time"):
+            t.add_column(col, justify="left" if col in ("run", "status") else "right")
+        style = {"running": "bold yellow", "done": "green", "failed": "bold red", "skipped": "dim", "queued": "dim"}
+        shown = [j for j in jobs if j.status in ("running", "failed")] + [j for j in jobs if j.status == "done"][-5:]
+        shown += [j for j in jobs if j.status == "queued"][:5]
+        for j in shown:
+            rate = images_per_s(self.study_dir / j.run["run_dir"]) if j.status == "running" else None
+            took = (j.ended or time.time()) - j.started if j.started else None
+            t.add_row(j.run["id"], f"[{style.get(j.status, '')}]{j.status}[/]", f"{rate:.0f}" if rate else "",
+                      f"{took:.0f}s" if took else "")
+        return t
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.__exit__(*exc)
+        return False
+
+
+def study_summary(jobs, study_dir) -> str:
+    done = sum(j.status in ("done", "skipped") for j in jobs)
+    failed = [j for j in jobs if j.status == "failed"]
+    lines = [f"{done} of {len(jobs)} runs complete, {len(failed)} failed"]
+    lines += [f"  failed: {j.run['id']} (log: {study_dir}/{j.run['run_dir']}/log.txt)" for j in failed]
+    return "\n".join(lines)
+
+
+def report_tables(rep: dict) -> list:
+    t = Table(title=f"Results ({rep['runs']} runs; paired bootstrap vs drop 0, alpha {rep['alpha']})",
+              title_justify="left")
+    for col in ("arch", "weights", "drop", "params", "MACs", "AUROC", "delta", "p", "no sig. drop"):
+        t.add_column(col, justify="left" if col in ("arch", "weights") else "right")
+    for r in rep["results"]:
+        auc = _f(r["auroc"]) + (f" ± {r['auroc_sd']:.4f}" if r["auroc_sd"] else "")
+        if r["ci_low"] is not None:
+            auc += f" ({r['ci_low']:.3f}-{r['ci_high']:.3f})"
+        flag = {True: "[green]yes[/]", False: "[bold red]no[/]", None: "-"}[r["no_significant_drop"]]
+        t.add_row(r["arch"], r["weights"], str(r["drop"]), human(r["params"]), human(r["macs"]) if r["macs"] else "-",
+                  auc, _f(r["delta_vs_drop0"], "{:+.4f}"), _f(r["p_vs_drop0"], "{:.3g}"), flag)
+    tables = [t]
+    eff = rep["efficiency"]
+    if eff["archs"]:
+        e = Table(title=f"Parameter efficiency (pretrained): mean {eff['mean_ratio']:.2f}x (paper: 3.25x)",
+                  title_justify="left")
+        for col in ("arch", "deepest drop w/o sig. drop", "params", "ratio"):
+            e.add_column(col, justify="left" if col == "arch" else "right")
+        for a in eff["archs"]:
+            e.add_row(a["arch"], str(a["drop"]), human(a["params"]), f"{a['ratio']:.2f}x")
+        tables.append(e)
+    c = Table(title="ImageNet top-1 vs AUROC, and the pretraining boost", title_justify="left")
+    for col in ("relation", "n", "Spearman rho (p)", "Kendall tau (p)"):
+        c.add_column(col, justify="left" if col == "relation" else "right")
+    rel = [(f"top-1 vs AUROC, {'pretrained' if w == 'imagenet' else 'random init'}", v)
+           for w, v in rep["imagenet_vs_chexpert"].items()]
+    rel.append(("pretraining boost vs params", rep["pretraining_boost"]["vs_params"]))
+    for name, v in rel:
+        c.add_row(name, str(v["n"]), f"{_f(v['spearman_rho'], '{:.2f}')} ({_f(v['spearman_p'], '{:.3g}')})",
+                  f"{_f(v['kendall_tau'], '{:.2f}')} ({_f(v['kendall_p'], '{:.3g}')})")
+    tables.append(c)
+    fs = rep.get("family_vs_size")
+    if fs:
+        f = Table(title=f"Random init: family explains {_f(fs['share_family'], '{:.0%}')} of AUROC variance, "
+                        f"size within family {_f(fs['share_size_within_family'], '{:.0%}')}", title_justify="left")
+        f.add_column("family")
+        f.add_column("mean AUROC", justify="right")
+        f.add_column("archs")
+        for x in fs["families"]:
+            f.add_row(x["family"], f"{x['mean_auroc']:.4f}", ", ".join(x["archs"]))
+        tables.append(f)
+    if rep["incomplete"]:
+        i = Table(title="Missing or incomplete runs (in no mean)", title_justify="left")
+        i.add_column("run")
+        i.add_column("reason")
+        for x in rep["incomplete"]:
+            i.add_row(x["run_dir"], x["reason"])
+        tables.append(i)
+    return tables

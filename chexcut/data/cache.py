@@ -63,26 +63,45 @@ def default_folder(key: str) -> Path:
     return cache_dir() / "images" / key
 
 
-def open_cache(files: list[Path], image_size: int, resize: str, folder: Path | None = None,
-               refuse_other: bool = True) -> ImageCache | None:
-    """The complete cache for exactly these files and settings, or None.
+def open_cache(files: list, image_size: int, resize: str, folder: Path | None = None,
+               refuse_other: bool = True, key_files: list | None = None) -> ImageCache | None:
+    """A complete cache holding ``files`` at these settings, or None.
 
-    A ``folder`` the user chose that holds a cache for other settings or files is refused
-    (``refuse_other``), never silently used or overwritten."""
-    key, ordered, fp = cache_key(files, image_size, resize)
-    folder = Path(folder) if folder else default_folder(key)
-    index = folder / "index.json"
+    The default location is found by the key of ``key_files`` (default: ``files``; evaluate passes
+    the whole dataset's files, which is what ``prepare`` caches, to read a split from it). A
+    ``folder`` the user chose may hold a superset of ``files``: it is used when its settings match
+    and none of its files changed since; otherwise it is refused (``refuse_other``), never
+    silently used or overwritten.
+    """
+    key, ordered, fp = cache_key(key_files or files, image_size, resize)
+    explicit = folder is not None
+    folder = Path(folder) if explicit else default_folder(key)
     try:
-        meta = json.loads(index.read_text())
+        meta = json.loads((folder / "index.json").read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("key") != key or not meta.get("complete"):
-        if refuse_other and folder != default_folder(key) and meta.get("key") not in (None, key):
-            raise ChexcutError(f"the cache at {folder} was built for other settings or files; "
-                               f"remove it or choose another --cache folder")
+    if not meta.get("complete"):
         return None
+    if meta.get("key") != key:
+        paths = meta.get("paths") or []
+        held = set(paths)
+        fresh = (meta.get("image_size") == image_size and meta.get("resize") == resize
+                 and all(str(f) in held for f in files) and _fingerprint_or_none(paths) == meta.get("fingerprint"))
+        if not fresh:
+            if explicit and refuse_other:
+                raise ChexcutError(f"the cache at {folder} was built for other settings or files; "
+                                   f"remove it or choose another --cache folder")
+            return None
+        ordered = paths
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(ordered), image_size, image_size))
     return ImageCache(folder, image_size, resize, ordered, images, {p: i for i, p in enumerate(ordered)})
+
+
+def _fingerprint_or_none(paths: list[str]) -> str | None:
+    try:
+        return fingerprint([Path(p) for p in paths])
+    except OSError:
+        return None
 
 
 def _decode_chunk(args):

@@ -165,7 +165,9 @@ def find_dataset_dir(root: Path) -> Path:
 def resolve_paths(paths: list[str], base: Path) -> list[str]:
     """CSV paths -> file paths (strings). CheXpert paths start with their prefix folder; ``base``
     may be that folder itself or the folder that contains it (decided once per prefix)."""
-    base_s = str(base).rstrip("/") or "/"
+    import os
+
+    base_s = os.path.abspath(base)  # absolute: the same image has one name, whatever the cwd
     strip_prefix: dict[str, bool] = {}
     out = []
     for p in paths:

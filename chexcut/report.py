@@ -1,0 +1,434 @@
+"""Many runs -> the CheXtransfer findings: tables, correlations, parameter efficiency, plots.
+
+Input: finetune run directories that ``chexcut evaluate`` completed (``eval.json`` and
+``predictions.csv`` inside), found under a study folder or given one by one. Every comparison is
+paired on the same evaluation rows: predictions are re-read and joined on Path. With several
+seeds, a configuration's predictions are averaged over its seeds (a seed ensemble) before a paired
+test, and its AUROC is reported as mean +- SD over the seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from chexcut.errors import ChexcutError
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    arch: str
+    family: str
+    weights: str  # imagenet | none | file
+    drop: int
+    seed: int
+    params: int
+    macs: int | None
+    top1: float | None
+    auroc: float | None
+    ci_low: float | None
+    ci_high: float | None
+    labels: tuple[str, ...]
+    eval_n: int
+    eval_key: str  # what was evaluated: data, split, level, options
+    predictions: Path | None
+
+
+@dataclass
+class Collected:
+    runs: list[RunResult] = field(default_factory=list)
+    incomplete: list[dict] = field(default_factory=list)
+
+
+def find_run_dirs(targets: list[Path]) -> list[Path]:
+    out = []
+    for t in targets:
+        t = Path(t)
+        if not t.exists():
+            raise ChexcutError(f"{t} does not exist")
+        if (t / "config.json").is_file():
+            out.append(t)
+        elif (t / "plan.json").is_file() or (t / "runs").is_dir():
+            plan_file = t / "plan.json"
+            if plan_file.is_file():
+                plan = json.loads(plan_file.read_text())
+                out += [t / r["run_dir"] for r in plan["runs"]]
+            else:
+                out += sorted(p.parent for p in (t / "runs").glob("*/config.json"))
+        else:
+            found = sorted(p.parent for p in t.glob("*/config.json"))
+            if not found:
+                raise ChexcutError(f"{t} is neither a run directory nor a study folder")
+            out += found
+    return out
+
+
+def collect(targets: list[Path]) -> Collected:
+    from chexcut.anatomy_cache import cached_anatomy
+    from chexcut.archs import get_arch, weights_meta
+
+    res = Collected()
+    for d in find_run_dirs(targets):
+        cfg_path, ev_path = d / "config.json", d / "eval.json"
+        if not cfg_path.is_file():
+            res.incomplete.append({"run_dir": str(d), "reason": "not started (no config.json)"})
+            continue
+        if not ev_path.is_file():
+            state = _read_json(d / "state.json") or {}
+            res.incomplete.append({"run_dir": str(d), "reason": f"no eval.json (finetune {state.get('status', 'not finished')})"})
+            continue
+        cfg, ev = _read_json(cfg_path), _read_json(ev_path)
+        if cfg is None or ev is None:
+            res.incomplete.append({"run_dir": str(d), "reason": "unreadable config.json or eval.json"})
+            continue
+        spec = cfg["model"]
+        arch = get_arch(spec["arch"])
+        kind = spec["weights"]["kind"]
+        weights = {"imagenet": "imagenet", "none": "none"}.get(kind, "file")
+        size = int(cfg["train"]["image_size"])
+        try:
+            anat = cached_anatomy(arch.name, size, len(spec["labels"]))
+            macs = anat["truncations"][int(spec["drop"])]["macs"]
+        except ChexcutError:
+            macs = None
+        mc = ev.get("mean_competition") or {}
+        src = ev.get("source") or {}
+        key = json.dumps({"data": src.get("data"), "split": src.get("split"), "level": ev.get("level"),
+                          "n": ev.get("n"), "options": {k: v for k, v in (src.get("options") or {}).items()
+                                                        if k in ("views", "uncertain", "blank", "csv")}},
+                         sort_keys=True)
+        preds = d / "predictions.csv"
+        res.runs.append(RunResult(
+            run_dir=d, arch=arch.name, family=arch.family.name, weights=weights, drop=int(spec["drop"]),
+            seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
+            auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
+            labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
+            predictions=preds if preds.is_file() else None))
+    return res
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(Path(p).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_comparable(runs: list[RunResult]) -> None:
+    """Runs compared in one report must share the label set and the evaluation set."""
+    if not runs:
+        return
+    labels = {r.labels for r in runs}
+    if len(labels) > 1:
+        a, b = list(labels)[:2]
+        raise ChexcutError(f"the runs were evaluated on different label sets ({len(a)} vs {len(b)} labels, e.g. "
+                           f"{sorted(set(a) ^ set(b))[:3]}); report them separately")
+    keys = {r.eval_key for r in runs}
+    if len(keys) > 1:
+        a, b = (json.loads(k) for k in list(keys)[:2])
+        diff = [k for k in a if a[k] != b[k]]
+        raise ChexcutError(f"the runs were evaluated on different evaluation sets (differing in {', '.join(diff)}); "
+                           f"report them separately")
+
+
+# ----------------------------------------------------------------------------- paired comparisons
+
+class PairedTester:
+    """Paired bootstrap tests between configurations, on the rows every run was evaluated on."""
+
+    def __init__(self, runs: list[RunResult], bootstrap: int, seed: int, alpha: float):
+        self.bootstrap, self.seed, self.alpha = bootstrap, seed, alpha
+        self.evalset = None
+        self._preds: dict[Path, np.ndarray] = {}
+        first = next((r for r in runs if r.predictions is not None), None)
+        if first is not None:
+            self.evalset = self._evalset(first)
+
+    def _evalset(self, run: RunResult):
+        """Labels of the evaluation rows, rebuilt the way evaluate built them."""
+        import dataclasses
+
+        from chexcut.data.chexpert import DataOptions, load_split
+        from chexcut.evaluate import aggregate_by_study, evalset_from_table
+
+        ev = _read_json(run.run_dir / "eval.json")
+        src = ev["source"]
+        o = src["options"]
+        opts = DataOptions(csv=o["csv"], path_col=o["path_col"], labels=tuple(run.labels), views=o["views"],
+                           uncertain=o["uncertain"], blank=o["blank"], valid_frac=o["valid_frac"],
+                           split_seed=o["split_seed"])
+        table = load_split(src["data"], src["split"], dataclasses.replace(opts))
+        self.level = ev.get("level", "study")
+        return evalset_from_table(table)
+
+    def scores(self, runs: list[RunResult]) -> np.ndarray | None:
+        """Seed-averaged (N, L) probabilities of ``runs`` on the evaluation rows."""
+        from chexcut.evaluate import align, read_predictions
+
+        mats = []
+        for r in runs:
+            if r.predictions is None:
+                return None
+            if r.predictions not in self._preds:
+                self._preds[r.predictions] = align(self.evalset, read_predictions(r.predictions, labels=r.labels),
+                                                   name=str(r.predictions))
+            mats.append(self._preds[r.predictions])
+        return np.mean(mats, axis=0)
+
+    def compare(self, a: list[RunResult], b: list[RunResult]) -> dict | None:
+        """delta (a - b) of mean competition AUROC, CI and p; None without predictions."""
+        from chexcut.evaluate import aggregate_by_study, evaluate
+
+        if self.evalset is None:
+            return None
+        sa, sb = self.scores(a), self.scores(b)
+        if sa is None or sb is None:
+            return None
+        es, mats = self.evalset, [sa, sb]
+        if self.level == "study":
+            es, mats = aggregate_by_study(es, mats)
+        r = evaluate(es, mats[0], bootstrap=self.bootstrap, seed=self.seed, compare=mats[1], alpha=self.alpha)
+        return r["compare"]["mean_competition"]
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _mean_sd(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+
+
+def _corr(x, y) -> dict | None:
+    from scipy.stats import kendalltau, spearmanr
+
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    if len(pairs) < 3:
+        return {"n": len(pairs), "spearman_rho": None, "spearman_p": None, "kendall_tau": None, "kendall_p": None}
+    xs, ys = zip(*pairs)
+    rho, p = spearmanr(xs, ys)
+    tau, pt = kendalltau(xs, ys)
+    f = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)  # noqa: E731
+    return {"n": len(pairs), "spearman_rho": f(rho), "spearman_p": f(p), "kendall_tau": f(tau), "kendall_p": f(pt)}
+
+
+def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    col = collect(targets)
+    check_comparable(col.runs)
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in col.runs:
+        groups.setdefault((r.arch, r.weights, r.drop), []).append(r)
+    tester = PairedTester(col.runs, bootstrap, seed, alpha)
+
+    rows = []
+    for (arch, weights, drop), rs in sorted(groups.items()):
+        mean, sd = _mean_sd([r.auroc for r in rs])
+        base = groups.get((arch, weights, 0))
+        cmp = tester.compare(rs, base) if drop > 0 and base else None
+        first = rs[0]
+        rows.append({
+            "arch": arch, "family": first.family, "weights": weights, "drop": drop, "params": first.params,
+            "macs": first.macs, "top1": first.top1, "seeds": sorted(r.seed for r in rs), "auroc": mean,
+            "auroc_sd": sd, "ci_low": first.ci_low if len(rs) == 1 else None,
+            "ci_high": first.ci_high if len(rs) == 1 else None,
+            "delta_vs_drop0": cmp["delta"] if cmp else None, "delta_ci_low": cmp["ci_low"] if cmp else None,
+            "delta_ci_high": cmp["ci_high"] if cmp else None, "p_vs_drop0": cmp["p"] if cmp else None,
+            "no_significant_drop": (None if cmp is None or cmp["p"] is None
+                                    else not (cmp["delta"] < 0 and cmp["p"] < alpha)),
+            "run_dirs": [str(r.run_dir) for r in rs],
+        })
+    by_key = {(r["arch"], r["weights"], r["drop"]): r for r in rows}
+
+    # parameter efficiency: the most truncated pretrained variant without a significant drop
+    efficiency = []
+    for arch in sorted({r["arch"] for r in rows if r["weights"] == "imagenet"}):
+        full = by_key.get((arch, "imagenet", 0))
+        if not full:
+            continue
+        ok = [r for r in rows if r["arch"] == arch and r["weights"] == "imagenet" and r["drop"] > 0
+              and r["no_significant_drop"]]
+        best = max(ok, key=lambda r: r["drop"]) if ok else full
+        efficiency.append({"arch": arch, "drop": best["drop"], "params_full": full["params"],
+                           "params": best["params"], "ratio": full["params"] / best["params"],
+                           "auroc_full": full["auroc"], "auroc": best["auroc"]})
+    mean_ratio = float(np.mean([e["ratio"] for e in efficiency])) if efficiency else None
+
+    # ImageNet top-1 vs CheXpert AUROC, at drop 0
+    imagenet_vs = {}
+    for w in ("imagenet", "none"):
+        full = [r for r in rows if r["weights"] == w and r["drop"] == 0]
+        imagenet_vs[w] = {**_corr([r["top1"] for r in full], [r["auroc"] for r in full]),
+                          "archs": [r["arch"] for r in full]}
+
+    # pretraining boost per arch (drop 0) and its correlation with size
+    boost = []
+    for arch in sorted({r["arch"] for r in rows}):
+        a, b = groups.get((arch, "imagenet", 0)), groups.get((arch, "none", 0))
+        if not a or not b:
+            continue
+        cmp = tester.compare(a, b)
+        ra, rb = by_key[(arch, "imagenet", 0)], by_key[(arch, "none", 0)]
+        boost.append({"arch": arch, "params": ra["params"], "pretrained": ra["auroc"], "random": rb["auroc"],
+                      "boost": (ra["auroc"] - rb["auroc"]) if ra["auroc"] is not None and rb["auroc"] is not None else None,
+                      "ci_low": cmp["ci_low"] if cmp else None, "ci_high": cmp["ci_high"] if cmp else None,
+                      "p": cmp["p"] if cmp else None})
+    boost_vs_size = _corr([b["params"] for b in boost], [b["boost"] for b in boost])
+
+    # family vs size without pretraining
+    rand = [r for r in rows if r["weights"] == "none" and r["drop"] == 0 and r["auroc"] is not None]
+    family_stats = None
+    if rand:
+        y = np.array([r["auroc"] for r in rand])
+        fams = sorted({r["family"] for r in rand})
+        total = float(((y - y.mean()) ** 2).sum())
+        between = sum(len(v) * (np.mean(v) - y.mean()) ** 2
+                      for f in fams for v in [[r["auroc"] for r in rand if r["family"] == f]])
+        family_stats = {
+            "families": [{"family": f, "archs": [r["arch"] for r in rand if r["family"] == f],
+                          "mean_auroc": float(np.mean([r["auroc"] for r in rand if r["family"] == f]))} for f in fams],
+            "share_family": float(between / total) if total > 0 else None,
+            "share_size_within_family": float(1 - between / total) if total > 0 else None,
+        }
+    return {
+        "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
+        "results": rows, "efficiency": {"archs": efficiency, "mean_ratio": mean_ratio},
+        "imagenet_vs_chexpert": imagenet_vs, "pretraining_boost": {"archs": boost, "vs_params": boost_vs_size},
+        "family_vs_size": family_stats,
+    }
+
+
+# ----------------------------------------------------------------------------- files and plots
+
+def write_outputs(report: dict, out: Path) -> list[Path]:
+    import pandas as pd
+
+    from chexcut.fileio import atomic_path, write_json, write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    write_json(out / "results.json", report)
+    written.append(out / "results.json")
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != "run_dirs"} for r in report["results"]])
+    with atomic_path(out / "results.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    written.append(out / "results.csv")
+    plots = make_plots(report, out)
+    written += plots
+    write_text(out / "report.md", markdown(report, [p.name for p in plots]))
+    written.append(out / "report.md")
+    return written
+
+
+def make_plots(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from chexcut.fileio import atomic_path
+
+    paths = []
+    rows = [r for r in report["results"] if r["auroc"] is not None]
+    if not rows:
+        return paths
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    archs = sorted({r["arch"] for r in rows})
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(2, len(archs))))
+    for color, arch in zip(colors, archs):
+        for w, style, marker in (("imagenet", "-", "o"), ("none", "--", "x")):
+            path = sorted((r for r in rows if r["arch"] == arch and r["weights"] == w), key=lambda r: r["drop"])
+            if path:
+                ax.plot([r["params"] for r in path], [r["auroc"] for r in path], style, marker=marker, color=color,
+                        label=f"{arch} ({'pretrained' if w == 'imagenet' else 'random'})")
+                for r in path:
+                    ax.annotate(f"d{r['drop']}", (r["params"], r["auroc"]), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log)")
+    ax.set_ylabel("mean AUROC, 5 competition tasks")
+    ax.set_title("AUROC vs parameters: each architecture's truncation path")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    p = out / "auroc_vs_params.png"
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for w, marker in (("imagenet", "o"), ("none", "x")):
+        full = [r for r in rows if r["weights"] == w and r["drop"] == 0 and r["top1"] is not None]
+        if not full:
+            continue
+        c = report["imagenet_vs_chexpert"][w]
+        rho = "n/a" if c["spearman_rho"] is None else f"{c['spearman_rho']:.2f}"
+        ax.scatter([r["top1"] for r in full], [r["auroc"] for r in full], marker=marker,
+                   label=f"{'pretrained' if w == 'imagenet' else 'random init'} (Spearman rho = {rho})")
+        for r in full:
+            ax.annotate(r["arch"], (r["top1"], r["auroc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("ImageNet top-1 (%)")
+    ax.set_ylabel("mean AUROC, 5 competition tasks")
+    ax.set_title("ImageNet accuracy vs chest X-ray AUROC")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    p = out / "imagenet_vs_auroc.png"
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def _fmt(v, spec=".4f"):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(report: dict, plots: list[str]) -> str:
+    lines = ["# chexcut report", "",
+             f"{report['runs']} evaluated runs; paired bootstrap with {report['bootstrap']} replicates, "
+             f"alpha = {report['alpha']}.", ""]
+    if report["incomplete"]:
+        lines += ["**Missing or incomplete runs** (not in any mean):", ""]
+        lines += [f"- `{i['run_dir']}`: {i['reason']}" for i in report["incomplete"]] + [""]
+    lines += ["## Results", "", "| arch | weights | drop | params | MACs | AUROC | SD | delta vs drop 0 | p | no sig. drop |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        flag = {True: "yes", False: "**no**", None: "-"}[r["no_significant_drop"]]
+        lines.append(f"| {r['arch']} | {r['weights']} | {r['drop']} | {r['params']:,} | "
+                     f"{_fmt(r['macs'] and r['macs'] / 1e9, '.2f')}G | {_fmt(r['auroc'])} | {_fmt(r['auroc_sd'])} | "
+                     f"{_fmt(r['delta_vs_drop0'], '+.4f')} | {_fmt(r['p_vs_drop0'], '.3g')} | {flag} |")
+    eff = report["efficiency"]
+    lines += ["", "## Parameter efficiency (pretrained)", "",
+              "| arch | deepest drop without a significant drop | params | full params | ratio |", "|---|---|---|---|---|"]
+    lines += [f"| {e['arch']} | {e['drop']} | {e['params']:,} | {e['params_full']:,} | {e['ratio']:.2f}x |"
+              for e in eff["archs"]]
+    lines += ["", f"Mean ratio: **{_fmt(eff['mean_ratio'], '.2f')}x** (the paper reports 3.25x).", "",
+              "## ImageNet top-1 vs CheXpert AUROC", ""]
+    for w, c in report["imagenet_vs_chexpert"].items():
+        lines.append(f"- {'pretrained' if w == 'imagenet' else 'random init'}: n = {c['n']}, Spearman rho = "
+                     f"{_fmt(c['spearman_rho'], '.2f')} (p = {_fmt(c['spearman_p'], '.3g')}), Kendall tau = "
+                     f"{_fmt(c['kendall_tau'], '.2f')} (p = {_fmt(c['kendall_p'], '.3g')})")
+    pb = report["pretraining_boost"]
+    lines += ["", "## Pretraining boost (drop 0)", "", "| arch | params | pretrained | random | boost | p |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {b['arch']} | {b['params']:,} | {_fmt(b['pretrained'])} | {_fmt(b['random'])} | "
+              f"{_fmt(b['boost'], '+.4f')} | {_fmt(b['p'], '.3g')} |" for b in pb["archs"]]
+    v = pb["vs_params"]
+    lines += ["", f"Boost vs parameter count: Spearman rho = {_fmt(v['spearman_rho'], '.2f')} "
+                  f"(p = {_fmt(v['spearman_p'], '.3g')}; the paper reports -0.72).", ""]
+    fs = report["family_vs_size"]
+    if fs:
+        lines += ["## Family vs size (random init)", ""]
+        lines += [f"- {f['family']}: mean AUROC {f['mean_auroc']:.4f} ({', '.join(f['archs'])})" for f in fs["families"]]
+        lines += ["", f"Share of AUROC variance between families: {_fmt(fs['share_family'], '.2f')}; within families "
+                      f"(size): {_fmt(fs['share_size_within_family'], '.2f')}.", ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
