@@ -1,0 +1,155 @@
+"""report: constructed runs whose answer is known -> flags, efficiency ratio, correlations vs scipy."""
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import kendalltau, spearmanr
+
+from chexcut.anatomy import anatomy
+from chexcut.archs import get_arch, weights_meta
+from chexcut.errors import ChexcutError
+from chexcut.evaluate import EvalSet, aggregate_by_study, evaluate, evalset_from_table
+from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS
+from chexcut.report import build_report, write_outputs
+
+N = 600
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A CheXpert-layout valid.csv (no images needed for a report): 600 studies, 0/1 labels."""
+    root = tmp_path_factory.mktemp("ds") / "CheXpert-v1.0-small"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = {"Path": [f"CheXpert-v1.0-small/valid/patient{70000 + i}/study1/view1_frontal.jpg" for i in range(N)],
+            "Sex": "Male", "Age": 50, "Frontal/Lateral": "Frontal", "AP/PA": "AP"}
+    df = pd.DataFrame(rows)
+    for l in CHEXPERT_LABELS:
+        df[l] = (rng.random(N) < 0.3).astype(float)
+    df.to_csv(root / "valid.csv", index=False)
+    df.iloc[:10].to_csv(root / "train.csv", index=False)
+    return root.parent
+
+
+def make_run(base: Path, data: Path, arch: str, weights: str, drop: int, noise: float, seed: int = 0,
+             labels=CHEXPERT_LABELS):
+    """A run directory as finetune + evaluate leave it, with predictions = truth + noise (quality known)."""
+    from chexcut.data.chexpert import DataOptions, load_split
+
+    d = base / f"{arch}-{weights}-d{drop}-s{seed}"
+    d.mkdir(parents=True)
+    opts = DataOptions(labels=tuple(labels))
+    table = load_split(data, "valid", opts)
+    rng = np.random.default_rng(zlib.crc32(f"{arch}{weights}{drop}{seed}".encode()))
+    probs = 1 / (1 + np.exp(-((table.targets - 0.5) * 2 + rng.normal(0, noise, table.targets.shape))))
+    pd.DataFrame(probs, columns=list(labels)).assign(Path=table.paths)[["Path", *labels]].to_csv(
+        d / "predictions.csv", index=False, float_format="%.9g")
+    params = anatomy(arch, 320, len(labels)).truncations[drop].params
+    spec = {"arch": arch, "drop": drop, "labels": list(labels), "params": params,
+            "weights": {"kind": weights}, "image_size": 320}
+    (d / "config.json").write_text(json.dumps({"model": spec, "train": {"seed": seed, "image_size": 320}}))
+    es, (s,) = aggregate_by_study(evalset_from_table(table), [probs])
+    ev = evaluate(es, s, bootstrap=200)
+    ev["level"] = "study"
+    ev["source"] = {"data": str(data), "split": "valid", "options": opts.to_json()}
+    (d / "eval.json").write_text(json.dumps(ev))
+    return d
+
+
+@pytest.fixture(scope="module")
+def study(dataset, tmp_path_factory):
+    base = tmp_path_factory.mktemp("study") / "runs"
+    # resnet50 pretrained: drop 1 as good as drop 0, drop 2 much worse (a real drop)
+    make_run(base, dataset, "resnet50", "imagenet", 0, 1.0)
+    make_run(base, dataset, "resnet50", "imagenet", 1, 1.0)
+    make_run(base, dataset, "resnet50", "imagenet", 2, 4.0)
+    # resnet18 pretrained: drop 1 is already a real drop
+    make_run(base, dataset, "resnet18", "imagenet", 0, 1.0)
+    make_run(base, dataset, "resnet18", "imagenet", 1, 4.0)
+    # densenet121 and mobilenet_v2: pretrained + random init at drop 0 (for correlations and the boost)
+    make_run(base, dataset, "densenet121", "imagenet", 0, 1.2)
+    make_run(base, dataset, "mobilenet_v2", "imagenet", 0, 0.8)
+    for arch, noise in (("resnet50", 2.0), ("resnet18", 1.6), ("densenet121", 1.9), ("mobilenet_v2", 1.0)):
+        make_run(base, dataset, arch, "none", 0, noise)
+    return base.parent
+
+
+def test_flags_efficiency_and_correlations(study):
+    rep = build_report([study / "runs"], bootstrap=300)
+    assert rep["runs"] == 11 and rep["incomplete"] == []
+    row = {(r["arch"], r["weights"], r["drop"]): r for r in rep["results"]}
+    assert row[("resnet50", "imagenet", 1)]["no_significant_drop"] is True
+    assert row[("resnet50", "imagenet", 2)]["no_significant_drop"] is False
+    assert row[("resnet50", "imagenet", 2)]["delta_vs_drop0"] < -0.05
+    assert row[("resnet50", "imagenet", 2)]["p_vs_drop0"] < 0.05
+    assert row[("resnet18", "imagenet", 1)]["no_significant_drop"] is False
+    assert row[("resnet50", "imagenet", 0)]["no_significant_drop"] is None  # the reference itself
+    eff = {e["arch"]: e for e in rep["efficiency"]["archs"]}
+    assert eff["resnet50"]["drop"] == 1
+    assert eff["resnet50"]["ratio"] == pytest.approx(23_536_718 / 8_557_646)
+    assert eff["resnet18"]["drop"] == 0 and eff["resnet18"]["ratio"] == 1.0
+    assert rep["efficiency"]["mean_ratio"] == pytest.approx(np.mean([e["ratio"] for e in eff.values()]))
+    # correlations equal scipy's on the same numbers
+    for w in ("imagenet", "none"):
+        full = [r for r in rep["results"] if r["weights"] == w and r["drop"] == 0]
+        top1 = [weights_meta(get_arch(r["arch"]))["top1"] for r in full]
+        auc = [r["auroc"] for r in full]
+        c = rep["imagenet_vs_chexpert"][w]
+        assert c["n"] == 4
+        assert c["spearman_rho"] == pytest.approx(spearmanr(top1, auc)[0])
+        assert c["kendall_tau"] == pytest.approx(kendalltau(top1, auc)[0])
+        assert c["spearman_p"] == pytest.approx(spearmanr(top1, auc)[1])
+    boost = {b["arch"]: b for b in rep["pretraining_boost"]["archs"]}
+    assert boost["resnet50"]["boost"] > 0 and boost["resnet50"]["p"] < 0.05
+    b = rep["pretraining_boost"]["archs"]
+    assert rep["pretraining_boost"]["vs_params"]["spearman_rho"] == pytest.approx(
+        spearmanr([x["params"] for x in b], [x["boost"] for x in b])[0])
+    fs = rep["family_vs_size"]
+    assert fs["share_family"] + fs["share_size_within_family"] == pytest.approx(1.0)
+    assert {f["family"] for f in fs["families"]} == {"resnet", "densenet", "mobilenet_v2"}
+
+
+def test_outputs_written(study, tmp_path):
+    rep = build_report([study / "runs"], bootstrap=100)
+    written = write_outputs(rep, tmp_path / "out")
+    names = {p.name for p in written}
+    assert {"report.md", "results.csv", "results.json", "auroc_vs_params.png", "imagenet_vs_auroc.png"} <= names
+    assert (tmp_path / "out" / "auroc_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Parameter efficiency" in md and "![auroc_vs_params.png](auroc_vs_params.png)" in md
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == len(rep["results"])
+
+
+def test_incomplete_runs_are_listed_never_dropped_silently(study, dataset, tmp_path):
+    import shutil
+
+    base = tmp_path / "runs"
+    shutil.copytree(study / "runs", base)
+    (base / "resnet18-imagenet-d1-s0" / "eval.json").unlink()
+    rep = build_report([base], bootstrap=50)
+    assert rep["runs"] == 10
+    assert any("resnet18-imagenet-d1-s0" in i["run_dir"] and "no eval.json" in i["reason"] for i in rep["incomplete"])
+
+
+def test_mixed_label_sets_are_refused(study, dataset, tmp_path):
+    import shutil
+
+    base = tmp_path / "runs"
+    shutil.copytree(study / "runs", base)
+    make_run(base, dataset, "resnet34", "imagenet", 0, 1.0, labels=COMPETITION_LABELS)
+    with pytest.raises(ChexcutError, match="different label sets"):
+        build_report([base], bootstrap=50)
+
+
+def test_report_cli_json(study):
+    from conftest import run_cli
+
+    rc, out, err = run_cli("report", study / "runs", "--bootstrap", "100", "--json", "-")
+    assert rc == 0, err
+    assert json.loads(out)["runs"] == 11
+    rc, out, err = run_cli("report", study / "nothing-here")
+    assert rc == 2 and "does not exist" in err

@@ -1,0 +1,111 @@
+"""study plan: runnable, idempotent scripts; a valid sbatch array; bad input; the demo end to end."""
+
+import json
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+
+from chexcut.errors import ChexcutError
+from chexcut.study import plan_study
+from conftest import run_cli
+
+
+@pytest.fixture
+def data(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+def test_plan_writes_plan_script_and_commands(data, tmp_path):
+    plan = plan_study(tmp_path / "s", data, archs=["resnet18", "densenet121"], weights=["imagenet", "none"],
+                      drops=[0, 1, 5], seeds=[0, 1], finetune_args=["--recipe", "fast", "--views", "all"])
+    assert len(plan["runs"]) == 2 * 2 * 2 * 2  # drop 5 is past both archs' 4 blocks: skipped, listed
+    assert any("drop 5" in s for s in plan["skipped"])
+    ids = [r["id"] for r in plan["runs"]]
+    assert len(set(ids)) == len(ids) and "resnet18-imagenet-d1-s1" in ids
+    r = plan["runs"][0]
+    assert "--recipe" in r["finetune"] and "--views" in r["evaluate"] and "--recipe" not in r["evaluate"]
+    script = (tmp_path / "s" / "run.sh").read_text()
+    assert script.count("eval.json ] ||") == 16
+    assert os.stat(tmp_path / "s" / "run.sh").st_mode & stat.S_IXUSR
+    assert subprocess.run(["bash", "-n", str(tmp_path / "s" / "run.sh")]).returncode == 0
+
+
+FAKE = """#!/usr/bin/env bash
+# a stand-in for chexcut: records each call, makes finetune's checkpoint and evaluate's eval.json
+echo "$@" >> "$CALLS"
+case "$1" in
+  finetune) for a in "$@"; do if [ "$prev" = "--out" ] || [ "$prev" = "--resume" ]; then mkdir -p "$a"; touch "$a/last.ckpt"; fi; prev=$a; done ;;
+  evaluate) out=""; for a in "$@"; do if [ "$prev" = "--json" ]; then out=$a; fi; prev=$a; done; echo '{}' > "$out" ;;
+esac
+"""
+
+
+def test_run_sh_is_idempotent_and_resumes(data, tmp_path):
+    s = tmp_path / "s"
+    plan_study(s, data, archs=["resnet18"], weights=["none"], drops=[0, 1], seeds=[0])
+    fake = tmp_path / "fake-chexcut"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = dict(os.environ, CHEXCUT=str(fake), CALLS=str(calls))
+    # an interrupted run (checkpoint, no eval.json) is resumed, not restarted
+    (s / "runs" / "resnet18-none-d1-s0").mkdir(parents=True)
+    (s / "runs" / "resnet18-none-d1-s0" / "last.ckpt").touch()
+    p = subprocess.run(["bash", str(s / "run.sh")], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    first = calls.read_text().splitlines()
+    assert sum(l.startswith("finetune resnet18") for l in first) == 1
+    assert sum(l.startswith("finetune --resume runs/resnet18-none-d1-s0") for l in first) == 1
+    assert sum(l.startswith("evaluate") for l in first) == 2
+    p = subprocess.run(["bash", str(s / "run.sh")], env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and calls.read_text().splitlines() == first  # second time: nothing to do
+
+
+def test_slurm_script_is_a_valid_array(data, tmp_path):
+    s = tmp_path / "s"
+    plan = plan_study(s, data, archs=["resnet18", "mobilenet_v2"], weights=["none"], drops=[0, 1], seeds=[0],
+                      slurm=True, gpus_per_task=4, slurm_args=["--partition=gpu", "--time=08:00:00"])
+    text = (s / "study.sbatch").read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, re.M))
+    assert directives["array"] == f"0-{len(plan['runs']) - 1}"
+    assert directives["gpus-per-task"] == "4" and directives["partition"] == "gpu" and directives["time"] == "08:00:00"
+    # every #SBATCH line comes before the first command, as sbatch requires
+    lines = text.splitlines()
+    last_directive = max(i for i, l in enumerate(lines) if l.startswith("#SBATCH"))
+    first_cmd = min(i for i, l in enumerate(lines) if l and not l.startswith("#"))
+    assert last_directive < first_cmd
+    assert subprocess.run(["bash", "-n", str(s / "study.sbatch")]).returncode == 0
+    commands = (s / "commands.txt").read_text().splitlines()
+    assert len(commands) == len(plan["runs"])
+    assert all("torchrun --standalone --nproc_per_node 4 -m chexcut finetune" in c for c in commands)
+
+
+def test_bad_plans(tmp_path, data):
+    with pytest.raises(ChexcutError, match="does not exist"):
+        plan_study(tmp_path / "s", tmp_path / "missing", archs=["resnet18"])
+    with pytest.raises(ChexcutError, match="unknown architecture 'resnet5'"):
+        plan_study(tmp_path / "s", data, archs=["resnet5"])
+    rc, _, err = run_cli("study", "plan", "--data", data, "--out", tmp_path / "s", "--archs", "resnet18,vgg16")
+    assert rc == 2 and "vgg16" in err and err.count("\n") == 1
+    rc, _, err = run_cli("study", "plan", "--data", data, "--out", tmp_path / "s", "--drops", "0,x")
+    assert rc == 2 and "--drops" in err
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path):
+    rc, out, err = run_cli("demo", tmp_path / "demo", "--archs", "resnet18", "--drops", "0,1", "--n", "160",
+                           "--image-size", "32", "--epochs", "1", "--bootstrap", "50")
+    assert rc == 0, err[-2000:]
+    rep = json.loads((tmp_path / "demo" / "report" / "results.json").read_text())
+    assert rep["runs"] == 2 and not rep["incomplete"]
+    assert {r["drop"] for r in rep["results"]} == {0, 1}
+    assert rep["results"][1]["p_vs_drop0"] is not None
+    for name in ("report.md", "results.csv", "auroc_vs_params.png", "imagenet_vs_auroc.png"):
+        assert (tmp_path / "demo" / "report" / name).is_file(), name
+    assert "Results" in out
