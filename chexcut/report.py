@@ -154,7 +154,7 @@ class PairedTester:
         import dataclasses
 
         from chexcut.data.chexpert import DataOptions, load_split
-        from chexcut.evaluate import aggregate_by_study, evalset_from_table
+        from chexcut.evaluate import evalset_from_table
 
         ev = _read_json(run.run_dir / "eval.json")
         src = ev["source"]
@@ -332,8 +332,6 @@ def make_plots(report: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from chexcut.fileio import atomic_path
-
     paths = []
     rows = [r for r in report["results"] if r["auroc"] is not None]
     if not rows:
@@ -355,12 +353,7 @@ def make_plots(report: dict, out: Path) -> list[Path]:
     ax.set_ylabel("mean AUROC, 5 competition tasks")
     ax.set_title("AUROC vs parameters: each architecture's truncation path")
     ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    p = out / "auroc_vs_params.png"
-    with atomic_path(p) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, ax, out / "auroc_vs_params.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for w, marker in (("imagenet", "o"), ("none", "x")):
@@ -377,13 +370,20 @@ def make_plots(report: dict, out: Path) -> list[Path]:
     ax.set_ylabel("mean AUROC, 5 competition tasks")
     ax.set_title("ImageNet accuracy vs chest X-ray AUROC")
     ax.legend(fontsize=8)
+    paths.append(_save(fig, ax, out / "imagenet_vs_auroc.png"))
+    return paths
+
+
+def _save(fig, ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from chexcut.fileio import atomic_path
+
     ax.grid(alpha=0.3)
-    p = out / "imagenet_vs_auroc.png"
-    with atomic_path(p) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    paths.append(p)
-    return paths
+    return path
 
 
 def _fmt(v, spec=".4f"):
