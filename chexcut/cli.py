@@ -408,6 +408,10 @@ def evaluate(
     if model is not None:
         if data is None:
             raise ChexcutError("evaluating a MODEL needs --data DIR")
+        from chexcut.infer import resolve_model_path
+        from chexcut.modelfile import read_spec
+
+        read_spec(resolve_model_path(model))  # a bad model fails before any progress output
         with ui.progress_bar("inference", quiet=quiet) as update:
             table, preds, spec = ev.model_predictions(model, data, split, opts, labels=label_list, progress=update,
                                                       **infer_kw)

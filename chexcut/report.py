@@ -220,6 +220,9 @@ def _corr(x, y) -> dict | None:
 
 def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
     col = collect(targets)
+    if not col.runs:
+        raise ChexcutError(f"no evaluated runs found ({len(col.incomplete)} without eval.json: run "
+                           f"`chexcut evaluate RUN --data DIR --json RUN/eval.json --predictions-out RUN/predictions.csv`)")
     check_comparable(col.runs)
     groups: dict[tuple, list[RunResult]] = {}
     for r in col.runs:

@@ -153,3 +153,10 @@ def test_report_cli_json(study):
     assert json.loads(out)["runs"] == 11
     rc, out, err = run_cli("report", study / "nothing-here")
     assert rc == 2 and "does not exist" in err
+
+
+def test_no_evaluated_runs_is_an_error(tmp_path):
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "config.json").write_text("{}")
+    with pytest.raises(ChexcutError, match="no evaluated runs found .1 without eval.json"):
+        build_report([tmp_path])
