@@ -300,19 +300,7 @@ def finetune(
     if resume is not None:
         if model or out or data:
             raise ChexcutError("--resume RUN_DIR takes its model, data and output from the run; give no MODEL, --data or --out")
-        try:
-            config = json.loads((resume / "config.json").read_text())
-        except (OSError, ValueError):
-            raise ChexcutError(f"--resume {resume}: no readable config.json there, not a finetune run") from None
-        train = {**config["train"], **({"max_steps": max_steps} if max_steps else {})}
-        if device:
-            train["device"] = device
-        cfg = TrainConfig(**train)
-        d = config["data"]
-        opts = _data_options(d["csv"], d["path_col"], ",".join(d["labels"]) if d["labels"] else None, d["views"],
-                             d["uncertain"], d["blank"], d["valid_frac"], d["split_seed"])
-        run = Run(run_dir=resume, data=Path(d["dir"]), opts=opts, cfg=cfg, model_source={}, resume=True,
-                  cache=Path(d["cache"]) if cache else None)
+        run = Run.from_run_dir(resume, max_steps=max_steps, device=device)
     else:
         if not model or data is None or out is None:
             raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
@@ -403,8 +391,6 @@ def evaluate(
     elif labels:
         label_list = tuple(_split(labels))
     opts = _data_options(csv, path_col, ",".join(label_list) if label_list else None, views, uncertain, blank, valid_frac)
-    infer_kw = dict(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
-                    precision=precision, cache_dir=cache)
     if model is not None:
         if data is None:
             raise ChexcutError("evaluating a MODEL needs --data DIR")
@@ -412,43 +398,15 @@ def evaluate(
         from chexcut.modelfile import read_spec
 
         read_spec(resolve_model_path(model))  # a bad model fails before any progress output
-        with ui.progress_bar("inference", quiet=quiet) as update:
-            table, preds, spec = ev.model_predictions(model, data, split, opts, labels=label_list, progress=update,
-                                                      **infer_kw)
-        evalset = ev.evalset_from_table(table)
-        scores = ev.align(evalset, preds)
-        if predictions_out:
-            ev.write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
-    else:
-        if label_file is None:
-            raise ChexcutError("--predictions needs the label CSV: --labels FILE (or --truth FILE)")
-        from chexcut.data.chexpert import read_csv_table
-        import dataclasses
-
-        preds = ev.read_predictions(predictions, logits=logits)
-        table = read_csv_table(label_file, label_file.parent, dataclasses.replace(opts, labels=tuple(preds.columns)), "valid")
-        evalset = ev.evalset_from_table(table)
-        scores = ev.align(evalset, preds)
-    other = None
-    if compare:
-        if ev._is_predictions_csv(compare):
-            other = ev.align(evalset, ev.read_predictions(compare, logits=logits), name=f"--compare {compare}")
-        else:
-            if data is None:
-                raise ChexcutError("--compare with a model needs --data DIR to run it on")
-            with ui.progress_bar("inference (compare)", quiet=quiet) as update:
-                _, opreds, _ = ev.model_predictions(compare, data, split, opts, labels=evalset.labels,
-                                                    progress=update, **infer_kw)
-            other = ev.align(evalset, opreds, name=f"--compare {compare}")
-    mats = [scores] + ([other] if other is not None else [])
-    if level == "study":
-        evalset, mats = ev.aggregate_by_study(evalset, mats)
-    result = ev.evaluate(evalset, mats[0], bootstrap=bootstrap, ci=ci, seed=seed, cluster=cluster,
-                         compare=mats[1] if other is not None else None, method=method, alpha=alpha)
-    result["level"] = level
-    result["source"] = {"model": model, "predictions": str(predictions) if predictions else None,
-                        "compare": compare, "data": str(data.resolve()) if data else None, "split": split,
-                        "options": opts.to_json()}
+    elif label_file is None:
+        raise ChexcutError("--predictions needs the label CSV: --labels FILE (or --truth FILE)")
+    result = ev.run_evaluation(
+        model=model, data=data, split=split, predictions=predictions, label_file=label_file, labels=label_list,
+        compare=compare, logits=logits, opts=opts, level=level, bootstrap=bootstrap, ci=ci, seed=seed,
+        cluster=cluster, method=method, alpha=alpha, predictions_out=predictions_out,
+        infer=dict(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
+                   precision=precision, cache_dir=cache),
+        progress=lambda what: ui.progress_bar(what, quiet=quiet))
     if json_path and not to_stdout:
         from chexcut.fileio import write_json
 
@@ -459,6 +417,8 @@ def evaluate(
         ui.print_json(result)
     elif not quiet:
         ui.out.print(ui.evaluation_table(result))
+
+
 # ----------------------------------------------------------------------------- study / report / demo
 
 study_app = typer.Typer(help="Plan and run a grid of finetune + evaluate runs (locally or on Slurm).",

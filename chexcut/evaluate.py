@@ -339,3 +339,54 @@ def write_results_csv(path, result: dict) -> None:
                      "p": c.get("p")})
     with atomic_path(Path(path)) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def run_evaluation(*, model=None, data=None, split: str = "valid", predictions=None, label_file=None, labels=None,
+                   compare=None, logits: bool = False, opts, level: str = "study", bootstrap: int = 1000,
+                   ci: float = 0.95, seed: int = 0, cluster: str = "patient", method: str = "bootstrap",
+                   alpha: float = 0.05, predictions_out=None, infer: dict | None = None, progress=None) -> dict:
+    """What ``chexcut evaluate`` does: get predictions (run MODEL over ``split`` of ``data``, or read
+    ``predictions`` + ``label_file``), the same for ``compare``, aggregate, evaluate. Returns the JSON dict.
+
+    ``progress(description)`` returns a context manager yielding ``update(done, total)``.
+    """
+    import contextlib
+    import dataclasses
+
+    if level not in ("study", "image"):
+        raise ChexcutError(f"--level must be study or image, not {level!r}")
+    infer = infer or {}
+    progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
+    if model is not None:
+        with progress("inference") as update:
+            table, preds, _spec = model_predictions(model, data, split, opts, labels=labels, progress=update, **infer)
+        if predictions_out:
+            write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
+    else:
+        from chexcut.data.chexpert import read_csv_table
+
+        preds = read_predictions(predictions, logits=logits)
+        label_file = Path(label_file)
+        table = read_csv_table(label_file, label_file.parent, dataclasses.replace(opts, labels=tuple(preds.columns)),
+                               "valid")
+    evalset = evalset_from_table(table)
+    mats = [align(evalset, preds)]
+    if compare:
+        if _is_predictions_csv(compare):
+            mats.append(align(evalset, read_predictions(compare, logits=logits), name=f"--compare {compare}"))
+        else:
+            if data is None:
+                raise ChexcutError("--compare with a model needs --data DIR to run it on")
+            with progress("inference (compare)") as update:
+                _, other, _ = model_predictions(compare, data, split, opts, labels=evalset.labels, progress=update,
+                                                **infer)
+            mats.append(align(evalset, other, name=f"--compare {compare}"))
+    if level == "study":
+        evalset, mats = aggregate_by_study(evalset, mats)
+    result = evaluate(evalset, mats[0], bootstrap=bootstrap, ci=ci, seed=seed, cluster=cluster,
+                      compare=mats[1] if len(mats) > 1 else None, method=method, alpha=alpha)
+    result["level"] = level
+    result["source"] = {"model": str(model) if model else None, "predictions": str(predictions) if predictions else None,
+                        "compare": compare, "data": str(Path(data).resolve()) if data else None, "split": split,
+                        "options": opts.to_json()}
+    return result

@@ -294,6 +294,28 @@ class Run:
     log_format: str = "rich"  # rich | json
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_run_dir(cls, run_dir: Path, max_steps: int | None = None, device: str | None = None) -> "Run":
+        """The Run to ``--resume``: settings from its config.json (``max_steps``/``device`` may change).
+        The image cache it used is used again while it is there (same pixels as decoding, only faster)."""
+        from chexcut.data.chexpert import DataOptions
+
+        try:
+            config = json.loads((Path(run_dir) / "config.json").read_text())
+            train, d = dict(config["train"]), config["data"]
+        except (OSError, ValueError, KeyError):
+            raise ChexcutError(f"--resume {run_dir}: no readable config.json there, not a finetune run") from None
+        if max_steps:
+            train["max_steps"] = max_steps
+        if device:
+            train["device"] = device
+        opts = DataOptions(csv=d["csv"], path_col=d["path_col"], labels=tuple(d["labels"]) if d["labels"] else None,
+                           views=d["views"], uncertain=d["uncertain"], blank=d["blank"], valid_frac=d["valid_frac"],
+                           split_seed=d["split_seed"])
+        cache = Path(d["cache"]) if d.get("cache") and (Path(d["cache"]) / "index.json").is_file() else None
+        return cls(run_dir=Path(run_dir), data=Path(d["dir"]), opts=opts, cfg=TrainConfig(**train),
+                   model_source={}, resume=True, cache=cache)
+
 
 def build_model(source: dict, labels=None):
     """The starting model: a model file, or an architecture cut inline (same rules as truncate)."""
