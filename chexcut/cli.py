@@ -324,7 +324,6 @@ def finetune(
         opts = _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
         run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source, cache=cache,
                   skip_missing=skip_missing, force=force)
-    run.quiet = quiet
     if log_format == "json":
         def emit(event):
             if not quiet:

@@ -99,11 +99,6 @@ def align(evalset: EvalSet, preds, name: str = "predictions") -> np.ndarray:
     return preds[list(evalset.labels)].to_numpy(dtype=np.float64)[pos]
 
 
-def extra_predictions(evalset: EvalSet, preds, all_label_paths: set[str]) -> list[str]:
-    """Prediction rows whose Path is not in the label CSV at all (any view)."""
-    return [p for p in preds.index if p not in all_label_paths]
-
-
 # ----------------------------------------------------------------------------- aggregation
 
 def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[EvalSet, list[np.ndarray]]:

@@ -36,13 +36,6 @@ def auroc(y: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def auroc_columns(y: np.ndarray, s: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Per-column AUROC over the rows where ``mask`` is set."""
-    y, s = np.asarray(y), np.asarray(s)
-    mask = np.ones_like(y, dtype=bool) if mask is None else np.asarray(mask).astype(bool)
-    return np.array([auroc(y[m, j], s[m, j]) for j in range(y.shape[1]) for m in [mask[:, j]]])
-
-
 # ----------------------------------------------------------------------------- bootstrap weights
 
 def cluster_ids(groups) -> np.ndarray:

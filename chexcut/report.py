@@ -158,11 +158,8 @@ class PairedTester:
 
         ev = _read_json(run.run_dir / "eval.json")
         src = ev["source"]
-        o = src["options"]
-        opts = DataOptions(csv=o["csv"], path_col=o["path_col"], labels=tuple(run.labels), views=o["views"],
-                           uncertain=o["uncertain"], blank=o["blank"], valid_frac=o["valid_frac"],
-                           split_seed=o["split_seed"])
-        table = load_split(src["data"], src["split"], dataclasses.replace(opts))
+        opts = dataclasses.replace(DataOptions.from_json(src["options"]), labels=tuple(run.labels))
+        table = load_split(src["data"], src["split"], opts)
         self.level = ev.get("level", "study")
         return evalset_from_table(table)
 

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -290,9 +290,6 @@ class Run:
     skip_missing: bool = False
     resume: bool = False
     force: bool = False
-    quiet: bool = False
-    log_format: str = "rich"  # rich | json
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_run_dir(cls, run_dir: Path, max_steps: int | None = None, device: str | None = None) -> "Run":
@@ -309,9 +306,7 @@ class Run:
             train["max_steps"] = max_steps
         if device:
             train["device"] = device
-        opts = DataOptions(csv=d["csv"], path_col=d["path_col"], labels=tuple(d["labels"]) if d["labels"] else None,
-                           views=d["views"], uncertain=d["uncertain"], blank=d["blank"], valid_frac=d["valid_frac"],
-                           split_seed=d["split_seed"])
+        opts = DataOptions.from_json(d)
         cache = Path(d["cache"]) if d.get("cache") and (Path(d["cache"]) / "index.json").is_file() else None
         return cls(run_dir=Path(run_dir), data=Path(d["dir"]), opts=opts, cfg=TrainConfig(**train),
                    model_source={}, resume=True, cache=cache)
@@ -423,7 +418,7 @@ def _finetune(run: Run, emit, device, dist: Dist) -> dict:
                      "valid_images": len(valid_t), "cache": str(cache.folder) if cache else None,
                      "fingerprint": dataset_fingerprint(run.data, opts), "notes": train_t.notes + valid_t.notes},
             "model": spec, "model_source": {k: str(v) for k, v in run.model_source.items()},
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "versions": versions(), **run.extra,
+            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "versions": versions(),
         })
 
     # --- model, optimizer, schedule

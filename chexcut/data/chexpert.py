@@ -50,6 +50,14 @@ class DataOptions:
     valid_frac: float = 0.1
     split_seed: int = 0
 
+    @classmethod
+    def from_json(cls, d: dict) -> "DataOptions":
+        """The inverse of :meth:`to_json` (extra keys, e.g. a run config's, are ignored)."""
+        return cls(csv=d.get("csv"), path_col=d.get("path_col", "Path"),
+                   labels=tuple(d["labels"]) if d.get("labels") else None, views=d.get("views", "frontal"),
+                   uncertain=d.get("uncertain", "zeros"), blank=d.get("blank", "zeros"),
+                   valid_frac=d.get("valid_frac", 0.1), split_seed=d.get("split_seed", 0))
+
     def to_json(self) -> dict:
         return {"csv": self.csv, "path_col": self.path_col, "labels": list(self.labels) if self.labels else None,
                 "views": self.views, "uncertain": self.uncertain, "blank": self.blank,
