@@ -23,9 +23,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_STATE = {"debug": False}
-
-
 def _version(value: bool):
     if value:
         from chexcut import __version__
@@ -39,7 +36,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for unexpected errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
-    _STATE["debug"] = debug
+    """--debug is read by main() itself, which needs it before any command runs."""
 
 
 def _complete_arch(incomplete: str) -> list[str]:
@@ -550,7 +547,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         code = rv if isinstance(rv, int) else 0
     except ChexcutError as e:
         if debug:
-            raise
+            import traceback
+
+            traceback.print_exc()
         print(f"chexcut: error: {e}", file=sys.stderr)
         code = e.exit_code
     except typer.Exit as e:
@@ -565,8 +564,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         code = 0
     except Exception as e:
         if debug:
-            raise
-        print(f"chexcut: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+            import traceback
+
+            traceback.print_exc()
+        print(f"chexcut: internal error: {type(e).__name__}: {e}"
+              + ("" if debug else " (rerun with --debug for the traceback)"), file=sys.stderr)
         code = 1
     sys.exit(code)

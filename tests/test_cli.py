@@ -79,3 +79,8 @@ def test_completions_are_fresh():
     for name, text in scripts().items():
         assert (REPO / "completions" / name).read_text() == text, f"completions/{name} is stale: run python completions/generate.py"
     assert set(FILES.values()) == set(scripts())
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code():
+    rc, out, err = run_cli("--debug", "inspect", "resnet5")
+    assert rc == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("chexcut: error: unknown")
