@@ -177,17 +177,10 @@ SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unrea
 
 
 def _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0):
-    from chexcut.data.chexpert import DataOptions, VIEWS, parse_uncertain
+    from chexcut.data.chexpert import DataOptions
 
-    if views not in VIEWS:
-        raise ChexcutError(f"--views must be one of {', '.join(VIEWS)}, not {views!r}")
-    if blank not in ("zeros", "ignore"):
-        raise ChexcutError(f"--blank must be zeros or ignore, not {blank!r}")
-    opts = DataOptions(csv=csv, path_col=path_col, labels=tuple(_split(labels)) if labels else None, views=views,
+    return DataOptions(csv=csv, path_col=path_col, labels=tuple(_split(labels)) if labels else None, views=views,
                        uncertain=uncertain, blank=blank, valid_frac=valid_frac, split_seed=split_seed)
-    if opts.labels:
-        parse_uncertain(uncertain, opts.labels)  # validate early
-    return opts
 
 
 @app.command()
@@ -370,16 +363,11 @@ def evaluate(
     from chexcut import evaluate as ev
     from chexcut import ui
 
-    if level not in ("study", "image"):
-        raise ChexcutError(f"--level must be study or image, not {level!r}")
+    ev.check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, level=level)
     if (model is None) == (predictions is None):
         raise ChexcutError("give a MODEL (with --data) or --predictions (with --labels FILE), not both or neither")
     to_stdout = json_path == "-"
     quiet = quiet or to_stdout
-    if bootstrap < 0:
-        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
-    if not 0 < ci < 1:
-        raise ChexcutError(f"--ci must be in (0, 1), not {ci}")
     label_file = truth
     label_list = None
     if labels and Path(labels).is_file():
@@ -493,10 +481,10 @@ def report(
 ):
     """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
     from chexcut import ui
+    from chexcut.evaluate import check_parameters
     from chexcut.report import build_report, write_outputs
 
-    if bootstrap < 0:
-        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
+    check_parameters(bootstrap=bootstrap, alpha=alpha)
     rep = build_report(targets, bootstrap=bootstrap, alpha=alpha, seed=seed)
     if out:
         written = write_outputs(rep, out)

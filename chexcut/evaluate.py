@@ -127,6 +127,23 @@ def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[Eval
 
 # ----------------------------------------------------------------------------- the evaluation
 
+def check_parameters(bootstrap: int = 1000, ci: float = 0.95, alpha: float = 0.05, cluster: str = "patient",
+                     method: str = "bootstrap", level: str = "study") -> None:
+    """One-line errors for evaluation parameters, checked before any inference runs."""
+    if bootstrap < 0:
+        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
+    if not 0 < ci < 1:
+        raise ChexcutError(f"--ci must be in (0, 1), not {ci}")
+    if not 0 < alpha < 1:
+        raise ChexcutError(f"--alpha must be in (0, 1), not {alpha}")
+    if cluster not in ("patient", "study", "none"):
+        raise ChexcutError(f"--cluster must be patient, study or none, not {cluster!r}")
+    if method not in ("bootstrap", "delong"):
+        raise ChexcutError(f"--method must be bootstrap or delong, not {method!r}")
+    if level not in ("study", "image"):
+        raise ChexcutError(f"--level must be study or image, not {level!r}")
+
+
 def _summary(values: np.ndarray, reps: np.ndarray | None, ci: float) -> dict:
     if reps is None:
         return {"auroc": _num(values), "ci_low": None, "ci_high": None}
@@ -154,16 +171,7 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci:
              cluster: str = "patient", compare: np.ndarray | None = None, method: str = "bootstrap",
              alpha: float = 0.05, chunk: int | None = None) -> dict:
     """The evaluation JSON (see the README for the schema)."""
-    if bootstrap < 0:
-        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
-    if not 0 < ci < 1:
-        raise ChexcutError(f"--ci must be in (0, 1), not {ci}")
-    if not 0 < alpha < 1:
-        raise ChexcutError(f"--alpha must be in (0, 1), not {alpha}")
-    if cluster not in ("patient", "study", "none"):
-        raise ChexcutError(f"--cluster must be patient, study or none, not {cluster!r}")
-    if method not in ("bootstrap", "delong"):
-        raise ChexcutError(f"--method must be bootstrap or delong, not {method!r}")
+    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method)
     y, mask, labels = evalset.y, evalset.mask > 0, evalset.labels
     n_labels = len(labels)
     auc = np.array([metrics.auroc(y[mask[:, j], j], scores[mask[:, j], j]) for j in range(n_labels)])
@@ -348,8 +356,7 @@ def run_evaluation(*, model=None, data=None, split: str = "valid", predictions=N
     import contextlib
     import dataclasses
 
-    if level not in ("study", "image"):
-        raise ChexcutError(f"--level must be study or image, not {level!r}")
+    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, level=level)
     infer = infer or {}
     progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
     if model is not None:

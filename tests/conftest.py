@@ -31,3 +31,20 @@ def run_cli(*args, cwd=None):
     p = subprocess.run([sys.executable, "-m", "chexcut", *map(str, args)], capture_output=True, text=True,
                        cwd=cwd, env=env, timeout=600)
     return p.returncode, p.stdout, p.stderr
+
+
+class Evil:
+    """A pickle payload whose loading would create ``marker``: proof that nothing was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_evil_pickle(path, marker, wrap=lambda evil: evil):
+    import pickle
+
+    Path(path).write_bytes(pickle.dumps(wrap(Evil(marker))))
+    return Path(path)

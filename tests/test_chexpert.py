@@ -148,7 +148,7 @@ def test_generic_csv_split_without_leakage(tmp_path):
 
 
 def test_data_options_json_round_trip():
-    opts = DataOptions(csv="x.csv", path_col="File", labels=("Edema",), views="all", uncertain="chexpert",
+    opts = DataOptions(csv="x.csv", path_col="File", labels=("Edema",), views="all", uncertain="Edema=ones,default=ignore",
                        blank="ignore", valid_frac=0.2, split_seed=4)
     assert DataOptions.from_json(opts.to_json()) == opts
     assert DataOptions.from_json({}) == DataOptions()

@@ -1,7 +1,5 @@
 """Model files: round trips for every architecture and drop; foreign and hostile files refused."""
 
-import pickle
-
 import pytest
 import torch
 
@@ -48,14 +46,10 @@ def test_existing_file_needs_force(tmp_path):
 
 
 def test_pickle_model_file_is_refused_and_not_executed(tmp_path):
+    from conftest import write_evil_pickle
+
     marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    p = tmp_path / "evil.safetensors"
-    p.write_bytes(pickle.dumps(Evil()))
+    p = write_evil_pickle(tmp_path / "evil.safetensors", marker)
     with pytest.raises(ChexcutError, match="not a chexcut model file"):
         chexcut.load_model(p)
     assert not marker.exists()

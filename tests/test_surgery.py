@@ -52,16 +52,10 @@ def test_weights_of_another_arch_are_refused(tmp_path):
 
 
 def test_pickle_with_code_is_never_executed(tmp_path):
+    from conftest import write_evil_pickle
+
     marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    import pickle
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"conv1.weight": Evil()}, f)
+    path = write_evil_pickle(tmp_path / "evil.pth", marker, wrap=lambda evil: {"conv1.weight": evil})
     with pytest.raises(ChexcutError, match="refused"):
         truncate("resnet18", weights=path)
     assert not marker.exists()

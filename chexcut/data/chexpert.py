@@ -50,6 +50,15 @@ class DataOptions:
     valid_frac: float = 0.1
     split_seed: int = 0
 
+    def __post_init__(self):
+        """Bad options fail here, as one line, before any file is read."""
+        if self.views not in VIEWS:
+            raise ChexcutError(f"--views must be one of {', '.join(VIEWS)}, not {self.views!r}")
+        if self.blank not in ("zeros", "ignore"):
+            raise ChexcutError(f"--blank must be zeros or ignore, not {self.blank!r}")
+        if self.labels:
+            parse_uncertain(self.uncertain, tuple(self.labels))
+
     @classmethod
     def from_json(cls, d: dict) -> "DataOptions":
         """The inverse of :meth:`to_json` (extra keys, e.g. a run config's, are ignored)."""
@@ -211,9 +220,7 @@ def patient_study(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _view_mask(df, views: str, paths: list[str]) -> np.ndarray:
-    if views not in VIEWS:
-        raise ChexcutError(f"--views must be one of {', '.join(VIEWS)}, not {views!r}")
-    n = len(df)
+    n = len(df)  # views was checked by DataOptions
     if views == "all":
         return np.ones(n, dtype=bool)
     if views in ("frontal", "lateral"):
