@@ -9,7 +9,7 @@ so ``import chexcut`` stays cheap::
     again = chexcut.load_model("r50-d2.safetensors")
 """
 
-__version__ = "0.1.0"
+from chexcut.version import __version__
 
 __all__ = ["truncate", "save_model", "load_model", "ChexcutError", "__version__"]
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from chexcut.archs import Arch, get_arch, weights_meta
 from chexcut.errors import ChexcutError
-from chexcut.surgery import CHEXPERT_LABELS, build_architecture, get_module
+from chexcut.labels import CHEXPERT_LABELS
+from chexcut.surgery import build_architecture, get_module
 
 
 @dataclass
@@ -66,11 +67,19 @@ def _params(module: nn.Module) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_model(name: str) -> nn.Module:
+def meta_model(name: str) -> nn.Module:
+    """The library's full architecture on the meta device (shapes, no memory); shared, do not modify."""
     arch = get_arch(name)
     with torch.device("meta"):
         model = build_architecture(arch)
     return model.eval()
+
+
+def full_params(name: str) -> int:
+    """Parameters of the library's ImageNet model, less the modules chexcut discards (aux heads)."""
+    arch = get_arch(name)
+    model = meta_model(arch.name)
+    return _params(model) - sum(_params(get_module(model, p)) for p in arch.family.discard)
 
 
 def _forward_ok(model: nn.Module, size: int) -> bool:
@@ -85,7 +94,7 @@ def _forward_ok(model: nn.Module, size: int) -> bool:
 
 def min_image_size(name: str) -> int:
     """The smallest square input the whole architecture accepts (binary search on meta)."""
-    model = _meta_model(name)
+    model = meta_model(name)
     lo, hi = 1, 1024
     if not _forward_ok(model, hi):
         raise RuntimeError(f"{name} fails even at {hi} px")
@@ -99,7 +108,7 @@ def min_image_size(name: str) -> int:
 
 
 def check_image_size(name: str, size: int) -> None:
-    if size < 1 or not _forward_ok(_meta_model(name), size):
+    if size < 1 or not _forward_ok(meta_model(name), size):
         raise ChexcutError(
             f"--image-size {size} is too small for {name}: the minimum is {min_image_size(name)} px"
         )
@@ -112,7 +121,7 @@ def anatomy(name: str, image_size: int = 320, n_labels: int = len(CHEXPERT_LABEL
     arch: Arch = get_arch(name)
     fam = arch.family
     check_image_size(arch.name, image_size)
-    model = _meta_model(arch.name)
+    model = meta_model(arch.name)
     root = type(model).__name__
 
     shapes: dict[int, tuple] = {}
@@ -148,22 +157,20 @@ def anatomy(name: str, image_size: int = 320, n_labels: int = len(CHEXPERT_LABEL
         ))
 
     head = get_module(model, fam.head)
-    total_params = _params(model)
-    if arch.name == "inception_v3":
-        total_params -= _params(model.AuxLogits)
-    full_params = total_params - _params(head) + (head.in_features + 1) * n_labels
+    total_params = full_params(arch.name)  # the function; the figure is `full`
+    full = total_params - _params(head) + (head.in_features + 1) * n_labels
     full_macs = int(fc.get_total_flops() // 2) - head.in_features * head.out_features + head.in_features * n_labels
-    truncations = [TruncationInfo(0, fam.num_blocks, full_params, full_macs, head.in_features, 1.0, 1.0)]
+    truncations = [TruncationInfo(0, fam.num_blocks, full, full_macs, head.in_features, 1.0, 1.0)]
     run_macs = stem_macs
     block_macs = [b.macs for b in blocks]
     for drop in range(1, fam.num_blocks):
         kept = fam.num_blocks - drop
         c = blocks[kept - 1].out_channels
-        neck = (2 * c) if fam.neck == "densenet" else 0  # the kept BatchNorm's weight and bias
+        neck = sum(_params(get_module(model, p)) for p in fam.neck.paths(kept))
         params = blocks[kept - 1].cum_params + neck + (c + 1) * n_labels
         run_macs = stem_macs + sum(block_macs[:kept]) + c * n_labels
         truncations.append(TruncationInfo(
-            drop, kept, params, run_macs, c, params / full_params, full_params / params,
+            drop, kept, params, run_macs, c, params / full, full / params,
         ))
     top1 = weights_meta(arch)["top1"]
     return Anatomy(arch.name, arch.source, image_size, fam.num_blocks, n_labels, stem_params,

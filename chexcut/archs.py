@@ -15,9 +15,12 @@ This module imports no torch: ``chexcut list`` and shell completion stay fast.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from chexcut.errors import ChexcutError
+from chexcut.libraries import TIMM, TORCHVISION, Library
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,22 +33,55 @@ def _seq(prefix: str, groups: list[list[int]]) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(f"{prefix}.{i}" for i in g) for g in groups)
 
 
+def densenet_legacy_keys(key: str) -> str:
+    """torchvision's DenseNet checkpoints name ``denselayerN.norm.1.weight``; the modules say ``norm1``."""
+    m = _DENSENET_LEGACY.match(key)
+    return m.group(1) + m.group(2) if m else key
+
+
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+@dataclass(frozen=True)
+class Neck:
+    """Modules of the library's model kept after the last kept block of a truncated model.
+
+    ``modules``: module paths, formatted with ``kept`` (the number of kept blocks), moved in with
+    their pretrained weights; ``relu``: a ReLU follows them. DenseNet's is the BatchNorm that opens
+    the transition after the last kept dense block (the full model ends in ``norm5`` + ReLU too).
+    """
+
+    modules: tuple[str, ...] = ()
+    relu: bool = False
+
+    def paths(self, kept: int) -> list[str]:
+        return [m.format(kept=kept) for m in self.modules]
+
+
 @dataclass(frozen=True)
 class Family:
-    """How one architecture family is laid out: module paths, not guesses.
+    """Everything chexcut knows about one architecture family: module paths, not guesses.
 
-    stem:   module paths, in forward order, that come before block 1.
-    blocks: one tuple of module paths per block, in forward order.
-    head:   path of the final ``nn.Linear`` that ``drop 0`` replaces.
-    neck:   ``"densenet"`` when a truncated model keeps the pretrained BatchNorm
-            (``transitionK.norm``) + ReLU after its last kept dense block; else ``None``.
+    stem:    module paths, in forward order, that come before block 1.
+    blocks:  one tuple of module paths per block, in forward order.
+    head:    path of the final ``nn.Linear`` that ``drop 0`` replaces.
+    neck:    what a truncated model keeps after its last kept block (:class:`Neck`).
+    discard: modules of the full model that a chexcut model drops (e.g. an auxiliary head);
+             ``discard_attrs`` are attributes set with them (so the forward no longer uses them).
+    key_filter: renames one state-dict key of old checkpoints to today's name (legacy layouts).
+    mean, std: the input normalisation the ImageNet weights expect.
     """
 
     name: str
     stem: tuple[str, ...]
     blocks: tuple[tuple[str, ...], ...]
     head: str
-    neck: str | None = None
+    neck: Neck = Neck()
+    discard: tuple[str, ...] = ()
+    discard_attrs: tuple[tuple[str, object], ...] = ()
+    key_filter: Callable[[str], str] | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -75,7 +111,8 @@ DENSENET = Family(
         ("features.transition3", "features.denseblock4"),
     ),
     head="classifier",
-    neck="densenet",
+    neck=Neck(modules=("features.transition{kept}.norm",), relu=True),
+    key_filter=densenet_legacy_keys,
 )
 
 EFFICIENTNET = Family(
@@ -121,6 +158,9 @@ INCEPTION_V3 = Family(
         (f"Mixed_{n}",) for n in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c")
     ),
     head="fc",
+    # the auxiliary classifier exists for training the ImageNet model; its weights load, then it goes
+    discard=("AuxLogits",),
+    discard_attrs=(("aux_logits", False),),
     # torchvision's inception_v3 weights expect inputs normalised with mean = std = 0.5
     # (its ``transform_input`` converts ImageNet-normalised inputs to that); chexcut
     # normalises with these statistics directly and builds with transform_input=False.
@@ -142,49 +182,49 @@ INCEPTION_V4 = Family(
 class Arch:
     """One supported architecture.
 
-    ``weights`` names the ImageNet weights: a torchvision ``Weights`` enum member
-    (``"IMAGENET1K_V1"``, the weights of the CheXtransfer era) or a timm pretrained tag.
-    ``top1`` is filled from torchvision's offline ``Weights.meta``; timm carries no
-    accuracy in its pretrained config, so ``top1_timm`` records the figure from timm's
+    ``library`` builds it and loads its weights (:mod:`chexcut.libraries`). ``weights`` names the
+    ImageNet weights: a torchvision ``Weights`` enum member (``"IMAGENET1K_V1"``, the weights of the
+    CheXtransfer era) or a timm pretrained tag. torchvision's offline ``Weights.meta`` gives top-1;
+    timm carries no accuracy in its pretrained config, so ``top1`` records the figure from timm's
     published ``results-imagenet.csv`` for that tag.
     """
 
     name: str
     family: Family
-    source: str  # "torchvision" | "timm"
+    library: Library
     weights: str
     paper: bool = True  # one of the 16 CheXtransfer architectures
-    top1_timm: float | None = None
+    top1: float | None = None
     build_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.library.name
 
 
 _ARCHS: tuple[Arch, ...] = (
-    Arch("densenet121", DENSENET, "torchvision", "IMAGENET1K_V1"),
-    Arch("densenet169", DENSENET, "torchvision", "IMAGENET1K_V1"),
-    Arch("densenet201", DENSENET, "torchvision", "IMAGENET1K_V1"),
-    Arch("resnet18", RESNET, "torchvision", "IMAGENET1K_V1"),
-    Arch("resnet34", RESNET, "torchvision", "IMAGENET1K_V1"),
-    Arch("resnet50", RESNET, "torchvision", "IMAGENET1K_V1"),
-    Arch("resnet101", RESNET, "torchvision", "IMAGENET1K_V1"),
-    Arch("inception_v3", INCEPTION_V3, "torchvision", "IMAGENET1K_V1",
+    Arch("densenet121", DENSENET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("densenet169", DENSENET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("densenet201", DENSENET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("resnet18", RESNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("resnet34", RESNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("resnet50", RESNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("resnet101", RESNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("inception_v3", INCEPTION_V3, TORCHVISION, "IMAGENET1K_V1",
          build_kwargs={"aux_logits": True, "transform_input": False, "init_weights": True}),
-    Arch("inception_v4", INCEPTION_V4, "timm", "tf_in1k", top1_timm=80.168),
-    Arch("mnasnet1_0", MNASNET, "torchvision", "IMAGENET1K_V1"),
-    Arch("mobilenet_v2", MOBILENET_V2, "torchvision", "IMAGENET1K_V1"),
-    Arch("mobilenet_v3_large", MOBILENET_V3_LARGE, "torchvision", "IMAGENET1K_V1"),
-    Arch("mobilenet_v3_small", MOBILENET_V3_SMALL, "torchvision", "IMAGENET1K_V1", paper=False),
-    Arch("efficientnet_b0", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
-    Arch("efficientnet_b1", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
-    Arch("efficientnet_b2", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
-    Arch("efficientnet_b3", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("inception_v4", INCEPTION_V4, TIMM, "tf_in1k", top1=80.168),
+    Arch("mnasnet1_0", MNASNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("mobilenet_v2", MOBILENET_V2, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("mobilenet_v3_large", MOBILENET_V3_LARGE, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("mobilenet_v3_small", MOBILENET_V3_SMALL, TORCHVISION, "IMAGENET1K_V1", paper=False),
+    Arch("efficientnet_b0", EFFICIENTNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("efficientnet_b1", EFFICIENTNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("efficientnet_b2", EFFICIENTNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("efficientnet_b3", EFFICIENTNET, TORCHVISION, "IMAGENET1K_V1"),
 )
 
 REGISTRY: dict[str, Arch] = {a.name: a for a in _ARCHS}
 PAPER_ARCHS: tuple[str, ...] = tuple(a.name for a in _ARCHS if a.paper)
-
-
-def list_archs() -> list[str]:
-    return list(REGISTRY)
 
 
 def get_arch(name: str) -> Arch:
@@ -199,27 +239,21 @@ def get_arch(name: str) -> Arch:
     )
 
 
+def resolve_drop(arch: Arch, drop: int | None = None, keep: int | None = None) -> int:
+    """``drop`` from ``--drop`` or ``--keep`` (exactly one or neither), validated against the arch."""
+    n = arch.family.num_blocks
+    if drop is not None and keep is not None:
+        raise ChexcutError("give drop (--drop) or keep (--keep), not both")
+    if keep is not None:
+        if not 1 <= keep <= n:
+            raise ChexcutError(f"keep {keep} is out of range for {arch.name}: valid 1..{n}")
+        return n - keep
+    drop = 0 if drop is None else drop
+    if not 0 <= drop <= n - 1:
+        raise ChexcutError(f"drop {drop} is out of range for {arch.name}: valid 0..{n - 1} ({n} blocks)")
+    return drop
+
+
 def weights_meta(arch: Arch) -> dict:
     """Offline ImageNet metadata of the arch's weights: top1, params, url/hub id, file name."""
-    if arch.source == "torchvision":
-        from torchvision.models import get_model_weights
-
-        w = get_model_weights(arch.name)[arch.weights]
-        return {
-            "top1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"],
-            "imagenet_params": w.meta["num_params"],
-            "url": w.url,
-            "file": w.url.rsplit("/", 1)[-1],
-            "id": f"torchvision:{arch.name}.{arch.weights}",
-        }
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(f"{arch.name}.{arch.weights}")
-    return {
-        "top1": arch.top1_timm,
-        "imagenet_params": None,
-        "url": f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors",
-        "file": "model.safetensors",
-        "hf_hub_id": cfg.hf_hub_id,
-        "id": f"timm:{arch.name}.{arch.weights}",
-    }
+    return arch.library.weights_meta(arch)

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from chexcut.choices import Blank, Cluster, Level, LogFormat, Method, Precision, Recipe, Resize, Split, Views
 from chexcut.errors import ChexcutError
 
 app = typer.Typer(
@@ -56,30 +57,20 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
 @app.command("list")
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
     """Every supported architecture: params, ImageNet top-1, block count."""
-    from chexcut.archs import REGISTRY, weights_meta
     from chexcut import ui
+    from chexcut.anatomy import full_params
+    from chexcut.archs import REGISTRY, weights_meta
 
     rows = []
     for a in REGISTRY.values():
         meta = weights_meta(a)
-        rows.append({"arch": a.name, "source": a.source, "family": a.family.name, "params": _arch_params(a.name),
+        rows.append({"arch": a.name, "source": a.source, "family": a.family.name, "params": full_params(a.name),
                      "top1": meta["top1"], "num_blocks": a.family.num_blocks, "paper": a.paper,
                      "weights": meta["id"]})
     if json_out:
         ui.print_json(rows)
     else:
         ui.out.print(ui.arch_list_table(rows))
-
-
-def _arch_params(name: str) -> int:
-    from chexcut.anatomy import _meta_model
-    from chexcut.archs import get_arch
-
-    model = _meta_model(name)
-    n = sum(p.numel() for p in model.parameters())
-    if get_arch(name).name == "inception_v3":
-        n -= sum(p.numel() for p in model.AuxLogits.parameters())
-    return n
 
 
 @app.command()
@@ -93,17 +84,15 @@ def inspect(
     from chexcut import ui
     from chexcut.anatomy_cache import cached_anatomy
 
-    spec = None
-    if target.endswith(".safetensors") or Path(target).is_file():
-        from chexcut.modelfile import read_spec
+    from chexcut.modelsource import ModelSource
 
-        spec = read_spec(target)
-        arch = spec["arch"]
-        size = image_size or int(spec.get("image_size", 320))
-        a = cached_anatomy(arch, size, n_labels=len(spec["labels"]))
+    source = ModelSource.parse(target)
+    spec = source.spec() if source.is_file else None
+    if spec:
+        a = cached_anatomy(spec["arch"], image_size or int(spec.get("image_size", 320)), n_labels=len(spec["labels"]))
         a["model"] = spec
     else:
-        a = cached_anatomy(target, image_size or 320, 14)
+        a = cached_anatomy(source.arch, image_size or 320, 14)
     if json_out:
         ui.print_json(a)
         return
@@ -134,10 +123,9 @@ def truncate(
     """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
     from chexcut import ui
     from chexcut.anatomy import anatomy
-    from chexcut.archs import get_arch
+    from chexcut.archs import get_arch, resolve_drop
     from chexcut.fileio import check_writable
     from chexcut.modelfile import save_model
-    from chexcut.surgery import CHEXPERT_LABELS, resolve_drop
     from chexcut.surgery import truncate as do_truncate
 
     a = get_arch(arch)
@@ -145,10 +133,9 @@ def truncate(
     if out.suffix != ".safetensors":
         raise ChexcutError(f"-o {out}: chexcut model files end in .safetensors")
     check_writable(out, force=force)
-    label_list = _split(labels) or list(CHEXPERT_LABELS)
-    anat = anatomy(a.name, image_size, n_labels=len(label_list))
-    model = do_truncate(a.name, drop=d, weights=weights, labels=label_list, in_chans=in_chans, image_size=image_size,
-                        seed=seed)
+    model = do_truncate(a.name, drop=d, weights=weights, labels=_split(labels), in_chans=in_chans,
+                        image_size=image_size, seed=seed)
+    anat = anatomy(a.name, image_size, n_labels=len(model.chexcut_spec["labels"]))
     save_model(model, out, force=force)
     spec = model.chexcut_spec
     full, cut = anat.truncations[0], anat.truncations[d]
@@ -165,12 +152,12 @@ DataDir = Annotated[Path, typer.Argument(help="Dataset folder (CheXpert layout, 
 CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="A generic CSV instead of train.csv/valid.csv.")]
 PathColOpt = Annotated[str, typer.Option("--path-col", help="Column of image paths (relative to DATA).")]
 LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label columns [default: the CheXpert 14 present].")]
-ViewsOpt = Annotated[str, typer.Option("--views", help="frontal | lateral | ap | pa | all.")]
+ViewsOpt = Annotated[Views, typer.Option("--views", help="Which views to use.")]
 UncertainOpt = Annotated[str, typer.Option("--uncertain", help="Uncertain (-1) labels: ones | zeros | ignore | chexpert | A=ones,B=zeros,default=zeros.")]
-BlankOpt = Annotated[str, typer.Option("--blank", help="Blank labels: zeros (not mentioned) | ignore.")]
+BlankOpt = Annotated[Blank, typer.Option("--blank", help="Blank labels: zeros (not mentioned) or ignore.")]
 ValidFracOpt = Annotated[float, typer.Option("--valid-frac", help="Valid share of patients when there is no valid.csv.")]
 ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Square image size in pixels.")]
-ResizeOpt = Annotated[str, typer.Option("--resize", help="squash (CheXpert baseline) | pad (letterbox).")]
+ResizeOpt = Annotated[Resize, typer.Option("--resize", help="squash (CheXpert baseline) or pad (letterbox).")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Image cache folder [default: ~/.cache/chexcut/images/KEY].")]
 SkipMissingOpt = Annotated[bool, typer.Option("--skip-missing", help="Proceed without missing image files (reported).")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unreadable images (reported).")]
@@ -179,19 +166,19 @@ SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unrea
 def _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0):
     from chexcut.data.chexpert import DataOptions
 
-    return DataOptions(csv=csv, path_col=path_col, labels=tuple(_split(labels)) if labels else None, views=views,
-                       uncertain=uncertain, blank=blank, valid_frac=valid_frac, split_seed=split_seed)
+    return DataOptions(csv=csv, path_col=path_col, labels=tuple(_split(labels)) if labels else None, views=str(views),
+                       uncertain=uncertain, blank=str(blank), valid_frac=valid_frac, split_seed=split_seed)
 
 
 @app.command()
 def prepare(
     data: DataDir,
     image_size: ImageSizeOpt = 320,
-    resize: ResizeOpt = "squash",
+    resize: ResizeOpt = Resize.squash,
     cache: CacheOpt = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes [default: CPU count].")] = None,
-    csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = "frontal",
-    uncertain: UncertainOpt = "zeros", blank: BlankOpt = "zeros", valid_frac: ValidFracOpt = 0.1,
+    csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
+    uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     skip_missing: SkipMissingOpt = False, skip_bad: SkipBadOpt = False,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
@@ -202,8 +189,7 @@ def prepare(
     from chexcut.data.chexpert import check_files, load_split
 
     opts = _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
-    if resize not in ("squash", "pad"):
-        raise ChexcutError(f"--resize must be squash or pad, not {resize!r}")
+    resize = str(resize)
     if image_size < 16:
         raise ChexcutError(f"--image-size must be at least 16, not {image_size}")
     table = check_files(load_split(data, "all", opts), skip_missing)
@@ -258,13 +244,13 @@ def finetune(
     keep: Annotated[Optional[int], typer.Option("--keep", help="With an architecture name: blocks to keep.")] = None,
     weights: Annotated[str, typer.Option("--weights", help="With an architecture name: imagenet | none | PATH.")] = "imagenet",
     in_chans: Annotated[int, typer.Option("--in-chans", help="With an architecture name: 1 for grayscale input.")] = 3,
-    recipe: Annotated[str, typer.Option("--recipe", help="paper (Adam 1e-4, batch 16, 3 epochs, fp32) | fast (large batch, bf16, channels_last, compile, cosine).")] = "paper",
+    recipe: Annotated[Recipe, typer.Option("--recipe", help="paper (Adam 1e-4, batch 16, 3 epochs, fp32) or fast (large batch, bf16, channels_last, compile, cosine).")] = Recipe.paper,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size")] = None,
     val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps (and at each epoch end).")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="bf16 | fp16 | fp32 | auto.")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the recipe's; auto = bf16 on GPU, fp32 on CPU.")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
     compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (GPU only).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 4,
@@ -272,21 +258,20 @@ def finetune(
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps in all (the schedule is unchanged; --resume continues).")] = None,
     log_every: Annotated[int, typer.Option("--log-every", help="Log every N steps.")] = 50,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
-    resize: ResizeOpt = "squash",
-    csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = "frontal",
-    uncertain: UncertainOpt = "zeros", blank: BlankOpt = "zeros", valid_frac: ValidFracOpt = 0.1,
+    resize: ResizeOpt = Resize.squash,
+    csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
+    uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     cache: CacheOpt = None, skip_missing: SkipMissingOpt = False,
-    log_format: Annotated[str, typer.Option("--log-format", help="rich (progress bar on stderr) | json (one object per line on stdout).")] = "rich",
+    log_format: Annotated[LogFormat, typer.Option("--log-format", help="rich (progress bar on stderr) or json (one object per line on stdout).")] = LogFormat.rich,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Fine-tune on a CheXpert-layout dataset into a run directory (resumable, kill-safe)."""
     import json
 
     from chexcut import ui
+    from chexcut.modelsource import ModelSource
     from chexcut.train import Run, TrainConfig, finetune as do_finetune
 
-    if log_format not in ("rich", "json"):
-        raise ChexcutError(f"--log-format must be rich or json, not {log_format!r}")
     if resume is not None:
         if model or out or data:
             raise ChexcutError("--resume RUN_DIR takes its model, data and output from the run; give no MODEL, --data or --out")
@@ -297,22 +282,12 @@ def finetune(
         if not data.exists():
             raise ChexcutError(f"--data {data} does not exist")
         cfg = TrainConfig.from_recipe(
-            recipe, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, val_every=val_every,
-            precision=precision, channels_last=channels_last, compile=compile_, workers=workers, seed=seed,
-            max_steps=max_steps, device=device, resize=resize, log_every=log_every)
-        if Path(model).is_file() or model.endswith(".safetensors"):
-            if drop is not None or keep is not None:
-                raise ChexcutError("--drop/--keep apply to an architecture name; the model file is already cut")
-            source = {"file": model}
-        else:
-            from chexcut.archs import get_arch
-            from chexcut.surgery import resolve_drop
-
-            a = get_arch(model)
-            source = {"arch": a.name, "drop": resolve_drop(a, drop, keep), "weights": weights, "in_chans": in_chans,
-                      "seed": seed}
+            str(recipe), epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, val_every=val_every,
+            precision=precision and str(precision), channels_last=channels_last, compile=compile_, workers=workers,
+            seed=seed, max_steps=max_steps, device=device, resize=str(resize), log_every=log_every)
+        source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights, in_chans=in_chans, seed=seed)
         opts = _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
-        run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source, cache=cache,
+        run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source.to_json(), cache=cache,
                   skip_missing=skip_missing, force=force)
     if log_format == "json":
         def emit(event):
@@ -333,70 +308,56 @@ def finetune(
 def evaluate(
     model: Annotated[Optional[str], typer.Argument(help="Model file or finetune run dir (omit with --predictions).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder to run MODEL on.")] = None,
-    split: Annotated[str, typer.Option("--split", help="train | valid | all.")] = "valid",
+    split: Annotated[Split, typer.Option("--split", help="Rows of --data to evaluate on.")] = Split.valid,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="Predictions CSV (Path + one probability column per label).")] = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", help="With --predictions: the label CSV. With MODEL: comma-separated labels to evaluate.")] = None,
-    truth: Annotated[Optional[Path], typer.Option("--truth", help="The label CSV for --predictions (same as --labels FILE).")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels to evaluate (default: the model's). (Deprecated: a label CSV here; use --truth FILE.)")] = None,
+    truth: Annotated[Optional[Path], typer.Option("--truth", "--label-csv", help="The label CSV for --predictions (CheXpert valid.csv layout).")] = None,
     compare: Annotated[Optional[str], typer.Option("--compare", help="Another model, run dir or predictions CSV on the same rows.")] = None,
-    method: Annotated[str, typer.Option("--method", help="Paired test per label: bootstrap | delong.")] = "bootstrap",
+    method: Annotated[Method, typer.Option("--method", help="Paired test per label.")] = Method.bootstrap,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0 disables).")] = 1000,
     ci: Annotated[float, typer.Option("--ci", help="Confidence level.")] = 0.95,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level for the verdict.")] = 0.05,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    cluster: Annotated[str, typer.Option("--cluster", help="Resample by patient | study | none.")] = "patient",
-    level: Annotated[str, typer.Option("--level", help="study (max over views, official CheXpert) | image.")] = "study",
+    cluster: Annotated[Cluster, typer.Option("--cluster", help="Resample by patient, study or none.")] = Cluster.patient,
+    level: Annotated[Level, typer.Option("--level", help="study (max over views, official CheXpert) or image.")] = Level.study,
     logits: Annotated[bool, typer.Option("--logits", help="Predictions are logits: apply a sigmoid.")] = False,
     predictions_out: Annotated[Optional[Path], typer.Option("--predictions-out", help="Write MODEL's predictions CSV here.")] = None,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the evaluation JSON to PATH, or - for stdout.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv-out", help="Write per-label results as CSV.")] = None,
-    csv: CsvOpt = None, path_col: PathColOpt = "Path", views: ViewsOpt = "frontal",
-    uncertain: UncertainOpt = "zeros", blank: BlankOpt = "zeros", valid_frac: ValidFracOpt = 0.1,
+    csv: CsvOpt = None, path_col: PathColOpt = "Path", views: ViewsOpt = Views.frontal,
+    uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="[default: the model file's]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="bf16 | fp16 | fp32 [default: bf16 on GPU, fp32 on CPU].")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: auto = bf16 on GPU, fp32 on CPU.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 2,
     cache: CacheOpt = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ):
     """AUROC per label and on the 5 competition tasks, with bootstrap CIs and paired tests."""
-    from chexcut import evaluate as ev
-    from chexcut import ui
+    from chexcut import evalrun, ui
 
-    ev.check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, level=level)
-    if (model is None) == (predictions is None):
-        raise ChexcutError("give a MODEL (with --data) or --predictions (with --labels FILE), not both or neither")
     to_stdout = json_path == "-"
     quiet = quiet or to_stdout
-    label_file = truth
-    label_list = None
-    if labels and Path(labels).is_file():
-        label_file = Path(labels)
-    elif labels:
-        label_list = tuple(_split(labels))
+    label_file, label_list = truth, _split(labels)
+    if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
+        ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")
+        label_file, label_list = Path(labels), None
     opts = _data_options(csv, path_col, ",".join(label_list) if label_list else None, views, uncertain, blank, valid_frac)
-    if model is not None:
-        if data is None:
-            raise ChexcutError("evaluating a MODEL needs --data DIR")
-        from chexcut.infer import resolve_model_path
-        from chexcut.modelfile import read_spec
-
-        read_spec(resolve_model_path(model))  # a bad model fails before any progress output
-    elif label_file is None:
-        raise ChexcutError("--predictions needs the label CSV: --labels FILE (or --truth FILE)")
-    result = ev.run_evaluation(
-        model=model, data=data, split=split, predictions=predictions, label_file=label_file, labels=label_list,
-        compare=compare, logits=logits, opts=opts, level=level, bootstrap=bootstrap, ci=ci, seed=seed,
-        cluster=cluster, method=method, alpha=alpha, predictions_out=predictions_out,
+    result = evalrun.run_evaluation(
+        model=model, data=data, split=str(split), predictions=predictions, label_file=label_file,
+        labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, opts=opts,
+        level=str(level), bootstrap=bootstrap, ci=ci, seed=seed, cluster=str(cluster), method=str(method), alpha=alpha,
+        predictions_out=predictions_out,
         infer=dict(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
-                   precision=precision, cache_dir=cache),
+                   precision=precision and str(precision), cache_dir=cache),
         progress=lambda what: ui.progress_bar(what, quiet=quiet))
     if json_path and not to_stdout:
         from chexcut.fileio import write_json
 
         write_json(Path(json_path), result)
     if csv_out:
-        ev.write_results_csv(csv_out, result)
+        evalrun.write_results_csv(csv_out, result)
     if to_stdout:
         ui.print_json(result)
     elif not quiet:
@@ -542,8 +503,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         code = e.exit_code
     except typer.Exit as e:
         code = e.exit_code
-    except click_exception as e:
-        e.show()
+    except click_exception as e:  # bad option values, missing arguments: one line, like every user error
+        where = getattr(getattr(e, "ctx", None), "command_path", None)
+        hint = f" (see `{where} --help`)" if where else ""
+        msg = ' '.join(e.format_message().replace("Value error, ", "").split())
+        print(f"chexcut: error: {msg}{hint}", file=sys.stderr)
         code = e.exit_code
     except (typer.Abort, KeyboardInterrupt):
         print("chexcut: interrupted", file=sys.stderr)

@@ -9,11 +9,9 @@ from chexcut.errors import ChexcutError
 
 def imagenet_cached(arch: str) -> bool:
     from chexcut.archs import get_arch
-    from chexcut.surgery import imagenet_cache_path
 
     a = get_arch(arch)
-    p = imagenet_cache_path(a)
-    return p.is_file() if a.source == "torchvision" else any(p.glob("snapshots/*/model.safetensors"))
+    return a.library.is_cached(a)
 
 
 def run_demo(folder: Path, archs: list[str], drops: list[int], n: int = 500, image_size: int = 64,

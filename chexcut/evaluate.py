@@ -1,17 +1,18 @@
-"""Evaluation: predictions + labels -> per-label AUROC, bootstrap CIs, paired comparison -> JSON.
+"""Evaluation arithmetic: labels + scores -> per-label AUROC, bootstrap CIs, paired comparison -> JSON.
 
-Everything here works on plain arrays and DataFrames; :mod:`chexcut.infer` produces the
-predictions when a model is given, and the CLI only renders what :func:`evaluate` returns.
+Everything here works on plain arrays: :mod:`chexcut.evalrun` gathers them (running a model, or
+reading predictions CSVs through :mod:`chexcut.predictions`), and the CLI renders what
+:func:`evaluate` returns. No torch, no files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from chexcut import metrics
+from chexcut.choices import Cluster, Level, Method, check
 from chexcut.errors import ChexcutError
 from chexcut.labels import COMPETITION_LABELS
 
@@ -26,77 +27,6 @@ class EvalSet:
     mask: np.ndarray
     patient: np.ndarray
     study: np.ndarray
-
-
-# ----------------------------------------------------------------------------- predictions files
-
-def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, logits: bool = False):
-    """A predictions CSV (``Path`` + one probability column per label) as a DataFrame indexed by Path."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise ChexcutError(f"predictions file not found: {path}")
-    try:
-        df = pd.read_csv(path, dtype={"Path": str})
-    except Exception as e:
-        raise ChexcutError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
-    if "Path" not in df.columns:
-        raise ChexcutError(f"{path.name}: no 'Path' column")
-    dup = df["Path"].duplicated()
-    if dup.any():
-        raise ChexcutError(f"{path.name}: {int(dup.sum())} duplicated paths (first: {df['Path'][dup].iloc[0]})")
-    cols = [c for c in df.columns if c != "Path"] if labels is None else list(labels)
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ChexcutError(f"{path.name}: missing prediction columns: {', '.join(missing)}")
-    vals = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    bad_nan = np.isnan(vals)
-    if bad_nan.any():
-        rows = np.unique(np.nonzero(bad_nan)[0])[:5] + 2
-        raise ChexcutError(f"{path.name}: {int(bad_nan.any(1).sum())} rows with missing or non-numeric predictions "
-                           f"(rows {', '.join(map(str, rows))})")
-    if logits:
-        vals = 1 / (1 + np.exp(-vals))
-    out = (vals < 0) | (vals > 1)
-    if out.any():
-        rows = np.unique(np.nonzero(out)[0])[:5] + 2
-        raise ChexcutError(f"{path.name}: predictions outside [0, 1] in rows {', '.join(map(str, rows))}; "
-                           f"pass --logits if these are logits")
-    return pd.DataFrame(vals, index=df["Path"].tolist(), columns=cols)
-
-
-def write_predictions(path: str | Path, paths: list[str], labels: tuple[str, ...], probs: np.ndarray) -> None:
-    import pandas as pd
-
-    from chexcut.fileio import atomic_path
-
-    df = pd.DataFrame(probs, columns=list(labels))
-    df.insert(0, "Path", paths)
-    if str(path) == "-":
-        import sys
-
-        df.to_csv(sys.stdout, index=False, float_format="%.9g")
-        return
-    with atomic_path(Path(path)) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.9g")  # float32 round-trips: no artificial ties
-
-
-def align(evalset: EvalSet, preds, name: str = "predictions") -> np.ndarray:
-    """The (N, L) scores of ``preds`` (DataFrame indexed by Path) in ``evalset``'s row order."""
-    missing_cols = [c for c in evalset.labels if c not in preds.columns]
-    if missing_cols:
-        raise ChexcutError(f"{name} lack label columns: {', '.join(missing_cols)}")
-    have = preds.index
-    pos = have.get_indexer(evalset.paths)
-    unmatched = int((pos < 0).sum())
-    if unmatched == len(evalset.paths):
-        raise ChexcutError(f"no rows of the labels match the {name} on Path (empty join; "
-                           f"e.g. labels {evalset.paths[0]!r} vs {name} {have[0]!r})")
-    if unmatched:
-        first = evalset.paths[int(np.flatnonzero(pos < 0)[0])]
-        raise ChexcutError(f"{unmatched} of {len(evalset.paths)} label rows have no {name} row (first: {first})")
-    return preds[list(evalset.labels)].to_numpy(dtype=np.float64)[pos]
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -136,12 +66,9 @@ def check_parameters(bootstrap: int = 1000, ci: float = 0.95, alpha: float = 0.0
         raise ChexcutError(f"--ci must be in (0, 1), not {ci}")
     if not 0 < alpha < 1:
         raise ChexcutError(f"--alpha must be in (0, 1), not {alpha}")
-    if cluster not in ("patient", "study", "none"):
-        raise ChexcutError(f"--cluster must be patient, study or none, not {cluster!r}")
-    if method not in ("bootstrap", "delong"):
-        raise ChexcutError(f"--method must be bootstrap or delong, not {method!r}")
-    if level not in ("study", "image"):
-        raise ChexcutError(f"--level must be study or image, not {level!r}")
+    check(Cluster, cluster, "--cluster")
+    check(Method, method, "--method")
+    check(Level, level, "--level")
 
 
 def _summary(values: np.ndarray, reps: np.ndarray | None, ci: float) -> dict:
@@ -167,6 +94,23 @@ def _mean_of(auc: np.ndarray, reps: np.ndarray | None, cols: list[int], ci: floa
     return out
 
 
+def label_aurocs(y: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(L,) AUROC of each label's counted rows (``mask`` true); ``nan`` where not evaluable."""
+    mask = np.asarray(mask) > 0
+    return np.array([metrics.auroc(y[mask[:, j], j], scores[mask[:, j], j]) for j in range(y.shape[1])])
+
+
+def competition_columns(labels, auc: np.ndarray) -> list[int]:
+    """Indices of the evaluable competition labels."""
+    return [j for j, name in enumerate(labels) if name in COMPETITION_LABELS and np.isfinite(auc[j])]
+
+
+def competition_mean(labels, auc: np.ndarray) -> float | None:
+    """Mean AUROC over the evaluable competition labels (None when there is none)."""
+    cols = competition_columns(labels, auc)
+    return float(np.mean(auc[cols])) if cols else None
+
+
 def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci: float = 0.95, seed: int = 0,
              cluster: str = "patient", compare: np.ndarray | None = None, method: str = "bootstrap",
              alpha: float = 0.05, chunk: int | None = None) -> dict:
@@ -174,10 +118,8 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci:
     check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method)
     y, mask, labels = evalset.y, evalset.mask > 0, evalset.labels
     n_labels = len(labels)
-    auc = np.array([metrics.auroc(y[mask[:, j], j], scores[mask[:, j], j]) for j in range(n_labels)])
-    auc_b = None
-    if compare is not None:
-        auc_b = np.array([metrics.auroc(y[mask[:, j], j], compare[mask[:, j], j]) for j in range(n_labels)])
+    auc = label_aurocs(y, mask, scores)
+    auc_b = None if compare is None else label_aurocs(y, mask, compare)
     reps = reps_b = None
     if bootstrap:
         ids = {"patient": evalset.patient, "study": evalset.study, "none": np.arange(len(y))}[cluster]
@@ -196,7 +138,7 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci:
             row["not_evaluable"] = (f"only {'positives' if n_pos else 'negatives'}" if len(yj) else "no counted rows")
         per_label.append(row)
     evaluable = [j for j in range(n_labels) if np.isfinite(auc[j])]
-    comp = [j for j in evaluable if labels[j] in COMPETITION_LABELS]
+    comp = competition_columns(labels, auc)
     result = {
         "n": int(len(y)), "bootstrap": int(bootstrap), "ci": ci, "seed": seed, "cluster": cluster,
         "labels": per_label,
@@ -265,130 +207,6 @@ def verdict(mc: dict | None, alpha: float) -> str:
     return f"no significant difference at alpha={alpha} (delta {mc['delta']:+.4f}, p={mc['p']:.3g})"
 
 
-# ----------------------------------------------------------------------------- sources -> EvalSet + scores
-
 def evalset_from_table(table) -> EvalSet:
     return EvalSet(paths=list(table.paths), labels=tuple(table.labels), y=table.targets.astype(np.float64),
                    mask=table.mask, patient=table.patient, study=table.study)
-
-
-def _is_predictions_csv(target: str) -> bool:
-    p = Path(target)
-    return p.is_file() and p.suffix.lower() == ".csv"
-
-
-def model_predictions(model_path, data, split: str, opts, image_size: int | None, batch_size: int,
-                      device: str | None, workers: int, precision: str | None, cache_dir, labels=None,
-                      progress=None):
-    """Run a model file or run dir over ``split`` of ``data``: (table, predictions DataFrame, spec)."""
-    import dataclasses
-
-    import pandas as pd
-    import torch
-
-    from chexcut.data.cache import open_cache
-    from chexcut.data.chexpert import check_files, load_split
-    from chexcut.data.dataset import XrayBatches, batch_order, make_loader
-    from chexcut.infer import default_precision, pick_device, predict, resolve_model_path
-    from chexcut.modelfile import load_model, read_spec
-
-    path = resolve_model_path(str(model_path))
-    spec = read_spec(path)
-    want = tuple(labels or spec["labels"])
-    extra = [label for label in want if label not in spec["labels"]]
-    if extra:
-        raise ChexcutError(f"{path} has no head output for: {', '.join(extra)}")
-    table = check_files(load_split(data, split, dataclasses.replace(opts, labels=want)))
-    dev = pick_device(device)
-    model = load_model(path, device=str(dev))
-    size = int(image_size or spec.get("image_size", 320))
-    from chexcut.anatomy import check_image_size
-
-    check_image_size(spec["arch"], size)
-    resize = getattr(opts, "resize", "squash")
-    try:  # `chexcut prepare` caches the whole dataset (train + valid): read this split from it
-        key_files = load_split(data, "all", dataclasses.replace(opts, labels=want)).files
-    except ChexcutError:
-        key_files = None
-    cache = open_cache(table.files, size, resize, cache_dir, key_files=key_files)
-    ds = XrayBatches(table, size, resize, cache=cache)
-    channels_last = dev.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(ds, batch_order(len(ds), batch_size, False, 0, 0), workers, pin=dev.type == "cuda")
-    probs = predict(model, spec, loader, len(ds), dev, precision or default_precision(dev), channels_last, progress)
-    df = pd.DataFrame(probs, index=table.paths, columns=list(spec["labels"]))
-    return table, df, spec
-
-
-def write_results_csv(path, result: dict) -> None:
-    """Per-label rows (and the two means) with the comparison columns when there is one."""
-    import pandas as pd
-
-    from chexcut.fileio import atomic_path
-
-    rows = []
-    comp = {r["label"]: r for r in (result["compare"] or {}).get("labels", [])}
-    for r in result["labels"]:
-        c = comp.get(r["label"], {})
-        rows.append({"label": r["label"], "n_pos": r["n_pos"], "n_neg": r["n_neg"], "auroc": r["auroc"],
-                     "ci_low": r["ci_low"], "ci_high": r["ci_high"], "delta": c.get("delta"),
-                     "delta_ci_low": c.get("ci_low"), "delta_ci_high": c.get("ci_high"), "p": c.get("p")})
-    for key in ("mean_competition", "mean_all"):
-        m = result[key] or {}
-        c = (result["compare"] or {}).get(key) or {}
-        rows.append({"label": key, "auroc": m.get("auroc"), "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"),
-                     "delta": c.get("delta"), "delta_ci_low": c.get("ci_low"), "delta_ci_high": c.get("ci_high"),
-                     "p": c.get("p")})
-    with atomic_path(Path(path)) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-
-
-def run_evaluation(*, model=None, data=None, split: str = "valid", predictions=None, label_file=None, labels=None,
-                   compare=None, logits: bool = False, opts, level: str = "study", bootstrap: int = 1000,
-                   ci: float = 0.95, seed: int = 0, cluster: str = "patient", method: str = "bootstrap",
-                   alpha: float = 0.05, predictions_out=None, infer: dict | None = None, progress=None) -> dict:
-    """What ``chexcut evaluate`` does: get predictions (run MODEL over ``split`` of ``data``, or read
-    ``predictions`` + ``label_file``), the same for ``compare``, aggregate, evaluate. Returns the JSON dict.
-
-    ``progress(description)`` returns a context manager yielding ``update(done, total)``.
-    """
-    import contextlib
-    import dataclasses
-
-    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, level=level)
-    infer = infer or {}
-    progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
-    if model is not None:
-        with progress("inference") as update:
-            table, preds, _spec = model_predictions(model, data, split, opts, labels=labels, progress=update, **infer)
-        if predictions_out:
-            write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
-    else:
-        from chexcut.data.chexpert import read_csv_table
-
-        preds = read_predictions(predictions, logits=logits)
-        label_file = Path(label_file)
-        table = read_csv_table(label_file, label_file.parent, dataclasses.replace(opts, labels=tuple(preds.columns)),
-                               "valid")
-    evalset = evalset_from_table(table)
-    mats = [align(evalset, preds)]
-    if compare:
-        if _is_predictions_csv(compare):
-            mats.append(align(evalset, read_predictions(compare, logits=logits), name=f"--compare {compare}"))
-        else:
-            if data is None:
-                raise ChexcutError("--compare with a model needs --data DIR to run it on")
-            with progress("inference (compare)") as update:
-                _, other, _ = model_predictions(compare, data, split, opts, labels=evalset.labels, progress=update,
-                                                **infer)
-            mats.append(align(evalset, other, name=f"--compare {compare}"))
-    if level == "study":
-        evalset, mats = aggregate_by_study(evalset, mats)
-    result = evaluate(evalset, mats[0], bootstrap=bootstrap, ci=ci, seed=seed, cluster=cluster,
-                      compare=mats[1] if len(mats) > 1 else None, method=method, alpha=alpha)
-    result["level"] = level
-    result["source"] = {"model": str(model) if model else None, "predictions": str(predictions) if predictions else None,
-                        "compare": compare, "data": str(Path(data).resolve()) if data else None, "split": split,
-                        "options": opts.to_json()}
-    return result

@@ -22,37 +22,29 @@ def pick_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """bf16 | fp16 | fp32 for ``device``: ``None``/``auto`` picks the default; every check is here."""
+    from chexcut.choices import Precision, check
+
+    precision = check(Precision, precision or "auto", "--precision")
+    if precision == "auto":
+        return default_precision(device)
+    if precision == "fp16" and device.type == "cpu":
+        raise ChexcutError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return precision
+
+
 def autocast(device: torch.device, precision: str):
-    """The autocast context for ``precision`` (bf16 | fp16 | fp32) on ``device``."""
+    """The autocast context for a resolved ``precision`` (bf16 | fp16 | fp32) on ``device``."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        raise ChexcutError(f"--precision must be bf16, fp16 or fp32, not {precision!r}")
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ChexcutError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
 
 
 def default_precision(device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
-
-
-def resolve_model_path(target: str):
-    """A model file, or a finetune run directory (its best.safetensors)."""
-    from pathlib import Path
-
-    p = Path(target)
-    if p.is_dir():
-        best = p / "best.safetensors"
-        if not best.is_file():
-            raise ChexcutError(f"{p} is a folder without best.safetensors: not a finished finetune run")
-        return best
-    if not p.exists():
-        raise ChexcutError(f"model not found: {p}")
-    return p
 
 
 @torch.no_grad()

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from chexcut import rundir
 from chexcut.errors import ChexcutError
+from chexcut.rundir import RunDir
+from chexcut.study import PLAN, load_plan
 
 
 @dataclass
@@ -51,17 +54,15 @@ def find_run_dirs(targets: list[Path]) -> list[Path]:
         t = Path(t)
         if not t.exists():
             raise ChexcutError(f"{t} does not exist")
-        if (t / "config.json").is_file():
+        if RunDir(t).is_run():
             out.append(t)
-        elif (t / "plan.json").is_file() or (t / "runs").is_dir():
-            plan_file = t / "plan.json"
-            if plan_file.is_file():
-                plan = json.loads(plan_file.read_text())
-                out += [t / r["run_dir"] for r in plan["runs"]]
+        elif (t / PLAN).is_file() or (t / "runs").is_dir():
+            if (t / PLAN).is_file():
+                out += [t / r["run_dir"] for r in load_plan(t)["runs"]]
             else:
-                out += sorted(p.parent for p in (t / "runs").glob("*/config.json"))
+                out += sorted(p.parent for p in (t / "runs").glob(f"*/{rundir.CONFIG}"))
         else:
-            found = sorted(p.parent for p in t.glob("*/config.json"))
+            found = sorted(p.parent for p in t.glob(f"*/{rundir.CONFIG}"))
             if not found:
                 raise ChexcutError(f"{t} is neither a run directory nor a study folder")
             out += found
@@ -74,15 +75,15 @@ def collect(targets: list[Path]) -> Collected:
 
     res = Collected()
     for d in find_run_dirs(targets):
-        cfg_path, ev_path = d / "config.json", d / "eval.json"
-        if not cfg_path.is_file():
+        rd = RunDir(d)
+        if not rd.is_run():
             res.incomplete.append({"run_dir": str(d), "reason": "not started (no config.json)"})
             continue
-        if not ev_path.is_file():
-            state = _read_json(d / "state.json") or {}
+        if not rd.eval.is_file():
+            state = rd.read_state()
             res.incomplete.append({"run_dir": str(d), "reason": f"no eval.json (finetune {state.get('status', 'not finished')})"})
             continue
-        cfg, ev = _read_json(cfg_path), _read_json(ev_path)
+        cfg, ev = rd.read_config(), rd.read_eval()
         if cfg is None or ev is None:
             res.incomplete.append({"run_dir": str(d), "reason": "unreadable config.json or eval.json"})
             continue
@@ -102,7 +103,7 @@ def collect(targets: list[Path]) -> Collected:
                           "n": ev.get("n"), "options": {k: v for k, v in (src.get("options") or {}).items()
                                                         if k in ("views", "uncertain", "blank", "csv")}},
                          sort_keys=True)
-        preds = d / "predictions.csv"
+        preds = rd.predictions
         res.runs.append(RunResult(
             run_dir=d, arch=arch.name, family=arch.family.name, weights=weights, drop=int(spec["drop"]),
             seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
@@ -110,13 +111,6 @@ def collect(targets: list[Path]) -> Collected:
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
             predictions=preds if preds.is_file() else None))
     return res
-
-
-def _read_json(p: Path):
-    try:
-        return json.loads(Path(p).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def check_comparable(runs: list[RunResult]) -> None:
@@ -156,7 +150,7 @@ class PairedTester:
         from chexcut.data.chexpert import DataOptions, load_split
         from chexcut.evaluate import evalset_from_table
 
-        ev = _read_json(run.run_dir / "eval.json")
+        ev = RunDir(run.run_dir).read_eval()
         src = ev["source"]
         opts = dataclasses.replace(DataOptions.from_json(src["options"]), labels=tuple(run.labels))
         table = load_split(src["data"], src["split"], opts)
@@ -165,7 +159,7 @@ class PairedTester:
 
     def scores(self, runs: list[RunResult]) -> np.ndarray | None:
         """Seed-averaged (N, L) probabilities of ``runs`` on the evaluation rows."""
-        from chexcut.evaluate import align, read_predictions
+        from chexcut.predictions import align, read_predictions
 
         mats = []
         for r in runs:
@@ -216,6 +210,7 @@ def _corr(x, y) -> dict | None:
 
 
 def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """The report JSON: per-configuration results and the paper's four findings."""
     col = collect(targets)
     if not col.runs:
         raise ChexcutError(f"no evaluated runs found ({len(col.incomplete)} without eval.json: run "
@@ -225,27 +220,37 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
     for r in col.runs:
         groups.setdefault((r.arch, r.weights, r.drop), []).append(r)
     tester = PairedTester(col.runs, bootstrap, seed, alpha)
+    rows = [result_row(rs, tester.compare(rs, groups[(k[0], k[1], 0)]) if k[2] > 0 and (k[0], k[1], 0) in groups
+                       else None, alpha)
+            for k, rs in sorted(groups.items())]
+    return {
+        "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
+        "results": rows, "efficiency": parameter_efficiency(rows),
+        "imagenet_vs_chexpert": imagenet_vs_chexpert(rows), "pretraining_boost": pretraining_boost(rows, groups, tester),
+        "family_vs_size": family_vs_size(rows),
+    }
 
-    rows = []
-    for (arch, weights, drop), rs in sorted(groups.items()):
-        mean, sd = _mean_sd([r.auroc for r in rs])
-        base = groups.get((arch, weights, 0))
-        cmp = tester.compare(rs, base) if drop > 0 and base else None
-        first = rs[0]
-        rows.append({
-            "arch": arch, "family": first.family, "weights": weights, "drop": drop, "params": first.params,
-            "macs": first.macs, "top1": first.top1, "seeds": sorted(r.seed for r in rs), "auroc": mean,
-            "auroc_sd": sd, "ci_low": first.ci_low if len(rs) == 1 else None,
-            "ci_high": first.ci_high if len(rs) == 1 else None,
-            "delta_vs_drop0": cmp["delta"] if cmp else None, "delta_ci_low": cmp["ci_low"] if cmp else None,
-            "delta_ci_high": cmp["ci_high"] if cmp else None, "p_vs_drop0": cmp["p"] if cmp else None,
-            "no_significant_drop": (None if cmp is None or cmp["p"] is None
-                                    else not (cmp["delta"] < 0 and cmp["p"] < alpha)),
-            "run_dirs": [str(r.run_dir) for r in rs],
-        })
+
+def result_row(rs: list[RunResult], cmp: dict | None, alpha: float) -> dict:
+    """One configuration (arch, weights, drop) over its seeds, with its paired test against drop 0."""
+    mean, sd = _mean_sd([r.auroc for r in rs])
+    first = rs[0]
+    return {
+        "arch": first.arch, "family": first.family, "weights": first.weights, "drop": first.drop,
+        "params": first.params, "macs": first.macs, "top1": first.top1, "seeds": sorted(r.seed for r in rs),
+        "auroc": mean, "auroc_sd": sd, "ci_low": first.ci_low if len(rs) == 1 else None,
+        "ci_high": first.ci_high if len(rs) == 1 else None,
+        "delta_vs_drop0": cmp["delta"] if cmp else None, "delta_ci_low": cmp["ci_low"] if cmp else None,
+        "delta_ci_high": cmp["ci_high"] if cmp else None, "p_vs_drop0": cmp["p"] if cmp else None,
+        "no_significant_drop": (None if cmp is None or cmp["p"] is None
+                                else not (cmp["delta"] < 0 and cmp["p"] < alpha)),
+        "run_dirs": [str(r.run_dir) for r in rs],
+    }
+
+
+def parameter_efficiency(rows: list[dict]) -> dict:
+    """Per pretrained arch: the most truncated variant without a significant drop, and the mean ratio."""
     by_key = {(r["arch"], r["weights"], r["drop"]): r for r in rows}
-
-    # parameter efficiency: the most truncated pretrained variant without a significant drop
     efficiency = []
     for arch in sorted({r["arch"] for r in rows if r["weights"] == "imagenet"}):
         full = by_key.get((arch, "imagenet", 0))
@@ -258,15 +263,21 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
                            "params": best["params"], "ratio": full["params"] / best["params"],
                            "auroc_full": full["auroc"], "auroc": best["auroc"]})
     mean_ratio = float(np.mean([e["ratio"] for e in efficiency])) if efficiency else None
+    return {"archs": efficiency, "mean_ratio": mean_ratio}
 
-    # ImageNet top-1 vs CheXpert AUROC, at drop 0
-    imagenet_vs = {}
+
+def imagenet_vs_chexpert(rows: list[dict]) -> dict:
+    """ImageNet top-1 vs CheXpert AUROC at drop 0, with and without pretraining."""
+    out = {}
     for w in ("imagenet", "none"):
         full = [r for r in rows if r["weights"] == w and r["drop"] == 0]
-        imagenet_vs[w] = {**_corr([r["top1"] for r in full], [r["auroc"] for r in full]),
-                          "archs": [r["arch"] for r in full]}
+        out[w] = {**_corr([r["top1"] for r in full], [r["auroc"] for r in full]), "archs": [r["arch"] for r in full]}
+    return out
 
-    # pretraining boost per arch (drop 0) and its correlation with size
+
+def pretraining_boost(rows: list[dict], groups: dict, tester: PairedTester) -> dict:
+    """Pretrained minus random init per arch (drop 0), paired, and its correlation with size."""
+    by_key = {(r["arch"], r["weights"], r["drop"]): r for r in rows}
     boost = []
     for arch in sorted({r["arch"] for r in rows}):
         a, b = groups.get((arch, "imagenet", 0)), groups.get((arch, "none", 0))
@@ -278,28 +289,24 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
                       "boost": (ra["auroc"] - rb["auroc"]) if ra["auroc"] is not None and rb["auroc"] is not None else None,
                       "ci_low": cmp["ci_low"] if cmp else None, "ci_high": cmp["ci_high"] if cmp else None,
                       "p": cmp["p"] if cmp else None})
-    boost_vs_size = _corr([b["params"] for b in boost], [b["boost"] for b in boost])
+    return {"archs": boost, "vs_params": _corr([b["params"] for b in boost], [b["boost"] for b in boost])}
 
-    # family vs size without pretraining
+
+def family_vs_size(rows: list[dict]) -> dict | None:
+    """Without pretraining: how much of the AUROC spread is between families rather than sizes."""
     rand = [r for r in rows if r["weights"] == "none" and r["drop"] == 0 and r["auroc"] is not None]
-    family_stats = None
-    if rand:
-        y = np.array([r["auroc"] for r in rand])
-        fams = sorted({r["family"] for r in rand})
-        total = float(((y - y.mean()) ** 2).sum())
-        between = sum(len(v) * (np.mean(v) - y.mean()) ** 2
-                      for f in fams for v in [[r["auroc"] for r in rand if r["family"] == f]])
-        family_stats = {
-            "families": [{"family": f, "archs": [r["arch"] for r in rand if r["family"] == f],
-                          "mean_auroc": float(np.mean([r["auroc"] for r in rand if r["family"] == f]))} for f in fams],
-            "share_family": float(between / total) if total > 0 else None,
-            "share_size_within_family": float(1 - between / total) if total > 0 else None,
-        }
+    if not rand:
+        return None
+    y = np.array([r["auroc"] for r in rand])
+    fams = sorted({r["family"] for r in rand})
+    total = float(((y - y.mean()) ** 2).sum())
+    between = sum(len(v) * (np.mean(v) - y.mean()) ** 2
+                  for f in fams for v in [[r["auroc"] for r in rand if r["family"] == f]])
     return {
-        "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
-        "results": rows, "efficiency": {"archs": efficiency, "mean_ratio": mean_ratio},
-        "imagenet_vs_chexpert": imagenet_vs, "pretraining_boost": {"archs": boost, "vs_params": boost_vs_size},
-        "family_vs_size": family_stats,
+        "families": [{"family": f, "archs": [r["arch"] for r in rand if r["family"] == f],
+                      "mean_auroc": float(np.mean([r["auroc"] for r in rand if r["family"] == f]))} for f in fams],
+        "share_family": float(between / total) if total > 0 else None,
+        "share_size_within_family": float(1 - between / total) if total > 0 else None,
     }
 
 

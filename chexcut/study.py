@@ -20,9 +20,12 @@ from pathlib import Path
 
 from chexcut.archs import PAPER_ARCHS, get_arch
 from chexcut.errors import ChexcutError
+from chexcut import rundir
 from chexcut.fileio import write_json, write_text
+from chexcut.rundir import RunDir
 
 WEIGHTS = ("imagenet", "none")
+PLAN = "plan.json"  # the study folder's plan; run directories live under runs/
 
 
 def run_id(arch: str, weights: str, drop: int, seed: int) -> str:
@@ -68,14 +71,14 @@ def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "n
         ft = ["finetune", r["arch"], "--drop", str(r["drop"]), "--weights", r["weights"], "--seed", str(r["seed"]),
               "--data", data_abs, "--out", r["run_dir"], "--force", "--quiet", *finetune_args]
         ev = ["evaluate", r["run_dir"], "--data", data_abs, "--bootstrap", str(bootstrap), "--seed", str(r["seed"]),
-              "--predictions-out", f"{r['run_dir']}/predictions.csv", "--json", f"{r['run_dir']}/eval.json",
+              "--predictions-out", f"{r['run_dir']}/{rundir.PREDICTIONS}", "--json", f"{r['run_dir']}/{rundir.EVAL}",
               "--quiet", *_data_args(finetune_args), *evaluate_args]
         r["finetune"] = ft
         r["evaluate"] = ev
     plan = {"format": "chexcut-study", "version": 1, "data": data_abs, "archs": archs, "weights": list(weights),
             "drops": list(drops), "seeds": list(seeds), "finetune_args": finetune_args, "bootstrap": bootstrap,
             "evaluate_args": evaluate_args, "runs": runs, "skipped": skipped}
-    write_json(out / "plan.json", plan)
+    write_json(out / PLAN, plan)
     lines = [run_line(r, chexcut_cmd) for r in runs]
     write_text(out / "run.sh", _RUN_SH.format(n=len(runs), cmd=chexcut_cmd) + "\n".join(lines) + "\n")
     os.chmod(out / "run.sh", 0o755)
@@ -117,9 +120,10 @@ def run_line(r: dict, chexcut_cmd: str = "chexcut", gpus: int = 1) -> str:
     ft = q(shlex.quote(a) for a in r["finetune"][1:])
     ev = q(shlex.quote(a) for a in r["evaluate"])
     launcher = "$CHEXCUT" if gpus <= 1 else f"torchrun --standalone --nproc_per_node {gpus} -m chexcut"
-    return (f"[ -f {d}/eval.json ] || {{ mkdir -p {d} && {{ if [ -f {d}/last.ckpt ]; then "
-            f"{launcher} finetune --resume {d} --quiet; else {launcher} finetune {ft}; fi; }} > {d}/log.txt 2>&1 "
-            f"&& $CHEXCUT {ev} >> {d}/log.txt 2>&1 || {{ echo \"failed: {r['id']} (log: {d}/log.txt)\"; "
+    ev_json, ckpt, log = rundir.EVAL, rundir.LAST, rundir.LOG
+    return (f"[ -f {d}/{ev_json} ] || {{ mkdir -p {d} && {{ if [ -f {d}/{ckpt} ]; then "
+            f"{launcher} finetune --resume {d} --quiet; else {launcher} finetune {ft}; fi; }} > {d}/{log} 2>&1 "
+            f"&& $CHEXCUT {ev} >> {d}/{log} 2>&1 || {{ echo \"failed: {r['id']} (log: {d}/{log})\"; "
             f"failed=$((failed+1)); }}; }}")
 
 
@@ -147,7 +151,7 @@ def sbatch_script(out: Path, n: int, gpus: int, extra: list[str]) -> str:
 
 def load_plan(study_dir: Path) -> dict:
     try:
-        plan = json.loads((Path(study_dir) / "plan.json").read_text())
+        plan = json.loads((Path(study_dir) / PLAN).read_text())
     except (OSError, ValueError):
         raise ChexcutError(f"{study_dir} has no readable plan.json: run `chexcut study plan` first") from None
     if plan.get("format") != "chexcut-study":
@@ -177,11 +181,8 @@ def _gpu_count() -> int:
 
 
 def images_per_s(run_dir: Path) -> float | None:
-    try:
-        last = (run_dir / "metrics.csv").read_text().strip().splitlines()[-1].split(",")
-        return float(last[5]) if len(last) > 5 and last[5] else None
-    except (OSError, IndexError, ValueError):
-        return None
+    """The training speed in the run's last metrics row."""
+    return RunDir(run_dir).last_metric("images_per_s")
 
 
 def run_plan(study_dir: Path, jobs: int = 1, on_update=None, chexcut_cmd: str | None = None,
@@ -198,7 +199,7 @@ def run_plan(study_dir: Path, jobs: int = 1, on_update=None, chexcut_cmd: str | 
     n_gpus = _gpu_count()
     all_jobs = [Job(r) for r in plan["runs"]]
     for j in all_jobs:
-        if (study_dir / j.run["run_dir"] / "eval.json").is_file():
+        if RunDir(study_dir / j.run["run_dir"]).eval.is_file():
             j.status = "skipped"
     free_gpus = list(range(n_gpus))
     on_update = on_update or (lambda js: None)

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from chexcut.archs import Arch, get_arch, weights_meta
+from chexcut.archs import Arch, get_arch, resolve_drop
 from chexcut.errors import ChexcutError
-from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS  # noqa: F401
-
-
+from chexcut.labels import CHEXPERT_LABELS
+from chexcut.version import __version__
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
     return model.get_submodule(path)
@@ -52,34 +50,15 @@ class ChexcutNet(nn.Module):
 def build_architecture(arch: Arch | str) -> nn.Module:
     """The library's full ImageNet architecture (1000 classes), randomly initialised."""
     arch = get_arch(arch) if isinstance(arch, str) else arch
-    if arch.source == "torchvision":
-        import torchvision
-
-        return torchvision.models.get_model(arch.name, weights=None, **arch.build_kwargs)
-    import timm
-
-    return timm.create_model(arch.name, pretrained=False, **arch.build_kwargs)
+    return arch.library.build(arch)
 
 
 # ----------------------------------------------------------------------------- weights
 
-_DENSENET_LEGACY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-)
-
-
 def normalise_state_dict(state: dict, arch: Arch) -> dict:
-    """Strip DataParallel's ``module.`` prefix and rename DenseNet's legacy ``norm.1`` keys."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
-        if arch.family.name == "densenet":
-            m = _DENSENET_LEGACY.match(key)
-            if m:
-                key = m.group(1) + m.group(2)
-        out[key] = value
-    return out
+    """Strip DataParallel's ``module.`` prefix and apply the family's legacy-key filter."""
+    rename = arch.family.key_filter or (lambda key: key)
+    return {rename(key.removeprefix("module.")): value for key, value in state.items()}
 
 
 def read_state_dict(path: Path) -> dict:
@@ -151,62 +130,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def imagenet_cache_path(arch: Arch) -> Path:
-    """Where the library's cache keeps (or would keep) the arch's ImageNet weights."""
-    meta = weights_meta(arch)
-    if arch.source == "torchvision":
-        return Path(torch.hub.get_dir()) / "checkpoints" / meta["file"]
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    repo = "models--" + meta["hf_hub_id"].replace("/", "--")
-    return Path(HF_HUB_CACHE) / repo
-
-
-def _host_resolves(url: str) -> bool:
-    """Fail fast offline: the hub clients otherwise retry for a minute before giving up."""
-    import socket
-    from urllib.parse import urlparse
-
-    try:
-        socket.getaddrinfo(urlparse(url).hostname, 443)
-        return True
-    except OSError:
-        return False
-
-
 def load_imagenet(model: nn.Module, arch: Arch) -> dict:
     """Load the library's ImageNet weights through its own cache; fail loudly, never fall back."""
-    meta = weights_meta(arch)
-    where = imagenet_cache_path(arch)
-    if arch.source == "torchvision":
-        advice = f"download {meta['url']} and place it at {where}, or pass --weights PATH to a local copy"
-    else:
-        advice = (f"download {meta['url']} (into the Hugging Face cache at {where}, e.g. with "
-                  f"`huggingface-cli download {meta['hf_hub_id']}`), or pass --weights PATH to the downloaded file")
+    meta = arch.library.weights_meta(arch)
     try:
-        if arch.source == "torchvision":
-            if not where.is_file() and not _host_resolves(meta["url"]):
-                raise ConnectionError("no network")
-            from torchvision.models import get_model_weights
-
-            state = get_model_weights(arch.name)[arch.weights].get_state_dict(progress=False, check_hash=True)
-            load_state_dict_strict(model, state, arch, f"ImageNet weights {meta['file']}")
-        else:
-            from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-            path = try_to_load_from_cache(meta["hf_hub_id"], "model.safetensors")
-            if not isinstance(path, str):
-                if not _host_resolves(meta["url"]):
-                    raise ConnectionError("no network")
-                path = hf_hub_download(meta["hf_hub_id"], "model.safetensors")
-            load_state_dict_strict(model, read_state_dict(Path(path)), arch, f"ImageNet weights {meta['id']}")
+        state = arch.library.state_dict(arch)
     except ChexcutError:
         raise
     except Exception as e:  # no network, a corrupt cache, a proxy: all end here
         raise ChexcutError(
             f"ImageNet weights for {arch.name} are not cached and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {advice}"
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {arch.library.advice(arch)}"
         ) from None
+    load_state_dict_strict(model, state, arch, f"ImageNet weights {meta['id']} ({meta['file']})")
     return {"kind": "imagenet", "id": meta["id"], "url": meta["url"]}
 
 
@@ -225,34 +161,19 @@ def load_weights(model: nn.Module, arch: Arch, weights: str | os.PathLike | None
 
 # ----------------------------------------------------------------------------- cutting
 
-def resolve_drop(arch: Arch, drop: int | None = None, keep: int | None = None) -> int:
-    """``drop`` from ``--drop`` or ``--keep`` (exactly one or neither), validated against the arch."""
-    n = arch.family.num_blocks
-    if drop is not None and keep is not None:
-        raise ChexcutError("give --drop or --keep, not both")
-    if keep is not None:
-        if not 1 <= keep <= n:
-            raise ChexcutError(f"--keep {keep} is out of range for {arch.name}: valid 1..{n}")
-        return n - keep
-    drop = 0 if drop is None else drop
-    if not 0 <= drop <= n - 1:
-        raise ChexcutError(f"--drop {drop} is out of range for {arch.name}: valid 0..{n - 1} ({n} blocks)")
-    return drop
-
-
 def neck_modules(model: nn.Module, arch: Arch, kept: int) -> list[nn.Module]:
-    if arch.family.neck == "densenet":
-        return [get_module(model, f"features.transition{kept}.norm"), nn.ReLU(inplace=True)]
-    return []
+    neck = arch.family.neck
+    return [get_module(model, p) for p in neck.paths(kept)] + ([nn.ReLU(inplace=True)] if neck.relu else [])
 
 
 def cut(model: nn.Module, arch: Arch, drop: int, n_labels: int) -> nn.Module:
     """Cut a full (weighted) architecture to ``drop`` final blocks fewer, with an ``n_labels`` head."""
     fam = arch.family
     if drop == 0:
-        if arch.name == "inception_v3":
-            model.aux_logits = False
-            model.AuxLogits = None
+        for path in fam.discard:
+            set_module(model, path, None)
+        for attr, value in fam.discard_attrs:
+            setattr(model, attr, value)
         old = get_module(model, fam.head)
         set_module(model, fam.head, nn.Linear(old.in_features, n_labels))
         return model
@@ -318,28 +239,27 @@ def truncate(
     drop: int | None = None,
     keep: int | None = None,
     weights: str | os.PathLike | None = "imagenet",
-    labels: tuple[str, ...] | list[str] = CHEXPERT_LABELS,
+    labels: tuple[str, ...] | list[str] | None = None,
     in_chans: int = 3,
     image_size: int = 320,
     seed: int | None = 0,
 ):
-    """Build ``arch`` with ``weights``, cut ``drop`` final blocks, attach a ``len(labels)``-way head.
+    """Build ``arch`` with ``weights``, cut ``drop`` final blocks, attach a ``len(labels)``-way head
+    (``labels``: default the 14 CheXpert observations).
 
     Random initialisation (``weights="none"`` and the new head) is seeded by ``seed``
     (``None``: the global RNG). Returns the ``nn.Module`` in eval mode. Its ``chexcut_spec`` attribute is the JSON-able
     spec that :func:`chexcut.save_model` records so :func:`chexcut.load_model` can rebuild it.
     """
-    from chexcut import __version__
-
     a = get_arch(arch)
     d = resolve_drop(a, drop, keep)
-    labels = tuple(labels)
+    labels = tuple(CHEXPERT_LABELS if labels is None else labels)
     if not labels:
-        raise ChexcutError("--labels must name at least one label")
+        raise ChexcutError("the head needs at least one label; the label list is empty")
     if len(set(labels)) != len(labels):
-        raise ChexcutError("--labels has duplicate names")
+        raise ChexcutError(f"the head labels have duplicate names: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
     if in_chans not in (1, 3):
-        raise ChexcutError(f"--in-chans must be 1 or 3, not {in_chans}")
+        raise ChexcutError(f"in_chans (--in-chans) must be 1 or 3, not {in_chans}")
     with torch.random.fork_rng(devices=[]):  # seeded init (random weights, the new head) without side effects
         if seed is not None:
             torch.manual_seed(seed)

@@ -1,15 +1,10 @@
 """Fine-tuning, readable top to bottom: data -> model -> loop -> validate -> checkpoint.
 
 One process per GPU under ``torchrun`` (DDP; rank 0 alone logs and writes), or a single
-process on one GPU or the CPU. Everything a run needs to continue lives in its run directory:
-
-    config.json              every resolved setting, versions, dataset fingerprint, model spec
-    metrics.csv              one row per log interval / validation
-    last.ckpt                model, optimizer, scheduler, scaler, RNG and data position (resume)
-    best.safetensors         the best model by mean competition AUROC (a chexcut model file)
-    valid_predictions.csv    the best model's validation predictions
-    state.json               running | interrupted | stopped | finished, and where
-    .lock                    held while a process trains into the folder
+process on one GPU or the CPU. Everything a run needs to continue lives in its run directory
+(:mod:`chexcut.rundir` names the files). Reading order: :func:`finetune` (locks the folder) ->
+:func:`_finetune` (opens the data, builds model and optimizer, restores a checkpoint) ->
+:func:`train_loop` (the loop) with :func:`validate` and :func:`save_checkpoint`.
 
 On CPU with a fixed seed, N steps straight and k steps + interruption + resume give the
 same bits: batches are a pure function of (seed, epoch), and the RNG state is checkpointed.
@@ -29,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from chexcut.choices import Precision, Recipe, Resize, check
 from chexcut.errors import ChexcutError
 from chexcut.fileio import atomic_path, write_json
-from chexcut.labels import COMPETITION_LABELS
+from chexcut.rundir import TRAINING_FILES, MetricsLog, RunDir
 
 RECIPES: dict[str, dict] = {
     # CheXpert / CheXtransfer: Adam 1e-4, batch 16, 3 epochs, 320 px, no augmentation,
@@ -72,8 +68,7 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, recipe: str, **overrides) -> "TrainConfig":
-        if recipe not in RECIPES:
-            raise ChexcutError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+        recipe = check(Recipe, recipe, "--recipe")
         values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
         cfg = cls(recipe=recipe, **values)
         cfg.validate()
@@ -87,8 +82,8 @@ class TrainConfig:
             raise ChexcutError(f"--lr must be positive, not {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ChexcutError("--max-steps must be at least 1")
-        if self.precision not in ("bf16", "fp16", "fp32", "auto"):
-            raise ChexcutError(f"--precision must be bf16, fp16, fp32 or auto, not {self.precision!r}")
+        self.precision = check(Precision, self.precision, "--precision")
+        self.resize = check(Resize, self.resize, "--resize")
         if self.workers < 0:
             raise ChexcutError("--workers must be >= 0")
 
@@ -122,7 +117,7 @@ class RunLock:
     """``RUN_DIR/.lock`` holding the owner's pid; a lock whose process is gone is taken over."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+        self.path = RunDir(run_dir).lock
         self.held = False
 
     def acquire(self) -> None:
@@ -160,22 +155,20 @@ def _alive(pid: int) -> bool:
 
 
 def read_state(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return RunDir(run_dir).read_state()
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
-    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
+    run_dir = rd.path
     if resume:
-        if not (run_dir / "config.json").is_file():
+        if not rd.is_run():
             raise ChexcutError(f"--resume {run_dir}: no config.json there, not a finetune run")
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise ChexcutError(f"--out {run_dir} exists and is not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        state = read_state(run_dir)
+        state = rd.read_state()
         if not force:
             what = f"a {state['status']} run" if state.get("status") else "files"
             raise ChexcutError(f"--out {run_dir} already holds {what}; pass --force to start over, "
@@ -183,9 +176,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         lock = RunLock(run_dir)
         lock.acquire()  # refuses a folder in use, even with --force
         lock.release()
-        for name in ("config.json", "metrics.csv", "last.ckpt", "best.safetensors", "valid_predictions.csv",
-                     "state.json"):
-            (run_dir / name).unlink(missing_ok=True)
+        for name in TRAINING_FILES:
+            (rd / name).unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -214,7 +206,7 @@ def versions() -> dict:
 
     import torchvision
 
-    from chexcut import __version__
+    from chexcut.version import __version__
 
     out = {"chexcut": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
            "python": platform.python_version(), "cuda": torch.version.cuda}
@@ -260,8 +252,8 @@ def make_optimizer(cfg: TrainConfig, params):
 class MutableBatches:
     """A batch sampler whose batches change per epoch, so DataLoader workers can persist."""
 
-    def __init__(self):
-        self.batches: list[list[int]] = []
+    def __init__(self, batches: list[list[int]] | None = None):
+        self.batches: list[list[int]] = batches or []
 
     def __iter__(self):
         return iter(self.batches)
@@ -270,12 +262,7 @@ class MutableBatches:
         return len(self.batches)
 
 
-def competition_mean(aurocs: dict[str, float | None]) -> float | None:
-    vals = [v for k, v in aurocs.items() if k in COMPETITION_LABELS and v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
-# ----------------------------------------------------------------------------- fine-tune
+# ----------------------------------------------------------------------------- what a run is
 
 @dataclass
 class Run:
@@ -298,9 +285,9 @@ class Run:
         from chexcut.data.chexpert import DataOptions
 
         try:
-            config = json.loads((Path(run_dir) / "config.json").read_text())
+            config = RunDir(run_dir).read_config()
             train, d = dict(config["train"]), config["data"]
-        except (OSError, ValueError, KeyError):
+        except (TypeError, KeyError):
             raise ChexcutError(f"--resume {run_dir}: no readable config.json there, not a finetune run") from None
         if max_steps:
             train["max_steps"] = max_steps
@@ -327,6 +314,61 @@ def build_model(source: dict, labels=None):
         kw["labels"] = labels
     return truncate(source["arch"], **kw)
 
+
+@dataclass
+class RunState:
+    """What a checkpoint restores besides tensors: how far the run got and its best validation."""
+
+    step: int = 0
+    best: dict = dataclasses.field(default_factory=lambda: {"mean_auroc": None, "step": None})
+
+
+@dataclass
+class RunData:
+    """The training and validation rows, their datasets, and the step counts they imply."""
+
+    train: object  # LabelTable
+    valid: object
+    cache: object  # ImageCache | None
+    train_ds: object  # XrayBatches
+    valid_ds: object
+    steps_per_epoch: int
+    total_steps: int
+    last_step: int  # total_steps, or --max-steps when smaller
+
+
+@dataclass
+class Session:
+    """Everything the loop touches, built once by :func:`_finetune`."""
+
+    run: Run
+    rd: RunDir
+    cfg: TrainConfig
+    device: torch.device
+    dist: Dist
+    precision: str
+    channels_last: bool
+    spec: dict
+    data: RunData
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # model, or its DDP / compiled wrapper
+    optimizer: object
+    scheduler: object
+    scaler: object
+    loader: object
+    val_loader: object
+    sampler: MutableBatches
+    val_shard: np.ndarray
+    state: RunState
+    metrics: MetricsLog
+    emit: object
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.spec["labels"])
+
+
+# ----------------------------------------------------------------------------- fine-tune
 
 def finetune(run: Run, emit=None) -> dict:
     """Train ``run``; returns the final state. ``emit(event: dict)`` receives log events (rank 0)."""
@@ -361,39 +403,26 @@ def _barrier(dist: Dist) -> None:
         tdist.barrier()
 
 
-def _finetune(run: Run, emit, device, dist: Dist) -> dict:
-    from chexcut import modelfile
-    from chexcut.anatomy import check_image_size
-    from chexcut.data.cache import open_cache
-    from chexcut.data.chexpert import check_files, load_split
-    from chexcut.data.dataset import CachedBatchLoader, XrayBatches, batch_order
-    from chexcut.data.images import normalise
-    from chexcut.infer import autocast, default_precision
+def starting_model(run: Run, rd: RunDir):
+    """(model, spec, checkpoint or None): the checkpointed model on --resume, else the run's source."""
     from chexcut.surgery import rebuild
 
-    cfg, run_dir = run.cfg, Path(run.run_dir)
-    precision = default_precision(device) if cfg.precision == "auto" else cfg.precision
-    if precision == "fp16" and device.type == "cpu":
-        raise ChexcutError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-    use_compile = cfg.compile and device.type == "cuda"
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed training shapes (drop_last): autotune once
-    channels_last = cfg.channels_last and device.type == "cuda"
-
-    # --- data: every check before the first step
-    ckpt_path = run_dir / "last.ckpt"
-    torch.manual_seed(cfg.seed)  # before the model is built: a random init is part of the run
-    if run.resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if run.resume and rd.last.is_file():
+        ckpt = load_checkpoint(rd.last)
         spec = json.loads(ckpt["spec"])
-        model = rebuild(spec)
-    else:
-        ckpt = None
-        model = build_model(run.model_source, run.opts.labels)
-        spec = dict(model.chexcut_spec)
-    labels = tuple(spec["labels"])
-    opts = dataclasses.replace(run.opts, labels=labels)
-    check_image_size(spec["arch"], cfg.image_size)
+        return rebuild(spec), spec, ckpt
+    if run.resume:
+        raise ChexcutError(f"--resume {rd}: no last.ckpt yet (the run stopped before its first checkpoint)")
+    model = build_model(run.model_source, run.opts.labels)
+    return model, dict(model.chexcut_spec), None
+
+
+def open_data(run: Run, cfg: TrainConfig, opts, dist: Dist) -> RunData:
+    """Training and validation rows (every check before the first step), with the image cache."""
+    from chexcut.data.cache import open_cache
+    from chexcut.data.chexpert import check_files, load_split
+    from chexcut.data.dataset import XrayBatches, batch_order
+
     train_t = check_files(load_split(run.data, "train", opts), run.skip_missing)
     valid_t = check_files(load_split(run.data, "valid", opts), run.skip_missing)
     if cfg.batch_size > len(train_t):
@@ -406,40 +435,147 @@ def _finetune(run: Run, emit, device, dist: Dist) -> dict:
     valid_ds = XrayBatches(valid_t, cfg.image_size, cfg.resize, cache)
     steps_per_epoch = len(batch_order(len(train_ds), cfg.batch_size, True, cfg.seed, 0, True, dist.rank, dist.world))
     total_steps = steps_per_epoch * cfg.epochs
-    last_step = min(total_steps, cfg.max_steps or total_steps)
+    return RunData(train_t, valid_t, cache, train_ds, valid_ds, steps_per_epoch, total_steps,
+                   min(total_steps, cfg.max_steps or total_steps))
 
-    # --- config.json (a resumed run keeps its own)
-    if dist.main and ckpt is None:
-        write_json(run_dir / "config.json", {
-            "train": dataclasses.asdict(cfg), "resolved": {"device": str(device), "precision": precision,
-                                                           "compile": use_compile, "channels_last": channels_last,
-                                                           "world_size": dist.world},
-            "data": {"dir": str(Path(run.data).resolve()), **opts.to_json(), "train_images": len(train_t),
-                     "valid_images": len(valid_t), "cache": str(cache.folder) if cache else None,
-                     "fingerprint": dataset_fingerprint(run.data, opts), "notes": train_t.notes + valid_t.notes},
-            "model": spec, "model_source": {k: str(v) for k, v in run.model_source.items()},
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "versions": versions(),
-        })
 
-    # --- model, optimizer, schedule
+def write_config(rd: RunDir, run: Run, cfg: TrainConfig, resolved: dict, data: RunData, opts, spec: dict) -> None:
+    write_json(rd.config, {
+        "train": dataclasses.asdict(cfg), "resolved": resolved,
+        "data": {"dir": str(Path(run.data).resolve()), **opts.to_json(), "train_images": len(data.train),
+                 "valid_images": len(data.valid), "cache": str(data.cache.folder) if data.cache else None,
+                 "fingerprint": dataset_fingerprint(run.data, opts), "notes": data.train.notes + data.valid.notes},
+        "model": spec, "model_source": {k: str(v) for k, v in run.model_source.items()},
+        "steps_per_epoch": data.steps_per_epoch, "total_steps": data.total_steps, "versions": versions(),
+    })
+
+
+def make_loaders(data: RunData, cfg: TrainConfig, device: torch.device, dist: Dist):
+    """(train sampler, train loader, validation loader, this rank's validation rows)."""
+    from chexcut.data.dataset import make_loader
+
+    pin = device.type == "cuda"
+    val_shard = np.arange(len(data.valid_ds))[dist.rank::dist.world]
+    vbs = cfg.val_batch_size or max(cfg.batch_size, 64)
+    val_batches = MutableBatches([val_shard[i:i + vbs].tolist() for i in range(0, len(val_shard), vbs)])
+    sampler = MutableBatches()
+    loader = make_loader(data.train_ds, sampler, cfg.workers, pin, persistent=True, seed=cfg.seed)
+    val_loader = make_loader(data.valid_ds, val_batches, cfg.workers, pin, persistent=True, seed=cfg.seed)
+    return sampler, loader, val_loader, val_shard
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A run's last.ckpt: plain tensors and strings, read without unpickling objects."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_checkpoint(s: Session, status: str) -> None:
+    """last.ckpt (atomically) and state.json: everything --resume needs to continue bit-exactly."""
+    if not s.dist.main:
+        return
+    ckpt = {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "step": s.state.step,
+            "best": json.dumps(s.state.best), "spec": json.dumps(s.spec), "rng_cpu": torch.get_rng_state()}
+    if s.device.type == "cuda":
+        ckpt["rng_cuda"] = torch.cuda.get_rng_state(s.device)
+    with atomic_path(s.rd.last) as tmp:
+        torch.save(ckpt, tmp)
+    write_state(s, status)
+
+
+def restore(ckpt: dict, model, optimizer, scheduler, scaler, device: torch.device) -> RunState:
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in ckpt:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    return RunState(step=int(ckpt["step"]), best=json.loads(ckpt["best"]))
+
+
+def write_state(s: Session, status: str, **more) -> None:
+    if s.dist.main:
+        d = s.data
+        write_json(s.rd.state, {"status": status, "step": s.state.step, "total_steps": d.total_steps,
+                                "last_step": d.last_step, "epoch": s.state.step / d.steps_per_epoch,
+                                "best": s.state.best, **more})
+
+
+def log_row(s: Session, row: dict) -> None:
+    if s.dist.main:
+        s.metrics.append(row)
+        s.emit({"event": "log", **row})
+
+
+def validate(s: Session) -> dict:
+    """Per-label validation AUROCs (the same function as ``chexcut evaluate``) and their competition mean."""
+    from chexcut.evaluate import competition_mean, label_aurocs
+    from chexcut.infer import predict
+
+    n = len(s.data.valid_ds)
+    probs = predict(s.model, s.spec, s.val_loader, n, s.device, s.precision, s.channels_last)
+    if s.dist.world > 1:
+        import torch.distributed as tdist
+
+        parts = [None] * s.dist.world
+        tdist.all_gather_object(parts, probs[s.val_shard])
+        for r, part in enumerate(parts):
+            probs[np.arange(n)[r::s.dist.world]] = part
+    valid = s.data.valid
+    auc = label_aurocs(valid.targets, valid.mask > 0, probs)
+    aurocs = {name: (float(a) if np.isfinite(a) else None) for name, a in zip(s.labels, auc)}
+    return {"aurocs": aurocs, "mean_auroc": competition_mean(s.labels, auc), "probs": probs}
+
+
+def keep_if_best(s: Session, result: dict) -> None:
+    """Rank 0 writes best.safetensors and valid_predictions.csv when the validation improved."""
+    from chexcut import modelfile
+    from chexcut.predictions import write_predictions
+
+    score = result["mean_auroc"]
+    if score is None:  # no competition label evaluable: fall back to every evaluable label
+        vals = [v for v in result["aurocs"].values() if v is not None]
+        score = float(np.mean(vals)) if vals else None
+    best = s.state.best
+    if score is None or (best["mean_auroc"] is not None and score <= best["mean_auroc"]):
+        return
+    s.state.best = {"mean_auroc": score, "step": s.state.step, "aurocs": result["aurocs"]}
+    if s.dist.main:
+        out_spec = {**s.spec, "image_size": s.cfg.image_size,
+                    "training": {"run_dir": str(s.rd), "step": s.state.step, "valid_mean_auroc": score}}
+        modelfile.save_model(s.model, s.rd.best, spec=out_spec)
+        write_predictions(s.rd.valid_predictions, s.data.valid.paths, s.labels, result["probs"])
+
+
+def _finetune(run: Run, emit, device, dist: Dist) -> dict:
+    """Build the session (data, model, optimizer; a checkpoint restored on --resume), then train."""
+    from chexcut.anatomy import check_image_size
+    from chexcut.infer import resolve_precision
+
+    cfg, rd = run.cfg, RunDir(run.run_dir)
+    precision = resolve_precision(cfg.precision, device)
+    use_compile = cfg.compile and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed training shapes (drop_last): autotune once
+    channels_last = cfg.channels_last and device.type == "cuda"
+
+    torch.manual_seed(cfg.seed)  # before the model is built: a random init is part of the run
+    model, spec, ckpt = starting_model(run, rd)
+    opts = dataclasses.replace(run.opts, labels=tuple(spec["labels"]))
+    check_image_size(spec["arch"], cfg.image_size)
+    data = open_data(run, cfg, opts, dist)
+    if dist.main and ckpt is None:  # a resumed run keeps its own config.json
+        write_config(rd, run, cfg, {"device": str(device), "precision": precision, "compile": use_compile,
+                                    "channels_last": channels_last, "world_size": dist.world}, data, opts, spec)
+
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, data.total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step, best = 0, {"mean_auroc": None, "step": None}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, best = int(ckpt["step"]), json.loads(ckpt["best"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in ckpt:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-    elif run.resume:
-        raise ChexcutError(f"--resume {run_dir}: no last.ckpt yet (the run stopped before its first checkpoint)")
+    state = restore(ckpt, model, optimizer, scheduler, scaler, device) if ckpt is not None else RunState()
     train_model = model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -447,160 +583,104 @@ def _finetune(run: Run, emit, device, dist: Dist) -> dict:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if use_compile:
         train_model = torch.compile(train_model)
-    mean, std, in_chans = spec["normalisation"]["mean"], spec["normalisation"]["std"], int(spec.get("in_chans", 3))
+    sampler, loader, val_loader, val_shard = make_loaders(data, cfg, device, dist)
+    s = Session(run=run, rd=rd, cfg=cfg, device=device, dist=dist, precision=precision, channels_last=channels_last,
+                spec=spec, data=data, model=model, train_model=train_model, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, loader=loader, val_loader=val_loader, sampler=sampler, val_shard=val_shard,
+                state=state, metrics=MetricsLog(rd.metrics, spec["labels"]), emit=emit)
+    if dist.main:
+        s.metrics.start()
+    return train_loop(s)
 
-    sampler = MutableBatches()
-    pin = device.type == "cuda"
-    val_sampler = MutableBatches()
-    val_shard = np.arange(len(valid_ds))[dist.rank::dist.world]
-    vbs = cfg.val_batch_size or max(cfg.batch_size, 64)
-    val_sampler.batches = [val_shard[i:i + vbs].tolist() for i in range(0, len(val_shard), vbs)]
-    if cache is not None:  # threads gather batches from the memmap straight into pinned memory
-        threads = max(2, min(cfg.workers, 8))
-        loader = CachedBatchLoader(train_ds, sampler, pin=pin, threads=threads)
-        val_loader = CachedBatchLoader(valid_ds, val_sampler, pin=pin, threads=threads)
-    else:  # decoding processes; their own generators, so making an iterator never consumes the global RNG
-        kw = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0, prefetch_factor=4) if cfg.workers else {}
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=None, sampler=sampler, pin_memory=pin,
-                                             generator=torch.Generator().manual_seed(cfg.seed), **kw)
-        val_loader = torch.utils.data.DataLoader(valid_ds, batch_size=None, sampler=val_sampler, pin_memory=pin,
-                                                 generator=torch.Generator().manual_seed(cfg.seed), **kw)
 
-    def save_checkpoint(status: str) -> None:
-        if not dist.main:
-            return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "best": json.dumps(best), "spec": json.dumps(spec), "rng_cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
-        write_state(status)
+def train_loop(s: Session) -> dict:
+    """Steps until ``last_step``: forward, masked BCE, backward, step; log, validate, checkpoint."""
+    from chexcut.data.dataset import batch_order
+    from chexcut.data.images import normalise
 
-    def write_state(status: str, **more) -> None:
-        if dist.main:
-            write_json(run_dir / "state.json", {"status": status, "step": step, "total_steps": total_steps,
-                                                "last_step": last_step, "epoch": step / steps_per_epoch,
-                                                "best": best, **more})
+    from chexcut.infer import autocast
 
-    def validate() -> dict:
-        from chexcut.infer import predict
-
-        probs = predict(model, spec, val_loader, len(valid_ds), device, precision, channels_last)
-        if dist.world > 1:
-            import torch.distributed as tdist
-
-            parts = [None] * dist.world
-            tdist.all_gather_object(parts, probs[val_shard])
-            for r, part in enumerate(parts):
-                probs[np.arange(len(valid_ds))[r::dist.world]] = part
-        from chexcut.metrics import auroc
-
-        m = valid_t.mask > 0
-        aurocs = {}
-        for j, name in enumerate(labels):
-            a = auroc(valid_t.targets[m[:, j], j], probs[m[:, j], j])
-            aurocs[name] = a if np.isfinite(a) else None
-        return {"aurocs": aurocs, "mean_auroc": competition_mean(aurocs), "probs": probs}
-
-    def on_validation(result: dict) -> None:
-        nonlocal best
-        score = result["mean_auroc"]
-        if score is None:  # no competition label evaluable: fall back to every evaluable label
-            vals = [v for v in result["aurocs"].values() if v is not None]
-            score = float(np.mean(vals)) if vals else None
-        improved = score is not None and (best["mean_auroc"] is None or score > best["mean_auroc"])
-        if improved and dist.main:
-            best = {"mean_auroc": score, "step": step, "aurocs": result["aurocs"]}
-            out_spec = {**spec, "image_size": cfg.image_size,
-                        "training": {"run_dir": str(run_dir), "step": step, "valid_mean_auroc": score}}
-            modelfile.save_model(model, run_dir / "best.safetensors", spec=out_spec)
-            from chexcut.evaluate import write_predictions
-
-            write_predictions(run_dir / "valid_predictions.csv", valid_t.paths, labels, result["probs"])
-        elif improved:
-            best = {"mean_auroc": score, "step": step, "aurocs": result["aurocs"]}
-
-    metrics_path = run_dir / "metrics.csv"
-    header = ["step", "epoch", "images_seen", "train_loss", "lr", "images_per_s", "gpu_mem_gb", "val_mean_auroc",
-              *[f"auroc:{name}" for name in labels]]
-    if dist.main and not metrics_path.exists():
-        metrics_path.write_text(",".join(f'"{h}"' if "," in h else h for h in header) + "\n")
-
-    def log_row(row: dict) -> None:
-        if dist.main:
-            with open(metrics_path, "a") as f:
-                f.write(",".join("" if row.get(h) is None else str(row.get(h)) for h in header) + "\n")
-            emit({"event": "log", **row})
-
-    # --- the loop
-    write_state("running")
-    emit({"event": "start", "step": step, "last_step": last_step, "steps_per_epoch": steps_per_epoch,
-          "train_images": len(train_t), "valid_images": len(valid_t), "device": str(device), "precision": precision,
-          "cached": cache is not None})
-    loss_sum, loss_n, t_last, images_last = 0.0, 0, time.perf_counter(), 0
-    status = "finished"
+    cfg, d, st, device = s.cfg, s.data, s.state, s.device
+    mean, std = s.spec["normalisation"]["mean"], s.spec["normalisation"]["std"]
+    in_chans = int(s.spec.get("in_chans", 3))
+    write_state(s, "running")
+    s.emit({"event": "start", "step": st.step, "last_step": d.last_step, "steps_per_epoch": d.steps_per_epoch,
+            "train_images": len(d.train), "valid_images": len(d.valid), "device": str(device),
+            "precision": s.precision, "cached": d.cache is not None})
+    meter = ThroughputMeter()
     try:
-        while step < last_step:
-            epoch, within = divmod(step, steps_per_epoch)
-            sampler.batches = batch_order(len(train_ds), cfg.batch_size, True, cfg.seed, epoch, True,
-                                          dist.rank, dist.world)[within:]
-            train_model.train()
-            for images, targets, mask, _rows in loader:
-                x = normalise(images.to(device, non_blocking=True), mean, std, in_chans, channels_last)
-                targets = targets.to(device, non_blocking=True)
-                mask = mask.to(device, non_blocking=True)
-                with autocast(device, precision):
-                    logits = train_model(x)
-                loss = masked_bce(logits, targets, mask)
+        while st.step < d.last_step:
+            epoch, within = divmod(st.step, d.steps_per_epoch)
+            s.sampler.batches = batch_order(len(d.train_ds), cfg.batch_size, True, cfg.seed, epoch, True,
+                                            s.dist.rank, s.dist.world)[within:]
+            s.train_model.train()
+            for images, targets, mask, _rows in s.loader:
+                x = normalise(images.to(device, non_blocking=True), mean, std, in_chans, s.channels_last)
+                with autocast(device, s.precision):
+                    logits = s.train_model(x)
+                loss = masked_bce(logits, targets.to(device, non_blocking=True), mask.to(device, non_blocking=True))
                 if not torch.isfinite(loss):
-                    status = "stopped"
-                    write_state("stopped", reason=f"non-finite loss at step {step + 1}")
-                    raise ChexcutError(f"training loss became {loss.item()} at step {step + 1}; stopped. "
-                                       f"The last good checkpoint is kept in {run_dir} (try a lower --lr)")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                loss_sum += float(loss.detach())
-                loss_n += 1
-                images_last += len(images) * dist.world
-                at_epoch_end = step % steps_per_epoch == 0
-                validate_now = step % cfg.val_every == 0 or at_epoch_end or step == last_step
-                if step % cfg.log_every == 0 or validate_now:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    now = time.perf_counter()
-                    row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                           "images_seen": step * cfg.batch_size * dist.world,
-                           "train_loss": round(loss_sum / max(1, loss_n), 6), "lr": scheduler.get_last_lr()[0],
-                           "images_per_s": round(images_last / max(now - t_last, 1e-9), 1),
-                           "gpu_mem_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-                           if device.type == "cuda" else None}
-                    loss_sum, loss_n = 0.0, 0
+                    write_state(s, "stopped", reason=f"non-finite loss at step {st.step + 1}")
+                    raise ChexcutError(f"training loss became {loss.item()} at step {st.step + 1}; stopped. "
+                                       f"The last good checkpoint is kept in {s.rd} (try a lower --lr)")
+                s.optimizer.zero_grad(set_to_none=True)
+                s.scaler.scale(loss).backward()
+                s.scaler.step(s.optimizer)
+                s.scaler.update()
+                s.scheduler.step()
+                st.step += 1
+                meter.add(float(loss.detach()), len(images) * s.dist.world)
+                validate_now = (st.step % cfg.val_every == 0 or st.step % d.steps_per_epoch == 0
+                                or st.step == d.last_step)
+                if st.step % cfg.log_every == 0 or validate_now:
+                    row = meter.row(s)
                     if validate_now:
-                        result = validate()
-                        on_validation(result)
+                        result = validate(s)
+                        keep_if_best(s, result)
                         row["val_mean_auroc"] = result["mean_auroc"]
                         row.update({f"auroc:{k}": v for k, v in result["aurocs"].items()})
-                        save_checkpoint("running")
-                        train_model.train()
-                    log_row(row)
-                    t_last, images_last = time.perf_counter(), 0
-                if step >= last_step:
+                        save_checkpoint(s, "running")
+                        s.train_model.train()
+                    log_row(s, row)
+                    meter.restart()
+                if st.step >= d.last_step:
                     break
     except KeyboardInterrupt:
-        status = "interrupted"
-        save_checkpoint("interrupted")
+        save_checkpoint(s, "interrupted")
         raise
     except torch.cuda.OutOfMemoryError:
         raise ChexcutError(f"CUDA out of memory at --batch-size {cfg.batch_size}; try --batch-size "
                            f"{max(1, cfg.batch_size // 2)}") from None
-    if status == "finished":
-        status = "finished" if step >= total_steps else "paused"
-        save_checkpoint(status)
-    emit({"event": "end", "status": status, "step": step, "best": best})
-    return {"status": status, "step": step, "best": best, "run_dir": str(run_dir)}
+    status = "finished" if st.step >= d.total_steps else "paused"
+    save_checkpoint(s, status)
+    s.emit({"event": "end", "status": status, "step": st.step, "best": st.best})
+    return {"status": status, "step": st.step, "best": st.best, "run_dir": str(s.rd)}
+
+
+class ThroughputMeter:
+    """Mean training loss and images/s since the last log row."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        self.loss_sum, self.loss_n, self.images, self.t0 = 0.0, 0, 0, time.perf_counter()
+
+    def add(self, loss: float, images: int) -> None:
+        self.loss_sum += loss
+        self.loss_n += 1
+        self.images += images
+
+    def row(self, s: Session) -> dict:
+        """A metrics.csv row (without the validation columns) for the current step."""
+        if s.device.type == "cuda":
+            torch.cuda.synchronize(s.device)
+        now, step = time.perf_counter(), s.state.step
+        row = {"step": step, "epoch": round(step / s.data.steps_per_epoch, 4),
+               "images_seen": step * s.cfg.batch_size * s.dist.world,
+               "train_loss": round(self.loss_sum / max(1, self.loss_n), 6), "lr": s.scheduler.get_last_lr()[0],
+               "images_per_s": round(self.images / max(now - self.t0, 1e-9), 1),
+               "gpu_mem_gb": round(torch.cuda.max_memory_allocated(s.device) / 2**30, 2)
+               if s.device.type == "cuda" else None}
+        self.loss_sum, self.loss_n = 0.0, 0
+        return row

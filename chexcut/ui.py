@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from chexcut.rundir import RunDir
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -151,7 +154,7 @@ def evaluation_table(r: dict) -> Table:
         if comp:
             c = comp.get(key) or {}
             cells += [_f(c.get("delta"), "{:+.4f}"), ci(c.get("ci_low"), c.get("ci_high")), _f(c.get("p"), "{:.3g}")]
-        t.add_row(*cells, end_section=key == "mean_competition" and False)
+        t.add_row(*cells)
     if comp:
         t.caption = comp["verdict"]
         t.caption_justify = "left"
@@ -244,7 +247,7 @@ def study_summary(jobs, study_dir) -> str:
     done = sum(j.status in ("done", "skipped") for j in jobs)
     failed = [j for j in jobs if j.status == "failed"]
     lines = [f"{done} of {len(jobs)} runs complete, {len(failed)} failed"]
-    lines += [f"  failed: {j.run['id']} (log: {study_dir}/{j.run['run_dir']}/log.txt)" for j in failed]
+    lines += [f"  failed: {j.run['id']} (log: {RunDir(Path(study_dir) / j.run['run_dir']).log})" for j in failed]
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from chexcut.errors import ChexcutError
-from chexcut.surgery import (CHEXPERT_LABELS, build_architecture, normalise_state_dict, truncate)
+from chexcut.labels import CHEXPERT_LABELS
+from chexcut.surgery import build_architecture, normalise_state_dict, truncate
 from chexcut.archs import get_arch
 
 
@@ -62,8 +63,8 @@ def test_pickle_with_code_is_never_executed(tmp_path):
 
 
 def test_missing_imagenet_cache_fails_with_the_file_to_place(torch_home, monkeypatch):
-    import chexcut.surgery as s
-    monkeypatch.setattr(s, "_host_resolves", lambda url: False)
+    import chexcut.libraries as libs
+    monkeypatch.setattr(libs, "host_resolves", lambda url: False)
     with pytest.raises(ChexcutError) as e:
         truncate("resnet18", drop=1, weights="imagenet")
     msg = str(e.value)
@@ -82,8 +83,8 @@ def test_imagenet_weights_are_read_from_the_torch_cache(torch_home):
 
 
 def test_inception_v4_timm_weights_missing_offline(monkeypatch):
-    import chexcut.surgery as s
-    monkeypatch.setattr(s, "_host_resolves", lambda url: False)
+    import chexcut.libraries as libs
+    monkeypatch.setattr(libs, "host_resolves", lambda url: False)
     with pytest.raises(ChexcutError, match="timm/inception_v4.tf_in1k"):
         truncate("inception_v4", weights="imagenet")
 

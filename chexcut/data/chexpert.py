@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from chexcut.choices import Blank, Split, Views, check, values
 from chexcut.errors import ChexcutError
-from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS  # noqa: F401
+from chexcut.labels import CHEXPERT_LABELS
 
 PREFIXES = ("CheXpert-v1.0-small", "CheXpert-v1.0")
-VIEWS = ("frontal", "lateral", "ap", "pa", "all")
+VIEWS = values(Views)
 
 # The CheXpert paper's best uncertainty approach per competition task, where it is U-Ones or
 # U-Zeros: U-Ones for Atelectasis and Edema; the others used U-MultiClass / U-SelfTrained,
@@ -52,10 +53,8 @@ class DataOptions:
 
     def __post_init__(self):
         """Bad options fail here, as one line, before any file is read."""
-        if self.views not in VIEWS:
-            raise ChexcutError(f"--views must be one of {', '.join(VIEWS)}, not {self.views!r}")
-        if self.blank not in ("zeros", "ignore"):
-            raise ChexcutError(f"--blank must be zeros or ignore, not {self.blank!r}")
+        object.__setattr__(self, "views", check(Views, self.views, "--views"))
+        object.__setattr__(self, "blank", check(Blank, self.blank, "--blank"))
         if self.labels:
             parse_uncertain(self.uncertain, tuple(self.labels))
 
@@ -146,9 +145,7 @@ def parse_uncertain(policy: str, labels: tuple[str, ...]) -> list[float | None]:
 
 
 def apply_policies(values: np.ndarray, uncertain: list[float | None], blank: str) -> tuple[np.ndarray, np.ndarray]:
-    """Raw values (NaN = blank) -> (targets, mask), vectorised."""
-    if blank not in ("zeros", "ignore"):
-        raise ChexcutError(f"--blank must be zeros or ignore, not {blank!r}")
+    """Raw values (NaN = blank) -> (targets, mask), vectorised. ``blank``: zeros | ignore (checked by DataOptions)."""
     targets = (values == 1).astype(np.float32)
     mask = np.ones_like(values, dtype=np.float32)
     unc = values == -1
@@ -296,8 +293,7 @@ def load_split(data: str | Path, split: str, opts: DataOptions = DataOptions()) 
     CheXpert layout: train.csv and valid.csv. Without a valid.csv (or with ``--csv``), valid is
     a seeded patient-level split of the one CSV.
     """
-    if split not in ("train", "valid", "all"):
-        raise ChexcutError(f"--split must be train, valid or all, not {split!r}")
+    split = check(Split, split, "--split")
     data = Path(data)
     if opts.csv:
         csv = Path(opts.csv)

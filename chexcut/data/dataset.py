@@ -64,15 +64,21 @@ def batch_order(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, d
     return batches
 
 
-def make_loader(ds: XrayBatches, batches: list[list[int]], workers: int, pin: bool):
+def make_loader(ds: XrayBatches, batches, workers: int, pin: bool, persistent: bool = False, seed: int = 0):
     """Batches of ``ds`` in the given order: threads over the cache when there is one, else a
-    DataLoader with ``workers`` decoding processes (batch_size=None: the dataset builds each batch)."""
+    DataLoader with ``workers`` decoding processes (batch_size=None: the dataset builds each batch).
+
+    ``batches`` is any iterable of row lists, re-read at every ``iter()`` (a
+    :class:`chexcut.train.MutableBatches` changes per epoch). ``persistent`` keeps decoding processes
+    alive across epochs; their own generator (``seed``) means making an iterator never consumes the
+    global RNG, so a resumed run replays the same random stream."""
     if ds.cache is not None:
         return CachedBatchLoader(ds, batches, pin=pin, threads=max(2, min(workers, 8)))
     kw = {}
     if workers > 0:
-        kw = {"num_workers": workers, "persistent_workers": False, "prefetch_factor": 4}
-    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=batches, pin_memory=pin, **kw)
+        kw = {"num_workers": workers, "persistent_workers": persistent, "prefetch_factor": 4}
+    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=batches, pin_memory=pin,
+                                       generator=torch.Generator().manual_seed(seed), **kw)
 
 
 class CachedBatchLoader:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from chexcut.choices import Resize, check, values
 from chexcut.errors import ChexcutError
 
-RESIZE_MODES = ("squash", "pad")
+RESIZE_MODES = values(Resize)
 
 
 def to_gray_u8(img) -> np.ndarray:
@@ -43,13 +44,12 @@ def load_image(path: str | Path, size: int, resize: str = "squash") -> np.ndarra
     """Decode ``path`` into a (size, size) uint8 array. Corrupt files raise ChexcutError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
-    if resize not in RESIZE_MODES:
-        raise ChexcutError(f"--resize must be squash or pad, not {resize!r}")
+    resize = check(Resize, resize, "--resize")
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":
                 # decode at reduced resolution directly in the DCT (2-8x less work for big images)
-                img.draft("L", (size, size) if resize == "squash" else (size, size))
+                img.draft("L", (size, size))
             img.load()
             gray = to_gray_u8(img)
     except FileNotFoundError:

@@ -1,0 +1,75 @@
+"""What a MODEL argument names: a chexcut model file, a finetune run directory, or an architecture.
+
+One parser for every command that takes a model (inspect, truncate, finetune, evaluate), so the
+rules ("a path that exists or ends in .safetensors is a file; a folder is a run; anything else is
+an architecture name") live in one place. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from chexcut.errors import ChexcutError
+from chexcut.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model file (``file``; from a run directory, its best model) or an architecture to cut inline."""
+
+    file: Path | None = None
+    run_dir: Path | None = None
+    arch: str | None = None
+    drop: int = 0
+    weights: str = "imagenet"
+    in_chans: int = 3
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, target: str, *, drop: int | None = None, keep: int | None = None, weights: str = "imagenet",
+              in_chans: int = 3, seed: int = 0) -> "ModelSource":
+        """``target`` as a file, a run directory or an architecture name (with drop/keep/weights)."""
+        from chexcut.archs import get_arch, resolve_drop
+
+        p = Path(target)
+        if p.is_dir():
+            if drop is not None or keep is not None:
+                raise ChexcutError("--drop/--keep apply to an architecture name; a run's model is already cut")
+            best = RunDir(p).best
+            if not best.is_file():
+                raise ChexcutError(f"{p} is a folder without best.safetensors: not a finished finetune run")
+            return cls(file=best, run_dir=p)
+        if p.is_file() or target.endswith(".safetensors"):
+            if drop is not None or keep is not None:
+                raise ChexcutError("--drop/--keep apply to an architecture name; the model file is already cut")
+            if not p.is_file():
+                raise ChexcutError(f"model file not found: {p}")
+            return cls(file=p)
+        a = get_arch(target)
+        return cls(arch=a.name, drop=resolve_drop(a, drop, keep), weights=weights, in_chans=in_chans, seed=seed)
+
+    @property
+    def is_file(self) -> bool:
+        return self.file is not None
+
+    def spec(self) -> dict:
+        """The model file's spec (one clear error when it is not a chexcut model)."""
+        from chexcut.modelfile import read_spec
+
+        if self.file is None:
+            raise ChexcutError(f"{self.arch} is an architecture name; a model file or run directory is needed here")
+        return read_spec(self.file)
+
+    def require_file(self, what: str) -> Path:
+        if self.file is None:
+            raise ChexcutError(f"{what} needs a model file or a finetune run directory, not the architecture "
+                               f"name {self.arch!r} (cut one with `chexcut truncate`)")
+        return self.file
+
+    def to_json(self) -> dict:
+        """What finetune records as ``model_source`` (and :func:`chexcut.train.build_model` reads)."""
+        if self.file is not None:
+            return {"file": str(self.file)}
+        return {"arch": self.arch, "drop": self.drop, "weights": self.weights, "in_chans": self.in_chans,
+                "seed": self.seed}

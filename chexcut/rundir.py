@@ -1,0 +1,115 @@
+"""A finetune run directory: every file name, and the metrics log's columns, named once.
+
+    config.json              every resolved setting, versions, dataset fingerprint, model spec
+    metrics.csv              one row per log interval / validation (columns: METRICS_COLUMNS + auroc:LABEL)
+    last.ckpt                model, optimizer, scheduler, scaler, RNG and data position (resume)
+    best.safetensors         the best model by mean competition AUROC (a chexcut model file)
+    valid_predictions.csv    the best model's validation predictions
+    state.json               running | interrupted | stopped | paused | finished, and where
+    .lock                    held while a process trains into the folder
+    eval.json, predictions.csv, log.txt   written by a study's `chexcut evaluate` and its shell line
+
+Train, study, report and the UI ask a :class:`RunDir` for paths instead of spelling file names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+LAST = "last.ckpt"
+BEST = "best.safetensors"
+VALID_PREDICTIONS = "valid_predictions.csv"
+STATE = "state.json"
+LOCK = ".lock"
+EVAL = "eval.json"
+PREDICTIONS = "predictions.csv"
+LOG = "log.txt"
+
+#: What one training run writes (removed by ``finetune --force`` before it starts over).
+TRAINING_FILES = (CONFIG, METRICS, LAST, BEST, VALID_PREDICTIONS, STATE)
+
+#: metrics.csv columns before the per-label ``auroc:LABEL`` ones.
+METRICS_COLUMNS = ("step", "epoch", "images_seen", "train_loss", "lr", "images_per_s", "gpu_mem_gb", "val_mean_auroc")
+
+
+def metrics_header(labels) -> list[str]:
+    return [*METRICS_COLUMNS, *[f"auroc:{name}" for name in labels]]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class RunDir:
+    """Paths and small readers for one run directory."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    config = property(lambda self: self.path / CONFIG)
+    metrics = property(lambda self: self.path / METRICS)
+    last = property(lambda self: self.path / LAST)
+    best = property(lambda self: self.path / BEST)
+    valid_predictions = property(lambda self: self.path / VALID_PREDICTIONS)
+    state = property(lambda self: self.path / STATE)
+    lock = property(lambda self: self.path / LOCK)
+    eval = property(lambda self: self.path / EVAL)
+    predictions = property(lambda self: self.path / PREDICTIONS)
+    log = property(lambda self: self.path / LOG)
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
+
+    def read_config(self) -> dict | None:
+        return _read_json(self.config)
+
+    def read_state(self) -> dict:
+        return _read_json(self.state) or {}
+
+    def read_eval(self) -> dict | None:
+        return _read_json(self.eval)
+
+    def last_metric(self, column: str) -> float | None:
+        """``column`` of the last metrics.csv row (None when absent or empty)."""
+        import csv
+
+        try:
+            with open(self.metrics, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError:
+            return None
+        if not rows or not rows[-1].get(column):
+            return None
+        try:
+            return float(rows[-1][column])
+        except ValueError:
+            return None
+
+
+class MetricsLog:
+    """metrics.csv: a header once, then one appended row per log event."""
+
+    def __init__(self, path: Path, labels):
+        self.path = Path(path)
+        self.header = metrics_header(labels)
+
+    def start(self) -> None:
+        if not self.path.exists():
+            self.path.write_text(",".join(f'"{h}"' if "," in h else h for h in self.header) + "\n")
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(",".join("" if row.get(h) is None else str(row.get(h)) for h in self.header) + "\n")
