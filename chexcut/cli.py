@@ -306,9 +306,10 @@ def finetune(
 
 @app.command()
 def evaluate(
-    model: Annotated[Optional[str], typer.Argument(help="Model file or finetune run dir (omit with --predictions).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder to run MODEL on.")] = None,
-    split: Annotated[Split, typer.Option("--split", help="Rows of --data to evaluate on.")] = Split.valid,
+    model: Annotated[Optional[str], typer.Argument(help="Finetune run dir (evaluated on its own validation set unless data options are given) or model file (with --data); omit with --predictions.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder [default: a run's own].")] = None,
+    split: Annotated[Optional[Split], typer.Option("--split", help="Rows of the data to evaluate on [default: valid].")] = None,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Evaluate even when the set shares images or patients with the run's training rows (flagged).")] = False,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="Predictions CSV (Path + one probability column per label).")] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels to evaluate (default: the model's). (Deprecated: a label CSV here; use --truth FILE.)")] = None,
     truth: Annotated[Optional[Path], typer.Option("--truth", "--label-csv", help="The label CSV for --predictions (CheXpert valid.csv layout).")] = None,
@@ -317,15 +318,21 @@ def evaluate(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0 disables).")] = 1000,
     ci: Annotated[float, typer.Option("--ci", help="Confidence level.")] = 0.95,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level for the verdict.")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="With --compare: non-inferiority margin in AUROC units (e.g. 0.02); tests H0: delta <= -M.")] = None,
+    equivalence: Annotated[bool, typer.Option("--equivalence", help="With --margin: also test equivalence within +-M (TOST).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     cluster: Annotated[Cluster, typer.Option("--cluster", help="Resample by patient, study or none.")] = Cluster.patient,
     level: Annotated[Level, typer.Option("--level", help="study (max over views, official CheXpert) or image.")] = Level.study,
-    logits: Annotated[bool, typer.Option("--logits", help="Predictions are logits: apply a sigmoid.")] = False,
+    logits: Annotated[bool, typer.Option("--logits", help="Predictions are logits (any real number): ranked as they are.")] = False,
     predictions_out: Annotated[Optional[Path], typer.Option("--predictions-out", help="Write MODEL's predictions CSV here.")] = None,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the evaluation JSON to PATH, or - for stdout.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv-out", help="Write per-label results as CSV.")] = None,
-    csv: CsvOpt = None, path_col: PathColOpt = "Path", views: ViewsOpt = Views.frontal,
-    uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
+    csv: CsvOpt = None,
+    path_col: Annotated[Optional[str], typer.Option("--path-col", help="Column of image paths [default: Path, or the run's].")] = None,
+    views: Annotated[Optional[Views], typer.Option("--views", help="Which views [default: frontal, or the run's].")] = None,
+    uncertain: Annotated[Optional[str], typer.Option("--uncertain", help="Uncertain label policy [default: zeros, or the run's].")] = None,
+    blank: Annotated[Optional[Blank], typer.Option("--blank", help="Blank labels [default: zeros, or the run's].")] = None,
+    valid_frac: Annotated[Optional[float], typer.Option("--valid-frac", help="Valid share of patients without valid.csv [default: 0.1, or the run's].")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="[default: the model file's]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
@@ -343,12 +350,14 @@ def evaluate(
     if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
         ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")
         label_file, label_list = Path(labels), None
-    opts = _data_options(csv, path_col, ",".join(label_list) if label_list else None, views, uncertain, blank, valid_frac)
+    given = {k: (str(v) if k in ("views", "blank") else v) for k, v in (
+        ("csv", csv), ("path_col", path_col), ("views", views), ("uncertain", uncertain), ("blank", blank),
+        ("valid_frac", valid_frac)) if v is not None}
     result = evalrun.run_evaluation(
-        model=model, data=data, split=str(split), predictions=predictions, label_file=label_file,
-        labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, opts=opts,
+        model=model, data=data, split=split and str(split), options=given, predictions=predictions,
+        label_file=label_file, labels=tuple(label_list) if label_list else None, compare=compare, logits=logits,
         level=str(level), bootstrap=bootstrap, ci=ci, seed=seed, cluster=str(cluster), method=str(method), alpha=alpha,
-        predictions_out=predictions_out,
+        margin=margin, equivalence=equivalence, allow_overlap=allow_overlap, predictions_out=predictions_out,
         infer=dict(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                    precision=precision and str(precision), cache_dir=cache),
         progress=lambda what: ui.progress_bar(what, quiet=quiet))
@@ -437,6 +446,7 @@ def report(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.md, results.csv, results.json and PNG plots here.")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for the paired comparisons.")] = 1000,
     alpha: Annotated[float, typer.Option("--alpha")] = 0.05,
+    margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin (AUROC units) for parameter efficiency.")] = 0.02,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_path: Annotated[Optional[str], typer.Option("--json", help="- prints the report JSON to stdout.")] = None,
 ):
@@ -445,8 +455,8 @@ def report(
     from chexcut.evaluate import check_parameters
     from chexcut.report import build_report, write_outputs
 
-    check_parameters(bootstrap=bootstrap, alpha=alpha)
-    rep = build_report(targets, bootstrap=bootstrap, alpha=alpha, seed=seed)
+    check_parameters(bootstrap=bootstrap, alpha=alpha, margin=margin)
+    rep = build_report(targets, bootstrap=bootstrap, alpha=alpha, seed=seed, margin=margin)
     if out:
         written = write_outputs(rep, out)
         ui.err.print(f"wrote {', '.join(p.name for p in written)} to {out}")

@@ -20,15 +20,15 @@ def _is_predictions_csv(target: str) -> bool:
     return p.is_file() and p.suffix.lower() == ".csv"
 
 
-def model_predictions(model_path, data, split: str, opts, image_size: int | None, batch_size: int,
-                      device: str | None, workers: int, precision: str | None, cache_dir, labels=None,
-                      progress=None):
-    """Run a model file or run dir over ``split`` of ``data``: (table, predictions DataFrame, spec)."""
+def model_predictions(model_path, es, image_size: int | None, batch_size: int, device: str | None, workers: int,
+                      precision: str | None, cache_dir, labels=None, progress=None):
+    """Run a model file or run dir over the evaluation set ``es``: (table, predictions DataFrame, spec)."""
     import dataclasses
 
     import pandas as pd
     import torch
 
+    from chexcut.anatomy import check_image_size
     from chexcut.data.cache import open_cache
     from chexcut.data.chexpert import check_files, load_split
     from chexcut.data.dataset import XrayBatches, batch_order, make_loader
@@ -41,21 +41,21 @@ def model_predictions(model_path, data, split: str, opts, image_size: int | None
     extra = [label for label in want if label not in spec["labels"]]
     if extra:
         raise ChexcutError(f"{path} has no head output for: {', '.join(extra)}")
-    table = check_files(load_split(data, split, dataclasses.replace(opts, labels=want)))
+    opts = dataclasses.replace(es.opts, labels=want)
+    table = check_files(load_split(es.data, es.split, opts))
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
-    model = load_model(path, device=str(dev))
-    size = int(image_size or spec.get("image_size", 320))
-    from chexcut.anatomy import check_image_size
-
+    size = int(image_size or spec.get("image_size") or es.image_size or 320)
     check_image_size(spec["arch"], size)
-    resize = getattr(opts, "resize", "squash")
+    model = load_model(path, device=str(dev))
     try:  # `chexcut prepare` caches the whole dataset (train + valid): read this split from it
-        key_files = load_split(data, "all", dataclasses.replace(opts, labels=want)).files
+        key_files = load_split(es.data, "all", opts).files
     except ChexcutError:
         key_files = None
-    cache = open_cache(table.files, size, resize, cache_dir, key_files=key_files)
-    ds = XrayBatches(table, size, resize, cache=cache)
+    if cache_dir is None and es.cache is not None and es.cache.is_dir():
+        cache_dir = es.cache  # the cache the run trained from
+    cache = open_cache(table.files, size, es.resize, cache_dir, key_files=key_files)
+    ds = XrayBatches(table, size, es.resize, cache=cache)
     channels_last = dev.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -91,61 +91,110 @@ def write_results_csv(path, result: dict) -> None:
 def check_sources(model, data, predictions, label_file) -> None:
     """One-line errors for what to evaluate, before any inference or progress output."""
     if (model is None) == (predictions is None):
-        raise ChexcutError("give a MODEL (with --data) or --predictions (with --truth FILE), not both or neither")
+        raise ChexcutError("give a MODEL (a run directory, or a model file with --data) or --predictions "
+                           "(with --truth FILE), not both or neither")
     if model is not None:
-        if data is None:
-            raise ChexcutError("evaluating a MODEL needs --data DIR")
         ModelSource.parse(str(model)).spec()  # a bad model fails here, not after the data is read
     elif label_file is None:
         raise ChexcutError("--predictions needs the label CSV: --truth FILE")
 
 
-def run_evaluation(*, model=None, data=None, split: str = "valid", predictions=None, label_file=None, labels=None,
-                   compare=None, logits: bool = False, opts, level: str = "study", bootstrap: int = 1000,
-                   ci: float = 0.95, seed: int = 0, cluster: str = "patient", method: str = "bootstrap",
-                   alpha: float = 0.05, predictions_out=None, infer: dict | None = None, progress=None) -> dict:
-    """What ``chexcut evaluate`` does: get predictions (run MODEL over ``split`` of ``data``, or read
+def run_evaluation(*, model=None, data=None, split: str | None = None, options: dict | None = None,
+                   predictions=None, label_file=None, labels=None, compare=None, logits: bool = False,
+                   level: str = "study", bootstrap: int = 1000, ci: float = 0.95, seed: int = 0,
+                   cluster: str = "patient", method: str = "bootstrap", alpha: float = 0.05,
+                   margin: float | None = None, equivalence: bool = False, allow_overlap: bool = False,
+                   predictions_out=None, infer: dict | None = None, progress=None) -> dict:
+    """What ``chexcut evaluate`` does: get predictions (run MODEL over its evaluation set, or read
     ``predictions`` + ``label_file``), the same for ``compare``, aggregate, evaluate. Returns the JSON dict.
 
-    ``progress(description)`` returns a context manager yielding ``update(done, total)``.
+    ``options``: the data options chosen explicitly (DataOptions fields); with a run directory and none of
+    them (nor ``data``/``split``), the set is the run's own validation rows. ``progress(description)``
+    returns a context manager yielding ``update(done, total)``.
     """
     import contextlib
-    import dataclasses
 
-    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, level=level)
+    from chexcut import evalset as sets
+
+    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, level=level,
+                     margin=margin, equivalence=equivalence)
+    if compare is None and margin is not None:
+        raise ChexcutError("--margin needs --compare OTHER (non-inferiority of this model against OTHER)")
     check_sources(model, data, predictions, label_file)
-    infer = infer or {}
+    options, infer = dict(options or {}), infer or {}
     progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
+    es = None
     if model is not None:
+        es = sets.resolve(ModelSource.parse(str(model)).run_dir, data, split, options)
         with progress("inference") as update:
-            table, preds, _spec = model_predictions(model, data, split, opts, labels=labels, progress=update, **infer)
-        if predictions_out:
-            write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
+            table, preds, _spec = model_predictions(model, es, labels=labels, progress=update, **infer)
+        overlap = sets.check_overlap(table, es, allow_overlap)
     else:
-        from chexcut.data.chexpert import read_csv_table
-
-        preds = read_predictions(predictions, logits=logits)
-        label_file = Path(label_file)
-        table = read_csv_table(label_file, label_file.parent, dataclasses.replace(opts, labels=tuple(preds.columns)),
-                               "valid")
+        table, preds = _predictions_and_labels(predictions, label_file, options, logits)
+        overlap = None
     evalset = evalset_from_table(table)
     mats = [align(evalset, preds)]
     if compare:
-        if _is_predictions_csv(compare):
-            mats.append(align(evalset, read_predictions(compare, logits=logits), name=f"--compare {compare}"))
-        else:
-            if data is None:
-                raise ChexcutError("--compare with a model needs --data DIR to run it on")
-            with progress("inference (compare)") as update:
-                _, other, _ = model_predictions(compare, data, split, opts, labels=evalset.labels, progress=update,
-                                                **infer)
-            mats.append(align(evalset, other, name=f"--compare {compare}"))
+        other, compare_overlap = _compare_scores(compare, es, evalset, table, logits, allow_overlap, infer, progress)
+        mats.append(other)
+        overlap = {"model": overlap, "compare": compare_overlap} if compare_overlap is not None else overlap
+    if predictions_out and model is not None:  # only after every refusal: no output for a refused evaluation
+        write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
     if level == "study":
         evalset, mats = aggregate_by_study(evalset, mats)
     result = evaluate(evalset, mats[0], bootstrap=bootstrap, ci=ci, seed=seed, cluster=cluster,
-                      compare=mats[1] if len(mats) > 1 else None, method=method, alpha=alpha)
+                      compare=mats[1] if len(mats) > 1 else None, method=method, alpha=alpha, margin=margin,
+                      equivalence=equivalence)
     result["level"] = level
+    result["evaluation_set"] = {**(es.to_json() if es else {"kind": "predictions", "labels": str(label_file)}),
+                                "description": es.describe() if es else f"the rows of {label_file}",
+                                "overlap": overlap}
+    if _overlapping(overlap):
+        result["warnings"].insert(0, "the evaluation set overlaps training rows (--allow-overlap): AUROC is inflated")
     result["source"] = {"model": str(model) if model else None, "predictions": str(predictions) if predictions else None,
-                        "compare": compare, "data": str(Path(data).resolve()) if data else None, "split": split,
-                        "options": opts.to_json()}
+                        "compare": compare, "data": str(Path(es.data).resolve()) if es else None,
+                        "split": es.split if es else "valid",
+                        "options": (es.opts if es else _options(options)).to_json()}
     return result
+
+
+def _overlapping(overlap) -> bool:
+    """Whether an overlap record (or a model/compare pair of them) found shared rows."""
+    if not overlap:
+        return False
+    parts = [overlap.get("model"), overlap.get("compare")] if "compare" in overlap else [overlap]
+    return any(p and (p.get("images") or p.get("patients")) for p in parts)
+
+
+def _options(options: dict):
+    from chexcut.data.chexpert import DataOptions
+
+    return DataOptions(**options)
+
+
+def _predictions_and_labels(predictions, label_file, options: dict, logits: bool):
+    """A predictions CSV and its label CSV: (label table, predictions DataFrame)."""
+    import dataclasses
+
+    from chexcut.data.chexpert import read_csv_table
+
+    preds = read_predictions(predictions, logits=logits)
+    label_file = Path(label_file)
+    opts = dataclasses.replace(_options(options), labels=tuple(preds.columns))
+    return read_csv_table(label_file, label_file.parent, opts, "valid"), preds
+
+
+def _compare_scores(compare, es, evalset, table, logits, allow_overlap, infer, progress):
+    """The other model's scores on the same rows (a predictions CSV, or a model run on the same set)."""
+    from chexcut import evalset as sets
+
+    if _is_predictions_csv(compare):
+        return align(evalset, read_predictions(compare, logits=logits), name=f"--compare {compare}"), None
+    if es is None:
+        raise ChexcutError("--compare with a model needs MODEL too (run on the same data), not --predictions")
+    with progress("inference (compare)") as update:
+        _, other, _ = model_predictions(compare, es, labels=evalset.labels, progress=update, **infer)
+    other_run = ModelSource.parse(str(compare)).run_dir
+    overlap = sets.check_overlap(table, es, allow_overlap, run_dir=other_run, what=f"--compare {compare}") \
+        if other_run else None
+    return align(evalset, other, name=f"--compare {compare}"), overlap

@@ -27,6 +27,7 @@ class EvalSet:
     mask: np.ndarray
     patient: np.ndarray
     study: np.ndarray
+    not_annotated: tuple[str, ...] = ()  # labels blank in every row of the data set
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -51,14 +52,21 @@ def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[Eval
     first = np.zeros(k, dtype=np.int64)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
     agg = EvalSet(paths=[str(u) for u in uniq], labels=evalset.labels, y=y, mask=mask,
-                  patient=evalset.patient[first], study=np.asarray(uniq, dtype=object))
+                  patient=evalset.patient[first], study=np.asarray(uniq, dtype=object),
+                  not_annotated=evalset.not_annotated)
     return agg, [group_max(s) for s in scores]
 
 
 # ----------------------------------------------------------------------------- the evaluation
 
+MIN_CLASS = 10  # fewer positives or negatives than this in a label: its interval carries a warning
+MIN_USABLE_SHARE = 0.9  # an interval from a smaller share of usable replicates is null, with the reason
+MAX_EXCLUDED_SHARE = 0.01  # more excluded replicates than this: a warning
+
+
 def check_parameters(bootstrap: int = 1000, ci: float = 0.95, alpha: float = 0.05, cluster: str = "patient",
-                     method: str = "bootstrap", level: str = "study") -> None:
+                     method: str = "bootstrap", level: str = "study", margin: float | None = None,
+                     equivalence: bool = False) -> None:
     """One-line errors for evaluation parameters, checked before any inference runs."""
     if bootstrap < 0:
         raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
@@ -69,14 +77,37 @@ def check_parameters(bootstrap: int = 1000, ci: float = 0.95, alpha: float = 0.0
     check(Cluster, cluster, "--cluster")
     check(Method, method, "--method")
     check(Level, level, "--level")
+    if margin is not None and not 0 < margin < 1:
+        raise ChexcutError(f"--margin is in AUROC units and must be in (0, 1), e.g. 0.02; not {margin}")
+    if equivalence and margin is None:
+        raise ChexcutError("--equivalence needs --margin M (the equivalence bounds are -M and +M)")
 
 
-def _summary(values: np.ndarray, reps: np.ndarray | None, ci: float) -> dict:
+def _summary(estimate: float, reps: np.ndarray | None, ci: float) -> dict:
+    """Point estimate and percentile interval; the interval is null (with the reason) when too few
+    replicates were usable, and a warning says when more than a few were excluded."""
     if reps is None:
-        return {"auroc": _num(values), "ci_low": None, "ci_high": None}
-    iv = metrics.percentile_interval(values, reps, ci)
-    return {"auroc": _num(iv.estimate), "ci_low": _num(iv.low), "ci_high": _num(iv.high),
-            "replicates_used": iv.valid_replicates, "replicates_excluded": int(len(reps) - iv.valid_replicates)}
+        return {"auroc": _num(estimate), "ci_low": None, "ci_high": None}
+    iv = metrics.percentile_interval(estimate, reps, ci)
+    excluded = int(len(reps) - iv.valid_replicates)
+    out = {"auroc": _num(iv.estimate), "ci_low": _num(iv.low), "ci_high": _num(iv.high),
+           "replicates_used": iv.valid_replicates, "replicates_excluded": excluded}
+    if np.isfinite(estimate) and len(reps) and iv.valid_replicates < MIN_USABLE_SHARE * len(reps):
+        out["ci_low"] = out["ci_high"] = None
+        out["interval_note"] = (f"no interval: only {iv.valid_replicates} of {len(reps)} replicates drew both "
+                                f"classes (at least {MIN_USABLE_SHARE:.0%} are needed)")
+    elif np.isfinite(estimate) and excluded > MAX_EXCLUDED_SHARE * len(reps):
+        out["warning"] = f"{excluded} of {len(reps)} replicates excluded (one class drawn)"
+    return out
+
+
+def _small_sample_warning(row: dict) -> None:
+    """Add to ``row["warning"]`` when a class has fewer than MIN_CLASS cases (the interval undercovers)."""
+    if row.get("auroc") is None or min(row["n_pos"], row["n_neg"]) >= MIN_CLASS:
+        return
+    msg = (f"{row['n_pos']} positives, {row['n_neg']} negatives: fewer than {MIN_CLASS} in a class, "
+           f"the interval may not reach its nominal coverage")
+    row["warning"] = f"{msg}; {row['warning']}" if row.get("warning") else msg
 
 
 def _num(x) -> float | None:
@@ -111,33 +142,42 @@ def competition_mean(labels, auc: np.ndarray) -> float | None:
     return float(np.mean(auc[cols])) if cols else None
 
 
+def cluster_rows(evalset: EvalSet, cluster: str) -> np.ndarray:
+    """The id each row resamples (and DeLong clusters) by: patient, study, or the row itself."""
+    return {"patient": evalset.patient, "study": evalset.study, "none": np.arange(len(evalset.y))}[cluster]
+
+
 def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci: float = 0.95, seed: int = 0,
              cluster: str = "patient", compare: np.ndarray | None = None, method: str = "bootstrap",
-             alpha: float = 0.05, chunk: int | None = None) -> dict:
-    """The evaluation JSON (see the README for the schema)."""
-    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method)
+             alpha: float = 0.05, chunk: int | None = None, margin: float | None = None,
+             equivalence: bool = False) -> dict:
+    """The evaluation JSON (see the README for the schema). ``scores`` may be probabilities or logits:
+    only their order matters."""
+    from chexcut import paired
+
+    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, margin=margin,
+                     equivalence=equivalence)
     y, mask, labels = evalset.y, evalset.mask > 0, evalset.labels
-    n_labels = len(labels)
     auc = label_aurocs(y, mask, scores)
     auc_b = None if compare is None else label_aurocs(y, mask, compare)
     reps = reps_b = None
-    if bootstrap:
-        ids = {"patient": evalset.patient, "study": evalset.study, "none": np.arange(len(y))}[cluster]
-        clusters = metrics.cluster_ids(ids)
+    if bootstrap:  # a replicate where a label has one class is excluded for it (nan)
         mats = [scores] + ([compare] if compare is not None else [])
-        got = metrics.bootstrap_aurocs(y, mats, mask, clusters, bootstrap, seed=seed, chunk=chunk)
-        reps = got[0]
-        reps_b = got[1] if compare is not None else None
-        # a replicate where the full data is not evaluable for a label stays excluded
+        got = metrics.bootstrap_aurocs(y, mats, mask, metrics.cluster_ids(cluster_rows(evalset, cluster)),
+                                       bootstrap, seed=seed, chunk=chunk)
+        reps, reps_b = got[0], (got[1] if compare is not None else None)
     per_label = []
     for j, name in enumerate(labels):
         yj = y[mask[:, j], j]
         n_pos, n_neg = int(yj.sum()), int(len(yj) - yj.sum())
         row = {"label": name, "n_pos": n_pos, "n_neg": n_neg, **_summary(auc[j], None if reps is None else reps[:, j], ci)}
-        if not np.isfinite(auc[j]):
+        if name in evalset.not_annotated:
+            row["not_evaluable"] = "not annotated in this data set (blank in every row)"
+        elif not np.isfinite(auc[j]):
             row["not_evaluable"] = (f"only {'positives' if n_pos else 'negatives'}" if len(yj) else "no counted rows")
+        _small_sample_warning(row)
         per_label.append(row)
-    evaluable = [j for j in range(n_labels) if np.isfinite(auc[j])]
+    evaluable = [j for j in range(len(labels)) if np.isfinite(auc[j])]
     comp = competition_columns(labels, auc)
     result = {
         "n": int(len(y)), "bootstrap": int(bootstrap), "ci": ci, "seed": seed, "cluster": cluster,
@@ -145,68 +185,18 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci:
         "mean_competition": _mean_of(auc, reps, comp, ci),
         "mean_all": _mean_of(auc, reps, evaluable, ci),
         "competition_labels": [labels[j] for j in comp],
+        "warnings": [f"{r['label']}: {r['warning']}" for r in per_label if r.get("warning")],
         "compare": None,
     }
     if compare is not None:
-        result["compare"] = _compare(y, mask, labels, auc, auc_b, reps, reps_b, compare, scores, comp, evaluable,
-                                     method, ci, alpha)
+        result["compare"] = paired.compare(
+            y, mask, labels, scores, compare, auc, auc_b, reps, reps_b, comp=comp, evaluable=evaluable,
+            method=method, ci=ci, alpha=alpha, margin=margin, equivalence=equivalence,
+            cluster_ids=None if cluster == "none" else cluster_rows(evalset, cluster))
     return result
-
-
-def _compare(y, mask, labels, auc, auc_b, reps, reps_b, compare, scores, comp, evaluable, method, ci, alpha):
-    both = [j for j in evaluable if np.isfinite(auc_b[j])]
-    rows = []
-    for j, name in enumerate(labels):
-        d = auc[j] - auc_b[j]
-        if j not in both:
-            rows.append({"label": name, "delta": None, "ci_low": None, "ci_high": None, "p": None})
-            continue
-        if method == "delong":
-            m = mask[:, j]
-            delta, lo, hi, p = metrics.delong_test(y[m, j], scores[m, j], compare[m, j])
-            rows.append({"label": name, "delta": _num(delta), "ci_low": _num(lo), "ci_high": _num(hi), "p": _num(p),
-                         "method": "delong"})
-        elif reps is not None:
-            dr = reps[:, j] - reps_b[:, j]
-            iv = metrics.percentile_interval(d, dr, ci)
-            rows.append({"label": name, "delta": _num(d), "ci_low": _num(iv.low), "ci_high": _num(iv.high),
-                         "p": _num(metrics.bootstrap_p(dr)), "method": "bootstrap"})
-        else:
-            rows.append({"label": name, "delta": _num(d), "ci_low": None, "ci_high": None, "p": None})
-
-    def mean_delta(cols):
-        cols = [j for j in cols if j in both]
-        if not cols:
-            return None
-        d = float(np.mean(auc[cols]) - np.mean(auc_b[cols]))
-        if reps is None:
-            return {"delta": d, "ci_low": None, "ci_high": None, "p": None, "labels": len(cols)}
-        dr = reps[:, cols].mean(1) - reps_b[:, cols].mean(1)
-        iv = metrics.percentile_interval(d, dr, ci)
-        return {"delta": d, "ci_low": _num(iv.low), "ci_high": _num(iv.high), "p": _num(metrics.bootstrap_p(dr)),
-                "labels": len(cols), "method": "bootstrap"}
-
-    mc = mean_delta(comp)
-    out = {"labels": rows, "mean_competition": mc, "mean_all": mean_delta(evaluable), "alpha": alpha,
-           "method": method}
-    out["verdict"] = verdict(mc, alpha)
-    out["significant"] = bool(mc and mc["p"] is not None and mc["p"] < alpha)
-    return out
-
-
-def verdict(mc: dict | None, alpha: float) -> str:
-    if not mc:
-        return "no competition label is evaluable in both: no verdict"
-    if mc["p"] is None:
-        return f"mean competition AUROC differs by {mc['delta']:+.4f}; no test without --bootstrap"
-    sig = mc["p"] < alpha
-    direction = "higher" if mc["delta"] > 0 else "lower"
-    if sig:
-        return (f"significant at alpha={alpha}: mean competition AUROC is {abs(mc['delta']):.4f} {direction} "
-                f"(p={mc['p']:.3g})")
-    return f"no significant difference at alpha={alpha} (delta {mc['delta']:+.4f}, p={mc['p']:.3g})"
 
 
 def evalset_from_table(table) -> EvalSet:
     return EvalSet(paths=list(table.paths), labels=tuple(table.labels), y=table.targets.astype(np.float64),
-                   mask=table.mask, patient=table.patient, study=table.study)
+                   mask=table.mask, patient=table.patient, study=table.study,
+                   not_annotated=tuple(getattr(table, "not_annotated", ())))

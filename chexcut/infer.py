@@ -50,7 +50,10 @@ def default_precision(device: torch.device) -> str:
 @torch.no_grad()
 def predict(model, spec: dict, loader, n: int, device: torch.device, precision: str = "fp32",
             channels_last: bool = False, progress=None) -> np.ndarray:
-    """Probabilities (n, n_labels) in the table's row order, from a loader of XrayBatches batches."""
+    """Probabilities (n, n_labels), float64, in the table's row order, from a loader of XrayBatches batches.
+
+    Under bf16/fp16 autocast the head runs in float32 (see :func:`chexcut.surgery.float32_head`), so
+    rounding does not create ties between scores."""
     from chexcut.data.images import normalise
 
     model.eval()
@@ -58,13 +61,14 @@ def predict(model, spec: dict, loader, n: int, device: torch.device, precision: 
     in_chans = int(spec.get("in_chans", 3))
     # results stay on the device until the end: no per-batch synchronisation, so the next batch's
     # host-to-device copy (pinned, non-blocking) overlaps this batch's compute
-    out = torch.zeros((n, len(spec["labels"])), dtype=torch.float32, device=device)
+    # float64 sigmoid: in float32 every logit above ~16.6 becomes exactly 1.0 (ties); in float64 above ~36.7
+    out = torch.zeros((n, len(spec["labels"])), dtype=torch.float64, device=device)
     done = 0
     for images, _t, _m, rows in loader:
         x = normalise(images.to(device, non_blocking=True), mean, std, in_chans, channels_last)
         with autocast(device, precision):
             logits = model(x)
-        out[rows.to(device, non_blocking=True)] = torch.sigmoid(logits.float())
+        out[rows.to(device, non_blocking=True)] = torch.sigmoid(logits.double())
         done += len(rows)
         if progress:
             progress(done, n)

@@ -1,4 +1,4 @@
-"""AUROC, cluster bootstrap, paired comparison and DeLong's test: pure functions on arrays.
+"""AUROC, cluster bootstrap, paired comparison and DeLong's test: pure functions on numpy arrays (no torch).
 
 Conventions: ``y`` is 0/1, ``s`` are scores (any monotone scale), ``mask`` is 1 where a value
 counts. AUROC is the Mann-Whitney statistic with ties counted as one half (sklearn's
@@ -8,8 +8,8 @@ counts. AUROC is the Mann-Whitney statistic with ties counted as one half (sklea
 Bootstrap replicates are expressed as integer *weights* per row (how many times the row was
 drawn); resampling clusters (patients) gives every row of a cluster its cluster's count, so a
 patient's images always move together. A weighted AUROC is then computed for a chunk of
-replicates at once with one sort per label, so 1,000 replicates cost about as much as a few
-dozen sklearn calls.
+replicates at once with one sort per label (done once, not per replicate), so 1,000 replicates
+cost about as much as a few dozen sklearn calls.
 """
 
 from __future__ import annotations
@@ -22,17 +22,27 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- AUROC
 
+def midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (scipy's ``rankdata(method="average")``)."""
+    x = np.asarray(x)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]]) if len(xs) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(xs)]
+    out = np.empty(len(xs), dtype=np.float64)
+    out[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return out
+
+
 def auroc(y: np.ndarray, s: np.ndarray) -> float:
     """AUROC of scores ``s`` for binary ``y`` (midranks for ties); ``nan`` if one class only."""
-    from scipy.stats import rankdata
-
     y = np.asarray(y).astype(bool)
     s = np.asarray(s, dtype=np.float64)
     n1 = int(y.sum())
     n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
         return float("nan")
-    ranks = rankdata(s)  # average ranks = midranks
+    ranks = midranks(s)
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
@@ -51,49 +61,40 @@ def bootstrap_counts(n_clusters: int, n_replicates: int, rng: np.random.Generato
 
 
 class _LabelIndex:
-    """One label's counted rows sorted by score, with tie groups: reusable across replicates.
+    """One label's counted rows, prepared once for any number of replicates.
 
-    A replicate's row weights are its cluster counts, so ``weighted`` gathers from the small
-    (R, K) count matrix directly (the clusters of the sorted rows). The arithmetic runs in
-    torch on the CPU: its prefix sum is several times faster than numpy's and multi-threaded.
-    Weights and partial sums are float32: counts are small integers and totals stay below
-    2^24, so sums are exact; the final products carry ~1e-7 relative rounding, far below any
-    bootstrap interval's width (point estimates come from :func:`auroc`, in float64).
+    A replicate's row weights are its cluster counts, so :meth:`weighted` gathers from the small
+    (R, K) count matrix directly. With negatives sorted by score, a positive's credit is the
+    weight of the negatives below it plus half the tied ones: ``0.5 * (CN[lo] + CN[hi])`` with
+    ``CN`` the running sum of negative weights and ``lo``/``hi`` the positive's place among the
+    negatives (no per-replicate sort). Weights and running sums are float32: counts are small
+    integers and totals stay below 2^24, so they are exact; the numerator is summed in float64.
     """
 
     def __init__(self, y: np.ndarray, s: np.ndarray, rows: np.ndarray, clusters: np.ndarray):
-        import torch
+        y = y[rows].astype(bool)
+        neg_rows, pos_rows = rows[~y], rows[y]
+        order = np.argsort(s[neg_rows], kind="mergesort")
+        neg_sorted = s[neg_rows][order]
+        self.cl_neg = clusters[neg_rows][order]
+        self.cl_pos = clusters[pos_rows]
+        self.lo = np.searchsorted(neg_sorted, s[pos_rows], side="left")
+        self.hi = np.searchsorted(neg_sorted, s[pos_rows], side="right")
+        self.n = len(rows)
 
-        order = np.argsort(s[rows], kind="mergesort")
-        sorted_rows = rows[order]
-        sorted_s = s[sorted_rows]
-        self.n = len(sorted_rows)
-        self.cl = torch.from_numpy(clusters[sorted_rows].astype(np.int64))
-        self.pos = torch.from_numpy(y[sorted_rows].astype(np.float32))
-        starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]]) if self.n else np.zeros(0, int)
-        self.groups = None
-        if len(starts) < self.n:  # ties: sum weights within each group of equal scores
-            gid = np.zeros(self.n, dtype=np.int64)
-            gid[starts[1:]] = 1
-            self.groups = (torch.from_numpy(np.cumsum(gid)), len(starts))
-
-    def weighted(self, counts) -> np.ndarray:
-        """AUROC for each replicate's cluster counts (R, K) tensor; ``nan`` where a class has zero weight."""
-        import torch
-
-        if self.n == 0:
-            return np.full(counts.shape[0], np.nan)
-        ws = counts.index_select(1, self.cl)
-        wp = ws * self.pos
-        wn = ws.sub_(wp)
-        if self.groups is not None:
-            gid, g = self.groups
-            wp = torch.zeros(ws.shape[0], g).index_add_(1, gid, wp)
-            wn = torch.zeros(ws.shape[0], g).index_add_(1, gid, wn)
-        cum_n = torch.cumsum(wn, 1).sub_(wn, alpha=0.5)
-        num = (wp * cum_n).sum(1, dtype=torch.float64).numpy()
-        tp = wp.sum(1, dtype=torch.float64).numpy()
-        tn = wn.sum(1, dtype=torch.float64).numpy()
+    def weighted(self, counts: np.ndarray) -> np.ndarray:
+        """AUROC for each replicate's cluster counts (R, K); ``nan`` where a class has zero weight."""
+        r = counts.shape[0]
+        if self.n == 0 or len(self.cl_pos) == 0 or len(self.cl_neg) == 0:
+            return np.full(r, np.nan)
+        cn = np.zeros((r, len(self.cl_neg) + 1), dtype=np.float32)
+        np.cumsum(counts[:, self.cl_neg], axis=1, out=cn[:, 1:])
+        wp = counts[:, self.cl_pos]
+        credit = cn[:, self.lo]
+        credit += cn[:, self.hi]
+        num = np.einsum("ij,ij->i", wp, credit, dtype=np.float64) * 0.5
+        tp = wp.sum(1, dtype=np.float64)
+        tn = cn[:, -1].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = num / (tp * tn)
         out[(tp == 0) | (tn == 0)] = np.nan
@@ -127,6 +128,17 @@ def bootstrap_p(reps: np.ndarray) -> float:
     return float(min(1.0, 2 * min(below, above)))
 
 
+def bootstrap_margin_p(reps: np.ndarray, margin: float) -> tuple[float, float]:
+    """Bootstrap p-values at a margin from replicate deltas: non-inferiority (H0: delta <= -margin)
+    and TOST equivalence (the larger of that and H0: delta >= +margin)."""
+    ok = reps[np.isfinite(reps)]
+    if len(ok) == 0:
+        return float("nan"), float("nan")
+    p_ni = (np.sum(ok <= -margin) + 1) / (len(ok) + 1)
+    p_upper = (np.sum(ok >= margin) + 1) / (len(ok) + 1)
+    return float(p_ni), float(max(p_ni, p_upper))
+
+
 def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, clusters: np.ndarray,
                      n_replicates: int, seed: int = 0, chunk: int | None = None) -> list[np.ndarray]:
     """Replicate AUROCs, (B, L) per score matrix, all on the same resamples (paired).
@@ -136,8 +148,6 @@ def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, 
     arrays, ~32 MiB each by default). The resamples depend only on ``seed``, ``n_replicates``,
     ``chunk`` and the number of clusters.
     """
-    import torch
-
     n, n_labels = y.shape
     if chunk is None:
         chunk = max(32, min(n_replicates, 2**23 // max(n, 1)))
@@ -148,7 +158,7 @@ def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, 
     out = [np.empty((n_replicates, n_labels)) for _ in scores]
     for start in range(0, n_replicates, chunk):
         r = min(chunk, n_replicates - start)
-        counts = torch.from_numpy(bootstrap_counts(k, r, rng))
+        counts = bootstrap_counts(k, r, rng)
         for m, j, li in jobs:
             out[m][start:start + r, j] = li.weighted(counts)
     return out
@@ -156,46 +166,99 @@ def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, 
 
 # ----------------------------------------------------------------------------- DeLong
 
-def _midrank(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x)
+Z_95 = 1.959963984540054
 
 
-def delong(y: np.ndarray, scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """AUROCs and their DeLong covariance matrix for several score vectors on the same rows.
+def delong_components(y: np.ndarray, s: np.ndarray, clusters: np.ndarray | None = None,
+                      n_clusters: int | None = None) -> tuple[float, np.ndarray | None]:
+    """AUROC and its *components* ``phi``: ``var(auc) = phi @ phi``, ``cov(a, b) = phi_a @ phi_b``.
 
-    The fast O(n log n) algorithm of Sun & Xu (2014): structural components from midranks.
+    Without ``clusters``: classic DeLong (DeLong et al. 1988, Sun & Xu's fast midrank algorithm),
+    one component per row: ``(V10_i - auc) / sqrt(m (m - 1))`` for positives and
+    ``(V01_j - auc) / sqrt(n (n - 1))`` for negatives, so ``phi @ phi`` is exactly DeLong's
+    ``S10 / m + S01 / n`` (pROC's figures). With ``clusters`` (dense ids < ``n_clusters``): the
+    clustered-data extension of Obuchowski (1997): the structural components are summed per cluster,
+    ``phi_k = sqrt(K / (K - 1)) * (sum_k (V10 - auc) / m + sum_k (V01 - auc) / n)``, K the clusters
+    present, so images of one patient count as one correlated unit. Components of several score
+    vectors (or labels) over the same rows or clusters give their covariance by dot products.
+    ``(nan, None)`` when a class has fewer than 2 cases (or fewer than 2 clusters).
     """
     y = np.asarray(y).astype(bool)
+    s = np.asarray(s, dtype=np.float64)
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
-        k = len(scores)
+        return float("nan"), None
+    x, z = s[y], s[~y]
+    tx, tz, t = midranks(x), midranks(z), midranks(np.r_[x, z])
+    auc = float(t[:m].sum() / (m * n) - (m + 1) / (2 * n))
+    v10 = (t[:m] - tx) / n  # share of negatives below each positive (ties count half)
+    v01 = 1 - (t[m:] - tz) / m  # share of positives above each negative
+    if clusters is None:
+        phi = np.empty(len(y))
+        phi[y] = (v10 - auc) / math.sqrt(m * (m - 1))
+        phi[~y] = (v01 - auc) / math.sqrt(n * (n - 1))
+        return auc, phi
+    clusters = np.asarray(clusters)
+    k_total = int(n_clusters if n_clusters is not None else clusters.max() + 1)
+    k = len(np.unique(clusters))
+    if k < 2:
+        return auc, None
+    phi = (np.bincount(clusters[y], weights=v10 - auc, minlength=k_total) / m
+           + np.bincount(clusters[~y], weights=v01 - auc, minlength=k_total) / n)
+    return auc, phi * math.sqrt(k / (k - 1))
+
+
+def delong(y: np.ndarray, scores: list[np.ndarray], clusters: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """AUROCs and their DeLong covariance matrix for several score vectors on the same rows
+    (clustered when ``clusters`` is given; see :func:`delong_components`)."""
+    parts = [delong_components(y, s, clusters) for s in scores]
+    k = len(scores)
+    if any(phi is None for _, phi in parts):
         return np.full(k, np.nan), np.full((k, k), np.nan)
-    v10, v01, aucs = [], [], []
-    for s in scores:
-        s = np.asarray(s, dtype=np.float64)
-        x, z = s[y], s[~y]
-        tx, tz, t = _midrank(x), _midrank(z), _midrank(np.r_[x, z])
-        auc = t[:m].sum() / (m * n) - (m + 1) / (2 * n)
-        aucs.append(auc)
-        v10.append((t[:m] - tx) / n)
-        v01.append(1 - (t[m:] - tz) / m)
-    v10, v01 = np.array(v10), np.array(v01)
-    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
-    return np.array(aucs), cov
+    phi = np.stack([p for _, p in parts])
+    return np.array([a for a, _ in parts]), phi @ phi.T
 
 
-def delong_test(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
-    """Paired DeLong test of AUROC(a) - AUROC(b): (delta, ci_low, ci_high, p) at 95%."""
-    aucs, cov = delong(y, [a, b])
-    delta = float(aucs[0] - aucs[1])
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    if not np.isfinite(var):
-        return float("nan"), float("nan"), float("nan"), float("nan")
-    if var <= 1e-300:
-        return delta, delta, delta, (1.0 if delta == 0 else 0.0)
+@dataclass
+class NormalTest:
+    """A z-test of ``delta`` with standard error ``se``: CI, two-sided p and, given a margin, one-sided
+    non-inferiority (H0: delta <= -margin) and TOST equivalence p-values. ``reason`` when undefined."""
+
+    delta: float
+    se: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p: float | None = None
+    p_noninferiority: float | None = None
+    p_equivalence: float | None = None
+    reason: str | None = None
+
+
+def normal_test(delta: float, var: float, ci: float = 0.95, margin: float | None = None) -> NormalTest:
+    """Wald inference for a difference of AUROCs with DeLong variance ``var``.
+
+    Zero (or non-finite) variance is *undefined*, never p = 0: every figure is None, with the reason."""
+    from statistics import NormalDist
+
+    if not np.isfinite(delta) or not np.isfinite(var):
+        return NormalTest(float(delta), None, reason="not evaluable (a class has fewer than 2 cases or clusters)")
+    if var <= 1e-18:
+        return NormalTest(float(delta), 0.0, reason="zero DeLong variance (the two scores rank every pair alike): "
+                                                    "no test is defined")
+    nd = NormalDist()
     se = math.sqrt(var)
-    z = delta / se
-    p = math.erfc(abs(z) / math.sqrt(2))
-    return delta, delta - 1.959963984540054 * se, delta + 1.959963984540054 * se, float(p)
+    zq = nd.inv_cdf(0.5 + ci / 2)
+    out = NormalTest(float(delta), se, delta - zq * se, delta + zq * se, math.erfc(abs(delta / se) / math.sqrt(2)))
+    if margin is not None:
+        p_ni = 1 - nd.cdf((delta + margin) / se)  # H0: delta <= -margin
+        p_upper = nd.cdf((delta - margin) / se)  # H0: delta >= +margin
+        out.p_noninferiority, out.p_equivalence = float(p_ni), float(max(p_ni, p_upper))
+    return out
+
+
+def delong_test(y: np.ndarray, a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None,
+                ci: float = 0.95, margin: float | None = None) -> NormalTest:
+    """Paired DeLong test of AUROC(a) - AUROC(b) (clustered when ``clusters`` is given)."""
+    aucs, cov = delong(y, [a, b], clusters)
+    return normal_test(float(aucs[0] - aucs[1]), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), ci, margin)

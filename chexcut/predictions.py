@@ -13,7 +13,10 @@ from chexcut.errors import ChexcutError
 
 
 def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, logits: bool = False):
-    """A predictions CSV (``Path`` + one probability column per label) as a DataFrame indexed by Path."""
+    """A predictions CSV (``Path`` + one probability column per label) as a DataFrame indexed by Path.
+
+    With ``logits`` the values are kept as they are: AUROC, the bootstrap and DeLong use only their
+    order, and a sigmoid in floating point would map every logit above ~36.7 to exactly 1.0 (ties)."""
     import pandas as pd
 
     path = Path(path)
@@ -25,6 +28,8 @@ def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, lo
         raise ChexcutError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
     if "Path" not in df.columns:
         raise ChexcutError(f"{path.name}: no 'Path' column")
+    if df.empty:
+        raise ChexcutError(f"{path.name}: no rows (only a header)")
     dup = df["Path"].duplicated()
     if dup.any():
         raise ChexcutError(f"{path.name}: {int(dup.sum())} duplicated paths (first: {df['Path'][dup].iloc[0]})")
@@ -38,9 +43,7 @@ def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, lo
         rows = np.unique(np.nonzero(bad_nan)[0])[:5] + 2
         raise ChexcutError(f"{path.name}: {int(bad_nan.any(1).sum())} rows with missing or non-numeric predictions "
                            f"(rows {', '.join(map(str, rows))})")
-    if logits:
-        vals = 1 / (1 + np.exp(-vals))
-    out = (vals < 0) | (vals > 1)
+    out = np.zeros_like(vals, dtype=bool) if logits else (vals < 0) | (vals > 1)
     if out.any():
         rows = np.unique(np.nonzero(out)[0])[:5] + 2
         raise ChexcutError(f"{path.name}: predictions outside [0, 1] in rows {', '.join(map(str, rows))}; "
@@ -58,10 +61,10 @@ def write_predictions(path: str | Path, paths: list[str], labels: tuple[str, ...
     if str(path) == "-":
         import sys
 
-        df.to_csv(sys.stdout, index=False, float_format="%.9g")
+        df.to_csv(sys.stdout, index=False)
         return
     with atomic_path(Path(path)) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.9g")  # float32 round-trips: no artificial ties
+        df.to_csv(tmp, index=False)  # shortest round-trip repr of each float64: order kept, no artificial ties
 
 
 def align(evalset: EvalSet, preds, name: str = "predictions") -> np.ndarray:

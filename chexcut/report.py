@@ -40,6 +40,7 @@ class RunResult:
     eval_n: int
     eval_key: str  # what was evaluated: data, split, level, options
     predictions: Path | None
+    overlap: bool = False  # evaluated with --allow-overlap on rows shared with its training set
 
 
 @dataclass
@@ -109,8 +110,15 @@ def collect(targets: list[Path]) -> Collected:
             seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
             auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
-            predictions=preds if preds.is_file() else None))
+            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev)))
     return res
+
+
+def _overlapping(ev: dict) -> bool:
+    """Whether an eval.json records rows shared with the training set (allowed with --allow-overlap)."""
+    from chexcut.evalrun import _overlapping as overlapping
+
+    return overlapping((ev.get("evaluation_set") or {}).get("overlap"))
 
 
 def check_comparable(runs: list[RunResult]) -> None:
@@ -135,8 +143,8 @@ def check_comparable(runs: list[RunResult]) -> None:
 class PairedTester:
     """Paired bootstrap tests between configurations, on the rows every run was evaluated on."""
 
-    def __init__(self, runs: list[RunResult], bootstrap: int, seed: int, alpha: float):
-        self.bootstrap, self.seed, self.alpha = bootstrap, seed, alpha
+    def __init__(self, runs: list[RunResult], bootstrap: int, seed: int, alpha: float, margin: float | None = None):
+        self.bootstrap, self.seed, self.alpha, self.margin = bootstrap, seed, alpha, margin
         self.evalset = None
         self._preds: dict[Path, np.ndarray] = {}
         first = next((r for r in runs if r.predictions is not None), None)
@@ -172,7 +180,8 @@ class PairedTester:
         return np.mean(mats, axis=0)
 
     def compare(self, a: list[RunResult], b: list[RunResult]) -> dict | None:
-        """delta (a - b) of mean competition AUROC, CI and p; None without predictions."""
+        """delta (a - b) of mean competition AUROC, CI, p and the non-inferiority p at the margin;
+        None without predictions."""
         from chexcut.evaluate import aggregate_by_study, evaluate
 
         if self.evalset is None:
@@ -183,7 +192,8 @@ class PairedTester:
         es, mats = self.evalset, [sa, sb]
         if self.level == "study":
             es, mats = aggregate_by_study(es, mats)
-        r = evaluate(es, mats[0], bootstrap=self.bootstrap, seed=self.seed, compare=mats[1], alpha=self.alpha)
+        r = evaluate(es, mats[0], bootstrap=self.bootstrap, seed=self.seed, compare=mats[1], alpha=self.alpha,
+                     margin=self.margin)
         return r["compare"]["mean_competition"]
 
 
@@ -209,8 +219,14 @@ def _corr(x, y) -> dict | None:
     return {"n": len(pairs), "spearman_rho": f(rho), "spearman_p": f(p), "kendall_tau": f(tau), "kendall_p": f(pt)}
 
 
-def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
-    """The report JSON: per-configuration results and the paper's four findings."""
+def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,
+                 margin: float = 0.02) -> dict:
+    """The report JSON: per-configuration results and the paper's four findings.
+
+    Parameter efficiency is decided twice: by the paper's rule (the deepest truncation without a
+    significant drop) and by non-inferiority at ``margin`` (the deepest truncation whose drop is shown
+    to be smaller than ``margin``: one-sided test at ``alpha``, i.e. the lower bound of the one-sided
+    1 - alpha interval of delta lies above -margin)."""
     col = collect(targets)
     if not col.runs:
         raise ChexcutError(f"no evaluated runs found ({len(col.incomplete)} without eval.json: run "
@@ -219,13 +235,14 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
     groups: dict[tuple, list[RunResult]] = {}
     for r in col.runs:
         groups.setdefault((r.arch, r.weights, r.drop), []).append(r)
-    tester = PairedTester(col.runs, bootstrap, seed, alpha)
+    tester = PairedTester(col.runs, bootstrap, seed, alpha, margin)
     rows = [result_row(rs, tester.compare(rs, groups[(k[0], k[1], 0)]) if k[2] > 0 and (k[0], k[1], 0) in groups
                        else None, alpha)
             for k, rs in sorted(groups.items())]
     return {
         "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
-        "results": rows, "efficiency": parameter_efficiency(rows),
+        "margin": margin, "results": rows, "efficiency": parameter_efficiency(rows, margin),
+        "leakage": [str(r.run_dir) for r in col.runs if r.overlap],
         "imagenet_vs_chexpert": imagenet_vs_chexpert(rows), "pretraining_boost": pretraining_boost(rows, groups, tester),
         "family_vs_size": family_vs_size(rows),
     }
@@ -244,26 +261,41 @@ def result_row(rs: list[RunResult], cmp: dict | None, alpha: float) -> dict:
         "delta_ci_high": cmp["ci_high"] if cmp else None, "p_vs_drop0": cmp["p"] if cmp else None,
         "no_significant_drop": (None if cmp is None or cmp["p"] is None
                                 else not (cmp["delta"] < 0 and cmp["p"] < alpha)),
+        "p_noninferiority": cmp.get("p_noninferiority") if cmp else None,
+        "noninferior": cmp.get("noninferior") if cmp else None,
         "run_dirs": [str(r.run_dir) for r in rs],
     }
 
 
-def parameter_efficiency(rows: list[dict]) -> dict:
-    """Per pretrained arch: the most truncated variant without a significant drop, and the mean ratio."""
+def parameter_efficiency(rows: list[dict], margin: float | None = None, weights: str = "imagenet") -> dict:
+    """Per arch with ``weights`` (the paper's finding is about pretrained ones), the deepest truncation
+    kept by each rule and its params ratio to drop 0: the paper's = no significant drop (absence of
+    evidence), ``noninferior`` = a drop shown to be smaller than ``margin``. Both mean ratios, so a reader
+    sees how much of the ratio rests on low power. The pretrained result carries the random-init one as
+    ``random_init``."""
     by_key = {(r["arch"], r["weights"], r["drop"]): r for r in rows}
-    efficiency = []
-    for arch in sorted({r["arch"] for r in rows if r["weights"] == "imagenet"}):
-        full = by_key.get((arch, "imagenet", 0))
+    archs = []
+    for arch in sorted({r["arch"] for r in rows if r["weights"] == weights}):
+        full = by_key.get((arch, weights, 0))
         if not full:
             continue
-        ok = [r for r in rows if r["arch"] == arch and r["weights"] == "imagenet" and r["drop"] > 0
-              and r["no_significant_drop"]]
-        best = max(ok, key=lambda r: r["drop"]) if ok else full
-        efficiency.append({"arch": arch, "drop": best["drop"], "params_full": full["params"],
-                           "params": best["params"], "ratio": full["params"] / best["params"],
-                           "auroc_full": full["auroc"], "auroc": best["auroc"]})
-    mean_ratio = float(np.mean([e["ratio"] for e in efficiency])) if efficiency else None
-    return {"archs": efficiency, "mean_ratio": mean_ratio}
+        cut = [r for r in rows if r["arch"] == arch and r["weights"] == weights and r["drop"] > 0]
+        entry = {"arch": arch, "params_full": full["params"], "auroc_full": full["auroc"]}
+        for rule, key in (("", "no_significant_drop"), ("_noninferior", "noninferior")):
+            ok = [r for r in cut if r[key]]
+            best = max(ok, key=lambda r: r["drop"]) if ok else full
+            entry.update({f"drop{rule}": best["drop"], f"params{rule}": best["params"],
+                          f"ratio{rule}": full["params"] / best["params"], f"auroc{rule}": best["auroc"]})
+        archs.append(entry)
+
+    def mean(key):
+        return float(np.mean([e[key] for e in archs])) if archs else None
+
+    out = {"archs": archs, "mean_ratio": mean("ratio"), "mean_ratio_noninferior": mean("ratio_noninferior"),
+           "margin": margin}
+    if weights == "imagenet":
+        out["random_init"] = parameter_efficiency(rows, margin, "none")
+    return out
 
 
 def imagenet_vs_chexpert(rows: list[dict]) -> dict:
@@ -397,27 +429,50 @@ def _fmt(v, spec=".4f"):
     return "-" if v is None else format(v, spec)
 
 
+def efficiency_markdown(eff: dict, alpha: float, title: str = "pretrained") -> list[str]:
+    """Both rules side by side: the paper's (no significant drop) and non-inferiority at the margin."""
+    m = _fmt(eff.get("margin"), "g")
+    if not eff["archs"]:
+        return ["", f"## Parameter efficiency ({title})", "", f"No {title} runs with drop 0 and a truncation."]
+    lines = ["", f"## Parameter efficiency ({title})", "",
+             f"Two rules for \"no drop\": the paper's (the deepest truncation whose drop vs drop 0 is not significant "
+             f"at alpha = {alpha}; with few validation images almost nothing is significant) and non-inferiority "
+             f"(the deepest truncation whose drop is shown to be smaller than the margin {m} AUROC: one-sided test at "
+             f"alpha).", "",
+             f"| arch | full params | paper rule: drop | params | ratio | non-inferior ({m}): drop | params | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {e['arch']} | {e['params_full']:,} | {e['drop']} | {e['params']:,} | {e['ratio']:.2f}x | "
+              f"{e['drop_noninferior']} | {e['params_noninferior']:,} | {e['ratio_noninferior']:.2f}x |"
+              for e in eff["archs"]]
+    lines += ["", f"Mean ratio, paper rule: **{_fmt(eff['mean_ratio'], '.2f')}x**; non-inferiority rule: "
+                  f"**{_fmt(eff['mean_ratio_noninferior'], '.2f')}x** (the paper reports 3.25x for pretrained models)."]
+    if eff.get("random_init", {}).get("archs"):
+        lines += efficiency_markdown(eff["random_init"], alpha, "random init")
+    return lines
+
+
 def markdown(report: dict, plots: list[str]) -> str:
     lines = ["# chexcut report", "",
              f"{report['runs']} evaluated runs; paired bootstrap with {report['bootstrap']} replicates, "
              f"alpha = {report['alpha']}.", ""]
+    if report.get("leakage"):
+        lines += ["**Evaluated on rows shared with their training set** (`--allow-overlap`; their AUROC is "
+                  "inflated):", ""] + [f"- `{d}`" for d in report["leakage"]] + [""]
     if report["incomplete"]:
         lines += ["**Missing or incomplete runs** (not in any mean):", ""]
         lines += [f"- `{i['run_dir']}`: {i['reason']}" for i in report["incomplete"]] + [""]
-    lines += ["## Results", "", "| arch | weights | drop | params | MACs | AUROC | SD | delta vs drop 0 | p | no sig. drop |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    m = report.get("margin")
+    lines += ["## Results", "", "| arch | weights | drop | params | MACs | AUROC | SD | delta vs drop 0 | p | no sig. drop "
+              f"| p non-inf. ({_fmt(m, 'g')}) | non-inferior |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    yes_no = {True: "yes", False: "**no**", None: "-"}
     for r in report["results"]:
-        flag = {True: "yes", False: "**no**", None: "-"}[r["no_significant_drop"]]
         lines.append(f"| {r['arch']} | {r['weights']} | {r['drop']} | {r['params']:,} | "
                      f"{_fmt(r['macs'] and r['macs'] / 1e9, '.2f')}G | {_fmt(r['auroc'])} | {_fmt(r['auroc_sd'])} | "
-                     f"{_fmt(r['delta_vs_drop0'], '+.4f')} | {_fmt(r['p_vs_drop0'], '.3g')} | {flag} |")
-    eff = report["efficiency"]
-    lines += ["", "## Parameter efficiency (pretrained)", "",
-              "| arch | deepest drop without a significant drop | params | full params | ratio |", "|---|---|---|---|---|"]
-    lines += [f"| {e['arch']} | {e['drop']} | {e['params']:,} | {e['params_full']:,} | {e['ratio']:.2f}x |"
-              for e in eff["archs"]]
-    lines += ["", f"Mean ratio: **{_fmt(eff['mean_ratio'], '.2f')}x** (the paper reports 3.25x).", "",
-              "## ImageNet top-1 vs CheXpert AUROC", ""]
+                     f"{_fmt(r['delta_vs_drop0'], '+.4f')} | {_fmt(r['p_vs_drop0'], '.3g')} | "
+                     f"{yes_no[r['no_significant_drop']]} | {_fmt(r.get('p_noninferiority'), '.3g')} | "
+                     f"{yes_no[r.get('noninferior')]} |")
+    lines += efficiency_markdown(report["efficiency"], report["alpha"])
+    lines += ["", "## ImageNet top-1 vs CheXpert AUROC", ""]
     for w, c in report["imagenet_vs_chexpert"].items():
         lines.append(f"- {'pretrained' if w == 'imagenet' else 'random init'}: n = {c['n']}, Spearman rho = "
                      f"{_fmt(c['spearman_rho'], '.2f')} (p = {_fmt(c['spearman_p'], '.3g')}), Kendall tau = "

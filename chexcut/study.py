@@ -70,9 +70,10 @@ def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "n
     for r in runs:
         ft = ["finetune", r["arch"], "--drop", str(r["drop"]), "--weights", r["weights"], "--seed", str(r["seed"]),
               "--data", data_abs, "--out", r["run_dir"], "--force", "--quiet", *finetune_args]
-        ev = ["evaluate", r["run_dir"], "--data", data_abs, "--bootstrap", str(bootstrap), "--seed", str(r["seed"]),
+        # no data options: each run is evaluated on its own validation rows (recorded in its config.json)
+        ev = ["evaluate", r["run_dir"], "--bootstrap", str(bootstrap), "--seed", str(r["seed"]),
               "--predictions-out", f"{r['run_dir']}/{rundir.PREDICTIONS}", "--json", f"{r['run_dir']}/{rundir.EVAL}",
-              "--quiet", *_data_args(finetune_args), *evaluate_args]
+              "--quiet", *_inference_args(finetune_args), *evaluate_args]
         r["finetune"] = ft
         r["evaluate"] = ev
     plan = {"format": "chexcut-study", "version": 1, "data": data_abs, "archs": archs, "weights": list(weights),
@@ -88,10 +89,9 @@ def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "n
     return plan
 
 
-def _data_args(finetune_args: list[str]) -> list[str]:
-    """The data options of the finetune args, which evaluate must use too."""
-    keep = {"--csv", "--path-col", "--labels", "--views", "--uncertain", "--blank", "--valid-frac", "--resize",
-            "--cache", "--workers"}
+def _inference_args(finetune_args: list[str]) -> list[str]:
+    """The finetune args evaluate shares (the data options it reads from the run itself)."""
+    keep = {"--cache", "--workers"}
     out, i = [], 0
     while i < len(finetune_args):
         a = finetune_args[i]

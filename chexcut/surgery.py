@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from chexcut.archs import Arch, get_arch, resolve_drop
@@ -266,6 +267,7 @@ def truncate(
         full = build_architecture(a)
         origin = load_weights(full, a, weights)
         model = cut(full, a, d, len(labels))
+    float32_head(_head(model, a, d))
     mean, std = a.family.mean, a.family.std
     if in_chans == 1:
         mean, std = adapt_in_chans(model, mean, std)
@@ -292,6 +294,26 @@ def truncate(
     }
     model.chexcut_spec = spec
     return model
+
+
+def _float32_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    bias = None if self.bias is None else self.bias.float()
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        with torch.autocast(device_type=device, enabled=False):
+            return F.linear(x.float(), self.weight.float(), bias)
+    return F.linear(x.float(), self.weight.float(), bias)
+
+
+def float32_head(head: nn.Linear) -> None:
+    """Make ``head`` compute in float32 even inside a bf16/fp16 autocast region.
+
+    Under autocast the classifier's output would be rounded to bf16 (8 significant bits): distinct
+    images would get equal scores, and AUROC would count them as ties. Only the forward changes
+    (an instance attribute); parameters, state-dict keys and model files stay the same."""
+    import types
+
+    head.forward = types.MethodType(_float32_forward, head)
 
 
 def _head(model: nn.Module, arch: Arch, drop: int) -> nn.Linear:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from chexcut.choices import Precision, Recipe, Resize, check
 from chexcut.errors import ChexcutError
+from chexcut.data.chexpert import dataset_fingerprint
 from chexcut.fileio import atomic_path, write_json
 from chexcut.rundir import TRAINING_FILES, MetricsLog, RunDir
 
@@ -184,21 +185,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         raise ChexcutError(f"cannot create --out {run_dir}: {e.strerror}") from None
     if not os.access(run_dir, os.W_OK):
         raise ChexcutError(f"--out {run_dir} is not writable")
-
-
-def dataset_fingerprint(data: Path, opts) -> str:
-    """sha256 over the label CSVs' bytes and the data options."""
-    import hashlib
-
-    from chexcut.data.chexpert import find_dataset_dir
-
-    h = hashlib.sha256(json.dumps(opts.to_json(), sort_keys=True).encode())
-    csvs = [Path(opts.csv) if Path(opts.csv).is_file() else Path(data) / opts.csv] if opts.csv else [
-        find_dataset_dir(data) / n for n in ("train.csv", "valid.csv")]
-    for c in csvs:
-        if c.is_file():
-            h.update(c.read_bytes())
-    return h.hexdigest()
 
 
 def versions() -> dict:

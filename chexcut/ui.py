@@ -114,6 +114,10 @@ def prevalence_table(rows: list[dict], title: str) -> Table:
     for col in ("label", "positive", "negative", "uncertain", "blank", "-> train pos", "-> train neg", "masked"):
         t.add_column(col, justify="left" if col == "label" else "right")
     for r in rows:
+        if not r.get("annotated", True):
+            t.add_row(r["label"], "", "", "", str(r["blank"]), "[dim]not annotated in this data set[/]", "", "",
+                      style="dim")
+            continue
         t.add_row(r["label"], str(r["positive"]), str(r["negative"]), str(r["uncertain"]), str(r["blank"]),
                   str(r["train_pos"]), str(r["train_neg"]), str(r["masked"]))
     return t
@@ -124,27 +128,46 @@ def _f(x, fmt="{:.4f}"):
 
 
 def evaluation_table(r: dict) -> Table:
+    """Per-label AUROC with CI; with --compare the paired delta, its CI and p (and non-inferiority at a
+    margin). Labels whose interval cannot be trusted are marked with a ! and explained under the table."""
     comp = r.get("compare")
+    margin = (comp or {}).get("margin")
     title = (f"AUROC, {r['n']} {'studies' if r.get('level') == 'study' else 'images'}"
              + (f", {int(r['ci'] * 100)}% bootstrap CI ({r['bootstrap']} replicates, by {r['cluster']})"
                 if r["bootstrap"] else ""))
+    if comp and comp.get("method") == "delong":
+        title += f"; paired DeLong{' (clustered by ' + r['cluster'] + ')' if r['cluster'] != 'none' else ''}"
+    es = r.get("evaluation_set") or {}
+    if es.get("description"):
+        title += f"\non {es['description']}"
     t = Table(title=title, title_justify="left")
     for col in ("label", "pos/neg", "AUROC", "CI"):
         t.add_column(col, justify="left" if col == "label" else "right")
     if comp:
-        for col in ("delta", "delta CI", "p"):
+        for col in ("delta", "delta CI", "p") + ((f"p non-inf. ({margin:g})", "non-inf.") if margin else ()):
             t.add_column(col, justify="right")
     crow = {c["label"]: c for c in (comp or {}).get("labels", [])}
 
     def ci(lo, hi):
         return "-" if lo is None else f"{lo:.4f}-{hi:.4f}"
 
+    def compare_cells(c: dict) -> list[str]:
+        cells = [_f(c.get("delta"), "{:+.4f}"), ci(c.get("ci_low"), c.get("ci_high")), _f(c.get("p"), "{:.3g}")]
+        if margin:
+            flag = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[c.get("noninferior")]
+            cells += [_f(c.get("p_noninferiority"), "{:.3g}"), flag]
+        return cells
+
+    notes = []
     for row in r["labels"]:
         auc = _f(row["auroc"]) if row["auroc"] is not None else f"[dim]n/e ({row.get('not_evaluable', '')})[/]"
-        cells = [row["label"], f"{row['n_pos']}/{row['n_neg']}", auc, ci(row["ci_low"], row["ci_high"])]
+        mark = ""
+        if row.get("warning") or row.get("interval_note"):
+            mark = " [yellow]![/]"
+            notes.append(f"! {row['label']}: {row.get('interval_note') or row['warning']}")
+        cells = [row["label"] + mark, f"{row['n_pos']}/{row['n_neg']}", auc, ci(row["ci_low"], row["ci_high"])]
         if comp:
-            c = crow[row["label"]]
-            cells += [_f(c["delta"], "{:+.4f}"), ci(c["ci_low"], c["ci_high"]), _f(c["p"], "{:.3g}")]
+            cells += compare_cells(crow[row["label"]])
         t.add_row(*cells)
     for key, name in (("mean_competition", "mean (5 competition)"), ("mean_all", "mean (all evaluable)")):
         m = r[key]
@@ -152,11 +175,12 @@ def evaluation_table(r: dict) -> Table:
             continue
         cells = [f"[bold]{name}[/]", f"{m['labels']} labels", f"[bold]{_f(m['auroc'])}[/]", ci(m["ci_low"], m["ci_high"])]
         if comp:
-            c = comp.get(key) or {}
-            cells += [_f(c.get("delta"), "{:+.4f}"), ci(c.get("ci_low"), c.get("ci_high")), _f(c.get("p"), "{:.3g}")]
+            cells += compare_cells(comp.get(key) or {})
         t.add_row(*cells)
-    if comp:
-        t.caption = comp["verdict"]
+    leak = [w for w in r.get("warnings", []) if "overlaps training rows" in w]
+    caption = [f"[bold red]{w}[/]" for w in leak] + ([comp["verdict"]] if comp else []) + notes
+    if caption:
+        t.caption = "\n".join(caption)
         t.caption_justify = "left"
     return t
 
@@ -251,28 +275,38 @@ def study_summary(jobs, study_dir) -> str:
     return "\n".join(lines)
 
 
-def report_tables(rep: dict) -> list:
-    t = Table(title=f"Results ({rep['runs']} runs; paired bootstrap vs drop 0, alpha {rep['alpha']})",
+def efficiency_table(eff: dict, what: str, margin: float) -> Table:
+    """Deepest truncation per arch by the paper's rule and by non-inferiority, with both mean ratios."""
+    e = Table(title=f"Parameter efficiency ({what}): mean {eff['mean_ratio']:.2f}x by the paper's rule, "
+                    f"{eff['mean_ratio_noninferior']:.2f}x by non-inferiority at {margin:g} (paper, pretrained: 3.25x)",
               title_justify="left")
-    for col in ("arch", "weights", "drop", "params", "MACs", "AUROC", "delta", "p", "no sig. drop"):
+    for col in ("arch", "no sig. drop: drop", "params", "ratio", f"non-inferior ({margin:g}): drop", "params ",
+                "ratio "):
+        e.add_column(col, justify="left" if col == "arch" else "right")
+    for a in eff["archs"]:
+        e.add_row(a["arch"], str(a["drop"]), human(a["params"]), f"{a['ratio']:.2f}x", str(a["drop_noninferior"]),
+                  human(a["params_noninferior"]), f"{a['ratio_noninferior']:.2f}x")
+    return e
+
+
+def report_tables(rep: dict) -> list:
+    margin = rep.get("margin")
+    t = Table(title=f"Results ({rep['runs']} runs; paired bootstrap vs drop 0, alpha {rep['alpha']}, "
+                    f"non-inferiority margin {margin:g})", title_justify="left")
+    for col in ("arch", "weights", "drop", "params", "MACs", "AUROC", "delta", "p", "no sig. drop", "non-inf."):
         t.add_column(col, justify="left" if col in ("arch", "weights") else "right")
     for r in rep["results"]:
         auc = _f(r["auroc"]) + (f" ± {r['auroc_sd']:.4f}" if r["auroc_sd"] else "")
         if r["ci_low"] is not None:
             auc += f" ({r['ci_low']:.3f}-{r['ci_high']:.3f})"
-        flag = {True: "[green]yes[/]", False: "[bold red]no[/]", None: "-"}[r["no_significant_drop"]]
+        flags = {True: "[green]yes[/]", False: "[bold red]no[/]", None: "-"}
         t.add_row(r["arch"], r["weights"], str(r["drop"]), human(r["params"]), human(r["macs"]) if r["macs"] else "-",
-                  auc, _f(r["delta_vs_drop0"], "{:+.4f}"), _f(r["p_vs_drop0"], "{:.3g}"), flag)
+                  auc, _f(r["delta_vs_drop0"], "{:+.4f}"), _f(r["p_vs_drop0"], "{:.3g}"),
+                  flags[r["no_significant_drop"]], flags[r.get("noninferior")])
     tables = [t]
-    eff = rep["efficiency"]
-    if eff["archs"]:
-        e = Table(title=f"Parameter efficiency (pretrained): mean {eff['mean_ratio']:.2f}x (paper: 3.25x)",
-                  title_justify="left")
-        for col in ("arch", "deepest drop w/o sig. drop", "params", "ratio"):
-            e.add_column(col, justify="left" if col == "arch" else "right")
-        for a in eff["archs"]:
-            e.add_row(a["arch"], str(a["drop"]), human(a["params"]), f"{a['ratio']:.2f}x")
-        tables.append(e)
+    for eff, what in ((rep["efficiency"], "pretrained"), (rep["efficiency"].get("random_init") or {}, "random init")):
+        if eff.get("archs"):
+            tables.append(efficiency_table(eff, what, margin))
     c = Table(title="ImageNet top-1 vs AUROC, and the pretraining boost", title_justify="left")
     for col in ("relation", "n", "Spearman rho (p)", "Kendall tau (p)"):
         c.add_column(col, justify="left" if col == "relation" else "right")
@@ -293,6 +327,13 @@ def report_tables(rep: dict) -> list:
         for x in fs["families"]:
             f.add_row(x["family"], f"{x['mean_auroc']:.4f}", ", ".join(x["archs"]))
         tables.append(f)
+    if rep.get("leakage"):
+        lk = Table(title="Evaluated on rows shared with their training set (--allow-overlap): inflated AUROC",
+                   title_justify="left", style="red")
+        lk.add_column("run")
+        for d in rep["leakage"]:
+            lk.add_row(d)
+        tables.append(lk)
     if rep["incomplete"]:
         i = Table(title="Missing or incomplete runs (in no mean)", title_justify="left")
         i.add_column("run")

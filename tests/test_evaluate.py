@@ -61,7 +61,7 @@ def test_predictions_file_validation(tmp_path):
     with pytest.raises(ChexcutError, match=r"outside \[0, 1\] in rows 3.*--logits"):
         read_predictions(_write(tmp_path, "big.csv", pd.DataFrame({"Path": ["a", "b"], "Edema": [0.2, 3.0]})))
     got = read_predictions(tmp_path / "big.csv", logits=True)
-    assert got.loc["b", "Edema"] == pytest.approx(1 / (1 + np.exp(-3.0)))
+    assert got.loc["b", "Edema"] == 3.0  # logits are ranked as they are, never squashed into ties
     with pytest.raises(ChexcutError, match=r"rows 2"):
         read_predictions(_write(tmp_path, "nan.csv", pd.DataFrame({"Path": ["a", "b"], "Edema": [np.nan, 0.1]})))
     with pytest.raises(ChexcutError, match="duplicated"):

@@ -28,7 +28,9 @@ def test_plan_writes_plan_script_and_commands(data, tmp_path):
     ids = [r["id"] for r in plan["runs"]]
     assert len(set(ids)) == len(ids) and "resnet18-imagenet-d1-s1" in ids
     r = plan["runs"][0]
-    assert "--recipe" in r["finetune"] and "--views" in r["evaluate"] and "--recipe" not in r["evaluate"]
+    assert "--recipe" in r["finetune"] and "--views" in r["finetune"] and "--recipe" not in r["evaluate"]
+    # evaluate reads the run's data options from its config.json: its own validation rows, no leakage
+    assert "--views" not in r["evaluate"] and "--data" not in r["evaluate"]
     script = (tmp_path / "s" / "run.sh").read_text()
     assert script.count("eval.json ] ||") == 16
     assert os.stat(tmp_path / "s" / "run.sh").st_mode & stat.S_IXUSR

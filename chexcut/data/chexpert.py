@@ -88,6 +88,7 @@ class LabelTable:
     csv_rows: np.ndarray  # (N,) int: line numbers in the CSV (header = 1)
     split: str = "train"
     notes: list[str] = field(default_factory=list)
+    not_annotated: tuple[str, ...] = ()  # labels blank in every row: never scored, never negatives
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -107,7 +108,7 @@ class LabelTable:
             v = self.values[:, j]
             m = self.mask[:, j] > 0
             out.append({
-                "label": name,
+                "label": name, "annotated": name not in self.not_annotated,
                 "positive": int((v == 1).sum()), "negative": int((v == 0).sum()),
                 "uncertain": int((v == -1).sum()), "blank": int(np.isnan(v).sum()),
                 "train_pos": int(((self.targets[:, j] == 1) & m).sum()),
@@ -270,8 +271,9 @@ def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> Labe
     values = values[sel]
     targets, mask = apply_policies(values, parse_uncertain(opts.uncertain, labels), opts.blank)
     patient, study = patient_study(paths)
-    return LabelTable(root=base, paths=paths, files=resolve_paths(paths, base), labels=labels, values=values,
-                      targets=targets, mask=mask, patient=patient, study=study, csv_rows=sel + 2, split=split)
+    return mark_not_annotated(LabelTable(root=base, paths=paths, files=resolve_paths(paths, base), labels=labels,
+                                         values=values, targets=targets, mask=mask, patient=patient, study=study,
+                                         csv_rows=sel + 2, split=split))
 
 
 def patient_split(table: LabelTable, valid_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -340,6 +342,21 @@ def _concat(a: LabelTable, b: LabelTable) -> LabelTable:
 def _non_empty(table: LabelTable, opts: DataOptions) -> LabelTable:
     if len(table) == 0:
         raise ChexcutError(f"no images selected for split {table.split!r} with --views {opts.views}")
+    return mark_not_annotated(table)
+
+
+def mark_not_annotated(table: LabelTable) -> LabelTable:
+    """A label blank in every selected row was never annotated in this data set (NIH has no Fracture,
+    for one): it counts nowhere, whatever ``--blank`` says, and the table names it."""
+    blank = np.isnan(table.values).all(axis=0) if len(table) else np.zeros(len(table.labels), bool)
+    names = tuple(n for n, b in zip(table.labels, blank) if b)
+    if names != table.not_annotated:
+        table.mask[:, blank] = 0
+        table.targets[:, blank] = 0
+        table.not_annotated = names
+        if names:
+            table.notes.append(f"not annotated in this data set (blank in every row, never counted): "
+                               f"{', '.join(names)}")
     return table
 
 
@@ -360,3 +377,17 @@ def check_files(table: LabelTable, skip_missing: bool = False) -> LabelTable:
     out = table.subset(keep)
     out.notes = table.notes + [f"skipped {len(missing)} missing images (first: {shown})"]
     return out
+
+
+def dataset_fingerprint(data: Path, opts) -> str:
+    """sha256 over the label CSVs' bytes and the data options."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(opts.to_json(), sort_keys=True).encode())
+    csvs = [Path(opts.csv) if Path(opts.csv).is_file() else Path(data) / opts.csv] if opts.csv else [
+        find_dataset_dir(data) / n for n in ("train.csv", "valid.csv")]
+    for c in csvs:
+        if c.is_file():
+            h.update(c.read_bytes())
+    return h.hexdigest()
