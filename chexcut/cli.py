@@ -373,6 +373,73 @@ def evaluate(
         ui.out.print(ui.evaluation_table(result))
 
 
+# ----------------------------------------------------------------------------- weights
+
+weights_app = typer.Typer(help="ImageNet weights: list, fetch (network or mirror), stage for offline clusters.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def _archs_arg(archs: Optional[list[str]], all_: bool, paper: bool) -> list:
+    from chexcut.archs import PAPER_ARCHS, REGISTRY, get_arch
+
+    if sum(map(bool, (archs, all_, paper))) != 1:
+        raise ChexcutError("name architectures, or pass --all or --paper (one of them)")
+    names = list(REGISTRY) if all_ else list(PAPER_ARCHS) if paper else archs
+    return [get_arch(a) for a in names]
+
+
+@weights_app.command("list")
+def weights_list(
+    paper: bool = typer.Option(False, "--paper", help="Only the 16 architectures of the paper."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+):
+    """Every architecture's weights: id, file, size, URL, whether cached, where, and whether its hash verifies."""
+    from chexcut import ui
+    from chexcut.archs import PAPER_ARCHS, REGISTRY
+    from chexcut.weights import status
+
+    rows = [status(a) for a in REGISTRY.values() if not paper or a.name in PAPER_ARCHS]
+    if json_out:
+        ui.print_json(rows)
+    else:
+        ui.out.print(ui.weights_table(rows))
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    archs: Annotated[Optional[list[str]], typer.Argument(help="Architectures (see `chexcut list`).", autocompletion=_complete_arch)] = None,
+    all_: bool = typer.Option(False, "--all", help="Every supported architecture."),
+    paper: bool = typer.Option(False, "--paper", help="The 16 architectures of the paper."),
+    mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="A folder or http(s) URL serving the files by name (see `weights fetch --to`).")] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Write the files into this folder (a mirror to copy to an offline machine) instead of the caches.")] = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Download (or copy from a mirror) and verify ImageNet weights into the libraries' caches."""
+    from chexcut import ui
+    from chexcut.weights import fetch, writable_folder
+
+    chosen = _archs_arg(archs, all_, paper)
+    if to is not None:
+        if to.exists() and not to.is_dir():
+            raise ChexcutError(f"--to {to} is a file; give a folder")
+        writable_folder(to, "folder --to")
+    for a in chosen:
+        with ui.lazy_progress_bar(f"{a.name}", quiet=quiet) as update:
+            got = fetch(a, mirror=mirror, to=to, progress=update)
+        if not quiet:
+            ui.err.print(f"{a.name}: {got['action']} {got['path']}")
+
+
+@weights_app.command("path")
+def weights_path(arch: Annotated[str, typer.Argument(help="Architecture.", autocompletion=_complete_arch)]):
+    """The exact path where a copied weights file must go for chexcut (and its library) to find it."""
+    from chexcut.archs import get_arch
+
+    a = get_arch(arch)
+    typer.echo(str(a.library.place_path(a)))
+
+
 # ----------------------------------------------------------------------------- study / report / demo
 
 study_app = typer.Typer(help="Plan and run a grid of finetune + evaluate runs (locally or on Slurm).",

@@ -29,9 +29,6 @@ class Library:
         """Where this library's cache keeps (or would keep) the arch's ImageNet weights."""
         raise NotImplementedError
 
-    def is_cached(self, arch) -> bool:
-        raise NotImplementedError
-
     def state_dict(self, arch) -> dict:
         """The ImageNet state dict, from the cache or downloaded by the library's own client.
 
@@ -40,7 +37,60 @@ class Library:
 
     def advice(self, arch) -> str:
         """How a user without network gets the weights into place."""
+        from chexcut.weights import offline_advice
+
+        return offline_advice(arch)
+
+    # --- staging (chexcut weights): names, places, hashes
+    def mirror_name(self, arch) -> str:
+        """The file's name in a mirror folder."""
         raise NotImplementedError
+
+    def known_sha256(self, arch) -> str | None:
+        """The sha256 (or a prefix of it) the library publishes for the file, if any."""
+        return None
+
+    def blob_sha256(self, arch, path: Path) -> str | None:
+        """A sha256 the cache layout itself records for ``path`` (a content-addressed blob), if any."""
+        return None
+
+    def size_mb(self, arch) -> float | None:
+        return None
+
+    def cached_file(self, arch) -> Path | None:
+        """The weights file the library's loader would read, when it is there."""
+        raise NotImplementedError
+
+    def place_path(self, arch) -> Path:
+        """Where a hand-copied file must go for the loader to find it."""
+        raise NotImplementedError
+
+    def download(self, arch, progress=None) -> Path:
+        """From the network through the library's own client, into its cache."""
+        raise NotImplementedError
+
+    def install(self, arch, part: Path) -> Path:
+        """Move a verified downloaded file into the library's cache; returns where it lies."""
+        raise NotImplementedError
+
+    def is_cached(self, arch) -> bool:
+        return self.cached_file(arch) is not None
+
+    def _ensure(self, arch) -> None:
+        """Before loading: fetch from the configured mirror, or say there is no network."""
+        import os
+
+        from chexcut.errors import ChexcutError
+        from chexcut.weights import MIRROR_ENV, fetch
+
+        if self.is_cached(arch):
+            return
+        if os.environ.get(MIRROR_ENV):
+            fetch(arch, mirror=os.environ[MIRROR_ENV])
+            return
+        if not host_resolves(self.weights_meta(arch)["url"]):
+            raise ChexcutError(f"ImageNet weights for {arch.name} ({self.weights_meta(arch)['url']}) are not cached "
+                               f"and there is no network: {self.advice(arch)}")
 
 
 def host_resolves(url: str) -> bool:
@@ -83,17 +133,47 @@ class Torchvision(Library):
 
         return Path(torch.hub.get_dir()) / "checkpoints" / self.weights_meta(arch)["file"]
 
-    def is_cached(self, arch) -> bool:
-        return self.cache_path(arch).is_file()
+    place_path = cache_path
+
+    def mirror_name(self, arch) -> str:
+        return self.weights_meta(arch)["file"]
+
+    def known_sha256(self, arch) -> str | None:
+        import re
+
+        m = re.search(r"-([a-f0-9]{6,})\.", self.mirror_name(arch))  # torch.hub's convention
+        return m.group(1) if m else None
+
+    def size_mb(self, arch) -> float | None:
+        return self._weights(arch).meta.get("_file_size")
+
+    def cached_file(self, arch) -> Path | None:
+        p = self.cache_path(arch)
+        return p if p.is_file() else None
+
+    def download(self, arch, progress=None) -> Path:
+        import torch
+
+        from chexcut.errors import ChexcutError
+        from chexcut.weights import writable_folder
+
+        meta, dest = self.weights_meta(arch), self.cache_path(arch)
+        if not host_resolves(meta["url"]):
+            raise ChexcutError(f"no network to download {meta['url']}: {self.advice(arch)}")
+        writable_folder(dest.parent, "torchvision weights cache folder")
+        torch.hub.download_url_to_file(meta["url"], str(dest), hash_prefix=self.known_sha256(arch), progress=True)
+        return dest
+
+    def install(self, arch, part: Path) -> Path:
+        import os
+
+        dest = self.cache_path(arch)
+        os.replace(part, dest)
+        return dest
 
     def state_dict(self, arch) -> dict:
-        if not self.is_cached(arch) and not host_resolves(self.weights_meta(arch)["url"]):
-            raise ConnectionError("no network")
+        self._ensure(arch)
         return self._weights(arch).get_state_dict(progress=False, check_hash=True)
-
-    def advice(self, arch) -> str:
-        return (f"download {self.weights_meta(arch)['url']} and place it at {self.cache_path(arch)}, "
-                f"or pass --weights PATH to a local copy")
 
 
 class Timm(Library):
@@ -120,37 +200,83 @@ class Timm(Library):
             "id": f"timm:{arch.name}.{arch.weights}",
         }
 
+    @staticmethod
+    def hub_cache() -> Path:
+        """The Hugging Face hub cache, read from the environment now (huggingface_hub fixes it at import)."""
+        import os
+
+        if os.environ.get("HF_HUB_CACHE"):
+            return Path(os.environ["HF_HUB_CACHE"])
+        home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+        return Path(home).expanduser() / "hub"
+
     def cache_path(self, arch) -> Path:
-        from huggingface_hub.constants import HF_HUB_CACHE
+        return self.hub_cache() / ("models--" + self.weights_meta(arch)["hf_hub_id"].replace("/", "--"))
 
-        return Path(HF_HUB_CACHE) / ("models--" + self.weights_meta(arch)["hf_hub_id"].replace("/", "--"))
+    def mirror_name(self, arch) -> str:
+        return f"{arch.name}.{arch.weights}.safetensors"
 
-    def _cached_file(self, arch) -> str | None:
+    def place_path(self, arch) -> Path:
+        from chexcut.weights import staged_path
+
+        return staged_path(arch)
+
+    def blob_sha256(self, arch, path: Path) -> str | None:
+        real = Path(path).resolve()
+        return real.name if real.parent.name == "blobs" and len(real.name) == 64 else None
+
+    def cached_file(self, arch) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
 
-        path = try_to_load_from_cache(self.weights_meta(arch)["hf_hub_id"], "model.safetensors")
-        return path if isinstance(path, str) else None
+        staged = self.place_path(arch)
+        if staged.is_file():
+            return staged
+        path = try_to_load_from_cache(self.weights_meta(arch)["hf_hub_id"], "model.safetensors",
+                                      cache_dir=self.hub_cache())
+        return Path(path) if isinstance(path, str) else None
 
-    def is_cached(self, arch) -> bool:
-        return self._cached_file(arch) is not None
+    def download(self, arch, progress=None) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        from chexcut.errors import ChexcutError
+
+        meta = self.weights_meta(arch)
+        if not host_resolves(meta["url"]):
+            raise ChexcutError(f"no network to download {meta['url']}: {self.advice(arch)}")
+        return Path(hf_hub_download(meta["hf_hub_id"], "model.safetensors", cache_dir=self.hub_cache()))
+
+    def install(self, arch, part: Path) -> Path:
+        """Into the Hugging Face cache layout: blobs/<sha256>, snapshots/<rev>/model.safetensors, refs/main."""
+        import hashlib
+        import os
+        import shutil
+
+        from chexcut.weights import sha256_file, writable_folder
+
+        sha = sha256_file(part)
+        repo = writable_folder(self.cache_path(arch), "Hugging Face cache folder")
+        rev = hashlib.sha1(sha.encode()).hexdigest()
+        blob, snap = repo / "blobs" / sha, repo / "snapshots" / rev / "model.safetensors"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(part), blob)
+        snap.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(blob, snap.parent), snap)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(rev)
+        return snap
 
     def state_dict(self, arch) -> dict:
         from chexcut.surgery import read_state_dict
 
         meta = self.weights_meta(arch)
-        path = self._cached_file(arch)
+        self._ensure(arch)
+        path = self.cached_file(arch)
         if path is None:
-            if not host_resolves(meta["url"]):
-                raise ConnectionError("no network")
             from huggingface_hub import hf_hub_download
 
-            path = hf_hub_download(meta["hf_hub_id"], "model.safetensors")
-        return read_state_dict(Path(path))
-
-    def advice(self, arch) -> str:
-        meta = self.weights_meta(arch)
-        return (f"download {meta['url']} (into the Hugging Face cache at {self.cache_path(arch)}, e.g. with "
-                f"`huggingface-cli download {meta['hf_hub_id']}`), or pass --weights PATH to the downloaded file")
+            path = Path(hf_hub_download(meta["hf_hub_id"], "model.safetensors", cache_dir=self.hub_cache()))
+        return read_state_dict(path)
 
 
 TORCHVISION = Torchvision()

@@ -432,8 +432,10 @@ def _fmt(v, spec=".4f"):
 def efficiency_markdown(eff: dict, alpha: float, title: str = "pretrained") -> list[str]:
     """Both rules side by side: the paper's (no significant drop) and non-inferiority at the margin."""
     m = _fmt(eff.get("margin"), "g")
+    extra = efficiency_markdown(eff["random_init"], alpha, "random init") if eff.get("random_init", {}).get("archs") \
+        else []
     if not eff["archs"]:
-        return ["", f"## Parameter efficiency ({title})", "", f"No {title} runs with drop 0 and a truncation."]
+        return ["", f"## Parameter efficiency ({title})", "", f"No {title} runs with drop 0 and a truncation."] + extra
     lines = ["", f"## Parameter efficiency ({title})", "",
              f"Two rules for \"no drop\": the paper's (the deepest truncation whose drop vs drop 0 is not significant "
              f"at alpha = {alpha}; with few validation images almost nothing is significant) and non-inferiority "
@@ -446,9 +448,7 @@ def efficiency_markdown(eff: dict, alpha: float, title: str = "pretrained") -> l
               for e in eff["archs"]]
     lines += ["", f"Mean ratio, paper rule: **{_fmt(eff['mean_ratio'], '.2f')}x**; non-inferiority rule: "
                   f"**{_fmt(eff['mean_ratio_noninferior'], '.2f')}x** (the paper reports 3.25x for pretrained models)."]
-    if eff.get("random_init", {}).get("archs"):
-        lines += efficiency_markdown(eff["random_init"], alpha, "random init")
-    return lines
+    return lines + extra
 
 
 def markdown(report: dict, plots: list[str]) -> str:

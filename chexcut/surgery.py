@@ -62,12 +62,19 @@ def normalise_state_dict(state: dict, arch: Arch) -> dict:
     return {rename(key.removeprefix("module.")): value for key, value in state.items()}
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little endian) and then '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
 def read_state_dict(path: Path) -> dict:
     """Tensors from a .safetensors or a .pth/.pt file, never unpickling arbitrary objects."""
     path = Path(path)
     if not path.is_file():
         raise ChexcutError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
         try:

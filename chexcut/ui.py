@@ -45,6 +45,17 @@ def arch_list_table(rows: list[dict]) -> Table:
     return t
 
 
+def weights_table(rows: list[dict]) -> Table:
+    t = Table(title="ImageNet weights", title_justify="left")
+    for col in ("arch", "file", "MB", "cached", "verified", "path (or where to place it)"):
+        t.add_column(col, justify="right" if col == "MB" else "left", overflow="fold")
+    for r in rows:
+        ver = {True: "[green]yes[/]", False: "[bold red]NO[/]", None: "-"}[r["verified"]]
+        t.add_row(r["arch"], r["file"], _f(r["size_mb"], "{:.1f}"),
+                  "[green]yes[/]" if r["cached"] else "no", ver, r["path"] or f"[dim]{r['place_at']}[/]")
+    return t
+
+
 def anatomy_tables(a: dict, highlight_drop: int | None = None) -> list[Table]:
     size = a["image_size"]
     blocks = Table(title=f"{a['arch']} ({a['source']}) blocks at {size}px", title_justify="left")
@@ -106,6 +117,25 @@ class progress_bar:
     def __exit__(self, *exc):
         if not self.quiet:
             self.progress.__exit__(*exc)
+        return False
+
+
+class lazy_progress_bar(progress_bar):
+    """A :class:`progress_bar` that appears at the first update: checks that fail first print no bar."""
+
+    def __enter__(self):
+        self.started = None
+
+        def update(done, total=None, info=""):
+            if self.started is None:
+                self.started = progress_bar.__enter__(self)
+            self.started(done, total, info=info)
+
+        return update
+
+    def __exit__(self, *exc):
+        if getattr(self, "started", None) is not None:
+            return progress_bar.__exit__(self, *exc)
         return False
 
 
