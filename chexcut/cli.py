@@ -254,6 +254,7 @@ def finetune(
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
     compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (GPU only).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 4,
+    precise_bn: Annotated[Optional[int], typer.Option("--precise-bn", help="Before each validation, re-estimate BatchNorm statistics on N training images (for short runs; 0 = off).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps in all (the schedule is unchanged; --resume continues).")] = None,
     log_every: Annotated[int, typer.Option("--log-every", help="Log every N steps.")] = 50,
@@ -284,7 +285,8 @@ def finetune(
         cfg = TrainConfig.from_recipe(
             str(recipe), epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, val_every=val_every,
             precision=precision and str(precision), channels_last=channels_last, compile=compile_, workers=workers,
-            seed=seed, max_steps=max_steps, device=device, resize=str(resize), log_every=log_every)
+            seed=seed, max_steps=max_steps, device=device, resize=str(resize), log_every=log_every,
+            precise_bn=precise_bn)
         source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights, in_chans=in_chans, seed=seed)
         opts = _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
         run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source.to_json(), cache=cache,
@@ -371,6 +373,66 @@ def evaluate(
         ui.print_json(result)
     elif not quiet:
         ui.out.print(ui.evaluation_table(result))
+
+
+# ----------------------------------------------------------------------------- bench / export
+
+@app.command()
+def bench(
+    target: Annotated[str, typer.Argument(help="Architecture (every truncation level) or a model file / run dir.", autocompletion=_complete_arch)],
+    drops: Annotated[Optional[str], typer.Option("--drops", help="Comma-separated levels [default: all].")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Default: the model file's, or 320.")] = None,
+    batch: Annotated[str, typer.Option("--batch", help="Latency at the smallest, throughput at the largest.")] = "1,32",
+    precision: Annotated[Precision, typer.Option("--precision")] = Precision.fp32,
+    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model first.")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (torch.set_num_threads / ONNX Runtime's intra-op threads).")] = None,
+    runtime: Annotated[str, typer.Option("--runtime", help="torch | onnxruntime (the exported graph).")] = "torch",
+    max_time: Annotated[float, typer.Option("--max-time", help="Seconds at most per measurement.")] = 3.0,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the results to PATH (e.g. RUN_DIR/bench.json), or - for stdout.")] = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Latency, throughput and memory per truncation level, measured on this device (PyTorch or ONNX Runtime)."""
+    from chexcut import ui
+    from chexcut.bench import bench as run_bench
+    from chexcut.fileio import check_writable, write_json
+
+    if json_path and json_path != "-":
+        check_writable(Path(json_path), force=True)
+    to_stdout = json_path == "-"
+    with ui.lazy_progress_bar("bench", quiet=quiet or to_stdout) as update:
+        res = run_bench(target, drops=_ints(drops, "drops") if drops else None, device=device, image_size=image_size,
+                        batches=_ints(batch, "batch"), precision=str(precision), channels_last=channels_last,
+                        compile_=compile_, threads=threads, runtime=runtime, max_run_time=max_time, progress=update)
+    if to_stdout:
+        ui.print_json(res)
+        return
+    if json_path:
+        write_json(Path(json_path), res)
+    if not quiet:
+        ui.out.print(ui.bench_table(res))
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Model file or finetune run dir.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="ONNX file to write (.onnx).")],
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Size of the example input [default: the model file's]; the batch stays dynamic.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+):
+    """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime."""
+    from chexcut import ui
+    from chexcut.export import export_onnx
+
+    res = export_onnx(model, out, image_size=image_size, force=force)
+    if json_out:
+        ui.print_json(res)
+    else:
+        ui.err.print(f"wrote {res['path']}: {res['arch']} drop {res['drop']}, uint8 (N, 1, {res['image_size']}, "
+                     f"{res['image_size']}) -> {len(res['labels'])} probabilities; ONNX Runtime vs chexcut max |diff| "
+                     f"{res['max_abs_diff']:.1e}")
 
 
 # ----------------------------------------------------------------------------- weights
@@ -547,14 +609,16 @@ def demo(
     image_size: Annotated[int, typer.Option("--image-size")] = 64,
     epochs: Annotated[int, typer.Option("--epochs")] = 3,
     bootstrap: Annotated[int, typer.Option("--bootstrap")] = 500,
-    jobs: Annotated[int, typer.Option("--jobs")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", help="Runs at once (1: all in this process, no import per run).")] = 1,
+    offline: Annotated[bool, typer.Option("--offline", help="Never try the network for ImageNet weights.")] = False,
+    mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="Fetch ImageNet weights from this folder or URL (see `weights fetch --to`).")] = None,
 ):
-    """The whole study on phantom data: generate, plan, fine-tune, evaluate, report (CPU: a few minutes)."""
+    """The whole study on phantom data: weights, generate, plan, fine-tune, evaluate, report (CPU: ~3 minutes)."""
     from chexcut import ui
     from chexcut.demo import run_demo
 
-    rep, paths = run_demo(folder, archs=_split(archs), drops=_ints(drops, "drops"), n=n, image_size=image_size,
-                          epochs=epochs, bootstrap=bootstrap, jobs=jobs)
+    rep, paths = run_demo(folder, archs=_split(archs) or [], drops=_ints(drops, "drops"), n=n, image_size=image_size,
+                          epochs=epochs, bootstrap=bootstrap, jobs=jobs, offline=offline, mirror=mirror)
     for t in ui.report_tables(rep):
         ui.out.print(t)
     ui.err.print(f"report: {paths['report']}/report.md (plots, results.csv, results.json beside it)")

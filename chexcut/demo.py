@@ -1,4 +1,9 @@
-"""`chexcut demo`: the whole workflow on phantom data, on whatever device is there."""
+"""`chexcut demo`: the whole workflow on phantom data, on whatever device is there.
+
+Phantom data -> (ImageNet weights, when they can be had) -> study plan -> runs -> report. The runs execute
+in this process one after another (``--jobs 1``), so a CPU does not pay an interpreter and a torch import
+for every finetune and every evaluate; ``--jobs N`` runs N processes at once.
+"""
 
 from __future__ import annotations
 
@@ -14,39 +19,80 @@ def imagenet_cached(arch: str) -> bool:
     return a.library.is_cached(a)
 
 
+def get_weights(archs: list[str], offline: bool, mirror: str | None, say) -> tuple[list[str], str | None]:
+    """Make the archs' ImageNet weights available if possible: (weights kinds to run, why not pretrained)."""
+    from chexcut.archs import get_arch
+    from chexcut.libraries import host_resolves
+    from chexcut.weights import fetch
+
+    missing = [get_arch(a) for a in archs if not imagenet_cached(a)]
+    if not missing:
+        return ["imagenet", "none"], None
+    names = " ".join(a.name for a in missing)
+    fill = (f"`chexcut weights fetch {names}` on a machine with network (or `--to DIR` there, then "
+            f"`chexcut demo ... --mirror DIR` here)")
+    if offline:
+        return ["none"], f"--offline and ImageNet weights not cached for {names}: {fill}"
+    if mirror is None and not host_resolves(missing[0].library.weights_meta(missing[0])["url"]):
+        return ["none"], f"no network and ImageNet weights not cached for {names}: {fill}"
+    sizes = [a.library.size_mb(a) for a in missing]
+    total = sum(s for s in sizes if s)
+    say(f"fetching ImageNet weights from {mirror or 'the network'}: "
+        + ", ".join(f"{a.name} ({s:.0f} MB)" if s else a.name for a, s in zip(missing, sizes))
+        + (f", {total:.0f} MB in all" if total else ""))
+    try:
+        for a in missing:
+            fetch(a, mirror=mirror)
+    except ChexcutError as e:
+        return ["none"], f"could not fetch ImageNet weights ({e}); {fill}"
+    return ["imagenet", "none"], None
+
+
 def run_demo(folder: Path, archs: list[str], drops: list[int], n: int = 500, image_size: int = 64,
-             epochs: int = 3, bootstrap: int = 500, jobs: int = 1, quiet: bool = False):
-    """Phantom data -> study plan -> study run -> report. Returns (report, paths)."""
+             epochs: int = 3, bootstrap: int = 500, jobs: int = 1, quiet: bool = False, offline: bool = False,
+             mirror: str | None = None):
+    """Phantom data -> study plan -> runs -> report. Returns (report, paths)."""
     from chexcut import ui
+    from chexcut.archs import get_arch
+    from chexcut.data.cache import prepare_cache
+    from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.phantom import make_phantom
     from chexcut.report import build_report, write_outputs
-    from chexcut.study import plan_study, run_plan
+    from chexcut.study import plan_study, run_plan, run_plan_in_process
 
+    archs = [get_arch(a).name for a in archs]  # every argument checked before any work
+    if not archs or not drops or any(d < 0 for d in drops):
+        raise ChexcutError("--archs and --drops must name at least one architecture and drops >= 0")
+    for name, v, low in (("--jobs", jobs, 1), ("--epochs", epochs, 1), ("--bootstrap", bootstrap, 0), ("--n", n, 20)):
+        if v < low:
+            raise ChexcutError(f"{name} must be at least {low}, not {v}")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ChexcutError(f"{folder} is a file; give a folder for the demo")
+    say = (lambda msg: None) if quiet else ui.err.print
+    weights, no_pretrained = get_weights(archs, offline, mirror, say)
+    if no_pretrained:
+        say(f"[yellow]random init only:[/] {no_pretrained}")
     data = folder / "data"
     if not (data / "CheXpert-v1.0-small" / "train.csv").is_file():
         with ui.progress_bar("phantom X-rays", n, quiet=quiet) as update:
             make_phantom(data, n=n, image_size=max(image_size, 64), seed=0, progress=update)
-    from chexcut.data.cache import prepare_cache
-    from chexcut.data.chexpert import DataOptions, load_split
-
     table = load_split(data, "all", DataOptions())
     cache_dir = folder / "cache"
     with ui.progress_bar(f"image cache at {image_size}px", len(table), quiet=quiet) as update:
         prepare_cache(table.files, image_size, folder=cache_dir, progress=update)
-    weights = ["imagenet", "none"] if all(imagenet_cached(a) for a in archs) else ["none"]
-    if not quiet:
-        ui.err.print(f"weights: {', '.join(weights)}"
-                     + ("" if "imagenet" in weights else " (ImageNet weights are not cached: random init only)"))
     ft = ["--image-size", str(image_size), "--epochs", str(epochs), "--batch-size", "32", "--lr", "1e-3",
-          "--val-every", "100000", "--workers", "1", "--uncertain", "ignore", "--cache", str(cache_dir.resolve())]
+          "--val-every", "100000", "--workers", "1", "--uncertain", "ignore", "--cache", str(cache_dir.resolve()),
+          "--precise-bn", "512"]  # a short run: BatchNorm statistics re-estimated before validating
     plan = plan_study(folder / "study", data, archs=archs, weights=weights, drops=drops, seeds=(0,),
                       finetune_args=ft, bootstrap=bootstrap)
     with ui.StudyStatus(folder / "study", quiet=quiet) as update:
-        jobs_done = run_plan(folder / "study", jobs=jobs, on_update=update)
+        jobs_done = (run_plan_in_process(folder / "study", on_update=update) if jobs == 1
+                     else run_plan(folder / "study", jobs=jobs, on_update=update))
     failed = [j for j in jobs_done if j.status == "failed"]
     if failed and len(failed) == len(jobs_done):
         raise ChexcutError(f"every demo run failed; see {folder}/study/{failed[0].run['run_dir']}/log.txt")
-    rep = build_report([folder / "study"], bootstrap=bootstrap)
+    rep = build_report([folder / "study"], bootstrap=bootstrap,
+                       fill_hint=no_pretrained and f"{no_pretrained}; then run `chexcut demo {folder}` again")
     write_outputs(rep, folder / "report")
     return rep, {"report": folder / "report", "study": folder / "study", "plan": plan}

@@ -220,7 +220,7 @@ def _corr(x, y) -> dict | None:
 
 
 def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 margin: float = 0.02) -> dict:
+                 margin: float = 0.02, fill_hint: str | None = None) -> dict:
     """The report JSON: per-configuration results and the paper's four findings.
 
     Parameter efficiency is decided twice: by the paper's rule (the deepest truncation without a
@@ -245,7 +245,33 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
         "leakage": [str(r.run_dir) for r in col.runs if r.overlap],
         "imagenet_vs_chexpert": imagenet_vs_chexpert(rows), "pretraining_boost": pretraining_boost(rows, groups, tester),
         "family_vs_size": family_vs_size(rows),
+        "missing": missing_runs(rows, fill_hint),
     }
+
+
+def missing_runs(rows: list[dict], fill_hint: str | None = None) -> dict:
+    """Which findings lack runs, and the command that fills them: an empty section always says why."""
+    archs = sorted({r["arch"] for r in rows})
+    have = {w: sorted({r["arch"] for r in rows if r["weights"] == w and r["drop"] == 0}) for w in ("imagenet", "none")}
+    no_pre = [a for a in archs if a not in have["imagenet"]]
+    no_rand = [a for a in archs if a not in have["none"]]
+    how = fill_hint or (f"`chexcut weights fetch {' '.join(no_pre)}`, then plan the study with `--weights "
+                        f"imagenet,none` and run it" if no_pre else "plan the study with `--weights imagenet,none`")
+    notes = {}
+    if no_pre:
+        notes["pretrained"] = f"no pretrained runs for {', '.join(no_pre)}: {how}"
+    if no_rand:
+        notes["random_init"] = f"no random-init runs for {', '.join(no_rand)}: plan the study with `--weights imagenet,none`"
+    for w, what in (("imagenet", "pretrained"), ("none", "random-init")):
+        if len(have[w]) < 3:
+            notes[f"correlation_{w}"] = (f"needs 3 {what} architectures at drop 0, has {len(have[w])}"
+                                         + (" (see the missing pretrained runs)" if w == "imagenet" and no_pre
+                                            else " (add architectures with --archs)"))
+    both = [a for a in archs if a in have["imagenet"] and a in have["none"]]
+    if len(both) < 3:
+        notes["boost"] = (f"needs pretrained and random-init runs of 3 architectures, has {len(both)}"
+                          + (" (see the missing pretrained runs)" if no_pre else ""))
+    return notes
 
 
 def result_row(rs: list[RunResult], cmp: dict | None, alpha: float) -> dict:
@@ -429,13 +455,14 @@ def _fmt(v, spec=".4f"):
     return "-" if v is None else format(v, spec)
 
 
-def efficiency_markdown(eff: dict, alpha: float, title: str = "pretrained") -> list[str]:
+def efficiency_markdown(eff: dict, alpha: float, title: str = "pretrained", note: str | None = None) -> list[str]:
     """Both rules side by side: the paper's (no significant drop) and non-inferiority at the margin."""
     m = _fmt(eff.get("margin"), "g")
     extra = efficiency_markdown(eff["random_init"], alpha, "random init") if eff.get("random_init", {}).get("archs") \
         else []
     if not eff["archs"]:
-        return ["", f"## Parameter efficiency ({title})", "", f"No {title} runs with drop 0 and a truncation."] + extra
+        return ["", f"## Parameter efficiency ({title})", "",
+                f"No {title} runs with drop 0 and a truncation" + (" (see the missing runs above)." if note else ".")] + extra
     lines = ["", f"## Parameter efficiency ({title})", "",
              f"Two rules for \"no drop\": the paper's (the deepest truncation whose drop vs drop 0 is not significant "
              f"at alpha = {alpha}; with few validation images almost nothing is significant) and non-inferiority "
@@ -458,6 +485,9 @@ def markdown(report: dict, plots: list[str]) -> str:
     if report.get("leakage"):
         lines += ["**Evaluated on rows shared with their training set** (`--allow-overlap`; their AUROC is "
                   "inflated):", ""] + [f"- `{d}`" for d in report["leakage"]] + [""]
+    for key in ("pretrained", "random_init"):
+        if (report.get("missing") or {}).get(key):
+            lines += [f"**Missing runs**: {report['missing'][key]}.", ""]
     if report["incomplete"]:
         lines += ["**Missing or incomplete runs** (not in any mean):", ""]
         lines += [f"- `{i['run_dir']}`: {i['reason']}" for i in report["incomplete"]] + [""]
@@ -471,20 +501,29 @@ def markdown(report: dict, plots: list[str]) -> str:
                      f"{_fmt(r['delta_vs_drop0'], '+.4f')} | {_fmt(r['p_vs_drop0'], '.3g')} | "
                      f"{yes_no[r['no_significant_drop']]} | {_fmt(r.get('p_noninferiority'), '.3g')} | "
                      f"{yes_no[r.get('noninferior')]} |")
-    lines += efficiency_markdown(report["efficiency"], report["alpha"])
+    lines += efficiency_markdown(report["efficiency"], report["alpha"], note=(report.get("missing") or {}).get("pretrained"))
+    notes = report.get("missing") or {}
     lines += ["", "## ImageNet top-1 vs CheXpert AUROC", ""]
     for w, c in report["imagenet_vs_chexpert"].items():
-        lines.append(f"- {'pretrained' if w == 'imagenet' else 'random init'}: n = {c['n']}, Spearman rho = "
-                     f"{_fmt(c['spearman_rho'], '.2f')} (p = {_fmt(c['spearman_p'], '.3g')}), Kendall tau = "
-                     f"{_fmt(c['kendall_tau'], '.2f')} (p = {_fmt(c['kendall_p'], '.3g')})")
+        who = "pretrained" if w == "imagenet" else "random init"
+        if c["spearman_rho"] is None:
+            lines.append(f"- {who}: {notes.get(f'correlation_{w}') or 'not enough architectures for a correlation'}")
+            continue
+        lines.append(f"- {who}: n = {c['n']}, Spearman rho = {_fmt(c['spearman_rho'], '.2f')} (p = "
+                     f"{_fmt(c['spearman_p'], '.3g')}), Kendall tau = {_fmt(c['kendall_tau'], '.2f')} (p = "
+                     f"{_fmt(c['kendall_p'], '.3g')})")
     pb = report["pretraining_boost"]
-    lines += ["", "## Pretraining boost (drop 0)", "", "| arch | params | pretrained | random | boost | p |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {b['arch']} | {b['params']:,} | {_fmt(b['pretrained'])} | {_fmt(b['random'])} | "
-              f"{_fmt(b['boost'], '+.4f')} | {_fmt(b['p'], '.3g')} |" for b in pb["archs"]]
+    lines += ["", "## Pretraining boost (drop 0)", ""]
+    if pb["archs"]:
+        lines += ["| arch | params | pretrained | random | boost | p |", "|---|---|---|---|---|---|"]
+        lines += [f"| {b['arch']} | {b['params']:,} | {_fmt(b['pretrained'])} | {_fmt(b['random'])} | "
+                  f"{_fmt(b['boost'], '+.4f')} | {_fmt(b['p'], '.3g')} |" for b in pb["archs"]]
     v = pb["vs_params"]
-    lines += ["", f"Boost vs parameter count: Spearman rho = {_fmt(v['spearman_rho'], '.2f')} "
-                  f"(p = {_fmt(v['spearman_p'], '.3g')}; the paper reports -0.72).", ""]
+    if v["spearman_rho"] is None:
+        lines += ["", f"Boost vs parameter count: {notes.get('boost') or 'needs 3 architectures'}.", ""]
+    else:
+        lines += ["", f"Boost vs parameter count: Spearman rho = {_fmt(v['spearman_rho'], '.2f')} "
+                      f"(p = {_fmt(v['spearman_p'], '.3g')}; the paper reports -0.72).", ""]
     fs = report["family_vs_size"]
     if fs:
         lines += ["## Family vs size (random init)", ""]

@@ -9,6 +9,7 @@ one GPU each. Every run lives in ``STUDY_DIR/runs/ID/`` (a finetune run director
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -183,6 +184,61 @@ def _gpu_count() -> int:
 def images_per_s(run_dir: Path) -> float | None:
     """The training speed in the run's last metrics row."""
     return RunDir(run_dir).last_metric("images_per_s")
+
+
+@contextlib.contextmanager
+def _inside(folder: Path):
+    """Run with ``folder`` as the working directory (the plan's paths are relative to the study)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _run_in_process(job: Job) -> None:
+    """One run's idempotent line, in this process: finetune (or --resume it), then evaluate."""
+    from chexcut.cli import app
+
+    r, rd = job.run, RunDir(job.run["run_dir"])
+    rd.path.mkdir(parents=True, exist_ok=True)
+    finetune = ["finetune", "--resume", r["run_dir"], "--quiet"] if rd.last.is_file() else r["finetune"]
+    for args in (finetune, r["evaluate"]):
+        app(args=list(args), prog_name="chexcut", standalone_mode=False)
+
+
+def run_plan_in_process(study_dir: Path, on_update=None) -> list[Job]:
+    """Execute the plan's runs one after another in this process: no interpreter and torch import per
+    step (what a short study on a CPU spends most of its time on). Failures are logged to the run's
+    log.txt and never stop the other runs; Ctrl-C stops after the current run saved its checkpoint."""
+    import traceback
+
+    study_dir = Path(study_dir)
+    all_jobs = [Job(r) for r in load_plan(study_dir)["runs"]]
+    on_update = on_update or (lambda js: None)
+    with _inside(study_dir):
+        for j in all_jobs:
+            if RunDir(j.run["run_dir"]).eval.is_file():
+                j.status = "skipped"
+        for j in all_jobs:
+            if j.status == "skipped":
+                continue
+            j.status, j.started = "running", time.time()
+            on_update(all_jobs)
+            try:
+                _run_in_process(j)
+                j.status = "done"
+            except KeyboardInterrupt:
+                j.status = "failed"
+                raise
+            except Exception as e:  # a failed run is reported with its log, like a failed shell line
+                j.status = "failed"
+                RunDir(j.run["run_dir"]).log.write_text(
+                    (str(e) if isinstance(e, ChexcutError) else traceback.format_exc()) + "\n")
+            j.ended = time.time()
+            on_update(all_jobs)
+    return all_jobs
 
 
 def run_plan(study_dir: Path, jobs: int = 1, on_update=None, chexcut_cmd: str | None = None,

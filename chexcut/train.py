@@ -66,6 +66,7 @@ class TrainConfig:
     resize: str = "squash"
     log_every: int = 50
     val_batch_size: int | None = None
+    precise_bn: int = 0  # training images to re-estimate BatchNorm statistics on before each validation
 
     @classmethod
     def from_recipe(cls, recipe: str, **overrides) -> "TrainConfig":
@@ -87,6 +88,8 @@ class TrainConfig:
         self.resize = check(Resize, self.resize, "--resize")
         if self.workers < 0:
             raise ChexcutError("--workers must be >= 0")
+        if self.precise_bn < 0:
+            raise ChexcutError("--precise-bn must be >= 0 (images; 0 = off)")
 
 
 @dataclass
@@ -494,6 +497,62 @@ def log_row(s: Session, row: dict) -> None:
         s.emit({"event": "log", **row})
 
 
+def reestimate_batchnorm(model: torch.nn.Module, batches, forward=None) -> int:
+    """Reset every BatchNorm's running statistics and set them to the exact average over ``batches``
+    (inputs, with the current weights, no gradients); the RNG is left as it was. Returns the BN count."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    was_training = model.training
+    forward = forward or model
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.train()
+            for x in batches:
+                forward(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
+    return len(bns)
+
+
+def precise_bn(s: Session) -> None:
+    """BatchNorm re-estimation ("precise BN") before validation, on ``cfg.precise_bn`` training images.
+
+    After few steps the running averages lag far behind the weights, and eval mode then predicts nearly
+    a constant (MobileNetV2 at chance in a short run). The images are a fixed, seeded choice, the same on
+    every rank, and the training RNG is untouched, so resume stays bit-exact."""
+    from chexcut.data.dataset import make_loader
+    from chexcut.data.images import normalise
+    from chexcut.infer import autocast
+
+    n = min(s.cfg.precise_bn, len(s.data.train_ds))
+    if n <= 0:
+        return
+    rows = np.random.default_rng([s.cfg.seed, 4242]).permutation(len(s.data.train_ds))[:n]
+    bs = s.cfg.val_batch_size or max(s.cfg.batch_size, 64)
+    loader = make_loader(s.data.train_ds, [rows[i:i + bs].tolist() for i in range(0, n, bs)],
+                         s.cfg.workers if s.data.cache is not None else 0, s.device.type == "cuda")
+    mean, std, in_chans = s.spec["normalisation"]["mean"], s.spec["normalisation"]["std"], int(s.spec.get("in_chans", 3))
+    inputs = (normalise(images.to(s.device, non_blocking=True), mean, std, in_chans, s.channels_last)
+              for images, _t, _m, _r in loader)
+
+    def forward(x):
+        with autocast(s.device, s.precision):
+            s.model(x)
+
+    if s.device.type == "cuda":
+        with torch.random.fork_rng(devices=[s.device]):
+            reestimate_batchnorm(s.model, inputs, forward)
+    else:
+        reestimate_batchnorm(s.model, inputs, forward)
+
+
 def validate(s: Session) -> dict:
     """Per-label validation AUROCs (the same function as ``chexcut evaluate``) and their competition mean."""
     from chexcut.evaluate import competition_mean, label_aurocs
@@ -621,6 +680,7 @@ def train_loop(s: Session) -> dict:
                 if st.step % cfg.log_every == 0 or validate_now:
                     row = meter.row(s)
                     if validate_now:
+                        precise_bn(s)
                         result = validate(s)
                         keep_if_best(s, result)
                         row["val_mean_auroc"] = result["mean_auroc"]

@@ -45,6 +45,22 @@ def arch_list_table(rows: list[dict]) -> Table:
     return t
 
 
+def bench_table(res: dict) -> Table:
+    """Per level: params, MACs, latency (median and p10-p90), throughput, memory, and ratios vs drop 0."""
+    thr_b = res["levels"][0]["throughput_batch"] if res["levels"] else ""
+    t = Table(title=f"{res['arch']} on {res['device_name']} ({res['runtime']}, {res['precision']}, {res['image_size']}px"
+                    + (f", {res['threads']} threads" if res.get("threads") else "") + ")", title_justify="left",
+              caption="x: params ratio / latency speedup / throughput speedup vs drop 0", caption_justify="left")
+    for col in ("drop", "params", "MACs", "ms @1", "p10-p90", f"img/s @{thr_b}", "MB", "x vs drop 0"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for r in res["levels"]:
+        lat = r["latency_ms"]
+        ratios = " / ".join(_f(r.get(k), "{:.2f}") for k in ("params_ratio", "speedup_latency", "speedup_throughput"))
+        t.add_row(str(r["drop"]), human(r["params"]), human(r["macs"]), f"{lat['median']:.2f}",
+                  f"{lat['p10']:.2f}-{lat['p90']:.2f}", f"{r['throughput_img_s']:.0f}", f"{r['peak_mem_mb']:.0f}", ratios)
+    return t
+
+
 def weights_table(rows: list[dict]) -> Table:
     t = Table(title="ImageNet weights", title_justify="left")
     for col in ("arch", "file", "MB", "cached", "verified", "path (or where to place it)"):
@@ -334,16 +350,22 @@ def report_tables(rep: dict) -> list:
                   auc, _f(r["delta_vs_drop0"], "{:+.4f}"), _f(r["p_vs_drop0"], "{:.3g}"),
                   flags[r["no_significant_drop"]], flags[r.get("noninferior")])
     tables = [t]
+    notes = rep.get("missing") or {}
     for eff, what in ((rep["efficiency"], "pretrained"), (rep["efficiency"].get("random_init") or {}, "random init")):
         if eff.get("archs"):
             tables.append(efficiency_table(eff, what, margin))
+        elif what == "pretrained" and notes.get("pretrained"):
+            tables.append(f"[bold]Parameter efficiency (pretrained)[/]: [yellow]{notes['pretrained']}.[/]")
     c = Table(title="ImageNet top-1 vs AUROC, and the pretraining boost", title_justify="left")
     for col in ("relation", "n", "Spearman rho (p)", "Kendall tau (p)"):
         c.add_column(col, justify="left" if col == "relation" else "right")
-    rel = [(f"top-1 vs AUROC, {'pretrained' if w == 'imagenet' else 'random init'}", v)
+    rel = [(f"top-1 vs AUROC, {'pretrained' if w == 'imagenet' else 'random init'}", v, notes.get(f"correlation_{w}"))
            for w, v in rep["imagenet_vs_chexpert"].items()]
-    rel.append(("pretraining boost vs params", rep["pretraining_boost"]["vs_params"]))
-    for name, v in rel:
+    rel.append(("pretraining boost vs params", rep["pretraining_boost"]["vs_params"], notes.get("boost")))
+    for name, v, why in rel:
+        if v["spearman_rho"] is None:
+            c.add_row(name, str(v["n"]), f"[yellow]{why or 'needs 3 architectures'}[/]", "")
+            continue
         c.add_row(name, str(v["n"]), f"{_f(v['spearman_rho'], '{:.2f}')} ({_f(v['spearman_p'], '{:.3g}')})",
                   f"{_f(v['kendall_tau'], '{:.2f}')} ({_f(v['kendall_p'], '{:.3g}')})")
     tables.append(c)

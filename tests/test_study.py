@@ -111,3 +111,19 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path):
     for name in ("report.md", "results.csv", "auroc_vs_params.png", "imagenet_vs_auroc.png"):
         assert (tmp_path / "demo" / "report" / name).is_file(), name
     assert "Results" in out
+    # offline, without weights: every empty finding says which runs are missing and the command that fills them
+    assert "random init only" in err and "chexcut weights fetch resnet18" in err
+    md = (tmp_path / "demo" / "report" / "report.md").read_text()
+    assert "-x" not in md and "rho = -" not in md and "| - (p = -" not in md
+    assert "**Missing runs**: no pretrained runs for resnet18" in md and "chexcut weights fetch resnet18" in md
+    assert "Parameter efficiency (random init)" in md and "non-inferiority rule" in md
+    assert "chexcut weights fetch resnet18" in out and "-x" not in out
+    assert json.loads((tmp_path / "demo" / "study" / "plan.json").read_text())["runs"][0]["weights"] == "none"
+
+
+def test_demo_refuses_bad_arguments_before_any_work(tmp_path):
+    for args, msg in ((["--archs", "foonet"], "unknown architecture"), (["--jobs", "0"], "--jobs must be at least 1"),
+                      (["--epochs", "0"], "--epochs"), (["--bootstrap", "-1"], "--bootstrap")):
+        rc, _, err = run_cli("demo", tmp_path / "d", *args, "--offline")
+        assert rc == 2 and msg in err and err.count("\n") == 1, err
+        assert not (tmp_path / "d").exists()

@@ -211,3 +211,30 @@ def test_resume_is_bit_exact_from_the_cache(phantom, tmp_path):
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "a" / "config.json").read_text())["data"]["cache"] == str(tmp_path / "cache")
+
+
+def test_precise_bn_sets_exact_running_statistics_and_keeps_the_rng():
+    from chexcut.train import reestimate_batchnorm
+
+    model = chexcut.truncate("resnet18", drop=3, weights="none")
+    batches = [torch.randn(8, 3, 32, 32) * 2 + 1 for _ in range(3)]
+    seen = []
+    hook = model.stem[1].register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    state = torch.get_rng_state()
+    assert reestimate_batchnorm(model, batches) == 5  # bn1 + the two blocks' four
+    hook.remove()
+    assert torch.equal(state, torch.get_rng_state()) and not model.training
+    x = torch.cat(seen)  # the first BatchNorm's inputs: its running mean is their exact mean per channel
+    assert torch.allclose(model.stem[1].running_mean, x.mean((0, 2, 3)), atol=1e-5)
+    assert model.stem[1].momentum == 0.1
+
+
+def test_precise_bn_run_resumes_bit_exactly(phantom, tmp_path):
+    cfg = small(max_steps=None, precise_bn=40)
+    straight = tmp_path / "straight"
+    finetune(Run(straight, phantom, DataOptions(), cfg, src()))
+    paused = tmp_path / "paused"
+    finetune(Run(paused, phantom, DataOptions(), small(max_steps=12, precise_bn=40), src()))
+    finetune(Run.from_run_dir(paused, max_steps=10**6))
+    a, b = _weights(straight), _weights(paused)
+    assert all(torch.equal(a[k], b[k]) for k in a)

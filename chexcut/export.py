@@ -1,0 +1,124 @@
+"""A chexcut model as a self-contained ONNX graph: uint8 grey images (N, 1, H, W) -> 14 probabilities.
+
+The graph holds what a deployment would otherwise re-implement (and get subtly wrong): scaling to
+[0, 1], replication of the grey channel, the model's per-channel normalisation, the network and the
+sigmoid. The batch dimension is dynamic. The ONNX metadata carries the label names (``labels``, JSON)
+and the chexcut spec (``chexcut``, JSON). After writing, the file is run in ONNX Runtime on generated
+images and compared with chexcut's own predictions; above ``atol`` the file is refused and deleted.
+
+onnx and onnxruntime are an optional extra: ``pip install "chexcut[export]"``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from chexcut.errors import ChexcutError
+
+OPSET = 17
+ATOL = 1e-4
+
+
+class Deployable(nn.Module):
+    """uint8 (N, 1, H, W) -> probabilities (N, L): chexcut's normalisation, the model, the sigmoid."""
+
+    def __init__(self, model: nn.Module, spec: dict):
+        super().__init__()
+        self.model = model.eval()
+        norm = spec["normalisation"]
+        self.register_buffer("mean", torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.replicate = int(spec.get("in_chans", 3)) == 3
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32) / 255.0
+        if self.replicate:
+            x = x.expand(-1, 3, -1, -1)
+        return torch.sigmoid(self.model((x - self.mean) / self.std))
+
+
+def require_onnx():
+    """(onnx, onnxruntime), or one line saying how to install them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise ChexcutError('ONNX export needs onnx and onnxruntime: pip install "chexcut[export]"') from None
+    return onnx, onnxruntime
+
+
+def ort_session(path: Path, threads: int | None = None):
+    _, ort = require_onnx()
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def parity(path: Path, deployable: Deployable, image_size: int, seed: int = 0) -> float:
+    """Max |ONNX Runtime - chexcut| over generated uint8 images, at batch sizes 1 and 3."""
+    from chexcut.data.images import normalise
+
+    sess = ort_session(path)
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for n in (1, 3):
+        x = torch.randint(0, 256, (n, 1, image_size, image_size), dtype=torch.uint8, generator=g)
+        got = sess.run(None, {"images": x.numpy()})[0]
+        with torch.no_grad():  # chexcut's own predict path: normalise, model, sigmoid (float64)
+            spec_norm = (deployable.mean.flatten().tolist(), deployable.std.flatten().tolist())
+            logits = deployable.model(normalise(x, *spec_norm, 3 if deployable.replicate else 1))
+            want = torch.sigmoid(logits.double()).numpy()
+        if got.shape != want.shape:
+            raise ChexcutError(f"the exported graph returns {got.shape}, chexcut {want.shape}")
+        worst = max(worst, float(np.abs(got.astype(np.float64) - want).max()))
+    return worst
+
+
+def export_onnx(model_path, out: Path, image_size: int | None = None, force: bool = False, atol: float = ATOL,
+                opset: int = OPSET) -> dict:
+    """Write ``model_path`` (a model file or run dir) as ONNX to ``out``; returns what was written and the
+    measured parity. Nothing is left at ``out`` when any step fails."""
+    import warnings
+
+    from chexcut.anatomy import check_image_size
+    from chexcut.fileio import atomic_path, check_writable
+    from chexcut.modelfile import load_model
+    from chexcut.modelsource import ModelSource
+
+    onnx, _ = require_onnx()
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ChexcutError(f"-o {out}: give a file name ending in .onnx")
+    check_writable(out, force=force)
+    path = ModelSource.parse(str(model_path)).require_file("export")
+    model = load_model(path)
+    spec = model.chexcut_spec
+    size = int(image_size or spec.get("image_size", 320))
+    check_image_size(spec["arch"], size)
+    dep = Deployable(model, spec).eval()
+    example = torch.zeros((2, 1, size, size), dtype=torch.uint8)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
+        torch.onnx.export(dep, (example,), str(tmp), dynamo=False, input_names=["images"],
+                          output_names=["probabilities"], opset_version=opset,
+                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+        graph = onnx.load(str(tmp))
+        for key, value in (("labels", json.dumps(spec["labels"])), ("chexcut", json.dumps(spec, sort_keys=True)),
+                           ("input", f"uint8 (N, 1, {size}, {size}) grey images, 0-255"),
+                           ("output", f"float32 (N, {len(spec['labels'])}) probabilities")):
+            graph.metadata_props.add(key=key, value=value)
+        graph.producer_name = "chexcut"
+        onnx.save(graph, str(tmp))
+        diff = parity(Path(tmp), dep, size)
+        if not diff <= atol:
+            raise ChexcutError(f"ONNX Runtime's predictions differ from chexcut's by {diff:.2e} (> {atol:g}): "
+                               f"{out} refused and not written")
+    return {"path": str(out), "model": str(path), "arch": spec["arch"], "drop": spec["drop"], "image_size": size,
+            "labels": spec["labels"], "opset": opset, "max_abs_diff": diff, "atol": atol,
+            "input": "images: uint8 (N, 1, H, W)", "output": "probabilities: float32 (N, L)"}
