@@ -30,7 +30,8 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, channels_last, compile_):
+def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, channels_last, compile_,
+                    sync_per_step=False):
     from chexcut.data.images import normalise
     from chexcut.infer import autocast
     from chexcut.train import masked_bce
@@ -51,6 +52,10 @@ def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, 
         x = normalise(x8, mean, std, 3, channels_last)
         with autocast(device, precision):
             loss = masked_bce(fwd(x), y, m)
+        if sync_per_step:  # what finetune does each step: a finiteness check and the loss as a float
+            if not torch.isfinite(loss):
+                raise RuntimeError("non-finite loss")
+            float(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -191,6 +196,10 @@ def train_figures(a, results, model, spec, device, batch, steps, precision, gpu,
     results["a_synthetic_train"] = synthetic_train(model, spec, device, batch, a.image_size, steps, 5 if compile_ else 3,
                                                    precision, gpu, compile_)
     print(f"(a) model-only training, synthetic:        {results['a_synthetic_train']:9.1f} img/s", flush=True)
+    results["a_sync_per_step"] = synthetic_train(model, spec, device, batch, a.image_size, steps, 3, precision, gpu,
+                                                 compile_, sync_per_step=True)
+    print(f"(a') the same + finetune's per-step sync (isfinite, float(loss)): {results['a_sync_per_step']:9.1f} img/s "
+          f"({results['a_sync_per_step'] / results['a_synthetic_train']:.3f} of (a))", flush=True)
 
     steps_per_epoch = len(tr) // batch
     log_every = max(1, min(10, steps_per_epoch // 2))

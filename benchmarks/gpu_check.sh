@@ -25,7 +25,27 @@ python3 -c "import json;s=json.load(open('$tmp/run/state.json'));c=json.load(ope
 python3 -m chexcut evaluate "$tmp/run" --data "$tmp/ph" --bootstrap 1000 --json "$out/eval.json" --quiet &&
 python3 -c "import json;r=json.load(open('$out/eval.json'));print('evaluate: mean competition',r['mean_competition'])"
 echo "step 1 rc=$? in $(( $(date +%s) - t0 )) s"
-echo "== 2. throughput benchmark: $arch at $size px"
+echo "== 2. throughput benchmark: $arch at $size px (finetune from the cache, and the cost of its per-step sync)"
 t0=$(date +%s)
 python3 benchmarks/finetune_throughput.py --arch "$arch" --image-size $size --json "$out/throughput_$arch.json" "${extra[@]}"
 echo "step 2 rc=$? in $(( $(date +%s) - t0 )) s"
+echo "== 3. chexcut bench on the device: latency / throughput / memory per truncation level"
+t0=$(date +%s)
+if [ $gpu = 1 ]; then
+  for a in densenet121 resnet50 efficientnet_b0; do
+    python3 -m chexcut bench $a --image-size 320 --batch 1,256 --precision bf16 --channels-last --max-time 2 \
+      --json "$out/bench_${a}_bf16.json" -q
+    python3 -m chexcut bench $a --image-size 320 --batch 1,64 --precision fp32 --max-time 2 --json "$out/bench_${a}_fp32.json" -q
+  done
+else
+  python3 -m chexcut bench resnet18 --image-size 64 --batch 1,8 --max-time 0.2 --json "$out/bench_resnet18_cpu.json" -q
+fi
+echo "step 3 rc=$? in $(( $(date +%s) - t0 )) s"
+python3 - "$out" <<'PY'
+import json, sys, glob
+for f in sorted(glob.glob(sys.argv[1] + "/bench_*.json")):
+    r = json.load(open(f))
+    print(f"{r['arch']} {r['precision']} on {r['device_name']}: " + "; ".join(
+        f"d{l['drop']} {l['latency_ms']['median']:.2f} ms, {l['throughput_img_s']:.0f} img/s, {l['peak_mem_mb']:.0f} MB"
+        for l in r["levels"]))
+PY

@@ -527,6 +527,7 @@ def study_plan(
     seeds: Annotated[str, typer.Option("--seeds")] = "0",
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for each run's evaluate.")] = 1000,
     slurm: Annotated[bool, typer.Option("--slurm", help="Also write study.sbatch (one array task per run).")] = False,
+    bench: Annotated[bool, typer.Option("--bench", help="Each run also measures its model's latency and throughput (bench.json; shown by report).")] = False,
     gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per Slurm task (torchrun when > 1).")] = 1,
     sbatch: Annotated[Optional[str], typer.Option("--sbatch", help="Extra #SBATCH lines, comma-separated (e.g. --partition=gpu,--time=12:00:00).")] = None,
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
@@ -538,7 +539,8 @@ def study_plan(
 
     plan = plan_study(out, data, archs=_split(archs) if archs else PAPER_ARCHS, weights=_split(weights),
                       drops=_ints(drops, "drops"), seeds=_ints(seeds, "seeds"), finetune_args=list(ctx.args),
-                      bootstrap=bootstrap, slurm=slurm, gpus_per_task=gpus_per_task, slurm_args=_split(sbatch) or [])
+                      bootstrap=bootstrap, slurm=slurm, gpus_per_task=gpus_per_task, slurm_args=_split(sbatch) or [],
+                      bench=bench)
     if json_out:
         ui.print_json(plan)
         return

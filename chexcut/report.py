@@ -41,6 +41,7 @@ class RunResult:
     eval_key: str  # what was evaluated: data, split, level, options
     predictions: Path | None
     overlap: bool = False  # evaluated with --allow-overlap on rows shared with its training set
+    bench: dict | None = None  # this run's level from `chexcut bench RUN --json RUN/bench.json`
 
 
 @dataclass
@@ -110,8 +111,26 @@ def collect(targets: list[Path]) -> Collected:
             seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
             auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
-            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev)))
+            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=_bench(rd)))
     return res
+
+
+def _bench(rd: RunDir) -> dict | None:
+    """Latency (batch 1) and throughput of the run's model, when `chexcut bench` measured them."""
+    b = _read(rd.bench)
+    try:
+        level = b["levels"][0]
+        return {"latency_ms": float(level["latency_ms"]["median"]), "throughput_img_s": float(level["throughput_img_s"]),
+                "device": b.get("device_name") or b.get("device")}
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
+def _read(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _overlapping(ev: dict) -> bool:
@@ -290,7 +309,17 @@ def result_row(rs: list[RunResult], cmp: dict | None, alpha: float) -> dict:
         "p_noninferiority": cmp.get("p_noninferiority") if cmp else None,
         "noninferior": cmp.get("noninferior") if cmp else None,
         "run_dirs": [str(r.run_dir) for r in rs],
+        **_bench_means(rs),
     }
+
+
+def _bench_means(rs: list[RunResult]) -> dict:
+    benched = [r.bench for r in rs if r.bench]
+    if not benched:
+        return {"latency_ms": None, "throughput_img_s": None}
+    return {"latency_ms": float(np.mean([b["latency_ms"] for b in benched])),
+            "throughput_img_s": float(np.mean([b["throughput_img_s"] for b in benched])),
+            "bench_device": benched[0]["device"]}
 
 
 def parameter_efficiency(rows: list[dict], margin: float | None = None, weights: str = "imagenet") -> dict:
@@ -312,6 +341,9 @@ def parameter_efficiency(rows: list[dict], margin: float | None = None, weights:
             best = max(ok, key=lambda r: r["drop"]) if ok else full
             entry.update({f"drop{rule}": best["drop"], f"params{rule}": best["params"],
                           f"ratio{rule}": full["params"] / best["params"], f"auroc{rule}": best["auroc"]})
+            if full.get("latency_ms") and best.get("latency_ms"):  # measured, not inferred (chexcut bench)
+                entry[f"latency_speedup{rule}"] = full["latency_ms"] / best["latency_ms"]
+                entry[f"throughput_speedup{rule}"] = best["throughput_img_s"] / full["throughput_img_s"]
         archs.append(entry)
 
     def mean(key):
@@ -401,24 +433,13 @@ def make_plots(report: dict, out: Path) -> list[Path]:
     rows = [r for r in report["results"] if r["auroc"] is not None]
     if not rows:
         return paths
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    archs = sorted({r["arch"] for r in rows})
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(2, len(archs))))
-    for color, arch in zip(colors, archs):
-        for w, style, marker in (("imagenet", "-", "o"), ("none", "--", "x")):
-            path = sorted((r for r in rows if r["arch"] == arch and r["weights"] == w), key=lambda r: r["drop"])
-            if path:
-                ax.plot([r["params"] for r in path], [r["auroc"] for r in path], style, marker=marker, color=color,
-                        label=f"{arch} ({'pretrained' if w == 'imagenet' else 'random'})")
-                for r in path:
-                    ax.annotate(f"d{r['drop']}", (r["params"], r["auroc"]), fontsize=7, xytext=(3, 3),
-                                textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log)")
-    ax.set_ylabel("mean AUROC, 5 competition tasks")
-    ax.set_title("AUROC vs parameters: each architecture's truncation path")
-    ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, ax, out / "auroc_vs_params.png"))
+    paths.append(_path_plot(rows, "params", "parameters (log)", "AUROC vs parameters: each architecture's "
+                            "truncation path", out / "auroc_vs_params.png"))
+    timed = [r for r in rows if r.get("latency_ms") is not None]
+    if timed:  # measured with `chexcut bench ... --json RUN/bench.json`
+        paths.append(_path_plot(timed, "latency_ms", f"latency at batch 1, ms (log; {timed[0].get('bench_device')})",
+                                "AUROC vs measured latency: each architecture's truncation path",
+                                out / "auroc_vs_latency.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for w, marker in (("imagenet", "o"), ("none", "x")):
@@ -437,6 +458,29 @@ def make_plots(report: dict, out: Path) -> list[Path]:
     ax.legend(fontsize=8)
     paths.append(_save(fig, ax, out / "imagenet_vs_auroc.png"))
     return paths
+
+
+def _path_plot(rows: list[dict], x: str, xlabel: str, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    archs = sorted({r["arch"] for r in rows})
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(2, len(archs))))
+    for color, arch in zip(colors, archs):
+        for w, style, marker in (("imagenet", "-", "o"), ("none", "--", "x")):
+            line = sorted((r for r in rows if r["arch"] == arch and r["weights"] == w), key=lambda r: r["drop"])
+            if line:
+                ax.plot([r[x] for r in line], [r["auroc"] for r in line], style, marker=marker, color=color,
+                        label=f"{arch} ({'pretrained' if w == 'imagenet' else 'random'})")
+                for r in line:
+                    ax.annotate(f"d{r['drop']}", (r[x], r["auroc"]), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean AUROC, 5 competition tasks")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, ax, path)
 
 
 def _save(fig, ax, path: Path) -> Path:
@@ -473,6 +517,16 @@ def efficiency_markdown(eff: dict, alpha: float, title: str = "pretrained", note
     lines += [f"| {e['arch']} | {e['params_full']:,} | {e['drop']} | {e['params']:,} | {e['ratio']:.2f}x | "
               f"{e['drop_noninferior']} | {e['params_noninferior']:,} | {e['ratio_noninferior']:.2f}x |"
               for e in eff["archs"]]
+    timed = [e for e in eff["archs"] if "latency_speedup" in e]
+    if timed:
+        lines += ["", "Measured with `chexcut bench` (batch-1 latency and throughput speedups vs drop 0, beside the "
+                      "params ratio):", "", "| arch | rule | params ratio | latency speedup | throughput speedup |",
+                  "|---|---|---|---|---|"]
+        for e in timed:
+            for rule, name in (("", "paper"), ("_noninferior", "non-inferior")):
+                if f"latency_speedup{rule}" in e:
+                    lines.append(f"| {e['arch']} | {name} | {e[f'ratio{rule}']:.2f}x | "
+                                 f"{e[f'latency_speedup{rule}']:.2f}x | {e[f'throughput_speedup{rule}']:.2f}x |")
     lines += ["", f"Mean ratio, paper rule: **{_fmt(eff['mean_ratio'], '.2f')}x**; non-inferiority rule: "
                   f"**{_fmt(eff['mean_ratio_noninferior'], '.2f')}x** (the paper reports 3.25x for pretrained models)."]
     return lines + extra

@@ -8,6 +8,7 @@
     state.json               running | interrupted | stopped | paused | finished, and where
     .lock                    held while a process trains into the folder
     eval.json, predictions.csv, log.txt   written by a study's `chexcut evaluate` and its shell line
+    bench.json               `chexcut bench RUN --json RUN/bench.json` (or `study plan --bench`)
 
 Train, study, report and the UI ask a :class:`RunDir` for paths instead of spelling file names.
 """
@@ -27,6 +28,7 @@ LOCK = ".lock"
 EVAL = "eval.json"
 PREDICTIONS = "predictions.csv"
 LOG = "log.txt"
+BENCH = "bench.json"
 
 #: What one training run writes (removed by ``finetune --force`` before it starts over).
 TRAINING_FILES = (CONFIG, METRICS, LAST, BEST, VALID_PREDICTIONS, STATE)
@@ -69,6 +71,7 @@ class RunDir:
     eval = property(lambda self: self.path / EVAL)
     predictions = property(lambda self: self.path / PREDICTIONS)
     log = property(lambda self: self.path / LOG)
+    bench = property(lambda self: self.path / BENCH)
 
     def is_run(self) -> bool:
         return self.config.is_file()

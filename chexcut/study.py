@@ -36,8 +36,9 @@ def run_id(arch: str, weights: str, drop: int, seed: int) -> str:
 def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "none"), drops=(0, 1, 2),
                seeds=(0,), finetune_args: list[str] | None = None, bootstrap: int = 1000,
                evaluate_args: list[str] | None = None, slurm: bool = False, gpus_per_task: int = 1,
-               slurm_args: list[str] | None = None, chexcut_cmd: str = "chexcut") -> dict:
-    """Write the plan and its scripts; returns the plan."""
+               slurm_args: list[str] | None = None, chexcut_cmd: str = "chexcut", bench: bool = False) -> dict:
+    """Write the plan and its scripts; returns the plan. ``bench``: each run also measures its model's
+    latency and throughput (`chexcut bench RUN --json RUN/bench.json`) before it is evaluated."""
     data = Path(data)
     if not data.exists():
         raise ChexcutError(f"--data {data} does not exist")
@@ -77,9 +78,11 @@ def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "n
               "--quiet", *_inference_args(finetune_args), *evaluate_args]
         r["finetune"] = ft
         r["evaluate"] = ev
+        if bench:
+            r["bench"] = ["bench", r["run_dir"], "--json", f"{r['run_dir']}/{rundir.BENCH}", "--quiet"]
     plan = {"format": "chexcut-study", "version": 1, "data": data_abs, "archs": archs, "weights": list(weights),
             "drops": list(drops), "seeds": list(seeds), "finetune_args": finetune_args, "bootstrap": bootstrap,
-            "evaluate_args": evaluate_args, "runs": runs, "skipped": skipped}
+            "evaluate_args": evaluate_args, "bench": bench, "runs": runs, "skipped": skipped}
     write_json(out / PLAN, plan)
     lines = [run_line(r, chexcut_cmd) for r in runs]
     write_text(out / "run.sh", _RUN_SH.format(n=len(runs), cmd=chexcut_cmd) + "\n".join(lines) + "\n")
@@ -120,6 +123,8 @@ def run_line(r: dict, chexcut_cmd: str = "chexcut", gpus: int = 1) -> str:
     d = shlex.quote(r["run_dir"])
     ft = q(shlex.quote(a) for a in r["finetune"][1:])
     ev = q(shlex.quote(a) for a in r["evaluate"])
+    if r.get("bench"):  # measured before the evaluation that marks the run done
+        ev = q(shlex.quote(a) for a in r["bench"]) + f" >> {d}/{rundir.LOG} 2>&1 && $CHEXCUT " + ev
     launcher = "$CHEXCUT" if gpus <= 1 else f"torchrun --standalone --nproc_per_node {gpus} -m chexcut"
     ev_json, ckpt, log = rundir.EVAL, rundir.LAST, rundir.LOG
     return (f"[ -f {d}/{ev_json} ] || {{ mkdir -p {d} && {{ if [ -f {d}/{ckpt} ]; then "
@@ -204,8 +209,9 @@ def _run_in_process(job: Job) -> None:
     r, rd = job.run, RunDir(job.run["run_dir"])
     rd.path.mkdir(parents=True, exist_ok=True)
     finetune = ["finetune", "--resume", r["run_dir"], "--quiet"] if rd.last.is_file() else r["finetune"]
-    for args in (finetune, r["evaluate"]):
-        app(args=list(args), prog_name="chexcut", standalone_mode=False)
+    for args in (finetune, r.get("bench"), r["evaluate"]):
+        if args:
+            app(args=list(args), prog_name="chexcut", standalone_mode=False)
 
 
 def run_plan_in_process(study_dir: Path, on_update=None) -> list[Job]:

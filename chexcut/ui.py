@@ -329,9 +329,17 @@ def efficiency_table(eff: dict, what: str, margin: float) -> Table:
     for col in ("arch", "no sig. drop: drop", "params", "ratio", f"non-inferior ({margin:g}): drop", "params ",
                 "ratio "):
         e.add_column(col, justify="left" if col == "arch" else "right")
+    timed = any("latency_speedup" in a for a in eff["archs"])
+    if timed:
+        e.add_column("measured: latency / throughput x (paper rule; non-inf.)", justify="right")
     for a in eff["archs"]:
-        e.add_row(a["arch"], str(a["drop"]), human(a["params"]), f"{a['ratio']:.2f}x", str(a["drop_noninferior"]),
-                  human(a["params_noninferior"]), f"{a['ratio_noninferior']:.2f}x")
+        cells = [a["arch"], str(a["drop"]), human(a["params"]), f"{a['ratio']:.2f}x", str(a["drop_noninferior"]),
+                 human(a["params_noninferior"]), f"{a['ratio_noninferior']:.2f}x"]
+        if timed:
+            cells.append(f"{_f(a.get('latency_speedup'), '{:.2f}')} / {_f(a.get('throughput_speedup'), '{:.2f}')}; "
+                         f"{_f(a.get('latency_speedup_noninferior'), '{:.2f}')} / "
+                         f"{_f(a.get('throughput_speedup_noninferior'), '{:.2f}')}")
+        e.add_row(*cells)
     return e
 
 

@@ -160,3 +160,36 @@ def test_no_evaluated_runs_is_an_error(tmp_path):
     (tmp_path / "r1" / "config.json").write_text("{}")
     with pytest.raises(ChexcutError, match="no evaluated runs found .1 without eval.json"):
         build_report([tmp_path])
+
+
+def test_both_efficiency_rules_side_by_side(study, tmp_path):
+    rep = build_report([study / "runs"], bootstrap=300, margin=0.02)
+    assert rep["margin"] == 0.02 and rep["efficiency"]["margin"] == 0.02
+    row = {(r["arch"], r["weights"], r["drop"]): r for r in rep["results"]}
+    # resnet50 drop 1: equally good, but "no significant drop" is not "shown not to drop": with 0.02 margin
+    # and this small validation set the lower bound need not clear -0.02; drop 2 (a real drop) never passes
+    assert row[("resnet50", "imagenet", 2)]["noninferior"] is False
+    assert row[("resnet50", "imagenet", 1)]["p_noninferiority"] is not None
+    eff = {e["arch"]: e for e in rep["efficiency"]["archs"]}
+    for e in eff.values():  # non-inferiority is the stricter rule: never a deeper cut than "no significant drop"
+        assert e["drop_noninferior"] <= e["drop"] and e["ratio_noninferior"] <= e["ratio"]
+    wide = build_report([study / "runs"], bootstrap=300, margin=0.5)  # a huge margin accepts every cut
+    assert {e["arch"]: e for e in wide["efficiency"]["archs"]}["resnet50"]["drop_noninferior"] == 2
+    md_lines = write_outputs(rep, tmp_path / "o") and (tmp_path / "o" / "report.md").read_text()
+    assert "non-inferiority rule" in md_lines and "Mean ratio, paper rule" in md_lines
+
+
+def test_bench_results_join_the_efficiency_table_and_plot(study, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(study / "runs", runs)
+    for d, ms in (("resnet50-imagenet-d0-s0", 40.0), ("resnet50-imagenet-d1-s0", 25.0), ("resnet50-imagenet-d2-s0", 10.0)):
+        (runs / d / "bench.json").write_text(json.dumps({"device_name": "test CPU", "levels": [
+            {"latency_ms": {"median": ms}, "throughput_img_s": 1000.0 / ms}]}))
+    rep = build_report([runs], bootstrap=200, margin=0.5)
+    e = {x["arch"]: x for x in rep["efficiency"]["archs"]}["resnet50"]
+    assert e["latency_speedup"] == pytest.approx(40 / 25) and e["throughput_speedup"] == pytest.approx(40 / 25)
+    written = {p.name for p in write_outputs(rep, tmp_path / "out")}
+    assert "auroc_vs_latency.png" in written
+    assert "latency speedup" in (tmp_path / "out" / "report.md").read_text()
