@@ -89,10 +89,11 @@ def inspect(
     source = ModelSource.parse(target)
     spec = source.spec() if source.is_file else None
     if spec:
-        a = cached_anatomy(spec["arch"], image_size or int(spec.get("image_size", 320)), n_labels=len(spec["labels"]))
+        size = image_size if image_size is not None else int(spec.get("image_size", 320))
+        a = cached_anatomy(spec["arch"], size, n_labels=len(spec["labels"]))
         a["model"] = spec
     else:
-        a = cached_anatomy(source.arch, image_size or 320, 14)
+        a = cached_anatomy(source.arch, image_size if image_size is not None else 320, 14)
     if json_out:
         ui.print_json(a)
         return
@@ -193,7 +194,11 @@ def prepare(
     if image_size < 16:
         raise ChexcutError(f"--image-size must be at least 16, not {image_size}")
     table = check_files(load_split(data, "all", opts), skip_missing)
-    with ui.progress_bar(f"decoding to {image_size}px", len(table), quiet=quiet or json_out) as update:
+    if cache is not None:
+        from chexcut.fileio import check_output_folder
+
+        check_output_folder(cache, "image cache folder")
+    with ui.lazy_progress_bar(f"decoding to {image_size}px", len(table), quiet=quiet or json_out) as update:
         cache_obj, stats = prepare_cache(table.files, image_size, resize, cache, workers, progress=update,
                                          skip_bad=skip_bad)
     summary = {"images": len(cache_obj.paths), "image_size": image_size, "resize": resize, "cache": stats["folder"],
@@ -224,8 +229,10 @@ def phantom(
     """Write a synthetic dataset in the exact CheXpert layout, with findings a CNN can learn."""
     from chexcut import ui
     from chexcut.data.phantom import make_phantom
+    from chexcut.fileio import check_output_folder
 
-    with ui.progress_bar("drawing phantom X-rays", n, quiet=quiet) as update:
+    check_output_folder(out, "phantom folder")
+    with ui.lazy_progress_bar("drawing phantom X-rays", n, quiet=quiet) as update:
         root = make_phantom(out, n=n, image_size=image_size, seed=seed, progress=update)
     if not quiet:
         ui.err.print(f"wrote {n} images to {root} (train.csv, valid.csv)")
@@ -345,7 +352,12 @@ def evaluate(
 ):
     """AUROC per label and on the 5 competition tasks, with bootstrap CIs and paired tests."""
     from chexcut import evalrun, ui
+    from chexcut.fileio import check_output_file
 
+    for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
+                    ("--csv-out", csv_out)):
+        if p:  # every output checked before any inference
+            check_output_file(Path(p), flag)
     to_stdout = json_path == "-"
     quiet = quiet or to_stdout
     label_file, label_list = truth, _split(labels)
@@ -587,6 +599,14 @@ def report(
     from chexcut.report import build_report, write_outputs
 
     check_parameters(bootstrap=bootstrap, alpha=alpha, margin=margin)
+    if out:
+        from chexcut.fileio import check_output_folder
+
+        check_output_folder(out, "report folder")
+    if json_path and json_path != "-":
+        from chexcut.fileio import check_output_file
+
+        check_output_file(Path(json_path), "--json")
     rep = build_report(targets, bootstrap=bootstrap, alpha=alpha, seed=seed, margin=margin)
     if out:
         written = write_outputs(rep, out)
@@ -628,6 +648,23 @@ def demo(
 
 # ----------------------------------------------------------------------------- entry point
 
+def _environment_error(e: BaseException) -> str | None:
+    """One line for failures the environment causes (no space, quota, read-only, permissions); else None."""
+    import errno
+
+    codes = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+             errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+    if isinstance(e, OSError) and e.errno in codes:
+        where = e.filename or "a file"
+        return (f"{codes[e.errno]} writing {where}; earlier checkpoints and caches are kept, temporary files "
+                f"removed: free space or fix the permissions, then run the same command again")
+    text = str(e)
+    if "No space left on device" in text or "Disk quota exceeded" in text:  # safetensors and torch.save wrap it
+        return ("no space left on the device while writing; earlier checkpoints and caches are kept, temporary "
+                "files removed: free space, then run the same command again (finetune: --resume)")
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the app; user errors exit 2 with one line, Ctrl-C 130, bugs 1 (tracebacks with --debug)."""
     click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -637,6 +674,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         rv = app(args=args, prog_name="chexcut", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == 130:  # Typer turns an interrupt into an exit code itself
+            from chexcut import errors
+
+            print(f"chexcut: {'terminated (SIGTERM)' if errors.TERMINATED else 'interrupted'}", file=sys.stderr)
+            code = 143 if errors.TERMINATED else 130
     except ChexcutError as e:
         if debug:
             import traceback
@@ -652,12 +694,23 @@ def main(argv: Optional[list[str]] = None) -> None:
         msg = ' '.join(e.format_message().replace("Value error, ", "").split())
         print(f"chexcut: error: {msg}{hint}", file=sys.stderr)
         code = e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("chexcut: interrupted", file=sys.stderr)
-        code = 130
+    except (typer.Abort, KeyboardInterrupt) as e:
+        from chexcut import errors
+
+        terminated = errors.TERMINATED
+        print(f"chexcut: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        code = 143 if terminated else 130
     except BrokenPipeError:
         code = 0
     except Exception as e:
+        environment = _environment_error(e)
+        if environment:  # a full disk, a read-only file system, no permission: the user's to fix
+            if debug:
+                import traceback
+
+                traceback.print_exc()
+            print(f"chexcut: error: {environment}", file=sys.stderr)
+            sys.exit(2)
         if debug:
             import traceback
 

@@ -66,9 +66,9 @@ def run_demo(folder: Path, archs: list[str], drops: list[int], n: int = 500, ima
     for name, v, low in (("--jobs", jobs, 1), ("--epochs", epochs, 1), ("--bootstrap", bootstrap, 0), ("--n", n, 20)):
         if v < low:
             raise ChexcutError(f"{name} must be at least {low}, not {v}")
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ChexcutError(f"{folder} is a file; give a folder for the demo")
+    from chexcut.fileio import check_output_folder
+
+    folder = check_output_folder(Path(folder), "demo folder")
     say = (lambda msg: None) if quiet else ui.err.print
     weights, no_pretrained = get_weights(archs, offline, mirror, say)
     if no_pretrained:

@@ -149,6 +149,9 @@ def run_evaluation(*, model=None, data=None, split: str | None = None, options: 
     result["evaluation_set"] = {**(es.to_json() if es else {"kind": "predictions", "labels": str(label_file)}),
                                 "description": es.describe() if es else f"the rows of {label_file}",
                                 "overlap": overlap}
+    interim = ModelSource.parse(str(model)).interim if model is not None else None
+    if interim:
+        result["warnings"].insert(0, f"interim model: the run is {interim}; this is its best model so far")
     if _overlapping(overlap):
         result["warnings"].insert(0, "the evaluation set overlaps training rows (--allow-overlap): AUROC is inflated")
     result["source"] = {"model": str(model) if model else None, "predictions": str(predictions) if predictions else None,

@@ -25,6 +25,36 @@ def check_writable(path: Path, force: bool = False) -> None:
         raise ChexcutError(f"cannot write {path}: folder {parent} is not writable")
 
 
+def check_output_folder(path: Path, what: str = "output folder") -> Path:
+    """An output folder that exists or can be created, is a folder, and is writable: checked before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ChexcutError(f"the {what} {path} is a file; give a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ChexcutError(f"cannot create the {what} {path}: {probe} is a file")
+    if not os.access(probe, os.W_OK):
+        raise ChexcutError(f"cannot write the {what} {path}: {probe} is not writable")
+    return path
+
+
+def check_output_file(path: Path, what: str = "output") -> Path:
+    """An output file that can be written (overwriting is allowed): checked before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise ChexcutError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ChexcutError(f"cannot write {what} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ChexcutError(f"cannot write {what} {path}: folder {parent} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
@@ -55,5 +85,8 @@ def write_json(path: Path, obj) -> None:
 def cache_dir() -> Path:
     """chexcut's cache folder: $CHEXCUT_CACHE, else $XDG_CACHE_HOME/chexcut, else ~/.cache/chexcut."""
     if os.environ.get("CHEXCUT_CACHE"):
-        return Path(os.environ["CHEXCUT_CACHE"])
+        p = Path(os.environ["CHEXCUT_CACHE"])
+        if p.exists() and not p.is_dir():
+            raise ChexcutError(f"CHEXCUT_CACHE={p} is a file; point it at a folder")
+        return p
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chexcut"

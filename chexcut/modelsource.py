@@ -25,6 +25,7 @@ class ModelSource:
     weights: str = "imagenet"
     in_chans: int = 3
     seed: int = 0
+    interim: str | None = None  # a run still training (or stopped): its best model so far, and why
 
     @classmethod
     def parse(cls, target: str, *, drop: int | None = None, keep: int | None = None, weights: str = "imagenet",
@@ -36,10 +37,19 @@ class ModelSource:
         if p.is_dir():
             if drop is not None or keep is not None:
                 raise ChexcutError("--drop/--keep apply to an architecture name; a run's model is already cut")
-            best = RunDir(p).best
-            if not best.is_file():
-                raise ChexcutError(f"{p} is a folder without best.safetensors: not a finished finetune run")
-            return cls(file=best, run_dir=p)
+            rd = RunDir(p)
+            state = rd.read_state()
+            status = state.get("status")
+            if not rd.best.is_file():
+                if status == "finished":
+                    raise ChexcutError(f"{p} finished without a best model: "
+                                       f"{state.get('reason') or 'no label was evaluable on its validation set'}")
+                if status:
+                    raise ChexcutError(f"{p} has no best model yet: its finetune is {status} and saves one at its "
+                                       f"first validation")
+                raise ChexcutError(f"{p} is a folder without best.safetensors: not a finetune run")
+            interim = None if status == "finished" else (status or "unknown")
+            return cls(file=rd.best, run_dir=p, interim=interim)
         if p.is_file() or target.endswith(".safetensors"):
             if drop is not None or keep is not None:
                 raise ChexcutError("--drop/--keep apply to an architecture name; the model file is already cut")

@@ -113,6 +113,19 @@ class MetricsLog:
         if not self.path.exists():
             self.path.write_text(",".join(f'"{h}"' if "," in h else h for h in self.header) + "\n")
 
+    def cut_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (a resumed run logs them again)."""
+        try:
+            lines = self.path.read_text().splitlines(keepends=True)
+        except OSError:
+            return
+        keep = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].strip().isdigit()
+                            and int(ln.split(",", 1)[0]) <= step]
+        if len(keep) != len(lines):
+            from chexcut.fileio import write_text
+
+            write_text(self.path, "".join(keep))
+
     def append(self, row: dict) -> None:
         with open(self.path, "a") as f:
             f.write(",".join("" if row.get(h) is None else str(row.get(h)) for h in self.header) + "\n")

@@ -52,7 +52,9 @@ def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "n
         raise ChexcutError("--drops must be >= 0")
     if gpus_per_task < 1:
         raise ChexcutError("--gpus-per-task must be at least 1")
-    out = Path(out)
+    from chexcut.fileio import check_output_folder
+
+    out = check_output_folder(Path(out), "study folder")
     out.mkdir(parents=True, exist_ok=True)
     finetune_args = list(finetune_args or [])
     evaluate_args = list(evaluate_args or [])

@@ -118,44 +118,60 @@ def init_distributed(device_type: str) -> Dist:
 # ----------------------------------------------------------------------------- run directory
 
 class RunLock:
-    """``RUN_DIR/.lock`` holding the owner's pid; a lock whose process is gone is taken over."""
+    """``RUN_DIR/.lock``, held with a kernel lock (``fcntl.flock``) while a process trains into the folder.
+
+    The kernel releases it when the process ends, however it ends (kill -9 included), so a stale lock
+    cannot outlive its owner and a reused pid cannot fake one. The pid in the file is for the message."""
 
     def __init__(self, run_dir: Path):
         self.path = RunDir(run_dir).lock
-        self.held = False
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def acquire(self) -> None:
-        for _ in range(2):
+        import fcntl
+
+        for _ in range(5):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                os.close(fd)
-                self.held = True
-                return
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
                 try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise ChexcutError(f"{self.path.parent} is in use by another finetune (pid {pid})") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    pid = os.read(fd, 32).decode().strip() or "?"
+                finally:
+                    os.close(fd)
+                raise ChexcutError(f"{self.path.parent} is in use by another finetune (pid {pid})") from None
+            try:  # the file we locked must still be the one at the path (a releaser may have removed it)
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self.fd = fd
+                return
+            os.close(fd)
         raise ChexcutError(f"cannot lock {self.path.parent}")
 
     def release(self) -> None:
-        if self.held:
+        if self.fd is not None:
             self.path.unlink(missing_ok=True)
-            self.held = False
+            os.close(self.fd)  # closing drops the kernel lock
+            self.fd = None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm sends before it kills a job): handled like Ctrl-C, exit 143."""
+
+
+def _on_sigterm(signum, frame):
+    from chexcut import errors
+
+    errors.TERMINATED = True  # wrappers (click) re-raise interrupts as their own type: the CLI reads this
+    raise Terminated()
 
 
 def read_state(run_dir: Path) -> dict:
@@ -168,6 +184,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     if resume:
         if not rd.is_run():
             raise ChexcutError(f"--resume {run_dir}: no config.json there, not a finetune run")
+        for stale in run_dir.glob(".*.tmp"):  # half-written files of a killed process (never the real names)
+            stale.unlink(missing_ok=True)
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise ChexcutError(f"--out {run_dir} exists and is not a folder")
@@ -284,8 +302,20 @@ class Run:
             train["device"] = device
         opts = DataOptions.from_json(d)
         cache = Path(d["cache"]) if d.get("cache") and (Path(d["cache"]) / "index.json").is_file() else None
+        source = {} if RunDir(run_dir).last.is_file() else _typed_source(config.get("model_source") or {})
         return cls(run_dir=Path(run_dir), data=Path(d["dir"]), opts=opts, cfg=TrainConfig(**train),
-                   model_source={}, resume=True, cache=cache)
+                   model_source=source, resume=True, cache=cache)
+
+
+def _typed_source(source: dict) -> dict:
+    """config.json's model_source (written as strings) back to build_model's types."""
+    out = dict(source)
+    for k in ("drop", "keep", "in_chans", "seed"):
+        if out.get(k) not in (None, "None"):
+            out[k] = int(out[k])
+        else:
+            out.pop(k, None)
+    return out
 
 
 def build_model(source: dict, labels=None):
@@ -370,7 +400,11 @@ def finetune(run: Run, emit=None) -> dict:
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
+    import signal
+    import threading
+
     lock = RunLock(run_dir)
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         if dist.main:
             prepare_run_dir(run_dir, run.resume, run.force)
@@ -379,6 +413,8 @@ def finetune(run: Run, emit=None) -> dict:
         return _finetune(run, emit if dist.main else (lambda event: None), device, dist)
     finally:
         lock.release()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
         if dist.world > 1:
             import torch.distributed as tdist
 
@@ -400,8 +436,11 @@ def starting_model(run: Run, rd: RunDir):
         ckpt = load_checkpoint(rd.last)
         spec = json.loads(ckpt["spec"])
         return rebuild(spec), spec, ckpt
-    if run.resume:
-        raise ChexcutError(f"--resume {rd}: no last.ckpt yet (the run stopped before its first checkpoint)")
+    if run.resume:  # stopped before its first checkpoint: start it again from its config.json
+        if not run.model_source:
+            raise ChexcutError(f"--resume {rd}: no last.ckpt and no model source in config.json; start over with "
+                               f"--force")
+        rd.metrics.unlink(missing_ok=True)
     model = build_model(run.model_source, run.opts.labels)
     return model, dict(model.chexcut_spec), None
 
@@ -455,7 +494,14 @@ def make_loaders(data: RunData, cfg: TrainConfig, device: torch.device, dist: Di
 
 def load_checkpoint(path: Path) -> dict:
     """A run's last.ckpt: plain tensors and strings, read without unpickling objects."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        json.loads(ckpt["spec"]), int(ckpt["step"]), ckpt["model"], ckpt["optimizer"]
+        return ckpt
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ChexcutError(f"{path} is damaged or not a chexcut checkpoint ({first}); start the run over with "
+                           f"--force") from None
 
 
 def save_checkpoint(s: Session, status: str) -> None:
@@ -621,6 +667,8 @@ def _finetune(run: Run, emit, device, dist: Dist) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, data.total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = restore(ckpt, model, optimizer, scheduler, scaler, device) if ckpt is not None else RunState()
+    if ckpt is not None and dist.main:  # rows logged after the checkpoint (a kill -9) are logged again
+        MetricsLog(rd.metrics, spec["labels"]).cut_after(state.step)
     train_model = model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -691,14 +739,24 @@ def train_loop(s: Session) -> dict:
                     meter.restart()
                 if st.step >= d.last_step:
                     break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
         save_checkpoint(s, "interrupted")
+        raise
+    except BaseException as e:  # a full disk, a bug: say so in state.json instead of leaving "running"
+        if s.dist.main and not isinstance(e, ChexcutError):
+            try:
+                write_state(s, "stopped", reason=f"{type(e).__name__}: {str(e)[:200]}")
+            except OSError:
+                pass
         raise
     except torch.cuda.OutOfMemoryError:
         raise ChexcutError(f"CUDA out of memory at --batch-size {cfg.batch_size}; try --batch-size "
                            f"{max(1, cfg.batch_size // 2)}") from None
     status = "finished" if st.step >= d.total_steps else "paused"
     save_checkpoint(s, status)
+    if st.best["mean_auroc"] is None and s.dist.main:  # finished, and say why there is no best model
+        write_state(s, status, reason="no label was evaluable on the validation set (each had one class): "
+                                      "no best model was saved")
     s.emit({"event": "end", "status": status, "step": st.step, "best": st.best})
     return {"status": status, "step": st.step, "best": st.best, "run_dir": str(s.rd)}
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from chexcut.errors import ChexcutError
-from chexcut.fileio import cache_dir, write_json
+from chexcut.fileio import check_output_folder, cache_dir, write_json
 
 FORMAT = 1
 
@@ -123,6 +123,23 @@ def _decode_chunk(args):
     return None, None, bad
 
 
+def allocate(path: Path, nbytes: int) -> None:
+    """Reserve ``nbytes`` of real disk blocks for ``path`` (idempotent; resumes keep what is written)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, nbytes)
+        else:  # no fallocate: write zeros past the end
+            os.ftruncate(fd, nbytes)
+    except OSError as e:
+        need = nbytes - (os.fstat(fd).st_blocks * 512)
+        raise ChexcutError(f"no room for the image cache in {path.parent}: it needs {nbytes / 2**20:.0f} MiB "
+                           f"({max(need, 0) / 2**20:.0f} MiB more; {e.strerror}); free space, or choose another "
+                           f"folder with --cache / CHEXCUT_CACHE, then run the same command again") from None
+    finally:
+        os.close(fd)
+
+
 def prepare_cache(files: list[Path], image_size: int, resize: str = "squash", folder: Path | None = None,
                   workers: int | None = None, progress=None, skip_bad: bool = False,
                   chunk: int = 64) -> tuple[ImageCache, dict]:
@@ -136,6 +153,7 @@ def prepare_cache(files: list[Path], image_size: int, resize: str = "squash", fo
     existing = open_cache(files, image_size, resize, folder, refuse_other=False)
     if existing is not None:
         return existing, {"decoded": 0, "reused": len(ordered), "bad": [], "folder": str(folder)}
+    check_output_folder(folder, "image cache folder")
     folder.mkdir(parents=True, exist_ok=True)
     n = len(ordered)
     index = folder / "index.json"
@@ -148,9 +166,10 @@ def prepare_cache(files: list[Path], image_size: int, resize: str = "squash", fo
         old = {}
     if old.get("key") != key or not images_path.exists() or not done_path.exists():
         with open(images_path, "wb") as f:
-            f.truncate(n * image_size * image_size)
+            f.truncate(0)
         np.zeros(n, dtype=np.uint8).tofile(done_path)
         write_json(index, {**meta, "paths": ordered})
+    allocate(images_path, n * image_size * image_size)  # real blocks before mapping: a full disk is an error, not SIGBUS
     done = np.fromfile(done_path, dtype=np.uint8)
     todo = np.flatnonzero(done == 0)
     stats = {"decoded": 0, "reused": int(n - len(todo)), "bad": [], "folder": str(folder)}

@@ -186,6 +186,9 @@ def resolve_paths(paths: list[str], base: Path) -> list[str]:
     strip_prefix: dict[str, bool] = {}
     out = []
     for p in paths:
+        if os.path.isabs(p):  # an absolute path in the CSV is used as it is
+            out.append(p)
+            continue
         first, _, rest = p.partition("/")
         if rest and first in PREFIXES:
             strip = strip_prefix.get(first)

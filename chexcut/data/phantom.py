@@ -184,8 +184,8 @@ def make_phantom(out: str | Path, n: int = 600, image_size: int = 320, seed: int
 
     if n < 20:
         raise ChexcutError(f"--n must be at least 20 (got {n})")
-    if image_size < 32:
-        raise ChexcutError(f"--image-size must be at least 32 (got {image_size})")
+    if not 32 <= image_size <= 2048:
+        raise ChexcutError(f"--image-size must be 32..2048 (got {image_size}); phantom images are drawn in memory")
     root = Path(out) / "CheXpert-v1.0-small"
     if (root / "train.csv").exists() or (root / "valid.csv").exists():
         raise ChexcutError(f"{root} already holds a dataset; choose an empty folder")
