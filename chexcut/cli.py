@@ -319,6 +319,7 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder [default: a run's own].")] = None,
     split: Annotated[Optional[Split], typer.Option("--split", help="Rows of the data to evaluate on [default: valid].")] = None,
     allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Evaluate even when the set shares images or patients with the run's training rows (flagged).")] = False,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="With --predictions: evaluate although a competition label's column is missing (the mean says how many it covers).")] = False,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="Predictions CSV (Path + one probability column per label).")] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels to evaluate (default: the model's). (Deprecated: a label CSV here; use --truth FILE.)")] = None,
     truth: Annotated[Optional[Path], typer.Option("--truth", "--label-csv", help="The label CSV for --predictions (CheXpert valid.csv layout).")] = None,
@@ -371,7 +372,8 @@ def evaluate(
         model=model, data=data, split=split and str(split), options=given, predictions=predictions,
         label_file=label_file, labels=tuple(label_list) if label_list else None, compare=compare, logits=logits,
         level=str(level), bootstrap=bootstrap, ci=ci, seed=seed, cluster=str(cluster), method=str(method), alpha=alpha,
-        margin=margin, equivalence=equivalence, allow_overlap=allow_overlap, predictions_out=predictions_out,
+        margin=margin, equivalence=equivalence, allow_overlap=allow_overlap, allow_missing=allow_missing,
+        predictions_out=predictions_out,
         infer=dict(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                    precision=precision and str(precision), cache_dir=cache),
         progress=lambda what: ui.progress_bar(what, quiet=quiet))
@@ -540,6 +542,8 @@ def study_plan(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for each run's evaluate.")] = 1000,
     slurm: Annotated[bool, typer.Option("--slurm", help="Also write study.sbatch (one array task per run).")] = False,
     bench: Annotated[bool, typer.Option("--bench", help="Each run also measures its model's latency and throughput (bench.json; shown by report).")] = False,
+    nodes: Annotated[int, typer.Option("--nodes", help="With --slurm: nodes per run (torchrun with a c10d rendezvous on the first).")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Plan over an existing study plan.")] = False,
     gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per Slurm task (torchrun when > 1).")] = 1,
     sbatch: Annotated[Optional[str], typer.Option("--sbatch", help="Extra #SBATCH lines, comma-separated (e.g. --partition=gpu,--time=12:00:00).")] = None,
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
@@ -549,10 +553,12 @@ def study_plan(
     from chexcut.archs import PAPER_ARCHS
     from chexcut.study import plan_study
 
+    _check_finetune_args(list(ctx.args), data)
+
     plan = plan_study(out, data, archs=_split(archs) if archs else PAPER_ARCHS, weights=_split(weights),
                       drops=_ints(drops, "drops"), seeds=_ints(seeds, "seeds"), finetune_args=list(ctx.args),
                       bootstrap=bootstrap, slurm=slurm, gpus_per_task=gpus_per_task, slurm_args=_split(sbatch) or [],
-                      bench=bench)
+                      bench=bench, nodes=nodes, force=force)
     if json_out:
         ui.print_json(plan)
         return
@@ -562,6 +568,26 @@ def study_plan(
         ui.err.print(f"skipped {s}")
     ui.err.print(f"next: chexcut study run {out} --jobs N   (or bash {out}/run.sh"
                  + (f", or sbatch {out}/study.sbatch)" if slurm else ")"))
+
+
+def _check_finetune_args(args: list[str], data: Path) -> None:
+    """The options a plan passes to every finetune, checked by finetune's own parser at plan time."""
+    import click
+
+    command = typer.main.get_command(app).commands["finetune"]
+    try:
+        ctx = command.make_context("finetune", ["resnet18", "--data", str(data), "--out", "x", *args],
+                                   resilient_parsing=False)
+    except click.UsageError as e:
+        msg = " ".join(e.format_message().replace("Value error, ", "").split())
+        raise ChexcutError(f"an option for the runs' finetune is wrong: {msg}") from None
+    p = ctx.params
+    from chexcut.train import TrainConfig
+
+    TrainConfig.from_recipe(str(p["recipe"]), epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
+                            image_size=p["image_size"], val_every=p["val_every"], workers=p["workers"],
+                            max_steps=p["max_steps"], log_every=p["log_every"], precise_bn=p["precise_bn"],
+                            precision=p["precision"] and str(p["precision"]))
 
 
 @study_app.command("run")

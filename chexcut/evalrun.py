@@ -104,6 +104,7 @@ def run_evaluation(*, model=None, data=None, split: str | None = None, options: 
                    level: str = "study", bootstrap: int = 1000, ci: float = 0.95, seed: int = 0,
                    cluster: str = "patient", method: str = "bootstrap", alpha: float = 0.05,
                    margin: float | None = None, equivalence: bool = False, allow_overlap: bool = False,
+                   allow_missing: bool = False,
                    predictions_out=None, infer: dict | None = None, progress=None) -> dict:
     """What ``chexcut evaluate`` does: get predictions (run MODEL over its evaluation set, or read
     ``predictions`` + ``label_file``), the same for ``compare``, aggregate, evaluate. Returns the JSON dict.
@@ -130,7 +131,7 @@ def run_evaluation(*, model=None, data=None, split: str | None = None, options: 
             table, preds, _spec = model_predictions(model, es, labels=labels, progress=update, **infer)
         overlap = sets.check_overlap(table, es, allow_overlap)
     else:
-        table, preds = _predictions_and_labels(predictions, label_file, options, logits)
+        table, preds = _predictions_and_labels(predictions, label_file, options, logits, allow_missing)
         overlap = None
     evalset = evalset_from_table(table)
     mats = [align(evalset, preds)]
@@ -175,14 +176,24 @@ def _options(options: dict):
     return DataOptions(**options)
 
 
-def _predictions_and_labels(predictions, label_file, options: dict, logits: bool):
-    """A predictions CSV and its label CSV: (label table, predictions DataFrame)."""
+def _predictions_and_labels(predictions, label_file, options: dict, logits: bool, allow_missing: bool = False):
+    """A predictions CSV and its label CSV: (label table, predictions DataFrame). A competition label the
+    labels have but the predictions lack is an error (the 5-task mean would quietly become a 4-task one),
+    unless ``allow_missing``."""
     import dataclasses
 
-    from chexcut.data.chexpert import read_csv_table
+    from chexcut.data.chexpert import _header, read_csv_table
+    from chexcut.labels import COMPETITION_LABELS
 
     preds = read_predictions(predictions, logits=logits)
     label_file = Path(label_file)
+    if not label_file.is_file():
+        raise ChexcutError(f"label CSV not found: {label_file}")
+    lacking = [c for c in COMPETITION_LABELS if c in _header(label_file) and c not in preds.columns]
+    if lacking and not allow_missing:
+        raise ChexcutError(f"{Path(predictions).name} lacks the competition label column(s) {', '.join(lacking)} that "
+                           f"{label_file.name} has; add them, or pass --allow-missing to evaluate without them (the "
+                           f"competition mean then covers the others and says how many)")
     opts = dataclasses.replace(_options(options), labels=tuple(preds.columns))
     return read_csv_table(label_file, label_file.parent, opts, "valid"), preds
 

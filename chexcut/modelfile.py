@@ -62,9 +62,38 @@ def read_spec(path: str | os.PathLike) -> dict:
         raise ChexcutError(f"{path}: the chexcut metadata is not valid JSON") from None
     if not isinstance(spec, dict) or spec.get("format") != "chexcut-model":
         raise ChexcutError(f"{path}: the chexcut metadata does not describe a model")
-    if int(spec.get("format_version", 0)) > 1:
-        raise ChexcutError(f"{path} was written by a newer chexcut (format {spec['format_version']}); upgrade chexcut")
+    check_spec(spec, path)
     return spec
+
+
+#: What a model file's spec must hold, and the types: checked once, whenever a spec is read.
+SPEC_SCHEMA = {"format_version": int, "arch": str, "drop": int, "labels": list, "normalisation": dict}
+
+
+def check_spec(spec: dict, path) -> None:
+    """One clear line for a damaged spec (missing keys, wrong types, an unknown architecture)."""
+    from chexcut.archs import get_arch
+
+    for key, kind in SPEC_SCHEMA.items():
+        if key not in spec:
+            raise ChexcutError(f"{path}: damaged chexcut metadata: no {key!r}")
+        if not isinstance(spec[key], kind) or isinstance(spec[key], bool):
+            raise ChexcutError(f"{path}: damaged chexcut metadata: {key!r} should be {kind.__name__}, "
+                               f"not {type(spec[key]).__name__} ({spec[key]!r:.40})")
+    if spec["format_version"] > 1:
+        raise ChexcutError(f"{path} was written by a newer chexcut (format {spec['format_version']}); upgrade chexcut")
+    if not spec["labels"] or not all(isinstance(x, str) for x in spec["labels"]):
+        raise ChexcutError(f"{path}: damaged chexcut metadata: 'labels' must be a non-empty list of names")
+    norm = spec["normalisation"]
+    if not all(isinstance(norm.get(k), list) and norm[k] and all(isinstance(v, (int, float)) for v in norm[k])
+               for k in ("mean", "std")):
+        raise ChexcutError(f"{path}: damaged chexcut metadata: 'normalisation' needs numeric 'mean' and 'std' lists")
+    try:
+        arch = get_arch(spec["arch"])
+    except ChexcutError as e:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: {e}") from None
+    if not 0 <= spec["drop"] < arch.family.num_blocks:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: drop {spec['drop']} is not a truncation of {arch.name}")
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):

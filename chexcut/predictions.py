@@ -26,6 +26,12 @@ def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, lo
         df = pd.read_csv(path, dtype={"Path": str})
     except Exception as e:
         raise ChexcutError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
+    from chexcut.data.chexpert import _header
+
+    header = _header(path)
+    dups = sorted({c for c in header if header.count(c) > 1})
+    if dups:
+        raise ChexcutError(f"{path.name}: the header names {', '.join(map(repr, dups))} more than once")
     if "Path" not in df.columns:
         raise ChexcutError(f"{path.name}: no 'Path' column")
     if df.empty:

@@ -89,6 +89,10 @@ def collect(targets: list[Path]) -> Collected:
         if cfg is None or ev is None:
             res.incomplete.append({"run_dir": str(d), "reason": "unreadable config.json or eval.json"})
             continue
+        damage = _damaged(cfg, ev)
+        if damage:
+            res.incomplete.append({"run_dir": str(d), "reason": damage})
+            continue
         spec = cfg["model"]
         arch = get_arch(spec["arch"])
         kind = spec["weights"]["kind"]
@@ -113,6 +117,25 @@ def collect(targets: list[Path]) -> Collected:
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
             predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=_bench(rd)))
     return res
+
+
+def _damaged(cfg: dict, ev: dict) -> str | None:
+    """Why a run's config.json / eval.json cannot be used (the run is then listed, not used), or None."""
+    for where, obj, keys in (("config.json", cfg, ("model", "train")), ("eval.json", ev, ("labels", "n"))):
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            return f"damaged {where}: no {', '.join(map(repr, missing))}"
+    spec = cfg["model"]
+    if not isinstance(spec, dict) or not all(k in spec for k in ("arch", "drop", "labels", "params", "weights")):
+        return "damaged config.json: its 'model' lacks arch, drop, labels, params or weights"
+    from chexcut.archs import get_arch
+
+    try:
+        get_arch(spec["arch"])
+        int(spec["drop"]), int(spec["params"]), int(cfg["train"]["seed"]), int(cfg["train"]["image_size"])
+    except (ChexcutError, KeyError, TypeError, ValueError) as e:
+        return f"damaged config.json: {e}"
+    return None
 
 
 def _bench(rd: RunDir) -> dict | None:

@@ -36,7 +36,8 @@ def run_id(arch: str, weights: str, drop: int, seed: int) -> str:
 def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "none"), drops=(0, 1, 2),
                seeds=(0,), finetune_args: list[str] | None = None, bootstrap: int = 1000,
                evaluate_args: list[str] | None = None, slurm: bool = False, gpus_per_task: int = 1,
-               slurm_args: list[str] | None = None, chexcut_cmd: str = "chexcut", bench: bool = False) -> dict:
+               slurm_args: list[str] | None = None, chexcut_cmd: str = "chexcut", bench: bool = False,
+               force: bool = False, nodes: int = 1) -> dict:
     """Write the plan and its scripts; returns the plan. ``bench``: each run also measures its model's
     latency and throughput (`chexcut bench RUN --json RUN/bench.json`) before it is evaluated."""
     data = Path(data)
@@ -50,8 +51,11 @@ def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "n
         raise ChexcutError("a study needs at least one arch, weights, drop and seed")
     if any(d < 0 for d in drops):
         raise ChexcutError("--drops must be >= 0")
-    if gpus_per_task < 1:
-        raise ChexcutError("--gpus-per-task must be at least 1")
+    if gpus_per_task < 1 or nodes < 1:
+        raise ChexcutError("--gpus-per-task and --nodes must be at least 1")
+    if (Path(out) / PLAN).exists() and not force:
+        raise ChexcutError(f"{out} already holds a study plan; pass --force to plan over it (runs already done "
+                           f"are kept and skipped when their settings match)")
     from chexcut.fileio import check_output_folder
 
     out = check_output_folder(Path(out), "study folder")
@@ -82,6 +86,8 @@ def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "n
         r["evaluate"] = ev
         if bench:
             r["bench"] = ["bench", r["run_dir"], "--json", f"{r['run_dir']}/{rundir.BENCH}", "--quiet"]
+    if not runs:
+        raise ChexcutError(f"no runs to plan: {'; '.join(dict.fromkeys(skipped)) or 'empty grid'}")
     plan = {"format": "chexcut-study", "version": 1, "data": data_abs, "archs": archs, "weights": list(weights),
             "drops": list(drops), "seeds": list(seeds), "finetune_args": finetune_args, "bootstrap": bootstrap,
             "evaluate_args": evaluate_args, "bench": bench, "runs": runs, "skipped": skipped}
@@ -91,7 +97,7 @@ def plan_study(out: Path, data: Path, archs=PAPER_ARCHS, weights=("imagenet", "n
     os.chmod(out / "run.sh", 0o755)
     write_text(out / "commands.txt", "\n".join(run_line(r, chexcut_cmd, gpus=gpus_per_task) for r in runs) + "\n")
     if slurm:
-        write_text(out / "study.sbatch", sbatch_script(out, len(runs), gpus_per_task, slurm_args or []))
+        write_text(out / "study.sbatch", sbatch_script(out, len(runs), gpus_per_task, slurm_args or [], nodes))
     return plan
 
 
@@ -135,7 +141,9 @@ def run_line(r: dict, chexcut_cmd: str = "chexcut", gpus: int = 1) -> str:
             f"failed=$((failed+1)); }}; }}")
 
 
-def sbatch_script(out: Path, n: int, gpus: int, extra: list[str]) -> str:
+def sbatch_script(out: Path, n: int, gpus: int, extra: list[str], nodes: int = 1) -> str:
+    if nodes > 1:
+        return multinode_sbatch(out, n, gpus, extra, nodes)
     head = [
         "#!/usr/bin/env bash",
         "#SBATCH --job-name=chexcut-study",
@@ -155,6 +163,33 @@ def sbatch_script(out: Path, n: int, gpus: int, extra: list[str]) -> str:
         'exit $failed',
     ]
     return "\n".join(head) + "\n"
+
+
+def multinode_sbatch(out: Path, n: int, gpus: int, extra: list[str], nodes: int) -> str:
+    """One array task per run, each on ``nodes`` nodes: ``srun`` starts one torchrun per node, and the
+    torchrun agents meet at a c10d rendezvous on the task's first node (rank 0 writes the run directory)."""
+    return "\n".join([
+        "#!/usr/bin/env bash",
+        "#SBATCH --job-name=chexcut-study",
+        f"#SBATCH --array=0-{n - 1}",
+        f"#SBATCH --nodes={nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={gpus}",
+        f"#SBATCH --cpus-per-task={min(8 * gpus, 64)}",
+        f"#SBATCH --output={out.resolve()}/slurm-%A_%a.out",
+        *[f"#SBATCH {a}" for a in extra],
+        f"# Multi-node: each run trains on {nodes} nodes x {gpus} GPUs; the rendezvous is on the first node.",
+        "set -u",
+        f"cd {shlex.quote(str(out.resolve()))}",
+        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "port=$((29500 + SLURM_ARRAY_TASK_ID % 1000))",
+        f'export CHEXCUT="srun torchrun --nnodes {nodes} --nproc-per-node {gpus} --rdzv-backend c10d '
+        '--rdzv-endpoint $head:$port --rdzv-id chexcut-$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID -m chexcut"',
+        "failed=0",
+        'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" commands.txt)',
+        'eval "$line"',
+        "exit $failed",
+    ]) + "\n"
 
 
 def load_plan(study_dir: Path) -> dict:
@@ -268,6 +303,12 @@ def run_plan(study_dir: Path, jobs: int = 1, on_update=None, chexcut_cmd: str | 
     free_gpus = list(range(n_gpus))
     on_update = on_update or (lambda js: None)
     on_update(all_jobs)
+    import signal as sig
+    import threading
+
+    from chexcut.train import _on_sigterm
+
+    old = sig.signal(sig.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         while True:
             running = [j for j in all_jobs if j.status == "running"]
@@ -288,7 +329,7 @@ def run_plan(study_dir: Path, jobs: int = 1, on_update=None, chexcut_cmd: str | 
                     if j.gpu is not None:
                         env["CUDA_VISIBLE_DEVICES"] = str(j.gpu)
                 line = "set -u; failed=0; " + run_line(j.run, "chexcut") + "; exit $failed"
-                j.proc = subprocess.Popen(["bash", "-c", line], cwd=study_dir, env=env,
+                j.proc = subprocess.Popen(["bash", "-c", line], cwd=study_dir, env=env, start_new_session=True,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 j.status, j.started = "running", time.time()
                 running.append(j)
@@ -296,11 +337,19 @@ def run_plan(study_dir: Path, jobs: int = 1, on_update=None, chexcut_cmd: str | 
             if not running and not queued:
                 return all_jobs
             time.sleep(poll)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every running run saves a checkpoint, then we stop
+        import signal as sig
+
         for j in all_jobs:
-            if j.status == "running" and j.proc:
-                j.proc.send_signal(2)  # finetune saves a checkpoint and exits 130
+            if j.status == "running" and j.proc and j.proc.poll() is None:
+                try:  # the whole process group: bash and the chexcut it runs (finetune checkpoints, exits 130)
+                    os.killpg(j.proc.pid, sig.SIGINT)
+                except ProcessLookupError:
+                    pass
         for j in all_jobs:
             if j.proc:
                 j.proc.wait()
         raise
+    finally:
+        if old is not None:
+            sig.signal(sig.SIGTERM, old)

@@ -459,6 +459,16 @@ def open_data(run: Run, cfg: TrainConfig, opts, dist: Dist) -> RunData:
     if cache is None and run.cache is not None:
         raise ChexcutError(f"--cache {run.cache} holds no complete cache for these images and settings; "
                            f"run `chexcut prepare` with the same options")
+    if cache is not None and cache.bad:  # --skip-bad images: black in the cache, so say so wherever it is used
+        bad = sorted(set(cache.bad) & set(map(str, train_t.files + valid_t.files)))
+        if bad:
+            note = (f"{len(bad)} images were unreadable when the cache was prepared (--skip-bad) and are black "
+                    f"in it (first: {bad[0]})")
+            train_t.notes.append(note)
+            if dist.main:
+                import sys
+
+                print(f"chexcut: warning: {note}", file=sys.stderr)
     train_ds = XrayBatches(train_t, cfg.image_size, cfg.resize, cache)
     valid_ds = XrayBatches(valid_t, cfg.image_size, cfg.resize, cache)
     steps_per_epoch = len(batch_order(len(train_ds), cfg.batch_size, True, cfg.seed, 0, True, dist.rank, dist.world))

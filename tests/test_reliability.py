@@ -186,3 +186,137 @@ def test_evaluate_checks_its_outputs_before_inference(phantom, tmp_path):
         assert rc == 2 and "does not exist" in err and flag in err and err.count("\n") == 1, err
         rc, _, err = run_cli("evaluate", run_dir, flag, tmp_path)
         assert rc == 2 and "is a folder" in err, err
+
+
+# ----------------------------------------------------------------------------- multi-node rendezvous
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(args: list[str]) -> list[subprocess.CompletedProcess]:
+    """torchrun --nnodes 2 started twice on this machine, meeting at a c10d rendezvous on 127.0.0.1."""
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test{port}",
+           "-m", "chexcut", *args]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    out = []
+    for p in procs:
+        o, e = p.communicate(timeout=600)
+        out.append(subprocess.CompletedProcess(cmd, p.returncode, o, e))
+    return out
+
+
+def test_multi_node_torchrun_trains_writes_once_and_resumes(phantom, tmp_path):
+    run_dir = tmp_path / "mn"
+    args = ["finetune", "resnet18", "--drop", "2", "--weights", "none", "--data", str(phantom), "--out", str(run_dir),
+            "--image-size", "40", "--batch-size", "8", "--epochs", "2", "--val-every", "4", "--workers", "0",
+            "--device", "cpu", "--max-steps", "4", "--log-format", "json"]
+    done = _two_nodes(args)
+    assert all(p.returncode == 0 for p in done), [p.stderr[-2000:] for p in done]
+    starts = sum(line.count('"event": "start"') for p in done for line in p.stdout.splitlines())
+    assert starts == 1  # one rank logs (and writes): rank 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 2
+    assert json.loads((run_dir / "state.json").read_text())["step"] == 4
+    resumed = _two_nodes(["finetune", "--resume", str(run_dir), "--max-steps", "6", "--quiet"])
+    assert all(p.returncode == 0 for p in resumed), [p.stderr[-2000:] for p in resumed]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["step"] == 6 and (run_dir / "best.safetensors").is_file()
+    steps = pd.read_csv(run_dir / "metrics.csv")["step"].tolist()
+    assert steps == sorted(set(steps))
+
+
+def test_study_plan_checks_options_at_plan_time(phantom, tmp_path):
+    base = ["study", "plan", "--data", phantom, "--out", tmp_path / "s", "--archs", "resnet18"]
+    for extra, msg in ((["--recipe", "bogus"], "'bogus' is not one of"), (["--no-such-option", "1"], "No such option"),
+                       (["--epochs", "0"], "--epochs must be at least 1"), (["--drops", "99"], "no runs to plan")):
+        rc, _, err = run_cli(*base, *extra)
+        assert rc == 2 and msg in err and err.count("\n") == 1, err
+        assert not (tmp_path / "s" / "plan.json").exists()
+    rc, _, err = run_cli(*base, "--slurm", "--nodes", "2")
+    assert rc == 0, err
+    sbatch = (tmp_path / "s" / "study.sbatch").read_text()
+    assert "--nodes=2" in sbatch and "srun torchrun --nnodes 2" in sbatch and "--rdzv-backend c10d" in sbatch
+    rc, _, err = run_cli(*base)
+    assert rc == 2 and "--force" in err
+
+
+def test_duplicate_headers_rows_and_images_that_lie(phantom, tmp_path):
+    from PIL import Image
+
+    from chexcut.data.chexpert import load_split
+    from chexcut.data.images import load_image
+
+    base = phantom / "CheXpert-v1.0-small"
+    df = pd.read_csv(base / "train.csv")
+    (tmp_path / "dup_header.csv").write_text(df.to_csv(index=False).replace("Edema", "Cardiomegaly", 1))
+    with pytest.raises(ChexcutError, match="'Cardiomegaly' more than once"):
+        load_split(phantom, "all", DataOptions(csv=str(tmp_path / "dup_header.csv")))
+    pd.concat([df, df.head(3)]).to_csv(tmp_path / "dup_rows.csv", index=False)
+    with pytest.raises(ChexcutError, match="repeat an image path"):
+        load_split(phantom, "all", DataOptions(csv=str(tmp_path / "dup_rows.csv")))
+    big = tmp_path / "bomb.png"
+    Image.new("L", (8000, 8000)).save(big)  # 64 million pixels: over the default limit
+    with pytest.raises(ChexcutError, match="more than the limit"):
+        load_image(big, 32)
+    real = tmp_path / "real.png"
+    Image.new("L", (4500, 4200)).save(real)  # a real radiograph's size passes
+    assert load_image(real, 32).shape == (32, 32)
+    absolute = df.head(20).copy()  # absolute paths in a CSV are used as they are
+    absolute["Path"] = [str(phantom / p) for p in absolute["Path"]]
+    absolute.to_csv(tmp_path / "abs.csv", index=False)
+    t = load_split(tmp_path, "all", DataOptions(csv=str(tmp_path / "abs.csv"), views="all"))
+    assert all(os.path.isfile(f) for f in t.files)
+
+
+def test_predictions_missing_a_competition_column(tmp_path):
+    paths = [f"CheXpert-v1.0-small/valid/patient{i:05d}/study1/view1_frontal.jpg" for i in range(40)]
+    rng = np.random.default_rng(0)
+    comp = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+    pd.DataFrame({"Path": paths, "Frontal/Lateral": "Frontal", **{c: rng.integers(0, 2, 40) for c in comp}}
+                 ).to_csv(tmp_path / "valid.csv", index=False)
+    pd.DataFrame({"Path": paths, **{c: rng.random(40) for c in comp[:4]}}).to_csv(tmp_path / "p.csv", index=False)
+    rc, _, err = run_cli("evaluate", "--predictions", tmp_path / "p.csv", "--truth", tmp_path / "valid.csv")
+    assert rc == 2 and "Pleural Effusion" in err and "--allow-missing" in err
+    rc, out, err = run_cli("evaluate", "--predictions", tmp_path / "p.csv", "--truth", tmp_path / "valid.csv",
+                           "--allow-missing", "--bootstrap", "0", "--json", "-")
+    assert rc == 0 and json.loads(out)["mean_competition"]["labels"] == 4
+    pd.DataFrame({"Path": []}).to_csv(tmp_path / "empty.csv", index=False)
+    rc, _, err = run_cli("evaluate", "--predictions", tmp_path / "empty.csv", "--truth", tmp_path / "valid.csv")
+    assert rc == 2 and "no rows" in err
+
+
+def test_damaged_model_spec_and_run_files(tmp_path, phantom):
+    import chexcut
+    from safetensors.torch import load_file, save_file
+
+    good = tmp_path / "m.safetensors"
+    chexcut.save_model(chexcut.truncate("resnet18", drop=3, weights="none"), good)
+    from safetensors import safe_open
+
+    with safe_open(str(good), "pt") as f:
+        spec = json.loads(f.metadata()["chexcut"])
+    tensors = load_file(str(good))
+    for change, msg in (({"arch": None}, "should be str"), ({"labels": "Edema"}, "should be list"),
+                        ({"format_version": "one"}, "should be int"), ({"drop": 9}, "not a truncation")):
+        bad = {**spec, **change}
+        if change.get("arch", 1) is None:
+            del bad["arch"]
+            msg = "no 'arch'"
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"chexcut": json.dumps(bad)})
+        for cmd in (["inspect", tmp_path / "bad.safetensors"], ["evaluate", tmp_path / "bad.safetensors", "--data", phantom]):
+            rc, _, err = run_cli(*cmd)
+            assert rc == 2 and "damaged chexcut metadata" in err and msg in err and err.count("\n") == 1, (cmd, err)
+    # report: a corrupt plan.json, and a run whose config.json lacks its model (listed, not a traceback)
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "plan.json").write_text("{not json")
+    rc, _, err = run_cli("report", tmp_path / "study")
+    assert rc == 2 and "plan.json" in err

@@ -51,6 +51,7 @@ class ImageCache:
     paths: list[str]
     images: np.ndarray  # memmap (N, S, S) uint8
     row_of: dict[str, int]
+    bad: tuple[str, ...] = ()  # unreadable when prepared with --skip-bad: stored black
 
     def rows(self, files: list[Path]) -> np.ndarray:
         try:
@@ -94,7 +95,8 @@ def open_cache(files: list, image_size: int, resize: str, folder: Path | None = 
             return None
         ordered = paths
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(ordered), image_size, image_size))
-    return ImageCache(folder, image_size, resize, ordered, images, {p: i for i, p in enumerate(ordered)})
+    return ImageCache(folder, image_size, resize, ordered, images, {p: i for i, p in enumerate(ordered)},
+                      tuple(meta.get("bad") or ()))
 
 
 def _fingerprint_or_none(paths: list[str]) -> str | None:

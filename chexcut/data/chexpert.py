@@ -235,6 +235,13 @@ def _view_mask(df, views: str, paths: list[str]) -> np.ndarray:
     return df["AP/PA"].fillna("").astype(str).str.lower().to_numpy() == views
 
 
+def _header(csv: Path) -> list[str]:
+    import csv as csvmod
+
+    with open(csv, newline="", encoding="utf-8", errors="replace") as f:
+        return next(csvmod.reader(f), [])
+
+
 def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> LabelTable:
     """Read one CSV, validate it, select views, apply the label policies."""
     import pandas as pd
@@ -245,6 +252,11 @@ def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> Labe
         raise ChexcutError(f"CSV not found: {csv}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise ChexcutError(f"{csv} is not a readable CSV: {str(e).splitlines()[0]}") from None
+    header = _header(csv)
+    dups = sorted({c for c in header if header.count(c) > 1})
+    if dups:
+        raise ChexcutError(f"{csv.name}: the header names {', '.join(map(repr, dups))} more than once; "
+                           f"which column holds the labels is ambiguous")
     if opts.path_col not in df.columns:
         raise ChexcutError(f"{csv.name}: no path column {opts.path_col!r} (columns: {', '.join(map(str, df.columns[:8]))}...)")
     if opts.labels:
@@ -256,6 +268,11 @@ def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> Labe
         labels = tuple(c for c in CHEXPERT_LABELS if c in df.columns)
         if not labels:
             raise ChexcutError(f"{csv.name}: none of the 14 CheXpert label columns is present; name them with --labels")
+    twice = df[opts.path_col].duplicated()
+    if twice.any():
+        first = df[opts.path_col][twice].iloc[0]
+        raise ChexcutError(f"{csv.name}: {int(twice.sum())} rows repeat an image path (first: {first}, row "
+                           f"{int(np.flatnonzero(twice.to_numpy())[0]) + 2}); each image must appear once")
     if df[opts.path_col].isna().any():
         rows = (np.flatnonzero(df[opts.path_col].isna().to_numpy()) + 2)[:5]
         raise ChexcutError(f"{csv.name}: empty {opts.path_col} in rows {', '.join(map(str, rows))}")

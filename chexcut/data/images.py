@@ -40,13 +40,30 @@ def to_gray_u8(img) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def max_pixels() -> int:
+    """The largest image chexcut decodes: ``CHEXCUT_MAX_PIXELS`` (default 50 million: a 7,000 x 7,000 image;
+    real radiographs are 4,000-5,000 px a side). Larger files are refused as bad images (a decompression
+    bomb would otherwise exhaust memory); ``--skip-bad`` skips them like any unreadable image."""
+    import os
+
+    try:
+        return int(os.environ.get("CHEXCUT_MAX_PIXELS", 50_000_000))
+    except ValueError:
+        raise ChexcutError("CHEXCUT_MAX_PIXELS must be an integer number of pixels") from None
+
+
 def load_image(path: str | Path, size: int, resize: str = "squash") -> np.ndarray:
     """Decode ``path`` into a (size, size) uint8 array. Corrupt files raise ChexcutError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     resize = check(Resize, resize, "--resize")
+    limit = max_pixels()
+    Image.MAX_IMAGE_PIXELS = None  # chexcut's own limit below, checked from the header before decoding
     try:
         with Image.open(path) as img:
+            if img.size[0] * img.size[1] > limit:
+                raise ChexcutError(f"cannot read image {path}: {img.size[0]} x {img.size[1]} pixels is more than "
+                                   f"the limit of {limit:,} (CHEXCUT_MAX_PIXELS)")
             if img.format == "JPEG":
                 # decode at reduced resolution directly in the DCT (2-8x less work for big images)
                 img.draft("L", (size, size))
