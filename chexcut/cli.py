@@ -224,6 +224,7 @@ def phantom(
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 600,
     image_size: ImageSizeOpt = 320,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    masks: Annotated[bool, typer.Option("--masks", help="Also write where each finding was drawn (masks/ PNGs and masks.csv), to score heatmaps.")] = False,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Write a synthetic dataset in the exact CheXpert layout, with findings a CNN can learn."""
@@ -233,7 +234,7 @@ def phantom(
 
     check_output_folder(out, "phantom folder")
     with ui.lazy_progress_bar("drawing phantom X-rays", n, quiet=quiet) as update:
-        root = make_phantom(out, n=n, image_size=image_size, seed=seed, progress=update)
+        root = make_phantom(out, n=n, image_size=image_size, seed=seed, progress=update, masks=masks)
     if not quiet:
         ui.err.print(f"wrote {n} images to {root} (train.csv, valid.csv)")
 
@@ -447,6 +448,68 @@ def export(
         ui.err.print(f"wrote {res['path']}: {res['arch']} drop {res['drop']}, uint8 (N, 1, {res['image_size']}, "
                      f"{res['image_size']}) -> {len(res['labels'])} probabilities; ONNX Runtime vs chexcut max |diff| "
                      f"{res['max_abs_diff']:.1e}")
+
+
+# ----------------------------------------------------------------------------- explain
+
+@app.command()
+def explain(
+    model: Annotated[str, typer.Argument(help="Model file or finetune run dir.")],
+    images: Annotated[Optional[list[Path]], typer.Argument(help="Image files or folders (or use --data).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays and contact sheets.")] = Path("explain"),
+    data: Annotated[Optional[Path], typer.Option("--data", help="A dataset instead of IMAGES (with --csv, --split, --limit).")] = None,
+    csv: CsvOpt = None,
+    split: Annotated[Split, typer.Option("--split", help="Rows of --data.")] = Split.valid,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many images.")] = 16,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels (default: the 5 competition tasks).")] = None,
+    top: Annotated[Optional[int], typer.Option("--top", help="Instead of --labels: each image's K most probable labels.")] = None,
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Block index (from `chexcut inspect`) [default: the last kept block].")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Pointing game (phantom data with --masks) and the randomisation sanity check.")] = False,
+    skip_bad: SkipBadOpt = False,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the listing (or with --check the checks) to PATH, or - for stdout.")] = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Grad-CAM heatmaps over the images (Captum's LayerGradCam at the last kept block), with optional checks."""
+    from chexcut import ui
+    from chexcut.fileio import check_output_file, check_output_folder
+
+    if (data is None) == (not images):
+        raise ChexcutError("give IMAGES (files or folders) or --data DIR, not both or neither")
+    if limit < 1:
+        raise ChexcutError("--limit must be at least 1")
+    check_output_folder(out, "--out folder")
+    if json_path and json_path != "-":
+        check_output_file(Path(json_path), "--json")
+    from chexcut import explain as ex
+    from chexcut.modelfile import load_model
+    from chexcut.modelsource import ModelSource
+
+    path = ModelSource.parse(model).require_file("explain")
+    net = load_model(path)
+    spec = net.chexcut_spec
+    ex.target_layer(net, spec, layer)
+    chosen = ex.choose_labels(spec, _split(labels), top)
+    size = int(spec.get("image_size", 320))
+    inputs, truth = ex.gather(images, data, csv, str(split), limit, size, skip_bad, masks=check)
+    with ui.lazy_progress_bar("explaining", quiet=quiet or json_path == "-") as update:
+        update(0, len(inputs.paths))
+        result = ex.explain(net, spec, inputs, out, chosen, top, layer)
+        if check:
+            result = {**ex.check(net, spec, inputs, chosen or list(spec["labels"])[:5], truth, layer),
+                      "files": result["images"]}
+        update(len(inputs.paths), len(inputs.paths))
+    if json_path == "-":
+        ui.print_json(result)
+    elif json_path:
+        from chexcut.fileio import write_json
+
+        write_json(Path(json_path), result)
+    if not quiet and json_path != "-":
+        for name in inputs.skipped:
+            ui.err.print(f"[yellow]skipped unreadable image:[/] {name}")
+        if check:
+            ui.out.print(ui.explain_checks_table(result))
+        ui.err.print(f"wrote overlays and contact sheets for {len(inputs.paths)} images to {out}")
 
 
 # ----------------------------------------------------------------------------- weights

@@ -73,6 +73,17 @@ def atomic_path(path: Path):
         raise
 
 
+def sha256_file(path: Path) -> str:
+    """The file's sha256, hex."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(Path(path)) as tmp:
         Path(tmp).write_text(text)

@@ -251,7 +251,8 @@ class Timm(Library):
         import os
         import shutil
 
-        from chexcut.weights import sha256_file, writable_folder
+        from chexcut.fileio import sha256_file
+        from chexcut.weights import writable_folder
 
         sha = sha256_file(part)
         repo = writable_folder(self.cache_path(arch), "Hugging Face cache folder")

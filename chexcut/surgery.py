@@ -7,7 +7,6 @@ weights) into a :class:`ChexcutNet`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from chexcut.archs import Arch, get_arch, resolve_drop
 from chexcut.errors import ChexcutError
+from chexcut.fileio import sha256_file
 from chexcut.labels import CHEXPERT_LABELS
 from chexcut.version import __version__
 
@@ -128,14 +128,6 @@ def load_with_metadata(model: nn.Module, state: dict) -> None:
         state = OrderedDict(state)
         state._metadata = model.state_dict()._metadata
     model.load_state_dict(state, strict=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_imagenet(model: nn.Module, arch: Arch) -> dict:

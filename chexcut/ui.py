@@ -61,6 +61,17 @@ def bench_table(res: dict) -> Table:
     return t
 
 
+def explain_checks_table(res: dict) -> Table:
+    r = res["randomisation"]
+    t = Table(title=f"Heatmap checks: randomisation rank correlation {_f(r['rank_correlation'], '{:.2f}')} "
+                    f"(trained vs re-initialised model; low is good)", title_justify="left")
+    for col in ("label", "pointing hits", "n", "rate", "chance (area share)"):
+        t.add_column(col, justify="left" if col == "label" else "right")
+    for name, p in (res.get("pointing_game") or {}).items():
+        t.add_row(name, str(p["hits"]), str(p["n"]), _f(p["rate"], "{:.2f}"), _f(p["chance"], "{:.2f}"))
+    return t
+
+
 def weights_table(rows: list[dict]) -> Table:
     t = Table(title="ImageNet weights", title_justify="left")
     for col in ("arch", "file", "MB", "cached", "verified", "path (or where to place it)"):

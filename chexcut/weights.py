@@ -22,13 +22,13 @@ It exists for tests, which serve generated files; it is announced on stderr when
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
+from chexcut.fileio import sha256_file
 
 MIRROR_ENV = "CHEXCUT_WEIGHTS_MIRROR"
 SHA256_ENV = "CHEXCUT_WEIGHTS_SHA256"
@@ -54,14 +54,6 @@ def expected_sha256(arch) -> str | None:
               file=sys.stderr)
         return override[arch.name].strip().lower()
     return arch.library.known_sha256(arch)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def status(arch) -> dict:

@@ -1,0 +1,298 @@
+"""Where does the model look? Grad-CAM heatmaps, and two checks that they mean something.
+
+Attribution is Captum's ``LayerGradCam`` (a maintained implementation of Selvaraju et al. 2017) at the last
+kept block by default: the natural target of a truncated model, whose last feature map is finer the more
+blocks are cut. ``layer`` picks another block by its index from ``chexcut inspect``. Maps are upsampled to
+the image (Captum's ``LayerAttribution.interpolate``), ReLU'd and scaled to [0, 1]; the peak is the
+location of the maximum.
+
+Checks (:func:`check`):
+
+- *pointing game* on phantom data drawn with ``--masks``: the share of positive images whose heatmap peak
+  lies inside the finding's drawn region, beside chance (the region's mean share of the image);
+- *randomisation* (Adebayo et al., "Sanity Checks for Saliency Maps", 2018): the mean Spearman rank
+  correlation between the trained model's maps and the maps after re-initialising its weights from the top
+  block down; near 1 would mean the maps show the image, not what the model learned.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from chexcut.errors import ChexcutError
+from chexcut.labels import COMPETITION_LABELS
+
+
+def block_modules(model: nn.Module, spec: dict) -> list[nn.Module]:
+    """The kept blocks of a chexcut model, in order (index 1 = block 1 of ``inspect``)."""
+    from chexcut.archs import get_arch
+    from chexcut.surgery import get_module
+
+    if int(spec["drop"]) > 0:
+        return list(model.blocks)
+    fam = get_arch(spec["arch"]).family
+    return [get_module(model, paths[-1]) for paths in fam.blocks]
+
+
+def target_layer(model: nn.Module, spec: dict, layer: int | None) -> tuple[nn.Module, int]:
+    blocks = block_modules(model, spec)
+    index = len(blocks) if layer is None else layer
+    if not 1 <= index <= len(blocks):
+        raise ChexcutError(f"--layer {layer} is out of range: this model keeps blocks 1..{len(blocks)} "
+                           f"(see `chexcut inspect`)")
+    return blocks[index - 1], index
+
+
+def gradcam(model: nn.Module, spec: dict, images: torch.Tensor, targets: list[int], layer: int | None = None
+            ) -> np.ndarray:
+    """Grad-CAM maps (N, T, H, W) in [0, 1] for uint8 images (N, 1, H, W) and head indices ``targets``."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from chexcut.data.images import normalise
+
+    module, _ = target_layer(model, spec, layer)
+    norm = spec["normalisation"]
+    x = normalise(images, norm["mean"], norm["std"], int(spec.get("in_chans", 3)))
+    cam = LayerGradCam(model, module)
+    out = np.zeros((len(images), len(targets), images.shape[-2], images.shape[-1]), dtype=np.float32)
+    for t, j in enumerate(targets):
+        a = cam.attribute(x, target=j, relu_attributions=True)
+        a = LayerAttribution.interpolate(a, tuple(images.shape[-2:]), interpolate_mode="bilinear")
+        a = a.detach().float().reshape(len(images), -1)
+        top = a.max(dim=1, keepdim=True).values.clamp_min(1e-12)
+        out[:, t] = (a / top).reshape(len(images), *images.shape[-2:]).numpy()
+    return out
+
+
+def peak(heat: np.ndarray) -> tuple[int, int]:
+    r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return int(r), int(c)
+
+
+def overlay(gray: np.ndarray, heat: np.ndarray, caption: str):
+    """An RGB PIL image: the X-ray in grey, the heatmap in colour on top, the caption in a bar below."""
+    import matplotlib
+    from PIL import Image, ImageDraw
+
+    rgb = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=2)
+    colour = matplotlib.colormaps["jet"](heat)[..., :3]
+    alpha = 0.45 * heat[..., None]
+    mixed = (rgb * (1 - alpha) + colour * alpha) * 255
+    img = Image.fromarray(mixed.clip(0, 255).astype(np.uint8), mode="RGB")
+    scale = max(1, 256 // img.width)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (img.width, img.height + 16), "black")
+    canvas.paste(img, (0, 0))
+    ImageDraw.Draw(canvas).text((3, img.height + 2), caption, fill="white")
+    return canvas
+
+
+def contact_sheet(tiles: list):
+    from PIL import Image
+
+    sheet = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), "black")
+    x = 0
+    for t in tiles:
+        sheet.paste(t, (x, 0))
+        x += t.width
+    return sheet
+
+
+@dataclass
+class Inputs:
+    paths: list[str]  # as the user named them (or as in the CSV)
+    files: list[str]
+    images: torch.Tensor  # uint8 (N, 1, S, S)
+    skipped: list[str]
+
+
+def read_images(files: list, paths: list[str], size: int, resize: str, skip_bad: bool) -> Inputs:
+    from chexcut.data.images import load_image
+
+    arrays, keep_p, keep_f, skipped = [], [], [], []
+    for p, f in zip(paths, files):
+        try:
+            arrays.append(load_image(f, size, resize))
+        except ChexcutError:
+            if not skip_bad:
+                raise
+            skipped.append(str(p))
+            continue
+        keep_p.append(str(p))
+        keep_f.append(str(f))
+    if not arrays:
+        raise ChexcutError("no readable images to explain")
+    return Inputs(keep_p, keep_f, torch.from_numpy(np.stack(arrays)).unsqueeze(1), skipped)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def gather(images: list[Path] | None, data: Path | None, csv: str | None, split: str, limit: int, size: int,
+           skip_bad: bool, masks: bool = False) -> tuple[Inputs, dict | None]:
+    """The images to explain (files, folders, or ``limit`` frontal rows of a dataset's split) and, for a
+    phantom drawn with masks, where each finding is (for the pointing game)."""
+    truth = None
+    if data is not None:
+        from chexcut.data.chexpert import DataOptions, find_dataset_dir, load_split
+
+        table = load_split(data, split, DataOptions(csv=csv, views="frontal"))
+        paths, files = table.paths[:limit], table.files[:limit]
+        if masks and not csv and (find_dataset_dir(data) / "masks.csv").is_file():
+            from chexcut.data.phantom import read_masks
+
+            truth = read_masks(find_dataset_dir(data))
+    else:
+        files = []
+        for p in images or []:
+            if p.is_dir():
+                files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            elif p.exists():
+                files.append(p)
+            else:
+                raise ChexcutError(f"image not found: {p}")
+        files = files[:limit]
+        paths = [str(f) for f in files]
+        if not files:
+            raise ChexcutError("no .png/.jpg images in the given folders")
+    return read_images(files, paths, size, "squash", skip_bad), truth
+
+
+def choose_labels(spec: dict, labels: list[str] | None, top: int | None) -> list[str] | None:
+    """Labels to explain: ``labels`` (checked against the head), or None for the per-image top K."""
+    have = list(spec["labels"])
+    if labels:
+        missing = [x for x in labels if x not in have]
+        if missing:
+            raise ChexcutError(f"the model has no head output for {', '.join(missing)} (it has: {', '.join(have)})")
+        return labels
+    if top:
+        if not 1 <= top <= len(have):
+            raise ChexcutError(f"--top must be 1..{len(have)}")
+        return None
+    return [x for x in COMPETITION_LABELS if x in have] or have[:5]
+
+
+def explain(model, spec: dict, inputs: Inputs, out: Path, labels: list[str] | None, top: int | None = None,
+            layer: int | None = None, batch: int = 16) -> dict:
+    """Heatmaps, overlays and a contact sheet per image under ``out``; returns the JSON listing."""
+    from chexcut.fileio import atomic_path
+
+    model.eval()
+    chosen = choose_labels(spec, labels, top)
+    _, index = target_layer(model, spec, layer)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        probs = torch.cat([_probs(model, spec, inputs.images[i:i + batch]) for i in range(0, len(inputs.images), batch)])
+    rows = []
+    for i, path in enumerate(inputs.paths):
+        p = probs[i].numpy()
+        names = chosen or [spec["labels"][j] for j in np.argsort(-p)[:top]]
+        targets = [spec["labels"].index(n) for n in names]
+        heat = gradcam(model, spec, inputs.images[i:i + 1], targets, layer)[0]
+        gray = inputs.images[i, 0].numpy()
+        stem = f"{i + 1:04d}-{Path(path).stem}"
+        tiles = []
+        for t, name in enumerate(names):
+            prob = float(p[targets[t]])
+            tile = overlay(gray, heat[t], f"{name} {prob:.2f}")
+            f = out / f"{stem}-{name.lower().replace(' ', '_')}.png"
+            with atomic_path(f) as tmp:
+                tile.save(tmp, format="PNG")
+            tiles.append(tile)
+            rows.append({"path": path, "label": name, "probability": prob, "peak": list(peak(heat[t])),
+                         "file": str(f), "layer": index})
+        with atomic_path(out / f"{stem}-sheet.png") as tmp:
+            contact_sheet(tiles).save(tmp, format="PNG")
+    return {"images": rows, "skipped": inputs.skipped, "layer": index, "image_size": int(inputs.images.shape[-1])}
+
+
+def _probs(model, spec, images):
+    from chexcut.data.images import normalise
+
+    norm = spec["normalisation"]
+    return torch.sigmoid(model(normalise(images, norm["mean"], norm["std"], int(spec.get("in_chans", 3)))).double())
+
+
+# ----------------------------------------------------------------------------- checks
+
+def pointing_game(model, spec: dict, inputs: Inputs, truth: dict[tuple[str, str], Path], labels: list[str],
+                  layer: int | None = None, tolerance: float = 1 / 16) -> dict:
+    """Per label: positives whose heatmap peak falls inside the drawn region, and chance (mean area share).
+
+    As in the pointing game of Zhang et al. (2016), a peak within a small tolerance of the region counts
+    (``tolerance`` of the image side: 4 px at 64 px, 20 px at 320 px); chance is computed on the same
+    enlarged region, so the comparison stays fair."""
+    from PIL import Image
+    from scipy.ndimage import binary_dilation
+
+    out = {}
+    size = inputs.images.shape[-1]
+    for name in labels:
+        j = spec["labels"].index(name)
+        rows = [i for i, p in enumerate(inputs.paths) if (p, name) in truth]
+        if not rows:
+            out[name] = {"hits": 0, "n": 0, "rate": None, "chance": None}
+            continue
+        heat = np.concatenate([gradcam(model, spec, inputs.images[rows[k:k + 16]], [j], layer)[:, 0]
+                               for k in range(0, len(rows), 16)])
+        hits, areas = 0, []
+        for h, i in zip(heat, rows):
+            mask = np.asarray(Image.open(truth[(inputs.paths[i], name)]).convert("L").resize((size, size),
+                                                                                           Image.NEAREST)) > 127
+            grow = int(round(tolerance * size))
+            if grow:
+                mask = binary_dilation(mask, iterations=grow)
+            r, c = peak(h)
+            hits += bool(mask[r, c])
+            areas.append(float(mask.mean()))
+        out[name] = {"hits": int(hits), "n": len(rows), "rate": hits / len(rows), "chance": float(np.mean(areas)),
+                     "tolerance_px": grow}
+    return out
+
+
+def randomisation(model, spec: dict, images: torch.Tensor, labels: list[str], layer: int | None = None,
+                  seed: int = 0) -> dict:
+    """Spearman rank correlation between the trained model's maps and the maps after re-initialising the head
+    and then the kept blocks from the top down (cascading), averaged over images and labels."""
+    from scipy.stats import spearmanr
+
+    targets = [spec["labels"].index(n) for n in labels]
+    base = gradcam(model, spec, images, targets, layer)
+    rand = copy.deepcopy(model)
+    blocks = block_modules(rand, spec)
+    steps = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for k, block in enumerate([None, *reversed(blocks)]):
+            mods = [m for m in (rand.modules() if block is None else block.modules())]
+            for m in mods:
+                if block is None and not isinstance(m, nn.Linear):
+                    continue
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            maps = gradcam(rand, spec, images, targets, layer)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a constant map has no rank correlation: dropped below
+                rho = [spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(base.reshape(-1, *base.shape[2:]),
+                                                                     maps.reshape(-1, *maps.shape[2:]))]
+            rho = [r for r in rho if np.isfinite(r)]
+            steps.append({"randomised": "head" if block is None else f"head + top {k} blocks",
+                          "rank_correlation": float(np.mean(rho)) if rho else None})
+    final = steps[-1]["rank_correlation"]
+    return {"rank_correlation": final, "cascade": steps}
+
+
+def check(model, spec: dict, inputs: Inputs, labels: list[str], truth=None, layer: int | None = None) -> dict:
+    result = {"randomisation": randomisation(model, spec, inputs.images[:16], labels, layer)}
+    if truth is not None:
+        result["pointing_game"] = pointing_game(model, spec, inputs, truth, labels, layer)
+    return result
+
