@@ -718,7 +718,7 @@ def demo(
     drops: Annotated[str, typer.Option("--drops")] = "0,1,2",
     n: Annotated[int, typer.Option("--n", help="Phantom images.")] = 500,
     image_size: Annotated[int, typer.Option("--image-size")] = 64,
-    epochs: Annotated[int, typer.Option("--epochs")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs")] = 4,
     bootstrap: Annotated[int, typer.Option("--bootstrap")] = 500,
     jobs: Annotated[int, typer.Option("--jobs", help="Runs at once (1: all in this process, no import per run).")] = 1,
     offline: Annotated[bool, typer.Option("--offline", help="Never try the network for ImageNet weights.")] = False,
