@@ -82,10 +82,11 @@ def bench_level(model, spec: dict, *, device: torch.device, image_size: int, bat
 
         from chexcut.modelfile import save_model
 
-        tmp = Path(tempfile.mkdtemp(prefix="chexcut-bench-"))
-        save_model(model, tmp / "m.safetensors", spec=spec)
-        export_onnx(tmp / "m.safetensors", tmp / "m.onnx", image_size=image_size)
-        sess = ort_session(tmp / "m.onnx", threads)
+        with tempfile.TemporaryDirectory(prefix="chexcut-bench-") as folder:  # the session keeps the graph
+            tmp = Path(folder)
+            save_model(model, tmp / "m.safetensors", spec=spec)
+            export_onnx(tmp / "m.safetensors", tmp / "m.onnx", image_size=image_size)
+            sess = ort_session(tmp / "m.onnx", threads)
 
         def run_fn(x):
             return sess.run(None, {"images": x.numpy()})

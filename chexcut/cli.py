@@ -279,7 +279,7 @@ def finetune(
 
     from chexcut import ui
     from chexcut.modelsource import ModelSource
-    from chexcut.train import Run, TrainConfig, finetune as do_finetune
+    from chexcut.train import Run, finetune as do_finetune
 
     if resume is not None:
         if model or out or data:
@@ -290,11 +290,7 @@ def finetune(
             raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
         if not data.exists():
             raise ChexcutError(f"--data {data} does not exist")
-        cfg = TrainConfig.from_recipe(
-            str(recipe), epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, val_every=val_every,
-            precision=precision and str(precision), channels_last=channels_last, compile=compile_, workers=workers,
-            seed=seed, max_steps=max_steps, device=device, resize=str(resize), log_every=log_every,
-            precise_bn=precise_bn)
+        cfg = _train_config(locals())  # the command's parameters, by name
         source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights, in_chans=in_chans, seed=seed)
         opts = _data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
         run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source.to_json(), cache=cache,
@@ -312,6 +308,17 @@ def finetune(
         b = result["best"]
         best = f"best mean AUROC {b['mean_auroc']:.4f} at step {b['step']}" if b.get("mean_auroc") is not None else "no evaluable validation"
         ui.err.print(f"{result['status']}: {result['step']} steps, {best}; run in {result['run_dir']}")
+
+
+def _train_config(p: dict):
+    """finetune's parameters (by their names in the command) -> a checked TrainConfig; study plan uses it too."""
+    from chexcut.train import TrainConfig
+
+    return TrainConfig.from_recipe(
+        str(p["recipe"]), epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], image_size=p["image_size"],
+        val_every=p["val_every"], precision=p["precision"] and str(p["precision"]), channels_last=p["channels_last"],
+        compile=p["compile_"], workers=p["workers"], seed=p["seed"], max_steps=p["max_steps"], device=p["device"],
+        resize=str(p["resize"]), log_every=p["log_every"], precise_bn=p["precise_bn"])
 
 
 @app.command()
@@ -644,13 +651,7 @@ def _check_finetune_args(args: list[str], data: Path) -> None:
     except click.UsageError as e:
         msg = " ".join(e.format_message().replace("Value error, ", "").split())
         raise ChexcutError(f"an option for the runs' finetune is wrong: {msg}") from None
-    p = ctx.params
-    from chexcut.train import TrainConfig
-
-    TrainConfig.from_recipe(str(p["recipe"]), epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
-                            image_size=p["image_size"], val_every=p["val_every"], workers=p["workers"],
-                            max_steps=p["max_steps"], log_every=p["log_every"], precise_bn=p["precise_bn"],
-                            precision=p["precision"] and str(p["precision"]))
+    _train_config(ctx.params)
 
 
 @study_app.command("run")
@@ -737,6 +738,14 @@ def demo(
 
 # ----------------------------------------------------------------------------- entry point
 
+def _interrupted() -> int:
+    """Say how the process was stopped: 143 after SIGTERM, 130 after Ctrl-C."""
+    from chexcut import errors
+
+    print(f"chexcut: {'terminated (SIGTERM)' if errors.TERMINATED else 'interrupted'}", file=sys.stderr)
+    return 143 if errors.TERMINATED else 130
+
+
 def _environment_error(e: BaseException) -> str | None:
     """One line for failures the environment causes (no space, quota, read-only, permissions); else None."""
     import errno
@@ -764,10 +773,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         rv = app(args=args, prog_name="chexcut", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == 130:  # Typer turns an interrupt into an exit code itself
-            from chexcut import errors
-
-            print(f"chexcut: {'terminated (SIGTERM)' if errors.TERMINATED else 'interrupted'}", file=sys.stderr)
-            code = 143 if errors.TERMINATED else 130
+            code = _interrupted()
     except ChexcutError as e:
         if debug:
             import traceback
@@ -783,12 +789,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         msg = ' '.join(e.format_message().replace("Value error, ", "").split())
         print(f"chexcut: error: {msg}{hint}", file=sys.stderr)
         code = e.exit_code
-    except (typer.Abort, KeyboardInterrupt) as e:
-        from chexcut import errors
-
-        terminated = errors.TERMINATED
-        print(f"chexcut: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
-        code = 143 if terminated else 130
+    except (typer.Abort, KeyboardInterrupt):
+        code = _interrupted()
     except BrokenPipeError:
         code = 0
     except Exception as e:

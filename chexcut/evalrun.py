@@ -35,7 +35,7 @@ def model_predictions(model_path, es, image_size: int | None, batch_size: int, d
     from chexcut.infer import pick_device, predict, resolve_precision
     from chexcut.modelfile import load_model, read_spec
 
-    path = ModelSource.parse(str(model_path)).require_file("evaluate")
+    path = ModelSource.parse(str(model_path)).require_file("evaluate")  # a file, or a run dir's best model
     spec = read_spec(path)
     want = tuple(labels or spec["labels"])
     extra = [label for label in want if label not in spec["labels"]]
@@ -88,15 +88,18 @@ def write_results_csv(path, result: dict) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
-def check_sources(model, data, predictions, label_file) -> None:
-    """One-line errors for what to evaluate, before any inference or progress output."""
+def check_sources(model, data, predictions, label_file) -> ModelSource | None:
+    """One-line errors for what to evaluate, before any inference or progress output; MODEL, parsed."""
     if (model is None) == (predictions is None):
         raise ChexcutError("give a MODEL (a run directory, or a model file with --data) or --predictions "
                            "(with --truth FILE), not both or neither")
     if model is not None:
-        ModelSource.parse(str(model)).spec()  # a bad model fails here, not after the data is read
-    elif label_file is None:
+        source = ModelSource.parse(str(model))
+        source.spec()  # a bad model fails here, not after the data is read
+        return source
+    if label_file is None:
         raise ChexcutError("--predictions needs the label CSV: --truth FILE")
+    return None
 
 
 def run_evaluation(*, model=None, data=None, split: str | None = None, options: dict | None = None,
@@ -121,14 +124,14 @@ def run_evaluation(*, model=None, data=None, split: str | None = None, options: 
                      margin=margin, equivalence=equivalence)
     if compare is None and margin is not None:
         raise ChexcutError("--margin needs --compare OTHER (non-inferiority of this model against OTHER)")
-    check_sources(model, data, predictions, label_file)
+    source = check_sources(model, data, predictions, label_file)
     options, infer = dict(options or {}), infer or {}
     progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
     es = None
     if model is not None:
-        es = sets.resolve(ModelSource.parse(str(model)).run_dir, data, split, options)
+        es = sets.resolve(source.run_dir, data, split, options)
         with progress("inference") as update:
-            table, preds, _spec = model_predictions(model, es, labels=labels, progress=update, **infer)
+            table, preds, _spec = model_predictions(source.file, es, labels=labels, progress=update, **infer)
         overlap = sets.check_overlap(table, es, allow_overlap)
     else:
         table, preds = _predictions_and_labels(predictions, label_file, options, logits, allow_missing)
@@ -150,10 +153,9 @@ def run_evaluation(*, model=None, data=None, split: str | None = None, options: 
     result["evaluation_set"] = {**(es.to_json() if es else {"kind": "predictions", "labels": str(label_file)}),
                                 "description": es.describe() if es else f"the rows of {label_file}",
                                 "overlap": overlap}
-    interim = ModelSource.parse(str(model)).interim if model is not None else None
-    if interim:
-        result["warnings"].insert(0, f"interim model: the run is {interim}; this is its best model so far")
-    if _overlapping(overlap):
+    if source is not None and source.interim:
+        result["warnings"].insert(0, f"interim model: the run is {source.interim}; this is its best model so far")
+    if overlaps_training(overlap):
         result["warnings"].insert(0, "the evaluation set overlaps training rows (--allow-overlap): AUROC is inflated")
     result["source"] = {"model": str(model) if model else None, "predictions": str(predictions) if predictions else None,
                         "compare": compare, "data": str(Path(es.data).resolve()) if es else None,
@@ -162,7 +164,7 @@ def run_evaluation(*, model=None, data=None, split: str | None = None, options: 
     return result
 
 
-def _overlapping(overlap) -> bool:
+def overlaps_training(overlap) -> bool:
     """Whether an overlap record (or a model/compare pair of them) found shared rows."""
     if not overlap:
         return False
@@ -206,9 +208,11 @@ def _compare_scores(compare, es, evalset, table, logits, allow_overlap, infer, p
         return align(evalset, read_predictions(compare, logits=logits), name=f"--compare {compare}"), None
     if es is None:
         raise ChexcutError("--compare with a model needs MODEL too (run on the same data), not --predictions")
+    source = ModelSource.parse(str(compare))
     with progress("inference (compare)") as update:
-        _, other, _ = model_predictions(compare, es, labels=evalset.labels, progress=update, **infer)
-    other_run = ModelSource.parse(str(compare)).run_dir
+        _, other, _ = model_predictions(source.require_file("evaluate --compare"), es, labels=evalset.labels,
+                                        progress=update, **infer)
+    other_run = source.run_dir
     overlap = sets.check_overlap(table, es, allow_overlap, run_dir=other_run, what=f"--compare {compare}") \
         if other_run else None
     return align(evalset, other, name=f"--compare {compare}"), overlap

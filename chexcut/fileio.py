@@ -13,16 +13,7 @@ from chexcut.errors import ChexcutError
 
 def check_writable(path: Path, force: bool = False) -> None:
     """Refuse an existing output without ``force`` and an output folder that cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise ChexcutError(f"{path} is a directory; give a file name")
-    if path.exists() and not force:
-        raise ChexcutError(f"{path} exists; pass --force to overwrite it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ChexcutError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ChexcutError(f"cannot write {path}: folder {parent} is not writable")
+    check_output_file(path, "output", force=force)
 
 
 def check_output_folder(path: Path, what: str = "output folder") -> Path:
@@ -42,11 +33,13 @@ def check_output_folder(path: Path, what: str = "output folder") -> Path:
     return path
 
 
-def check_output_file(path: Path, what: str = "output") -> Path:
-    """An output file that can be written (overwriting is allowed): checked before any work."""
+def check_output_file(path: Path, what: str = "output", force: bool = True) -> Path:
+    """An output file that can be written (an existing one only with ``force``): checked before any work."""
     path = Path(path)
     if path.is_dir():
         raise ChexcutError(f"{what} {path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise ChexcutError(f"{path} exists; pass --force to overwrite it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ChexcutError(f"cannot write {what} {path}: folder {parent} does not exist")

@@ -158,9 +158,9 @@ def _read(path: Path):
 
 def _overlapping(ev: dict) -> bool:
     """Whether an eval.json records rows shared with the training set (allowed with --allow-overlap)."""
-    from chexcut.evalrun import _overlapping as overlapping
+    from chexcut.evalrun import overlaps_training
 
-    return overlapping((ev.get("evaluation_set") or {}).get("overlap"))
+    return overlaps_training((ev.get("evaluation_set") or {}).get("overlap"))
 
 
 def check_comparable(runs: list[RunResult]) -> None:

@@ -553,9 +553,10 @@ def log_row(s: Session, row: dict) -> None:
         s.emit({"event": "log", **row})
 
 
-def reestimate_batchnorm(model: torch.nn.Module, batches, forward=None) -> int:
+def reestimate_batchnorm(model: torch.nn.Module, batches, forward=None, devices=()) -> int:
     """Reset every BatchNorm's running statistics and set them to the exact average over ``batches``
-    (inputs, with the current weights, no gradients); the RNG is left as it was. Returns the BN count."""
+    (inputs, with the current weights, no gradients); the RNG (the CPU's and ``devices``') is left as it
+    was. Returns the BN count."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
@@ -566,7 +567,7 @@ def reestimate_batchnorm(model: torch.nn.Module, batches, forward=None) -> int:
     was_training = model.training
     forward = forward or model
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=list(devices)), torch.no_grad():
             model.train()
             for x in batches:
                 forward(x)
@@ -602,11 +603,7 @@ def precise_bn(s: Session) -> None:
         with autocast(s.device, s.precision):
             s.model(x)
 
-    if s.device.type == "cuda":
-        with torch.random.fork_rng(devices=[s.device]):
-            reestimate_batchnorm(s.model, inputs, forward)
-    else:
-        reestimate_batchnorm(s.model, inputs, forward)
+    reestimate_batchnorm(s.model, inputs, forward, devices=[s.device] if s.device.type == "cuda" else [])
 
 
 def validate(s: Session) -> dict:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
-from chexcut.fileio import sha256_file
+from chexcut.fileio import check_output_folder, sha256_file
 
 MIRROR_ENV = "CHEXCUT_WEIGHTS_MIRROR"
 SHA256_ENV = "CHEXCUT_WEIGHTS_SHA256"
@@ -107,13 +107,15 @@ def _looks_like_html(path: Path) -> bool:
 
 
 def writable_folder(folder: Path, what: str) -> Path:
+    """``folder``, created, after :func:`chexcut.fileio.check_output_folder` (one line when it cannot be)."""
+    try:
+        check_output_folder(folder, what)
+    except ChexcutError as e:
+        raise ChexcutError(f"{e} (fix it, or point TORCH_HOME / HF_HOME / CHEXCUT_CACHE elsewhere)") from None
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ChexcutError(f"cannot create the {what} {folder}: {e.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise ChexcutError(f"the {what} {folder} is not writable (fix its permissions, or point TORCH_HOME / "
-                           f"HF_HOME / CHEXCUT_CACHE elsewhere)")
     return folder
 
 
