@@ -33,8 +33,8 @@ def sync(device):
 def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, channels_last, compile_,
                     sync_per_step=False):
     from chexcut.data.images import normalise
-    from chexcut.infer import autocast
-    from chexcut.train import masked_bce
+    from chexcut.evaluation.infer import autocast
+    from chexcut.training.train import masked_bce
 
     model = model.to(device).train()
     if channels_last:
@@ -66,7 +66,7 @@ def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, 
 @torch.no_grad()
 def synthetic_infer(model, spec, device, batch, size, steps, precision, channels_last):
     from chexcut.data.images import normalise
-    from chexcut.infer import autocast
+    from chexcut.evaluation.infer import autocast
 
     model = model.to(device).eval()
     if channels_last:
@@ -147,8 +147,8 @@ def main():
     from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.dataset import XrayBatches, batch_order, make_loader
     from chexcut.data.phantom import make_phantom
-    from chexcut.infer import default_precision, predict
-    from chexcut.train import Run, TrainConfig, finetune
+    from chexcut.evaluation.infer import default_precision, predict
+    from chexcut.training.train import Run, TrainConfig, finetune
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -191,7 +191,7 @@ def main():
 
 def train_figures(a, results, model, spec, device, batch, steps, precision, gpu, compile_, tr, opts, tmp):
     import chexcut
-    from chexcut.train import Run, TrainConfig, finetune
+    from chexcut.training.train import Run, TrainConfig, finetune
 
     results["a_synthetic_train"] = synthetic_train(model, spec, device, batch, a.image_size, steps, 5 if compile_ else 3,
                                                    precision, gpu, compile_)
@@ -227,7 +227,7 @@ def infer_figures(a, results, spec, device, batch, steps, precision, gpu, tr, va
     import chexcut
     from chexcut.data.cache import prepare_cache
     from chexcut.data.dataset import XrayBatches, batch_order, make_loader
-    from chexcut.infer import predict
+    from chexcut.evaluation.infer import predict
 
     results["d_synthetic_infer"] = synthetic_infer(chexcut.truncate(a.arch, weights="none"), spec, device, batch,
                                                    a.image_size, max(5, steps // 2), precision, gpu)

@@ -14,7 +14,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from chexcut.evaluate import MIN_CLASS, EvalSet, evaluate
+from chexcut.evaluation.evaluate import MIN_CLASS, EvalSet, evaluate
 
 
 def main():

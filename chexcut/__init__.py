@@ -18,11 +18,11 @@ from chexcut.errors import ChexcutError
 
 def __getattr__(name):
     if name == "truncate":
-        from chexcut.surgery import truncate
+        from chexcut.models.surgery import truncate
 
         return truncate
     if name in ("save_model", "load_model"):
-        from chexcut import modelfile
+        from chexcut.models import modelfile
 
         return getattr(modelfile, name)
     raise AttributeError(f"module 'chexcut' has no attribute {name!r}")

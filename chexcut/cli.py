@@ -41,7 +41,7 @@ def _root(
 
 
 def _complete_arch(incomplete: str) -> list[str]:
-    from chexcut.archs import REGISTRY
+    from chexcut.models.registry import REGISTRY
 
     return [a for a in REGISTRY if a.startswith(incomplete)]
 
@@ -58,8 +58,9 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
     """Every supported architecture: params, ImageNet top-1, block count."""
     from chexcut import ui
-    from chexcut.anatomy import full_params
-    from chexcut.archs import REGISTRY, weights_meta
+    from chexcut.models.anatomy import full_params
+    from chexcut.models.libraries import weights_meta
+    from chexcut.models.registry import REGISTRY
 
     rows = []
     for a in REGISTRY.values():
@@ -82,9 +83,9 @@ def inspect(
 ):
     """Block anatomy of an architecture or model file, and what each truncation level costs."""
     from chexcut import ui
-    from chexcut.anatomy_cache import cached_anatomy
+    from chexcut.models.anatomy_cache import cached_anatomy
 
-    from chexcut.modelsource import ModelSource
+    from chexcut.models.source import ModelSource
 
     source = ModelSource.parse(target)
     spec = source.spec() if source.is_file else None
@@ -123,11 +124,11 @@ def truncate(
 ):
     """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
     from chexcut import ui
-    from chexcut.anatomy import anatomy
-    from chexcut.archs import get_arch, resolve_drop
+    from chexcut.models.anatomy import anatomy
+    from chexcut.models.registry import get_arch, resolve_drop
     from chexcut.fileio import check_writable
-    from chexcut.modelfile import save_model
-    from chexcut.surgery import truncate as do_truncate
+    from chexcut.models.modelfile import save_model
+    from chexcut.models.surgery import truncate as do_truncate
 
     a = get_arch(arch)
     d = resolve_drop(a, drop, keep)
@@ -278,8 +279,8 @@ def finetune(
     import json
 
     from chexcut import ui
-    from chexcut.modelsource import ModelSource
-    from chexcut.train import Run, finetune as do_finetune
+    from chexcut.models.source import ModelSource
+    from chexcut.training.train import Run, finetune as do_finetune
 
     if resume is not None:
         if model or out or data:
@@ -312,7 +313,7 @@ def finetune(
 
 def _train_config(p: dict):
     """finetune's parameters (by their names in the command) -> a checked TrainConfig; study plan uses it too."""
-    from chexcut.train import TrainConfig
+    from chexcut.training.train import TrainConfig
 
     return TrainConfig.from_recipe(
         str(p["recipe"]), epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], image_size=p["image_size"],
@@ -360,7 +361,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ):
     """AUROC per label and on the 5 competition tasks, with bootstrap CIs and paired tests."""
-    from chexcut import evalrun, ui
+    from chexcut import ui
+    from chexcut.evaluation import orchestrate as evalrun
     from chexcut.fileio import check_output_file
 
     for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
@@ -417,7 +419,7 @@ def bench(
 ):
     """Latency, throughput and memory per truncation level, measured on this device (PyTorch or ONNX Runtime)."""
     from chexcut import ui
-    from chexcut.bench import bench as run_bench
+    from chexcut.deploy.bench import bench as run_bench
     from chexcut.fileio import check_writable, write_json
 
     if json_path and json_path != "-":
@@ -446,7 +448,7 @@ def export(
 ):
     """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime."""
     from chexcut import ui
-    from chexcut.export import export_onnx
+    from chexcut.deploy.export import export_onnx
 
     res = export_onnx(model, out, image_size=image_size, force=force)
     if json_out:
@@ -487,9 +489,9 @@ def explain(
     check_output_folder(out, "--out folder")
     if json_path and json_path != "-":
         check_output_file(Path(json_path), "--json")
-    from chexcut import explain as ex
-    from chexcut.modelfile import load_model
-    from chexcut.modelsource import ModelSource
+    from chexcut.deploy import explain as ex
+    from chexcut.models.modelfile import load_model
+    from chexcut.models.source import ModelSource
 
     path = ModelSource.parse(model).require_file("explain")
     net = load_model(path)
@@ -527,7 +529,7 @@ app.add_typer(weights_app, name="weights")
 
 
 def _archs_arg(archs: Optional[list[str]], all_: bool, paper: bool) -> list:
-    from chexcut.archs import PAPER_ARCHS, REGISTRY, get_arch
+    from chexcut.models.registry import PAPER_ARCHS, REGISTRY, get_arch
 
     if sum(map(bool, (archs, all_, paper))) != 1:
         raise ChexcutError("name architectures, or pass --all or --paper (one of them)")
@@ -542,8 +544,8 @@ def weights_list(
 ):
     """Every architecture's weights: id, file, size, URL, whether cached, where, and whether its hash verifies."""
     from chexcut import ui
-    from chexcut.archs import PAPER_ARCHS, REGISTRY
-    from chexcut.weights import status
+    from chexcut.models.registry import PAPER_ARCHS, REGISTRY
+    from chexcut.models.weights import status
 
     rows = [status(a) for a in REGISTRY.values() if not paper or a.name in PAPER_ARCHS]
     if json_out:
@@ -563,7 +565,8 @@ def weights_fetch(
 ):
     """Download (or copy from a mirror) and verify ImageNet weights into the libraries' caches."""
     from chexcut import ui
-    from chexcut.weights import fetch, writable_folder
+    from chexcut.fileio import writable_folder
+    from chexcut.models.weights import fetch
 
     chosen = _archs_arg(archs, all_, paper)
     if to is not None:
@@ -580,10 +583,11 @@ def weights_fetch(
 @weights_app.command("path")
 def weights_path(arch: Annotated[str, typer.Argument(help="Architecture.", autocompletion=_complete_arch)]):
     """The exact path where a copied weights file must go for chexcut (and its library) to find it."""
-    from chexcut.archs import get_arch
+    from chexcut.models.libraries import library_of
+    from chexcut.models.registry import get_arch
 
     a = get_arch(arch)
-    typer.echo(str(a.library.place_path(a)))
+    typer.echo(str(library_of(a).place_path(a)))
 
 
 # ----------------------------------------------------------------------------- study / report / demo
@@ -620,8 +624,8 @@ def study_plan(
 ):
     """Write a study plan; extra options after the known ones go to every finetune (e.g. --recipe fast)."""
     from chexcut import ui
-    from chexcut.archs import PAPER_ARCHS
-    from chexcut.study import plan_study
+    from chexcut.models.registry import PAPER_ARCHS
+    from chexcut.study.plan import plan_study
 
     _check_finetune_args(list(ctx.args), data)
 
@@ -662,7 +666,7 @@ def study_run(
 ):
     """Execute a plan locally with a live status table; failures never stop the other runs."""
     from chexcut import ui
-    from chexcut.study import run_plan
+    from chexcut.study.plan import run_plan
 
     with ui.StudyStatus(study_dir, quiet=quiet) as update:
         all_jobs = run_plan(study_dir, jobs=jobs, on_update=update)
@@ -685,8 +689,8 @@ def report(
 ):
     """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
     from chexcut import ui
-    from chexcut.evaluate import check_parameters
-    from chexcut.report import build_report, write_outputs
+    from chexcut.evaluation.evaluate import check_parameters
+    from chexcut.study.report import build_report, write_outputs
 
     check_parameters(bootstrap=bootstrap, alpha=alpha, margin=margin)
     if out:

@@ -13,17 +13,18 @@ from chexcut.errors import ChexcutError
 
 
 def imagenet_cached(arch: str) -> bool:
-    from chexcut.archs import get_arch
+    from chexcut.models.libraries import library_of
+    from chexcut.models.registry import get_arch
 
     a = get_arch(arch)
-    return a.library.is_cached(a)
+    return library_of(a).is_cached(a)
 
 
 def get_weights(archs: list[str], offline: bool, mirror: str | None, say) -> tuple[list[str], str | None]:
     """Make the archs' ImageNet weights available if possible: (weights kinds to run, why not pretrained)."""
-    from chexcut.archs import get_arch
-    from chexcut.libraries import host_resolves
-    from chexcut.weights import fetch
+    from chexcut.models.registry import get_arch
+    from chexcut.models.libraries import host_resolves, library_of
+    from chexcut.models.weights import fetch
 
     missing = [get_arch(a) for a in archs if not imagenet_cached(a)]
     if not missing:
@@ -33,9 +34,9 @@ def get_weights(archs: list[str], offline: bool, mirror: str | None, say) -> tup
             f"`chexcut demo ... --mirror DIR` here)")
     if offline:
         return ["none"], f"--offline and ImageNet weights not cached for {names}: {fill}"
-    if mirror is None and not host_resolves(missing[0].library.weights_meta(missing[0])["url"]):
+    if mirror is None and not host_resolves(library_of(missing[0]).weights_meta(missing[0])["url"]):
         return ["none"], f"no network and ImageNet weights not cached for {names}: {fill}"
-    sizes = [a.library.size_mb(a) for a in missing]
+    sizes = [library_of(a).size_mb(a) for a in missing]
     total = sum(s for s in sizes if s)
     say(f"fetching ImageNet weights from {mirror or 'the network'}: "
         + ", ".join(f"{a.name} ({s:.0f} MB)" if s else a.name for a, s in zip(missing, sizes))
@@ -53,12 +54,12 @@ def run_demo(folder: Path, archs: list[str], drops: list[int], n: int = 500, ima
              mirror: str | None = None):
     """Phantom data -> study plan -> runs -> report. Returns (report, paths)."""
     from chexcut import ui
-    from chexcut.archs import get_arch
+    from chexcut.models.registry import get_arch
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.phantom import make_phantom
-    from chexcut.report import build_report, write_outputs
-    from chexcut.study import plan_study, run_plan, run_plan_in_process
+    from chexcut.study.report import build_report, write_outputs
+    from chexcut.study.plan import plan_study, run_plan, run_plan_in_process
 
     archs = [get_arch(a).name for a in archs]  # every argument checked before any work
     if not archs or not drops or any(d < 0 for d in drops):

@@ -94,3 +94,16 @@ def cache_dir() -> Path:
             raise ChexcutError(f"CHEXCUT_CACHE={p} is a file; point it at a folder")
         return p
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chexcut"
+
+
+def writable_folder(folder: Path, what: str) -> Path:
+    """``folder``, created, after :func:`chexcut.fileio.check_output_folder` (one line when it cannot be)."""
+    try:
+        check_output_folder(folder, what)
+    except ChexcutError as e:
+        raise ChexcutError(f"{e} (fix it, or point TORCH_HOME / HF_HOME / CHEXCUT_CACHE elsewhere)") from None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ChexcutError(f"cannot create the {what} {folder}: {e.strerror}") from None
+    return folder

@@ -300,7 +300,7 @@ class StudyStatus:
     def table(self, jobs) -> Table:
         import time
 
-        from chexcut.study import images_per_s
+        from chexcut.study.plan import images_per_s
 
         counts = {}
         for j in jobs:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from chexcut.anatomy import anatomy
-from chexcut.archs import REGISTRY
-from chexcut.surgery import truncate
+from chexcut.models.anatomy import anatomy
+from chexcut.models.registry import REGISTRY
+from chexcut.models.surgery import truncate
 
 
 @pytest.mark.parametrize("name,drop,params", [
@@ -49,7 +49,7 @@ def test_json_schema_fields():
 
 def test_anatomy_cache_is_keyed_and_reused(tmp_path, monkeypatch):
     import json
-    from chexcut.anatomy_cache import cached_anatomy
+    from chexcut.models.anatomy_cache import cached_anatomy
 
     monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path))
     first = cached_anatomy("resnet18", 224, 14)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from chexcut.anatomy import anatomy, check_image_size, min_image_size
-from chexcut.archs import PAPER_ARCHS, REGISTRY, get_arch, weights_meta
+from chexcut.models.anatomy import anatomy, check_image_size, min_image_size
+from chexcut.models.libraries import weights_meta
+from chexcut.models.registry import PAPER_ARCHS, REGISTRY, get_arch
 from chexcut.errors import ChexcutError
 
 EXPECTED_BLOCKS = {
@@ -32,7 +33,7 @@ def test_block_count_and_metadata(name):
 
 def _probe_out_channels(name, size=224):
     """Run a real (tiny-batch, CPU) forward through stem + each block and read the channels."""
-    from chexcut.surgery import build_architecture
+    from chexcut.models.surgery import build_architecture
 
     a = get_arch(name)
     model = build_architecture(a).eval()
@@ -62,7 +63,7 @@ def test_block_table_matches_shape_probe(name):
 
 def test_mobilenet_v3_blocks_group_equal_output_channels():
     """The rule behind the v3 tables: a block = consecutive inverted residuals of equal out channels."""
-    from chexcut.surgery import build_architecture
+    from chexcut.models.surgery import build_architecture
 
     for name in ("mobilenet_v3_large", "mobilenet_v3_small"):
         a = get_arch(name)

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from chexcut.data.chexpert import DataOptions, load_split
-from chexcut.train import Run, TrainConfig, finetune
+from chexcut.training.train import Run, TrainConfig, finetune
 from conftest import run_cli
 
 

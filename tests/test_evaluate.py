@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluate import EvalSet, aggregate_by_study, evaluate
-from chexcut.predictions import align, read_predictions
+from chexcut.evaluation.evaluate import EvalSet, aggregate_by_study, evaluate
+from chexcut.evaluation.predictions import align, read_predictions
 from conftest import REALCXR, run_cli
 
 COMP = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import chexcut
-from chexcut.archs import PAPER_ARCHS, get_arch
+from chexcut.models.registry import PAPER_ARCHS, get_arch
 from conftest import run_cli
 
 pytest.importorskip("captum")
@@ -24,7 +24,7 @@ def masked_phantom(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
 def test_explain_every_architecture_at_drop_0_and_deepest(arch, masked_phantom, tmp_path):
-    from chexcut import explain as ex
+    from chexcut.deploy import explain as ex
     from chexcut.data.chexpert import load_split
 
     size = 80 if arch.startswith("inception") else 48
@@ -41,7 +41,7 @@ def test_explain_every_architecture_at_drop_0_and_deepest(arch, masked_phantom, 
 
 def test_trained_maps_point_at_the_findings_and_fail_randomisation(masked_phantom, tmp_path):
     from chexcut.data.chexpert import DataOptions
-    from chexcut.train import Run, TrainConfig, finetune
+    from chexcut.training.train import Run, TrainConfig, finetune
 
     cfg = TrainConfig.from_recipe("paper", image_size=64, epochs=6, lr=1e-3, batch_size=32, val_every=1000,
                                   workers=0, device="cpu", precise_bn=256)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import chexcut
-from chexcut.archs import PAPER_ARCHS, get_arch
+from chexcut.models.registry import PAPER_ARCHS, get_arch
 from chexcut.errors import ChexcutError
 from conftest import run_cli
 
@@ -22,7 +22,7 @@ def _size(arch: str) -> int:
 
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
 def test_every_architecture_exports_with_parity_at_drop_0_and_deepest(arch, tmp_path):
-    from chexcut.export import export_onnx
+    from chexcut.deploy.export import export_onnx
 
     deepest = get_arch(arch).family.num_blocks - 1
     for drop in (0, deepest):
@@ -34,7 +34,7 @@ def test_every_architecture_exports_with_parity_at_drop_0_and_deepest(arch, tmp_
 
 def test_graph_takes_uint8_grey_images_and_returns_chexcuts_probabilities(tmp_path):
     from chexcut.data.images import normalise
-    from chexcut.export import export_onnx
+    from chexcut.deploy.export import export_onnx
 
     model = chexcut.truncate("densenet121", drop=2, weights="none", image_size=64)
     chexcut.save_model(model, tmp_path / "m.safetensors")
@@ -56,7 +56,7 @@ def test_graph_takes_uint8_grey_images_and_returns_chexcuts_probabilities(tmp_pa
 
 
 def test_export_bad_input(tmp_path, monkeypatch):
-    from chexcut.export import export_onnx
+    from chexcut.deploy.export import export_onnx
 
     model = chexcut.truncate("resnet18", drop=3, weights="none", image_size=48)
     chexcut.save_model(model, tmp_path / "m.safetensors")
@@ -75,7 +75,7 @@ def test_export_bad_input(tmp_path, monkeypatch):
 
 
 def test_failed_parity_leaves_no_file(tmp_path, monkeypatch):
-    import chexcut.export as ex
+    import chexcut.deploy.export as ex
 
     chexcut.save_model(chexcut.truncate("resnet18", drop=3, weights="none", image_size=48), tmp_path / "m.safetensors")
     monkeypatch.setattr(ex, "parity", lambda *a, **k: 0.5)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from chexcut import metrics
-from chexcut.metrics import _LabelIndex
+from chexcut.evaluation import metrics
+from chexcut.evaluation.metrics import _LabelIndex
 
 
 def test_auroc_equals_sklearn_with_many_ties():
@@ -82,7 +82,7 @@ def _paired(rng, n_pos, n_neg, d, noise):
 
 
 def test_paired_test_under_the_null_rejects_rarely():
-    from chexcut.evaluate import EvalSet, evaluate
+    from chexcut.evaluation.evaluate import EvalSet, evaluate
 
     rng = np.random.default_rng(4)
     rejections = 0
@@ -97,7 +97,7 @@ def test_paired_test_under_the_null_rejects_rarely():
 
 
 def test_paired_test_detects_a_real_difference():
-    from chexcut.evaluate import EvalSet, evaluate
+    from chexcut.evaluation.evaluate import EvalSet, evaluate
 
     rng = np.random.default_rng(5)
     hits = 0

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import chexcut
-from chexcut.anatomy import anatomy
-from chexcut.archs import REGISTRY
+from chexcut.models.anatomy import anatomy
+from chexcut.models.registry import REGISTRY
 from chexcut.errors import ChexcutError
-from chexcut.modelfile import read_spec
+from chexcut.models.modelfile import read_spec
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

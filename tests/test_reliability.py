@@ -15,7 +15,7 @@ import torch
 
 from chexcut.data.chexpert import DataOptions
 from chexcut.errors import ChexcutError
-from chexcut.train import Run, RunLock, TrainConfig, finetune
+from chexcut.training.train import Run, RunLock, TrainConfig, finetune
 from conftest import REPO, run_cli
 
 

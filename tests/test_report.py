@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from chexcut.anatomy import anatomy
-from chexcut.archs import get_arch, weights_meta
+from chexcut.models.anatomy import anatomy
+from chexcut.models.libraries import weights_meta
+from chexcut.models.registry import get_arch
 from chexcut.errors import ChexcutError
-from chexcut.evaluate import EvalSet, aggregate_by_study, evaluate, evalset_from_table
+from chexcut.evaluation.evaluate import EvalSet, aggregate_by_study, evaluate, evalset_from_table
 from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS
-from chexcut.report import build_report, write_outputs
+from chexcut.study.report import build_report, write_outputs
 
 N = 600
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from chexcut import metrics
+from chexcut.evaluation import metrics
 from chexcut.errors import ChexcutError
-from chexcut.evaluate import EvalSet, evaluate
+from chexcut.evaluation.evaluate import EvalSet, evaluate
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 COMP = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -199,7 +199,7 @@ def test_degenerate_delong_in_evaluate_gives_a_reason_not_p0():
 # ----------------------------------------------------------------------------- ranks
 
 def test_logits_are_ranked_as_they_are(tmp_path):
-    from chexcut.evalrun import run_evaluation
+    from chexcut.evaluation.orchestrate import run_evaluation
 
     rng = np.random.default_rng(5)
     n = 200

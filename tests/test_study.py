@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from chexcut.errors import ChexcutError
-from chexcut.study import plan_study
+from chexcut.study.plan import plan_study
 from conftest import run_cli
 
 

@@ -5,8 +5,8 @@ import torch
 
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
-from chexcut.surgery import build_architecture, normalise_state_dict, truncate
-from chexcut.archs import get_arch
+from chexcut.models.surgery import build_architecture, normalise_state_dict, truncate
+from chexcut.models.registry import get_arch
 
 
 def test_weights_file_values_land_in_kept_blocks(tmp_path):
@@ -63,7 +63,7 @@ def test_pickle_with_code_is_never_executed(tmp_path):
 
 
 def test_missing_imagenet_cache_fails_with_the_file_to_place(torch_home, monkeypatch):
-    import chexcut.libraries as libs
+    import chexcut.models.libraries as libs
     monkeypatch.setattr(libs, "host_resolves", lambda url: False)
     with pytest.raises(ChexcutError) as e:
         truncate("resnet18", drop=1, weights="imagenet")
@@ -83,7 +83,7 @@ def test_imagenet_weights_are_read_from_the_torch_cache(torch_home):
 
 
 def test_inception_v4_timm_weights_missing_offline(monkeypatch):
-    import chexcut.libraries as libs
+    import chexcut.models.libraries as libs
     monkeypatch.setattr(libs, "host_resolves", lambda url: False)
     with pytest.raises(ChexcutError, match="timm/inception_v4.tf_in1k"):
         truncate("inception_v4", weights="imagenet")
@@ -110,7 +110,7 @@ def test_in_chans_1_preserves_grey_response():
     grey = truncate("resnet18", drop=3, weights="none", in_chans=1)
     grey.load_state_dict({**rgb.state_dict(), "stem.0.weight": grey.stem[0].weight}, strict=True)
     # rebuild the grey conv from rgb's weights to compare responses
-    from chexcut.surgery import adapt_in_chans
+    from chexcut.models.surgery import adapt_in_chans
     import copy
     g = copy.deepcopy(rgb)
     mean, std = adapt_in_chans(g, rgb.chexcut_spec["normalisation"]["mean"], rgb.chexcut_spec["normalisation"]["std"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chexcut.surgery import build_architecture
+from chexcut.models.surgery import build_architecture
 from conftest import run_cli
 
 NAME = "resnet18-f37072fd.pth"  # torchvision's file name (its hash prefix is the real file's)

@@ -52,7 +52,7 @@ def predict(model, spec: dict, loader, n: int, device: torch.device, precision: 
             channels_last: bool = False, progress=None) -> np.ndarray:
     """Probabilities (n, n_labels), float64, in the table's row order, from a loader of XrayBatches batches.
 
-    Under bf16/fp16 autocast the head runs in float32 (see :func:`chexcut.surgery.float32_head`), so
+    Under bf16/fp16 autocast the head runs in float32 (see :func:`chexcut.models.surgery.float32_head`), so
     rounding does not create ties between scores."""
     from chexcut.data.images import normalise
 

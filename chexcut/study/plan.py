@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from chexcut.archs import PAPER_ARCHS, get_arch
+from chexcut.models.registry import PAPER_ARCHS, get_arch
 from chexcut.errors import ChexcutError
 from chexcut import rundir
 from chexcut.fileio import write_json, write_text
@@ -306,7 +306,7 @@ def run_plan(study_dir: Path, jobs: int = 1, on_update=None, chexcut_cmd: str | 
     import signal as sig
     import threading
 
-    from chexcut.train import _on_sigterm
+    from chexcut.training.train import _on_sigterm
 
     old = sig.signal(sig.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:

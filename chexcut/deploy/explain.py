@@ -32,8 +32,8 @@ from chexcut.labels import COMPETITION_LABELS
 
 def block_modules(model: nn.Module, spec: dict) -> list[nn.Module]:
     """The kept blocks of a chexcut model, in order (index 1 = block 1 of ``inspect``)."""
-    from chexcut.archs import get_arch
-    from chexcut.surgery import get_module
+    from chexcut.models.registry import get_arch
+    from chexcut.models.surgery import get_module
 
     if int(spec["drop"]) > 0:
         return list(model.blocks)

@@ -1,7 +1,7 @@
 """``chexcut evaluate`` end to end: sources (a model over a dataset, or predictions CSVs) -> arrays
--> :func:`chexcut.evaluate.evaluate` -> the evaluation JSON, plus the CSV outputs.
+-> :func:`chexcut.evaluation.evaluate.evaluate` -> the evaluation JSON, plus the CSV outputs.
 
-The statistics live in :mod:`chexcut.evaluate` and :mod:`chexcut.metrics`; this module only
+The statistics live in :mod:`chexcut.evaluation.evaluate` and :mod:`chexcut.evaluation.metrics`; this module only
 gathers their inputs. Model inference imports torch; the predictions-only path does not.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluate import aggregate_by_study, check_parameters, evalset_from_table, evaluate
-from chexcut.modelsource import ModelSource
-from chexcut.predictions import align, read_predictions, write_predictions
+from chexcut.evaluation.evaluate import aggregate_by_study, check_parameters, evalset_from_table, evaluate
+from chexcut.models.source import ModelSource
+from chexcut.evaluation.predictions import align, read_predictions, write_predictions
 
 
 def _is_predictions_csv(target: str) -> bool:
@@ -28,12 +28,12 @@ def model_predictions(model_path, es, image_size: int | None, batch_size: int, d
     import pandas as pd
     import torch
 
-    from chexcut.anatomy import check_image_size
+    from chexcut.models.anatomy import check_image_size
     from chexcut.data.cache import open_cache
     from chexcut.data.chexpert import check_files, load_split
     from chexcut.data.dataset import XrayBatches, batch_order, make_loader
-    from chexcut.infer import pick_device, predict, resolve_precision
-    from chexcut.modelfile import load_model, read_spec
+    from chexcut.evaluation.infer import pick_device, predict, resolve_precision
+    from chexcut.models.modelfile import load_model, read_spec
 
     path = ModelSource.parse(str(model_path)).require_file("evaluate")  # a file, or a run dir's best model
     spec = read_spec(path)
@@ -118,7 +118,7 @@ def run_evaluation(*, model=None, data=None, split: str | None = None, options: 
     """
     import contextlib
 
-    from chexcut import evalset as sets
+    from chexcut.evaluation import evalset as sets
 
     check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, level=level,
                      margin=margin, equivalence=equivalence)
@@ -202,7 +202,7 @@ def _predictions_and_labels(predictions, label_file, options: dict, logits: bool
 
 def _compare_scores(compare, es, evalset, table, logits, allow_overlap, infer, progress):
     """The other model's scores on the same rows (a predictions CSV, or a model run on the same set)."""
-    from chexcut import evalset as sets
+    from chexcut.evaluation import evalset as sets
 
     if _is_predictions_csv(compare):
         return align(evalset, read_predictions(compare, logits=logits), name=f"--compare {compare}"), None

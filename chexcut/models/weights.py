@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
-from chexcut.fileio import check_output_folder, sha256_file
+from chexcut.fileio import sha256_file, writable_folder
+from chexcut.models.libraries import host_resolves, library_of, staged_path  # noqa: F401 (staged_path: re-exported)
 
 MIRROR_ENV = "CHEXCUT_WEIGHTS_MIRROR"
 SHA256_ENV = "CHEXCUT_WEIGHTS_SHA256"
@@ -36,14 +37,7 @@ SHA256_ENV = "CHEXCUT_WEIGHTS_SHA256"
 
 def mirror_name(arch) -> str:
     """The file's name in a mirror folder."""
-    return arch.library.mirror_name(arch)
-
-
-def staged_path(arch) -> Path:
-    """chexcut's own place for a hand-copied weights file (checked before the library's hub)."""
-    from chexcut.fileio import cache_dir
-
-    return cache_dir() / "weights" / mirror_name(arch)
+    return library_of(arch).mirror_name(arch)
 
 
 def expected_sha256(arch) -> str | None:
@@ -53,16 +47,16 @@ def expected_sha256(arch) -> str | None:
         print(f"chexcut: note: {SHA256_ENV} overrides the expected sha256 of {arch.name} (test use only)",
               file=sys.stderr)
         return override[arch.name].strip().lower()
-    return arch.library.known_sha256(arch)
+    return library_of(arch).known_sha256(arch)
 
 
 def status(arch) -> dict:
     """One row of ``chexcut weights list``."""
-    meta = arch.library.weights_meta(arch)
-    found = arch.library.cached_file(arch)
+    meta = library_of(arch).weights_meta(arch)
+    found = library_of(arch).cached_file(arch)
     row = {"arch": arch.name, "weights": meta["id"], "file": mirror_name(arch), "url": meta["url"],
-           "size_mb": arch.library.size_mb(arch), "cached": found is not None, "path": str(found) if found else None,
-           "place_at": str(arch.library.place_path(arch)), "verified": None}
+           "size_mb": library_of(arch).size_mb(arch), "cached": found is not None, "path": str(found) if found else None,
+           "place_at": str(library_of(arch).place_path(arch)), "verified": None}
     if found is not None:
         row["verified"] = verify_hash(arch, Path(found), raise_=False)
     return row
@@ -71,7 +65,7 @@ def status(arch) -> dict:
 def verify_hash(arch, path: Path, raise_: bool = True, url: str | None = None) -> bool | None:
     """Whether ``path``'s sha256 matches what is known (None when nothing is known, e.g. a timm file
     outside the hub cache)."""
-    want = expected_sha256(arch) or arch.library.blob_sha256(arch, path)
+    want = expected_sha256(arch) or library_of(arch).blob_sha256(arch, path)
     if not want:
         return None
     got = sha256_file(path)
@@ -86,14 +80,14 @@ def _check_loadable(arch, path: Path, url: str) -> None:
     """The tensors must fit the library's architecture, strictly (a hash alone can be unknown)."""
     import torch
 
-    from chexcut.surgery import build_architecture, normalise_state_dict, read_state_dict
+    from chexcut.models.tensors import normalise_state_dict, read_state_dict
 
     try:
         state = read_state_dict(path)
     except ChexcutError as e:
         raise ChexcutError(f"{url}: not a weights file ({e})") from None
     with torch.device("meta"):
-        model = build_architecture(arch)
+        model = library_of(arch).build(arch)
     own = model.state_dict()
     state = normalise_state_dict(state, arch)
     if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
@@ -104,19 +98,6 @@ def _looks_like_html(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(512).lstrip().lower()
     return head.startswith(b"<!doctype html") or head.startswith(b"<html") or head.startswith(b"<?xml")
-
-
-def writable_folder(folder: Path, what: str) -> Path:
-    """``folder``, created, after :func:`chexcut.fileio.check_output_folder` (one line when it cannot be)."""
-    try:
-        check_output_folder(folder, what)
-    except ChexcutError as e:
-        raise ChexcutError(f"{e} (fix it, or point TORCH_HOME / HF_HOME / CHEXCUT_CACHE elsewhere)") from None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ChexcutError(f"cannot create the {what} {folder}: {e.strerror}") from None
-    return folder
 
 
 def download(url: str, dest: Path, size_hint: int | None = None, progress=None) -> Path:
@@ -175,10 +156,12 @@ def fetch(arch, mirror: str | None = None, to: Path | None = None, progress=None
 
     From ``mirror`` (a folder or URL) when given, else from the network through the library's own client.
     A file already in place and verified is kept."""
-    lib = arch.library
+    lib = library_of(arch)
     if to is None and mirror is None and lib.cached_file(arch) is not None:
         return {"arch": arch.name, "path": str(lib.cached_file(arch)), "action": "cached"}
     if to is None and mirror is None:
+        if not host_resolves(lib.weights_meta(arch)["url"]):
+            raise ChexcutError(f"no network to download {lib.weights_meta(arch)['url']}: {offline_advice(arch)}")
         path = lib.download(arch, progress)
         return {"arch": arch.name, "path": str(path), "action": "downloaded"}
     if mirror is not None:
@@ -205,7 +188,22 @@ def fetch(arch, mirror: str | None = None, to: Path | None = None, progress=None
 
 def offline_advice(arch) -> str:
     """What to do when the weights are not there and there is no network: one sentence."""
-    return (f"expected at {arch.library.place_path(arch)}; on a machine with network run `chexcut weights fetch "
+    return (f"expected at {library_of(arch).place_path(arch)}; on a machine with network run `chexcut weights fetch "
             f"{arch.name}` (or `chexcut weights fetch {arch.name} --to DIR` to stage a mirror folder, then "
             f"`--mirror DIR` / {MIRROR_ENV}=DIR here), or pass --weights PATH to a local copy")
 
+
+
+def ensure_available(arch) -> None:
+    """Before loading ImageNet weights: fetch them from the configured mirror, or say there is no network
+    (the hub clients otherwise retry for a minute before giving up)."""
+    lib = library_of(arch)
+    if lib.is_cached(arch):
+        return
+    if os.environ.get(MIRROR_ENV):
+        fetch(arch, mirror=os.environ[MIRROR_ENV])
+        return
+    url = lib.weights_meta(arch)["url"]
+    if not host_resolves(url):
+        raise ChexcutError(f"ImageNet weights for {arch.name} ({url}) are not cached and there is no network: "
+                           f"{offline_advice(arch)}")

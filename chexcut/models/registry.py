@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from chexcut.errors import ChexcutError
-from chexcut.libraries import TIMM, TORCHVISION, Library
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -182,7 +181,7 @@ INCEPTION_V4 = Family(
 class Arch:
     """One supported architecture.
 
-    ``library`` builds it and loads its weights (:mod:`chexcut.libraries`). ``weights`` names the
+    ``library`` builds it and loads its weights (:mod:`chexcut.models.libraries`). ``weights`` names the
     ImageNet weights: a torchvision ``Weights`` enum member (``"IMAGENET1K_V1"``, the weights of the
     CheXtransfer era) or a timm pretrained tag. torchvision's offline ``Weights.meta`` gives top-1;
     timm carries no accuracy in its pretrained config, so ``top1`` records the figure from timm's
@@ -191,7 +190,7 @@ class Arch:
 
     name: str
     family: Family
-    library: Library
+    library: str  # the name of the model library (chexcut.models.libraries) that builds it
     weights: str
     paper: bool = True  # one of the 16 CheXtransfer architectures
     top1: float | None = None
@@ -199,28 +198,28 @@ class Arch:
 
     @property
     def source(self) -> str:
-        return self.library.name
+        return self.library
 
 
 _ARCHS: tuple[Arch, ...] = (
-    Arch("densenet121", DENSENET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("densenet169", DENSENET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("densenet201", DENSENET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("resnet18", RESNET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("resnet34", RESNET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("resnet50", RESNET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("resnet101", RESNET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("inception_v3", INCEPTION_V3, TORCHVISION, "IMAGENET1K_V1",
+    Arch("densenet121", DENSENET, "torchvision", "IMAGENET1K_V1"),
+    Arch("densenet169", DENSENET, "torchvision", "IMAGENET1K_V1"),
+    Arch("densenet201", DENSENET, "torchvision", "IMAGENET1K_V1"),
+    Arch("resnet18", RESNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("resnet34", RESNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("resnet50", RESNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("resnet101", RESNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("inception_v3", INCEPTION_V3, "torchvision", "IMAGENET1K_V1",
          build_kwargs={"aux_logits": True, "transform_input": False, "init_weights": True}),
-    Arch("inception_v4", INCEPTION_V4, TIMM, "tf_in1k", top1=80.168),
-    Arch("mnasnet1_0", MNASNET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("mobilenet_v2", MOBILENET_V2, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("mobilenet_v3_large", MOBILENET_V3_LARGE, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("mobilenet_v3_small", MOBILENET_V3_SMALL, TORCHVISION, "IMAGENET1K_V1", paper=False),
-    Arch("efficientnet_b0", EFFICIENTNET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("efficientnet_b1", EFFICIENTNET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("efficientnet_b2", EFFICIENTNET, TORCHVISION, "IMAGENET1K_V1"),
-    Arch("efficientnet_b3", EFFICIENTNET, TORCHVISION, "IMAGENET1K_V1"),
+    Arch("inception_v4", INCEPTION_V4, "timm", "tf_in1k", top1=80.168),
+    Arch("mnasnet1_0", MNASNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("mobilenet_v2", MOBILENET_V2, "torchvision", "IMAGENET1K_V1"),
+    Arch("mobilenet_v3_large", MOBILENET_V3_LARGE, "torchvision", "IMAGENET1K_V1"),
+    Arch("mobilenet_v3_small", MOBILENET_V3_SMALL, "torchvision", "IMAGENET1K_V1", paper=False),
+    Arch("efficientnet_b0", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("efficientnet_b1", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("efficientnet_b2", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+    Arch("efficientnet_b3", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
 )
 
 REGISTRY: dict[str, Arch] = {a.name: a for a in _ARCHS}
@@ -253,7 +252,3 @@ def resolve_drop(arch: Arch, drop: int | None = None, keep: int | None = None) -
         raise ChexcutError(f"drop {drop} is out of range for {arch.name}: valid 0..{n - 1} ({n} blocks)")
     return drop
 
-
-def weights_meta(arch: Arch) -> dict:
-    """Offline ImageNet metadata of the arch's weights: top1, params, url/hub id, file name."""
-    return arch.library.weights_meta(arch)

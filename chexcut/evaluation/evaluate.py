@@ -1,7 +1,7 @@
 """Evaluation arithmetic: labels + scores -> per-label AUROC, bootstrap CIs, paired comparison -> JSON.
 
-Everything here works on plain arrays: :mod:`chexcut.evalrun` gathers them (running a model, or
-reading predictions CSVs through :mod:`chexcut.predictions`), and the CLI renders what
+Everything here works on plain arrays: :mod:`chexcut.evaluation.orchestrate` gathers them (running a model, or
+reading predictions CSVs through :mod:`chexcut.evaluation.predictions`), and the CLI renders what
 :func:`evaluate` returns. No torch, no files.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chexcut import metrics
+from chexcut.evaluation import metrics
 from chexcut.choices import Cluster, Level, Method, check
 from chexcut.errors import ChexcutError
 from chexcut.labels import COMPETITION_LABELS
@@ -153,7 +153,7 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci:
              equivalence: bool = False) -> dict:
     """The evaluation JSON (see the README for the schema). ``scores`` may be probabilities or logits:
     only their order matters."""
-    from chexcut import paired
+    from chexcut.evaluation import paired
 
     check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, margin=margin,
                      equivalence=equivalence)

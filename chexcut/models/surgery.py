@@ -1,6 +1,6 @@
 """Build an architecture, load its weights, cut its final blocks, attach a new head.
 
-The one generic mechanism behind every family: :mod:`chexcut.archs` says where the
+The one generic mechanism behind every family: :mod:`chexcut.models.registry` says where the
 stem, the blocks and the head are; this module moves those modules (with their
 weights) into a :class:`ChexcutNet`.
 """
@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chexcut.archs import Arch, get_arch, resolve_drop
+from chexcut.models.libraries import library_of
+from chexcut.models.registry import Arch, get_arch, resolve_drop
+from chexcut.models.tensors import load_state_dict_strict, load_with_metadata, normalise_state_dict, read_state_dict  # noqa: F401
+from chexcut.models.weights import ensure_available, offline_advice
 from chexcut.errors import ChexcutError
 from chexcut.fileio import sha256_file
 from chexcut.labels import CHEXPERT_LABELS
@@ -51,96 +54,23 @@ class ChexcutNet(nn.Module):
 def build_architecture(arch: Arch | str) -> nn.Module:
     """The library's full ImageNet architecture (1000 classes), randomly initialised."""
     arch = get_arch(arch) if isinstance(arch, str) else arch
-    return arch.library.build(arch)
+    return library_of(arch).build(arch)
 
 
 # ----------------------------------------------------------------------------- weights
 
-def normalise_state_dict(state: dict, arch: Arch) -> dict:
-    """Strip DataParallel's ``module.`` prefix and apply the family's legacy-key filter."""
-    rename = arch.family.key_filter or (lambda key: key)
-    return {rename(key.removeprefix("module.")): value for key, value in state.items()}
-
-
-def _is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with its header's length (8 bytes, little endian) and then '{'."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
-
-
-def read_state_dict(path: Path) -> dict:
-    """Tensors from a .safetensors or a .pth/.pt file, never unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise ChexcutError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors" or _is_safetensors(path):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise ChexcutError(f"{path} is not a readable safetensors file ({e})") from None
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ChexcutError(f"{path}: refused to load (only plain tensor state dicts are read): {first}") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ChexcutError(f"{path} does not hold a state dict of tensors")
-    return state
-
-
-def load_state_dict_strict(model: nn.Module, state: dict, arch: Arch, origin: str) -> None:
-    state = normalise_state_dict(state, arch)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        def few(keys):
-            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {few(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
-        raise ChexcutError(f"{origin} does not fit {arch.name}: " + "; ".join(parts))
-    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise ChexcutError(
-            f"{origin} does not fit {arch.name}: {len(bad)} tensors of another shape, "
-            f"e.g. {k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        )
-    load_with_metadata(model, state)
-
-
-def load_with_metadata(model: nn.Module, state: dict) -> None:
-    """``load_state_dict(strict=True)`` for tensors that lost PyTorch's per-module ``_metadata``
-    (safetensors files): the model's own metadata (e.g. MNASNet's ``version``) is used."""
-    from collections import OrderedDict
-
-    if getattr(state, "_metadata", None) is None:
-        state = OrderedDict(state)
-        state._metadata = model.state_dict()._metadata
-    model.load_state_dict(state, strict=True)
-
-
 def load_imagenet(model: nn.Module, arch: Arch) -> dict:
     """Load the library's ImageNet weights through its own cache; fail loudly, never fall back."""
-    meta = arch.library.weights_meta(arch)
+    meta = library_of(arch).weights_meta(arch)
+    ensure_available(arch)
     try:
-        state = arch.library.state_dict(arch)
+        state = library_of(arch).state_dict(arch)
     except ChexcutError:
         raise
     except Exception as e:  # no network, a corrupt cache, a proxy: all end here
         raise ChexcutError(
             f"ImageNet weights for {arch.name} are not cached and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {arch.library.advice(arch)}"
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {offline_advice(arch)}"
         ) from None
     load_state_dict_strict(model, state, arch, f"ImageNet weights {meta['id']} ({meta['file']})")
     return {"kind": "imagenet", "id": meta["id"], "url": meta["url"]}

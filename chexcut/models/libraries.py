@@ -1,8 +1,8 @@
 """Model libraries (torchvision, timm): one object each that builds, names, finds and loads weights.
 
 Everything chexcut does differently per library lives here, behind one small interface, so
-no other module asks "is this torchvision?". An :class:`chexcut.archs.Arch` names its library
-object; :func:`chexcut.surgery.truncate` and friends only call its methods.
+no other module asks "is this torchvision?". An :class:`chexcut.models.registry.Arch` names its library
+object; :func:`chexcut.models.surgery.truncate` and friends only call its methods.
 
 Nothing here imports torch at module level: ``chexcut list`` and completion stay fast.
 """
@@ -30,16 +30,11 @@ class Library:
         raise NotImplementedError
 
     def state_dict(self, arch) -> dict:
-        """The ImageNet state dict, from the cache or downloaded by the library's own client.
+        """The ImageNet state dict, from the cache or downloaded by the library's own client
+        (:func:`chexcut.models.weights.ensure_available` first fetches from a mirror or says there is no network).
 
         Raises any exception the library raises (no network, corrupt cache): the caller words it."""
         raise NotImplementedError
-
-    def advice(self, arch) -> str:
-        """How a user without network gets the weights into place."""
-        from chexcut.weights import offline_advice
-
-        return offline_advice(arch)
 
     # --- staging (chexcut weights): names, places, hashes
     def mirror_name(self, arch) -> str:
@@ -76,22 +71,6 @@ class Library:
     def is_cached(self, arch) -> bool:
         return self.cached_file(arch) is not None
 
-    def _ensure(self, arch) -> None:
-        """Before loading: fetch from the configured mirror, or say there is no network."""
-        import os
-
-        from chexcut.errors import ChexcutError
-        from chexcut.weights import MIRROR_ENV, fetch
-
-        if self.is_cached(arch):
-            return
-        if os.environ.get(MIRROR_ENV):
-            fetch(arch, mirror=os.environ[MIRROR_ENV])
-            return
-        if not host_resolves(self.weights_meta(arch)["url"]):
-            raise ChexcutError(f"ImageNet weights for {arch.name} ({self.weights_meta(arch)['url']}) are not cached "
-                               f"and there is no network: {self.advice(arch)}")
-
 
 def host_resolves(url: str) -> bool:
     """Fail fast offline: the hub clients otherwise retry for a minute before giving up."""
@@ -103,6 +82,13 @@ def host_resolves(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def staged_path(arch) -> Path:
+    """chexcut's own place for a hand-copied weights file (checked before the library's hub)."""
+    from chexcut.fileio import cache_dir
+
+    return cache_dir() / "weights" / library_of(arch).mirror_name(arch)
 
 
 class Torchvision(Library):
@@ -154,12 +140,9 @@ class Torchvision(Library):
     def download(self, arch, progress=None) -> Path:
         import torch
 
-        from chexcut.errors import ChexcutError
-        from chexcut.weights import writable_folder
+        from chexcut.fileio import writable_folder
 
         meta, dest = self.weights_meta(arch), self.cache_path(arch)
-        if not host_resolves(meta["url"]):
-            raise ChexcutError(f"no network to download {meta['url']}: {self.advice(arch)}")
         writable_folder(dest.parent, "torchvision weights cache folder")
         torch.hub.download_url_to_file(meta["url"], str(dest), hash_prefix=self.known_sha256(arch), progress=True)
         return dest
@@ -172,7 +155,6 @@ class Torchvision(Library):
         return dest
 
     def state_dict(self, arch) -> dict:
-        self._ensure(arch)
         return self._weights(arch).get_state_dict(progress=False, check_hash=True)
 
 
@@ -217,8 +199,6 @@ class Timm(Library):
         return f"{arch.name}.{arch.weights}.safetensors"
 
     def place_path(self, arch) -> Path:
-        from chexcut.weights import staged_path
-
         return staged_path(arch)
 
     def blob_sha256(self, arch, path: Path) -> str | None:
@@ -238,11 +218,7 @@ class Timm(Library):
     def download(self, arch, progress=None) -> Path:
         from huggingface_hub import hf_hub_download
 
-        from chexcut.errors import ChexcutError
-
         meta = self.weights_meta(arch)
-        if not host_resolves(meta["url"]):
-            raise ChexcutError(f"no network to download {meta['url']}: {self.advice(arch)}")
         return Path(hf_hub_download(meta["hf_hub_id"], "model.safetensors", cache_dir=self.hub_cache()))
 
     def install(self, arch, part: Path) -> Path:
@@ -251,8 +227,7 @@ class Timm(Library):
         import os
         import shutil
 
-        from chexcut.fileio import sha256_file
-        from chexcut.weights import writable_folder
+        from chexcut.fileio import sha256_file, writable_folder
 
         sha = sha256_file(part)
         repo = writable_folder(self.cache_path(arch), "Hugging Face cache folder")
@@ -268,10 +243,9 @@ class Timm(Library):
         return snap
 
     def state_dict(self, arch) -> dict:
-        from chexcut.surgery import read_state_dict
+        from chexcut.models.tensors import read_state_dict
 
         meta = self.weights_meta(arch)
-        self._ensure(arch)
         path = self.cached_file(arch)
         if path is None:
             from huggingface_hub import hf_hub_download
@@ -282,3 +256,15 @@ class Timm(Library):
 
 TORCHVISION = Torchvision()
 TIMM = Timm()
+
+LIBRARIES: dict[str, Library] = {lib.name: lib for lib in (TORCHVISION, TIMM)}
+
+
+def library_of(arch) -> Library:
+    """The :class:`Library` object that builds ``arch`` (a registry entry names its library)."""
+    return LIBRARIES[arch.library]
+
+
+def weights_meta(arch) -> dict:
+    """Offline ImageNet metadata of the arch's weights: top1, params, url/hub id, file name."""
+    return library_of(arch).weights_meta(arch)

@@ -1,7 +1,7 @@
 """chexcut model files: safetensors weights + a JSON spec, loaded without unpickling.
 
 A model file is a plain ``.safetensors`` file whose metadata holds one key,
-``chexcut``, a JSON object (see :func:`chexcut.surgery.truncate`'s spec): architecture,
+``chexcut``, a JSON object (see :func:`chexcut.models.surgery.truncate`'s spec): architecture,
 drop/keep, labels, normalisation, weights origin, version. :func:`load_model` rebuilds
 the module from the spec and loads the tensors strictly. Nothing in the file is ever
 executed: safetensors stores raw tensor bytes and a JSON header.
@@ -72,7 +72,7 @@ SPEC_SCHEMA = {"format_version": int, "arch": str, "drop": int, "labels": list, 
 
 def check_spec(spec: dict, path) -> None:
     """One clear line for a damaged spec (missing keys, wrong types, an unknown architecture)."""
-    from chexcut.archs import get_arch
+    from chexcut.models.registry import get_arch
 
     for key, kind in SPEC_SCHEMA.items():
         if key not in spec:
@@ -103,7 +103,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     """
     from safetensors.torch import load_file
 
-    from chexcut.surgery import load_with_metadata, rebuild
+    from chexcut.models.surgery import load_with_metadata, rebuild
 
     spec = read_spec(path)
     try:

@@ -1,7 +1,7 @@
 """Efficiency measured, not inferred: latency, throughput and memory per truncation level.
 
 Every level is timed as a deployment runs it: uint8 grey images in, probabilities out
-(:class:`chexcut.export.Deployable`: normalisation, model, sigmoid), in PyTorch or, with
+(:class:`chexcut.deploy.export.Deployable`: normalisation, model, sigmoid), in PyTorch or, with
 ``runtime="onnxruntime"``, the exported ONNX graph in ONNX Runtime. Timing uses
 ``torch.utils.benchmark.Timer.adaptive_autorange`` (warm-up, then blocks of runs until the median is
 stable; CUDA is synchronised per block), reporting the median, p10 and p90 over blocks and their count.
@@ -49,7 +49,7 @@ def _peak_rss_mb() -> float:
 def check_settings(device: str | None, precision: str, threads: int | None, runtime: str, compile_: bool,
                    batches: list[int]) -> torch.device:
     from chexcut.choices import Precision, check
-    from chexcut.infer import pick_device, resolve_precision
+    from chexcut.evaluation.infer import pick_device, resolve_precision
 
     dev = pick_device(device)
     resolve_precision(check(Precision, precision, "--precision"), dev)
@@ -69,8 +69,8 @@ def bench_level(model, spec: dict, *, device: torch.device, image_size: int, bat
                 channels_last: bool, compile_: bool, runtime: str, threads: int | None,
                 max_run_time: float = 3.0) -> dict:
     """One truncation level: latency at the smallest batch, throughput at the largest, peak memory."""
-    from chexcut.export import Deployable
-    from chexcut.infer import autocast, resolve_precision
+    from chexcut.deploy.export import Deployable
+    from chexcut.evaluation.infer import autocast, resolve_precision
 
     precision = resolve_precision(precision, device)
     dep = Deployable(model, spec).eval().to(device)
@@ -78,9 +78,9 @@ def bench_level(model, spec: dict, *, device: torch.device, image_size: int, bat
         dep = dep.to(memory_format=torch.channels_last)
     run_fn = dep
     if runtime == "onnxruntime":
-        from chexcut.export import export_onnx, ort_session
+        from chexcut.deploy.export import export_onnx, ort_session
 
-        from chexcut.modelfile import save_model
+        from chexcut.models.modelfile import save_model
 
         with tempfile.TemporaryDirectory(prefix="chexcut-bench-") as folder:  # the session keeps the graph
             tmp = Path(folder)
@@ -117,12 +117,12 @@ def bench(target: str, drops: list[int] | None = None, device: str | None = None
           compile_: bool = False, threads: int | None = None, runtime: str = "torch",
           max_run_time: float = 3.0, progress=None) -> dict:
     """Bench every truncation level of an architecture (or ``drops``), or one model file / run dir."""
-    from chexcut.anatomy import check_image_size
-    from chexcut.anatomy_cache import cached_anatomy
-    from chexcut.archs import get_arch
-    from chexcut.modelfile import load_model
-    from chexcut.modelsource import ModelSource
-    from chexcut.surgery import truncate
+    from chexcut.models.anatomy import check_image_size
+    from chexcut.models.anatomy_cache import cached_anatomy
+    from chexcut.models.registry import get_arch
+    from chexcut.models.modelfile import load_model
+    from chexcut.models.source import ModelSource
+    from chexcut.models.surgery import truncate
 
     batches = list(batches)
     dev = check_settings(device, precision, threads, runtime, compile_, batches)

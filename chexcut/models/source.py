@@ -31,7 +31,7 @@ class ModelSource:
     def parse(cls, target: str, *, drop: int | None = None, keep: int | None = None, weights: str = "imagenet",
               in_chans: int = 3, seed: int = 0) -> "ModelSource":
         """``target`` as a file, a run directory or an architecture name (with drop/keep/weights)."""
-        from chexcut.archs import get_arch, resolve_drop
+        from chexcut.models.registry import get_arch, resolve_drop
 
         p = Path(target)
         if p.is_dir():
@@ -65,7 +65,7 @@ class ModelSource:
 
     def spec(self) -> dict:
         """The model file's spec (one clear error when it is not a chexcut model)."""
-        from chexcut.modelfile import read_spec
+        from chexcut.models.modelfile import read_spec
 
         if self.file is None:
             raise ChexcutError(f"{self.arch} is an architecture name; a model file or run directory is needed here")
@@ -78,7 +78,7 @@ class ModelSource:
         return self.file
 
     def to_json(self) -> dict:
-        """What finetune records as ``model_source`` (and :func:`chexcut.train.build_model` reads)."""
+        """What finetune records as ``model_source`` (and :func:`chexcut.training.train.build_model` reads)."""
         if self.file is not None:
             return {"file": str(self.file)}
         return {"arch": self.arch, "drop": self.drop, "weights": self.weights, "in_chans": self.in_chans,

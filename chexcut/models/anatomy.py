@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from chexcut.archs import Arch, get_arch, weights_meta
+from chexcut.models.libraries import weights_meta
+from chexcut.models.registry import Arch, get_arch
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
-from chexcut.surgery import build_architecture, get_module
+from chexcut.models.surgery import build_architecture, get_module
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""A disk cache for :func:`chexcut.anatomy.anatomy`, so `chexcut inspect` need not import torch.
+"""A disk cache for :func:`chexcut.models.anatomy.anatomy`, so `chexcut inspect` need not import torch.
 
 Importing torch + torchvision alone takes ~2.5 s on a 2-core machine; the anatomy itself
 takes ~0.1 s on the meta device. The result is a pure function of the architecture, the
@@ -25,7 +25,7 @@ def _versions() -> str:
 def cached_anatomy(name: str, image_size: int, n_labels: int) -> dict:
     """``anatomy(name, image_size, n_labels).to_json()``, from the cache when it is there."""
     from chexcut import __version__
-    from chexcut.archs import get_arch
+    from chexcut.models.registry import get_arch
 
     from chexcut.fileio import cache_dir, write_json
 
@@ -35,7 +35,7 @@ def cached_anatomy(name: str, image_size: int, n_labels: int) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
-    from chexcut.anatomy import anatomy
+    from chexcut.models.anatomy import anatomy
 
     result = anatomy(arch, image_size, n_labels).to_json()
     try:

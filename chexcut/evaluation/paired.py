@@ -6,7 +6,7 @@ Per label and for the two means (competition tasks, all labels), with one of two
 - ``bootstrap``: the replicate AUROCs of both models come from the same resamples, so the replicate
   deltas carry the pairing; percentile interval; two-sided p from the share of deltas on the other side
   of 0; non-inferiority p = (#{delta* <= -margin} + 1) / (B + 1).
-- ``delong``: DeLong's variance from structural components (:func:`chexcut.metrics.delong_components`),
+- ``delong``: DeLong's variance from structural components (:func:`chexcut.evaluation.metrics.delong_components`),
   clustered (Obuchowski 1997) when rows share a patient or study; a mean of labels is a linear
   combination of correlated AUROCs, so its variance comes from the same components. No bootstrap needed.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chexcut import metrics
+from chexcut.evaluation import metrics
 
 
 def _num(x) -> float | None:

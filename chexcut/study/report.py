@@ -19,7 +19,7 @@ import numpy as np
 from chexcut import rundir
 from chexcut.errors import ChexcutError
 from chexcut.rundir import RunDir
-from chexcut.study import PLAN, load_plan
+from chexcut.study.plan import PLAN, load_plan
 
 
 @dataclass
@@ -72,8 +72,9 @@ def find_run_dirs(targets: list[Path]) -> list[Path]:
 
 
 def collect(targets: list[Path]) -> Collected:
-    from chexcut.anatomy_cache import cached_anatomy
-    from chexcut.archs import get_arch, weights_meta
+    from chexcut.models.anatomy_cache import cached_anatomy
+    from chexcut.models.libraries import weights_meta
+    from chexcut.models.registry import get_arch
 
     res = Collected()
     for d in find_run_dirs(targets):
@@ -128,7 +129,7 @@ def _damaged(cfg: dict, ev: dict) -> str | None:
     spec = cfg["model"]
     if not isinstance(spec, dict) or not all(k in spec for k in ("arch", "drop", "labels", "params", "weights")):
         return "damaged config.json: its 'model' lacks arch, drop, labels, params or weights"
-    from chexcut.archs import get_arch
+    from chexcut.models.registry import get_arch
 
     try:
         get_arch(spec["arch"])
@@ -158,7 +159,7 @@ def _read(path: Path):
 
 def _overlapping(ev: dict) -> bool:
     """Whether an eval.json records rows shared with the training set (allowed with --allow-overlap)."""
-    from chexcut.evalrun import overlaps_training
+    from chexcut.evaluation.orchestrate import overlaps_training
 
     return overlaps_training((ev.get("evaluation_set") or {}).get("overlap"))
 
@@ -198,7 +199,7 @@ class PairedTester:
         import dataclasses
 
         from chexcut.data.chexpert import DataOptions, load_split
-        from chexcut.evaluate import evalset_from_table
+        from chexcut.evaluation.evaluate import evalset_from_table
 
         ev = RunDir(run.run_dir).read_eval()
         src = ev["source"]
@@ -209,7 +210,7 @@ class PairedTester:
 
     def scores(self, runs: list[RunResult]) -> np.ndarray | None:
         """Seed-averaged (N, L) probabilities of ``runs`` on the evaluation rows."""
-        from chexcut.predictions import align, read_predictions
+        from chexcut.evaluation.predictions import align, read_predictions
 
         mats = []
         for r in runs:
@@ -224,7 +225,7 @@ class PairedTester:
     def compare(self, a: list[RunResult], b: list[RunResult]) -> dict | None:
         """delta (a - b) of mean competition AUROC, CI, p and the non-inferiority p at the margin;
         None without predictions."""
-        from chexcut.evaluate import aggregate_by_study, evaluate
+        from chexcut.evaluation.evaluate import aggregate_by_study, evaluate
 
         if self.evalset is None:
             return None

@@ -320,8 +320,8 @@ def _typed_source(source: dict) -> dict:
 
 def build_model(source: dict, labels=None):
     """The starting model: a model file, or an architecture cut inline (same rules as truncate)."""
-    from chexcut.modelfile import load_model
-    from chexcut.surgery import truncate
+    from chexcut.models.modelfile import load_model
+    from chexcut.models.surgery import truncate
 
     if "file" in source:
         model = load_model(source["file"])
@@ -391,7 +391,7 @@ class Session:
 
 def finetune(run: Run, emit=None) -> dict:
     """Train ``run``; returns the final state. ``emit(event: dict)`` receives log events (rank 0)."""
-    from chexcut.infer import pick_device
+    from chexcut.evaluation.infer import pick_device
 
     emit = emit or (lambda event: None)
     cfg, run_dir = run.cfg, Path(run.run_dir)
@@ -430,7 +430,7 @@ def _barrier(dist: Dist) -> None:
 
 def starting_model(run: Run, rd: RunDir):
     """(model, spec, checkpoint or None): the checkpointed model on --resume, else the run's source."""
-    from chexcut.surgery import rebuild
+    from chexcut.models.surgery import rebuild
 
     if run.resume and rd.last.is_file():
         ckpt = load_checkpoint(rd.last)
@@ -586,7 +586,7 @@ def precise_bn(s: Session) -> None:
     every rank, and the training RNG is untouched, so resume stays bit-exact."""
     from chexcut.data.dataset import make_loader
     from chexcut.data.images import normalise
-    from chexcut.infer import autocast
+    from chexcut.evaluation.infer import autocast
 
     n = min(s.cfg.precise_bn, len(s.data.train_ds))
     if n <= 0:
@@ -608,8 +608,8 @@ def precise_bn(s: Session) -> None:
 
 def validate(s: Session) -> dict:
     """Per-label validation AUROCs (the same function as ``chexcut evaluate``) and their competition mean."""
-    from chexcut.evaluate import competition_mean, label_aurocs
-    from chexcut.infer import predict
+    from chexcut.evaluation.evaluate import competition_mean, label_aurocs
+    from chexcut.evaluation.infer import predict
 
     n = len(s.data.valid_ds)
     probs = predict(s.model, s.spec, s.val_loader, n, s.device, s.precision, s.channels_last)
@@ -628,8 +628,8 @@ def validate(s: Session) -> dict:
 
 def keep_if_best(s: Session, result: dict) -> None:
     """Rank 0 writes best.safetensors and valid_predictions.csv when the validation improved."""
-    from chexcut import modelfile
-    from chexcut.predictions import write_predictions
+    from chexcut.models import modelfile
+    from chexcut.evaluation.predictions import write_predictions
 
     score = result["mean_auroc"]
     if score is None:  # no competition label evaluable: fall back to every evaluable label
@@ -648,8 +648,8 @@ def keep_if_best(s: Session, result: dict) -> None:
 
 def _finetune(run: Run, emit, device, dist: Dist) -> dict:
     """Build the session (data, model, optimizer; a checkpoint restored on --resume), then train."""
-    from chexcut.anatomy import check_image_size
-    from chexcut.infer import resolve_precision
+    from chexcut.models.anatomy import check_image_size
+    from chexcut.evaluation.infer import resolve_precision
 
     cfg, rd = run.cfg, RunDir(run.run_dir)
     precision = resolve_precision(cfg.precision, device)
@@ -698,7 +698,7 @@ def train_loop(s: Session) -> dict:
     from chexcut.data.dataset import batch_order
     from chexcut.data.images import normalise
 
-    from chexcut.infer import autocast
+    from chexcut.evaluation.infer import autocast
 
     cfg, d, st, device = s.cfg, s.data, s.state, s.device
     mean, std = s.spec["normalisation"]["mean"], s.spec["normalisation"]["std"]

@@ -1,0 +1,1 @@
+"""Deployment: bench, export (ONNX), explain (Grad-CAM)."""

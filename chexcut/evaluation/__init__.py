@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure arrays), paired tests, the evaluation JSON, predictions, evaluation sets, inference, orchestration."""

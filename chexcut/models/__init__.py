@@ -1,0 +1,1 @@
+"""Models: the registry (families as data), libraries, surgery, anatomy, model files, weights."""

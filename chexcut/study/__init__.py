@@ -1,0 +1,1 @@
+"""Studies: plan (local, Slurm), run, report."""

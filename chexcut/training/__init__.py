@@ -1,0 +1,1 @@
+"""Training: config and recipes, checkpoint, the loop, signals, distributed."""

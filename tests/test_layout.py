@@ -1,0 +1,116 @@
+"""The package's shape, checked: no import circle (lazy imports included), small modules and functions.
+
+The layout is the architecture (README, "Layout"): subpackages in the order data flows, arrows pointing
+down. These checks keep it that way as the code grows.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "chexcut"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Every chexcut module ``path`` imports, at module level or inside functions."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "chexcut":
+            subs = {f"{node.module}.{a.name}" for a in node.names} & known
+            out |= subs
+            if len(subs) < len(node.names) and node.module in known:  # names defined in the module itself
+                out.add(node.module)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports_of(path, set(mods)) - {name} for name, path in mods.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    colour, stack = {}, []
+
+    def visit(node):
+        colour[node] = "grey"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if colour.get(nxt) == "grey":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in colour:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        colour[node] = "black"
+        return None
+
+    for node in sorted(graph):
+        if node not in colour:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_circle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_the_registry_is_data_and_the_library_never_imports_the_cli():
+    graph = import_graph()
+    assert graph["chexcut.models.registry"] <= {"chexcut.errors"}
+    for name, deps in graph.items():
+        if not name.startswith("chexcut.cli"):
+            assert not any(d.startswith("chexcut.cli") for d in deps), f"{name} imports the CLI"
+
+
+def test_at_most_15_modules_at_the_top_and_no_file_over_500_lines():
+    top = [p for p in PKG.glob("*.py")]
+    assert len(top) <= 15, sorted(p.name for p in top)
+    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert not long
+
+
+def _is_typer_command(node) -> bool:
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr in ("command", "callback")
+               for d in node.decorator_list) or node.name.startswith("cmd_")
+
+
+def test_functions_are_short_and_take_few_parameters():
+    too_long, too_many = [], []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            where = f"{path.relative_to(PKG)}:{node.lineno} {node.name}"
+            if node.end_lineno - node.lineno + 1 > 60:
+                too_long.append(where)
+            a = node.args
+            n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+            n -= bool(a.args) and a.args[0].arg in ("self", "cls")
+            if n > 10 and not (path.parent.name == "cli" and _is_typer_command(node)):
+                too_many.append(where)
+    assert not too_long, f"functions over 60 lines: {too_long}"
+    assert not too_many, f"functions over 10 parameters: {too_many}"
