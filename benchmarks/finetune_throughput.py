@@ -34,7 +34,7 @@ def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, 
                     sync_per_step=False):
     from chexcut.data.images import normalise
     from chexcut.evaluation.infer import autocast
-    from chexcut.training.train import masked_bce
+    from chexcut.training.loop import masked_bce
 
     model = model.to(device).train()
     if channels_last:
@@ -148,7 +148,8 @@ def main():
     from chexcut.data.dataset import XrayBatches, batch_order, make_loader
     from chexcut.data.phantom import make_phantom
     from chexcut.evaluation.infer import default_precision, predict
-    from chexcut.training.train import Run, TrainConfig, finetune
+    from chexcut.training.config import Run, TrainConfig
+    from chexcut.training.loop import finetune
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -191,7 +192,8 @@ def main():
 
 def train_figures(a, results, model, spec, device, batch, steps, precision, gpu, compile_, tr, opts, tmp):
     import chexcut
-    from chexcut.training.train import Run, TrainConfig, finetune
+    from chexcut.training.config import Run, TrainConfig
+    from chexcut.training.loop import finetune
 
     results["a_synthetic_train"] = synthetic_train(model, spec, device, batch, a.image_size, steps, 5 if compile_ else 3,
                                                    precision, gpu, compile_)

@@ -13,6 +13,3 @@ class ChexcutError(Exception):
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
 
-
-#: Set when SIGTERM interrupted the process (the CLI then exits 143 instead of 130).
-TERMINATED = False

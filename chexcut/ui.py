@@ -104,17 +104,17 @@ def anatomy_tables(a: dict, highlight_drop: int | None = None) -> list[Table]:
 
 
 def truncate_table(spec: dict, full: dict, cut: dict) -> Table:
-    t = Table(title=f"{spec['arch']}: drop {spec['drop']} (keep {spec['keep']} of {spec['num_blocks']} blocks)",
+    t = Table(title=f"{spec.arch}: drop {spec.drop} (keep {spec.keep} of {spec.num_blocks} blocks)",
               title_justify="left")
     t.add_column("")
     t.add_column("full (drop 0)", justify="right")
-    t.add_column(f"drop {spec['drop']}", justify="right")
+    t.add_column(f"drop {spec.drop}", justify="right")
     t.add_row("params", f"{full['params']:,}", f"{cut['params']:,}")
-    t.add_row(f"MACs at {spec['image_size']}px", human(full["macs"]), human(cut["macs"]))
+    t.add_row(f"MACs at {spec.preprocess.image_size}px", human(full["macs"]), human(cut["macs"]))
     t.add_row("compression", "1.00x", f"{full['params'] / cut['params']:.2f}x")
-    t.add_row("blocks kept", str(spec["num_blocks"]), str(spec["keep"]))
+    t.add_row("blocks kept", str(spec.num_blocks), str(spec.keep))
     t.add_row("feature channels", str(full["out_channels"]), str(cut["out_channels"]))
-    t.add_row("weights", "", spec["weights"].get("id") or spec["weights"].get("path") or spec["weights"]["kind"])
+    t.add_row("weights", "", spec.weights_name)
     return t
 
 

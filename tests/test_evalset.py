@@ -10,7 +10,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from chexcut.data.chexpert import DataOptions, load_split
-from chexcut.training.train import Run, TrainConfig, finetune
+from chexcut.training.config import Run, TrainConfig
+from chexcut.training.loop import finetune
 from conftest import run_cli
 
 

@@ -41,7 +41,8 @@ def test_explain_every_architecture_at_drop_0_and_deepest(arch, masked_phantom, 
 
 def test_trained_maps_point_at_the_findings_and_fail_randomisation(masked_phantom, tmp_path):
     from chexcut.data.chexpert import DataOptions
-    from chexcut.training.train import Run, TrainConfig, finetune
+    from chexcut.training.config import Run, TrainConfig
+    from chexcut.training.loop import finetune
 
     cfg = TrainConfig.from_recipe("paper", image_size=64, epochs=6, lr=1e-3, batch_size=32, val_every=1000,
                                   workers=0, device="cpu", precise_bn=256)

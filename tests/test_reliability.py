@@ -15,7 +15,9 @@ import torch
 
 from chexcut.data.chexpert import DataOptions
 from chexcut.errors import ChexcutError
-from chexcut.training.train import Run, RunLock, TrainConfig, finetune
+from chexcut.training.config import Run, TrainConfig
+from chexcut.training.lock import RunLock
+from chexcut.training.loop import finetune
 from conftest import REPO, run_cli
 
 

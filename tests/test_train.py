@@ -15,7 +15,9 @@ import torch
 import chexcut
 from chexcut.data.chexpert import DataOptions
 from chexcut.errors import ChexcutError
-from chexcut.training.train import Run, RunLock, TrainConfig, finetune
+from chexcut.training.config import Run, TrainConfig
+from chexcut.training.lock import RunLock
+from chexcut.training.loop import finetune
 from conftest import REPO, run_cli
 
 
@@ -129,7 +131,7 @@ def test_lock_refuses_a_second_finetune(phantom, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(phantom, tmp_path, monkeypatch):
-    import chexcut.training.train as train
+    import chexcut.training.loop as train
 
     real, calls = train.masked_bce, []
 
@@ -214,7 +216,7 @@ def test_resume_is_bit_exact_from_the_cache(phantom, tmp_path):
 
 
 def test_precise_bn_sets_exact_running_statistics_and_keeps_the_rng():
-    from chexcut.training.train import reestimate_batchnorm
+    from chexcut.training.batchnorm import reestimate_batchnorm
 
     model = chexcut.truncate("resnet18", drop=3, weights="none")
     batches = [torch.randn(8, 3, 32, 32) * 2 + 1 for _ in range(3)]

@@ -20,7 +20,6 @@ from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 
 PREFIXES = ("CheXpert-v1.0-small", "CheXpert-v1.0")
-VIEWS = values(Views)
 
 # The CheXpert paper's best uncertainty approach per competition task, where it is U-Ones or
 # U-Zeros: U-Ones for Atelectasis and Edema; the others used U-MultiClass / U-SelfTrained,

@@ -69,7 +69,7 @@ def make_loader(ds: XrayBatches, batches, workers: int, pin: bool, persistent: b
     DataLoader with ``workers`` decoding processes (batch_size=None: the dataset builds each batch).
 
     ``batches`` is any iterable of row lists, re-read at every ``iter()`` (a
-    :class:`chexcut.training.train.MutableBatches` changes per epoch). ``persistent`` keeps decoding processes
+    :class:`chexcut.training.session.MutableBatches` changes per epoch). ``persistent`` keeps decoding processes
     alive across epochs; their own generator (``seed``) means making an iterator never consumes the
     global RNG, so a resumed run replays the same random stream."""
     if ds.cache is not None:
@@ -87,7 +87,7 @@ class CachedBatchLoader:
     No worker processes: each image is copied from the memmap directly into the tensor the device
     copy reads from, so each batch is copied once on the host instead of three
     times (worker -> shared memory -> main -> pinned). ``batches`` is any iterable of row lists,
-    re-read at every ``iter()`` (so a :class:`chexcut.training.train.MutableBatches` works across epochs).
+    re-read at every ``iter()`` (so a :class:`chexcut.training.session.MutableBatches` works across epochs).
     Batches come out in order; ``depth`` of them are prepared ahead.
     """
 

@@ -14,7 +14,6 @@ import numpy as np
 from chexcut.choices import Resize, check, values
 from chexcut.errors import ChexcutError
 
-RESIZE_MODES = values(Resize)
 
 
 def to_gray_u8(img) -> np.ndarray:

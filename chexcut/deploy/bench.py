@@ -65,7 +65,7 @@ def check_settings(device: str | None, precision: str, threads: int | None, runt
     return dev
 
 
-def bench_level(model, spec: dict, *, device: torch.device, image_size: int, batches: list[int], precision: str,
+def bench_level(model, spec, *, device: torch.device, image_size: int, batches: list[int], precision: str,
                 channels_last: bool, compile_: bool, runtime: str, threads: int | None,
                 max_run_time: float = 3.0) -> dict:
     """One truncation level: latency at the smallest batch, throughput at the largest, peak memory."""
@@ -122,6 +122,7 @@ def bench(target: str, drops: list[int] | None = None, device: str | None = None
     from chexcut.models.registry import get_arch
     from chexcut.models.modelfile import load_model
     from chexcut.models.source import ModelSource
+    from chexcut.models.spec import DEFAULT_IMAGE_SIZE
     from chexcut.models.surgery import truncate
 
     batches = list(batches)
@@ -131,15 +132,15 @@ def bench(target: str, drops: list[int] | None = None, device: str | None = None
         spec = source.spec()
         if drops:
             raise ChexcutError("--drops applies to an architecture name; a model file is one truncation level")
-        arch, levels = get_arch(spec["arch"]), [int(spec["drop"])]
-        size = int(image_size or spec.get("image_size", 320))
+        arch, levels = get_arch(spec.arch), [spec.drop]
+        size = int(image_size or spec.preprocess.image_size)
     else:
         arch = get_arch(source.arch)
         levels = list(drops) if drops else list(range(arch.family.num_blocks))
         bad = [d for d in levels if not 0 <= d < arch.family.num_blocks]
         if bad:
             raise ChexcutError(f"--drops {bad[0]} is out of range for {arch.name}: valid 0..{arch.family.num_blocks - 1}")
-        size = int(image_size or 320)
+        size = int(image_size or DEFAULT_IMAGE_SIZE)
     check_image_size(arch.name, size)
     if threads:
         torch.set_num_threads(threads)
@@ -154,7 +155,7 @@ def bench(target: str, drops: list[int] | None = None, device: str | None = None
         res = bench_level(model, model.chexcut_spec, device=dev, image_size=size, batches=batches,
                           precision=precision, channels_last=channels_last, compile_=compile_, runtime=runtime,
                           threads=threads, max_run_time=max_run_time)
-        rows.append({"drop": d, "keep": t["keep"], "params": int(model.chexcut_spec["params"]), "macs": t["macs"],
+        rows.append({"drop": d, "keep": t["keep"], "params": model.chexcut_spec.params, "macs": t["macs"],
                      **res, "device": str(dev), "runtime": runtime})
     if progress:
         progress(len(levels), len(levels))

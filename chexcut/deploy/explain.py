@@ -28,20 +28,21 @@ from torch import nn
 
 from chexcut.errors import ChexcutError
 from chexcut.labels import COMPETITION_LABELS
+from chexcut.models.spec import ModelSpec, Preprocess
 
 
-def block_modules(model: nn.Module, spec: dict) -> list[nn.Module]:
+def block_modules(model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
     """The kept blocks of a chexcut model, in order (index 1 = block 1 of ``inspect``)."""
     from chexcut.models.registry import get_arch
     from chexcut.models.surgery import get_module
 
-    if int(spec["drop"]) > 0:
+    if spec.drop > 0:
         return list(model.blocks)
-    fam = get_arch(spec["arch"]).family
+    fam = get_arch(spec.arch).family
     return [get_module(model, paths[-1]) for paths in fam.blocks]
 
 
-def target_layer(model: nn.Module, spec: dict, layer: int | None) -> tuple[nn.Module, int]:
+def target_layer(model: nn.Module, spec: ModelSpec, layer: int | None) -> tuple[nn.Module, int]:
     blocks = block_modules(model, spec)
     index = len(blocks) if layer is None else layer
     if not 1 <= index <= len(blocks):
@@ -50,16 +51,13 @@ def target_layer(model: nn.Module, spec: dict, layer: int | None) -> tuple[nn.Mo
     return blocks[index - 1], index
 
 
-def gradcam(model: nn.Module, spec: dict, images: torch.Tensor, targets: list[int], layer: int | None = None
+def gradcam(model: nn.Module, spec: ModelSpec, images: torch.Tensor, targets: list[int], layer: int | None = None
             ) -> np.ndarray:
     """Grad-CAM maps (N, T, H, W) in [0, 1] for uint8 images (N, 1, H, W) and head indices ``targets``."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    from chexcut.data.images import normalise
-
     module, _ = target_layer(model, spec, layer)
-    norm = spec["normalisation"]
-    x = normalise(images, norm["mean"], norm["std"], int(spec.get("in_chans", 3)))
+    x = spec.preprocess.normalise(images)
     cam = LayerGradCam(model, module)
     out = np.zeros((len(images), len(targets), images.shape[-2], images.shape[-1]), dtype=np.float32)
     for t, j in enumerate(targets):
@@ -135,8 +133,8 @@ def read_images(files: list, paths: list[str], size: int, resize: str, skip_bad:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def gather(images: list[Path] | None, data: Path | None, csv: str | None, split: str, limit: int, size: int,
-           skip_bad: bool, masks: bool = False) -> tuple[Inputs, dict | None]:
+def gather(images: list[Path] | None, data: Path | None, csv: str | None, split: str, limit: int,
+           pre: Preprocess, skip_bad: bool, masks: bool = False) -> tuple[Inputs, dict | None]:
     """The images to explain (files, folders, or ``limit`` frontal rows of a dataset's split) and, for a
     phantom drawn with masks, where each finding is (for the pointing game)."""
     truth = None
@@ -162,12 +160,12 @@ def gather(images: list[Path] | None, data: Path | None, csv: str | None, split:
         paths = [str(f) for f in files]
         if not files:
             raise ChexcutError("no .png/.jpg images in the given folders")
-    return read_images(files, paths, size, "squash", skip_bad), truth
+    return read_images(files, paths, pre.image_size, pre.resize, skip_bad), truth
 
 
-def choose_labels(spec: dict, labels: list[str] | None, top: int | None) -> list[str] | None:
+def choose_labels(spec: ModelSpec, labels: list[str] | None, top: int | None) -> list[str] | None:
     """Labels to explain: ``labels`` (checked against the head), or None for the per-image top K."""
-    have = list(spec["labels"])
+    have = list(spec.labels)
     if labels:
         missing = [x for x in labels if x not in have]
         if missing:
@@ -180,7 +178,7 @@ def choose_labels(spec: dict, labels: list[str] | None, top: int | None) -> list
     return [x for x in COMPETITION_LABELS if x in have] or have[:5]
 
 
-def explain(model, spec: dict, inputs: Inputs, out: Path, labels: list[str] | None, top: int | None = None,
+def explain(model, spec: ModelSpec, inputs: Inputs, out: Path, labels: list[str] | None, top: int | None = None,
             layer: int | None = None, batch: int = 16) -> dict:
     """Heatmaps, overlays and a contact sheet per image under ``out``; returns the JSON listing."""
     from chexcut.fileio import atomic_path
@@ -194,8 +192,8 @@ def explain(model, spec: dict, inputs: Inputs, out: Path, labels: list[str] | No
     rows = []
     for i, path in enumerate(inputs.paths):
         p = probs[i].numpy()
-        names = chosen or [spec["labels"][j] for j in np.argsort(-p)[:top]]
-        targets = [spec["labels"].index(n) for n in names]
+        names = chosen or [spec.labels[j] for j in np.argsort(-p)[:top]]
+        targets = [spec.labels.index(n) for n in names]
         heat = gradcam(model, spec, inputs.images[i:i + 1], targets, layer)[0]
         gray = inputs.images[i, 0].numpy()
         stem = f"{i + 1:04d}-{Path(path).stem}"
@@ -214,16 +212,13 @@ def explain(model, spec: dict, inputs: Inputs, out: Path, labels: list[str] | No
     return {"images": rows, "skipped": inputs.skipped, "layer": index, "image_size": int(inputs.images.shape[-1])}
 
 
-def _probs(model, spec, images):
-    from chexcut.data.images import normalise
-
-    norm = spec["normalisation"]
-    return torch.sigmoid(model(normalise(images, norm["mean"], norm["std"], int(spec.get("in_chans", 3)))).double())
+def _probs(model, spec: ModelSpec, images):
+    return torch.sigmoid(model(spec.preprocess.normalise(images)).double())
 
 
 # ----------------------------------------------------------------------------- checks
 
-def pointing_game(model, spec: dict, inputs: Inputs, truth: dict[tuple[str, str], Path], labels: list[str],
+def pointing_game(model, spec: ModelSpec, inputs: Inputs, truth: dict[tuple[str, str], Path], labels: list[str],
                   layer: int | None = None, tolerance: float = 1 / 16) -> dict:
     """Per label: positives whose heatmap peak falls inside the drawn region, and chance (mean area share).
 
@@ -236,7 +231,7 @@ def pointing_game(model, spec: dict, inputs: Inputs, truth: dict[tuple[str, str]
     out = {}
     size = inputs.images.shape[-1]
     for name in labels:
-        j = spec["labels"].index(name)
+        j = spec.labels.index(name)
         rows = [i for i, p in enumerate(inputs.paths) if (p, name) in truth]
         if not rows:
             out[name] = {"hits": 0, "n": 0, "rate": None, "chance": None}
@@ -258,13 +253,13 @@ def pointing_game(model, spec: dict, inputs: Inputs, truth: dict[tuple[str, str]
     return out
 
 
-def randomisation(model, spec: dict, images: torch.Tensor, labels: list[str], layer: int | None = None,
+def randomisation(model, spec: ModelSpec, images: torch.Tensor, labels: list[str], layer: int | None = None,
                   seed: int = 0) -> dict:
     """Spearman rank correlation between the trained model's maps and the maps after re-initialising the head
     and then the kept blocks from the top down (cascading), averaged over images and labels."""
     from scipy.stats import spearmanr
 
-    targets = [spec["labels"].index(n) for n in labels]
+    targets = [spec.labels.index(n) for n in labels]
     base = gradcam(model, spec, images, targets, layer)
     rand = copy.deepcopy(model)
     blocks = block_modules(rand, spec)
@@ -290,7 +285,7 @@ def randomisation(model, spec: dict, images: torch.Tensor, labels: list[str], la
     return {"rank_correlation": final, "cascade": steps}
 
 
-def check(model, spec: dict, inputs: Inputs, labels: list[str], truth=None, layer: int | None = None) -> dict:
+def check(model, spec: ModelSpec, inputs: Inputs, labels: list[str], truth=None, layer: int | None = None) -> dict:
     result = {"randomisation": randomisation(model, spec, inputs.images[:16], labels, layer)}
     if truth is not None:
         result["pointing_game"] = pointing_game(model, spec, inputs, truth, labels, layer)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from chexcut.errors import ChexcutError
+from chexcut.models.spec import ModelSpec
 
 OPSET = 17
 ATOL = 1e-4
@@ -27,19 +28,13 @@ ATOL = 1e-4
 class Deployable(nn.Module):
     """uint8 (N, 1, H, W) -> probabilities (N, L): chexcut's normalisation, the model, the sigmoid."""
 
-    def __init__(self, model: nn.Module, spec: dict):
+    def __init__(self, model: nn.Module, spec: ModelSpec):
         super().__init__()
         self.model = model.eval()
-        norm = spec["normalisation"]
-        self.register_buffer("mean", torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.replicate = int(spec.get("in_chans", 3)) == 3
+        self.preprocess = spec.preprocess
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32) / 255.0
-        if self.replicate:
-            x = x.expand(-1, 3, -1, -1)
-        return torch.sigmoid(self.model((x - self.mean) / self.std))
+        return torch.sigmoid(self.model(self.preprocess.normalise(images)))
 
 
 def require_onnx():
@@ -62,8 +57,6 @@ def ort_session(path: Path, threads: int | None = None):
 
 def parity(path: Path, deployable: Deployable, image_size: int, seed: int = 0) -> float:
     """Max |ONNX Runtime - chexcut| over generated uint8 images, at batch sizes 1 and 3."""
-    from chexcut.data.images import normalise
-
     sess = ort_session(path)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -71,8 +64,7 @@ def parity(path: Path, deployable: Deployable, image_size: int, seed: int = 0) -
         x = torch.randint(0, 256, (n, 1, image_size, image_size), dtype=torch.uint8, generator=g)
         got = sess.run(None, {"images": x.numpy()})[0]
         with torch.no_grad():  # chexcut's own predict path: normalise, model, sigmoid (float64)
-            spec_norm = (deployable.mean.flatten().tolist(), deployable.std.flatten().tolist())
-            logits = deployable.model(normalise(x, *spec_norm, 3 if deployable.replicate else 1))
+            logits = deployable.model(deployable.preprocess.normalise(x))
             want = torch.sigmoid(logits.double()).numpy()
         if got.shape != want.shape:
             raise ChexcutError(f"the exported graph returns {got.shape}, chexcut {want.shape}")
@@ -99,8 +91,8 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
     path = ModelSource.parse(str(model_path)).require_file("export")
     model = load_model(path)
     spec = model.chexcut_spec
-    size = int(image_size or spec.get("image_size", 320))
-    check_image_size(spec["arch"], size)
+    size = int(image_size or spec.preprocess.image_size)
+    check_image_size(spec.arch, size)
     dep = Deployable(model, spec).eval()
     example = torch.zeros((2, 1, size, size), dtype=torch.uint8)
     with atomic_path(out) as tmp, warnings.catch_warnings():
@@ -109,9 +101,9 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
                           output_names=["probabilities"], opset_version=opset,
                           dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
         graph = onnx.load(str(tmp))
-        for key, value in (("labels", json.dumps(spec["labels"])), ("chexcut", json.dumps(spec, sort_keys=True)),
+        for key, value in (("labels", json.dumps(list(spec.labels))), ("chexcut", json.dumps(spec.to_json(), sort_keys=True)),
                            ("input", f"uint8 (N, 1, {size}, {size}) grey images, 0-255"),
-                           ("output", f"float32 (N, {len(spec['labels'])}) probabilities")):
+                           ("output", f"float32 (N, {len(spec.labels)}) probabilities")):
             graph.metadata_props.add(key=key, value=value)
         graph.producer_name = "chexcut"
         onnx.save(graph, str(tmp))
@@ -119,6 +111,6 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
         if not diff <= atol:
             raise ChexcutError(f"ONNX Runtime's predictions differ from chexcut's by {diff:.2e} (> {atol:g}): "
                                f"{out} refused and not written")
-    return {"path": str(out), "model": str(path), "arch": spec["arch"], "drop": spec["drop"], "image_size": size,
-            "labels": spec["labels"], "opset": opset, "max_abs_diff": diff, "atol": atol,
+    return {"path": str(out), "model": str(path), "arch": spec.arch, "drop": spec.drop, "image_size": size,
+            "resize": spec.preprocess.resize, "labels": list(spec.labels), "opset": opset, "max_abs_diff": diff, "atol": atol,
             "input": "images: uint8 (N, 1, H, W)", "output": "probabilities: float32 (N, L)"}

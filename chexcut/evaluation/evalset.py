@@ -144,3 +144,11 @@ def check_overlap(eval_table, es: EvaluationSet, allow: bool, run_dir: Path | No
             f"training rows (first: {record['first']}): its AUROC would be inflated. Evaluate on the run's "
             f"validation set (no data options), or pass --allow-overlap to do it anyway (flagged)")
     return record
+
+
+def overlaps_training(overlap) -> bool:
+    """Whether an overlap record (or a model/compare pair of them) found shared rows."""
+    if not overlap:
+        return False
+    parts = [overlap.get("model"), overlap.get("compare")] if "compare" in overlap else [overlap]
+    return any(p and (p.get("images") or p.get("patients")) for p in parts)

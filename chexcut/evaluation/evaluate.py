@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from chexcut.evaluation import metrics
-from chexcut.choices import Cluster, Level, Method, check
 from chexcut.errors import ChexcutError
+from chexcut.evaluation.settings import Statistics, check_parameters  # noqa: F401 (check_parameters: re-exported)
 from chexcut.labels import COMPETITION_LABELS
 
 
@@ -62,25 +62,6 @@ def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[Eval
 MIN_CLASS = 10  # fewer positives or negatives than this in a label: its interval carries a warning
 MIN_USABLE_SHARE = 0.9  # an interval from a smaller share of usable replicates is null, with the reason
 MAX_EXCLUDED_SHARE = 0.01  # more excluded replicates than this: a warning
-
-
-def check_parameters(bootstrap: int = 1000, ci: float = 0.95, alpha: float = 0.05, cluster: str = "patient",
-                     method: str = "bootstrap", level: str = "study", margin: float | None = None,
-                     equivalence: bool = False) -> None:
-    """One-line errors for evaluation parameters, checked before any inference runs."""
-    if bootstrap < 0:
-        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
-    if not 0 < ci < 1:
-        raise ChexcutError(f"--ci must be in (0, 1), not {ci}")
-    if not 0 < alpha < 1:
-        raise ChexcutError(f"--alpha must be in (0, 1), not {alpha}")
-    check(Cluster, cluster, "--cluster")
-    check(Method, method, "--method")
-    check(Level, level, "--level")
-    if margin is not None and not 0 < margin < 1:
-        raise ChexcutError(f"--margin is in AUROC units and must be in (0, 1), e.g. 0.02; not {margin}")
-    if equivalence and margin is None:
-        raise ChexcutError("--equivalence needs --margin M (the equivalence bounds are -M and +M)")
 
 
 def _summary(estimate: float, reps: np.ndarray | None, ci: float) -> dict:
@@ -147,16 +128,18 @@ def cluster_rows(evalset: EvalSet, cluster: str) -> np.ndarray:
     return {"patient": evalset.patient, "study": evalset.study, "none": np.arange(len(evalset.y))}[cluster]
 
 
-def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci: float = 0.95, seed: int = 0,
-             cluster: str = "patient", compare: np.ndarray | None = None, method: str = "bootstrap",
-             alpha: float = 0.05, chunk: int | None = None, margin: float | None = None,
-             equivalence: bool = False) -> dict:
-    """The evaluation JSON (see the README for the schema). ``scores`` may be probabilities or logits:
-    only their order matters."""
+def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = None, *,
+             compare: np.ndarray | None = None, chunk: int | None = None, **settings) -> dict:
+    """The evaluation JSON (see the README for the schema). ``scores`` (and ``compare``) are (N, L) and may be
+    probabilities or logits: only their order matters. ``stats`` (or its fields as keywords, e.g.
+    ``bootstrap=2000``) says what to compute."""
     from chexcut.evaluation import paired
 
-    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, margin=margin,
-                     equivalence=equivalence)
+    stats = stats or Statistics(**settings)
+    scores = metrics.check_scores(scores, evalset.y.shape, "scores")
+    if compare is not None:
+        compare = metrics.check_scores(compare, evalset.y.shape, "compare")
+    bootstrap, ci, seed, cluster = stats.bootstrap, stats.ci, stats.seed, stats.cluster
     y, mask, labels = evalset.y, evalset.mask > 0, evalset.labels
     auc = label_aurocs(y, mask, scores)
     auc_b = None if compare is None else label_aurocs(y, mask, compare)
@@ -190,9 +173,8 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, *, bootstrap: int = 1000, ci:
     }
     if compare is not None:
         result["compare"] = paired.compare(
-            y, mask, labels, scores, compare, auc, auc_b, reps, reps_b, comp=comp, evaluable=evaluable,
-            method=method, ci=ci, alpha=alpha, margin=margin, equivalence=equivalence,
-            cluster_ids=None if cluster == "none" else cluster_rows(evalset, cluster))
+            y, mask, labels, paired.Arm(scores, auc, reps), paired.Arm(compare, auc_b, reps_b), comp=comp,
+            evaluable=evaluable, stats=stats, cluster_ids=None if cluster == "none" else cluster_rows(evalset, cluster))
     return result
 
 

@@ -48,24 +48,20 @@ def default_precision(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def predict(model, spec: dict, loader, n: int, device: torch.device, precision: str = "fp32",
+def predict(model, spec, loader, n: int, device: torch.device, precision: str = "fp32",
             channels_last: bool = False, progress=None) -> np.ndarray:
     """Probabilities (n, n_labels), float64, in the table's row order, from a loader of XrayBatches batches.
 
     Under bf16/fp16 autocast the head runs in float32 (see :func:`chexcut.models.surgery.float32_head`), so
     rounding does not create ties between scores."""
-    from chexcut.data.images import normalise
-
     model.eval()
-    mean, std = spec["normalisation"]["mean"], spec["normalisation"]["std"]
-    in_chans = int(spec.get("in_chans", 3))
     # results stay on the device until the end: no per-batch synchronisation, so the next batch's
     # host-to-device copy (pinned, non-blocking) overlaps this batch's compute
     # float64 sigmoid: in float32 every logit above ~16.6 becomes exactly 1.0 (ties); in float64 above ~36.7
-    out = torch.zeros((n, len(spec["labels"])), dtype=torch.float64, device=device)
+    out = torch.zeros((n, len(spec.labels)), dtype=torch.float64, device=device)
     done = 0
     for images, _t, _m, rows in loader:
-        x = normalise(images.to(device, non_blocking=True), mean, std, in_chans, channels_last)
+        x = spec.preprocess.normalise(images.to(device, non_blocking=True), channels_last)
         with autocast(device, precision):
             logits = model(x)
         out[rows.to(device, non_blocking=True)] = torch.sigmoid(logits.double())

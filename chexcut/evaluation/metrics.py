@@ -34,10 +34,30 @@ def midranks(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """AUROC of scores ``s`` for binary ``y`` (midranks for ties); ``nan`` if one class only."""
-    y = np.asarray(y).astype(bool)
+def check_scores(s, shape: tuple, name: str = "scores") -> np.ndarray:
+    """``s`` as float64 of ``shape``, every value finite; ValueError naming what is wrong (as scikit-learn
+    validates at its boundary: a silent NaN or a misaligned array would give a wrong AUROC, not an error)."""
     s = np.asarray(s, dtype=np.float64)
+    if s.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {s.shape}, the labels {tuple(shape)}")
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise ValueError(f"{name} holds {int(bad.sum())} non-finite values (first at index "
+                         f"{tuple(int(i) for i in np.argwhere(bad)[0])})")
+    return s
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC of scores ``s`` for binary ``y`` (1-D, same length; midranks for ties); ``nan`` if one class only.
+
+    Raises ValueError for mismatched lengths, labels other than 0/1, or non-finite scores."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, not of shape {y.shape}")
+    s = check_scores(s, y.shape, "s")
+    if len(y) and not np.isin(y, (0, 1)).all():
+        raise ValueError("y must hold binary labels (0/1 or booleans)")
+    y = y.astype(bool)
     n1 = int(y.sum())
     n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
@@ -166,7 +186,6 @@ def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, 
 
 # ----------------------------------------------------------------------------- DeLong
 
-Z_95 = 1.959963984540054
 
 
 def delong_components(y: np.ndarray, s: np.ndarray, clusters: np.ndarray | None = None,

@@ -7,12 +7,15 @@ gathers their inputs. Model inference imports torch; the predictions-only path d
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluation.evaluate import aggregate_by_study, check_parameters, evalset_from_table, evaluate
-from chexcut.models.source import ModelSource
+from chexcut.evaluation.evalset import overlaps_training
+from chexcut.evaluation.evaluate import aggregate_by_study, evalset_from_table, evaluate
 from chexcut.evaluation.predictions import align, read_predictions, write_predictions
+from chexcut.evaluation.settings import Inference, Statistics
+from chexcut.models.source import ModelSource
 
 
 def _is_predictions_csv(target: str) -> bool:
@@ -20,9 +23,9 @@ def _is_predictions_csv(target: str) -> bool:
     return p.is_file() and p.suffix.lower() == ".csv"
 
 
-def model_predictions(model_path, es, image_size: int | None, batch_size: int, device: str | None, workers: int,
-                      precision: str | None, cache_dir, labels=None, progress=None):
-    """Run a model file or run dir over the evaluation set ``es``: (table, predictions DataFrame, spec)."""
+def model_predictions(model_path, es, infer: Inference, labels=None, progress=None):
+    """Run a model file or run dir over the evaluation set ``es`` with the model's own preprocessing (its
+    image size unless ``infer.image_size``, its resize mode): (table, predictions DataFrame, spec)."""
     import dataclasses
 
     import pandas as pd
@@ -37,31 +40,36 @@ def model_predictions(model_path, es, image_size: int | None, batch_size: int, d
 
     path = ModelSource.parse(str(model_path)).require_file("evaluate")  # a file, or a run dir's best model
     spec = read_spec(path)
-    want = tuple(labels or spec["labels"])
-    extra = [label for label in want if label not in spec["labels"]]
+    want = tuple(labels or spec.labels)
+    extra = [label for label in want if label not in spec.labels]
     if extra:
         raise ChexcutError(f"{path} has no head output for: {', '.join(extra)}")
     opts = dataclasses.replace(es.opts, labels=want)
     table = check_files(load_split(es.data, es.split, opts))
-    dev = pick_device(device)
-    precision = resolve_precision(precision, dev)
-    size = int(image_size or spec.get("image_size") or es.image_size or 320)
-    check_image_size(spec["arch"], size)
+    dev = pick_device(infer.device)
+    precision = resolve_precision(infer.precision, dev)
+    pre = spec.preprocess.with_size(infer.image_size)
+    if spec.notes and es.run_dir is not None:  # an older best model: the run's config says how it trained
+        pre = pre.with_size(infer.image_size or es.image_size, es.resize)
+    size = pre.image_size
+    check_image_size(spec.arch, size)
     model = load_model(path, device=str(dev))
     try:  # `chexcut prepare` caches the whole dataset (train + valid): read this split from it
         key_files = load_split(es.data, "all", opts).files
     except ChexcutError:
         key_files = None
+    cache_dir = infer.cache_dir
     if cache_dir is None and es.cache is not None and es.cache.is_dir():
         cache_dir = es.cache  # the cache the run trained from
-    cache = open_cache(table.files, size, es.resize, cache_dir, key_files=key_files)
-    ds = XrayBatches(table, size, es.resize, cache=cache)
+    cache = open_cache(table.files, size, pre.resize, cache_dir, key_files=key_files)
+    ds = XrayBatches(table, size, pre.resize, cache=cache)
     channels_last = dev.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(ds, batch_order(len(ds), batch_size, False, 0, 0), workers, pin=dev.type == "cuda")
+    loader = make_loader(ds, batch_order(len(ds), infer.batch_size, False, 0, 0), infer.workers,
+                         pin=dev.type == "cuda")
     probs = predict(model, spec, loader, len(ds), dev, precision, channels_last, progress)
-    df = pd.DataFrame(probs, index=table.paths, columns=list(spec["labels"]))
+    df = pd.DataFrame(probs, index=table.paths, columns=list(spec.labels))
     return table, df, spec
 
 
@@ -102,74 +110,76 @@ def check_sources(model, data, predictions, label_file) -> ModelSource | None:
     return None
 
 
-def run_evaluation(*, model=None, data=None, split: str | None = None, options: dict | None = None,
-                   predictions=None, label_file=None, labels=None, compare=None, logits: bool = False,
-                   level: str = "study", bootstrap: int = 1000, ci: float = 0.95, seed: int = 0,
-                   cluster: str = "patient", method: str = "bootstrap", alpha: float = 0.05,
-                   margin: float | None = None, equivalence: bool = False, allow_overlap: bool = False,
-                   allow_missing: bool = False,
-                   predictions_out=None, infer: dict | None = None, progress=None) -> dict:
-    """What ``chexcut evaluate`` does: get predictions (run MODEL over its evaluation set, or read
-    ``predictions`` + ``label_file``), the same for ``compare``, aggregate, evaluate. Returns the JSON dict.
+@dataclass(frozen=True)
+class EvalInputs:
+    """What to evaluate: a MODEL (run dir or model file, over ``data``/``split``/``options`` or a run's own
+    validation rows) or ``predictions`` with their ``truth`` CSV; optionally ``compare`` on the same rows."""
 
-    ``options``: the data options chosen explicitly (DataOptions fields); with a run directory and none of
-    them (nor ``data``/``split``), the set is the run's own validation rows. ``progress(description)``
-    returns a context manager yielding ``update(done, total)``.
+    model: str | None = None
+    data: Path | None = None
+    split: str | None = None
+    options: dict = field(default_factory=dict)  # data options chosen explicitly (DataOptions fields)
+    predictions: Path | None = None
+    truth: Path | None = None
+    labels: tuple[str, ...] | None = None
+    compare: str | None = None
+    logits: bool = False
+    allow_overlap: bool = False
+    allow_missing: bool = False
+
+
+def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: Inference = Inference(),
+                   predictions_out=None, progress=None) -> dict:
+    """What ``chexcut evaluate`` does: get predictions (run the model over its evaluation set, or read the
+    predictions + truth CSVs), the same for ``compare``, aggregate, evaluate. Returns the JSON dict.
+
+    With a run directory and no data option (nor ``data``/``split``), the set is the run's own validation
+    rows. ``progress(description)`` returns a context manager yielding ``update(done, total)``.
     """
     import contextlib
 
     from chexcut.evaluation import evalset as sets
 
-    check_parameters(bootstrap=bootstrap, ci=ci, alpha=alpha, cluster=cluster, method=method, level=level,
-                     margin=margin, equivalence=equivalence)
-    if compare is None and margin is not None:
+    i = inputs
+    if i.compare is None and stats.margin is not None:
         raise ChexcutError("--margin needs --compare OTHER (non-inferiority of this model against OTHER)")
-    source = check_sources(model, data, predictions, label_file)
-    options, infer = dict(options or {}), infer or {}
+    source = check_sources(i.model, i.data, i.predictions, i.truth)
     progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
-    es = None
-    if model is not None:
-        es = sets.resolve(source.run_dir, data, split, options)
+    es, notes = None, []
+    if i.model is not None:
+        es = sets.resolve(source.run_dir, i.data, i.split, dict(i.options))
         with progress("inference") as update:
-            table, preds, _spec = model_predictions(source.file, es, labels=labels, progress=update, **infer)
-        overlap = sets.check_overlap(table, es, allow_overlap)
+            table, preds, spec = model_predictions(source.file, es, infer, labels=i.labels, progress=update)
+        notes = list(spec.notes)
+        overlap = sets.check_overlap(table, es, i.allow_overlap)
     else:
-        table, preds = _predictions_and_labels(predictions, label_file, options, logits, allow_missing)
+        table, preds = _predictions_and_labels(i.predictions, i.truth, dict(i.options), i.logits, i.allow_missing)
         overlap = None
     evalset = evalset_from_table(table)
     mats = [align(evalset, preds)]
-    if compare:
-        other, compare_overlap = _compare_scores(compare, es, evalset, table, logits, allow_overlap, infer, progress)
+    if i.compare:
+        other, compare_overlap = _compare_scores(i, es, evalset, table, infer, progress)
         mats.append(other)
         overlap = {"model": overlap, "compare": compare_overlap} if compare_overlap is not None else overlap
-    if predictions_out and model is not None:  # only after every refusal: no output for a refused evaluation
+    if predictions_out and i.model is not None:  # only after every refusal: no output for a refused evaluation
         write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
-    if level == "study":
+    if stats.level == "study":
         evalset, mats = aggregate_by_study(evalset, mats)
-    result = evaluate(evalset, mats[0], bootstrap=bootstrap, ci=ci, seed=seed, cluster=cluster,
-                      compare=mats[1] if len(mats) > 1 else None, method=method, alpha=alpha, margin=margin,
-                      equivalence=equivalence)
-    result["level"] = level
-    result["evaluation_set"] = {**(es.to_json() if es else {"kind": "predictions", "labels": str(label_file)}),
-                                "description": es.describe() if es else f"the rows of {label_file}",
+    result = evaluate(evalset, mats[0], stats, compare=mats[1] if len(mats) > 1 else None)
+    result["level"] = stats.level
+    result["evaluation_set"] = {**(es.to_json() if es else {"kind": "predictions", "labels": str(i.truth)}),
+                                "description": es.describe() if es else f"the rows of {i.truth}",
                                 "overlap": overlap}
+    result["warnings"][:0] = notes
     if source is not None and source.interim:
         result["warnings"].insert(0, f"interim model: the run is {source.interim}; this is its best model so far")
     if overlaps_training(overlap):
         result["warnings"].insert(0, "the evaluation set overlaps training rows (--allow-overlap): AUROC is inflated")
-    result["source"] = {"model": str(model) if model else None, "predictions": str(predictions) if predictions else None,
-                        "compare": compare, "data": str(Path(es.data).resolve()) if es else None,
-                        "split": es.split if es else "valid",
-                        "options": (es.opts if es else _options(options)).to_json()}
+    result["source"] = {"model": str(i.model) if i.model else None,
+                        "predictions": str(i.predictions) if i.predictions else None, "compare": i.compare,
+                        "data": str(Path(es.data).resolve()) if es else None, "split": es.split if es else "valid",
+                        "options": (es.opts if es else _options(dict(i.options))).to_json()}
     return result
-
-
-def overlaps_training(overlap) -> bool:
-    """Whether an overlap record (or a model/compare pair of them) found shared rows."""
-    if not overlap:
-        return False
-    parts = [overlap.get("model"), overlap.get("compare")] if "compare" in overlap else [overlap]
-    return any(p and (p.get("images") or p.get("patients")) for p in parts)
 
 
 def _options(options: dict):
@@ -200,19 +210,20 @@ def _predictions_and_labels(predictions, label_file, options: dict, logits: bool
     return read_csv_table(label_file, label_file.parent, opts, "valid"), preds
 
 
-def _compare_scores(compare, es, evalset, table, logits, allow_overlap, infer, progress):
+def _compare_scores(i: EvalInputs, es, evalset, table, infer: Inference, progress):
     """The other model's scores on the same rows (a predictions CSV, or a model run on the same set)."""
     from chexcut.evaluation import evalset as sets
 
+    compare = i.compare
     if _is_predictions_csv(compare):
-        return align(evalset, read_predictions(compare, logits=logits), name=f"--compare {compare}"), None
+        return align(evalset, read_predictions(compare, logits=i.logits), name=f"--compare {compare}"), None
     if es is None:
         raise ChexcutError("--compare with a model needs MODEL too (run on the same data), not --predictions")
     source = ModelSource.parse(str(compare))
     with progress("inference (compare)") as update:
-        _, other, _ = model_predictions(source.require_file("evaluate --compare"), es, labels=evalset.labels,
-                                        progress=update, **infer)
+        _, other, _ = model_predictions(source.require_file("evaluate --compare"), es, infer, labels=evalset.labels,
+                                        progress=update)
     other_run = source.run_dir
-    overlap = sets.check_overlap(table, es, allow_overlap, run_dir=other_run, what=f"--compare {compare}") \
+    overlap = sets.check_overlap(table, es, i.allow_overlap, run_dir=other_run, what=f"--compare {compare}") \
         if other_run else None
     return align(evalset, other, name=f"--compare {compare}"), overlap

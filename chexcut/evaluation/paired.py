@@ -16,6 +16,8 @@ H0: delta <= -margin and H0: delta >= +margin rejected; p = the larger p).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from chexcut.evaluation import metrics
@@ -73,11 +75,21 @@ def _bootstrap_test(delta: float, dr: np.ndarray, ci: float, margin: float | Non
     return out
 
 
-def compare(y: np.ndarray, mask: np.ndarray, labels, a: np.ndarray, b: np.ndarray, auc_a: np.ndarray,
-            auc_b: np.ndarray, reps_a: np.ndarray | None, reps_b: np.ndarray | None, *, comp: list[int],
-            evaluable: list[int], method: str, ci: float, alpha: float, margin: float | None = None,
-            equivalence: bool = False, cluster_ids: np.ndarray | None = None) -> dict:
-    """The ``compare`` block of the evaluation JSON (A minus B)."""
+@dataclass
+class Arm:
+    """One model of a paired comparison: its scores (N, L), per-label AUROCs and bootstrap replicates."""
+
+    scores: np.ndarray
+    auc: np.ndarray
+    reps: np.ndarray | None = None
+
+
+def compare(y: np.ndarray, mask: np.ndarray, labels, model_a: Arm, model_b: Arm, *, comp: list[int],
+            evaluable: list[int], stats, cluster_ids: np.ndarray | None = None) -> dict:
+    """The ``compare`` block of the evaluation JSON (A minus B); ``stats``: the
+    :class:`~chexcut.evaluation.settings.Statistics` (method, ci, alpha, margin, equivalence)."""
+    a, b, auc_a, auc_b, reps_a, reps_b = model_a.scores, model_b.scores, model_a.auc, model_b.auc, model_a.reps, model_b.reps
+    method, ci, alpha, margin, equivalence = stats.method, stats.ci, stats.alpha, stats.margin, stats.equivalence
     both = [j for j in evaluable if np.isfinite(auc_b[j])]
     dl = _DeLongDeltas(y, mask, a, b, both, delong_clusters(cluster_ids)) if method == "delong" else None
 

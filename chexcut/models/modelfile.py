@@ -1,10 +1,11 @@
-"""chexcut model files: safetensors weights + a JSON spec, loaded without unpickling.
+"""chexcut model files: safetensors weights + a typed spec (:class:`ModelSpec`), loaded without unpickling.
 
-A model file is a plain ``.safetensors`` file whose metadata holds one key,
-``chexcut``, a JSON object (see :func:`chexcut.models.surgery.truncate`'s spec): architecture,
-drop/keep, labels, normalisation, weights origin, version. :func:`load_model` rebuilds
-the module from the spec and loads the tensors strictly. Nothing in the file is ever
-executed: safetensors stores raw tensor bytes and a JSON header.
+A model file is a plain ``.safetensors`` file whose metadata holds one key, ``chexcut``: the JSON of a
+:class:`ModelSpec` (architecture, drop/keep, labels, weights origin, versions) with its
+:class:`Preprocess` (image size, resize mode, per-channel mean/std, input channels). Every command that
+takes a model reads its preprocessing from here, never from a default. :func:`load_model` rebuilds the
+module from the spec and loads the tensors strictly. Nothing in the file is ever executed: safetensors
+stores raw tensor bytes and a JSON header.
 """
 
 from __future__ import annotations
@@ -15,33 +16,30 @@ from pathlib import Path
 
 from chexcut.errors import ChexcutError
 from chexcut.fileio import atomic_path, check_writable
+from chexcut.models.spec import DEFAULT_IMAGE_SIZE, ModelSpec, Preprocess  # noqa: F401 (the model file's types)
 
 META_KEY = "chexcut"
 
-
-def save_model(model, path: str | os.PathLike, spec: dict | None = None, force: bool = True,
-               extra: dict | None = None) -> Path:
+def save_model(model, path: str | os.PathLike, spec: ModelSpec | None = None, force: bool = True) -> Path:
     """Write ``model``'s weights and ``spec`` to ``path`` atomically (temp file + rename).
 
     ``spec`` defaults to the one :func:`chexcut.truncate` attached to the model.
     """
     from safetensors.torch import save_file
 
-    spec = dict(spec or getattr(model, "chexcut_spec", None) or {})
-    if spec.get("format") != "chexcut-model":
+    spec = spec or getattr(model, "chexcut_spec", None)
+    if not isinstance(spec, ModelSpec):
         raise ChexcutError("save_model needs a chexcut spec: build the model with chexcut.truncate")
-    if extra:
-        spec.update(extra)
     path = Path(path)
     check_writable(path, force=force)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(spec, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(spec.to_json(), sort_keys=True)})
     return path
 
 
-def read_spec(path: str | os.PathLike) -> dict:
-    """The JSON spec of a chexcut model file, without reading its tensors."""
+def read_spec(path: str | os.PathLike) -> ModelSpec:
+    """The spec of a chexcut model file, without reading its tensors."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -62,44 +60,13 @@ def read_spec(path: str | os.PathLike) -> dict:
         raise ChexcutError(f"{path}: the chexcut metadata is not valid JSON") from None
     if not isinstance(spec, dict) or spec.get("format") != "chexcut-model":
         raise ChexcutError(f"{path}: the chexcut metadata does not describe a model")
-    check_spec(spec, path)
-    return spec
-
-
-#: What a model file's spec must hold, and the types: checked once, whenever a spec is read.
-SPEC_SCHEMA = {"format_version": int, "arch": str, "drop": int, "labels": list, "normalisation": dict}
-
-
-def check_spec(spec: dict, path) -> None:
-    """One clear line for a damaged spec (missing keys, wrong types, an unknown architecture)."""
-    from chexcut.models.registry import get_arch
-
-    for key, kind in SPEC_SCHEMA.items():
-        if key not in spec:
-            raise ChexcutError(f"{path}: damaged chexcut metadata: no {key!r}")
-        if not isinstance(spec[key], kind) or isinstance(spec[key], bool):
-            raise ChexcutError(f"{path}: damaged chexcut metadata: {key!r} should be {kind.__name__}, "
-                               f"not {type(spec[key]).__name__} ({spec[key]!r:.40})")
-    if spec["format_version"] > 1:
-        raise ChexcutError(f"{path} was written by a newer chexcut (format {spec['format_version']}); upgrade chexcut")
-    if not spec["labels"] or not all(isinstance(x, str) for x in spec["labels"]):
-        raise ChexcutError(f"{path}: damaged chexcut metadata: 'labels' must be a non-empty list of names")
-    norm = spec["normalisation"]
-    if not all(isinstance(norm.get(k), list) and norm[k] and all(isinstance(v, (int, float)) for v in norm[k])
-               for k in ("mean", "std")):
-        raise ChexcutError(f"{path}: damaged chexcut metadata: 'normalisation' needs numeric 'mean' and 'std' lists")
-    try:
-        arch = get_arch(spec["arch"])
-    except ChexcutError as e:
-        raise ChexcutError(f"{path}: damaged chexcut metadata: {e}") from None
-    if not 0 <= spec["drop"] < arch.family.num_blocks:
-        raise ChexcutError(f"{path}: damaged chexcut metadata: drop {spec['drop']} is not a truncation of {arch.name}")
+    return ModelSpec.from_json(spec, path)
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """Rebuild the model a chexcut model file describes, with its weights, in eval mode.
 
-    The returned module carries its spec as ``model.chexcut_spec``.
+    The returned module carries its :class:`ModelSpec` as ``model.chexcut_spec``.
     """
     from safetensors.torch import load_file
 
@@ -113,7 +80,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     model = rebuild(spec)
     own = model.state_dict()
     if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
-        raise ChexcutError(f"{path}: the tensors do not match the model its spec describes ({spec['arch']})")
+        raise ChexcutError(f"{path}: the tensors do not match the model its spec describes ({spec.arch})")
     load_with_metadata(model, tensors)
     model.chexcut_spec = spec
     return model.to(device).eval()

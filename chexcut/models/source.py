@@ -78,7 +78,7 @@ class ModelSource:
         return self.file
 
     def to_json(self) -> dict:
-        """What finetune records as ``model_source`` (and :func:`chexcut.training.train.build_model` reads)."""
+        """What finetune records as ``model_source`` (and :func:`chexcut.training.session.build_model` reads)."""
         if self.file is not None:
             return {"file": str(self.file)}
         return {"arch": self.arch, "drop": self.drop, "weights": self.weights, "in_chans": self.in_chans,

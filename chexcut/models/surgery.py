@@ -16,8 +16,10 @@ from torch import nn
 
 from chexcut.models.libraries import library_of
 from chexcut.models.registry import Arch, get_arch, resolve_drop
+from chexcut.models.spec import DEFAULT_IMAGE_SIZE, ModelSpec, Preprocess
 from chexcut.models.tensors import load_state_dict_strict, load_with_metadata, normalise_state_dict, read_state_dict  # noqa: F401
 from chexcut.models.weights import ensure_available, offline_advice
+from chexcut.choices import Resize, check
 from chexcut.errors import ChexcutError
 from chexcut.fileio import sha256_file
 from chexcut.labels import CHEXPERT_LABELS
@@ -171,15 +173,17 @@ def truncate(
     weights: str | os.PathLike | None = "imagenet",
     labels: tuple[str, ...] | list[str] | None = None,
     in_chans: int = 3,
-    image_size: int = 320,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     seed: int | None = 0,
+    resize: str = "squash",
 ):
     """Build ``arch`` with ``weights``, cut ``drop`` final blocks, attach a ``len(labels)``-way head
     (``labels``: default the 14 CheXpert observations).
 
     Random initialisation (``weights="none"`` and the new head) is seeded by ``seed``
-    (``None``: the global RNG). Returns the ``nn.Module`` in eval mode. Its ``chexcut_spec`` attribute is the JSON-able
-    spec that :func:`chexcut.save_model` records so :func:`chexcut.load_model` can rebuild it.
+    (``None``: the global RNG). Returns the ``nn.Module`` in eval mode. Its ``chexcut_spec`` attribute is the
+    :class:`~chexcut.models.spec.ModelSpec` (with the preprocessing: ``image_size``, ``resize``, the weights'
+    mean/std, ``in_chans``) that :func:`chexcut.save_model` records so :func:`chexcut.load_model` can rebuild it.
     """
     a = get_arch(arch)
     d = resolve_drop(a, drop, keep)
@@ -202,26 +206,13 @@ def truncate(
         mean, std = adapt_in_chans(model, mean, std)
     model.eval()
     n = a.family.num_blocks
-    spec = {
-        "format": "chexcut-model",
-        "format_version": 1,
-        "arch": a.name,
-        "source": a.source,
-        "drop": d,
-        "keep": n - d,
-        "num_blocks": n,
-        "kept_blocks": [a.family.block_name(i) for i in range(1, n - d + 1)],
-        "head": {"type": "linear", "in_features": int(_head(model, a, d).in_features), "out_features": len(labels)},
-        "labels": list(labels),
-        "in_chans": in_chans,
-        "normalisation": {"mean": list(mean), "std": list(std)},
-        "image_size": int(image_size),
-        "weights": origin,
-        "params": sum(p.numel() for p in model.parameters()),
-        "seed": seed,
-        "chexcut_version": __version__,
-    }
-    model.chexcut_spec = spec
+    model.chexcut_spec = ModelSpec(
+        arch=a.name, source=a.source, drop=d, keep=n - d, num_blocks=n,
+        kept_blocks=tuple(a.family.block_name(i) for i in range(1, n - d + 1)),
+        head={"type": "linear", "in_features": int(_head(model, a, d).in_features), "out_features": len(labels)},
+        labels=labels, preprocess=Preprocess(mean=tuple(mean), std=tuple(std), image_size=int(image_size),
+                                             resize=check(Resize, resize, "--resize"), in_chans=in_chans),
+        weights=origin, params=sum(p.numel() for p in model.parameters()), seed=seed, chexcut_version=__version__)
     return model
 
 
@@ -249,7 +240,9 @@ def _head(model: nn.Module, arch: Arch, drop: int) -> nn.Linear:
     return model.head if drop else get_module(model, arch.family.head)
 
 
-def rebuild(spec: dict) -> nn.Module:
-    """An untrained module with the structure ``spec`` describes (weights come from the file)."""
-    return truncate(spec["arch"], drop=int(spec["drop"]), weights="none", labels=spec["labels"],
-                    in_chans=int(spec.get("in_chans", 3)), image_size=int(spec.get("image_size", 320)))
+def rebuild(spec: ModelSpec) -> nn.Module:
+    """An untrained module with the structure ``spec`` describes (weights come from the file), carrying ``spec``."""
+    model = truncate(spec.arch, drop=spec.drop, weights="none", labels=spec.labels, in_chans=spec.preprocess.in_chans,
+                     image_size=spec.preprocess.image_size, resize=spec.preprocess.resize)
+    model.chexcut_spec = spec
+    return model

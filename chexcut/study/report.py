@@ -159,7 +159,7 @@ def _read(path: Path):
 
 def _overlapping(ev: dict) -> bool:
     """Whether an eval.json records rows shared with the training set (allowed with --allow-overlap)."""
-    from chexcut.evaluation.orchestrate import overlaps_training
+    from chexcut.evaluation.evalset import overlaps_training
 
     return overlaps_training((ev.get("evaluation_set") or {}).get("overlap"))
 

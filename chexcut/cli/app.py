@@ -1,0 +1,103 @@
+"""The Typer application, its root options, and what the command modules share: option types, list parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from chexcut.choices import Blank, Resize, Views
+from chexcut.errors import ChexcutError
+
+
+app = typer.Typer(
+    name="chexcut",
+    help="Which ImageNet backbone, how much of it, and is the difference real? "
+    "Truncate, fine-tune and evaluate CNNs on chest X-rays (CheXtransfer).",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        from chexcut import __version__
+
+        typer.echo(f"chexcut {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for unexpected errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    """--debug is read by main() itself, which needs it before any command runs."""
+
+
+def complete_arch(incomplete: str) -> list[str]:
+    from chexcut.models.registry import REGISTRY
+
+    return [a for a in REGISTRY if a.startswith(incomplete)]
+
+
+def split_list(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def ints(value: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in split_list(value)]
+    except ValueError:
+        raise ChexcutError(f"--{name} must be comma-separated integers, not {value!r}") from None
+
+
+DataDir = Annotated[Path, typer.Argument(help="Dataset folder (CheXpert layout, or the base of --csv paths).")]
+
+
+CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="A generic CSV instead of train.csv/valid.csv.")]
+
+
+PathColOpt = Annotated[str, typer.Option("--path-col", help="Column of image paths (relative to DATA).")]
+
+
+LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label columns [default: the CheXpert 14 present].")]
+
+
+ViewsOpt = Annotated[Views, typer.Option("--views", help="Which views to use.")]
+
+
+UncertainOpt = Annotated[str, typer.Option("--uncertain", help="Uncertain (-1) labels: ones | zeros | ignore | chexpert | A=ones,B=zeros,default=zeros.")]
+
+
+BlankOpt = Annotated[Blank, typer.Option("--blank", help="Blank labels: zeros (not mentioned) or ignore.")]
+
+
+ValidFracOpt = Annotated[float, typer.Option("--valid-frac", help="Valid share of patients when there is no valid.csv.")]
+
+
+ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Square image size in pixels.")]
+
+
+ResizeOpt = Annotated[Resize, typer.Option("--resize", help="squash (CheXpert baseline) or pad (letterbox).")]
+
+
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Image cache folder [default: ~/.cache/chexcut/images/KEY].")]
+
+
+SkipMissingOpt = Annotated[bool, typer.Option("--skip-missing", help="Proceed without missing image files (reported).")]
+
+
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unreadable images (reported).")]
+
+
+def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0):
+    from chexcut.data.chexpert import DataOptions
+
+    return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels)) if labels else None, views=str(views),
+                       uncertain=uncertain, blank=str(blank), valid_frac=valid_frac, split_seed=split_seed)

@@ -1,0 +1,129 @@
+"""``bench``, ``export`` (ONNX) and ``explain`` (Grad-CAM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from chexcut.cli.app import (CsvOpt, SkipBadOpt, app, complete_arch, ints, split_list)
+from chexcut.errors import ChexcutError
+from chexcut.choices import Precision, Split
+
+
+@app.command()
+def bench(
+    target: Annotated[str, typer.Argument(help="Architecture (every truncation level) or a model file / run dir.", autocompletion=complete_arch)],
+    drops: Annotated[Optional[str], typer.Option("--drops", help="Comma-separated levels [default: all].")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Default: the model file's, or 320 for an architecture.")] = None,
+    batch: Annotated[str, typer.Option("--batch", help="Latency at the smallest, throughput at the largest.")] = "1,32",
+    precision: Annotated[Precision, typer.Option("--precision")] = Precision.fp32,
+    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model first.")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (torch.set_num_threads / ONNX Runtime's intra-op threads).")] = None,
+    runtime: Annotated[str, typer.Option("--runtime", help="torch | onnxruntime (the exported graph).")] = "torch",
+    max_time: Annotated[float, typer.Option("--max-time", help="Seconds at most per measurement.")] = 3.0,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the results to PATH (e.g. RUN_DIR/bench.json), or - for stdout.")] = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Latency, throughput and memory per truncation level, measured on this device (PyTorch or ONNX Runtime)."""
+    from chexcut import ui
+    from chexcut.deploy.bench import bench as run_bench
+    from chexcut.fileio import check_writable, write_json
+
+    if json_path and json_path != "-":
+        check_writable(Path(json_path), force=True)
+    to_stdout = json_path == "-"
+    with ui.lazy_progress_bar("bench", quiet=quiet or to_stdout) as update:
+        res = run_bench(target, drops=ints(drops, "drops") if drops else None, device=device, image_size=image_size,
+                        batches=ints(batch, "batch"), precision=str(precision), channels_last=channels_last,
+                        compile_=compile_, threads=threads, runtime=runtime, max_run_time=max_time, progress=update)
+    if to_stdout:
+        ui.print_json(res)
+        return
+    if json_path:
+        write_json(Path(json_path), res)
+    if not quiet:
+        ui.out.print(ui.bench_table(res))
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Model file or finetune run dir.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="ONNX file to write (.onnx).")],
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Size of the example input [default: the model file's]; the batch stays dynamic.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+):
+    """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime."""
+    from chexcut import ui
+    from chexcut.deploy.export import export_onnx
+
+    res = export_onnx(model, out, image_size=image_size, force=force)
+    if json_out:
+        ui.print_json(res)
+    else:
+        ui.err.print(f"wrote {res['path']}: {res['arch']} drop {res['drop']}, uint8 (N, 1, {res['image_size']}, "
+                     f"{res['image_size']}) -> {len(res['labels'])} probabilities; ONNX Runtime vs chexcut max |diff| "
+                     f"{res['max_abs_diff']:.1e}")
+
+
+@app.command()
+def explain(
+    model: Annotated[str, typer.Argument(help="Model file or finetune run dir.")],
+    images: Annotated[Optional[list[Path]], typer.Argument(help="Image files or folders (or use --data).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays and contact sheets.")] = Path("explain"),
+    data: Annotated[Optional[Path], typer.Option("--data", help="A dataset instead of IMAGES (with --csv, --split, --limit).")] = None,
+    csv: CsvOpt = None,
+    split: Annotated[Split, typer.Option("--split", help="Rows of --data.")] = Split.valid,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many images.")] = 16,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels (default: the 5 competition tasks).")] = None,
+    top: Annotated[Optional[int], typer.Option("--top", help="Instead of --labels: each image's K most probable labels.")] = None,
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Block index (from `chexcut inspect`) [default: the last kept block].")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Pointing game (phantom data with --masks) and the randomisation sanity check.")] = False,
+    skip_bad: SkipBadOpt = False,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the listing (or with --check the checks) to PATH, or - for stdout.")] = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Grad-CAM heatmaps over the images (Captum's LayerGradCam at the last kept block), with optional checks."""
+    from chexcut import ui
+    from chexcut.fileio import check_output_file, check_output_folder
+
+    if (data is None) == (not images):
+        raise ChexcutError("give IMAGES (files or folders) or --data DIR, not both or neither")
+    if limit < 1:
+        raise ChexcutError("--limit must be at least 1")
+    check_output_folder(out, "--out folder")
+    if json_path and json_path != "-":
+        check_output_file(Path(json_path), "--json")
+    from chexcut.deploy import explain as ex
+    from chexcut.models.modelfile import load_model
+    from chexcut.models.source import ModelSource
+
+    path = ModelSource.parse(model).require_file("explain")
+    net = load_model(path)
+    spec = net.chexcut_spec
+    ex.target_layer(net, spec, layer)
+    chosen = ex.choose_labels(spec, split_list(labels), top)
+    inputs, truth = ex.gather(images, data, csv, str(split), limit, spec.preprocess, skip_bad, masks=check)
+    with ui.lazy_progress_bar("explaining", quiet=quiet or json_path == "-") as update:
+        update(0, len(inputs.paths))
+        result = ex.explain(net, spec, inputs, out, chosen, top, layer)
+        if check:
+            result = {**ex.check(net, spec, inputs, chosen or list(spec.labels)[:5], truth, layer),
+                      "files": result["images"]}
+        update(len(inputs.paths), len(inputs.paths))
+    if json_path == "-":
+        ui.print_json(result)
+    elif json_path:
+        from chexcut.fileio import write_json
+
+        write_json(Path(json_path), result)
+    if not quiet and json_path != "-":
+        for name in inputs.skipped:
+            ui.err.print(f"[yellow]skipped unreadable image:[/] {name}")
+        if check:
+            ui.out.print(ui.explain_checks_table(result))
+        ui.err.print(f"wrote overlays and contact sheets for {len(inputs.paths)} images to {out}")

@@ -1,0 +1,98 @@
+"""``evaluate``: AUROC per label with bootstrap CIs, paired tests against another model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from chexcut.cli.app import (CacheOpt, CsvOpt, app, split_list)
+from chexcut.errors import ChexcutError
+from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Optional[str], typer.Argument(help="Finetune run dir (evaluated on its own validation set unless data options are given) or model file (with --data); omit with --predictions.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder [default: a run's own].")] = None,
+    split: Annotated[Optional[Split], typer.Option("--split", help="Rows of the data to evaluate on [default: valid].")] = None,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Evaluate even when the set shares images or patients with the run's training rows (flagged).")] = False,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="With --predictions: evaluate although a competition label's column is missing (the mean says how many it covers).")] = False,
+    predictions: Annotated[Optional[Path], typer.Option("--predictions", help="Predictions CSV (Path + one probability column per label).")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels to evaluate (default: the model's). (Deprecated: a label CSV here; use --truth FILE.)")] = None,
+    truth: Annotated[Optional[Path], typer.Option("--truth", "--label-csv", help="The label CSV for --predictions (CheXpert valid.csv layout).")] = None,
+    compare: Annotated[Optional[str], typer.Option("--compare", help="Another model, run dir or predictions CSV on the same rows.")] = None,
+    method: Annotated[Method, typer.Option("--method", help="Paired test per label.")] = Method.bootstrap,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0 disables).")] = 1000,
+    ci: Annotated[float, typer.Option("--ci", help="Confidence level.")] = 0.95,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level for the verdict.")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="With --compare: non-inferiority margin in AUROC units (e.g. 0.02); tests H0: delta <= -M.")] = None,
+    equivalence: Annotated[bool, typer.Option("--equivalence", help="With --margin: also test equivalence within +-M (TOST).")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    cluster: Annotated[Cluster, typer.Option("--cluster", help="Resample by patient, study or none.")] = Cluster.patient,
+    level: Annotated[Level, typer.Option("--level", help="study (max over views, official CheXpert) or image.")] = Level.study,
+    logits: Annotated[bool, typer.Option("--logits", help="Predictions are logits (any real number): ranked as they are.")] = False,
+    predictions_out: Annotated[Optional[Path], typer.Option("--predictions-out", help="Write MODEL's predictions CSV here.")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the evaluation JSON to PATH, or - for stdout.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv-out", help="Write per-label results as CSV.")] = None,
+    csv: CsvOpt = None,
+    path_col: Annotated[Optional[str], typer.Option("--path-col", help="Column of image paths [default: Path, or the run's].")] = None,
+    views: Annotated[Optional[Views], typer.Option("--views", help="Which views [default: frontal, or the run's].")] = None,
+    uncertain: Annotated[Optional[str], typer.Option("--uncertain", help="Uncertain label policy [default: zeros, or the run's].")] = None,
+    blank: Annotated[Optional[Blank], typer.Option("--blank", help="Blank labels [default: zeros, or the run's].")] = None,
+    valid_frac: Annotated[Optional[float], typer.Option("--valid-frac", help="Valid share of patients without valid.csv [default: 0.1, or the run's].")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="[default: the model file's]")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: auto = bf16 on GPU, fp32 on CPU.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 2,
+    cache: CacheOpt = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+):
+    """AUROC per label and on the 5 competition tasks, with bootstrap CIs and paired tests."""
+    from chexcut import ui
+    from chexcut.evaluation import orchestrate as evalrun
+    from chexcut.evaluation.settings import Inference, Statistics
+    from chexcut.fileio import check_output_file
+
+    stats = Statistics(bootstrap=bootstrap, ci=ci, seed=seed, cluster=str(cluster), method=str(method), alpha=alpha,
+                       margin=margin, equivalence=equivalence, level=str(level))
+    infer = Inference(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
+                      precision=precision and str(precision), cache_dir=cache)
+    for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
+                    ("--csv-out", csv_out)):
+        if p:  # every output checked before any inference
+            check_output_file(Path(p), flag)
+    to_stdout = json_path == "-"
+    quiet = quiet or to_stdout
+    label_file, label_list = truth, split_list(labels)
+    if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
+        ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")
+        label_file, label_list = Path(labels), None
+    given = {k: (str(v) if k in ("views", "blank") else v) for k, v in (
+        ("csv", csv), ("path_col", path_col), ("views", views), ("uncertain", uncertain), ("blank", blank),
+        ("valid_frac", valid_frac)) if v is not None}
+    inputs = evalrun.EvalInputs(
+        model=model, data=data, split=split and str(split), options=given, predictions=predictions, truth=label_file,
+        labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
+        allow_missing=allow_missing)
+    result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out,
+                                    progress=lambda what: ui.progress_bar(what, quiet=quiet))
+    _write(result, json_path, csv_out, quiet)
+
+
+def _write(result: dict, json_path: str | None, csv_out: Path | None, quiet: bool) -> None:
+    """The evaluation JSON to a file or stdout, the per-label CSV, and the table (unless quiet)."""
+    from chexcut import ui
+    from chexcut.evaluation.orchestrate import write_results_csv
+    from chexcut.fileio import write_json
+
+    if json_path and json_path != "-":
+        write_json(Path(json_path), result)
+    if csv_out:
+        write_results_csv(csv_out, result)
+    if json_path == "-":
+        ui.print_json(result)
+    elif not quiet:
+        ui.out.print(ui.evaluation_table(result))

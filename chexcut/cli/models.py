@@ -1,0 +1,173 @@
+"""``list``, ``inspect``, ``truncate`` and ``weights``: architectures, their anatomy, cutting, ImageNet weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from chexcut.cli.app import (app, complete_arch, split_list)
+from chexcut.errors import ChexcutError
+from chexcut.choices import Resize
+from chexcut.models.spec import DEFAULT_IMAGE_SIZE
+
+
+@app.command("list")
+def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
+    """Every supported architecture: params, ImageNet top-1, block count."""
+    from chexcut import ui
+    from chexcut.models.anatomy import full_params
+    from chexcut.models.libraries import weights_meta
+    from chexcut.models.registry import REGISTRY
+
+    rows = []
+    for a in REGISTRY.values():
+        meta = weights_meta(a)
+        rows.append({"arch": a.name, "source": a.source, "family": a.family.name, "params": full_params(a.name),
+                     "top1": meta["top1"], "num_blocks": a.family.num_blocks, "paper": a.paper,
+                     "weights": meta["id"]})
+    if json_out:
+        ui.print_json(rows)
+    else:
+        ui.out.print(ui.arch_list_table(rows))
+
+
+@app.command()
+def inspect(
+    target: str = typer.Argument(..., help="Architecture name (see `chexcut list`) or a chexcut model file.",
+                                 autocompletion=complete_arch),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size for shapes and MACs [default: 320, or the model file's]."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+):
+    """Block anatomy of an architecture or model file, and what each truncation level costs."""
+    from chexcut import ui
+    from chexcut.models.anatomy_cache import cached_anatomy
+
+    from chexcut.models.source import ModelSource
+
+    source = ModelSource.parse(target)
+    spec = source.spec() if source.is_file else None
+    if spec:
+        size = image_size if image_size is not None else spec.preprocess.image_size
+        a = cached_anatomy(spec.arch, size, n_labels=len(spec.labels))
+        a["model"] = spec.to_json()
+    else:
+        a = cached_anatomy(source.arch, image_size if image_size is not None else DEFAULT_IMAGE_SIZE, 14)
+    if json_out:
+        ui.print_json(a)
+        return
+    if spec:
+        ui.out.print(f"[bold]{target}[/]: {spec.arch} drop {spec.drop} (keep {spec.keep}/{spec.num_blocks}), "
+                     f"{spec.params:,} params, {len(spec.labels)} labels, weights {spec.weights_name}")
+    for t in ui.anatomy_tables(a, highlight_drop=spec.drop if spec else None):
+        ui.out.print(t)
+
+
+@app.command()
+def truncate(
+    arch: str = typer.Argument(..., help="Architecture name (see `chexcut list`).", autocompletion=complete_arch),
+    out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
+    drop: Optional[int] = typer.Option(None, "--drop", help="Final blocks to remove (0..B-1) [default: 0]."),
+    keep: Optional[int] = typer.Option(None, "--keep", help="Blocks to keep (1..B); instead of --drop."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH to a state dict of the full architecture."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels [default: the 14 CheXpert observations]."),
+    in_chans: int = typer.Option(3, "--in-chans", help="1 = grayscale input (first conv's RGB filters combined)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for random initialisation (the new head; all weights with --weights none)."),
+    image_size: int = typer.Option(DEFAULT_IMAGE_SIZE, "--image-size", help="Image size recorded in the model file and used for MACs."),
+    resize: Resize = typer.Option(Resize.squash, "--resize", help="Resize mode recorded in the model file (its preprocessing)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the model spec and figures as JSON to stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
+):
+    """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
+    from chexcut import ui
+    from chexcut.models.anatomy import anatomy
+    from chexcut.models.registry import get_arch, resolve_drop
+    from chexcut.fileio import check_writable
+    from chexcut.models.modelfile import save_model
+    from chexcut.models.surgery import truncate as do_truncate
+
+    a = get_arch(arch)
+    d = resolve_drop(a, drop, keep)
+    if out.suffix != ".safetensors":
+        raise ChexcutError(f"-o {out}: chexcut model files end in .safetensors")
+    check_writable(out, force=force)
+    model = do_truncate(a.name, drop=d, weights=weights, labels=split_list(labels), in_chans=in_chans,
+                        image_size=image_size, seed=seed, resize=str(resize))
+    anat = anatomy(a.name, image_size, n_labels=len(model.chexcut_spec.labels))
+    save_model(model, out, force=force)
+    spec = model.chexcut_spec
+    full, cut = anat.truncations[0], anat.truncations[d]
+    if json_out:
+        ui.print_json({"path": str(out), "model": spec.to_json(), "full": vars(full), "truncated": vars(cut)})
+    elif not quiet:
+        ui.err.print(ui.truncate_table(spec, vars(full), vars(cut)))
+        ui.err.print(f"wrote {out}")
+
+
+weights_app = typer.Typer(help="ImageNet weights: list, fetch (network or mirror), stage for offline clusters.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def _archs_arg(archs: Optional[list[str]], all_: bool, paper: bool) -> list:
+    from chexcut.models.registry import PAPER_ARCHS, REGISTRY, get_arch
+
+    if sum(map(bool, (archs, all_, paper))) != 1:
+        raise ChexcutError("name architectures, or pass --all or --paper (one of them)")
+    names = list(REGISTRY) if all_ else list(PAPER_ARCHS) if paper else archs
+    return [get_arch(a) for a in names]
+
+
+@weights_app.command("list")
+def weights_list(
+    paper: bool = typer.Option(False, "--paper", help="Only the 16 architectures of the paper."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+):
+    """Every architecture's weights: id, file, size, URL, whether cached, where, and whether its hash verifies."""
+    from chexcut import ui
+    from chexcut.models.registry import PAPER_ARCHS, REGISTRY
+    from chexcut.models.weights import status
+
+    rows = [status(a) for a in REGISTRY.values() if not paper or a.name in PAPER_ARCHS]
+    if json_out:
+        ui.print_json(rows)
+    else:
+        ui.out.print(ui.weights_table(rows))
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    archs: Annotated[Optional[list[str]], typer.Argument(help="Architectures (see `chexcut list`).", autocompletion=complete_arch)] = None,
+    all_: bool = typer.Option(False, "--all", help="Every supported architecture."),
+    paper: bool = typer.Option(False, "--paper", help="The 16 architectures of the paper."),
+    mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="A folder or http(s) URL serving the files by name (see `weights fetch --to`).")] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Write the files into this folder (a mirror to copy to an offline machine) instead of the caches.")] = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Download (or copy from a mirror) and verify ImageNet weights into the libraries' caches."""
+    from chexcut import ui
+    from chexcut.fileio import writable_folder
+    from chexcut.models.weights import fetch
+
+    chosen = _archs_arg(archs, all_, paper)
+    if to is not None:
+        if to.exists() and not to.is_dir():
+            raise ChexcutError(f"--to {to} is a file; give a folder")
+        writable_folder(to, "folder --to")
+    for a in chosen:
+        with ui.lazy_progress_bar(f"{a.name}", quiet=quiet) as update:
+            got = fetch(a, mirror=mirror, to=to, progress=update)
+        if not quiet:
+            ui.err.print(f"{a.name}: {got['action']} {got['path']}")
+
+
+@weights_app.command("path")
+def weights_path(arch: Annotated[str, typer.Argument(help="Architecture.", autocompletion=complete_arch)]):
+    """The exact path where a copied weights file must go for chexcut (and its library) to find it."""
+    from chexcut.models.libraries import library_of
+    from chexcut.models.registry import get_arch
+
+    a = get_arch(arch)
+    typer.echo(str(library_of(a).place_path(a)))

@@ -1,0 +1,155 @@
+"""``study plan``, ``study run``, ``report`` and ``demo``: many runs, and the paper's findings from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from chexcut.cli.app import (app, ints, split_list)
+from chexcut.errors import ChexcutError
+
+
+study_app = typer.Typer(help="Plan and run a grid of finetune + evaluate runs (locally or on Slurm).",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("plan", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def study_plan(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder for every run.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write plan.json, run.sh, commands.txt into.")],
+    archs: Annotated[Optional[str], typer.Option("--archs", help="Comma-separated architectures [default: the 16 of the paper].")] = None,
+    weights: Annotated[str, typer.Option("--weights", help="Comma-separated: imagenet,none.")] = "imagenet,none",
+    drops: Annotated[str, typer.Option("--drops", help="Comma-separated drops (levels past an arch's blocks are skipped).")] = "0,1,2",
+    seeds: Annotated[str, typer.Option("--seeds")] = "0",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for each run's evaluate.")] = 1000,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Also write study.sbatch (one array task per run).")] = False,
+    bench: Annotated[bool, typer.Option("--bench", help="Each run also measures its model's latency and throughput (bench.json; shown by report).")] = False,
+    nodes: Annotated[int, typer.Option("--nodes", help="With --slurm: nodes per run (torchrun with a c10d rendezvous on the first).")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Plan over an existing study plan.")] = False,
+    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per Slurm task (torchrun when > 1).")] = 1,
+    sbatch: Annotated[Optional[str], typer.Option("--sbatch", help="Extra #SBATCH lines, comma-separated (e.g. --partition=gpu,--time=12:00:00).")] = None,
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+):
+    """Write a study plan; extra options after the known ones go to every finetune (e.g. --recipe fast)."""
+    from chexcut import ui
+    from chexcut.models.registry import PAPER_ARCHS
+    from chexcut.study.plan import Grid, Slurm, plan_study
+
+    options = _finetune_options(list(ctx.args), data)
+    grid = Grid(archs=tuple(split_list(archs)) if archs else PAPER_ARCHS, weights=tuple(split_list(weights)),
+                drops=tuple(ints(drops, "drops")), seeds=tuple(ints(seeds, "seeds")))
+    cluster = Slurm(gpus_per_task=gpus_per_task, nodes=nodes, extra=tuple(split_list(sbatch) or ()))
+    plan = plan_study(out, data, grid, options, bootstrap=bootstrap, bench=bench, slurm=cluster if slurm else None,
+                      force=force)
+    if json_out:
+        ui.print_json(plan)
+        return
+    ui.err.print(f"planned {len(plan['runs'])} runs in {out}: run.sh, commands.txt, plan.json"
+                 + (", study.sbatch" if slurm else ""))
+    for s in plan["skipped"]:
+        ui.err.print(f"skipped {s}")
+    ui.err.print(f"next: chexcut study run {out} --jobs N   (or bash {out}/run.sh"
+                 + (f", or sbatch {out}/study.sbatch)" if slurm else ")"))
+
+
+def _finetune_options(args: list[str], data: Path):
+    """The options a plan passes to every finetune, parsed by finetune's own parser at plan time."""
+    import click
+
+    from chexcut.cli.train import finetune_options
+
+    command = typer.main.get_command(app).commands["finetune"]
+    try:
+        ctx = command.make_context("finetune", ["resnet18", "--data", str(data), "--out", "x", *args],
+                                   resilient_parsing=False)
+    except click.UsageError as e:
+        msg = " ".join(e.format_message().replace("Value error, ", "").split())
+        raise ChexcutError(f"an option for the runs' finetune is wrong: {msg}") from None
+    given = {p.name for p in command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"}
+    return finetune_options(ctx.params, given)
+
+
+@study_app.command("run")
+def study_run(
+    study_dir: Annotated[Path, typer.Argument(help="A folder written by `chexcut study plan`.")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs at once (one GPU each when there are GPUs).")] = 1,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Execute a plan locally with a live status table; failures never stop the other runs."""
+    from chexcut import ui
+    from chexcut.study.runner import run_plan
+
+    with ui.StudyStatus(study_dir, quiet=quiet) as update:
+        all_jobs = run_plan(study_dir, jobs=jobs, on_update=update)
+    failed = [j for j in all_jobs if j.status == "failed"]
+    if not quiet:
+        ui.err.print(ui.study_summary(all_jobs, study_dir))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    targets: Annotated[list[Path], typer.Argument(help="Study folders or run directories.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.md, results.csv, results.json and PNG plots here.")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for the paired comparisons.")] = 1000,
+    alpha: Annotated[float, typer.Option("--alpha")] = 0.05,
+    margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin (AUROC units) for parameter efficiency.")] = 0.02,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="- prints the report JSON to stdout.")] = None,
+):
+    """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
+    from chexcut import ui
+    from chexcut.evaluation.settings import check_parameters
+    from chexcut.study.report import build_report, write_outputs
+
+    check_parameters(bootstrap=bootstrap, alpha=alpha, margin=margin)
+    if out:
+        from chexcut.fileio import check_output_folder
+
+        check_output_folder(out, "report folder")
+    if json_path and json_path != "-":
+        from chexcut.fileio import check_output_file
+
+        check_output_file(Path(json_path), "--json")
+    rep = build_report(targets, bootstrap=bootstrap, alpha=alpha, seed=seed, margin=margin)
+    if out:
+        written = write_outputs(rep, out)
+        ui.err.print(f"wrote {', '.join(p.name for p in written)} to {out}")
+    if json_path == "-":
+        ui.print_json(rep)
+    elif json_path:
+        from chexcut.fileio import write_json
+
+        write_json(Path(json_path), rep)
+    if json_path != "-":
+        for t in ui.report_tables(rep):
+            ui.out.print(t)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Where to put the phantom data, study and report.")] = Path("chexcut-demo"),
+    archs: Annotated[str, typer.Option("--archs")] = "resnet18,densenet121,mobilenet_v2",
+    drops: Annotated[str, typer.Option("--drops")] = "0,1,2",
+    n: Annotated[int, typer.Option("--n", help="Phantom images.")] = 500,
+    image_size: Annotated[int, typer.Option("--image-size")] = 64,
+    epochs: Annotated[int, typer.Option("--epochs")] = 4,
+    bootstrap: Annotated[int, typer.Option("--bootstrap")] = 500,
+    jobs: Annotated[int, typer.Option("--jobs", help="Runs at once (1: all in this process, no import per run).")] = 1,
+    offline: Annotated[bool, typer.Option("--offline", help="Never try the network for ImageNet weights.")] = False,
+    mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="Fetch ImageNet weights from this folder or URL (see `weights fetch --to`).")] = None,
+):
+    """The whole study on phantom data: weights, generate, plan, fine-tune, evaluate, report (CPU: ~3 minutes)."""
+    from chexcut import ui
+    from chexcut.demo import run_demo
+
+    rep, paths = run_demo(folder, archs=split_list(archs) or [], drops=ints(drops, "drops"), n=n, image_size=image_size,
+                          epochs=epochs, bootstrap=bootstrap, jobs=jobs, offline=offline, mirror=mirror)
+    for t in ui.report_tables(rep):
+        ui.out.print(t)
+    ui.err.print(f"report: {paths['report']}/report.md (plots, results.csv, results.json beside it)")

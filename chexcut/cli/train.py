@@ -1,0 +1,114 @@
+"""``finetune``: a run directory from a model and a data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from chexcut.cli.app import (BlankOpt, CacheOpt, CsvOpt, LabelsOpt, PathColOpt, ResizeOpt, SkipMissingOpt, UncertainOpt, ValidFracOpt, ViewsOpt, app, complete_arch, data_options)
+from chexcut.errors import ChexcutError
+from chexcut.choices import Blank, LogFormat, Precision, Recipe, Resize, Views
+
+
+@app.command()
+def finetune(
+    model: Annotated[Optional[str], typer.Argument(help="Model file from `truncate`, or an architecture name (with --drop/--keep/--weights).", autocompletion=complete_arch)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (CheXpert layout or --csv base).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory exactly where it stopped.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a --out that holds a finished or stopped run.")] = False,
+    drop: Annotated[Optional[int], typer.Option("--drop", help="With an architecture name: final blocks to remove.")] = None,
+    keep: Annotated[Optional[int], typer.Option("--keep", help="With an architecture name: blocks to keep.")] = None,
+    weights: Annotated[str, typer.Option("--weights", help="With an architecture name: imagenet | none | PATH.")] = "imagenet",
+    in_chans: Annotated[int, typer.Option("--in-chans", help="With an architecture name: 1 for grayscale input.")] = 3,
+    recipe: Annotated[Recipe, typer.Option("--recipe", help="paper (Adam 1e-4, batch 16, 3 epochs, fp32) or fast (large batch, bf16, channels_last, compile, cosine).")] = Recipe.paper,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size")] = None,
+    val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps (and at each epoch end).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the recipe's; auto = bf16 on GPU, fp32 on CPU.")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (GPU only).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 4,
+    precise_bn: Annotated[Optional[int], typer.Option("--precise-bn", help="Before each validation, re-estimate BatchNorm statistics on N training images (for short runs; 0 = off).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps in all (the schedule is unchanged; --resume continues).")] = None,
+    log_every: Annotated[int, typer.Option("--log-every", help="Log every N steps.")] = 50,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
+    resize: ResizeOpt = Resize.squash,
+    csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
+    uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
+    cache: CacheOpt = None, skip_missing: SkipMissingOpt = False,
+    log_format: Annotated[LogFormat, typer.Option("--log-format", help="rich (progress bar on stderr) or json (one object per line on stdout).")] = LogFormat.rich,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """Fine-tune on a CheXpert-layout dataset into a run directory (resumable, kill-safe)."""
+    import json
+
+    from chexcut import ui
+    from chexcut.models.source import ModelSource
+    from chexcut.training.config import Run
+    from chexcut.training.loop import finetune as do_finetune
+
+    if resume is not None:
+        if model or out or data:
+            raise ChexcutError("--resume RUN_DIR takes its model, data and output from the run; give no MODEL, --data or --out")
+        run = Run.from_run_dir(resume, max_steps=max_steps, device=device)
+    else:
+        if not model or data is None or out is None:
+            raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
+        if not data.exists():
+            raise ChexcutError(f"--data {data} does not exist")
+        cfg = _train_config(locals())  # the command's parameters, by name
+        source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights, in_chans=in_chans, seed=seed)
+        opts = data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
+        run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source.to_json(), cache=cache,
+                  skip_missing=skip_missing, force=force)
+    if log_format == "json":
+        def emit(event):
+            if not quiet:
+                print(json.dumps(event), flush=True)
+
+        result = do_finetune(run, emit)
+    else:
+        with ui.TrainProgress(quiet=quiet) as emit:
+            result = do_finetune(run, emit)
+    if log_format == "rich" and not quiet:
+        b = result["best"]
+        best = f"best mean AUROC {b['mean_auroc']:.4f} at step {b['step']}" if b.get("mean_auroc") is not None else "no evaluable validation"
+        ui.err.print(f"{result['status']}: {result['step']} steps, {best}; run in {result['run_dir']}")
+
+
+def _train_config(p: dict):
+    """finetune's parameters (by their names in the command) -> a checked TrainConfig; study plan uses it too."""
+    from chexcut.training.config import TrainConfig
+
+    return TrainConfig.from_recipe(
+        str(p["recipe"]), epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], image_size=p["image_size"],
+        val_every=p["val_every"], precision=p["precision"] and str(p["precision"]), channels_last=p["channels_last"],
+        compile=p["compile_"], workers=p["workers"], seed=p["seed"], max_steps=p["max_steps"], device=p["device"],
+        resize=str(p["resize"]), log_every=p["log_every"], precise_bn=p["precise_bn"])
+
+
+#: finetune's parameters (by their names in the command) that are TrainConfig fields of another name.
+_PARAM_FIELDS = {"compile_": "compile"}
+_DATA_PARAMS = ("csv", "path_col", "labels", "views", "uncertain", "blank", "valid_frac")
+
+
+def finetune_options(params: dict, given: set[str]):
+    """finetune's parsed parameters -> the FinetuneOptions a study plan gives every run (only what was given)."""
+    from chexcut.training.config import CLI_TRAIN_FIELDS, FinetuneOptions
+
+    train = {}
+    for name in given:
+        field = _PARAM_FIELDS.get(name, name)
+        if field in CLI_TRAIN_FIELDS:
+            value = params[name]
+            train[field] = str(value) if field in ("recipe", "precision", "resize") else value
+    data = data_options(params["csv"], params["path_col"], params["labels"], params["views"], params["uncertain"],
+                        params["blank"], params["valid_frac"]).to_json()
+    cache = str(Path(params["cache"]).resolve()) if params.get("cache") else None
+    return FinetuneOptions(train=train, data=data, cache=cache, skip_missing=bool(params.get("skip_missing")))

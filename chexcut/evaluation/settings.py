@@ -1,0 +1,79 @@
+"""What an evaluation is asked for, checked once: the statistics (:class:`Statistics`) and how a model is
+run over images (:class:`Inference`). Plain values; no torch, no numpy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from chexcut.choices import Cluster, Level, Method, check
+from chexcut.errors import ChexcutError
+
+
+def check_parameters(bootstrap: int = 1000, ci: float = 0.95, alpha: float = 0.05, cluster: str = "patient",
+                     method: str = "bootstrap", level: str = "study", margin: float | None = None,
+                     equivalence: bool = False) -> None:
+    """One-line errors for evaluation parameters, checked before any inference runs."""
+    if bootstrap < 0:
+        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
+    if not 0 < ci < 1:
+        raise ChexcutError(f"--ci must be in (0, 1), not {ci}")
+    if not 0 < alpha < 1:
+        raise ChexcutError(f"--alpha must be in (0, 1), not {alpha}")
+    check(Cluster, cluster, "--cluster")
+    check(Method, method, "--method")
+    check(Level, level, "--level")
+    if margin is not None and not 0 < margin < 1:
+        raise ChexcutError(f"--margin is in AUROC units and must be in (0, 1), e.g. 0.02; not {margin}")
+    if equivalence and margin is None:
+        raise ChexcutError("--equivalence needs --margin M (the equivalence bounds are -M and +M)")
+    if bootstrap > MAX_BOOTSTRAP:
+        raise ChexcutError(f"--bootstrap {bootstrap} is more than chexcut draws ({MAX_BOOTSTRAP:,}); 10,000 "
+                           f"replicates already give CI bounds to about 0.001")
+
+
+#: The most bootstrap replicates (the replicate matrix is replicates x labels x models float64s).
+MAX_BOOTSTRAP = 100_000
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Bootstrap CIs and the paired test: replicates, level, seed, clustering, test method, verdict."""
+
+    bootstrap: int = 1000
+    ci: float = 0.95
+    seed: int = 0
+    cluster: str = "patient"  # resample (and cluster DeLong) by patient | study | none
+    method: str = "bootstrap"  # paired test: bootstrap | delong
+    alpha: float = 0.05
+    margin: float | None = None  # non-inferiority margin (AUROC units)
+    equivalence: bool = False  # with margin: TOST equivalence too
+    level: str = "study"  # study (max over views) | image
+
+    def __post_init__(self):
+        check_parameters(bootstrap=self.bootstrap, ci=self.ci, alpha=self.alpha, cluster=str(self.cluster),
+                         method=str(self.method), level=str(self.level), margin=self.margin,
+                         equivalence=self.equivalence)
+        for name in ("cluster", "method", "level"):
+            object.__setattr__(self, name, str(getattr(self, name)))
+        if self.seed < 0:
+            raise ChexcutError(f"--seed must be >= 0, not {self.seed}")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How a model runs over a data set: input size (None: the model's own), batch, device, workers, precision,
+    image cache."""
+
+    image_size: int | None = None
+    batch_size: int = 64
+    device: str | None = None
+    workers: int = 2
+    precision: str | None = None
+    cache_dir: Path | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ChexcutError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.workers < 0:
+            raise ChexcutError(f"--workers must be >= 0, not {self.workers}")

@@ -1,0 +1,139 @@
+"""The contract between commands: a typed :class:`ModelSpec` with its :class:`Preprocess`.
+
+A model file (:mod:`chexcut.models.modelfile`) stores ``ModelSpec.to_json()``; every command that takes a
+model feeds it with its own preprocessing. No torch at module level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from chexcut.choices import Resize, values
+from chexcut.errors import ChexcutError
+
+#: The input size chexcut uses when nothing else says (CheXpert's 320 x 320): the one place it is spelled.
+DEFAULT_IMAGE_SIZE = 320
+RESIZE_MODES = values(Resize)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model's input is made from a grey X-ray: decoded to ``image_size`` square (``resize``:
+    squash or pad), then scaled to [0, 1], replicated to ``in_chans`` channels, normalised per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int = DEFAULT_IMAGE_SIZE
+    resize: str = "squash"
+    in_chans: int = 3
+
+    def normalise(self, batch, channels_last: bool = False):
+        """uint8 (N, 1, H, W) on any device -> normalised float32 (N, in_chans, H, W).
+
+        A grey image is replicated to 3 channels (each normalised with its own channel's statistics) unless
+        ``in_chans == 1``. Traceable: the ONNX export runs it inside its graph."""
+        import torch
+
+        x = batch.to(dtype=torch.float32) / 255.0
+        m = torch.tensor(self.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+        if self.in_chans == 3:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - m) / s
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    def with_size(self, image_size: int | None = None, resize: str | None = None) -> "Preprocess":
+        """This preprocessing at another size or resize mode (``None`` keeps the model's own)."""
+        return replace(self, image_size=int(image_size or self.image_size), resize=resize or self.resize)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a chexcut model is: everything needed to rebuild it and to feed it (its :class:`Preprocess`)."""
+
+    arch: str
+    drop: int
+    labels: tuple[str, ...]
+    preprocess: Preprocess
+    source: str = ""  # the model library
+    keep: int = 0
+    num_blocks: int = 0
+    kept_blocks: tuple[str, ...] = ()
+    head: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=lambda: {"kind": "none"})
+    params: int = 0
+    seed: int | None = 0
+    chexcut_version: str = ""
+    training: dict | None = None  # a finetune's best model: run_dir, step, valid_mean_auroc
+    notes: tuple[str, ...] = field(default=(), compare=False)  # what reading an older file assumed
+
+    @property
+    def weights_name(self) -> str:
+        return self.weights.get("id") or self.weights.get("path") or self.weights["kind"]
+
+    def to_json(self) -> dict:
+        p = self.preprocess
+        out = {"format": "chexcut-model", "format_version": 1, "arch": self.arch, "source": self.source,
+               "drop": self.drop, "keep": self.keep, "num_blocks": self.num_blocks,
+               "kept_blocks": list(self.kept_blocks), "head": dict(self.head), "labels": list(self.labels),
+               "in_chans": p.in_chans, "normalisation": {"mean": list(p.mean), "std": list(p.std)},
+               "image_size": p.image_size, "resize": p.resize, "weights": dict(self.weights),
+               "params": self.params, "seed": self.seed, "chexcut_version": self.chexcut_version}
+        if self.training is not None:
+            out["training"] = dict(self.training)
+        return out
+
+    @classmethod
+    def from_json(cls, spec: dict, path="the model spec") -> "ModelSpec":
+        """A spec from a model file's JSON, checked (one clear line for a damaged one)."""
+        check_spec(spec, path)
+        notes = ()
+        if "resize" not in spec:
+            notes = (f"{path} was written before model files recorded their resize mode: read as squash",)
+        norm = spec["normalisation"]
+        pre = Preprocess(mean=tuple(float(v) for v in norm["mean"]), std=tuple(float(v) for v in norm["std"]),
+                         image_size=int(spec.get("image_size", DEFAULT_IMAGE_SIZE)),
+                         resize=spec.get("resize", "squash"), in_chans=int(spec.get("in_chans", 3)))
+        return cls(arch=spec["arch"], drop=int(spec["drop"]), labels=tuple(spec["labels"]), preprocess=pre,
+                   source=spec.get("source", ""), keep=int(spec.get("keep", 0)),
+                   num_blocks=int(spec.get("num_blocks", 0)), kept_blocks=tuple(spec.get("kept_blocks", ())),
+                   head=dict(spec.get("head", {})), weights=dict(spec.get("weights") or {"kind": "none"}),
+                   params=int(spec.get("params", 0)), seed=spec.get("seed"),
+                   chexcut_version=str(spec.get("chexcut_version", "")), training=spec.get("training"), notes=notes)
+
+
+
+#: What a model file's spec must hold, and the types: checked once, whenever a spec is read.
+SPEC_SCHEMA = {"format_version": int, "arch": str, "drop": int, "labels": list, "normalisation": dict}
+
+
+def check_spec(spec: dict, path) -> None:
+    """One clear line for a damaged spec (missing keys, wrong types, an unknown architecture)."""
+    from chexcut.models.registry import get_arch
+
+    for key, kind in SPEC_SCHEMA.items():
+        if key not in spec:
+            raise ChexcutError(f"{path}: damaged chexcut metadata: no {key!r}")
+        if not isinstance(spec[key], kind) or isinstance(spec[key], bool):
+            raise ChexcutError(f"{path}: damaged chexcut metadata: {key!r} should be {kind.__name__}, "
+                               f"not {type(spec[key]).__name__} ({spec[key]!r:.40})")
+    if spec["format_version"] > 1:
+        raise ChexcutError(f"{path} was written by a newer chexcut (format {spec['format_version']}); upgrade chexcut")
+    if not spec["labels"] or not all(isinstance(x, str) for x in spec["labels"]):
+        raise ChexcutError(f"{path}: damaged chexcut metadata: 'labels' must be a non-empty list of names")
+    norm = spec["normalisation"]
+    if not all(isinstance(norm.get(k), list) and norm[k] and all(isinstance(v, (int, float)) for v in norm[k])
+               for k in ("mean", "std")):
+        raise ChexcutError(f"{path}: damaged chexcut metadata: 'normalisation' needs numeric 'mean' and 'std' lists")
+    try:
+        arch = get_arch(spec["arch"])
+    except ChexcutError as e:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: {e}") from None
+    if spec.get("resize", "squash") not in RESIZE_MODES:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: resize {spec['resize']!r} is not one of "
+                           f"{', '.join(RESIZE_MODES)}")
+    size = spec.get("image_size", DEFAULT_IMAGE_SIZE)
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 4096:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: image_size {size!r} is not a size in pixels (16..4096)")
+    if not 0 <= spec["drop"] < arch.family.num_blocks:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: drop {spec['drop']} is not a truncation of {arch.name}")

@@ -1,0 +1,191 @@
+"""What a training run is: the recipes, the checked :class:`TrainConfig`, and :class:`Run` (what
+:func:`chexcut.training.loop.finetune` takes), also rebuilt from a run directory to ``--resume``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chexcut.choices import Precision, Recipe, Resize, check
+from chexcut.errors import ChexcutError
+from chexcut.models.spec import DEFAULT_IMAGE_SIZE
+from chexcut.rundir import RunDir
+
+
+RECIPES: dict[str, dict] = {
+    # CheXpert / CheXtransfer: Adam 1e-4, batch 16, 3 epochs, 320 px, no augmentation,
+    # validation every 4,800 iterations and at each epoch end.
+    "paper": dict(optimizer="adam", lr=1e-4, batch_size=16, epochs=3, image_size=DEFAULT_IMAGE_SIZE, val_every=4800,
+                  precision="fp32", channels_last=False, compile=False, schedule="constant", warmup=0.0,
+                  weight_decay=0.0),
+    # The same images per validation (76,800), 16x the batch, sqrt-scaled LR with warmup + cosine,
+    # bf16 autocast, channels_last and torch.compile on GPU.
+    "fast": dict(optimizer="adamw", lr=4e-4, batch_size=256, epochs=3, image_size=DEFAULT_IMAGE_SIZE, val_every=300,
+                 precision="auto", channels_last=True, compile=True, schedule="cosine", warmup=0.05,
+                 weight_decay=1e-5),
+}
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "paper"
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    batch_size: int = 16
+    epochs: int = 3
+    image_size: int = DEFAULT_IMAGE_SIZE
+    val_every: int = 4800
+    precision: str = "fp32"  # bf16 | fp16 | fp32 | auto
+    channels_last: bool = False
+    compile: bool = False
+    schedule: str = "constant"  # constant | cosine
+    warmup: float = 0.0  # fraction of all steps
+    weight_decay: float = 0.0
+    workers: int = 4
+    seed: int = 0
+    max_steps: int | None = None
+    device: str | None = None
+    resize: str = "squash"
+    log_every: int = 50
+    precise_bn: int = 0  # training images to re-estimate BatchNorm statistics on before each validation
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **overrides) -> "TrainConfig":
+        recipe = check(Recipe, recipe, "--recipe")
+        values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+        cfg = cls(recipe=recipe, **values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for name in ("batch_size", "epochs", "val_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ChexcutError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ChexcutError(f"--lr must be positive, not {self.lr}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ChexcutError("--max-steps must be at least 1")
+        self.precision = check(Precision, self.precision, "--precision")
+        self.resize = check(Resize, self.resize, "--resize")
+        if self.workers < 0:
+            raise ChexcutError("--workers must be >= 0")
+        if self.precise_bn < 0:
+            raise ChexcutError("--precise-bn must be >= 0 (images; 0 = off)")
+
+
+@dataclass
+class Run:
+    """What the CLI (and the study runner) hands to :func:`chexcut.training.loop.finetune`."""
+
+    run_dir: Path
+    data: Path
+    opts: object  # chexcut.data.chexpert.DataOptions
+    cfg: TrainConfig
+    model_source: dict  # {"file": path} or {"arch", "drop", "weights", "in_chans"}
+    cache: Path | None = None
+    skip_missing: bool = False
+    resume: bool = False
+    force: bool = False
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path, max_steps: int | None = None, device: str | None = None) -> "Run":
+        """The Run to ``--resume``: settings from its config.json (``max_steps``/``device`` may change).
+        The image cache it used is used again while it is there (same pixels as decoding, only faster)."""
+        from chexcut.data.chexpert import DataOptions
+
+        try:
+            config = RunDir(run_dir).read_config()
+            train, d = dict(config["train"]), config["data"]
+        except (TypeError, KeyError):
+            raise ChexcutError(f"--resume {run_dir}: no readable config.json there, not a finetune run") from None
+        if max_steps:
+            train["max_steps"] = max_steps
+        if device:
+            train["device"] = device
+        opts = DataOptions.from_json(d)
+        cache = Path(d["cache"]) if d.get("cache") and (Path(d["cache"]) / "index.json").is_file() else None
+        source = {} if RunDir(run_dir).last.is_file() else _typed_source(config.get("model_source") or {})
+        return cls(run_dir=Path(run_dir), data=Path(d["dir"]), opts=opts, cfg=TrainConfig(**train),
+                   model_source=source, resume=True, cache=cache)
+
+
+def _typed_source(source: dict) -> dict:
+    """config.json's model_source (written as strings) back to build_model's types."""
+    out = dict(source)
+    for k in ("drop", "keep", "in_chans", "seed"):
+        if out.get(k) not in (None, "None"):
+            out[k] = int(out[k])
+        else:
+            out.pop(k, None)
+    return out
+
+
+#: TrainConfig fields a user sets on ``finetune``'s command line (``--name`` or ``--name/--no-name``).
+CLI_TRAIN_FIELDS = ("recipe", "epochs", "batch_size", "lr", "image_size", "val_every", "precision", "channels_last",
+                    "compile", "workers", "max_steps", "log_every", "device", "resize", "precise_bn")
+_BOOLEAN_FLAGS = ("channels_last", "compile")
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """What every run of a study passes to ``finetune`` besides its grid cell (arch, weights, drop, seed):
+    training overrides (``None``: the recipe's), data options, the image cache. Checked at construction, so a
+    plan with a bad option fails when it is written, for Python callers too; :meth:`to_args` gives the
+    command-line flags the plan's scripts use."""
+
+    train: dict = field(default_factory=dict)  # CLI_TRAIN_FIELDS -> value
+    data: dict = field(default_factory=dict)  # DataOptions fields, as JSON
+    cache: str | None = None
+    skip_missing: bool = False
+
+    def __post_init__(self):
+        from chexcut.data.chexpert import DataOptions
+
+        unknown = set(self.train) - set(CLI_TRAIN_FIELDS)
+        if unknown:
+            raise ChexcutError(f"not finetune options: {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "train", {k: v for k, v in self.train.items() if v is not None})
+        self.train_config(seed=0)
+        object.__setattr__(self, "data", DataOptions.from_json(self.data).to_json())
+
+    def train_config(self, seed: int) -> TrainConfig:
+        overrides = {k: v for k, v in self.train.items() if k != "recipe"}
+        return TrainConfig.from_recipe(str(self.train.get("recipe", "paper")), seed=seed, **overrides)
+
+    def data_options(self):
+        from chexcut.data.chexpert import DataOptions
+
+        return DataOptions.from_json(self.data)
+
+    def to_json(self) -> dict:
+        return {"train": dict(self.train), "data": dict(self.data), "cache": self.cache,
+                "skip_missing": self.skip_missing}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FinetuneOptions":
+        return cls(train=dict(d.get("train") or {}), data=dict(d.get("data") or {}), cache=d.get("cache"),
+                   skip_missing=bool(d.get("skip_missing")))
+
+    def to_args(self) -> list[str]:
+        """The ``finetune`` flags that say the same (defaults left out)."""
+        from chexcut.data.chexpert import DataOptions
+
+        args = []
+        for name in CLI_TRAIN_FIELDS:
+            value = self.train.get(name)
+            flag = "--" + name.replace("_", "-")
+            if value is None:
+                continue
+            if name in _BOOLEAN_FLAGS:
+                args.append(flag if value else "--no-" + flag[2:])
+            else:
+                args += [flag, str(value)]
+        default = DataOptions().to_json()
+        for name, value in self.data.items():
+            if name == "split_seed" or value == default.get(name):
+                continue
+            args += ["--" + name.replace("_", "-"), ",".join(value) if isinstance(value, list) else str(value)]
+        if self.cache:
+            args += ["--cache", str(self.cache)]
+        return args + (["--skip-missing"] if self.skip_missing else [])

@@ -1,0 +1,264 @@
+"""Everything the training loop touches, built once: the starting model, the data, the optimizer and
+schedule, the loaders, a restored checkpoint. :func:`build_session` reads top to bottom."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chexcut.data.chexpert import dataset_fingerprint
+from chexcut.errors import ChexcutError
+from chexcut.fileio import write_json
+from chexcut.models.spec import ModelSpec
+from chexcut.rundir import MetricsLog, RunDir
+from chexcut.training.checkpoint import RunState, load_checkpoint, restore
+from chexcut.training.config import Run, TrainConfig
+from chexcut.training.distributed import Dist
+
+
+@dataclass
+class RunData:
+    """The training and validation rows, their datasets, and the step counts they imply."""
+
+    train: object  # LabelTable
+    valid: object
+    cache: object  # ImageCache | None
+    train_ds: object  # XrayBatches
+    valid_ds: object
+    steps_per_epoch: int
+    total_steps: int
+    last_step: int  # total_steps, or --max-steps when smaller
+
+
+@dataclass
+class Session:
+    """Everything the loop touches, built once by :func:`build_session`."""
+
+    run: Run
+    rd: RunDir
+    cfg: TrainConfig
+    device: torch.device
+    dist: Dist
+    precision: str
+    channels_last: bool
+    spec: ModelSpec  # with the preprocessing this run trains with (its image size and resize mode)
+    data: RunData
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # model, or its DDP / compiled wrapper
+    optimizer: object
+    scheduler: object
+    scaler: object
+    loader: object
+    val_loader: object
+    sampler: MutableBatches
+    val_shard: np.ndarray
+    state: RunState
+    metrics: MetricsLog
+    emit: object
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.spec.labels
+
+
+class MutableBatches:
+    """A batch sampler whose batches change per epoch, so DataLoader workers can persist."""
+
+    def __init__(self, batches: list[list[int]] | None = None):
+        self.batches: list[list[int]] = batches or []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def versions() -> dict:
+    import platform
+
+    import torchvision
+
+    from chexcut.version import __version__
+
+    out = {"chexcut": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "python": platform.python_version(), "cuda": torch.version.cuda}
+    try:
+        import timm
+
+        out["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """Batches for validation and precise BN (no gradients: larger than training's)."""
+    return max(cfg.batch_size, 64)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    warm = int(cfg.warmup * total_steps)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            t = (step - warm) / max(1, total_steps - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return 1.0
+
+    return f
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ChexcutError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def build_model(source: dict, labels=None):
+    """The starting model: a model file, or an architecture cut inline (same rules as truncate)."""
+    from chexcut.models.modelfile import load_model
+    from chexcut.models.surgery import truncate
+
+    if "file" in source:
+        model = load_model(source["file"])
+        if labels and tuple(labels) != model.chexcut_spec.labels:
+            raise ChexcutError("--labels differ from the model file's head labels; truncate a model with those labels")
+        return model
+    kw = {k: source[k] for k in ("drop", "keep", "weights", "in_chans", "seed") if source.get(k) is not None}
+    if labels:
+        kw["labels"] = labels
+    return truncate(source["arch"], **kw)
+
+
+def starting_model(run: Run, rd: RunDir):
+    """(model, spec, checkpoint or None): the checkpointed model on --resume, else the run's source."""
+    from chexcut.models.surgery import rebuild
+
+    if run.resume and rd.last.is_file():
+        ckpt = load_checkpoint(rd.last)
+        spec = ModelSpec.from_json(json.loads(ckpt["spec"]), rd.last)
+        return rebuild(spec), spec, ckpt
+    if run.resume:  # stopped before its first checkpoint: start it again from its config.json
+        if not run.model_source:
+            raise ChexcutError(f"--resume {rd}: no last.ckpt and no model source in config.json; start over with "
+                               f"--force")
+        rd.metrics.unlink(missing_ok=True)
+    model = build_model(run.model_source, run.opts.labels)
+    return model, model.chexcut_spec, None
+
+
+def open_data(run: Run, cfg: TrainConfig, opts, dist: Dist) -> RunData:
+    """Training and validation rows (every check before the first step), with the image cache."""
+    from chexcut.data.cache import open_cache
+    from chexcut.data.chexpert import check_files, load_split
+    from chexcut.data.dataset import XrayBatches, batch_order
+
+    train_t = check_files(load_split(run.data, "train", opts), run.skip_missing)
+    valid_t = check_files(load_split(run.data, "valid", opts), run.skip_missing)
+    if cfg.batch_size > len(train_t):
+        raise ChexcutError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_t)} images)")
+    cache = open_cache(train_t.files + valid_t.files, cfg.image_size, cfg.resize, run.cache)
+    if cache is None and run.cache is not None:
+        raise ChexcutError(f"--cache {run.cache} holds no complete cache for these images and settings; "
+                           f"run `chexcut prepare` with the same options")
+    if cache is not None and cache.bad:  # --skip-bad images: black in the cache, so say so wherever it is used
+        bad = sorted(set(cache.bad) & set(map(str, train_t.files + valid_t.files)))
+        if bad:
+            note = (f"{len(bad)} images were unreadable when the cache was prepared (--skip-bad) and are black "
+                    f"in it (first: {bad[0]})")
+            train_t.notes.append(note)
+            if dist.main:
+                import sys
+
+                print(f"chexcut: warning: {note}", file=sys.stderr)
+    train_ds = XrayBatches(train_t, cfg.image_size, cfg.resize, cache)
+    valid_ds = XrayBatches(valid_t, cfg.image_size, cfg.resize, cache)
+    steps_per_epoch = len(batch_order(len(train_ds), cfg.batch_size, True, cfg.seed, 0, True, dist.rank, dist.world))
+    total_steps = steps_per_epoch * cfg.epochs
+    return RunData(train_t, valid_t, cache, train_ds, valid_ds, steps_per_epoch, total_steps,
+                   min(total_steps, cfg.max_steps or total_steps))
+
+
+def write_config(rd: RunDir, run: Run, resolved: dict, data: RunData, opts, spec: ModelSpec) -> None:
+    write_json(rd.config, {
+        "train": dataclasses.asdict(run.cfg), "resolved": resolved,
+        "data": {"dir": str(Path(run.data).resolve()), **opts.to_json(), "train_images": len(data.train),
+                 "valid_images": len(data.valid), "cache": str(data.cache.folder) if data.cache else None,
+                 "fingerprint": dataset_fingerprint(run.data, opts), "notes": data.train.notes + data.valid.notes},
+        "model": spec.to_json(), "model_source": {k: str(v) for k, v in run.model_source.items()},
+        "steps_per_epoch": data.steps_per_epoch, "total_steps": data.total_steps, "versions": versions(),
+    })
+
+
+def make_loaders(data: RunData, cfg: TrainConfig, device: torch.device, dist: Dist):
+    """(train sampler, train loader, validation loader, this rank's validation rows)."""
+    from chexcut.data.dataset import make_loader
+
+    pin = device.type == "cuda"
+    val_shard = np.arange(len(data.valid_ds))[dist.rank::dist.world]
+    vbs = eval_batch_size(cfg)
+    val_batches = MutableBatches([val_shard[i:i + vbs].tolist() for i in range(0, len(val_shard), vbs)])
+    sampler = MutableBatches()
+    loader = make_loader(data.train_ds, sampler, cfg.workers, pin, persistent=True, seed=cfg.seed)
+    val_loader = make_loader(data.valid_ds, val_batches, cfg.workers, pin, persistent=True, seed=cfg.seed)
+    return sampler, loader, val_loader, val_shard
+
+
+def build_session(run: Run, emit, device, dist: Dist) -> Session:
+    """The session (data, model, optimizer; a checkpoint restored on --resume) the loop trains."""
+    from chexcut.models.anatomy import check_image_size
+    from chexcut.evaluation.infer import resolve_precision
+
+    cfg, rd = run.cfg, RunDir(run.run_dir)
+    precision = resolve_precision(cfg.precision, device)
+    use_compile = cfg.compile and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed training shapes (drop_last): autotune once
+    channels_last = cfg.channels_last and device.type == "cuda"
+
+    torch.manual_seed(cfg.seed)  # before the model is built: a random init is part of the run
+    model, spec, ckpt = starting_model(run, rd)
+    # the preprocessing this run trains with: the model's normalisation, the run's image size and resize mode
+    spec = dataclasses.replace(spec, preprocess=spec.preprocess.with_size(cfg.image_size, cfg.resize))
+    opts = dataclasses.replace(run.opts, labels=spec.labels)
+    check_image_size(spec.arch, cfg.image_size)
+    data = open_data(run, cfg, opts, dist)
+    if dist.main and ckpt is None:  # a resumed run keeps its own config.json
+        write_config(rd, run, {"device": str(device), "precision": precision, "compile": use_compile,
+                                    "channels_last": channels_last, "world_size": dist.world}, data, opts, spec)
+
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, data.total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = restore(ckpt, model, optimizer, scheduler, scaler, device) if ckpt is not None else RunState()
+    if ckpt is not None and dist.main:  # rows logged after the checkpoint (a kill -9) are logged again
+        MetricsLog(rd.metrics, spec.labels).cut_after(state.step)
+    train_model = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if use_compile:
+        train_model = torch.compile(train_model)
+    sampler, loader, val_loader, val_shard = make_loaders(data, cfg, device, dist)
+    s = Session(run=run, rd=rd, cfg=cfg, device=device, dist=dist, precision=precision, channels_last=channels_last,
+                spec=spec, data=data, model=model, train_model=train_model, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, loader=loader, val_loader=val_loader, sampler=sampler, val_shard=val_shard,
+                state=state, metrics=MetricsLog(rd.metrics, spec.labels), emit=emit)
+    if dist.main:
+        s.metrics.start()
+    return s
