@@ -145,11 +145,8 @@ def main():
     import chexcut
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import DataOptions, load_split
-    from chexcut.data.dataset import XrayBatches, batch_order, make_loader
     from chexcut.data.phantom import make_phantom
-    from chexcut.evaluation.infer import default_precision, predict
-    from chexcut.training.config import Run, TrainConfig
-    from chexcut.training.loop import finetune
+    from chexcut.evaluation.infer import default_precision
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"

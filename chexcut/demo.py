@@ -22,8 +22,8 @@ def imagenet_cached(arch: str) -> bool:
 
 def get_weights(archs: list[str], offline: bool, mirror: str | None, say) -> tuple[list[str], str | None]:
     """Make the archs' ImageNet weights available if possible: (weights kinds to run, why not pretrained)."""
-    from chexcut.models.registry import get_arch
     from chexcut.models.libraries import host_resolves, library_of
+    from chexcut.models.registry import get_arch
     from chexcut.models.weights import fetch
 
     missing = [get_arch(a) for a in archs if not imagenet_cached(a)]
@@ -54,12 +54,15 @@ def run_demo(folder: Path, archs: list[str], drops: list[int], n: int = 500, ima
              mirror: str | None = None):
     """Phantom data -> study plan -> runs -> report. Returns (report, paths)."""
     from chexcut import ui
-    from chexcut.models.registry import get_arch
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.phantom import make_phantom
-    from chexcut.study.report import build_report, write_outputs
-    from chexcut.study.plan import plan_study, run_plan, run_plan_in_process
+    from chexcut.models.registry import get_arch
+    from chexcut.study.findings import build_report
+    from chexcut.study.plan import Grid, plan_study
+    from chexcut.study.render import write_outputs
+    from chexcut.study.runner import run_plan, run_plan_in_process
+    from chexcut.training.config import FinetuneOptions
 
     archs = [get_arch(a).name for a in archs]  # every argument checked before any work
     if not archs or not drops or any(d < 0 for d in drops):
@@ -82,11 +85,12 @@ def run_demo(folder: Path, archs: list[str], drops: list[int], n: int = 500, ima
     cache_dir = folder / "cache"
     with ui.progress_bar(f"image cache at {image_size}px", len(table), quiet=quiet) as update:
         prepare_cache(table.files, image_size, folder=cache_dir, progress=update)
-    ft = ["--image-size", str(image_size), "--epochs", str(epochs), "--batch-size", "32", "--lr", "1e-3",
-          "--val-every", "100000", "--workers", "1", "--uncertain", "ignore", "--cache", str(cache_dir.resolve()),
-          "--precise-bn", "512"]  # a short run: BatchNorm statistics re-estimated before validating
-    plan = plan_study(folder / "study", data, archs=archs, weights=weights, drops=drops, seeds=(0,),
-                      finetune_args=ft, bootstrap=bootstrap)
+    # a short run: BatchNorm statistics re-estimated before validating
+    options = FinetuneOptions(train={"image_size": image_size, "epochs": epochs, "batch_size": 32, "lr": 1e-3,
+                                     "val_every": 100000, "workers": 1, "precise_bn": 512},
+                              data={"uncertain": "ignore"}, cache=str(cache_dir.resolve()))
+    plan = plan_study(folder / "study", data, Grid(archs=tuple(archs), weights=tuple(weights), drops=tuple(drops)),
+                      options, bootstrap=bootstrap)
     with ui.StudyStatus(folder / "study", quiet=quiet) as update:
         jobs_done = (run_plan_in_process(folder / "study", on_update=update) if jobs == 1
                      else run_plan(folder / "study", jobs=jobs, on_update=update))

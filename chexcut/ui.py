@@ -127,8 +127,14 @@ class progress_bar:
     def __enter__(self):
         if self.quiet:
             return lambda done, total=None, **fields: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -300,7 +306,7 @@ class StudyStatus:
     def table(self, jobs) -> Table:
         import time
 
-        from chexcut.study.plan import images_per_s
+        from chexcut.study.runner import images_per_s
 
         counts = {}
         for j in jobs:
@@ -332,84 +338,21 @@ def study_summary(jobs, study_dir) -> str:
     return "\n".join(lines)
 
 
-def efficiency_table(eff: dict, what: str, margin: float) -> Table:
-    """Deepest truncation per arch by the paper's rule and by non-inferiority, with both mean ratios."""
-    e = Table(title=f"Parameter efficiency ({what}): mean {eff['mean_ratio']:.2f}x by the paper's rule, "
-                    f"{eff['mean_ratio_noninferior']:.2f}x by non-inferiority at {margin:g} (paper, pretrained: 3.25x)",
-              title_justify="left")
-    for col in ("arch", "no sig. drop: drop", "params", "ratio", f"non-inferior ({margin:g}): drop", "params ",
-                "ratio "):
-        e.add_column(col, justify="left" if col == "arch" else "right")
-    timed = any("latency_speedup" in a for a in eff["archs"])
-    if timed:
-        e.add_column("measured: latency / throughput x (paper rule; non-inf.)", justify="right")
-    for a in eff["archs"]:
-        cells = [a["arch"], str(a["drop"]), human(a["params"]), f"{a['ratio']:.2f}x", str(a["drop_noninferior"]),
-                 human(a["params_noninferior"]), f"{a['ratio_noninferior']:.2f}x"]
-        if timed:
-            cells.append(f"{_f(a.get('latency_speedup'), '{:.2f}')} / {_f(a.get('throughput_speedup'), '{:.2f}')}; "
-                         f"{_f(a.get('latency_speedup_noninferior'), '{:.2f}')} / "
-                         f"{_f(a.get('throughput_speedup_noninferior'), '{:.2f}')}")
-        e.add_row(*cells)
-    return e
-
-
 def report_tables(rep: dict) -> list:
-    margin = rep.get("margin")
-    t = Table(title=f"Results ({rep['runs']} runs; paired bootstrap vs drop 0, alpha {rep['alpha']}, "
-                    f"non-inferiority margin {margin:g})", title_justify="left")
-    for col in ("arch", "weights", "drop", "params", "MACs", "AUROC", "delta", "p", "no sig. drop", "non-inf."):
-        t.add_column(col, justify="left" if col in ("arch", "weights") else "right")
-    for r in rep["results"]:
-        auc = _f(r["auroc"]) + (f" ± {r['auroc_sd']:.4f}" if r["auroc_sd"] else "")
-        if r["ci_low"] is not None:
-            auc += f" ({r['ci_low']:.3f}-{r['ci_high']:.3f})"
-        flags = {True: "[green]yes[/]", False: "[bold red]no[/]", None: "-"}
-        t.add_row(r["arch"], r["weights"], str(r["drop"]), human(r["params"]), human(r["macs"]) if r["macs"] else "-",
-                  auc, _f(r["delta_vs_drop0"], "{:+.4f}"), _f(r["p_vs_drop0"], "{:.3g}"),
-                  flags[r["no_significant_drop"]], flags[r.get("noninferior")])
-    tables = [t]
-    notes = rep.get("missing") or {}
-    for eff, what in ((rep["efficiency"], "pretrained"), (rep["efficiency"].get("random_init") or {}, "random init")):
-        if eff.get("archs"):
-            tables.append(efficiency_table(eff, what, margin))
-        elif what == "pretrained" and notes.get("pretrained"):
-            tables.append(f"[bold]Parameter efficiency (pretrained)[/]: [yellow]{notes['pretrained']}.[/]")
-    c = Table(title="ImageNet top-1 vs AUROC, and the pretraining boost", title_justify="left")
-    for col in ("relation", "n", "Spearman rho (p)", "Kendall tau (p)"):
-        c.add_column(col, justify="left" if col == "relation" else "right")
-    rel = [(f"top-1 vs AUROC, {'pretrained' if w == 'imagenet' else 'random init'}", v, notes.get(f"correlation_{w}"))
-           for w, v in rep["imagenet_vs_chexpert"].items()]
-    rel.append(("pretraining boost vs params", rep["pretraining_boost"]["vs_params"], notes.get("boost")))
-    for name, v, why in rel:
-        if v["spearman_rho"] is None:
-            c.add_row(name, str(v["n"]), f"[yellow]{why or 'needs 3 architectures'}[/]", "")
-            continue
-        c.add_row(name, str(v["n"]), f"{_f(v['spearman_rho'], '{:.2f}')} ({_f(v['spearman_p'], '{:.3g}')})",
-                  f"{_f(v['kendall_tau'], '{:.2f}')} ({_f(v['kendall_p'], '{:.3g}')})")
-    tables.append(c)
-    fs = rep.get("family_vs_size")
-    if fs:
-        f = Table(title=f"Random init: family explains {_f(fs['share_family'], '{:.0%}')} of AUROC variance, "
-                        f"size within family {_f(fs['share_size_within_family'], '{:.0%}')}", title_justify="left")
-        f.add_column("family")
-        f.add_column("mean AUROC", justify="right")
-        f.add_column("archs")
-        for x in fs["families"]:
-            f.add_row(x["family"], f"{x['mean_auroc']:.4f}", ", ".join(x["archs"]))
-        tables.append(f)
-    if rep.get("leakage"):
-        lk = Table(title="Evaluated on rows shared with their training set (--allow-overlap): inflated AUROC",
-                   title_justify="left", style="red")
-        lk.add_column("run")
-        for d in rep["leakage"]:
-            lk.add_row(d)
-        tables.append(lk)
-    if rep["incomplete"]:
-        i = Table(title="Missing or incomplete runs (in no mean)", title_justify="left")
-        i.add_column("run")
-        i.add_column("reason")
-        for x in rep["incomplete"]:
-            i.add_row(x["run_dir"], x["reason"])
-        tables.append(i)
-    return tables
+    """The report's tables (:func:`chexcut.study.render.tables`, the same rows as report.md) as rich tables."""
+    from chexcut.study.render import tables
+
+    out = []
+    for t in tables(rep):
+        if t.rows:
+            r = Table(title=t.title, title_justify="left", style="red" if t.warn else None)
+            for i, col in enumerate(t.columns):
+                r.add_column(col, justify="left" if i == 0 or col in ("weights", "run", "reason", "archs", "relation",
+                                                                      "family", "rule") else "right")
+            for row in t.rows:
+                r.add_row(*row)
+            out.append(r)
+        else:
+            out.append(f"[bold]{t.title}[/]")
+        out += [f"[yellow]{x}[/]" if t.warn else x for x in t.text]
+    return out

@@ -49,6 +49,7 @@ def test_json_schema_fields():
 
 def test_anatomy_cache_is_keyed_and_reused(tmp_path, monkeypatch):
     import json
+
     from chexcut.models.anatomy_cache import cached_anatomy
 
     monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path))

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from chexcut.errors import ChexcutError
 from chexcut.models.anatomy import anatomy, check_image_size, min_image_size
 from chexcut.models.libraries import weights_meta
 from chexcut.models.registry import PAPER_ARCHS, REGISTRY, get_arch
-from chexcut.errors import ChexcutError
 
 EXPECTED_BLOCKS = {
     "densenet121": 4, "densenet169": 4, "densenet201": 4,

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from chexcut.data.cache import open_cache, prepare_cache
 from chexcut.data.chexpert import load_split

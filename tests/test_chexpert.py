@@ -5,8 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chexcut.data.chexpert import (DataOptions, apply_policies, check_files, load_split, parse_uncertain,
-                                   patient_split, read_csv_table)
+from chexcut.data.chexpert import (
+    DataOptions,
+    apply_policies,
+    check_files,
+    load_split,
+    parse_uncertain,
+    patient_split,
+    read_csv_table,
+)
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 
@@ -14,7 +21,7 @@ HEAD = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)
 
 
 def row(path, view="Frontal", appa="AP", **labels):
-    vals = [labels.get(l.replace(" ", "_"), "") for l in CHEXPERT_LABELS]
+    vals = [labels.get(lab.replace(" ", "_"), "") for lab in CHEXPERT_LABELS]
     return f"{path},Male,50,{view},{appa}," + ",".join(vals)
 
 
@@ -30,7 +37,7 @@ def chexpert(tmp_path):
     root.mkdir()
     (root / "train.csv").write_text("\n".join(lines) + "\n")
     (root / "valid.csv").write_text("\n".join([HEAD, row("CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg", Edema="1.0")]) + "\n")
-    for p in [l.split(",")[0] for l in lines[1:]] + ["CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg"]:
+    for p in [lab.split(",")[0] for lab in lines[1:]] + ["CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg"]:
         f = tmp_path / p
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(b"")

@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from sklearn.metrics import roc_auc_score
 
 from chexcut.data.chexpert import DataOptions, load_split
 from chexcut.training.config import Run, TrainConfig
 from chexcut.training.loop import finetune
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

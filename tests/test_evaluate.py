@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REALCXR, run_cli
 
 from chexcut.errors import ChexcutError
 from chexcut.evaluation.evaluate import EvalSet, aggregate_by_study, evaluate
 from chexcut.evaluation.predictions import align, read_predictions
-from conftest import REALCXR, run_cli
 
 COMP = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 
@@ -88,9 +88,9 @@ def test_cli_predictions_vs_labels_and_compare(tmp_path):
     labels = ["Cardiomegaly", "Edema", "Pleural Effusion", "Atelectasis", "Consolidation"]
     good = valid[["Path"]].copy()
     bad = valid[["Path"]].copy()
-    for l in labels:
-        good[l] = np.clip(valid[l] * 0.6 + rng.random(len(valid)) * 0.4, 0, 1)
-        bad[l] = rng.random(len(valid))
+    for lab in labels:
+        good[lab] = np.clip(valid[lab] * 0.6 + rng.random(len(valid)) * 0.4, 0, 1)
+        bad[lab] = rng.random(len(valid))
     g, b = _write(tmp_path, "good.csv", good), _write(tmp_path, "bad.csv", bad)
     rc, out, err = run_cli("evaluate", "--predictions", g, "--labels", root / "valid.csv", "--compare", b,
                            "--bootstrap", "300", "--json", "-")
@@ -117,6 +117,6 @@ def test_real_xrays_model_evaluation(tmp_path):
     assert rc == 0, err
     r = json.loads(out)
     assert r["n"] == 100
-    fr = next(l for l in r["labels"] if l["label"] == "Fracture")
+    fr = next(lab for lab in r["labels"] if lab["label"] == "Fracture")
     assert fr["n_pos"] == 0 and fr["n_neg"] == 0 and fr["auroc"] is None  # NIH never labelled it
     assert len(pd.read_csv(tmp_path / "p.csv")) == 100

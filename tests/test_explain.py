@@ -4,11 +4,10 @@ finding (pointing game) and checked against randomised weights (Adebayo et al. 2
 import json
 
 import pytest
-import torch
+from conftest import run_cli
 
 import chexcut
 from chexcut.models.registry import PAPER_ARCHS, get_arch
-from conftest import run_cli
 
 pytest.importorskip("captum")
 
@@ -24,8 +23,8 @@ def masked_phantom(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
 def test_explain_every_architecture_at_drop_0_and_deepest(arch, masked_phantom, tmp_path):
-    from chexcut.deploy import explain as ex
     from chexcut.data.chexpert import load_split
+    from chexcut.deploy import explain as ex
 
     size = 80 if arch.startswith("inception") else 48
     t = load_split(masked_phantom, "valid", chexcut.data.chexpert.DataOptions())

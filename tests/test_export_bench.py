@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 import chexcut
-from chexcut.models.registry import PAPER_ARCHS, get_arch
 from chexcut.errors import ChexcutError
-from conftest import run_cli
+from chexcut.models.registry import PAPER_ARCHS, get_arch
 
 onnx = pytest.importorskip("onnx", reason="the [export] extra (onnx, onnxruntime) is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the [export] extra (onnx, onnxruntime) is not installed")

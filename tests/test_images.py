@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import REALCXR
 from PIL import Image
 
 from chexcut.data.images import load_image, normalise
 from chexcut.errors import ChexcutError
-from conftest import REALCXR
 
 
 def _gradient(w=80, h=60):

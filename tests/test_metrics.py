@@ -10,7 +10,7 @@ from chexcut.evaluation.metrics import _LabelIndex
 
 def test_auroc_equals_sklearn_with_many_ties():
     rng = np.random.default_rng(0)
-    for trial in range(50):
+    for _trial in range(50):
         n = int(rng.integers(5, 400))
         y = rng.integers(0, 2, n)
         if y.min() == y.max():

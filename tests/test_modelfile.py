@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import chexcut
-from chexcut.models.anatomy import anatomy
-from chexcut.models.registry import REGISTRY
 from chexcut.errors import ChexcutError
+from chexcut.models.anatomy import anatomy
 from chexcut.models.modelfile import read_spec
+from chexcut.models.registry import REGISTRY
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -1,6 +1,5 @@
 """The phantom dataset: exact CheXpert layout, realistic labels, and a signal a CNN learns."""
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ def test_layout_and_labels(tmp_path):
     for _, r in pd.concat([tr, va]).iterrows():
         assert (tmp_path / r["Path"]).is_file()
     # No Finding excludes every other positive
-    others = va[[l for l in CHEXPERT_LABELS if l != "No Finding"]].sum(axis=1)
+    others = va[[lab for lab in CHEXPERT_LABELS if lab != "No Finding"]].sum(axis=1)
     assert ((va["No Finding"] == 1) <= (others == 0)).all()
     with pytest.raises(ChexcutError, match="already holds"):
         make_phantom(tmp_path, n=120, image_size=40)

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, run_cli
 
 from chexcut.data.chexpert import DataOptions
 from chexcut.errors import ChexcutError
 from chexcut.training.config import Run, TrainConfig
 from chexcut.training.lock import RunLock
 from chexcut.training.loop import finetune
-from conftest import REPO, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -297,8 +297,9 @@ def test_predictions_missing_a_competition_column(tmp_path):
 
 
 def test_damaged_model_spec_and_run_files(tmp_path, phantom):
-    import chexcut
     from safetensors.torch import load_file, save_file
+
+    import chexcut
 
     good = tmp_path / "m.safetensors"
     chexcut.save_model(chexcut.truncate("resnet18", drop=3, weights="none"), good)

@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
+from chexcut.errors import ChexcutError
+from chexcut.evaluation.evaluate import aggregate_by_study, evalset_from_table, evaluate
+from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 from chexcut.models.anatomy import anatomy
 from chexcut.models.libraries import weights_meta
 from chexcut.models.registry import get_arch
-from chexcut.errors import ChexcutError
-from chexcut.evaluation.evaluate import EvalSet, aggregate_by_study, evaluate, evalset_from_table
-from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS
-from chexcut.study.report import build_report, write_outputs
+from chexcut.study.findings import build_report
+from chexcut.study.render import write_outputs
 
 N = 600
 
@@ -29,8 +30,8 @@ def dataset(tmp_path_factory):
     rows = {"Path": [f"CheXpert-v1.0-small/valid/patient{70000 + i}/study1/view1_frontal.jpg" for i in range(N)],
             "Sex": "Male", "Age": 50, "Frontal/Lateral": "Frontal", "AP/PA": "AP"}
     df = pd.DataFrame(rows)
-    for l in CHEXPERT_LABELS:
-        df[l] = (rng.random(N) < 0.3).astype(float)
+    for lab in CHEXPERT_LABELS:
+        df[lab] = (rng.random(N) < 0.3).astype(float)
     df.to_csv(root / "valid.csv", index=False)
     df.iloc[:10].to_csv(root / "train.csv", index=False)
     return root.parent

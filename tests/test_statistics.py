@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from chexcut.evaluation import metrics
 from chexcut.errors import ChexcutError
+from chexcut.evaluation import metrics
 from chexcut.evaluation.evaluate import EvalSet, evaluate
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"

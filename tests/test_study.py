@@ -7,10 +7,11 @@ import stat
 import subprocess
 
 import pytest
+from conftest import run_cli
 
 from chexcut.errors import ChexcutError
-from chexcut.study.plan import plan_study
-from conftest import run_cli
+from chexcut.study.plan import Grid, Slurm, plan_study
+from chexcut.training.config import FinetuneOptions
 
 
 @pytest.fixture
@@ -21,8 +22,8 @@ def data(tmp_path):
 
 
 def test_plan_writes_plan_script_and_commands(data, tmp_path):
-    plan = plan_study(tmp_path / "s", data, archs=["resnet18", "densenet121"], weights=["imagenet", "none"],
-                      drops=[0, 1, 5], seeds=[0, 1], finetune_args=["--recipe", "fast", "--views", "all"])
+    plan = plan_study(tmp_path / "s", data, Grid(archs=("resnet18", "densenet121"), weights=("imagenet", "none"),
+                      drops=(0, 1, 5), seeds=(0, 1)), FinetuneOptions(train={"recipe": "fast"}, data={"views": "all"}))
     assert len(plan["runs"]) == 2 * 2 * 2 * 2  # drop 5 is past both archs' 4 blocks: skipped, listed
     assert any("drop 5" in s for s in plan["skipped"])
     ids = [r["id"] for r in plan["runs"]]
@@ -49,7 +50,7 @@ esac
 
 def test_run_sh_is_idempotent_and_resumes(data, tmp_path):
     s = tmp_path / "s"
-    plan_study(s, data, archs=["resnet18"], weights=["none"], drops=[0, 1], seeds=[0])
+    plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0, 1), seeds=(0,)))
     fake = tmp_path / "fake-chexcut"
     fake.write_text(FAKE)
     fake.chmod(0o755)
@@ -61,17 +62,17 @@ def test_run_sh_is_idempotent_and_resumes(data, tmp_path):
     p = subprocess.run(["bash", str(s / "run.sh")], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     first = calls.read_text().splitlines()
-    assert sum(l.startswith("finetune resnet18") for l in first) == 1
-    assert sum(l.startswith("finetune --resume runs/resnet18-none-d1-s0") for l in first) == 1
-    assert sum(l.startswith("evaluate") for l in first) == 2
+    assert sum(lab.startswith("finetune resnet18") for lab in first) == 1
+    assert sum(lab.startswith("finetune --resume runs/resnet18-none-d1-s0") for lab in first) == 1
+    assert sum(lab.startswith("evaluate") for lab in first) == 2
     p = subprocess.run(["bash", str(s / "run.sh")], env=env, capture_output=True, text=True)
     assert p.returncode == 0 and calls.read_text().splitlines() == first  # second time: nothing to do
 
 
 def test_slurm_script_is_a_valid_array(data, tmp_path):
     s = tmp_path / "s"
-    plan = plan_study(s, data, archs=["resnet18", "mobilenet_v2"], weights=["none"], drops=[0, 1], seeds=[0],
-                      slurm=True, gpus_per_task=4, slurm_args=["--partition=gpu", "--time=08:00:00"])
+    plan = plan_study(s, data, Grid(archs=("resnet18", "mobilenet_v2"), weights=("none",), drops=(0, 1), seeds=(0,)),
+                      slurm=Slurm(gpus_per_task=4, extra=("--partition=gpu", "--time=08:00:00")))
     text = (s / "study.sbatch").read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
     directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, re.M))
@@ -79,8 +80,8 @@ def test_slurm_script_is_a_valid_array(data, tmp_path):
     assert directives["gpus-per-task"] == "4" and directives["partition"] == "gpu" and directives["time"] == "08:00:00"
     # every #SBATCH line comes before the first command, as sbatch requires
     lines = text.splitlines()
-    last_directive = max(i for i, l in enumerate(lines) if l.startswith("#SBATCH"))
-    first_cmd = min(i for i, l in enumerate(lines) if l and not l.startswith("#"))
+    last_directive = max(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
+    first_cmd = min(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     assert last_directive < first_cmd
     assert subprocess.run(["bash", "-n", str(s / "study.sbatch")]).returncode == 0
     commands = (s / "commands.txt").read_text().splitlines()
@@ -90,9 +91,9 @@ def test_slurm_script_is_a_valid_array(data, tmp_path):
 
 def test_bad_plans(tmp_path, data):
     with pytest.raises(ChexcutError, match="does not exist"):
-        plan_study(tmp_path / "s", tmp_path / "missing", archs=["resnet18"])
+        plan_study(tmp_path / "s", tmp_path / "missing", Grid(archs=("resnet18",)))
     with pytest.raises(ChexcutError, match="unknown architecture 'resnet5'"):
-        plan_study(tmp_path / "s", data, archs=["resnet5"])
+        plan_study(tmp_path / "s", data, Grid(archs=("resnet5",)))
     rc, _, err = run_cli("study", "plan", "--data", data, "--out", tmp_path / "s", "--archs", "resnet18,vgg16")
     assert rc == 2 and "vgg16" in err and err.count("\n") == 1
     rc, _, err = run_cli("study", "plan", "--data", data, "--out", tmp_path / "s", "--drops", "0,x")

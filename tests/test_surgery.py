@@ -5,8 +5,8 @@ import torch
 
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
-from chexcut.models.surgery import build_architecture, normalise_state_dict, truncate
 from chexcut.models.registry import get_arch
+from chexcut.models.surgery import build_architecture, normalise_state_dict, truncate
 
 
 def test_weights_file_values_land_in_kept_blocks(tmp_path):
@@ -110,8 +110,9 @@ def test_in_chans_1_preserves_grey_response():
     grey = truncate("resnet18", drop=3, weights="none", in_chans=1)
     grey.load_state_dict({**rgb.state_dict(), "stem.0.weight": grey.stem[0].weight}, strict=True)
     # rebuild the grey conv from rgb's weights to compare responses
-    from chexcut.models.surgery import adapt_in_chans
     import copy
+
+    from chexcut.models.surgery import adapt_in_chans
     g = copy.deepcopy(rgb)
     mean, std = adapt_in_chans(g, rgb.chexcut_spec["normalisation"]["mean"], rgb.chexcut_spec["normalisation"]["std"])
     img = torch.rand(1, 1, 64, 64)

@@ -6,11 +6,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, run_cli
 
 import chexcut
 from chexcut.data.chexpert import DataOptions
@@ -18,7 +18,6 @@ from chexcut.errors import ChexcutError
 from chexcut.training.config import Run, TrainConfig
 from chexcut.training.lock import RunLock
 from chexcut.training.loop import finetune
-from conftest import REPO, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +187,7 @@ def test_ddp_two_gloo_processes(phantom, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    events = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    events = [json.loads(lab) for lab in p.stdout.splitlines() if lab.startswith("{")]
     assert sum(e["event"] == "start" for e in events) == 1  # rank 0 alone logs
     state = json.loads((run_dir / "state.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())

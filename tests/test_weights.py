@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from chexcut.models.surgery import build_architecture
-from conftest import run_cli
 
 NAME = "resnet18-f37072fd.pth"  # torchvision's file name (its hash prefix is the real file's)
 

@@ -10,7 +10,6 @@ import typer
 from chexcut.choices import Blank, Resize, Views
 from chexcut.errors import ChexcutError
 
-
 app = typer.Typer(
     name="chexcut",
     help="Which ImageNet backbone, how much of it, and is the difference real? "

@@ -7,9 +7,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.cli.app import (BlankOpt, CacheOpt, CsvOpt, DataDir, ImageSizeOpt, LabelsOpt, PathColOpt, ResizeOpt, SkipBadOpt, SkipMissingOpt, UncertainOpt, ValidFracOpt, ViewsOpt, app, data_options)
-from chexcut.errors import ChexcutError
 from chexcut.choices import Blank, Resize, Views
+from chexcut.cli.app import (
+    BlankOpt,
+    CacheOpt,
+    CsvOpt,
+    DataDir,
+    ImageSizeOpt,
+    LabelsOpt,
+    PathColOpt,
+    ResizeOpt,
+    SkipBadOpt,
+    SkipMissingOpt,
+    UncertainOpt,
+    ValidFracOpt,
+    ViewsOpt,
+    app,
+    data_options,
+)
+from chexcut.errors import ChexcutError
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 
 
@@ -35,7 +51,7 @@ def prepare(
     resize = str(resize)
     if image_size < 16:
         raise ChexcutError(f"--image-size must be at least 16, not {image_size}")
-    table = check_files(loadsplit_list(data, "all", opts), skip_missing)
+    table = check_files(load_split(data, "all", opts), skip_missing)
     if cache is not None:
         from chexcut.fileio import check_output_folder
 

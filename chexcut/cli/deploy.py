@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.cli.app import (CsvOpt, SkipBadOpt, app, complete_arch, ints, split_list)
-from chexcut.errors import ChexcutError
 from chexcut.choices import Precision, Split
+from chexcut.cli.app import CsvOpt, SkipBadOpt, app, complete_arch, ints, split_list
+from chexcut.errors import ChexcutError
 
 
 @app.command()

@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.cli.app import (CacheOpt, CsvOpt, app, split_list)
-from chexcut.errors import ChexcutError
 from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views
+from chexcut.cli.app import CacheOpt, CsvOpt, app, split_list
 
 
 @app.command()

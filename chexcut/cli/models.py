@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.cli.app import (app, complete_arch, split_list)
-from chexcut.errors import ChexcutError
 from chexcut.choices import Resize
+from chexcut.cli.app import app, complete_arch, split_list
+from chexcut.errors import ChexcutError
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 
 
@@ -43,7 +43,6 @@ def inspect(
     """Block anatomy of an architecture or model file, and what each truncation level costs."""
     from chexcut import ui
     from chexcut.models.anatomy_cache import cached_anatomy
-
     from chexcut.models.source import ModelSource
 
     source = ModelSource.parse(target)
@@ -82,10 +81,10 @@ def truncate(
 ):
     """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
     from chexcut import ui
-    from chexcut.models.anatomy import anatomy
-    from chexcut.models.registry import get_arch, resolve_drop
     from chexcut.fileio import check_writable
+    from chexcut.models.anatomy import anatomy
     from chexcut.models.modelfile import save_model
+    from chexcut.models.registry import get_arch, resolve_drop
     from chexcut.models.surgery import truncate as do_truncate
 
     a = get_arch(arch)

@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.cli.app import (app, ints, split_list)
+from chexcut.cli.app import app, ints, split_list
 from chexcut.errors import ChexcutError
-
 
 study_app = typer.Typer(help="Plan and run a grid of finetune + evaluate runs (locally or on Slurm).",
                         no_args_is_help=True)
@@ -105,7 +104,8 @@ def report(
     """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
     from chexcut import ui
     from chexcut.evaluation.settings import check_parameters
-    from chexcut.study.report import build_report, write_outputs
+    from chexcut.study.findings import build_report
+    from chexcut.study.render import write_outputs
 
     check_parameters(bootstrap=bootstrap, alpha=alpha, margin=margin)
     if out:

@@ -7,9 +7,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.cli.app import (BlankOpt, CacheOpt, CsvOpt, LabelsOpt, PathColOpt, ResizeOpt, SkipMissingOpt, UncertainOpt, ValidFracOpt, ViewsOpt, app, complete_arch, data_options)
-from chexcut.errors import ChexcutError
 from chexcut.choices import Blank, LogFormat, Precision, Recipe, Resize, Views
+from chexcut.cli.app import (
+    BlankOpt,
+    CacheOpt,
+    CsvOpt,
+    LabelsOpt,
+    PathColOpt,
+    ResizeOpt,
+    SkipMissingOpt,
+    UncertainOpt,
+    ValidFracOpt,
+    ViewsOpt,
+    app,
+    complete_arch,
+    data_options,
+)
+from chexcut.errors import ChexcutError
 
 
 @app.command()

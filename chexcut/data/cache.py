@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from chexcut.errors import ChexcutError
-from chexcut.fileio import check_output_folder, cache_dir, write_json
+from chexcut.fileio import cache_dir, check_output_folder, write_json
 
 FORMAT = 1
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chexcut.choices import Blank, Split, Views, check, values
+from chexcut.choices import Blank, Split, Views, check
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 

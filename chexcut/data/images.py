@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chexcut.choices import Resize, check, values
+from chexcut.choices import Resize, check
 from chexcut.errors import ChexcutError
-
 
 
 def to_gray_u8(img) -> np.ndarray:

@@ -79,7 +79,6 @@ def bench_level(model, spec, *, device: torch.device, image_size: int, batches: 
     run_fn = dep
     if runtime == "onnxruntime":
         from chexcut.deploy.export import export_onnx, ort_session
-
         from chexcut.models.modelfile import save_model
 
         with tempfile.TemporaryDirectory(prefix="chexcut-bench-") as folder:  # the session keeps the graph
@@ -119,8 +118,8 @@ def bench(target: str, drops: list[int] | None = None, device: str | None = None
     """Bench every truncation level of an architecture (or ``drops``), or one model file / run dir."""
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.anatomy_cache import cached_anatomy
-    from chexcut.models.registry import get_arch
     from chexcut.models.modelfile import load_model
+    from chexcut.models.registry import get_arch
     from chexcut.models.source import ModelSource
     from chexcut.models.spec import DEFAULT_IMAGE_SIZE
     from chexcut.models.surgery import truncate

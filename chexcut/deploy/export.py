@@ -78,8 +78,8 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
     measured parity. Nothing is left at ``out`` when any step fails."""
     import warnings
 
-    from chexcut.models.anatomy import check_image_size
     from chexcut.fileio import atomic_path, check_writable
+    from chexcut.models.anatomy import check_image_size
     from chexcut.models.modelfile import load_model
     from chexcut.models.source import ModelSource
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from chexcut.evaluation import metrics
-from chexcut.errors import ChexcutError
 from chexcut.evaluation.settings import Statistics, check_parameters  # noqa: F401 (check_parameters: re-exported)
 from chexcut.labels import COMPETITION_LABELS
 

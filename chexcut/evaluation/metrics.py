@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 # ----------------------------------------------------------------------------- AUROC
 
 def midranks(x: np.ndarray) -> np.ndarray:

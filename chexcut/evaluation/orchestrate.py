@@ -31,11 +31,11 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
     import pandas as pd
     import torch
 
-    from chexcut.models.anatomy import check_image_size
     from chexcut.data.cache import open_cache
     from chexcut.data.chexpert import check_files, load_split
     from chexcut.data.dataset import XrayBatches, batch_order, make_loader
     from chexcut.evaluation.infer import pick_device, predict, resolve_precision
+    from chexcut.models.anatomy import check_image_size
     from chexcut.models.modelfile import load_model, read_spec
 
     path = ModelSource.parse(str(model_path)).require_file("evaluate")  # a file, or a run dir's best model

@@ -73,7 +73,7 @@ def write_predictions(path: str | Path, paths: list[str], labels: tuple[str, ...
         df.to_csv(tmp, index=False)  # shortest round-trip repr of each float64: order kept, no artificial ties
 
 
-def align(evalset: EvalSet, preds, name: str = "predictions") -> np.ndarray:
+def align(evalset, preds, name: str = "predictions") -> np.ndarray:
     """The (N, L) scores of ``preds`` (DataFrame indexed by Path) in ``evalset``'s row order."""
     missing_cols = [c for c in evalset.labels if c not in preds.columns]
     if missing_cols:

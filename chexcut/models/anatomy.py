@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from chexcut.models.libraries import weights_meta
-from chexcut.models.registry import Arch, get_arch
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
+from chexcut.models.libraries import weights_meta
+from chexcut.models.registry import Arch, get_arch
 from chexcut.models.surgery import build_architecture, get_module
 
 

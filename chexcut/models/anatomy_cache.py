@@ -25,9 +25,8 @@ def _versions() -> str:
 def cached_anatomy(name: str, image_size: int, n_labels: int) -> dict:
     """``anatomy(name, image_size, n_labels).to_json()``, from the cache when it is there."""
     from chexcut import __version__
-    from chexcut.models.registry import get_arch
-
     from chexcut.fileio import cache_dir, write_json
+    from chexcut.models.registry import get_arch
 
     arch = get_arch(name).name
     path = cache_dir() / "anatomy" / f"{arch}-{image_size}-{n_labels}-chexcut{__version__}-{_versions()}.json"

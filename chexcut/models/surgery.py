@@ -14,16 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chexcut.choices import Resize, check
+from chexcut.errors import ChexcutError
+from chexcut.fileio import sha256_file
+from chexcut.labels import CHEXPERT_LABELS
 from chexcut.models.libraries import library_of
 from chexcut.models.registry import Arch, get_arch, resolve_drop
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE, ModelSpec, Preprocess
 from chexcut.models.tensors import load_state_dict_strict, load_with_metadata, normalise_state_dict, read_state_dict  # noqa: F401
 from chexcut.models.weights import ensure_available, offline_advice
-from chexcut.choices import Resize, check
-from chexcut.errors import ChexcutError
-from chexcut.fileio import sha256_file
-from chexcut.labels import CHEXPERT_LABELS
 from chexcut.version import __version__
+
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
     return model.get_submodule(path)

@@ -22,7 +22,6 @@ from chexcut.signals import sigterm_interrupts
 from chexcut.study.plan import load_plan, run_line
 
 
-
 @dataclass
 class Job:
     run: dict

@@ -3,8 +3,8 @@ and its ``state.json``: everything ``--resume`` needs to continue bit-exactly.""
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -12,7 +12,6 @@ from chexcut.errors import ChexcutError
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 from chexcut.rundir import RunDir
 
-
 RECIPES: dict[str, dict] = {
     # CheXpert / CheXtransfer: Adam 1e-4, batch 16, 3 epochs, 320 px, no augmentation,
     # validation every 4,800 iterations and at each epoch end.

@@ -169,8 +169,8 @@ def validate(s: Session) -> dict:
 
 def keep_if_best(s: Session, result: dict) -> None:
     """Rank 0 writes best.safetensors and valid_predictions.csv when the validation improved."""
-    from chexcut.models import modelfile
     from chexcut.evaluation.predictions import write_predictions
+    from chexcut.models import modelfile
 
     score = result["mean_auroc"]
     if score is None:  # no competition label evaluable: fall back to every evaluable label

@@ -1,0 +1,175 @@
+"""A report's inputs: the evaluated run directories of studies (or given one by one), read and checked.
+
+Input: finetune run directories that ``chexcut evaluate`` completed (``eval.json`` and ``predictions.csv``
+inside). A run that cannot be used (not evaluated, damaged files) is listed with the reason, never dropped
+silently."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chexcut import rundir
+from chexcut.errors import ChexcutError
+from chexcut.rundir import RunDir
+from chexcut.study.plan import PLAN, load_plan
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    arch: str
+    family: str
+    weights: str  # imagenet | none | file
+    drop: int
+    seed: int
+    params: int
+    macs: int | None
+    top1: float | None
+    auroc: float | None
+    ci_low: float | None
+    ci_high: float | None
+    labels: tuple[str, ...]
+    eval_n: int
+    eval_key: str  # what was evaluated: data, split, level, options
+    predictions: Path | None
+    overlap: bool = False  # evaluated with --allow-overlap on rows shared with its training set
+    bench: dict | None = None  # this run's level from `chexcut bench RUN --json RUN/bench.json`
+
+
+@dataclass
+class Collected:
+    runs: list[RunResult] = field(default_factory=list)
+    incomplete: list[dict] = field(default_factory=list)
+
+
+def find_run_dirs(targets: list[Path]) -> list[Path]:
+    out = []
+    for t in targets:
+        t = Path(t)
+        if not t.exists():
+            raise ChexcutError(f"{t} does not exist")
+        if RunDir(t).is_run():
+            out.append(t)
+        elif (t / PLAN).is_file() or (t / "runs").is_dir():
+            if (t / PLAN).is_file():
+                out += [t / r["run_dir"] for r in load_plan(t)["runs"]]
+            else:
+                out += sorted(p.parent for p in (t / "runs").glob(f"*/{rundir.CONFIG}"))
+        else:
+            found = sorted(p.parent for p in t.glob(f"*/{rundir.CONFIG}"))
+            if not found:
+                raise ChexcutError(f"{t} is neither a run directory nor a study folder")
+            out += found
+    return out
+
+
+def collect(targets: list[Path]) -> Collected:
+    from chexcut.models.anatomy_cache import cached_anatomy
+    from chexcut.models.libraries import weights_meta
+    from chexcut.models.registry import get_arch
+
+    res = Collected()
+    for d in find_run_dirs(targets):
+        rd = RunDir(d)
+        if not rd.is_run():
+            res.incomplete.append({"run_dir": str(d), "reason": "not started (no config.json)"})
+            continue
+        if not rd.eval.is_file():
+            state = rd.read_state()
+            res.incomplete.append({"run_dir": str(d), "reason": f"no eval.json (finetune {state.get('status', 'not finished')})"})
+            continue
+        cfg, ev = rd.read_config(), rd.read_eval()
+        if cfg is None or ev is None:
+            res.incomplete.append({"run_dir": str(d), "reason": "unreadable config.json or eval.json"})
+            continue
+        damage = _damaged(cfg, ev)
+        if damage:
+            res.incomplete.append({"run_dir": str(d), "reason": damage})
+            continue
+        spec = cfg["model"]
+        arch = get_arch(spec["arch"])
+        kind = spec["weights"]["kind"]
+        weights = {"imagenet": "imagenet", "none": "none"}.get(kind, "file")
+        size = int(cfg["train"]["image_size"])
+        try:
+            anat = cached_anatomy(arch.name, size, len(spec["labels"]))
+            macs = anat["truncations"][int(spec["drop"])]["macs"]
+        except ChexcutError:
+            macs = None
+        mc = ev.get("mean_competition") or {}
+        src = ev.get("source") or {}
+        key = json.dumps({"data": src.get("data"), "split": src.get("split"), "level": ev.get("level"),
+                          "n": ev.get("n"), "options": {k: v for k, v in (src.get("options") or {}).items()
+                                                        if k in ("views", "uncertain", "blank", "csv")}},
+                         sort_keys=True)
+        preds = rd.predictions
+        res.runs.append(RunResult(
+            run_dir=d, arch=arch.name, family=arch.family.name, weights=weights, drop=int(spec["drop"]),
+            seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
+            auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
+            labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
+            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=_bench(rd)))
+    return res
+
+
+def _damaged(cfg: dict, ev: dict) -> str | None:
+    """Why a run's config.json / eval.json cannot be used (the run is then listed, not used), or None."""
+    for where, obj, keys in (("config.json", cfg, ("model", "train")), ("eval.json", ev, ("labels", "n"))):
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            return f"damaged {where}: no {', '.join(map(repr, missing))}"
+    spec = cfg["model"]
+    if not isinstance(spec, dict) or not all(k in spec for k in ("arch", "drop", "labels", "params", "weights")):
+        return "damaged config.json: its 'model' lacks arch, drop, labels, params or weights"
+    from chexcut.models.registry import get_arch
+
+    try:
+        get_arch(spec["arch"])
+        int(spec["drop"]), int(spec["params"]), int(cfg["train"]["seed"]), int(cfg["train"]["image_size"])
+    except (ChexcutError, KeyError, TypeError, ValueError) as e:
+        return f"damaged config.json: {e}"
+    return None
+
+
+def _bench(rd: RunDir) -> dict | None:
+    """Latency (batch 1) and throughput of the run's model, when `chexcut bench` measured them."""
+    b = _read(rd.bench)
+    try:
+        level = b["levels"][0]
+        return {"latency_ms": float(level["latency_ms"]["median"]), "throughput_img_s": float(level["throughput_img_s"]),
+                "device": b.get("device_name") or b.get("device")}
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
+def _read(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _overlapping(ev: dict) -> bool:
+    """Whether an eval.json records rows shared with the training set (allowed with --allow-overlap)."""
+    from chexcut.evaluation.evalset import overlaps_training
+
+    return overlaps_training((ev.get("evaluation_set") or {}).get("overlap"))
+
+
+def check_comparable(runs: list[RunResult]) -> None:
+    """Runs compared in one report must share the label set and the evaluation set."""
+    if not runs:
+        return
+    labels = {r.labels for r in runs}
+    if len(labels) > 1:
+        a, b = list(labels)[:2]
+        raise ChexcutError(f"the runs were evaluated on different label sets ({len(a)} vs {len(b)} labels, e.g. "
+                           f"{sorted(set(a) ^ set(b))[:3]}); report them separately")
+    keys = {r.eval_key for r in runs}
+    if len(keys) > 1:
+        a, b = (json.loads(k) for k in list(keys)[:2])
+        diff = [k for k in a if a[k] != b[k]]
+        raise ChexcutError(f"the runs were evaluated on different evaluation sets (differing in {', '.join(diff)}); "
+                           f"report them separately")

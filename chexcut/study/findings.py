@@ -1,0 +1,275 @@
+"""Many runs -> the CheXtransfer findings: per-configuration results, parameter efficiency, ImageNet accuracy
+vs CheXpert AUROC, the pretraining boost, family vs size (the report JSON).
+
+Every comparison is paired on the same evaluation rows: predictions are re-read and joined on Path. With
+several seeds, a configuration's predictions are averaged over its seeds (a seed ensemble) before a paired
+test, and its AUROC is reported as mean +- SD over the seeds with the CI of the seed ensemble."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from chexcut.errors import ChexcutError
+from chexcut.rundir import RunDir
+from chexcut.study.collect import RunResult, check_comparable, collect
+
+
+class PairedTester:
+    """Paired bootstrap tests between configurations, on the rows every run was evaluated on."""
+
+    def __init__(self, runs: list[RunResult], bootstrap: int, seed: int, alpha: float, margin: float | None = None):
+        self.bootstrap, self.seed, self.alpha, self.margin = bootstrap, seed, alpha, margin
+        self.evalset = None
+        self._preds: dict[Path, np.ndarray] = {}
+        first = next((r for r in runs if r.predictions is not None), None)
+        if first is not None:
+            self.evalset = self._evalset(first)
+
+    def _evalset(self, run: RunResult):
+        """Labels of the evaluation rows, rebuilt the way evaluate built them."""
+        import dataclasses
+
+        from chexcut.data.chexpert import DataOptions, load_split
+        from chexcut.evaluation.evaluate import evalset_from_table
+
+        ev = RunDir(run.run_dir).read_eval()
+        src = ev["source"]
+        opts = dataclasses.replace(DataOptions.from_json(src["options"]), labels=tuple(run.labels))
+        table = load_split(src["data"], src["split"], opts)
+        self.level = ev.get("level", "study")
+        return evalset_from_table(table)
+
+    def scores(self, runs: list[RunResult]) -> np.ndarray | None:
+        """Seed-averaged (N, L) probabilities of ``runs`` on the evaluation rows."""
+        from chexcut.evaluation.predictions import align, read_predictions
+
+        mats = []
+        for r in runs:
+            if r.predictions is None:
+                return None
+            if r.predictions not in self._preds:
+                self._preds[r.predictions] = align(self.evalset, read_predictions(r.predictions, labels=r.labels),
+                                                   name=str(r.predictions))
+            mats.append(self._preds[r.predictions])
+        return np.mean(mats, axis=0)
+
+    def _aggregated(self, mats: list[np.ndarray]):
+        from chexcut.evaluation.evaluate import aggregate_by_study
+
+        if self.level == "study":
+            return aggregate_by_study(self.evalset, mats)
+        return self.evalset, mats
+
+    def interval(self, runs: list[RunResult]) -> dict | None:
+        """The mean competition AUROC of the seed ensemble of ``runs`` with its bootstrap CI (None without
+        predictions)."""
+        from chexcut.evaluation.evaluate import evaluate
+
+        scores = None if self.evalset is None else self.scores(runs)
+        if scores is None or not self.bootstrap:
+            return None
+        es, mats = self._aggregated([scores])
+        return evaluate(es, mats[0], bootstrap=self.bootstrap, seed=self.seed)["mean_competition"]
+
+    def compare(self, a: list[RunResult], b: list[RunResult]) -> dict | None:
+        """delta (a - b) of mean competition AUROC, CI, p and the non-inferiority p at the margin;
+        None without predictions."""
+        from chexcut.evaluation.evaluate import evaluate
+
+        if self.evalset is None:
+            return None
+        sa, sb = self.scores(a), self.scores(b)
+        if sa is None or sb is None:
+            return None
+        es, mats = self._aggregated([sa, sb])
+        r = evaluate(es, mats[0], bootstrap=self.bootstrap, seed=self.seed, compare=mats[1], alpha=self.alpha,
+                     margin=self.margin)
+        return r["compare"]["mean_competition"]
+
+
+def _mean_sd(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+
+
+def _corr(x, y) -> dict | None:
+    from scipy.stats import kendalltau, spearmanr
+
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    if len(pairs) < 3:
+        return {"n": len(pairs), "spearman_rho": None, "spearman_p": None, "kendall_tau": None, "kendall_p": None}
+    xs, ys = zip(*pairs)
+    rho, p = spearmanr(xs, ys)
+    tau, pt = kendalltau(xs, ys)
+    f = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)  # noqa: E731
+    return {"n": len(pairs), "spearman_rho": f(rho), "spearman_p": f(p), "kendall_tau": f(tau), "kendall_p": f(pt)}
+
+
+def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,
+                 margin: float = 0.02, fill_hint: str | None = None) -> dict:
+    """The report JSON: per-configuration results and the paper's four findings.
+
+    Parameter efficiency is decided twice: by the paper's rule (the deepest truncation without a
+    significant drop) and by non-inferiority at ``margin`` (the deepest truncation whose drop is shown
+    to be smaller than ``margin``: one-sided test at ``alpha``, i.e. the lower bound of the one-sided
+    1 - alpha interval of delta lies above -margin)."""
+    col = collect(targets)
+    if not col.runs:
+        raise ChexcutError(f"no evaluated runs found ({len(col.incomplete)} without eval.json: run "
+                           f"`chexcut evaluate RUN --data DIR --json RUN/eval.json --predictions-out RUN/predictions.csv`)")
+    check_comparable(col.runs)
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in col.runs:
+        groups.setdefault((r.arch, r.weights, r.drop), []).append(r)
+    tester = PairedTester(col.runs, bootstrap, seed, alpha, margin)
+    rows = [result_row(rs, tester.compare(rs, groups[(k[0], k[1], 0)]) if k[2] > 0 and (k[0], k[1], 0) in groups
+                       else None, alpha, tester.interval(rs) if len(rs) > 1 else None)
+            for k, rs in sorted(groups.items())]
+    return {
+        "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
+        "margin": margin, "results": rows, "efficiency": parameter_efficiency(rows, margin),
+        "leakage": [str(r.run_dir) for r in col.runs if r.overlap],
+        "imagenet_vs_chexpert": imagenet_vs_chexpert(rows), "pretraining_boost": pretraining_boost(rows, groups, tester),
+        "family_vs_size": family_vs_size(rows),
+        "missing": missing_runs(rows, fill_hint),
+    }
+
+
+def missing_runs(rows: list[dict], fill_hint: str | None = None) -> dict:
+    """Which findings lack runs, and the command that fills them: an empty section always says why."""
+    archs = sorted({r["arch"] for r in rows})
+    have = {w: sorted({r["arch"] for r in rows if r["weights"] == w and r["drop"] == 0}) for w in ("imagenet", "none")}
+    no_pre = [a for a in archs if a not in have["imagenet"]]
+    no_rand = [a for a in archs if a not in have["none"]]
+    how = fill_hint or (f"`chexcut weights fetch {' '.join(no_pre)}`, then plan the study with `--weights "
+                        f"imagenet,none` and run it" if no_pre else "plan the study with `--weights imagenet,none`")
+    notes = {}
+    if no_pre:
+        notes["pretrained"] = f"no pretrained runs for {', '.join(no_pre)}: {how}"
+    if no_rand:
+        notes["random_init"] = f"no random-init runs for {', '.join(no_rand)}: plan the study with `--weights imagenet,none`"
+    for w, what in (("imagenet", "pretrained"), ("none", "random-init")):
+        if len(have[w]) < 3:
+            notes[f"correlation_{w}"] = (f"needs 3 {what} architectures at drop 0, has {len(have[w])}"
+                                         + (" (see the missing pretrained runs)" if w == "imagenet" and no_pre
+                                            else " (add architectures with --archs)"))
+    both = [a for a in archs if a in have["imagenet"] and a in have["none"]]
+    if len(both) < 3:
+        notes["boost"] = (f"needs pretrained and random-init runs of 3 architectures, has {len(both)}"
+                          + (" (see the missing pretrained runs)" if no_pre else ""))
+    return notes
+
+
+def result_row(rs: list[RunResult], cmp: dict | None, alpha: float, ensemble: dict | None = None) -> dict:
+    """One configuration (arch, weights, drop) over its seeds, with its paired test against drop 0. Its CI:
+    the run's bootstrap CI, or with several seeds the CI of the seed ensemble (``ensemble``)."""
+    mean, sd = _mean_sd([r.auroc for r in rs])
+    first = rs[0]
+    ci = (first.ci_low, first.ci_high) if len(rs) == 1 else \
+        ((ensemble or {}).get("ci_low"), (ensemble or {}).get("ci_high"))
+    return {
+        "arch": first.arch, "family": first.family, "weights": first.weights, "drop": first.drop,
+        "params": first.params, "macs": first.macs, "top1": first.top1, "seeds": sorted(r.seed for r in rs),
+        "auroc": mean, "auroc_sd": sd, "ci_low": ci[0], "ci_high": ci[1],
+        "ensemble_auroc": (ensemble or {}).get("auroc") if len(rs) > 1 else None,
+        "delta_vs_drop0": cmp["delta"] if cmp else None, "delta_ci_low": cmp["ci_low"] if cmp else None,
+        "delta_ci_high": cmp["ci_high"] if cmp else None, "p_vs_drop0": cmp["p"] if cmp else None,
+        "no_significant_drop": (None if cmp is None or cmp["p"] is None
+                                else not (cmp["delta"] < 0 and cmp["p"] < alpha)),
+        "p_noninferiority": cmp.get("p_noninferiority") if cmp else None,
+        "noninferior": cmp.get("noninferior") if cmp else None,
+        "run_dirs": [str(r.run_dir) for r in rs],
+        **_bench_means(rs),
+    }
+
+
+def _bench_means(rs: list[RunResult]) -> dict:
+    benched = [r.bench for r in rs if r.bench]
+    if not benched:
+        return {"latency_ms": None, "throughput_img_s": None}
+    return {"latency_ms": float(np.mean([b["latency_ms"] for b in benched])),
+            "throughput_img_s": float(np.mean([b["throughput_img_s"] for b in benched])),
+            "bench_device": benched[0]["device"]}
+
+
+def parameter_efficiency(rows: list[dict], margin: float | None = None, weights: str = "imagenet") -> dict:
+    """Per arch with ``weights`` (the paper's finding is about pretrained ones), the deepest truncation
+    kept by each rule and its params ratio to drop 0: the paper's = no significant drop (absence of
+    evidence), ``noninferior`` = a drop shown to be smaller than ``margin``. Both mean ratios, so a reader
+    sees how much of the ratio rests on low power. The pretrained result carries the random-init one as
+    ``random_init``."""
+    by_key = {(r["arch"], r["weights"], r["drop"]): r for r in rows}
+    archs = []
+    for arch in sorted({r["arch"] for r in rows if r["weights"] == weights}):
+        full = by_key.get((arch, weights, 0))
+        if not full:
+            continue
+        cut = [r for r in rows if r["arch"] == arch and r["weights"] == weights and r["drop"] > 0]
+        entry = {"arch": arch, "params_full": full["params"], "auroc_full": full["auroc"]}
+        for rule, key in (("", "no_significant_drop"), ("_noninferior", "noninferior")):
+            ok = [r for r in cut if r[key]]
+            best = max(ok, key=lambda r: r["drop"]) if ok else full
+            entry.update({f"drop{rule}": best["drop"], f"params{rule}": best["params"],
+                          f"ratio{rule}": full["params"] / best["params"], f"auroc{rule}": best["auroc"]})
+            if full.get("latency_ms") and best.get("latency_ms"):  # measured, not inferred (chexcut bench)
+                entry[f"latency_speedup{rule}"] = full["latency_ms"] / best["latency_ms"]
+                entry[f"throughput_speedup{rule}"] = best["throughput_img_s"] / full["throughput_img_s"]
+        archs.append(entry)
+
+    def mean(key):
+        return float(np.mean([e[key] for e in archs])) if archs else None
+
+    out = {"archs": archs, "mean_ratio": mean("ratio"), "mean_ratio_noninferior": mean("ratio_noninferior"),
+           "margin": margin}
+    if weights == "imagenet":
+        out["random_init"] = parameter_efficiency(rows, margin, "none")
+    return out
+
+
+def imagenet_vs_chexpert(rows: list[dict]) -> dict:
+    """ImageNet top-1 vs CheXpert AUROC at drop 0, with and without pretraining."""
+    out = {}
+    for w in ("imagenet", "none"):
+        full = [r for r in rows if r["weights"] == w and r["drop"] == 0]
+        out[w] = {**_corr([r["top1"] for r in full], [r["auroc"] for r in full]), "archs": [r["arch"] for r in full]}
+    return out
+
+
+def pretraining_boost(rows: list[dict], groups: dict, tester: PairedTester) -> dict:
+    """Pretrained minus random init per arch (drop 0), paired, and its correlation with size."""
+    by_key = {(r["arch"], r["weights"], r["drop"]): r for r in rows}
+    boost = []
+    for arch in sorted({r["arch"] for r in rows}):
+        a, b = groups.get((arch, "imagenet", 0)), groups.get((arch, "none", 0))
+        if not a or not b:
+            continue
+        cmp = tester.compare(a, b)
+        ra, rb = by_key[(arch, "imagenet", 0)], by_key[(arch, "none", 0)]
+        boost.append({"arch": arch, "params": ra["params"], "pretrained": ra["auroc"], "random": rb["auroc"],
+                      "boost": (ra["auroc"] - rb["auroc"]) if ra["auroc"] is not None and rb["auroc"] is not None else None,
+                      "ci_low": cmp["ci_low"] if cmp else None, "ci_high": cmp["ci_high"] if cmp else None,
+                      "p": cmp["p"] if cmp else None})
+    return {"archs": boost, "vs_params": _corr([b["params"] for b in boost], [b["boost"] for b in boost])}
+
+
+def family_vs_size(rows: list[dict]) -> dict | None:
+    """Without pretraining: how much of the AUROC spread is between families rather than sizes."""
+    rand = [r for r in rows if r["weights"] == "none" and r["drop"] == 0 and r["auroc"] is not None]
+    if not rand:
+        return None
+    y = np.array([r["auroc"] for r in rand])
+    fams = sorted({r["family"] for r in rand})
+    total = float(((y - y.mean()) ** 2).sum())
+    between = sum(len(v) * (np.mean(v) - y.mean()) ** 2
+                  for f in fams for v in [[r["auroc"] for r in rand if r["family"] == f]])
+    return {
+        "families": [{"family": f, "archs": [r["arch"] for r in rand if r["family"] == f],
+                      "mean_auroc": float(np.mean([r["auroc"] for r in rand if r["family"] == f]))} for f in fams],
+        "share_family": float(between / total) if total > 0 else None,
+        "share_size_within_family": float(1 - between / total) if total > 0 else None,
+    }

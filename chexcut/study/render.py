@@ -1,0 +1,277 @@
+"""The report rendered: one table model (:class:`ReportTable`) built once from the report JSON, written as
+markdown (``report.md``) and drawn by :mod:`chexcut.ui` in the terminal, so the two cannot drift; the
+CSV/JSON files and the plots (AUROC with its CI as error bars)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+def write_outputs(report: dict, out: Path) -> list[Path]:
+    import pandas as pd
+
+    from chexcut.fileio import atomic_path, write_json, write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    write_json(out / "results.json", report)
+    written.append(out / "results.json")
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != "run_dirs"} for r in report["results"]])
+    with atomic_path(out / "results.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    written.append(out / "results.csv")
+    plots = make_plots(report, out)
+    written += plots
+    write_text(out / "report.md", markdown(report, [p.name for p in plots]))
+    written.append(out / "report.md")
+    return written
+
+
+def make_plots(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    rows = [r for r in report["results"] if r["auroc"] is not None]
+    if not rows:
+        return paths
+    paths.append(_path_plot(rows, "params", "parameters (log)", "AUROC vs parameters: each architecture's "
+                            "truncation path", out / "auroc_vs_params.png"))
+    timed = [r for r in rows if r.get("latency_ms") is not None]
+    if timed:  # measured with `chexcut bench ... --json RUN/bench.json`
+        paths.append(_path_plot(timed, "latency_ms", f"latency at batch 1, ms (log; {timed[0].get('bench_device')})",
+                                "AUROC vs measured latency: each architecture's truncation path",
+                                out / "auroc_vs_latency.png"))
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for w, marker in (("imagenet", "o"), ("none", "x")):
+        full = [r for r in rows if r["weights"] == w and r["drop"] == 0 and r["top1"] is not None]
+        if not full:
+            continue
+        c = report["imagenet_vs_chexpert"][w]
+        rho = "n/a" if c["spearman_rho"] is None else f"{c['spearman_rho']:.2f}"
+        ax.scatter([r["top1"] for r in full], [r["auroc"] for r in full], marker=marker,
+                   label=f"{'pretrained' if w == 'imagenet' else 'random init'} (Spearman rho = {rho})")
+        for r in full:
+            ax.annotate(r["arch"], (r["top1"], r["auroc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("ImageNet top-1 (%)")
+    ax.set_ylabel("mean AUROC, 5 competition tasks")
+    ax.set_title("ImageNet accuracy vs chest X-ray AUROC")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, ax, out / "imagenet_vs_auroc.png"))
+    return paths
+
+
+def _path_plot(rows: list[dict], x: str, xlabel: str, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    archs = sorted({r["arch"] for r in rows})
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(2, len(archs))))
+    for color, arch in zip(colors, archs):
+        for w, style, marker in (("imagenet", "-", "o"), ("none", "--", "x")):
+            line = sorted((r for r in rows if r["arch"] == arch and r["weights"] == w), key=lambda r: r["drop"])
+            if line:
+                ax.plot([r[x] for r in line], [r["auroc"] for r in line], style, marker=marker, color=color,
+                        label=f"{arch} ({'pretrained' if w == 'imagenet' else 'random'})")
+                with_ci = [r for r in line if r.get("ci_low") is not None]
+                if with_ci:  # the 95% CI of each point (one run's bootstrap, or the seed ensemble's)
+                    ax.errorbar([r[x] for r in with_ci], [r["auroc"] for r in with_ci],
+                                yerr=[[r["auroc"] - r["ci_low"] for r in with_ci],
+                                      [r["ci_high"] - r["auroc"] for r in with_ci]],
+                                fmt="none", ecolor=color, alpha=0.5, capsize=3)
+                for r in line:
+                    ax.annotate(f"d{r['drop']}", (r[x], r["auroc"]), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean AUROC, 5 competition tasks (bars: 95% CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from chexcut.fileio import atomic_path
+
+    ax.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _fmt(v, spec=".4f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+@dataclass
+class ReportTable:
+    """One table of the report, as plain text cells: the markdown and the terminal render the same rows."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # paragraphs after the table (or instead of it)
+    warn: bool = False  # a table that says something is wrong (leakage, missing runs)
+
+    def markdown(self) -> list[str]:
+        out = ["", f"## {self.title}", ""]
+        if self.rows:
+            out += ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+            out += ["| " + " | ".join(r) + " |" for r in self.rows]
+        for t in self.text:
+            out += ["", t]
+        return out
+
+
+def _auroc_cell(r: dict) -> str:
+    """The 5-task AUROC with its CI: one run's bootstrap CI, or over seeds mean +- SD and the seed ensemble's CI."""
+    cell = _fmt(r["auroc"])
+    if r.get("auroc_sd") is not None and len(r.get("seeds") or ()) > 1:
+        cell += f" ± {r['auroc_sd']:.4f} (SD, {len(r['seeds'])} seeds)"
+    if r.get("ci_low") is not None:
+        cell += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    return cell
+
+
+def results_table(report: dict) -> ReportTable:
+    m = report.get("margin")
+    yes_no = {True: "yes", False: "NO", None: "n/a"}
+    t = ReportTable(f"Results ({report['runs']} runs; paired bootstrap vs drop 0, alpha {report['alpha']}, "
+                    f"non-inferiority margin {_fmt(m, 'g')})",
+                    ["arch", "weights", "drop", "params", "MACs", "AUROC [95% CI]", "delta vs drop 0", "p",
+                     "no sig. drop", f"non-inf. p ({_fmt(m, 'g')})", "non-inferior"])
+    for r in report["results"]:
+        macs = "n/a" if not r["macs"] else f"{r['macs'] / 1e9:.2f}G"
+        t.rows.append([r["arch"], r["weights"], str(r["drop"]), f"{r['params']:,}", macs, _auroc_cell(r),
+                       _fmt(r["delta_vs_drop0"], "+.4f") if r["drop"] else "(reference)",
+                       _fmt(r["p_vs_drop0"], ".3g") if r["drop"] else "", yes_no[r["no_significant_drop"]]
+                       if r["drop"] else "", _fmt(r.get("p_noninferiority"), ".3g") if r["drop"] else "",
+                       yes_no[r.get("noninferior")] if r["drop"] else ""])
+    widths = [r["ci_high"] - r["ci_low"] for r in report["results"] if r.get("ci_low") is not None]
+    if widths:
+        t.text.append(f"The 95% CIs are {np.median(widths):.3f} wide (median; {min(widths):.3f}-{max(widths):.3f}): "
+                      f"a difference between truncation levels smaller than that is within the noise of this "
+                      f"evaluation set, which is what the paired tests judge.")
+    return t
+
+
+def efficiency_tables(eff: dict, alpha: float, title: str = "pretrained", note: str | None = None) -> list[ReportTable]:
+    """Both rules side by side: the paper's (no significant drop) and non-inferiority at the margin."""
+    m = _fmt(eff.get("margin"), "g")
+    extra = efficiency_tables(eff["random_init"], alpha, "random init") if eff.get("random_init", {}).get("archs") \
+        else []
+    t = ReportTable(f"Parameter efficiency ({title})",
+                    ["arch", "full params", "paper rule: drop", "params", "ratio", f"non-inferior ({m}): drop",
+                     "params", "ratio"])
+    if not eff["archs"]:
+        t.text.append(f"No {title} runs with drop 0 and a truncation" + (f": {note}." if note else "."))
+        return [t] + extra
+    t.text.append(f"Two rules for \"no drop\": the paper's (the deepest truncation whose drop vs drop 0 is not "
+                  f"significant at alpha = {alpha}; with few validation images almost nothing is significant) and "
+                  f"non-inferiority (the deepest truncation whose drop is shown to be smaller than the margin {m} "
+                  f"AUROC: one-sided test at alpha).")
+    t.rows = [[e["arch"], f"{e['params_full']:,}", str(e["drop"]), f"{e['params']:,}", f"{e['ratio']:.2f}x",
+               str(e["drop_noninferior"]), f"{e['params_noninferior']:,}", f"{e['ratio_noninferior']:.2f}x"]
+              for e in eff["archs"]]
+    t.text.append(f"Mean ratio, paper rule: {_fmt(eff['mean_ratio'], '.2f')}x; non-inferiority rule: "
+                  f"{_fmt(eff['mean_ratio_noninferior'], '.2f')}x (the paper reports 3.25x for pretrained models).")
+    out = [t]
+    timed = [e for e in eff["archs"] if "latency_speedup" in e]
+    if timed:
+        b = ReportTable(f"Measured speed ({title}; `chexcut bench`: batch-1 latency and throughput speedups vs drop 0, "
+                        f"beside the params ratio)", ["arch", "rule", "params ratio", "latency speedup",
+                                                     "throughput speedup"])
+        for e in timed:
+            for rule, name in (("", "paper"), ("_noninferior", "non-inferior")):
+                if f"latency_speedup{rule}" in e:
+                    b.rows.append([e["arch"], name, f"{e[f'ratio{rule}']:.2f}x", f"{e[f'latency_speedup{rule}']:.2f}x",
+                                   f"{e[f'throughput_speedup{rule}']:.2f}x"])
+        out.append(b)
+    return out + extra
+
+
+def correlation_table(report: dict) -> ReportTable:
+    notes = report.get("missing") or {}
+    t = ReportTable("ImageNet top-1 vs CheXpert AUROC, and the pretraining boost",
+                    ["relation", "n", "Spearman rho (p)", "Kendall tau (p)"])
+    rel = [(f"top-1 vs AUROC, {'pretrained' if w == 'imagenet' else 'random init'}", v, notes.get(f"correlation_{w}"))
+           for w, v in report["imagenet_vs_chexpert"].items()]
+    rel.append(("pretraining boost vs params (the paper: -0.72)", report["pretraining_boost"]["vs_params"],
+                notes.get("boost")))
+    for name, v, why in rel:
+        if v["spearman_rho"] is None:
+            t.rows.append([name, str(v["n"]), why or "needs 3 architectures", ""])
+            continue
+        t.rows.append([name, str(v["n"]), f"{_fmt(v['spearman_rho'], '.2f')} ({_fmt(v['spearman_p'], '.3g')})",
+                       f"{_fmt(v.get('kendall_tau'), '.2f')} ({_fmt(v.get('kendall_p'), '.3g')})"])
+    return t
+
+
+def boost_table(report: dict) -> ReportTable:
+    pb = report["pretraining_boost"]
+    t = ReportTable("Pretraining boost (drop 0)", ["arch", "params", "pretrained", "random", "boost", "p"])
+    t.rows = [[b["arch"], f"{b['params']:,}", _fmt(b["pretrained"]), _fmt(b["random"]), _fmt(b["boost"], "+.4f"),
+               _fmt(b["p"], ".3g")] for b in pb["archs"]]
+    if not t.rows:
+        t.text.append((report.get("missing") or {}).get("boost") or "no architecture has both pretrained and "
+                      "random-init runs at drop 0")
+    return t
+
+
+def family_table(report: dict) -> ReportTable | None:
+    fs = report.get("family_vs_size")
+    if not fs:
+        return None
+    t = ReportTable("Family vs size (random init, drop 0)", ["family", "mean AUROC", "archs"])
+    t.rows = [[f["family"], f"{f['mean_auroc']:.4f}", ", ".join(f["archs"])] for f in fs["families"]]
+    if fs["share_family"] is None:
+        why = ("one family only: nothing to split between families" if len(fs["families"]) < 2
+               else "every architecture scored the same: no variance to split")
+        t.text.append(f"Share of AUROC variance between families: not computed ({why}).")
+    else:
+        t.text.append(f"Share of AUROC variance between families: {fs['share_family']:.0%}; within families (size): "
+                      f"{fs['share_size_within_family']:.0%}.")
+    return t
+
+
+def problem_tables(report: dict) -> list[ReportTable]:
+    out = []
+    if report.get("leakage"):
+        out.append(ReportTable("Evaluated on rows shared with their training set (--allow-overlap): inflated AUROC",
+                               ["run"], [[d] for d in report["leakage"]], warn=True))
+    notes = [report["missing"][k] for k in ("pretrained", "random_init") if (report.get("missing") or {}).get(k)]
+    if report["incomplete"] or notes:
+        out.append(ReportTable("Missing or incomplete runs (in no mean)", ["run", "reason"],
+                               [[i["run_dir"], i["reason"]] for i in report["incomplete"]],
+                               text=[f"Missing runs: {n}." for n in notes], warn=True))
+    return out
+
+
+def tables(report: dict) -> list[ReportTable]:
+    """Every table of the report, in order: what is wrong first, then the results and the findings."""
+    eff = efficiency_tables(report["efficiency"], report["alpha"],
+                            note=(report.get("missing") or {}).get("pretrained"))
+    found = [*problem_tables(report), results_table(report), *eff, correlation_table(report), boost_table(report),
+             family_table(report)]
+    return [t for t in found if t is not None]
+
+
+def markdown(report: dict, plots: list[str]) -> str:
+    lines = ["# chexcut report", "",
+             f"{report['runs']} evaluated runs; paired bootstrap with {report['bootstrap']} replicates, "
+             f"alpha = {report['alpha']}."]
+    for t in tables(report):
+        lines += t.markdown()
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
