@@ -7,6 +7,7 @@ for every finetune and every evaluate; ``--jobs N`` runs N processes at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
@@ -49,55 +50,83 @@ def get_weights(archs: list[str], offline: bool, mirror: str | None, say) -> tup
     return ["imagenet", "none"], None
 
 
-def run_demo(folder: Path, archs: list[str], drops: list[int], n: int = 500, image_size: int = 64,
-             epochs: int = 3, bootstrap: int = 500, jobs: int = 1, quiet: bool = False, offline: bool = False,
+@dataclass(frozen=True)
+class Demo:
+    """The demo's study: architectures x drops (pretrained when the weights can be had, and random init) on
+    ``n`` phantom images at ``image_size`` px, ``epochs`` each; ``seed`` draws the phantom and seeds the runs."""
+
+    archs: tuple[str, ...] = ("resnet18", "densenet121", "mobilenet_v2")
+    drops: tuple[int, ...] = (0, 1, 2)
+    n: int = 500
+    image_size: int = 64
+    epochs: int = 4
+    bootstrap: int = 500
+    seed: int = 0
+
+    def check(self) -> "Demo":
+        """Every argument checked before any work."""
+        from chexcut.models.registry import get_arch
+
+        archs = tuple(get_arch(a).name for a in self.archs)
+        if not archs or not self.drops or any(d < 0 for d in self.drops):
+            raise ChexcutError("--archs and --drops must name at least one architecture and drops >= 0")
+        for name, v, low in (("--epochs", self.epochs, 1), ("--bootstrap", self.bootstrap, 0), ("--n", self.n, 20),
+                             ("--seed", self.seed, 0), ("--image-size", self.image_size, 32)):
+            if v < low:
+                raise ChexcutError(f"{name} must be at least {low}, not {v}")
+        return replace(self, archs=archs)
+
+
+def run_demo(folder: Path, demo: Demo = Demo(), jobs: int = 1, quiet: bool = False, offline: bool = False,
              mirror: str | None = None):
     """Phantom data -> study plan -> runs -> report. Returns (report, paths)."""
     from chexcut import ui
-    from chexcut.data.cache import prepare_cache
-    from chexcut.data.chexpert import DataOptions, load_split
-    from chexcut.data.phantom import make_phantom
-    from chexcut.models.registry import get_arch
+    from chexcut.fileio import check_output_folder
     from chexcut.study.findings import build_report
-    from chexcut.study.plan import Grid, plan_study
     from chexcut.study.render import write_outputs
     from chexcut.study.runner import run_plan, run_plan_in_process
-    from chexcut.training.config import FinetuneOptions
 
-    archs = [get_arch(a).name for a in archs]  # every argument checked before any work
-    if not archs or not drops or any(d < 0 for d in drops):
-        raise ChexcutError("--archs and --drops must name at least one architecture and drops >= 0")
-    for name, v, low in (("--jobs", jobs, 1), ("--epochs", epochs, 1), ("--bootstrap", bootstrap, 0), ("--n", n, 20)):
-        if v < low:
-            raise ChexcutError(f"{name} must be at least {low}, not {v}")
-    from chexcut.fileio import check_output_folder
-
+    demo = demo.check()
+    if jobs < 1:
+        raise ChexcutError(f"--jobs must be at least 1, not {jobs}")
     folder = check_output_folder(Path(folder), "demo folder")
     say = (lambda msg: None) if quiet else ui.err.print
-    weights, no_pretrained = get_weights(archs, offline, mirror, say)
+    weights, no_pretrained = get_weights(list(demo.archs), offline, mirror, say)
     if no_pretrained:
         say(f"[yellow]random init only:[/] {no_pretrained}")
-    data = folder / "data"
-    if not (data / "CheXpert-v1.0-small" / "train.csv").is_file():
-        with ui.progress_bar("phantom X-rays", n, quiet=quiet) as update:
-            make_phantom(data, n=n, image_size=max(image_size, 64), seed=0, progress=update)
-    table = load_split(data, "all", DataOptions())
-    cache_dir = folder / "cache"
-    with ui.progress_bar(f"image cache at {image_size}px", len(table), quiet=quiet) as update:
-        prepare_cache(table.files, image_size, folder=cache_dir, progress=update)
-    # a short run: BatchNorm statistics re-estimated before validating
-    options = FinetuneOptions(train={"image_size": image_size, "epochs": epochs, "batch_size": 32, "lr": 1e-3,
-                                     "val_every": 100000, "workers": 1, "precise_bn": 512},
-                              data={"uncertain": "ignore"}, cache=str(cache_dir.resolve()))
-    plan = plan_study(folder / "study", data, Grid(archs=tuple(archs), weights=tuple(weights), drops=tuple(drops)),
-                      options, bootstrap=bootstrap)
+    plan = _plan(folder, demo, weights, quiet)
     with ui.StudyStatus(folder / "study", quiet=quiet) as update:
         jobs_done = (run_plan_in_process(folder / "study", on_update=update) if jobs == 1
                      else run_plan(folder / "study", jobs=jobs, on_update=update))
     failed = [j for j in jobs_done if j.status == "failed"]
     if failed and len(failed) == len(jobs_done):
         raise ChexcutError(f"every demo run failed; see {folder}/study/{failed[0].run['run_dir']}/log.txt")
-    rep = build_report([folder / "study"], bootstrap=bootstrap,
+    rep = build_report([folder / "study"], bootstrap=demo.bootstrap,
                        fill_hint=no_pretrained and f"{no_pretrained}; then run `chexcut demo {folder}` again")
     write_outputs(rep, folder / "report")
     return rep, {"report": folder / "report", "study": folder / "study", "plan": plan}
+
+
+def _plan(folder: Path, demo: Demo, weights: list[str], quiet: bool) -> dict:
+    """The phantom data (drawn once per seed), its image cache, and the study plan."""
+    from chexcut import ui
+    from chexcut.data.cache import prepare_cache
+    from chexcut.data.chexpert import DataOptions, load_split
+    from chexcut.data.phantom import make_phantom
+    from chexcut.study.plan import Grid, plan_study
+    from chexcut.training.config import FinetuneOptions
+
+    data = folder / ("data" if demo.seed == 0 else f"data-seed{demo.seed}")
+    if not (data / "CheXpert-v1.0-small" / "train.csv").is_file():
+        with ui.progress_bar("phantom X-rays", demo.n, quiet=quiet) as update:
+            make_phantom(data, n=demo.n, image_size=max(demo.image_size, 64), seed=demo.seed, progress=update)
+    table = load_split(data, "all", DataOptions())
+    cache_dir = folder / "cache"
+    with ui.progress_bar(f"image cache at {demo.image_size}px", len(table), quiet=quiet) as update:
+        prepare_cache(table.files, demo.image_size, folder=cache_dir, progress=update)
+    # a short run: BatchNorm statistics re-estimated before validating
+    options = FinetuneOptions(train={"image_size": demo.image_size, "epochs": demo.epochs, "batch_size": 32,
+                                     "lr": 1e-3, "val_every": 100000, "workers": 1, "precise_bn": 512},
+                              data={"uncertain": "ignore"}, cache=str(cache_dir.resolve()))
+    grid = Grid(archs=demo.archs, weights=tuple(weights), drops=demo.drops, seeds=(demo.seed,))
+    return plan_study(folder / "study", data, grid, options, bootstrap=demo.bootstrap, force=True)

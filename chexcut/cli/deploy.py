@@ -30,6 +30,7 @@ def bench(
 ):
     """Latency, throughput and memory per truncation level, measured on this device (PyTorch or ONNX Runtime)."""
     from chexcut import ui
+    from chexcut.deploy.bench import BenchSettings
     from chexcut.deploy.bench import bench as run_bench
     from chexcut.fileio import check_writable, write_json
 
@@ -37,9 +38,10 @@ def bench(
         check_writable(Path(json_path), force=True)
     to_stdout = json_path == "-"
     with ui.lazy_progress_bar("bench", quiet=quiet or to_stdout) as update:
-        res = run_bench(target, drops=ints(drops, "drops") if drops else None, device=device, image_size=image_size,
-                        batches=ints(batch, "batch"), precision=str(precision), channels_last=channels_last,
-                        compile_=compile_, threads=threads, runtime=runtime, max_run_time=max_time, progress=update)
+        settings = BenchSettings(device=device, image_size=image_size, batches=tuple(ints(batch, "batch")),
+                                 precision=str(precision), channels_last=channels_last, compile=compile_,
+                                 threads=threads, runtime=runtime, max_run_time=max_time)
+        res = run_bench(target, drops=ints(drops, "drops") if drops else None, settings=settings, progress=update)
     if to_stdout:
         ui.print_json(res)
         return

@@ -141,15 +141,17 @@ def demo(
     epochs: Annotated[int, typer.Option("--epochs")] = 4,
     bootstrap: Annotated[int, typer.Option("--bootstrap")] = 500,
     jobs: Annotated[int, typer.Option("--jobs", help="Runs at once (1: all in this process, no import per run).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Draws the phantom data and seeds every run.")] = 0,
     offline: Annotated[bool, typer.Option("--offline", help="Never try the network for ImageNet weights.")] = False,
     mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="Fetch ImageNet weights from this folder or URL (see `weights fetch --to`).")] = None,
 ):
     """The whole study on phantom data: weights, generate, plan, fine-tune, evaluate, report (CPU: ~3 minutes)."""
     from chexcut import ui
-    from chexcut.demo import run_demo
+    from chexcut.demo import Demo, run_demo
 
-    rep, paths = run_demo(folder, archs=split_list(archs) or [], drops=ints(drops, "drops"), n=n, image_size=image_size,
-                          epochs=epochs, bootstrap=bootstrap, jobs=jobs, offline=offline, mirror=mirror)
+    demo = Demo(archs=tuple(split_list(archs) or ()), drops=tuple(ints(drops, "drops")), n=n, image_size=image_size,
+                epochs=epochs, bootstrap=bootstrap, seed=seed)
+    rep, paths = run_demo(folder, demo, jobs=jobs, offline=offline, mirror=mirror)
     for t in ui.report_tables(rep):
         ui.out.print(t)
     ui.err.print(f"report: {paths['report']}/report.md (plots, results.csv, results.json beside it)")

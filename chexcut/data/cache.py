@@ -142,6 +142,24 @@ def allocate(path: Path, nbytes: int) -> None:
         os.close(fd)
 
 
+def _open_files(folder: Path, meta: dict, ordered: list[str], image_size: int) -> tuple[Path, Path]:
+    """images.u8 and done.u8 of a cache being filled: kept when they belong to this key (a resumed fill),
+    else started empty; the images' blocks reserved before mapping (a full disk is an error, not SIGBUS)."""
+    index, n = folder / "index.json", meta["n"]
+    images_path, done_path = folder / "images.u8", folder / "done.u8"
+    try:
+        old = json.loads(index.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old.get("key") != meta["key"] or not images_path.exists() or not done_path.exists():
+        with open(images_path, "wb") as f:
+            f.truncate(0)
+        np.zeros(n, dtype=np.uint8).tofile(done_path)
+        write_json(index, {**meta, "paths": ordered})
+    allocate(images_path, n * image_size * image_size)
+    return images_path, done_path
+
+
 def prepare_cache(files: list[Path], image_size: int, resize: str = "squash", folder: Path | None = None,
                   workers: int | None = None, progress=None, skip_bad: bool = False,
                   chunk: int = 64) -> tuple[ImageCache, dict]:
@@ -161,17 +179,7 @@ def prepare_cache(files: list[Path], image_size: int, resize: str = "squash", fo
     index = folder / "index.json"
     meta = {"format": FORMAT, "key": key, "image_size": image_size, "resize": resize, "fingerprint": fp,
             "n": n, "complete": False}
-    images_path, done_path = folder / "images.u8", folder / "done.u8"
-    try:
-        old = json.loads(index.read_text())
-    except (OSError, ValueError):
-        old = {}
-    if old.get("key") != key or not images_path.exists() or not done_path.exists():
-        with open(images_path, "wb") as f:
-            f.truncate(0)
-        np.zeros(n, dtype=np.uint8).tofile(done_path)
-        write_json(index, {**meta, "paths": ordered})
-    allocate(images_path, n * image_size * image_size)  # real blocks before mapping: a full disk is an error, not SIGBUS
+    images_path, done_path = _open_files(folder, meta, ordered, image_size)
     done = np.fromfile(done_path, dtype=np.uint8)
     todo = np.flatnonzero(done == 0)
     stats = {"decoded": 0, "reused": int(n - len(todo)), "bad": [], "folder": str(folder)}

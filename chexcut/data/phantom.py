@@ -106,6 +106,15 @@ def _draw_findings(img, lab, x, y, lungs, lung_any, rng, jit, masks: dict):
         apex = l2 & (y < 0.36) & (np.abs(x - c2) > 0.02)
         img[apex] = 0.04
         masks["Pneumothorax"] = apex
+    _draw_pleura_bone_devices(img, lab, x, y, lungs, rng, jit, masks)
+    return img
+
+
+def _draw_pleura_bone_devices(img, lab, x, y, lungs, rng, jit, masks: dict) -> None:
+    """Effusion, pleural thickening, a rib fracture, tube and device: after the lung findings (same stream)."""
+    def blob(cx, cy, rx, ry, val):
+        return (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1) * val
+
     if lab["Pleural Effusion"]:
         l2, c2 = lungs[rng.integers(2)]
         level = 0.64 + jit(0.02)
@@ -129,7 +138,6 @@ def _draw_findings(img, lab, x, y, lungs, lung_any, rng, jit, masks: dict):
         device = blob(0.25 + jit(0.02), 0.2, 0.03, 0.03, 0.5)
         img += device
         masks["Support Devices"] = tube | (device > 0)
-    return img
 
 
 def draw_frontal(lab: dict[str, int], size: int, rng: np.random.Generator, masks: dict | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import resource
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,16 +66,31 @@ def check_settings(device: str | None, precision: str, threads: int | None, runt
     return dev
 
 
-def bench_level(model, spec, *, device: torch.device, image_size: int, batches: list[int], precision: str,
-                channels_last: bool, compile_: bool, runtime: str, threads: int | None,
-                max_run_time: float = 3.0) -> dict:
+@dataclass(frozen=True)
+class BenchSettings:
+    """How to measure: device, input size (None: the model's own), batch sizes (latency at the smallest,
+    throughput at the largest), precision, memory format, compile, CPU threads, runtime, seconds per measurement."""
+
+    device: str | None = None
+    image_size: int | None = None
+    batches: tuple[int, ...] = (1, 32)
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    threads: int | None = None
+    runtime: str = "torch"  # torch | onnxruntime
+    max_run_time: float = 3.0
+
+
+def bench_level(model, spec, device: torch.device, image_size: int, settings: BenchSettings) -> dict:
     """One truncation level: latency at the smallest batch, throughput at the largest, peak memory."""
     from chexcut.deploy.export import Deployable
     from chexcut.evaluation.infer import autocast, resolve_precision
 
-    precision = resolve_precision(precision, device)
+    batches, max_run_time, runtime = list(settings.batches), settings.max_run_time, settings.runtime
+    precision = resolve_precision(settings.precision, device)
     dep = Deployable(model, spec).eval().to(device)
-    if channels_last:
+    if settings.channels_last:
         dep = dep.to(memory_format=torch.channels_last)
     run_fn = dep
     if runtime == "onnxruntime":
@@ -85,11 +101,11 @@ def bench_level(model, spec, *, device: torch.device, image_size: int, batches: 
             tmp = Path(folder)
             save_model(model, tmp / "m.safetensors", spec=spec)
             export_onnx(tmp / "m.safetensors", tmp / "m.onnx", image_size=image_size)
-            sess = ort_session(tmp / "m.onnx", threads)
+            sess = ort_session(tmp / "m.onnx", settings.threads)
 
         def run_fn(x):
             return sess.run(None, {"images": x.numpy()})
-    elif compile_:
+    elif settings.compile:
         run_fn = torch.compile(dep)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -111,11 +127,10 @@ def bench_level(model, spec, *, device: torch.device, image_size: int, batches: 
             "precision": precision}
 
 
-def bench(target: str, drops: list[int] | None = None, device: str | None = None, image_size: int | None = None,
-          batches: tuple[int, ...] = (1, 32), precision: str = "fp32", channels_last: bool = False,
-          compile_: bool = False, threads: int | None = None, runtime: str = "torch",
-          max_run_time: float = 3.0, progress=None) -> dict:
-    """Bench every truncation level of an architecture (or ``drops``), or one model file / run dir."""
+def bench(target: str, drops: list[int] | None = None, settings: BenchSettings = BenchSettings(),
+          progress=None) -> dict:
+    """Bench every truncation level of an architecture (or ``drops``), or one model file / run dir (at the
+    model's own image size unless ``settings.image_size``)."""
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.modelfile import load_model
@@ -124,8 +139,9 @@ def bench(target: str, drops: list[int] | None = None, device: str | None = None
     from chexcut.models.spec import DEFAULT_IMAGE_SIZE
     from chexcut.models.surgery import truncate
 
-    batches = list(batches)
-    dev = check_settings(device, precision, threads, runtime, compile_, batches)
+    s = settings
+    image_size, threads = s.image_size, s.threads
+    dev = check_settings(s.device, s.precision, threads, s.runtime, s.compile, list(s.batches))
     source = ModelSource.parse(target)
     if source.is_file:
         spec = source.spec()
@@ -151,11 +167,9 @@ def bench(target: str, drops: list[int] | None = None, device: str | None = None
         model = load_model(source.file) if source.is_file else truncate(arch.name, drop=d, weights="none",
                                                                           image_size=size)
         t = anat["truncations"][d]
-        res = bench_level(model, model.chexcut_spec, device=dev, image_size=size, batches=batches,
-                          precision=precision, channels_last=channels_last, compile_=compile_, runtime=runtime,
-                          threads=threads, max_run_time=max_run_time)
+        res = bench_level(model, model.chexcut_spec, dev, size, s)
         rows.append({"drop": d, "keep": t["keep"], "params": model.chexcut_spec.params, "macs": t["macs"],
-                     **res, "device": str(dev), "runtime": runtime})
+                     **res, "device": str(dev), "runtime": s.runtime})
     if progress:
         progress(len(levels), len(levels))
     base = next((r for r in rows if r["drop"] == 0), None)
@@ -166,9 +180,9 @@ def bench(target: str, drops: list[int] | None = None, device: str | None = None
             r["params_ratio"] = base["params"] / r["params"]
     return {"arch": arch.name, "target": str(target), "image_size": size, "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-            "threads": torch.get_num_threads() if dev.type == "cpu" else None, "runtime": runtime,
-            "precision": rows[0]["precision"] if rows else precision, "channels_last": channels_last,
-            "compile": compile_, "batches": batches, "torch": torch.__version__, "levels": rows}
+            "threads": torch.get_num_threads() if dev.type == "cpu" else None, "runtime": s.runtime,
+            "precision": rows[0]["precision"] if rows else s.precision, "channels_last": s.channels_last,
+            "compile": s.compile, "batches": list(s.batches), "torch": torch.__version__, "levels": rows}
 
 
 def _cpu_name() -> str:

@@ -18,6 +18,7 @@ from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 from chexcut.models.libraries import weights_meta
 from chexcut.models.registry import Arch, get_arch
+from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 from chexcut.models.surgery import build_architecture, get_module
 
 
@@ -115,15 +116,9 @@ def check_image_size(name: str, size: int) -> None:
         )
 
 
-def anatomy(name: str, image_size: int = 320, n_labels: int = len(CHEXPERT_LABELS)) -> Anatomy:
-    """Per-block and per-truncation figures for ``name`` at ``image_size``."""
+def _probe(model, fam, image_size: int):
+    """One meta-device forward: each block's output shape, and the FLOP counter of every module."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    arch: Arch = get_arch(name)
-    fam = arch.family
-    check_image_size(arch.name, image_size)
-    model = meta_model(arch.name)
-    root = type(model).__name__
 
     shapes: dict[int, tuple] = {}
     hooks = []
@@ -138,6 +133,18 @@ def anatomy(name: str, image_size: int = 320, n_labels: int = len(CHEXPERT_LABEL
     finally:
         for h in hooks:
             h.remove()
+    return shapes, fc
+
+
+def anatomy(name: str, image_size: int = DEFAULT_IMAGE_SIZE, n_labels: int = len(CHEXPERT_LABELS)) -> Anatomy:
+    """Per-block and per-truncation figures for ``name`` at ``image_size``."""
+    arch: Arch = get_arch(name)
+    fam = arch.family
+    check_image_size(arch.name, image_size)
+    model = meta_model(arch.name)
+    root = type(model).__name__
+
+    shapes, fc = _probe(model, fam, image_size)
     counts = fc.get_flop_counts()
 
     def macs(path: str) -> int:
