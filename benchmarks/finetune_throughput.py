@@ -32,7 +32,6 @@ def sync(device):
 
 def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, channels_last, compile_,
                     sync_per_step=False):
-    from chexcut.data.images import normalise
     from chexcut.evaluation.infer import autocast
     from chexcut.training.loop import masked_bce
 
@@ -42,14 +41,13 @@ def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, 
     fwd = torch.compile(model) if compile_ else model
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     x8 = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=device)
-    y = (torch.rand(batch, len(spec["labels"]), device=device) < 0.3).float()
+    y = (torch.rand(batch, len(spec.labels), device=device) < 0.3).float()
     m = torch.ones_like(y)
-    mean, std = spec["normalisation"]["mean"], spec["normalisation"]["std"]
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
             t = time.perf_counter()
-        x = normalise(x8, mean, std, 3, channels_last)
+        x = spec.preprocess.normalise(x8, channels_last)
         with autocast(device, precision):
             loss = masked_bce(fwd(x), y, m)
         if sync_per_step:  # what finetune does each step: a finiteness check and the loss as a float
@@ -65,20 +63,18 @@ def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, 
 
 @torch.no_grad()
 def synthetic_infer(model, spec, device, batch, size, steps, precision, channels_last):
-    from chexcut.data.images import normalise
     from chexcut.evaluation.infer import autocast
 
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     x8 = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=device)
-    mean, std = spec["normalisation"]["mean"], spec["normalisation"]["std"]
     for i in range(3 + steps):
         if i == 3:
             sync(device)
             t = time.perf_counter()
         with autocast(device, precision):
-            torch.sigmoid(model(normalise(x8, mean, std, 3, channels_last)).float()).cpu()
+            torch.sigmoid(model(spec.preprocess.normalise(x8, channels_last)).float()).cpu()
     sync(device)
     return batch * steps / (time.perf_counter() - t)
 

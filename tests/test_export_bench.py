@@ -33,7 +33,6 @@ def test_every_architecture_exports_with_parity_at_drop_0_and_deepest(arch, tmp_
 
 
 def test_graph_takes_uint8_grey_images_and_returns_chexcuts_probabilities(tmp_path):
-    from chexcut.data.images import normalise
     from chexcut.deploy.export import export_onnx
 
     model = chexcut.truncate("densenet121", drop=2, weights="none", image_size=64)
@@ -41,7 +40,7 @@ def test_graph_takes_uint8_grey_images_and_returns_chexcuts_probabilities(tmp_pa
     res = export_onnx(tmp_path / "m.safetensors", tmp_path / "m.onnx")
     g = onnx.load(str(tmp_path / "m.onnx"))
     meta = {p.key: p.value for p in g.metadata_props}
-    assert json.loads(meta["labels"]) == list(model.chexcut_spec["labels"]) and json.loads(meta["chexcut"])["drop"] == 2
+    assert json.loads(meta["labels"]) == list(model.chexcut_spec.labels) and json.loads(meta["chexcut"])["drop"] == 2
     inp = g.graph.input[0]
     assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert res["image_size"] == 64
@@ -50,7 +49,7 @@ def test_graph_takes_uint8_grey_images_and_returns_chexcuts_probabilities(tmp_pa
     got = sess.run(None, {"images": x.numpy()})[0]
     spec = model.chexcut_spec
     with torch.no_grad():
-        want = torch.sigmoid(model(normalise(x, spec["normalisation"]["mean"], spec["normalisation"]["std"]))).numpy()
+        want = torch.sigmoid(model(spec.preprocess.normalise(x))).numpy()
     assert got.shape == (5, 14) and got.dtype == np.float32
     assert np.abs(got - want).max() < 1e-5
 

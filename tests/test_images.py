@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 from conftest import REALCXR
 from PIL import Image
 
-from chexcut.data.images import load_image, normalise
+from chexcut.data.images import load_image
 from chexcut.errors import ChexcutError
 
 
@@ -63,15 +62,6 @@ def test_corrupt_and_missing(tmp_path):
         load_image(bad, 32)
     with pytest.raises(ChexcutError, match="not found"):
         load_image(tmp_path / "none.png", 32)
-
-
-def test_normalise_on_device():
-    x = torch.full((2, 1, 4, 4), 255, dtype=torch.uint8)
-    y = normalise(x, (0.5, 0.25, 0.0), (0.5, 0.5, 1.0))
-    assert y.shape == (2, 3, 4, 4)
-    assert torch.allclose(y[:, 0], torch.tensor(1.0)) and torch.allclose(y[:, 1], torch.tensor(1.5))
-    y1 = normalise(x, (0.5,), (0.5,), in_chans=1)
-    assert y1.shape == (2, 1, 4, 4)
 
 
 @pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr-sample is absent")

@@ -53,9 +53,9 @@ def test_a_short_run_learns_and_writes_loadable_outputs(phantom, tmp_path):
     assert {"step", "epoch", "images_seen", "train_loss", "images_per_s", "val_mean_auroc"} <= set(metrics.columns)
     assert metrics["val_mean_auroc"].notna().sum() == 6  # one validation per epoch end
     model = chexcut.load_model(run_dir / "best.safetensors")
-    assert model.chexcut_spec["training"]["step"] == result["best"]["step"]
+    assert model.chexcut_spec.training["step"] == result["best"]["step"]
     preds = pd.read_csv(run_dir / "valid_predictions.csv")
-    assert list(preds.columns) == ["Path", *model.chexcut_spec["labels"]]
+    assert list(preds.columns) == ["Path", *model.chexcut_spec.labels]
     assert not (run_dir / ".lock").exists()
     # the run directory is what evaluate and inspect take
     rc, out, err = run_cli("evaluate", run_dir, "--data", phantom, "--bootstrap", "50", "--json", "-",

@@ -65,7 +65,7 @@ CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="A generic CSV inst
 PathColOpt = Annotated[str, typer.Option("--path-col", help="Column of image paths (relative to DATA).")]
 
 
-LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label columns [default: the CheXpert 14 present].")]
+LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label columns (default: the CheXpert 14 present).")]
 
 
 ViewsOpt = Annotated[Views, typer.Option("--views", help="Which views to use.")]
@@ -86,7 +86,7 @@ ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Square image si
 ResizeOpt = Annotated[Resize, typer.Option("--resize", help="squash (CheXpert baseline) or pad (letterbox).")]
 
 
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Image cache folder [default: ~/.cache/chexcut/images/KEY].")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Image cache folder (default: ~/.cache/chexcut/images/KEY).")]
 
 
 SkipMissingOpt = Annotated[bool, typer.Option("--skip-missing", help="Proceed without missing image files (reported).")]

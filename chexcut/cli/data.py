@@ -35,7 +35,7 @@ def prepare(
     image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
     resize: ResizeOpt = Resize.squash,
     cache: CacheOpt = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes [default: CPU count].")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes (default: CPU count).")] = None,
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     skip_missing: SkipMissingOpt = False, skip_bad: SkipBadOpt = False,

@@ -15,8 +15,8 @@ from chexcut.errors import ChexcutError
 @app.command()
 def bench(
     target: Annotated[str, typer.Argument(help="Architecture (every truncation level) or a model file / run dir.", autocompletion=complete_arch)],
-    drops: Annotated[Optional[str], typer.Option("--drops", help="Comma-separated levels [default: all].")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
+    drops: Annotated[Optional[str], typer.Option("--drops", help="Comma-separated levels (default: all).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available).")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Default: the model file's, or 320 for an architecture.")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Latency at the smallest, throughput at the largest.")] = "1,32",
     precision: Annotated[Precision, typer.Option("--precision")] = Precision.fp32,
@@ -55,7 +55,7 @@ def bench(
 def export(
     model: Annotated[str, typer.Argument(help="Model file or finetune run dir.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="ONNX file to write (.onnx).")],
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Size of the example input [default: the model file's]; the batch stays dynamic.")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Size of the example input (default: the model file's); the batch stays dynamic.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ):
@@ -83,7 +83,7 @@ def explain(
     limit: Annotated[int, typer.Option("--limit", help="At most this many images.")] = 16,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels (default: the 5 competition tasks).")] = None,
     top: Annotated[Optional[int], typer.Option("--top", help="Instead of --labels: each image's K most probable labels.")] = None,
-    layer: Annotated[Optional[int], typer.Option("--layer", help="Block index (from `chexcut inspect`) [default: the last kept block].")] = None,
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Block index (from `chexcut inspect`) (default: the last kept block).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Pointing game (phantom data with --masks) and the randomisation sanity check.")] = False,
     skip_bad: SkipBadOpt = False,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the listing (or with --check the checks) to PATH, or - for stdout.")] = None,

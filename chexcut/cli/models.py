@@ -37,7 +37,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to 
 def inspect(
     target: str = typer.Argument(..., help="Architecture name (see `chexcut list`) or a chexcut model file.",
                                  autocompletion=complete_arch),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size for shapes and MACs [default: 320, or the model file's]."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size for shapes and MACs (default: 320, or the model file's)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
 ):
     """Block anatomy of an architecture or model file, and what each truncation level costs."""
@@ -67,10 +67,10 @@ def inspect(
 def truncate(
     arch: str = typer.Argument(..., help="Architecture name (see `chexcut list`).", autocompletion=complete_arch),
     out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
-    drop: Optional[int] = typer.Option(None, "--drop", help="Final blocks to remove (0..B-1) [default: 0]."),
+    drop: Optional[int] = typer.Option(None, "--drop", help="Final blocks to remove (0..B-1) (default: 0)."),
     keep: Optional[int] = typer.Option(None, "--keep", help="Blocks to keep (1..B); instead of --drop."),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH to a state dict of the full architecture."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels [default: the 14 CheXpert observations]."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels (default: the 14 CheXpert observations)."),
     in_chans: int = typer.Option(3, "--in-chans", help="1 = grayscale input (first conv's RGB filters combined)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random initialisation (the new head; all weights with --weights none)."),
     image_size: int = typer.Option(DEFAULT_IMAGE_SIZE, "--image-size", help="Image size recorded in the model file and used for MACs."),

@@ -20,7 +20,7 @@ def study_plan(
     ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", help="Dataset folder for every run.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write plan.json, run.sh, commands.txt into.")],
-    archs: Annotated[Optional[str], typer.Option("--archs", help="Comma-separated architectures [default: the 16 of the paper].")] = None,
+    archs: Annotated[Optional[str], typer.Option("--archs", help="Comma-separated architectures (default: the 16 of the paper).")] = None,
     weights: Annotated[str, typer.Option("--weights", help="Comma-separated: imagenet,none.")] = "imagenet,none",
     drops: Annotated[str, typer.Option("--drops", help="Comma-separated drops (levels past an arch's blocks are skipped).")] = "0,1,2",
     seeds: Annotated[str, typer.Option("--seeds")] = "0",

@@ -51,7 +51,7 @@ def finetune(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps in all (the schedule is unchanged; --resume continues).")] = None,
     log_every: Annotated[int, typer.Option("--log-every", help="Log every N steps.")] = 50,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N [default: cuda if available].")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available).")] = None,
     resize: ResizeOpt = Resize.squash,
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,

@@ -1,4 +1,4 @@
-"""Decode any chest X-ray file into one uint8 grayscale square, and normalise batches on the device.
+"""Decode any chest X-ray file into one uint8 grayscale square, (normalised on the device by the model's :class:`~chexcut.models.spec.Preprocess`).
 
 JPEG and PNG, 8- and 16-bit, L / LA / P / RGB / RGBA all become one channel. ``squash``
 resizes to S x S ignoring the aspect ratio (the CheXpert baseline); ``pad`` letterboxes.
@@ -90,23 +90,3 @@ def resize_gray(gray: np.ndarray, size: int, resize: str = "squash") -> np.ndarr
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top:top + nh, left:left + nw] = np.asarray(im, dtype=np.uint8)
     return out
-
-
-def normalise(batch, mean, std, in_chans: int = 3, channels_last: bool = False, dtype=None):
-    """uint8 (N, 1, H, W) on any device -> normalised float (N, in_chans, H, W).
-
-    ``mean``/``std`` are the model's per-channel statistics; a grey image is replicated to
-    3 channels (each normalised with its own channel's statistics) unless ``in_chans == 1``.
-    """
-    import torch
-
-    dtype = dtype or torch.float32
-    x = batch.to(dtype=torch.float32).div_(255.0)
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    if in_chans == 3:
-        x = x.expand(-1, 3, -1, -1)
-    x = ((x - m) / s).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
