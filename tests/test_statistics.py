@@ -199,7 +199,8 @@ def test_degenerate_delong_in_evaluate_gives_a_reason_not_p0():
 # ----------------------------------------------------------------------------- ranks
 
 def test_logits_are_ranked_as_they_are(tmp_path):
-    from chexcut.evaluation.orchestrate import run_evaluation
+    from chexcut.evaluation.orchestrate import EvalInputs, run_evaluation
+    from chexcut.evaluation.settings import Statistics
 
     rng = np.random.default_rng(5)
     n = 200
@@ -208,8 +209,8 @@ def test_logits_are_ranked_as_they_are(tmp_path):
     paths = [f"CheXpert-v1.0-small/valid/patient{i:05d}/study1/view1_frontal.jpg" for i in range(n)]
     pd.DataFrame({"Path": paths, "Edema": logit}).to_csv(tmp_path / "p.csv", index=False)
     pd.DataFrame({"Path": paths, "Frontal/Lateral": "Frontal", "Edema": y}).to_csv(tmp_path / "valid.csv", index=False)
-    r = run_evaluation(predictions=tmp_path / "p.csv", label_file=tmp_path / "valid.csv", logits=True,
-                       level="image", bootstrap=0)
+    r = run_evaluation(EvalInputs(predictions=tmp_path / "p.csv", truth=tmp_path / "valid.csv", logits=True),
+                       Statistics(level="image", bootstrap=0))
     assert r["labels"][0]["auroc"] == pytest.approx(roc_auc_score(y, logit), abs=1e-12)
     assert roc_auc_score(y, 1 / (1 + np.exp(-logit))) < r["labels"][0]["auroc"] - 0.05  # what a sigmoid would do
 
