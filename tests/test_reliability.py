@@ -308,12 +308,11 @@ def test_damaged_model_spec_and_run_files(tmp_path, phantom):
     with safe_open(str(good), "pt") as f:
         spec = json.loads(f.metadata()["chexcut"])
     tensors = load_file(str(good))
-    for change, msg in (({"arch": None}, "should be str"), ({"labels": "Edema"}, "should be list"),
-                        ({"format_version": "one"}, "should be int"), ({"drop": 9}, "not a truncation")):
-        bad = {**spec, **change}
-        if change.get("arch", 1) is None:
-            del bad["arch"]
-            msg = "no 'arch'"
+    cases = [({"arch": 5}, "should be str"), ({"labels": "Edema"}, "should be list"),
+             ({"format_version": "one"}, "should be int"), ({"drop": 9}, "not a truncation"),
+             ({"arch": None}, "no 'arch'"), ({"resize": "stretch"}, "resize"), ({"image_size": "320px"}, "image_size")]
+    for change, msg in cases:
+        bad = {k: v for k, v in {**spec, **change}.items() if v is not None}  # None: the key is missing
         save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"chexcut": json.dumps(bad)})
         for cmd in (["inspect", tmp_path / "bad.safetensors"], ["evaluate", tmp_path / "bad.safetensors", "--data", phantom]):
             rc, _, err = run_cli(*cmd)

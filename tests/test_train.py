@@ -82,6 +82,18 @@ def test_resume_is_bit_exact(phantom, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def wait_for(path, proc, timeout: float = 300):
+    """Until ``path`` exists; fails (never hangs) when the process dies first or the deadline passes."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the process exited ({proc.returncode}) before {path.name} was written")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"no {path.name} after {timeout} s")
+        time.sleep(0.2)
+
+
 def test_interrupt_saves_and_kill_9_leaves_a_good_checkpoint(phantom, tmp_path):
     """kill -9 at some moment: last.ckpt (written to a temp file + renamed) always loads; resume works."""
     run_dir = tmp_path / "run"
@@ -90,9 +102,7 @@ def test_interrupt_saves_and_kill_9_leaves_a_good_checkpoint(phantom, tmp_path):
            "--val-every", "2", "--workers", "0", "--quiet"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     p = subprocess.Popen(cmd, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run_dir / "last.ckpt").exists():
-        time.sleep(0.2)
+    wait_for(run_dir / "last.ckpt", p)
     time.sleep(1.5)  # let it write more checkpoints, then kill it mid-run
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -105,8 +115,7 @@ def test_interrupt_saves_and_kill_9_leaves_a_good_checkpoint(phantom, tmp_path):
     # Ctrl-C: a checkpoint is written and the exit code is 130
     run2 = tmp_path / "run2"
     p = subprocess.Popen([str(run2) if c == str(run_dir) else c for c in cmd], env=env)
-    while not (run2 / "last.ckpt").exists():
-        time.sleep(0.2)
+    wait_for(run2 / "last.ckpt", p)
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=120) == 130
     state = json.loads((run2 / "state.json").read_text())
