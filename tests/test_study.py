@@ -116,7 +116,7 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert "random init only" in err and "chexcut weights fetch resnet18" in err
     md = (tmp_path / "demo" / "report" / "report.md").read_text()
     assert "-x" not in md and "rho = -" not in md and "| - (p = -" not in md
-    assert "**Missing runs**: no pretrained runs for resnet18" in md and "chexcut weights fetch resnet18" in md
+    assert "Missing runs: no pretrained runs for resnet18" in md and "chexcut weights fetch resnet18" in md
     assert "Parameter efficiency (random init)" in md and "non-inferiority rule" in md
     assert "chexcut weights fetch resnet18" in out and "-x" not in out
     assert json.loads((tmp_path / "demo" / "study" / "plan.json").read_text())["runs"][0]["weights"] == "none"
