@@ -97,7 +97,7 @@ def finetune(
 
 
 def _train_config(p: dict):
-    """finetune's parameters (by their names in the command) -> a checked TrainConfig; study plan uses it too."""
+    """finetune's parameters (by their names in the command) -> a checked TrainConfig."""
     from chexcut.training.config import TrainConfig
 
     return TrainConfig.from_recipe(
