@@ -124,9 +124,11 @@ def _plan(folder: Path, demo: Demo, weights: list[str], quiet: bool) -> dict:
     cache_dir = folder / "cache"
     with ui.progress_bar(f"image cache at {demo.image_size}px", len(table), quiet=quiet) as update:
         prepare_cache(table.files, demo.image_size, folder=cache_dir, progress=update)
-    # a short run: BatchNorm statistics re-estimated before validating
+    # a short run from random init: BatchNorm statistics re-estimated before validating, and Adam at 3e-3 (at
+    # 1e-3, MobileNetV2 fits the 350 training images without learning Pleural Effusion: 0.69-0.78 mean AUROC on
+    # seed 0, 0.81-0.91 at 3e-3 for seeds 0-2; ResNet-18 and DenseNet-121 score the same at either rate)
     options = FinetuneOptions(train={"image_size": demo.image_size, "epochs": demo.epochs, "batch_size": 32,
-                                     "lr": 1e-3, "val_every": 100000, "workers": 1, "precise_bn": 512},
+                                     "lr": 3e-3, "val_every": 100000, "workers": 1, "precise_bn": 512},
                               data={"uncertain": "ignore"}, cache=str(cache_dir.resolve()))
     grid = Grid(archs=demo.archs, weights=tuple(weights), drops=demo.drops, seeds=(demo.seed,))
     return plan_study(folder / "study", data, grid, options, bootstrap=demo.bootstrap, force=True)

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -63,12 +64,20 @@ def bench_table(res: dict) -> Table:
 
 def explain_checks_table(res: dict) -> Table:
     r = res["randomisation"]
-    t = Table(title=f"Heatmap checks: randomisation rank correlation {_f(r['rank_correlation'], '{:.2f}')} "
-                    f"(trained vs re-initialised model; low is good)", title_justify="left")
-    for col in ("label", "pointing hits", "n", "rate", "chance (area share)"):
-        t.add_column(col, justify="left" if col == "label" else "right")
+    images = res.get("pointing_game_images")
+    t = Table(title=f"Heatmap checks: {res['verdict'].upper()}. Randomisation {r['verdict']}: rank correlation "
+                    f"{_f(r['rank_correlation'], '{:.2f}')} (trained vs re-initialised model; low is good). "
+                    + (f"Pointing game on {images} masked images:" if images
+                       else f"Pointing game not judged: {res.get('pointing_game_reason', '')}"),
+              title_justify="left")
+    for col in ("label", "hits", "n", "rate", "95% CI", "chance", "p", "verdict"):
+        t.add_column(col, justify="left" if col in ("label", "verdict") else "right",
+                     no_wrap=col == "label")
     for name, p in (res.get("pointing_game") or {}).items():
-        t.add_row(name, str(p["hits"]), str(p["n"]), _f(p["rate"], "{:.2f}"), _f(p["chance"], "{:.2f}"))
+        ci = "-" if p["ci_low"] is None else f"{p['ci_low']:.2f}-{p['ci_high']:.2f}"
+        colour = {"passed": "green", "failed": "bold red"}.get(p["verdict"], "yellow")
+        t.add_row(name, str(p["hits"]), str(p["n"]), _f(p["rate"], "{:.2f}"), ci, _f(p["chance"], "{:.2f}"),
+                  _f(p["p"], "{:.2g}"), f"[{colour}]{p['verdict']}[/]")
     return t
 
 
@@ -173,9 +182,12 @@ class lazy_progress_bar(progress_bar):
 
 
 def prevalence_table(rows: list[dict], title: str) -> Table:
-    t = Table(title=title, title_justify="left")
-    for col in ("label", "positive", "negative", "uncertain", "blank", "-> train pos", "-> train neg", "masked"):
-        t.add_column(col, justify="left" if col == "label" else "right")
+    # label names stay whole at 80 columns: short headers, no vertical rules (explained in the caption)
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
+              caption="unc: uncertain (-1); tr+ / tr-: positives and negatives as training sees them; "
+                      "masked: left out of the loss", caption_justify="left")
+    for col in ("label", "pos", "neg", "unc", "blank", "tr+", "tr-", "masked"):
+        t.add_column(col, justify="left" if col == "label" else "right", no_wrap=col == "label")
     for r in rows:
         if not r.get("annotated", True):
             t.add_row(r["label"], "", "", "", str(r["blank"]), "[dim]not annotated in this data set[/]", "", "",
@@ -205,7 +217,7 @@ def evaluation_table(r: dict) -> Table:
         title += f"\non {es['description']}"
     t = Table(title=title, title_justify="left")
     for col in ("label", "pos/neg", "AUROC", "CI"):
-        t.add_column(col, justify="left" if col == "label" else "right")
+        t.add_column(col, justify="left" if col == "label" else "right", no_wrap=col == "label")
     if comp:
         for col in ("delta", "delta CI", "p") + ((f"p non-inf. ({margin:g})", "non-inf.") if margin else ()):
             t.add_column(col, justify="right")

@@ -53,11 +53,46 @@ def test_anatomy_cache_is_keyed_and_reused(tmp_path, monkeypatch):
     from chexcut.models.anatomy_cache import cached_anatomy
 
     monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path))
-    first = cached_anatomy("resnet18", 224, 14)
-    files = list((tmp_path / "anatomy").glob("resnet18-224-14-*.json"))
+    first = cached_anatomy("resnet18", 96, 14)
+    files = list((tmp_path / "anatomy").glob("resnet18-96-14-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text()) == first
     files[0].write_text(json.dumps({**first, "marker": 1}))
-    assert cached_anatomy("resnet18", 224, 14)["marker"] == 1  # served from the cache
+    assert cached_anatomy("resnet18", 96, 14)["marker"] == 1  # served from the cache
     files[0].write_text("{corrupt")
-    assert cached_anatomy("resnet18", 224, 14) == first  # a corrupt entry is recomputed
-    assert cached_anatomy("resnet18", 224, 2)["truncations"][0]["params"] != first["truncations"][0]["params"]
+    assert cached_anatomy("resnet18", 96, 14) == first  # a corrupt entry is recomputed
+    assert cached_anatomy("resnet18", 96, 2)["truncations"][0]["params"] != first["truncations"][0]["params"]
+
+
+def test_shipped_anatomy_equals_the_installed_libraries_models():
+    """The package data `inspect` answers from is what the models say today: every entry recomputed."""
+    from chexcut.models.anatomy_cache import SHIPPED_SIZES, compute_shipped, shipped
+
+    fresh = compute_shipped()
+    assert shipped() == fresh, "stale anatomy_shipped.json: run `python -m chexcut.models.anatomy_cache`"
+    for arch in REGISTRY:
+        assert fresh["full_params"][arch] > 0
+        for size in (224, 320):
+            assert f"{arch}-{size}-14" in fresh["anatomy"]
+    assert len(fresh["anatomy"]) >= 2 * len(REGISTRY) and 64 in SHIPPED_SIZES
+
+
+def test_inspect_and_list_import_no_torch_for_shipped_sizes(tmp_path):
+    """`inspect ARCH` at a shipped size answers without torch (the cold-start cost), the same figures."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from typer.testing import CliRunner; from chexcut.cli import app; "
+            "r = CliRunner().invoke(app, sys.argv[1:]); assert r.exit_code == 0, r.output; "
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'out': r.stdout}))")
+    env = {**os.environ, "CHEXCUT_CACHE": str(tmp_path)}
+    for args in (["inspect", "resnet50", "--json"], ["inspect", "mobilenet_v2", "--image-size", "224", "--json"],
+                 ["list", "--json"]):
+        res = json.loads(subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                                        text=True, check=True).stdout)
+        assert res["torch"] is False, args
+    a = json.loads(subprocess.run([sys.executable, "-c", code, "inspect", "resnet50", "--json"], env=env,
+                                  capture_output=True, text=True, check=True).stdout)["out"]
+    assert json.loads(a) == anatomy("resnet50").to_json()
+    assert not (tmp_path / "anatomy").exists()  # nothing computed, nothing cached

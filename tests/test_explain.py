@@ -14,10 +14,12 @@ pytest.importorskip("captum")
 
 @pytest.fixture(scope="module")
 def masked_phantom(tmp_path_factory):
+    from conftest import TEST_SEED
+
     from chexcut.data.phantom import make_phantom
 
     d = tmp_path_factory.mktemp("pm")
-    make_phantom(d, n=500, image_size=64, seed=0, masks=True)
+    make_phantom(d, n=500, image_size=64, seed=TEST_SEED, masks=True)
     return d
 
 
@@ -39,32 +41,92 @@ def test_explain_every_architecture_at_drop_0_and_deepest(arch, masked_phantom, 
 
 
 def test_trained_maps_point_at_the_findings_and_fail_randomisation(masked_phantom, tmp_path):
+    from conftest import TEST_SEED
+
     from chexcut.data.chexpert import DataOptions
     from chexcut.training.config import Run, TrainConfig
     from chexcut.training.loop import finetune
 
     cfg = TrainConfig.from_recipe("paper", image_size=64, epochs=6, lr=1e-3, batch_size=32, val_every=1000,
-                                  workers=0, device="cpu", precise_bn=256)
+                                  workers=0, device="cpu", precise_bn=256, seed=TEST_SEED)
     finetune(Run(tmp_path / "run", masked_phantom, DataOptions(uncertain="ignore"), cfg,
                  {"arch": "resnet18", "drop": 1, "weights": "none"}))
-    # the training rows: ~4x the positives of the validation split, so the verdict rests on a test with power,
-    # not on a rate of 10 images (which differs from one CPU's kernels to another's)
+    # the pointing game runs on every masked frontal image of the split (--limit bounds only the overlays): on the
+    # training rows ~4x the positives of the validation split, so the verdict rests on a test with power, not on
+    # a rate of 10 images (which differs from one CPU's kernels to another's)
     rc, out, err = run_cli("explain", tmp_path / "run", "--data", masked_phantom, "--split", "train", "--limit",
-                           "200", "--check", "--labels", "Cardiomegaly,Pleural Effusion", "--out", tmp_path / "maps",
+                           "8", "--check", "--labels", "Cardiomegaly,Pleural Effusion", "--out", tmp_path / "maps",
                            "--json", "-")
     assert rc == 0, err
     res = json.loads(out)
     from scipy.stats import binomtest
 
+    assert res["pointing_game_images"] > 200 and len(res["files"]) == 2 * 8
     for name in ("Cardiomegaly", "Pleural Effusion"):
         p = res["pointing_game"][name]
         test = binomtest(p["hits"], p["n"], p["chance"], alternative="greater")
-        print(name, p, "binomial p", test.pvalue)
-        assert p["n"] >= 25 and test.pvalue < 1e-3, (p, test.pvalue)  # the peaks land on the findings, not by chance
+        print(name, p)
+        assert p["p"] == pytest.approx(test.pvalue, rel=1e-12)
+        assert p["n"] >= 25 and p["p"] < 1e-3 and p["verdict"] == "passed", p  # the peaks land on the findings
+        assert p["ci_low"] < p["rate"] < p["ci_high"] and p["ci_low"] > p["chance"]
     r = res["randomisation"]
     print("randomisation", r)
-    assert r["rank_correlation"] < 0.5 and len(r["cascade"]) == 4
+    assert r["rank_correlation"] < 0.5 and len(r["cascade"]) == 4 and r["verdict"] == "passed"
+    assert res["verdict"] == "passed"
     assert {"path", "label", "probability", "peak", "file"} <= set(res["files"][0])
+
+
+def test_pointing_game_judges_with_wilson_interval_and_refuses_small_samples():
+    import math
+
+    from chexcut.deploy.explain import judge_pointing
+
+    r = judge_pointing(30, 40, 0.2)
+    z, n, ph = 1.959963984540054, 40, 30 / 40  # Wilson's interval by its formula
+    centre, half = (ph + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert r["ci_low"] == pytest.approx(centre - half, abs=1e-9) and r["ci_high"] == pytest.approx(centre + half, abs=1e-9)
+    assert r["verdict"] == "passed" and r["p"] < 1e-9
+    assert judge_pointing(9, 40, 0.2)["verdict"] == "failed"  # 22% on a 20% chance: no better than chance
+    small = judge_pointing(12, 12, 0.1)  # a perfect rate on 12 positives: cannot judge
+    assert small["verdict"] == "not judged" and "12 positives" in small["reason"] and small["p"] < 1e-9
+    assert judge_pointing(0, 0, None)["verdict"] == "not judged"
+
+
+def test_check_on_few_positives_warns_and_is_not_passed(masked_phantom, tmp_path):
+    model = tmp_path / "m.safetensors"
+    chexcut.save_model(chexcut.truncate("resnet18", drop=2, weights="none", image_size=48), model)
+    rc, out, err = run_cli("explain", model, "--data", masked_phantom, "--check", "--check-limit", "30", "--labels",
+                           "Cardiomegaly", "--out", tmp_path / "o", "--json", tmp_path / "c.json")
+    assert rc == 0, err
+    res = json.loads((tmp_path / "c.json").read_text())
+    p = res["pointing_game"]["Cardiomegaly"]
+    assert res["pointing_game_images"] == 30 and p["n"] < 20 and p["verdict"] == "not judged"
+    assert res["verdict"] in ("not judged", "failed") and "fewer than 20" in err and "Cardiomegaly" in err
+    assert "95% CI" in out and "not judged" in out
+    imgs = sorted((masked_phantom / "CheXpert-v1.0-small" / "valid").rglob("*frontal.jpg"))[:2]
+    rc, out, err = run_cli("explain", model, *imgs, "--check", "--out", tmp_path / "o2", "--json", "-")
+    res = json.loads(out)
+    assert rc == 0 and res["verdict"] != "passed" and "pointing_game" not in res and "--masks" in res["pointing_game_reason"]
+
+
+def test_batched_gradcam_equals_one_image_at_a_time(masked_phantom):
+    """Batches of images and per-image targets (each image's top K) give the maps of one image at a time."""
+    import numpy as np
+
+    from chexcut.data.chexpert import load_split
+    from chexcut.deploy import explain as ex
+
+    t = load_split(masked_phantom, "valid", chexcut.data.chexpert.DataOptions())
+    model = chexcut.truncate("densenet121", drop=1, weights="none", image_size=48).eval()
+    spec = model.chexcut_spec
+    inputs = ex.read_images(t.files[:10], t.paths[:10], 48, "squash", False)
+    targets = np.array([[1, 4], [2, 4], [1, 3], [0, 2], [5, 6], [1, 4], [7, 1], [8, 9], [2, 3], [10, 13]])
+    batched = ex.gradcam(model, spec, inputs.images, targets, batch=4)
+    single = np.concatenate([ex.gradcam(model, spec, inputs.images[i:i + 1], targets[i]) for i in range(10)])
+    assert batched.shape == (10, 2, 48, 48) and np.abs(batched - single).max() < 1e-5
+    same = ex.gradcam(model, spec, inputs.images, [2, 8], batch=3)
+    assert np.abs(same - np.concatenate([ex.gradcam(model, spec, inputs.images[i:i + 1], [2, 8])
+                                         for i in range(10)])).max() < 1e-5
 
 
 def test_explain_listing_and_bad_input(masked_phantom, tmp_path):

@@ -46,14 +46,15 @@ def test_same_seed_same_dataset(tmp_path):
 @pytest.mark.slow
 def test_a_small_cnn_learns_it(tmp_path):
     """A 4-layer CNN, ~30 s on 2 CPU cores at 64 px: mean valid AUROC well above 0.8."""
+    from conftest import TEST_SEED
     from sklearn.metrics import roc_auc_score
 
-    make_phantom(tmp_path, n=600, image_size=64, seed=1)
+    make_phantom(tmp_path, n=600, image_size=64, seed=1 + TEST_SEED)
     opts = DataOptions(uncertain="ignore")
     tr, va = load_split(tmp_path, "train", opts), load_split(tmp_path, "valid", opts)
     cache, _ = prepare_cache(tr.files + va.files, 64, folder=tmp_path / "cache", workers=1)
     dtr, dva = XrayBatches(tr, 64, cache=cache), XrayBatches(va, 64, cache=cache)
-    torch.manual_seed(0)
+    torch.manual_seed(TEST_SEED)
 
     def blk(i, o):
         return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
@@ -63,7 +64,7 @@ def test_a_small_cnn_learns_it(tmp_path):
     opt = torch.optim.AdamW(net.parameters(), 3e-3)
     for epoch in range(5):
         net.train()
-        for b in batch_order(len(dtr), 32, True, 0, epoch):
+        for b in batch_order(len(dtr), 32, True, TEST_SEED, epoch):
             x, y, m, _ = dtr[b]
             loss = (nn.functional.binary_cross_entropy_with_logits(net(x.float() / 255 - 0.5), y, reduction="none") * m).sum() / m.sum()
             opt.zero_grad()
@@ -75,4 +76,5 @@ def test_a_small_cnn_learns_it(tmp_path):
         p = net(x.float() / 255 - 0.5).sigmoid().numpy()
     aucs = [roc_auc_score(y[:, j], p[:, j]) for j in range(14) if 0 < y[:, j].sum() < len(y)]
     assert len(aucs) >= 12
+    print("mean AUROC", np.mean(aucs), "margin", np.mean(aucs) - 0.8)
     assert np.mean(aucs) > 0.8, aucs

@@ -84,7 +84,8 @@ def explain(
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels (default: the 5 competition tasks).")] = None,
     top: Annotated[Optional[int], typer.Option("--top", help="Instead of --labels: each image's K most probable labels.")] = None,
     layer: Annotated[Optional[int], typer.Option("--layer", help="Block index (from `chexcut inspect`) (default: the last kept block).")] = None,
-    check: Annotated[bool, typer.Option("--check", help="Pointing game (phantom data with --masks) and the randomisation sanity check.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Pointing game (phantom data with --masks: every masked frontal image of the split, up to --check-limit) and the randomisation sanity check.")] = False,
+    check_limit: Annotated[int, typer.Option("--check-limit", help="At most this many images for the pointing game.")] = 2000,
     skip_bad: SkipBadOpt = False,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the listing (or with --check the checks) to PATH, or - for stdout.")] = None,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -95,8 +96,9 @@ def explain(
 
     if (data is None) == (not images):
         raise ChexcutError("give IMAGES (files or folders) or --data DIR, not both or neither")
-    if limit < 1:
-        raise ChexcutError("--limit must be at least 1")
+    for name, v in (("--limit", limit), ("--check-limit", check_limit)):
+        if v < 1:
+            raise ChexcutError(f"{name} must be at least 1, not {v}")
     check_output_folder(out, "--out folder")
     if json_path and json_path != "-":
         check_output_file(Path(json_path), "--json")
@@ -109,12 +111,14 @@ def explain(
     spec = net.chexcut_spec
     ex.target_layer(net, spec, layer)
     chosen = ex.choose_labels(spec, split_list(labels), top)
-    inputs, truth = ex.gather(images, data, csv, str(split), limit, spec.preprocess, skip_bad, masks=check)
+    inputs = ex.gather(images, data, csv, str(split), limit, spec.preprocess, skip_bad)
+    masked = (ex.gather_masked(data, csv, str(split), spec.preprocess, skip_bad, check_limit)
+              if check and data is not None else None)
     with ui.lazy_progress_bar("explaining", quiet=quiet or json_path == "-") as update:
         update(0, len(inputs.paths))
         result = ex.explain(net, spec, inputs, out, chosen, top, layer)
         if check:
-            result = {**ex.check(net, spec, inputs, chosen or list(spec.labels)[:5], truth, layer),
+            result = {**ex.check(net, spec, inputs, chosen or list(spec.labels)[:5], masked, layer),
                       "files": result["images"]}
         update(len(inputs.paths), len(inputs.paths))
     if json_path == "-":
@@ -128,4 +132,8 @@ def explain(
             ui.err.print(f"[yellow]skipped unreadable image:[/] {name}")
         if check:
             ui.out.print(ui.explain_checks_table(result))
+            for name, p in (result.get("pointing_game") or {}).items():
+                if p["n"] < ex.MIN_POSITIVES:
+                    ui.err.print(f"[yellow]warning:[/] pointing game for {name}: {p['n']} positives with a drawn "
+                                 f"region, fewer than {ex.MIN_POSITIVES}: not judged")
         ui.err.print(f"wrote overlays and contact sheets for {len(inputs.paths)} images to {out}")

@@ -17,14 +17,13 @@ from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
     """Every supported architecture: params, ImageNet top-1, block count."""
     from chexcut import ui
-    from chexcut.models.anatomy import full_params
-    from chexcut.models.libraries import weights_meta
+    from chexcut.models.anatomy_cache import cached_full_params, cached_weights_meta
     from chexcut.models.registry import REGISTRY
 
     rows = []
     for a in REGISTRY.values():
-        meta = weights_meta(a)
-        rows.append({"arch": a.name, "source": a.source, "family": a.family.name, "params": full_params(a.name),
+        meta = cached_weights_meta(a.name)
+        rows.append({"arch": a.name, "source": a.source, "family": a.family.name, "params": cached_full_params(a.name),
                      "top1": meta["top1"], "num_blocks": a.family.num_blocks, "paper": a.paper,
                      "weights": meta["id"]})
     if json_out:

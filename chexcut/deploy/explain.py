@@ -30,6 +30,11 @@ from chexcut.errors import ChexcutError
 from chexcut.labels import COMPETITION_LABELS
 from chexcut.models.spec import ModelSpec, Preprocess
 
+MIN_POSITIVES = 20  # fewer positives than this and the pointing game cannot judge a label
+CHECK_LIMIT = 2000  # the pointing game's default cap on images (every masked frontal image of the split below it)
+ALPHA = 0.05
+MAX_RANDOMISED_CORRELATION = 0.5  # maps of a re-initialised model must differ: rank correlation below this
+
 
 def block_modules(model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
     """The kept blocks of a chexcut model, in order (index 1 = block 1 of ``inspect``)."""
@@ -51,21 +56,32 @@ def target_layer(model: nn.Module, spec: ModelSpec, layer: int | None) -> tuple[
     return blocks[index - 1], index
 
 
-def gradcam(model: nn.Module, spec: ModelSpec, images: torch.Tensor, targets: list[int], layer: int | None = None
-            ) -> np.ndarray:
-    """Grad-CAM maps (N, T, H, W) in [0, 1] for uint8 images (N, 1, H, W) and head indices ``targets``."""
+def gradcam(model: nn.Module, spec: ModelSpec, images: torch.Tensor, targets, layer: int | None = None,
+            batch: int = 16) -> np.ndarray:
+    """Grad-CAM maps (N, T, H, W) in [0, 1] for uint8 images (N, 1, H, W).
+
+    ``targets``: head indices, the same T for every image (a list), or one row of T per image ((N, T): each
+    image's own labels, e.g. its top K). Images go through in batches of ``batch`` (one backward pass per
+    batch and target column); the model is in eval mode, so a map does not depend on its batch-mates."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     module, _ = target_layer(model, spec, layer)
-    x = spec.preprocess.normalise(images)
+    per_image = np.asarray(targets, dtype=np.int64)
+    if per_image.ndim == 1:
+        per_image = np.broadcast_to(per_image, (len(images), len(per_image)))
     cam = LayerGradCam(model, module)
-    out = np.zeros((len(images), len(targets), images.shape[-2], images.shape[-1]), dtype=np.float32)
-    for t, j in enumerate(targets):
-        a = cam.attribute(x, target=j, relu_attributions=True)
-        a = LayerAttribution.interpolate(a, tuple(images.shape[-2:]), interpolate_mode="bilinear")
-        a = a.detach().float().reshape(len(images), -1)
-        top = a.max(dim=1, keepdim=True).values.clamp_min(1e-12)
-        out[:, t] = (a / top).reshape(len(images), *images.shape[-2:]).numpy()
+    size = tuple(images.shape[-2:])
+    out = np.zeros((len(images), per_image.shape[1], *size), dtype=np.float32)
+    for lo in range(0, len(images), batch):
+        x = spec.preprocess.normalise(images[lo:lo + batch])
+        for t in range(per_image.shape[1]):
+            column = per_image[lo:lo + batch, t]
+            target = int(column[0]) if (column == column[0]).all() else [int(j) for j in column]
+            a = cam.attribute(x, target=target, relu_attributions=True)
+            a = LayerAttribution.interpolate(a, size, interpolate_mode="bilinear")
+            a = a.detach().float().reshape(len(x), -1)
+            top = a.max(dim=1, keepdim=True).values.clamp_min(1e-12)
+            out[lo:lo + len(x), t] = (a / top).reshape(len(x), *size).numpy()
     return out
 
 
@@ -134,19 +150,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def gather(images: list[Path] | None, data: Path | None, csv: str | None, split: str, limit: int,
-           pre: Preprocess, skip_bad: bool, masks: bool = False) -> tuple[Inputs, dict | None]:
-    """The images to explain (files, folders, or ``limit`` frontal rows of a dataset's split) and, for a
-    phantom drawn with masks, where each finding is (for the pointing game)."""
-    truth = None
+           pre: Preprocess, skip_bad: bool) -> Inputs:
+    """The images to explain: files, folders, or ``limit`` frontal rows of a dataset's split."""
     if data is not None:
-        from chexcut.data.chexpert import DataOptions, find_dataset_dir, load_split
+        from chexcut.data.chexpert import DataOptions, load_split
 
         table = load_split(data, split, DataOptions(csv=csv, views="frontal"))
         paths, files = table.paths[:limit], table.files[:limit]
-        if masks and not csv and (find_dataset_dir(data) / "masks.csv").is_file():
-            from chexcut.data.phantom import read_masks
-
-            truth = read_masks(find_dataset_dir(data))
     else:
         files = []
         for p in images or []:
@@ -160,7 +170,25 @@ def gather(images: list[Path] | None, data: Path | None, csv: str | None, split:
         paths = [str(f) for f in files]
         if not files:
             raise ChexcutError("no .png/.jpg images in the given folders")
-    return read_images(files, paths, pre.image_size, pre.resize, skip_bad), truth
+    return read_images(files, paths, pre.image_size, pre.resize, skip_bad)
+
+
+def gather_masked(data: Path, csv: str | None, split: str, pre: Preprocess, skip_bad: bool,
+                  limit: int = CHECK_LIMIT) -> tuple[Inputs, dict] | None:
+    """For the pointing game: every frontal image of the split with a drawn region (up to ``limit``) and
+    where each finding is; None when the dataset has no masks (not a phantom made with ``--masks``)."""
+    from chexcut.data.chexpert import DataOptions, find_dataset_dir, load_split
+    from chexcut.data.phantom import read_masks
+
+    if csv or not (find_dataset_dir(data) / "masks.csv").is_file():
+        return None
+    truth = read_masks(find_dataset_dir(data))
+    masked = {p for p, _ in truth}
+    table = load_split(data, split, DataOptions(views="frontal"))
+    rows = [(p, f) for p, f in zip(table.paths, table.files) if p in masked][:limit]
+    if not rows:
+        return None
+    return read_images([f for _, f in rows], [p for p, _ in rows], pre.image_size, pre.resize, skip_bad), truth
 
 
 def choose_labels(spec: ModelSpec, labels: list[str] | None, top: int | None) -> list[str] | None:
@@ -188,24 +216,26 @@ def explain(model, spec: ModelSpec, inputs: Inputs, out: Path, labels: list[str]
     _, index = target_layer(model, spec, layer)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        probs = torch.cat([_probs(model, spec, inputs.images[i:i + batch]) for i in range(0, len(inputs.images), batch)])
+        probs = torch.cat([_probs(model, spec, inputs.images[i:i + batch])
+                           for i in range(0, len(inputs.images), batch)]).numpy()
+    if chosen:
+        targets = np.broadcast_to(np.array([spec.labels.index(n) for n in chosen]), (len(probs), len(chosen)))
+    else:
+        targets = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    heat = gradcam(model, spec, inputs.images, targets, layer, batch=batch)
     rows = []
     for i, path in enumerate(inputs.paths):
-        p = probs[i].numpy()
-        names = chosen or [spec.labels[j] for j in np.argsort(-p)[:top]]
-        targets = [spec.labels.index(n) for n in names]
-        heat = gradcam(model, spec, inputs.images[i:i + 1], targets, layer)[0]
         gray = inputs.images[i, 0].numpy()
         stem = f"{i + 1:04d}-{Path(path).stem}"
         tiles = []
-        for t, name in enumerate(names):
-            prob = float(p[targets[t]])
-            tile = overlay(gray, heat[t], f"{name} {prob:.2f}")
+        for t, j in enumerate(targets[i]):
+            name, prob = spec.labels[j], float(probs[i, j])
+            tile = overlay(gray, heat[i, t], f"{name} {prob:.2f}")
             f = out / f"{stem}-{name.lower().replace(' ', '_')}.png"
             with atomic_path(f) as tmp:
                 tile.save(tmp, format="PNG")
             tiles.append(tile)
-            rows.append({"path": path, "label": name, "probability": prob, "peak": list(peak(heat[t])),
+            rows.append({"path": path, "label": name, "probability": prob, "peak": list(peak(heat[i, t])),
                          "file": str(f), "layer": index})
         with atomic_path(out / f"{stem}-sheet.png") as tmp:
             contact_sheet(tiles).save(tmp, format="PNG")
@@ -220,37 +250,55 @@ def _probs(model, spec: ModelSpec, images):
 
 def pointing_game(model, spec: ModelSpec, inputs: Inputs, truth: dict[tuple[str, str], Path], labels: list[str],
                   layer: int | None = None, tolerance: float = 1 / 16) -> dict:
-    """Per label: positives whose heatmap peak falls inside the drawn region, and chance (mean area share).
+    """Per label: positives whose heatmap peak falls inside the drawn region, against chance (mean area share).
 
     As in the pointing game of Zhang et al. (2016), a peak within a small tolerance of the region counts
     (``tolerance`` of the image side: 4 px at 64 px, 20 px at 320 px); chance is computed on the same
-    enlarged region, so the comparison stays fair."""
+    enlarged region, so the comparison stays fair. Each label gets the hit rate's 95% Wilson interval, the
+    one-sided binomial p of "no better than chance" (chance = the mean area share; with areas that differ from
+    image to image the true null count is Poisson-binomial, whose variance is at most the binomial's, so the
+    p is if anything conservative) and a verdict: ``passed`` (p < 0.05), ``failed``, or ``not judged`` with
+    fewer than :data:`MIN_POSITIVES` positives."""
     from PIL import Image
     from scipy.ndimage import binary_dilation
 
     out = {}
     size = inputs.images.shape[-1]
+    grow = int(round(tolerance * size))
     for name in labels:
         j = spec.labels.index(name)
         rows = [i for i, p in enumerate(inputs.paths) if (p, name) in truth]
-        if not rows:
-            out[name] = {"hits": 0, "n": 0, "rate": None, "chance": None}
-            continue
-        heat = np.concatenate([gradcam(model, spec, inputs.images[rows[k:k + 16]], [j], layer)[:, 0]
-                               for k in range(0, len(rows), 16)])
         hits, areas = 0, []
+        heat = gradcam(model, spec, inputs.images[rows], [j], layer)[:, 0] if rows else []
         for h, i in zip(heat, rows):
             mask = np.asarray(Image.open(truth[(inputs.paths[i], name)]).convert("L").resize((size, size),
                                                                                            Image.NEAREST)) > 127
-            grow = int(round(tolerance * size))
             if grow:
                 mask = binary_dilation(mask, iterations=grow)
             r, c = peak(h)
             hits += bool(mask[r, c])
             areas.append(float(mask.mean()))
-        out[name] = {"hits": int(hits), "n": len(rows), "rate": hits / len(rows), "chance": float(np.mean(areas)),
-                     "tolerance_px": grow}
+        out[name] = judge_pointing(int(hits), len(rows), float(np.mean(areas)) if areas else None) | {
+            "tolerance_px": grow}
     return out
+
+
+def judge_pointing(hits: int, n: int, chance: float | None) -> dict:
+    """The pointing game's figures for one label: rate, its Wilson CI, p against chance, the verdict."""
+    from scipy.stats import binomtest
+
+    res = {"hits": hits, "n": n, "rate": None, "ci_low": None, "ci_high": None, "chance": chance, "p": None}
+    if n == 0:
+        return res | {"verdict": "not judged", "reason": "no positive image with a drawn region"}
+    test = binomtest(hits, n, min(max(chance, 1e-12), 1 - 1e-12), alternative="greater")
+    # the interval is two-sided (a test's proportion_ci follows its alternative: one-sided for "greater")
+    ci = binomtest(hits, n).proportion_ci(confidence_level=1 - ALPHA, method="wilson")
+    res |= {"rate": hits / n, "ci_low": float(ci.low), "ci_high": float(ci.high), "p": float(test.pvalue)}
+    if n < MIN_POSITIVES:
+        return res | {"verdict": "not judged", "reason": f"{n} positives (at least {MIN_POSITIVES} needed)"}
+    if test.pvalue < ALPHA:
+        return res | {"verdict": "passed", "reason": f"peaks on the finding more often than chance (p {test.pvalue:.2g})"}
+    return res | {"verdict": "failed", "reason": f"peaks on the finding no more often than chance (p {test.pvalue:.2g})"}
 
 
 def randomisation(model, spec: ModelSpec, images: torch.Tensor, labels: list[str], layer: int | None = None,
@@ -285,9 +333,32 @@ def randomisation(model, spec: ModelSpec, images: torch.Tensor, labels: list[str
     return {"rank_correlation": final, "cascade": steps}
 
 
-def check(model, spec: ModelSpec, inputs: Inputs, labels: list[str], truth=None, layer: int | None = None) -> dict:
-    result = {"randomisation": randomisation(model, spec, inputs.images[:16], labels, layer)}
-    if truth is not None:
-        result["pointing_game"] = pointing_game(model, spec, inputs, truth, labels, layer)
-    return result
+def check(model, spec: ModelSpec, inputs: Inputs, labels: list[str], masked: tuple[Inputs, dict] | None = None,
+          layer: int | None = None) -> dict:
+    """Both checks and an overall verdict: ``passed`` only when every check could judge and passed.
 
+    Randomisation runs on the first 16 of ``inputs``; the pointing game on ``masked`` (images, regions) from
+    :func:`gather_masked`."""
+    rnd = randomisation(model, spec, inputs.images[:16], labels, layer)
+    rho = rnd["rank_correlation"]
+    if rho is None:
+        rnd |= {"verdict": "not judged", "reason": "every map was constant"}
+    elif rho < MAX_RANDOMISED_CORRELATION:
+        rnd |= {"verdict": "passed", "reason": f"maps change when the weights are re-initialised "
+                                               f"(rank correlation {rho:.2f} < {MAX_RANDOMISED_CORRELATION})"}
+    else:
+        rnd |= {"verdict": "failed", "reason": f"maps survive re-initialising the weights (rank correlation "
+                                               f"{rho:.2f} >= {MAX_RANDOMISED_CORRELATION}): they show the image"}
+    result = {"randomisation": rnd}
+    verdicts = [rnd["verdict"]]
+    if masked is not None:
+        result["pointing_game"] = pointing_game(model, spec, masked[0], masked[1], labels, layer)
+        result["pointing_game_images"] = len(masked[0].paths)
+        verdicts += [p["verdict"] for p in result["pointing_game"].values()]
+    else:
+        verdicts.append("not judged")
+        result["pointing_game_reason"] = ("no drawn regions: the pointing game needs --data with a phantom made "
+                                          "with --masks")
+    result["verdict"] = ("failed" if "failed" in verdicts else "not judged" if "not judged" in verdicts
+                         else "passed")
+    return result
