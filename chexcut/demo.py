@@ -128,7 +128,7 @@ def _plan(folder: Path, demo: Demo, weights: list[str], quiet: bool) -> dict:
     # 1e-3, MobileNetV2 fits the 350 training images without learning Pleural Effusion: 0.69-0.78 mean AUROC on
     # seed 0, 0.81-0.91 at 3e-3 for seeds 0-2; ResNet-18 and DenseNet-121 score the same at either rate)
     options = FinetuneOptions(train={"image_size": demo.image_size, "epochs": demo.epochs, "batch_size": 32,
-                                     "lr": 3e-3, "val_every": 100000, "workers": 1, "precise_bn": 512},
+                                     "lr": 3e-3, "val_every": 100000, "workers": 1, "precise_bn": 256},
                               data={"uncertain": "ignore"}, cache=str(cache_dir.resolve()))
     grid = Grid(archs=demo.archs, weights=tuple(weights), drops=demo.drops, seeds=(demo.seed,))
     return plan_study(folder / "study", data, grid, options, bootstrap=demo.bootstrap, force=True)

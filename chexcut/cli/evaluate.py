@@ -9,6 +9,7 @@ import typer
 
 from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views
 from chexcut.cli.app import CacheOpt, CsvOpt, app, split_list
+from chexcut.errors import ChexcutError
 
 
 @app.command()
@@ -32,6 +33,12 @@ def evaluate(
     cluster: Annotated[Cluster, typer.Option("--cluster", help="Resample by patient, study or none.")] = Cluster.patient,
     level: Annotated[Level, typer.Option("--level", help="study (max over views, official CheXpert) or image.")] = Level.study,
     logits: Annotated[bool, typer.Option("--logits", help="Predictions are logits (any real number): ranked as they are.")] = False,
+    key_col: Annotated[Optional[str], typer.Option("--key-col", help="Key column of --predictions, --truth, --compare and --groups (default: Path, else Study).")] = None,
+    by: Annotated[Optional[str], typer.Option("--by", help="Subgroups: comma-separated columns of the truth CSV or --groups (e.g. Sex,AP/PA).")] = None,
+    groups: Annotated[Optional[Path], typer.Option("--groups", help="A CSV of subgroup columns keyed like the truth.")] = None,
+    age_bins: Annotated[Optional[str], typer.Option("--age-bins", help="With --by Age: interval edges, e.g. 0,40,60,80,200.")] = None,
+    calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help="Brier, ECE and recalibration slope/intercept with CIs.")] = True,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder for per-label ROC (with CI band), PR and reliability PNGs.")] = None,
     predictions_out: Annotated[Optional[Path], typer.Option("--predictions-out", help="Write MODEL's predictions CSV here.")] = None,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the evaluation JSON to PATH, or - for stdout.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv-out", help="Write per-label results as CSV.")] = None,
@@ -55,14 +62,25 @@ def evaluate(
     from chexcut.evaluation.settings import Inference, Statistics
     from chexcut.fileio import check_output_file
 
+    bins = None
+    if age_bins:
+        try:
+            bins = tuple(float(x) for x in split_list(age_bins))
+        except ValueError:
+            raise ChexcutError(f"--age-bins takes numbers separated by commas, not {age_bins!r}") from None
     stats = Statistics(bootstrap=bootstrap, ci=ci, seed=seed, cluster=str(cluster), method=str(method), alpha=alpha,
-                       margin=margin, equivalence=equivalence, level=str(level))
+                       margin=margin, equivalence=equivalence, level=str(level), by=tuple(split_list(by) or ()),
+                       age_bins=bins, calibration=calibration)
     infer = Inference(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                       precision=precision and str(precision), cache_dir=cache)
     for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
                     ("--csv-out", csv_out)):
         if p:  # every output checked before any inference
             check_output_file(Path(p), flag)
+    if plots is not None:
+        from chexcut.fileio import check_output_folder
+
+        check_output_folder(plots, "--plots folder")
     to_stdout = json_path == "-"
     quiet = quiet or to_stdout
     label_file, label_list = truth, split_list(labels)
@@ -75,8 +93,8 @@ def evaluate(
     inputs = evalrun.EvalInputs(
         model=model, data=data, split=split and str(split), options=given, predictions=predictions, truth=label_file,
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
-        allow_missing=allow_missing)
-    result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out,
+        allow_missing=allow_missing, key_col=key_col, groups=groups)
+    result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out, plots=plots,
                                     progress=lambda what: ui.progress_bar(what, quiet=quiet))
     _write(result, json_path, csv_out, quiet)
 

@@ -27,13 +27,15 @@ class EvalSet:
     patient: np.ndarray
     study: np.ndarray
     not_annotated: tuple[str, ...] = ()  # labels blank in every row of the data set
+    groups: dict | None = None  # subgroup column -> (N,) group names (None where a row belongs to none)
 
 
 # ----------------------------------------------------------------------------- aggregation
 
 def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[EvalSet, list[np.ndarray]]:
     """One row per study: the max prediction over its views (the official CheXpert evaluation);
-    a label counts for the study if it counts for any view, positive if positive in any."""
+    a label counts for the study if it counts for any view, positive if positive in any; a subgroup value
+    is its first view's."""
     import pandas as pd
 
     codes, uniq = pd.factorize(pd.Series(evalset.study, dtype=object))
@@ -50,9 +52,10 @@ def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[Eval
     y = np.where(np.isfinite(y), y, 0.0)
     first = np.zeros(k, dtype=np.int64)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
+    groups = None if evalset.groups is None else {c: g[first] for c, g in evalset.groups.items()}
     agg = EvalSet(paths=[str(u) for u in uniq], labels=evalset.labels, y=y, mask=mask,
                   patient=evalset.patient[first], study=np.asarray(uniq, dtype=object),
-                  not_annotated=evalset.not_annotated)
+                  not_annotated=evalset.not_annotated, groups=groups)
     return agg, [group_max(s) for s in scores]
 
 
@@ -127,12 +130,63 @@ def cluster_rows(evalset: EvalSet, cluster: str) -> np.ndarray:
     return {"patient": evalset.patient, "study": evalset.study, "none": np.arange(len(evalset.y))}[cluster]
 
 
+def label_rows(evalset: EvalSet, mask: np.ndarray, auc: np.ndarray, reps: np.ndarray | None, ci: float,
+               extra=None) -> list[dict]:
+    """The per-label objects of the JSON: counts, prevalence, AUROC and CI, average precision and CI, reasons
+    and warnings. ``extra``: (points, replicates) of :func:`chexcut.evaluation.calibration.extra_figures`."""
+    y = evalset.y
+    rows = []
+    for j, name in enumerate(evalset.labels):
+        yj = y[mask[:, j], j]
+        n_pos, n_neg = int(yj.sum()), int(len(yj) - yj.sum())
+        row = {"label": name, "n_pos": n_pos, "n_neg": n_neg,
+               "prevalence": n_pos / len(yj) if len(yj) else None,
+               **_summary(auc[j], None if reps is None else reps[:, j], ci)}
+        if extra is not None:
+            row |= _figure(extra, j, "average_precision", ci)
+        if name in evalset.not_annotated:
+            row["not_evaluable"] = "not annotated in this data set (blank in every row)"
+        elif not np.isfinite(auc[j]):
+            row["not_evaluable"] = (f"only {'positives' if n_pos else 'negatives'}" if len(yj) else "no counted rows")
+        _small_sample_warning(row)
+        rows.append(row)
+    return rows
+
+
+def _figure(extra, j: int, key: str, ci: float) -> dict:
+    """``{key, key_ci_low, key_ci_high}`` of label ``j`` from extra_figures' (points, replicates)."""
+    points, reps = extra
+    point = (points[j] or {}).get(key)
+    out = {key: _num(point) if point is not None else None, f"{key}_ci_low": None, f"{key}_ci_high": None}
+    r = (reps[j] or {}).get(key) if reps[j] is not None else None
+    if point is not None and r is not None and np.isfinite(point):
+        iv = metrics.percentile_interval(point, r, ci)
+        if iv.valid_replicates >= MIN_USABLE_SHARE * len(r):
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+    return out
+
+
+def _mean_figure(extra, cols: list[int], key: str, ci: float) -> dict:
+    points, reps = extra
+    vals = [points[j].get(key) if points[j] else None for j in cols]
+    if not cols or any(v is None for v in vals):
+        return {key: None, f"{key}_ci_low": None, f"{key}_ci_high": None}
+    point = float(np.mean(vals))
+    out = {key: point, f"{key}_ci_low": None, f"{key}_ci_high": None}
+    if all(reps[j] is not None for j in cols):
+        iv = metrics.percentile_interval(point, np.mean([reps[j][key] for j in cols], axis=0), ci)
+        if iv.valid_replicates:
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+    return out
+
+
 def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = None, *,
-             compare: np.ndarray | None = None, chunk: int | None = None, **settings) -> dict:
-    """The evaluation JSON (see the README for the schema). ``scores`` (and ``compare``) are (N, L) and may be
-    probabilities or logits: only their order matters. ``stats`` (or its fields as keywords, e.g.
-    ``bootstrap=2000``) says what to compute."""
-    from chexcut.evaluation import paired
+             compare: np.ndarray | None = None, chunk: int | None = None, logits: bool = False,
+             **settings) -> dict:
+    """The evaluation JSON (see the README for the schema). ``scores`` (and ``compare``) are (N, L): probabilities,
+    or with ``logits`` any real numbers (AUROC and AP use only their order; calibration their sigmoid).
+    ``stats`` (or its fields as keywords, e.g. ``bootstrap=2000``) says what to compute."""
+    from chexcut.evaluation import calibration, paired, subgroups
 
     stats = stats or Statistics(**settings)
     scores = metrics.check_scores(scores, evalset.y.shape, "scores")
@@ -140,41 +194,64 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
         compare = metrics.check_scores(compare, evalset.y.shape, "compare")
     bootstrap, ci, seed, cluster = stats.bootstrap, stats.ci, stats.seed, stats.cluster
     y, mask, labels = evalset.y, evalset.mask > 0, evalset.labels
+    clusters = metrics.cluster_ids(cluster_rows(evalset, cluster))
     auc = label_aurocs(y, mask, scores)
     auc_b = None if compare is None else label_aurocs(y, mask, compare)
     reps = reps_b = None
     if bootstrap:  # a replicate where a label has one class is excluded for it (nan)
         mats = [scores] + ([compare] if compare is not None else [])
-        got = metrics.bootstrap_aurocs(y, mats, mask, metrics.cluster_ids(cluster_rows(evalset, cluster)),
-                                       bootstrap, seed=seed, chunk=chunk)
+        got = metrics.bootstrap_aurocs(y, mats, mask, clusters, bootstrap, seed=seed, chunk=chunk)
         reps, reps_b = got[0], (got[1] if compare is not None else None)
-    per_label = []
-    for j, name in enumerate(labels):
-        yj = y[mask[:, j], j]
-        n_pos, n_neg = int(yj.sum()), int(len(yj) - yj.sum())
-        row = {"label": name, "n_pos": n_pos, "n_neg": n_neg, **_summary(auc[j], None if reps is None else reps[:, j], ci)}
-        if name in evalset.not_annotated:
-            row["not_evaluable"] = "not annotated in this data set (blank in every row)"
-        elif not np.isfinite(auc[j]):
-            row["not_evaluable"] = (f"only {'positives' if n_pos else 'negatives'}" if len(yj) else "no counted rows")
-        _small_sample_warning(row)
-        per_label.append(row)
+    points, ext_reps, fitted = calibration.extra_figures(y, mask, scores, clusters, bootstrap, seed,
+                                                         stats.calibration, logits=logits, chunk=chunk)
+    extra = (points, ext_reps)
+    per_label = label_rows(evalset, mask, auc, reps, ci, extra)
     evaluable = [j for j in range(len(labels)) if np.isfinite(auc[j])]
     comp = competition_columns(labels, auc)
+    means = {}
+    for key, cols in (("mean_competition", comp), ("mean_all", evaluable)):
+        m = _mean_of(auc, reps, cols, ci)
+        means[key] = None if m is None else m | _mean_figure(extra, cols, "average_precision", ci)
     result = {
         "n": int(len(y)), "bootstrap": int(bootstrap), "ci": ci, "seed": seed, "cluster": cluster,
-        "labels": per_label,
-        "mean_competition": _mean_of(auc, reps, comp, ci),
-        "mean_all": _mean_of(auc, reps, evaluable, ci),
+        "labels": per_label, **means,
         "competition_labels": [labels[j] for j in comp],
         "warnings": [f"{r['label']}: {r['warning']}" for r in per_label if r.get("warning")],
         "compare": None,
     }
+    if stats.calibration:
+        result["calibration"] = calibration_section(labels, points, ext_reps, fitted, ci, logits)
+    if stats.by:
+        result["subgroups"], result["subgroup_gaps"], notes = subgroups.evaluate_subgroups(
+            evalset, scores, stats, clusters, logits=logits, chunk=chunk)
+        result["warnings"] += notes
     if compare is not None:
         result["compare"] = paired.compare(
             y, mask, labels, paired.Arm(scores, auc, reps), paired.Arm(compare, auc_b, reps_b), comp=comp,
             evaluable=evaluable, stats=stats, cluster_ids=None if cluster == "none" else cluster_rows(evalset, cluster))
     return result
+
+
+def calibration_section(labels, points, reps, fitted, ci: float, logits: bool) -> dict:
+    """``{"labels": [{label, brier, ece, ece_equal_mass, slope, intercept (each with its CI), bins}], ...}``."""
+    from chexcut.evaluation.calibration import N_BINS, reliability, width_bins
+
+    rows = []
+    for j, name in enumerate(labels):
+        row = {"label": name}
+        for key in ("brier", "ece", "ece_equal_mass", "intercept", "slope"):
+            row |= _figure((points, reps), j, key, ci)
+        lc = fitted[j]
+        if lc is None:
+            row["not_evaluable"] = "one class only among the counted rows"
+        else:
+            if lc.fit is None:
+                row["recalibration_note"] = "positives and negatives are separated: no finite slope or intercept"
+            row["bins"] = reliability(lc.y, lc.p, width_bins(lc.p))
+        rows.append(row)
+    return {"labels": rows, "n_bins": N_BINS,
+            "probabilities": "sigmoid of the given logits" if logits else "as given",
+            "recalibration": "logit P(y) = intercept + slope * logit(p): perfect calibration is 0 and 1"}
 
 
 def evalset_from_table(table) -> EvalSet:

@@ -168,19 +168,27 @@ def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, 
     ``chunk`` and the number of clusters.
     """
     n, n_labels = y.shape
+    jobs = [(m, j, _LabelIndex(y[:, j], s[:, j], np.flatnonzero(mask[:, j]), clusters))
+            for m, s in enumerate(scores) for j in range(n_labels)]
+    out = [np.empty((n_replicates, n_labels)) for _ in scores]
+    start = 0
+    for counts in replicate_counts(n, clusters, n_replicates, seed, chunk):
+        r = len(counts)
+        for m, j, li in jobs:
+            out[m][start:start + r, j] = li.weighted(counts)
+        start += r
+    return out
+
+
+def replicate_counts(n: int, clusters: np.ndarray, n_replicates: int, seed: int = 0, chunk: int | None = None):
+    """The cluster draw counts of :func:`bootstrap_aurocs`'s replicates, a (R, K) chunk at a time: every figure
+    computed from them (average precision, calibration, subgroup AUROCs) sits on the same resamples."""
     if chunk is None:
         chunk = max(32, min(n_replicates, 2**23 // max(n, 1)))
     k = int(clusters.max()) + 1 if n else 1
     rng = np.random.default_rng(seed)
-    jobs = [(m, j, _LabelIndex(y[:, j], s[:, j], np.flatnonzero(mask[:, j]), clusters))
-            for m, s in enumerate(scores) for j in range(n_labels)]
-    out = [np.empty((n_replicates, n_labels)) for _ in scores]
     for start in range(0, n_replicates, chunk):
-        r = min(chunk, n_replicates - start)
-        counts = bootstrap_counts(k, r, rng)
-        for m, j, li in jobs:
-            out[m][start:start + r, j] = li.weighted(counts)
-    return out
+        yield bootstrap_counts(k, min(chunk, n_replicates - start), rng)
 
 
 # ----------------------------------------------------------------------------- DeLong

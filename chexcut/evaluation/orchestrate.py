@@ -13,7 +13,7 @@ from pathlib import Path
 from chexcut.errors import ChexcutError
 from chexcut.evaluation.evalset import overlaps_training
 from chexcut.evaluation.evaluate import aggregate_by_study, evalset_from_table, evaluate
-from chexcut.evaluation.predictions import align, read_predictions, write_predictions
+from chexcut.evaluation.predictions import align, is_image_key, read_predictions, to_studies, write_predictions
 from chexcut.evaluation.settings import Inference, Statistics
 from chexcut.models.source import ModelSource
 
@@ -126,10 +126,12 @@ class EvalInputs:
     logits: bool = False
     allow_overlap: bool = False
     allow_missing: bool = False
+    key_col: str | None = None  # the key column of --predictions/--truth/--compare/--groups (default: Path or Study)
+    groups: Path | None = None  # a CSV of subgroup columns keyed like the truth
 
 
 def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: Inference = Inference(),
-                   predictions_out=None, progress=None) -> dict:
+                   predictions_out=None, progress=None, plots: Path | None = None) -> dict:
     """What ``chexcut evaluate`` does: get predictions (run the model over its evaluation set, or read the
     predictions + truth CSVs), the same for ``compare``, aggregate, evaluate. Returns the JSON dict.
 
@@ -145,18 +147,28 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
         raise ChexcutError("--margin needs --compare OTHER (non-inferiority of this model against OTHER)")
     source = check_sources(i.model, i.data, i.predictions, i.truth)
     progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
-    es, notes = None, []
+    es, notes, warns = None, [], []
     if i.model is not None:
         es = sets.resolve(source.run_dir, i.data, i.split, dict(i.options))
         with progress("inference") as update:
             table, preds, spec = model_predictions(source.file, es, infer, labels=i.labels, progress=update)
-        notes = list(spec.notes)
+        warns = list(spec.notes)
         overlap = sets.check_overlap(table, es, i.allow_overlap)
+        group_sources = [(f, table_key(es)) for f in dataset_csvs(es)]
     else:
-        table, preds = _predictions_and_labels(i.predictions, i.truth, dict(i.options), i.logits, i.allow_missing)
+        table, preds, read_notes = _predictions_and_labels(i.predictions, i.truth, dict(i.options), i.logits,
+                                                           i.allow_missing, i.labels, i.key_col)
+        notes += read_notes
         overlap = None
+        group_sources = [(Path(i.truth), i.key_col or dict(i.options).get("path_col"))]
+    if i.groups is not None:
+        group_sources.insert(0, (Path(i.groups), i.key_col))
     evalset = evalset_from_table(table)
-    mats = [align(evalset, preds)]
+    if stats.by:
+        from chexcut.evaluation.groups import attach_groups
+
+        evalset = attach_groups(evalset, stats, group_sources)
+    mats = [align(evalset, preds, notes=notes)]
     if i.compare:
         other, compare_overlap = _compare_scores(i, es, evalset, table, infer, progress)
         mats.append(other)
@@ -165,12 +177,21 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
         write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
     if stats.level == "study":
         evalset, mats = aggregate_by_study(evalset, mats)
-    result = evaluate(evalset, mats[0], stats, compare=mats[1] if len(mats) > 1 else None)
+    result = evaluate(evalset, mats[0], stats, compare=mats[1] if len(mats) > 1 else None,
+                      logits=i.logits and i.model is None)
     result["level"] = stats.level
+    if plots is not None:
+        from chexcut.evaluation.evaluate import cluster_rows
+        from chexcut.evaluation.metrics import cluster_ids
+        from chexcut.evaluation.plots import write_plots
+
+        clusters = cluster_ids(cluster_rows(evalset, stats.cluster))
+        result["plots"] = [str(f) for f in write_plots(evalset, mats[0], result, plots, stats, clusters)]
     result["evaluation_set"] = {**(es.to_json() if es else {"kind": "predictions", "labels": str(i.truth)}),
                                 "description": es.describe() if es else f"the rows of {i.truth}",
                                 "overlap": overlap}
-    result["warnings"][:0] = notes
+    result["notes"] = notes
+    result["warnings"][:0] = warns
     if source is not None and source.interim:
         result["warnings"].insert(0, f"interim model: the run is {source.interim}; this is its best model so far")
     if overlaps_training(overlap):
@@ -188,26 +209,60 @@ def _options(options: dict):
     return DataOptions(**options)
 
 
-def _predictions_and_labels(predictions, label_file, options: dict, logits: bool, allow_missing: bool = False):
-    """A predictions CSV and its label CSV: (label table, predictions DataFrame). A competition label the
-    labels have but the predictions lack is an error (the 5-task mean would quietly become a 4-task one),
-    unless ``allow_missing``."""
+def _predictions_and_labels(predictions, label_file, options: dict, logits: bool, allow_missing: bool = False,
+                            labels: tuple[str, ...] | None = None, key_col: str | None = None):
+    """A predictions CSV and its truth CSV, each keyed by Path or Study (or ``key_col``): (truth table,
+    predictions DataFrame, notes). Only ``labels`` when given; a competition label the truth has but the
+    predictions lack is an error (the 5-task mean would quietly become a 4-task one), unless
+    ``allow_missing``; image-level predictions against study-level truth are aggregated to studies."""
     import dataclasses
 
     from chexcut.data.chexpert import _header, read_csv_table
+    from chexcut.evaluation.predictions import is_image_key, key_column, to_studies
     from chexcut.labels import COMPETITION_LABELS
 
-    preds = read_predictions(predictions, logits=logits)
+    preds = read_predictions(predictions, logits=logits, key_col=key_col)
     label_file = Path(label_file)
     if not label_file.is_file():
-        raise ChexcutError(f"label CSV not found: {label_file}")
-    lacking = [c for c in COMPETITION_LABELS if c in _header(label_file) and c not in preds.columns]
-    if lacking and not allow_missing:
+        raise ChexcutError(f"truth CSV not found: {label_file}")
+    if labels:
+        missing = [c for c in labels if c not in preds.columns]
+        if missing:
+            raise ChexcutError(f"--labels: {Path(predictions).name} has no column {', '.join(missing)}")
+        attrs = dict(preds.attrs)
+        preds = preds[list(labels)]
+        preds.attrs.update(attrs)
+    header = _header(label_file)
+    lacking = [c for c in COMPETITION_LABELS if c in header and c not in preds.columns]
+    if lacking and not allow_missing and not labels:
         raise ChexcutError(f"{Path(predictions).name} lacks the competition label column(s) {', '.join(lacking)} that "
                            f"{label_file.name} has; add them, or pass --allow-missing to evaluate without them (the "
                            f"competition mean then covers the others and says how many)")
-    opts = dataclasses.replace(_options(options), labels=tuple(preds.columns))
-    return read_csv_table(label_file, label_file.parent, opts, "valid"), preds
+    key = key_column(header, key_col or options.get("path_col"), label_file.name)
+    opts = dataclasses.replace(_options({**options, "path_col": key}), labels=tuple(preds.columns))
+    table = read_csv_table(label_file, label_file.parent, opts, "valid")
+    notes = []
+    truth_level = "image" if table.paths and is_image_key(table.paths[0]) else "study"
+    if truth_level == "study" and preds.attrs.get("level") == "image":
+        preds = to_studies(preds)
+        notes.append(f"{Path(predictions).name} is per image and {label_file.name} per study: each study's "
+                     f"prediction is the max over its images (the CheXpert convention)")
+    return table, preds, notes
+
+
+def table_key(es) -> str:
+    return es.opts.path_col
+
+
+def dataset_csvs(es) -> list[Path]:
+    """The CSVs a data set's rows come from (for subgroup columns): ``--csv`` or train.csv and valid.csv."""
+    from chexcut.data.chexpert import find_dataset_dir
+
+    if es.opts.csv:
+        csv = Path(es.opts.csv)
+        return [csv if csv.is_file() else Path(es.data) / csv]
+    ddir = find_dataset_dir(Path(es.data))
+    return [f for f in (ddir / "valid.csv", ddir / "train.csv") if f.is_file()]
 
 
 def _compare_scores(i: EvalInputs, es, evalset, table, infer: Inference, progress):
@@ -216,7 +271,10 @@ def _compare_scores(i: EvalInputs, es, evalset, table, infer: Inference, progres
 
     compare = i.compare
     if _is_predictions_csv(compare):
-        return align(evalset, read_predictions(compare, logits=i.logits), name=f"--compare {compare}"), None
+        other = read_predictions(compare, logits=i.logits, key_col=i.key_col)
+        if other.attrs.get("level") == "image" and evalset.paths and not is_image_key(evalset.paths[0]):
+            other = to_studies(other)
+        return align(evalset, other, name=f"--compare {compare}"), None
     if es is None:
         raise ChexcutError("--compare with a model needs MODEL too (run on the same data), not --predictions")
     source = ModelSource.parse(str(compare))

@@ -49,6 +49,9 @@ class Statistics:
     margin: float | None = None  # non-inferiority margin (AUROC units)
     equivalence: bool = False  # with margin: TOST equivalence too
     level: str = "study"  # study (max over views) | image
+    by: tuple[str, ...] = ()  # subgroup columns (of the truth CSV or a --groups CSV)
+    age_bins: tuple[float, ...] | None = None  # edges turning Age into intervals [a, b)
+    calibration: bool = True  # Brier, ECE, recalibration slope/intercept (probabilities; logits after a sigmoid)
 
     def __post_init__(self):
         check_parameters(bootstrap=self.bootstrap, ci=self.ci, alpha=self.alpha, cluster=str(self.cluster),
@@ -58,6 +61,15 @@ class Statistics:
             object.__setattr__(self, name, str(getattr(self, name)))
         if self.seed < 0:
             raise ChexcutError(f"--seed must be >= 0, not {self.seed}")
+        object.__setattr__(self, "by", tuple(self.by))
+        if len(set(self.by)) != len(self.by):
+            raise ChexcutError(f"--by names a column twice: {','.join(self.by)}")
+        if self.age_bins is not None:
+            edges = tuple(float(e) for e in self.age_bins)
+            if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ChexcutError(f"--age-bins needs at least two increasing edges (e.g. 0,40,60,80,200), not "
+                                   f"{','.join(map(str, self.age_bins))}")
+            object.__setattr__(self, "age_bins", edges)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""Where subgroup columns come from: the truth CSV (CheXpert's carry ``Sex``, ``Age``, ``Frontal/Lateral``,
+``AP/PA``), a data set's train.csv/valid.csv, or a ``--groups CSV`` keyed like the truth (the first source
+holding a column wins). Values are text; a blank is no group; ``Age`` becomes the intervals of ``--age-bins``.
+No torch here."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from chexcut.errors import ChexcutError
+
+
+def _read(csv: Path, key_col: str | None, columns: list[str]):
+    import pandas as pd
+
+    from chexcut.data.chexpert import _header
+    from chexcut.evaluation.predictions import canonical_keys, key_column
+
+    header = _header(csv)
+    have = [c for c in columns if c in header]
+    if not have:
+        return None, header
+    key = key_column(header, key_col, csv.name)
+    try:
+        df = pd.read_csv(csv, dtype=str, usecols=[key, *have], keep_default_na=True)
+    except Exception as e:
+        raise ChexcutError(f"{csv} is not a readable CSV: {str(e).splitlines()[0]}") from None
+    df.index = pd.Index(canonical_keys(df[key].fillna("")))
+    dup = df.index.duplicated()
+    if dup.any():
+        raise ChexcutError(f"{csv.name}: {int(dup.sum())} duplicated {key} keys (first: {df.index[dup][0]})")
+    return df[have], header
+
+
+def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
+    """``evalset`` with ``groups`` {column: (N,) values or None} for every column of ``stats.by``."""
+    from chexcut.evaluation.predictions import canonical_keys
+    from chexcut.evaluation.subgroups import age_intervals
+
+    wanted = list(stats.by)
+    if "Age" in wanted and not stats.age_bins:
+        raise ChexcutError("--by Age needs --age-bins EDGES (e.g. 0,40,60,80,200): each age would be its own group")
+    if stats.age_bins and "Age" not in wanted:
+        raise ChexcutError("--age-bins applies to --by Age; add Age to --by")
+    keys = canonical_keys(evalset.paths)
+    groups, headers = {}, []
+    for csv, key_col in sources:
+        todo = [c for c in wanted if c not in groups]
+        if not todo:
+            break
+        if not Path(csv).is_file():
+            raise ChexcutError(f"groups CSV not found: {csv}")
+        df, header = _read(Path(csv), key_col, todo)
+        headers.append((Path(csv).name, header))
+        if df is None:
+            continue
+        pos = df.index.get_indexer(keys)
+        if (pos < 0).all():
+            raise ChexcutError(f"{Path(csv).name}: no key matches the evaluated rows (e.g. {keys[0]!r} vs "
+                               f"{df.index[0]!r}); a --groups CSV is keyed like the truth")
+        for c in df.columns:
+            col = df[c].to_numpy(dtype=object)
+            vals = np.array([None if p < 0 or not isinstance(col[p], str) or not col[p].strip() else col[p].strip()
+                             for p in pos], dtype=object)
+            groups[c] = age_intervals(vals, stats.age_bins) if c == "Age" else vals
+    unknown = [c for c in wanted if c not in groups]
+    if unknown:
+        seen = "; ".join(f"{name}: {', '.join(h[:10])}{'...' if len(h) > 10 else ''}" for name, h in headers)
+        raise ChexcutError(f"--by {', '.join(unknown)}: no such column in the truth or --groups CSV ({seen})")
+    return dataclasses.replace(evalset, groups=groups)

@@ -1,0 +1,157 @@
+"""``evaluate --plots DIR``: per label, the ROC curve with its bootstrap band, the precision-recall curve, the
+reliability diagram, and with ``--by`` the groups' ROC curves overlaid. matplotlib (Agg), no torch.
+
+The ROC band is pointwise: for each false-positive rate on a grid of 101 points, the percentile interval of
+the true-positive rate over (at most 200 of) the evaluation's cluster bootstrap replicates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+BAND_REPLICATES = 200
+GRID = np.linspace(0.0, 1.0, 101)
+
+
+def slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in label.lower()).strip("_")
+
+
+def weighted_roc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, T) false- and true-positive rates at each distinct threshold (descending), for row weights (R, n)."""
+    order = np.argsort(-s, kind="mergesort")
+    ss = s[order]
+    ends = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])
+    ws, ys = w[:, order], y[order]
+    tp = np.cumsum(ws * ys, axis=1)[:, ends]
+    fp = np.cumsum(ws * (1 - ys), axis=1)[:, ends]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = tp / tp[:, -1:], fp / fp[:, -1:]
+    zeros = np.zeros((len(w), 1))
+    return np.hstack([zeros, fpr]), np.hstack([zeros, tpr])
+
+
+def roc_band(y, s, clusters, bootstrap: int, seed: int, ci: float) -> tuple[np.ndarray, np.ndarray] | None:
+    from chexcut.evaluation.metrics import replicate_counts
+
+    n = min(bootstrap, BAND_REPLICATES)
+    if not n:
+        return None
+    curves = []
+    for counts in replicate_counts(len(y), clusters, n, seed):
+        fpr, tpr = weighted_roc(y, s, counts[:, clusters])
+        for f, t in zip(fpr, tpr):
+            if np.isfinite(f).all() and np.isfinite(t).all():
+                curves.append(np.interp(GRID, f, t))
+    if not curves:
+        return None
+    a = (1 - ci) / 2
+    return tuple(np.quantile(np.array(curves), [a, 1 - a], axis=0))
+
+
+def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) -> list[Path]:
+    """Every PNG for the evaluable labels of ``result``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from chexcut.fileio import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    cal = {r["label"]: r for r in (result.get("calibration") or {}).get("labels", [])}
+
+    def save(fig, name):
+        f = folder / name
+        with atomic_path(f) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(f)
+
+    mask = evalset.mask > 0
+    for j, row in enumerate(result["labels"]):
+        if row.get("auroc") is None:
+            continue
+        name, rows = row["label"], np.flatnonzero(mask[:, j])
+        y, s = evalset.y[rows, j], scores[rows, j]
+        fpr, tpr = weighted_roc(y, s, np.ones((1, len(y))))
+        band = roc_band(y, s, clusters[rows], stats.bootstrap, stats.seed, stats.ci)
+        fig, ax = plt.subplots(figsize=(4.6, 4.4))
+        if band is not None:
+            ax.fill_between(GRID, band[0], band[1], color="tab:blue", alpha=0.2,
+                            label=f"{stats.ci:.0%} band ({min(stats.bootstrap, BAND_REPLICATES)} replicates)")
+        ci = (f" ({row['ci_low']:.3f}-{row['ci_high']:.3f})" if row.get("ci_low") is not None else "")
+        ax.plot(fpr[0], tpr[0], color="tab:blue", lw=2, label=f"AUROC {row['auroc']:.3f}{ci}")
+        _roc_axes(ax, f"{name}: ROC ({row['n_pos']} pos, {row['n_neg']} neg)")
+        save(fig, f"{slug(name)}-roc.png")
+        _pr_plot(plt, save, name, row, y, s)
+        if name in cal and cal[name].get("bins"):
+            _reliability_plot(plt, save, name, cal[name])
+        for column in stats.by:
+            _subgroup_plot(plt, save, name, column, evalset, scores, j, result)
+    return written
+
+
+def _roc_axes(ax, title: str) -> None:
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false-positive rate)",
+           ylabel="sensitivity (true-positive rate)", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _pr_plot(plt, save, name, row, y, s) -> None:
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(y, s)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ci = (f" ({row['average_precision_ci_low']:.3f}-{row['average_precision_ci_high']:.3f})"
+          if row.get("average_precision_ci_low") is not None else "")
+    ax.step(recall, precision, where="post", color="tab:orange", lw=2,
+            label=f"AP {row['average_precision']:.3f}{ci}")
+    ax.axhline(row["prevalence"], color="grey", lw=0.8, ls="--", label=f"chance = prevalence {row['prevalence']:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)",
+           title=f"{name}: precision-recall")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    save(fig, f"{slug(name)}-pr.png")
+
+
+def _reliability_plot(plt, save, name, c) -> None:
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    bins = c["bins"]
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect calibration")
+    ax.plot([b["mean_p"] for b in bins], [b["rate"] for b in bins], "o-", color="tab:green",
+            label=f"ECE {c['ece']:.3f}, slope {c['slope']:.2f}" if c.get("slope") is not None
+            else f"ECE {c['ece']:.3f}")
+    for b in bins:
+        ax.annotate(str(b["n"]), (b["mean_p"], b["rate"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="mean predicted probability (10 equal-width bins; n per bin)",
+           ylabel="observed rate", title=f"{name}: reliability (Brier {c['brier']:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    save(fig, f"{slug(name)}-reliability.png")
+
+
+def _subgroup_plot(plt, save, name, column, evalset, scores, j, result) -> None:
+    mask = evalset.mask[:, j] > 0
+    values = evalset.groups[column]
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    drawn = 0
+    for g in [s for s in result.get("subgroups", []) if s["by"] == column]:
+        lab = g["labels"][j]
+        if lab.get("auroc") is None:
+            continue
+        rows = np.flatnonzero(mask & np.array([v == g["group"] for v in values]))
+        fpr, tpr = weighted_roc(evalset.y[rows, j], scores[rows, j], np.ones((1, len(rows))))
+        ax.plot(fpr[0], tpr[0], lw=1.8, label=f"{g['group']}: {lab['auroc']:.3f} (n {lab['n_pos'] + lab['n_neg']})")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return
+    _roc_axes(ax, f"{name}: ROC by {column}")
+    save(fig, f"{slug(name)}-roc-by-{slug(column)}.png")
