@@ -202,6 +202,55 @@ def _f(x, fmt="{:.4f}"):
     return "-" if x is None else fmt.format(x)
 
 
+def _ci(lo, hi, fmt="{:.3f}") -> str:
+    return "no CI" if lo is None or hi is None else f"{fmt.format(lo)} to {fmt.format(hi)}"
+
+
+def evaluation_extra_tables(r: dict) -> list[Table]:
+    """Average precision (beside prevalence, its chance level), calibration, subgroups and their gaps."""
+    tables = []
+    t = Table(title="Precision-recall (AP's chance level is the prevalence)", title_justify="left",
+              box=box.SIMPLE_HEAD)
+    for col in ("label", "prevalence", "AP", "AP CI"):
+        t.add_column(col, justify="left" if col == "label" else "right", no_wrap=True)
+    for row in r["labels"]:
+        if row.get("average_precision") is not None:
+            t.add_row(row["label"], _f(row["prevalence"], "{:.3f}"), _f(row["average_precision"], "{:.3f}"),
+                      _ci(row["average_precision_ci_low"], row["average_precision_ci_high"]))
+    tables.append(t)
+    cal = [c for c in (r.get("calibration") or {}).get("labels", []) if c.get("brier") is not None]
+    if cal:
+        c_t = Table(title="Calibration (10 equal-width bins; slope 1 and intercept 0 are perfect)",
+                    title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("label", "Brier", "ECE", "ECE CI", "slope", "intercept"):
+            c_t.add_column(col, justify="left" if col == "label" else "right", no_wrap=True)
+        for c in cal:
+            c_t.add_row(c["label"], _f(c["brier"], "{:.3f}"), _f(c["ece"], "{:.3f}"), _ci(c["ece_ci_low"], c["ece_ci_high"]),
+                        "separated" if c["slope"] is None else f"{c['slope']:.2f}",
+                        "separated" if c["intercept"] is None else f"{c['intercept']:.2f}")
+        tables.append(c_t)
+    if r.get("subgroups"):
+        g = Table(title="Subgroups (the whole set's resamples)", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("by", "group", "n", "5-task AUROC", "CI", "5-task AP"):
+            g.add_column(col, justify="left" if col in ("by", "group") else "right", no_wrap=col in ("group", "CI"))
+        for s in r["subgroups"]:
+            m = s["mean_competition"] or {}
+            g.add_row(s["by"], s["group"], str(s["n"]), _f(m.get("auroc"), "{:.3f}"),
+                      _ci(m.get("ci_low"), m.get("ci_high")), _f(m.get("average_precision"), "{:.3f}"))
+        tables.append(g)
+        gaps = [x for x in r.get("subgroup_gaps", []) if x["label"] == "mean_competition"]
+        if gaps:
+            d = Table(title="Gaps between groups, 5-task mean AUROC (a minus b; two-sided bootstrap p)",
+                      title_justify="left", box=box.SIMPLE_HEAD)
+            for col in ("by", "a", "b", "delta", "CI", "p"):
+                d.add_column(col, justify="left" if col in ("by", "a", "b") else "right", no_wrap=col == "CI")
+            for x in gaps:
+                d.add_row(x["by"], x["groups"][0], x["groups"][1], f"{x['delta']:+.3f}",
+                          _ci(x["ci_low"], x["ci_high"], "{:+.3f}"), _f(x["p"], "{:.3g}"))
+            tables.append(d)
+    return tables
+
+
 def evaluation_table(r: dict) -> Table:
     """Per-label AUROC with CI; with --compare the paired delta, its CI and p (and non-inferiority at a
     margin). Labels whose interval cannot be trusted are marked with a ! and explained under the table."""

@@ -73,7 +73,7 @@ def test_predictions_file_validation(tmp_path):
 def test_join_mismatch_and_empty_join():
     es = EvalSet(["a", "b", "c"], ("Edema",), np.zeros((3, 1)), np.ones((3, 1)), np.arange(3), np.arange(3))
     preds = pd.DataFrame({"Edema": [0.1, 0.2]}, index=["a", "b"])
-    with pytest.raises(ChexcutError, match="1 of 3 label rows have no predictions row"):
+    with pytest.raises(ChexcutError, match="1 of 3 truth rows have no predictions row"):
         align(es, preds)
     with pytest.raises(ChexcutError, match="empty join"):
         align(es, pd.DataFrame({"Edema": [0.1]}, index=["zzz"]))

@@ -113,3 +113,7 @@ def _write(result: dict, json_path: str | None, csv_out: Path | None, quiet: boo
         ui.print_json(result)
     elif not quiet:
         ui.out.print(ui.evaluation_table(result))
+        for table in ui.evaluation_extra_tables(result):
+            ui.out.print(table)
+        for note in result.get("notes", []):
+            ui.err.print(f"[dim]note:[/] {note}")

@@ -73,7 +73,7 @@ class LabelCalibration:
             self.separated = n_pos in (0, len(self.y)) or bool(
                 self.p[self.y == 1].min() > self.p[self.y == 0].max()
                 or self.p[self.y == 1].max() < self.p[self.y == 0].min())
-            self.fit = None if self.separated else _newton(self.x, self.y, np.ones((1, len(self.y))), None, 50)[0]
+            self.fit = None if self.separated else _fit(self.x, self.y)
 
     # ------------------------------------------------------------------ weighted figures, (R,) each
     def average_precision(self, w: np.ndarray) -> np.ndarray:
@@ -114,25 +114,59 @@ class LabelCalibration:
         return out
 
 
+def _loglik(theta, x, y) -> float:
+    z = theta[0] + theta[1] * x
+    return float(np.sum(y * z - np.logaddexp(0.0, z)))
+
+
+def _fit(x: np.ndarray, y: np.ndarray, steps: int = 100) -> np.ndarray | None:
+    """The whole set's maximum-likelihood (intercept, slope), (1, 2): Newton with step halving from the
+    intercept-only fit, so an overconfident model (slope far from 1) converges too; None if it does not."""
+    ybar = float(np.clip(y.mean(), 1e-9, 1 - 1e-9))
+    theta = np.array([np.log(ybar / (1 - ybar)), 0.0])
+    ll = _loglik(theta, x, y)
+    for _ in range(steps):
+        mu = sigmoid(theta[0] + theta[1] * x)
+        r, v = y - mu, mu * (1 - mu)
+        g = np.array([r.sum(), r @ x])
+        h = np.array([[v.sum(), v @ x], [v @ x, v @ (x * x)]])
+        try:
+            d = np.linalg.solve(h, g)
+        except np.linalg.LinAlgError:
+            return None
+        t = 1.0
+        while t > 1e-8:
+            cand = theta + t * d
+            new = _loglik(cand, x, y)
+            if new >= ll - 1e-12:
+                break
+            t /= 2
+        theta, ll = cand, new
+        if np.abs(t * d).max() < 1e-12:
+            return theta[None, :]
+    return theta[None, :] if np.isfinite(theta).all() else None
+
+
 def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, start, steps: int) -> tuple[np.ndarray, bool]:
     """Weighted logistic regression of ``y`` on [1, x] for each row of weights ``w`` (R, n): (R, 2) estimates
     (intercept, slope) after at most ``steps`` Newton steps from ``start`` (or 0, 1), and whether it converged."""
     r = len(w)
     theta = np.tile(np.array([0.0, 1.0]) if start is None else np.asarray(start, dtype=np.float64), (r, 1))
     converged = False
-    for _ in range(steps):
-        mu = sigmoid(theta[:, :1] + theta[:, 1:] * x)
-        resid, var = w * (y - mu), w * mu * (1 - mu)
-        g0, g1 = resid.sum(1), resid @ x
-        h00, h01, h11 = var.sum(1), var @ x, var @ (x * x)
-        det = h00 * h11 - h01 * h01
-        with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a degenerate replicate becomes nan
+        for _ in range(steps):
+            mu = sigmoid(theta[:, :1] + theta[:, 1:] * x)
+            resid, var = w * (y - mu), w * mu * (1 - mu)
+            g0, g1 = resid.sum(1), resid @ x
+            h00, h01, h11 = var.sum(1), var @ x, var @ (x * x)
+            det = h00 * h11 - h01 * h01
             d0 = (h11 * g0 - h01 * g1) / det
             d1 = (h00 * g1 - h01 * g0) / det
-        theta = theta + np.stack([d0, d1], axis=1)
-        if np.nanmax(np.abs([d0, d1])) < 1e-10:
-            converged = True
-            break
+            theta = theta + np.stack([d0, d1], axis=1)
+            step = np.abs(np.stack([d0, d1]))
+            if not np.isfinite(step).any() or np.nanmax(step) < 1e-10:
+                converged = bool(np.isfinite(step).all())
+                break
     return theta, converged
 
 
