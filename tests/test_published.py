@@ -237,3 +237,27 @@ def test_mismatches_are_one_line(public, tmp_path):
         from chexcut.evaluation.predictions import read_predictions
 
         read_predictions(tmp_path / "exam.csv")
+
+
+def test_a_study_evaluates_by_subgroup_and_the_report_shows_it(tmp_path):
+    from chexcut.data.phantom import make_phantom
+
+    make_phantom(tmp_path / "ph", n=160, image_size=32, seed=0)
+    rc, _, err = run_cli("study", "plan", "--data", tmp_path / "ph", "--out", tmp_path / "s", "--archs", "resnet18",
+                         "--weights", "none", "--drops", "2", "--bootstrap", "50", "--by", "Sex,Age", "--age-bins",
+                         "0,50,200", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0")
+    assert rc == 0, err
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    assert plan["evaluate_options"]["by"] == ["Sex", "Age"] and "--by" in plan["runs"][0]["evaluate"]
+    rc, _, err = run_cli("study", "run", tmp_path / "s")
+    assert rc == 0, err[-2000:]
+    ev = json.loads((tmp_path / "s" / plan["runs"][0]["run_dir"] / "eval.json").read_text())
+    assert {(g["by"], g["group"]) for g in ev["subgroups"]} <= {("Sex", "Male"), ("Sex", "Female"),
+                                                                ("Age", "[0, 50)"), ("Age", "[50, 200)")}
+    assert ev["calibration"]["labels"] and "average_precision" in ev["labels"][0]
+    rc, out, err = run_cli("report", tmp_path / "s", "--out", tmp_path / "rep", "--bootstrap", "50")
+    assert rc == 0, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Subgroups" in md and "| Sex |" in md and "## Calibration" in md
+    rc, _, err = run_cli("study", "plan", "--data", tmp_path / "ph", "--out", tmp_path / "s2", "--by", "Age")
+    assert rc == 2 and "--age-bins" in err

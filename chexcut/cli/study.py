@@ -31,6 +31,10 @@ def study_plan(
     force: Annotated[bool, typer.Option("--force", help="Plan over an existing study plan.")] = False,
     gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per Slurm task (torchrun when > 1).")] = 1,
     sbatch: Annotated[Optional[str], typer.Option("--sbatch", help="Extra #SBATCH lines, comma-separated (e.g. --partition=gpu,--time=12:00:00).")] = None,
+    by: Annotated[Optional[str], typer.Option("--by", help="Each evaluate: subgroups by these columns of the data's CSVs or --groups.")] = None,
+    age_bins: Annotated[Optional[str], typer.Option("--age-bins", help="With --by Age: interval edges, e.g. 0,40,60,80,200.")] = None,
+    groups: Annotated[Optional[Path], typer.Option("--groups", help="A CSV of subgroup columns keyed by Path.")] = None,
+    calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help="Each evaluate: Brier, ECE, recalibration slope.")] = True,
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ):
     """Write a study plan; extra options after the known ones go to every finetune (e.g. --recipe fast)."""
@@ -42,8 +46,13 @@ def study_plan(
     grid = Grid(archs=tuple(split_list(archs)) if archs else PAPER_ARCHS, weights=tuple(split_list(weights)),
                 drops=tuple(ints(drops, "drops")), seeds=tuple(ints(seeds, "seeds")))
     cluster = Slurm(gpus_per_task=gpus_per_task, nodes=nodes, extra=tuple(split_list(sbatch) or ()))
+    try:
+        bins = [float(x) for x in split_list(age_bins)] if age_bins else None
+    except ValueError:
+        raise ChexcutError(f"--age-bins takes numbers separated by commas, not {age_bins!r}") from None
     plan = plan_study(out, data, grid, options, bootstrap=bootstrap, bench=bench, slurm=cluster if slurm else None,
-                      force=force)
+                      force=force, evaluate_options={"by": split_list(by) or [], "age_bins": bins,
+                                                     "groups": groups, "calibration": calibration})
     if json_out:
         ui.print_json(plan)
         return

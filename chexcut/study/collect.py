@@ -36,6 +36,8 @@ class RunResult:
     predictions: Path | None
     overlap: bool = False  # evaluated with --allow-overlap on rows shared with its training set
     bench: dict | None = None  # this run's level from `chexcut bench RUN --json RUN/bench.json`
+    subgroups: list[dict] | None = None  # eval.json's subgroups: by, group, n, 5-task AUROC and CI
+    calibration: dict | None = None  # the 5 tasks' mean Brier, ECE and recalibration slope (eval.json)
 
 
 @dataclass
@@ -110,8 +112,31 @@ def collect(targets: list[Path]) -> Collected:
             seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
             auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
-            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=_bench(rd)))
+            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=_bench(rd),
+            subgroups=_subgroups(ev), calibration=_calibration(ev)))
     return res
+
+
+def _subgroups(ev: dict) -> list[dict] | None:
+    rows = []
+    for g in ev.get("subgroups") or []:
+        m = g.get("mean_competition") or {}
+        rows.append({"by": g.get("by"), "group": g.get("group"), "n": g.get("n"), "auroc": m.get("auroc"),
+                     "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high")})
+    return rows or None
+
+
+def _calibration(ev: dict) -> dict | None:
+    """Mean Brier, ECE and slope over the evaluated competition labels that have them."""
+    from chexcut.labels import COMPETITION_LABELS
+
+    rows = [r for r in (ev.get("calibration") or {}).get("labels", []) if r.get("label") in COMPETITION_LABELS]
+    out = {}
+    for key in ("brier", "ece", "slope"):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = sum(vals) / len(vals) if vals else None
+    out["labels"] = len(rows)
+    return out if rows else None
 
 
 def _damaged(cfg: dict, ev: dict) -> str | None:

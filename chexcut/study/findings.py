@@ -137,6 +137,10 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
         "imagenet_vs_chexpert": imagenet_vs_chexpert(rows), "pretraining_boost": pretraining_boost(rows, groups, tester),
         "family_vs_size": family_vs_size(rows),
         "missing": missing_runs(rows, fill_hint),
+        "subgroups": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop, "seed": r.seed,
+                       **g} for r in col.runs for g in (r.subgroups or [])],
+        "calibration": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop,
+                         "seed": r.seed, **r.calibration} for r in col.runs if r.calibration],
     }
 
 

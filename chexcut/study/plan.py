@@ -81,11 +81,13 @@ class Slurm:
 
 def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOptions = FinetuneOptions(), *,
                bootstrap: int = 1000, bench: bool = False, slurm: Slurm | None = None, force: bool = False,
-               chexcut_cmd: str = "chexcut") -> dict:
+               chexcut_cmd: str = "chexcut", evaluate_options: dict | None = None) -> dict:
     """Write the plan and its scripts; returns the plan. ``options`` go to every finetune (checked when they
     were made); ``bench``: each run also measures its model's latency and throughput
-    (`chexcut bench RUN --json RUN/bench.json`) before it is evaluated; ``slurm``: also write study.sbatch."""
+    (`chexcut bench RUN --json RUN/bench.json`) before it is evaluated; ``slurm``: also write study.sbatch;
+    ``evaluate_options`` (:func:`check_evaluate_options`): subgroups and calibration for every evaluate."""
     data = Path(data)
+    evaluate_options = check_evaluate_options(evaluate_options or {})
     if not data.exists():
         raise ChexcutError(f"--data {data} does not exist")
     grid = grid.check()
@@ -101,11 +103,11 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
         raise ChexcutError(f"no runs to plan: {'; '.join(dict.fromkeys(skipped)) or 'empty grid'}")
     data_abs = str(data.resolve())
     for r in runs:
-        r.update(run_commands(r, data_abs, options, bootstrap, bench))
+        r.update(run_commands(r, data_abs, options, bootstrap, bench, evaluate_options))
     plan = {"format": "chexcut-study", "version": 1, "data": data_abs, "archs": list(grid.archs),
             "weights": list(grid.weights), "drops": list(grid.drops), "seeds": list(grid.seeds),
             "finetune_args": options.to_args(), "finetune_options": options.to_json(), "bootstrap": bootstrap,
-            "bench": bench, "runs": runs, "skipped": skipped}
+            "bench": bench, "evaluate_options": evaluate_options, "runs": runs, "skipped": skipped}
     write_json(out / PLAN, plan)
     lines = [run_line(r, chexcut_cmd) for r in runs]
     write_text(out / "run.sh", _RUN_SH.format(n=len(runs), cmd=chexcut_cmd) + "\n".join(lines) + "\n")
@@ -118,14 +120,47 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     return plan
 
 
-def run_commands(r: dict, data: str, options: FinetuneOptions, bootstrap: int, bench: bool) -> dict:
+def check_evaluate_options(o: dict) -> dict:
+    """``{"by": [COL...], "age_bins": [EDGE...] | None, "groups": PATH | None, "calibration": bool}``, checked
+    as evaluate checks them (the groups CSV made absolute)."""
+    from chexcut.evaluation.settings import Statistics
+
+    unknown = set(o) - {"by", "age_bins", "groups", "calibration"}
+    if unknown:
+        raise ChexcutError(f"unknown evaluate options: {', '.join(sorted(unknown))}")
+    by, bins = list(o.get("by") or []), o.get("age_bins")
+    Statistics(by=tuple(by), age_bins=tuple(bins) if bins else None)
+    if "Age" in by and not bins:
+        raise ChexcutError("--by Age needs --age-bins EDGES (e.g. 0,40,60,80,200)")
+    groups = o.get("groups")
+    if groups is not None:
+        if not Path(groups).is_file():
+            raise ChexcutError(f"groups CSV not found: {groups}")
+        groups = str(Path(groups).resolve())
+    return {"by": by, "age_bins": list(bins) if bins else None, "groups": groups,
+            "calibration": bool(o.get("calibration", True))}
+
+
+def evaluate_args(o: dict) -> list[str]:
+    args = ["--by", ",".join(o["by"])] if o.get("by") else []
+    if o.get("age_bins"):
+        args += ["--age-bins", ",".join(format(e, "g") for e in o["age_bins"])]
+    if o.get("groups"):
+        args += ["--groups", o["groups"]]
+    if not o.get("calibration", True):
+        args.append("--no-calibration")
+    return args
+
+
+def run_commands(r: dict, data: str, options: FinetuneOptions, bootstrap: int, bench: bool,
+                 evaluate_options: dict | None = None) -> dict:
     """One run's finetune, evaluate (and bench) command lines."""
     ft = ["finetune", r["arch"], "--drop", str(r["drop"]), "--weights", r["weights"], "--seed", str(r["seed"]),
           "--data", data, "--out", r["run_dir"], "--force", "--quiet", *options.to_args()]
     # no data options: each run is evaluated on its own validation rows (recorded in its config.json)
     ev = ["evaluate", r["run_dir"], "--bootstrap", str(bootstrap), "--seed", str(r["seed"]),
           "--predictions-out", f"{r['run_dir']}/{rundir.PREDICTIONS}", "--json", f"{r['run_dir']}/{rundir.EVAL}",
-          "--quiet", *_inference_args(options.to_args())]
+          "--quiet", *_inference_args(options.to_args()), *evaluate_args(evaluate_options or {})]
     cmds = {"finetune": ft, "evaluate": ev}
     if bench:
         cmds["bench"] = ["bench", r["run_dir"], "--json", f"{r['run_dir']}/{rundir.BENCH}", "--quiet"]

@@ -257,12 +257,33 @@ def problem_tables(report: dict) -> list[ReportTable]:
     return out
 
 
+def subgroup_table(report: dict) -> ReportTable | None:
+    rows = report.get("subgroups") or []
+    if not rows:
+        return None
+    return ReportTable("Subgroups (5-task AUROC, each run's evaluation)",
+                       ["arch", "weights", "drop", "seed", "by", "group", "n", "AUROC", "95% CI"],
+                       [[r["arch"], r["weights"], str(r["drop"]), str(r["seed"]), r["by"], r["group"], str(r["n"]),
+                         _fmt(r["auroc"]), "no CI" if r["ci_low"] is None else f"{r['ci_low']:.4f}-{r['ci_high']:.4f}"]
+                        for r in rows])
+
+
+def calibration_table(report: dict) -> ReportTable | None:
+    rows = report.get("calibration") or []
+    if not rows:
+        return None
+    return ReportTable("Calibration (mean over the 5 tasks; slope 1 is perfect, below 1 overconfident)",
+                       ["arch", "weights", "drop", "seed", "Brier", "ECE", "slope"],
+                       [[r["arch"], r["weights"], str(r["drop"]), str(r["seed"]), _fmt(r["brier"]), _fmt(r["ece"]),
+                         "separated" if r["slope"] is None else _fmt(r["slope"], ".2f")] for r in rows])
+
+
 def tables(report: dict) -> list[ReportTable]:
     """Every table of the report, in order: what is wrong first, then the results and the findings."""
     eff = efficiency_tables(report["efficiency"], report["alpha"],
                             note=(report.get("missing") or {}).get("pretrained"))
     found = [*problem_tables(report), results_table(report), *eff, correlation_table(report), boost_table(report),
-             family_table(report)]
+             family_table(report), subgroup_table(report), calibration_table(report)]
     return [t for t in found if t is not None]
 
 

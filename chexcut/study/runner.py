@@ -87,8 +87,12 @@ def _run_in_process(job: Job, plan: dict) -> None:
         write_json(rd.bench, bench(str(rd.path)))
     infer = Inference(workers=int(options.train.get("workers", Inference.workers)),
                       cache_dir=Path(options.cache) if options.cache else None)
-    result = run_evaluation(EvalInputs(model=str(rd.path)), Statistics(bootstrap=plan["bootstrap"], seed=r["seed"]),
-                            infer, predictions_out=rd.predictions)
+    ev = plan.get("evaluate_options") or {}
+    stats = Statistics(bootstrap=plan["bootstrap"], seed=r["seed"], by=tuple(ev.get("by") or ()),
+                       age_bins=tuple(ev["age_bins"]) if ev.get("age_bins") else None,
+                       calibration=ev.get("calibration", True))
+    result = run_evaluation(EvalInputs(model=str(rd.path), groups=Path(ev["groups"]) if ev.get("groups") else None),
+                            stats, infer, predictions_out=rd.predictions)
     write_json(rd.eval, result)
 
 
