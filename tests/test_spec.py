@@ -87,7 +87,7 @@ def test_a_model_trained_with_pad_is_evaluated_explained_and_exported_with_pad(p
     from chexcut.deploy import explain as ex
 
     spec = chexcut.load_model(alone).chexcut_spec
-    inputs, _ = ex.gather([f], None, None, "valid", 1, spec.preprocess, False)
+    inputs = ex.gather([f], None, None, "valid", 1, spec.preprocess, False)
     assert np.array_equal(inputs.images[0, 0].numpy(), load_image(f, 32, "pad"))
     pytest.importorskip("onnxruntime")
     rc, out, err = run_cli("export", alone, "-o", tmp_path / "m.onnx", "--json")
