@@ -15,7 +15,8 @@ weight 1 and is computed for a chunk of replicates at once:
 - **calibration intercept and slope**: the logistic recalibration logit P(y) = a + b logit(p) (Cox 1958),
   fitted by maximum likelihood (p clipped to [1e-7, 1 - 1e-7]); a perfectly calibrated model has a = 0,
   b = 1; b < 1 means overconfident predictions. Replicates take 4 Newton steps from the whole set's fit (the
-  one-step bootstrap, iterated). When positives and negatives are separated (AUROC 0 or 1) no finite slope
+  one-step bootstrap of Davison, Hinkley and Schechtman 1986, iterated); above 50,000 rows one step in float32
+  (the replicates then sit so close to the whole set's fit that one step is within 1e-3 of the refit). When positives and negatives are separated (AUROC 0 or 1) no finite slope
   exists: both are null, with the reason.
 """
 
@@ -27,10 +28,13 @@ N_BINS = 10
 WIDTH_EDGES = np.arange(1, N_BINS) / N_BINS  # 0.1 ... 0.9, the floats nearest k/10
 CLIP = 1e-7
 REPLICATE_NEWTON_STEPS = 4
+LARGE = 50_000  # more counted rows than this: replicates take one Newton step, in float32
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))  # no overflow for large |x|
+    x = np.asarray(x)
+    x = x if x.dtype == np.float32 else x.astype(np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|; float32 stays float32
 
 
 def width_bins(p: np.ndarray) -> np.ndarray:
@@ -53,64 +57,89 @@ def reliability(y: np.ndarray, p: np.ndarray, bins: np.ndarray) -> list[dict]:
 
 
 class LabelCalibration:
-    """One label's counted rows (outcomes ``y``, probabilities ``p``), prepared once for many replicates."""
+    """One label's counted rows (outcomes ``y``, probabilities ``p``, cluster ids ``clusters``), prepared once
+    for many replicates. A replicate is given by its cluster draw counts (R, K); with one cluster per row
+    (``clusters = arange(n)``) those are row weights. Brier and ECE reduce to per-cluster sums (a (R, K) matrix
+    product); average precision needs the rows in score order; recalibration a Newton step over the rows."""
 
-    def __init__(self, y: np.ndarray, p: np.ndarray, clusters: np.ndarray, calibration: bool = True):
+    def __init__(self, y: np.ndarray, p: np.ndarray, clusters: np.ndarray, calibration: bool = True,
+                 n_clusters: int | None = None):
         self.y = np.asarray(y, dtype=np.float64)
         self.p = np.asarray(p, dtype=np.float64)
-        self.clusters = clusters
+        self.clusters = np.asarray(clusters, dtype=np.int64)
+        self.k = n_clusters or (int(self.clusters.max()) + 1 if len(self.clusters) else 1)
         self.calibration = calibration
         order = np.argsort(-self.p, kind="mergesort")
-        self.order = order
-        s = self.p[order]
-        self.ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True]) if len(s) else np.zeros(0, dtype=np.int64)
-        self.y_sorted = self.y[order]
+        s, ys = self.p[order], self.y[order]
+        self.cl_sorted = self.clusters[order]
+        pos = np.flatnonzero(ys == 1)
+        self.cl_pos = self.cl_sorted[pos]
+        # the end of each row's tie group (a threshold), and the thresholds that add positives
+        ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True]) if len(s) else np.zeros(0, dtype=np.int64)
+        end_of = ends[np.searchsorted(ends, np.arange(len(s)), side="left")] if len(s) else ends
+        self.pos_ends = np.unique(end_of[pos])
+        self.pos_upto = np.searchsorted(pos, self.pos_ends, side="right")  # positives at or above each threshold
+        self.n_k = np.bincount(self.clusters, minlength=self.k).astype(np.float64)
         if calibration:
-            self.bin_width = np.eye(N_BINS)[width_bins(self.p)] if len(s) else np.zeros((0, N_BINS))
-            self.bin_mass = np.eye(N_BINS)[mass_bins(self.p)] if len(s) else np.zeros((0, N_BINS))
+            self.brier_k = np.bincount(self.clusters, (self.p - self.y) ** 2, minlength=self.k)
+            self.bins_width = self._per_cluster_bins(width_bins(self.p))
+            self.bins_mass = self._per_cluster_bins(mass_bins(self.p))
             self.x = np.log(np.clip(self.p, CLIP, 1 - CLIP) / (1 - np.clip(self.p, CLIP, 1 - CLIP)))
             n_pos = self.y.sum()
             self.separated = n_pos in (0, len(self.y)) or bool(
                 self.p[self.y == 1].min() > self.p[self.y == 0].max()
                 or self.p[self.y == 1].max() < self.p[self.y == 0].min())
             self.fit = None if self.separated else _fit(self.x, self.y)
+            self.x32, self.y32 = self.x.astype(np.float32), self.y.astype(np.float32)
 
-    # ------------------------------------------------------------------ weighted figures, (R,) each
-    def average_precision(self, w: np.ndarray) -> np.ndarray:
-        ws = w[:, self.order]
-        tp = np.cumsum(ws * self.y_sorted, axis=1)[:, self.ends]
-        fp = np.cumsum(ws * (1 - self.y_sorted), axis=1)[:, self.ends]
-        total = tp[:, -1] if tp.shape[1] else np.zeros(len(w))
+    def _per_cluster_bins(self, bins: np.ndarray) -> np.ndarray:
+        """(K, 2 * N_BINS): per cluster and bin, the sum of outcomes minus the sum of probabilities, and the count."""
+        diff, count = np.zeros((self.k, N_BINS)), np.zeros((self.k, N_BINS))
+        np.add.at(diff, (self.clusters, bins), self.y - self.p)
+        np.add.at(count, (self.clusters, bins), 1.0)
+        return np.hstack([diff, count])
+
+    # ------------------------------------------------------------------ figures per replicate, (R,) each
+    def average_precision(self, counts: np.ndarray) -> np.ndarray:
+        r = len(counts)
+        if not len(self.cl_pos):
+            return np.full(r, np.nan)
+        seen = np.cumsum(counts[:, self.cl_sorted], axis=1)[:, self.pos_ends]  # weight at or above each threshold
+        tpc = np.cumsum(counts[:, self.cl_pos], axis=1)
+        tp = tpc[:, self.pos_upto - 1]
+        step = np.diff(tp, axis=1, prepend=0.0)
+        total = tpc[:, -1].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-            step = np.diff(tp, axis=1, prepend=0.0) / total[:, None]
-            out = (step * precision).sum(1)
+            precision = np.where(seen > 0, tp / seen, 0.0)
+            out = np.einsum("ij,ij->i", step, precision, dtype=np.float64) / total
         out[total <= 0] = np.nan
         return out
 
-    def brier(self, w: np.ndarray) -> np.ndarray:
+    def brier(self, counts: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
-            return w @ (self.p - self.y) ** 2 / w.sum(1)
+            return (counts @ self.brier_k) / (counts @ self.n_k)
 
-    def ece(self, w: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-        sy, sp = w @ (onehot * self.y[:, None]), w @ (onehot * self.p[:, None])
+    def ece(self, counts: np.ndarray, per_cluster: np.ndarray) -> np.ndarray:
+        sums = counts @ per_cluster
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.abs(sy - sp).sum(1) / w.sum(1)
+            return np.abs(sums[:, :N_BINS]).sum(1) / sums[:, N_BINS:].sum(1)
 
-    def recalibration(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def recalibration(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.fit is None:
-            nan = np.full(len(w), np.nan)
+            nan = np.full(len(counts), np.nan)
             return nan, nan
-        theta, _ = _newton(self.x, self.y, w, self.fit, REPLICATE_NEWTON_STEPS)
+        big = len(self.y) > LARGE
+        theta, _ = _newton(self.x32 if big else self.x, self.y32 if big else self.y, counts[:, self.clusters],
+                           self.fit, 1 if big else REPLICATE_NEWTON_STEPS)
         return theta[:, 0], theta[:, 1]
 
-    def figures(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        """Every figure for the replicates whose row weights are ``w`` (R, n)."""
-        out = {"average_precision": self.average_precision(w)}
+    def figures(self, counts: np.ndarray) -> dict[str, np.ndarray]:
+        """Every figure for the replicates whose cluster draw counts are ``counts`` (R, K)."""
+        out = {"average_precision": self.average_precision(counts)}
         if self.calibration:
-            a, b = self.recalibration(w)
-            out |= {"brier": self.brier(w), "ece": self.ece(w, self.bin_width),
-                    "ece_equal_mass": self.ece(w, self.bin_mass), "intercept": a, "slope": b}
+            a, b = self.recalibration(counts)
+            out |= {"brier": self.brier(counts), "ece": self.ece(counts, self.bins_width),
+                    "ece_equal_mass": self.ece(counts, self.bins_mass), "intercept": a, "slope": b}
         return out
 
 
@@ -152,13 +181,24 @@ def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, start, steps: int) -> t
     (intercept, slope) after at most ``steps`` Newton steps from ``start`` (or 0, 1), and whether it converged."""
     r = len(w)
     theta = np.tile(np.array([0.0, 1.0]) if start is None else np.asarray(start, dtype=np.float64), (r, 1))
+    theta = theta.astype(x.dtype)
     converged = False
+    x2 = x * x
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a degenerate replicate becomes nan
         for _ in range(steps):
-            mu = sigmoid(theta[:, :1] + theta[:, 1:] * x)
-            resid, var = w * (y - mu), w * mu * (1 - mu)
+            mu = np.multiply(x, theta[:, 1:])  # in place from here on: (R, n) passes dominate the cost
+            mu += theta[:, :1]
+            mu *= 0.5  # the sigmoid as 0.5 (1 + tanh(z / 2)): no overflow, and 10x faster than scipy's expit
+            np.tanh(mu, out=mu)
+            mu += 1
+            mu *= 0.5
+            var = np.subtract(1, mu)
+            var *= mu
+            var *= w
+            resid = np.subtract(y, mu, out=mu)
+            resid *= w
             g0, g1 = resid.sum(1), resid @ x
-            h00, h01, h11 = var.sum(1), var @ x, var @ (x * x)
+            h00, h01, h11 = var.sum(1), var @ x, var @ x2
             det = h00 * h11 - h01 * h01
             d0 = (h11 * g0 - h01 * g1) / det
             d1 = (h00 * g1 - h01 * g0) / det
@@ -174,7 +214,7 @@ FIGURES = ("average_precision", "brier", "ece", "ece_equal_mass", "intercept", "
 
 
 def extra_figures(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, clusters: np.ndarray, bootstrap: int,
-                  seed: int, calibration: bool, logits: bool = False, chunk: int | None = None):
+                  seed: int, calibration: bool, logits: bool = False, chunk: int | None = None, counts=None):
     """Per label (columns of ``y``): ``(point figures, replicate figures or None, LabelCalibration)``, on the
     resamples of :func:`chexcut.evaluation.metrics.bootstrap_aurocs` with the same ``seed`` (a label with
     fewer than one case of a class gets no figures: ``None``). ``logits``: scores become probabilities by a
@@ -183,6 +223,7 @@ def extra_figures(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, clusters:
 
     probs = sigmoid(scores) if logits else np.asarray(scores, dtype=np.float64)
     mask = np.asarray(mask) > 0
+    n_clusters = int(clusters.max()) + 1 if len(clusters) else 1
     per = []
     for j in range(y.shape[1]):
         rows = np.flatnonzero(mask[:, j])
@@ -190,17 +231,17 @@ def extra_figures(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, clusters:
         if len(rows) == 0 or yj.min() == yj.max():
             per.append(None)
             continue
-        per.append((rows, LabelCalibration(yj, probs[rows, j], clusters[rows], calibration)))
+        per.append((rows, LabelCalibration(yj, probs[rows, j], clusters[rows], calibration, n_clusters)))
     points = [None if q is None else _point(q[1]) for q in per]
     reps = [None if q is None else {k: [] for k in FIGURES if k in points[j]} for j, q in enumerate(per)]
     if bootstrap:
         sub = max(1, 2**22 // max(len(y), 1))  # rows x replicates per step: bounded memory
-        for counts in replicate_counts(len(y), clusters, bootstrap, seed, chunk):
-            for lo in range(0, len(counts), sub):
-                c = counts[lo:lo + sub]
+        for drawn in counts if counts is not None else replicate_counts(len(y), clusters, bootstrap, seed, chunk):
+            for lo in range(0, len(drawn), sub):
+                c = drawn[lo:lo + sub]
                 for j, q in enumerate(per):
                     if q is not None:
-                        for k, v in q[1].figures(c[:, q[1].clusters]).items():
+                        for k, v in q[1].figures(c).items():
                             reps[j][k].append(v)
         reps = [None if r is None else {k: np.concatenate(v) for k, v in r.items()} for r in reps]
     else:
@@ -209,7 +250,7 @@ def extra_figures(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, clusters:
 
 
 def _point(lc: LabelCalibration) -> dict[str, float]:
-    point = {k: float(v[0]) for k, v in lc.figures(np.ones((1, len(lc.y)))).items()}
+    point = {k: float(v[0]) for k, v in lc.figures(np.ones((1, lc.k))).items()}
     if lc.calibration and lc.fit is not None:
         point["intercept"], point["slope"] = float(lc.fit[0, 0]), float(lc.fit[0, 1])
     return point

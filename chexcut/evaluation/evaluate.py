@@ -198,12 +198,14 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
     auc = label_aurocs(y, mask, scores)
     auc_b = None if compare is None else label_aurocs(y, mask, compare)
     reps = reps_b = None
+    counts = metrics.kept_counts(len(y), clusters, bootstrap, seed, chunk) if bootstrap else None
     if bootstrap:  # a replicate where a label has one class is excluded for it (nan)
         mats = [scores] + ([compare] if compare is not None else [])
-        got = metrics.bootstrap_aurocs(y, mats, mask, clusters, bootstrap, seed=seed, chunk=chunk)
+        got = metrics.bootstrap_aurocs(y, mats, mask, clusters, bootstrap, seed=seed, chunk=chunk, counts=counts)
         reps, reps_b = got[0], (got[1] if compare is not None else None)
     points, ext_reps, fitted = calibration.extra_figures(y, mask, scores, clusters, bootstrap, seed,
-                                                         stats.calibration, logits=logits, chunk=chunk)
+                                                         stats.calibration, logits=logits, chunk=chunk,
+                                                         counts=counts)
     extra = (points, ext_reps)
     per_label = label_rows(evalset, mask, auc, reps, ci, extra)
     evaluable = [j for j in range(len(labels)) if np.isfinite(auc[j])]
@@ -223,7 +225,7 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
         result["calibration"] = calibration_section(labels, points, ext_reps, fitted, ci, logits)
     if stats.by:
         result["subgroups"], result["subgroup_gaps"], notes = subgroups.evaluate_subgroups(
-            evalset, scores, stats, clusters, logits=logits, chunk=chunk)
+            evalset, scores, stats, clusters, logits=logits, chunk=chunk, counts=counts)
         result["warnings"] += notes
     if compare is not None:
         result["compare"] = paired.compare(

@@ -159,7 +159,7 @@ def bootstrap_margin_p(reps: np.ndarray, margin: float) -> tuple[float, float]:
 
 
 def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, clusters: np.ndarray,
-                     n_replicates: int, seed: int = 0, chunk: int | None = None) -> list[np.ndarray]:
+                     n_replicates: int, seed: int = 0, chunk: int | None = None, counts=None) -> list[np.ndarray]:
     """Replicate AUROCs, (B, L) per score matrix, all on the same resamples (paired).
 
     ``y``, ``mask``: (N, L); ``scores``: list of (N, L); ``clusters``: (N,) dense ids 0..K-1.
@@ -172,12 +172,24 @@ def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, 
             for m, s in enumerate(scores) for j in range(n_labels)]
     out = [np.empty((n_replicates, n_labels)) for _ in scores]
     start = 0
-    for counts in replicate_counts(n, clusters, n_replicates, seed, chunk):
-        r = len(counts)
+    for c in counts if counts is not None else replicate_counts(n, clusters, n_replicates, seed, chunk):
+        r = len(c)
         for m, j, li in jobs:
-            out[m][start:start + r, j] = li.weighted(counts)
+            out[m][start:start + r, j] = li.weighted(c)
         start += r
     return out
+
+
+MAX_KEPT_COUNTS = 2**29  # bytes of draw counts kept for reuse by every figure (512 MiB); beyond, drawn again
+
+
+def kept_counts(n: int, clusters: np.ndarray, n_replicates: int, seed: int = 0, chunk: int | None = None):
+    """The chunks of :func:`replicate_counts` as a list, drawn once for the AUROC, AP, calibration and every
+    subgroup (the draws cost as much as the figures at 200,000 rows); None when they would not fit."""
+    k = int(clusters.max()) + 1 if n else 1
+    if n_replicates * k * 4 > MAX_KEPT_COUNTS:
+        return None
+    return list(replicate_counts(n, clusters, n_replicates, seed, chunk))
 
 
 def replicate_counts(n: int, clusters: np.ndarray, n_replicates: int, seed: int = 0, chunk: int | None = None):

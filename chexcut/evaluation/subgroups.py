@@ -44,7 +44,7 @@ def group_order(column: str, values: np.ndarray, age_bins) -> list[str]:
     return sorted(present, key=str)
 
 
-def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bool, chunk):
+def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bool, chunk, counts=None):
     """One group: its label objects and both means (the whole set's resamples), and its replicate AUROCs."""
     from chexcut.evaluation.calibration import extra_figures
     from chexcut.evaluation.evaluate import (
@@ -60,9 +60,9 @@ def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bo
     reps = None
     if stats.bootstrap:
         reps = metrics.bootstrap_aurocs(evalset.y, [scores], mask, clusters, stats.bootstrap, seed=stats.seed,
-                                        chunk=chunk)[0]
+                                        chunk=chunk, counts=counts)[0]
     points, ext, _ = extra_figures(evalset.y, mask, scores, clusters, stats.bootstrap, stats.seed, False,
-                                   logits=logits, chunk=chunk)
+                                   logits=logits, chunk=chunk, counts=counts)
     labels = label_rows(evalset, mask, auc, reps, stats.ci, (points, ext))
     comp = competition_columns(evalset.labels, auc)
     evaluable = [j for j in range(len(auc)) if np.isfinite(auc[j])]
@@ -84,7 +84,7 @@ def _gap(a_auc, a_reps, b_auc, b_reps, cols: list[int], ci: float) -> dict:
     return out
 
 
-def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, chunk=None):
+def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, chunk=None, counts=None):
     """``(subgroups, subgroup_gaps, notes)`` for every column of ``stats.by`` (see the README for the JSON)."""
     from chexcut.labels import COMPETITION_LABELS
 
@@ -103,7 +103,7 @@ def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, c
         fits = {}
         for g in order:
             rows = np.array([v == g for v in values], dtype=bool)
-            labels, means, auc, reps = _group_result(evalset, scores, stats, clusters, rows, logits, chunk)
+            labels, means, auc, reps = _group_result(evalset, scores, stats, clusters, rows, logits, chunk, counts)
             fits[g] = (auc, reps)
             subgroups.append({"by": column, "group": g, "n": int(rows.sum()), "labels": labels, **means})
             small = [r["label"] for r in labels if r.get("warning")]
