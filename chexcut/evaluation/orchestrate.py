@@ -140,27 +140,13 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     """
     import contextlib
 
-    from chexcut.evaluation import evalset as sets
 
     i = inputs
     if i.compare is None and stats.margin is not None:
         raise ChexcutError("--margin needs --compare OTHER (non-inferiority of this model against OTHER)")
     source = check_sources(i.model, i.data, i.predictions, i.truth)
     progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
-    es, notes, warns = None, [], []
-    if i.model is not None:
-        es = sets.resolve(source.run_dir, i.data, i.split, dict(i.options))
-        with progress("inference") as update:
-            table, preds, spec = model_predictions(source.file, es, infer, labels=i.labels, progress=update)
-        warns = list(spec.notes)
-        overlap = sets.check_overlap(table, es, i.allow_overlap)
-        group_sources = [(f, table_key(es)) for f in dataset_csvs(es)]
-    else:
-        table, preds, read_notes = _predictions_and_labels(i.predictions, i.truth, dict(i.options), i.logits,
-                                                           i.allow_missing, i.labels, i.key_col)
-        notes += read_notes
-        overlap = None
-        group_sources = [(Path(i.truth), i.key_col or dict(i.options).get("path_col"))]
+    es, table, preds, notes, warns, overlap, group_sources = _gather(i, source, infer, progress)
     if i.groups is not None:
         group_sources.insert(0, (Path(i.groups), i.key_col))
     evalset = evalset_from_table(table)
@@ -201,6 +187,27 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
                         "data": str(Path(es.data).resolve()) if es else None, "split": es.split if es else "valid",
                         "options": (es.opts if es else _options(dict(i.options))).to_json()}
     return result
+
+
+def _gather(i: EvalInputs, source, infer: Inference, progress):
+    """The rows and the predictions to evaluate: (evaluation set or None, truth table, predictions, notes,
+    warnings, overlap record, where subgroup columns can be read)."""
+    from chexcut.evaluation import evalset as sets
+
+    es, notes, warns = None, [], []
+    if i.model is not None:
+        es = sets.resolve(source.run_dir, i.data, i.split, dict(i.options))
+        with progress("inference") as update:
+            table, preds, spec = model_predictions(source.file, es, infer, labels=i.labels, progress=update)
+        warns = list(spec.notes)
+        overlap = sets.check_overlap(table, es, i.allow_overlap)
+        group_sources = [(f, table_key(es)) for f in dataset_csvs(es)]
+    else:
+        table, preds, notes = _predictions_and_labels(i.predictions, i.truth, dict(i.options), i.logits,
+                                                      i.allow_missing, i.labels, i.key_col)
+        overlap = None
+        group_sources = [(Path(i.truth), i.key_col or dict(i.options).get("path_col"))]
+    return es, table, preds, notes, warns, overlap, group_sources
 
 
 def _options(options: dict):

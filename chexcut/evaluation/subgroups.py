@@ -47,7 +47,7 @@ def group_order(column: str, values: np.ndarray, age_bins) -> list[str]:
 def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bool, chunk, counts=None):
     """One group: its label objects and both means (the whole set's resamples), and its replicate AUROCs."""
     from chexcut.evaluation.calibration import extra_figures
-    from chexcut.evaluation.evaluate import (
+    from chexcut.evaluation.summary import (
         _mean_figure,
         _mean_of,
         competition_columns,

@@ -1,0 +1,122 @@
+"""The pieces of an evaluation's JSON shared by the whole set and its subgroups: per-label objects (AUROC,
+average precision, counts, prevalence, reasons, small-sample warnings) and the means. Plain numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chexcut.evaluation import metrics
+from chexcut.labels import COMPETITION_LABELS
+
+MIN_CLASS = 10  # fewer positives or negatives than this in a label: its interval carries a warning
+MIN_USABLE_SHARE = 0.9  # an interval from a smaller share of usable replicates is null, with the reason
+MAX_EXCLUDED_SHARE = 0.01  # more excluded replicates than this: a warning
+
+
+def _summary(estimate: float, reps: np.ndarray | None, ci: float) -> dict:
+    """Point estimate and percentile interval; the interval is null (with the reason) when too few
+    replicates were usable, and a warning says when more than a few were excluded."""
+    if reps is None:
+        return {"auroc": _num(estimate), "ci_low": None, "ci_high": None}
+    iv = metrics.percentile_interval(estimate, reps, ci)
+    excluded = int(len(reps) - iv.valid_replicates)
+    out = {"auroc": _num(iv.estimate), "ci_low": _num(iv.low), "ci_high": _num(iv.high),
+           "replicates_used": iv.valid_replicates, "replicates_excluded": excluded}
+    if np.isfinite(estimate) and len(reps) and iv.valid_replicates < MIN_USABLE_SHARE * len(reps):
+        out["ci_low"] = out["ci_high"] = None
+        out["interval_note"] = (f"no interval: only {iv.valid_replicates} of {len(reps)} replicates drew both "
+                                f"classes (at least {MIN_USABLE_SHARE:.0%} are needed)")
+    elif np.isfinite(estimate) and excluded > MAX_EXCLUDED_SHARE * len(reps):
+        out["warning"] = f"{excluded} of {len(reps)} replicates excluded (one class drawn)"
+    return out
+
+
+def _small_sample_warning(row: dict) -> None:
+    """Add to ``row["warning"]`` when a class has fewer than MIN_CLASS cases (the interval undercovers)."""
+    if row.get("auroc") is None or min(row["n_pos"], row["n_neg"]) >= MIN_CLASS:
+        return
+    msg = (f"{row['n_pos']} positives, {row['n_neg']} negatives: fewer than {MIN_CLASS} in a class, "
+           f"the interval may not reach its nominal coverage")
+    row["warning"] = f"{msg}; {row['warning']}" if row.get("warning") else msg
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _mean_of(auc: np.ndarray, reps: np.ndarray | None, cols: list[int], ci: float) -> dict | None:
+    if not cols:
+        return None
+    point = float(np.mean(auc[cols]))
+    mean_reps = None if reps is None else reps[:, cols].mean(1)  # nan if any label has one class
+    out = _summary(point, mean_reps, ci)
+    out["labels"] = len(cols)
+    return out
+
+
+def label_aurocs(y: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(L,) AUROC of each label's counted rows (``mask`` true); ``nan`` where not evaluable."""
+    mask = np.asarray(mask) > 0
+    return np.array([metrics.auroc(y[mask[:, j], j], scores[mask[:, j], j]) for j in range(y.shape[1])])
+
+
+def competition_columns(labels, auc: np.ndarray) -> list[int]:
+    """Indices of the evaluable competition labels."""
+    return [j for j, name in enumerate(labels) if name in COMPETITION_LABELS and np.isfinite(auc[j])]
+
+
+def competition_mean(labels, auc: np.ndarray) -> float | None:
+    """Mean AUROC over the evaluable competition labels (None when there is none)."""
+    cols = competition_columns(labels, auc)
+    return float(np.mean(auc[cols])) if cols else None
+
+
+def label_rows(evalset, mask: np.ndarray, auc: np.ndarray, reps: np.ndarray | None, ci: float,
+               extra=None) -> list[dict]:
+    """The per-label objects of the JSON: counts, prevalence, AUROC and CI, average precision and CI, reasons
+    and warnings. ``extra``: (points, replicates) of :func:`chexcut.evaluation.calibration.extra_figures`."""
+    y = evalset.y
+    rows = []
+    for j, name in enumerate(evalset.labels):
+        yj = y[mask[:, j], j]
+        n_pos, n_neg = int(yj.sum()), int(len(yj) - yj.sum())
+        row = {"label": name, "n_pos": n_pos, "n_neg": n_neg,
+               "prevalence": n_pos / len(yj) if len(yj) else None,
+               **_summary(auc[j], None if reps is None else reps[:, j], ci)}
+        if extra is not None:
+            row |= _figure(extra, j, "average_precision", ci)
+        if name in evalset.not_annotated:
+            row["not_evaluable"] = "not annotated in this data set (blank in every row)"
+        elif not np.isfinite(auc[j]):
+            row["not_evaluable"] = (f"only {'positives' if n_pos else 'negatives'}" if len(yj) else "no counted rows")
+        _small_sample_warning(row)
+        rows.append(row)
+    return rows
+
+
+def _figure(extra, j: int, key: str, ci: float) -> dict:
+    """``{key, key_ci_low, key_ci_high}`` of label ``j`` from extra_figures' (points, replicates)."""
+    points, reps = extra
+    point = (points[j] or {}).get(key)
+    out = {key: _num(point) if point is not None else None, f"{key}_ci_low": None, f"{key}_ci_high": None}
+    r = (reps[j] or {}).get(key) if reps[j] is not None else None
+    if point is not None and r is not None and np.isfinite(point):
+        iv = metrics.percentile_interval(point, r, ci)
+        if iv.valid_replicates >= MIN_USABLE_SHARE * len(r):
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+    return out
+
+
+def _mean_figure(extra, cols: list[int], key: str, ci: float) -> dict:
+    points, reps = extra
+    vals = [points[j].get(key) if points[j] else None for j in cols]
+    if not cols or any(v is None for v in vals):
+        return {key: None, f"{key}_ci_low": None, f"{key}_ci_high": None}
+    point = float(np.mean(vals))
+    out = {key: point, f"{key}_ci_low": None, f"{key}_ci_high": None}
+    if all(reps[j] is not None for j in cols):
+        iv = metrics.percentile_interval(point, np.mean([reps[j][key] for j in cols], axis=0), ci)
+        if iv.valid_replicates:
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+    return out
