@@ -38,3 +38,37 @@ def sigterm_interrupts():
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Within the block (main thread), Ctrl-C and SIGTERM only *ask* to stop: :func:`raise_if_interrupted`
+    raises at the next safe point (the training loop calls it after every step), so the interrupt can never
+    land in a finaliser (where Python ignores it and the run would go on) or half-way through a step. A second
+    signal raises at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        if signum == signal.SIGTERM:
+            _state["terminated"] = True
+        if _state.get("pending") is not None:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        _state["pending"] = signum
+
+    old = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _state["pending"] = None
+
+
+def raise_if_interrupted() -> None:
+    """Raise the interrupt :func:`deferred_interrupts` held back, if one arrived."""
+    signum = _state.get("pending")
+    if signum is not None:
+        _state["pending"] = None
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()

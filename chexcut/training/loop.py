@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from chexcut.errors import ChexcutError
-from chexcut.signals import sigterm_interrupts
+from chexcut.signals import deferred_interrupts, raise_if_interrupted, sigterm_interrupts
 from chexcut.training.batchnorm import precise_bn
 from chexcut.training.checkpoint import save_checkpoint, write_state
 from chexcut.training.config import Run
@@ -42,7 +42,11 @@ def finetune(run: Run, emit=None) -> dict:
                 prepare_run_dir(Path(run.run_dir), run.resume, run.force)
                 lock.acquire()
             barrier(dist)
-            return train_loop(build_session(run, emit if dist.main else (lambda event: None), device, dist))
+            session = build_session(run, emit if dist.main else (lambda event: None), device, dist)
+            with deferred_interrupts():
+                result = train_loop(session)
+                raise_if_interrupted()  # asked to stop as the last step finished: the run is done, say so anyway
+            return result
     finally:
         lock.release()
         shutdown(dist)
@@ -90,6 +94,7 @@ def train_loop(s: Session) -> dict:
                                 or st.step == d.last_step)
                 if st.step % cfg.log_every == 0 or validate_now:
                     log_and_validate(s, meter, validate_now)
+                raise_if_interrupted()  # a signal stops the run here, between steps: checkpoint = this step
                 if st.step >= d.last_step:
                     break
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
