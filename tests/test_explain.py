@@ -124,6 +124,12 @@ def test_batched_gradcam_equals_one_image_at_a_time(masked_phantom):
     batched = ex.gradcam(model, spec, inputs.images, targets, batch=4)
     single = np.concatenate([ex.gradcam(model, spec, inputs.images[i:i + 1], targets[i]) for i in range(10)])
     assert batched.shape == (10, 2, 48, 48) and np.abs(batched - single).max() < 1e-5
+    reference = ex.captum_gradcam(model, spec, inputs.images, [2, 8])  # Captum's LayerGradCam, per target
+    assert np.abs(ex.gradcam(model, spec, inputs.images, [2, 8]) - reference).max() < 1e-5
+    for arch in ("resnet18", "mobilenet_v2"):
+        other = chexcut.truncate(arch, drop=0, weights="none", image_size=48).eval()
+        assert np.abs(ex.gradcam(other, other.chexcut_spec, inputs.images, [0, 5]) -
+                      ex.captum_gradcam(other, other.chexcut_spec, inputs.images, [0, 5])).max() < 1e-5
     same = ex.gradcam(model, spec, inputs.images, [2, 8], batch=3)
     assert np.abs(same - np.concatenate([ex.gradcam(model, spec, inputs.images[i:i + 1], [2, 8])
                                          for i in range(10)])).max() < 1e-5

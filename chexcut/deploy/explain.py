@@ -61,27 +61,57 @@ def gradcam(model: nn.Module, spec: ModelSpec, images: torch.Tensor, targets, la
     """Grad-CAM maps (N, T, H, W) in [0, 1] for uint8 images (N, 1, H, W).
 
     ``targets``: head indices, the same T for every image (a list), or one row of T per image ((N, T): each
-    image's own labels, e.g. its top K). Images go through in batches of ``batch`` (one backward pass per
-    batch and target column); the model is in eval mode, so a map does not depend on its batch-mates."""
-    from captum.attr import LayerAttribution, LayerGradCam
+    image's own labels, e.g. its top K). One forward pass per batch of ``batch`` images serves every target:
+    the layer's activations are kept and each target's gradient with respect to them is taken from the same
+    graph (the backward runs only from the head down to the layer). The arithmetic is Captum's
+    ``LayerGradCam`` (channel weights = spatially averaged gradients, ReLU of the weighted sum) and
+    ``LayerAttribution.interpolate`` (bilinear); ``tests/test_explain.py`` checks the maps against Captum.
+    The model is in eval mode, so a map does not depend on its batch-mates."""
+    import torch.nn.functional as F
 
     module, _ = target_layer(model, spec, layer)
     per_image = np.asarray(targets, dtype=np.int64)
     if per_image.ndim == 1:
         per_image = np.broadcast_to(per_image, (len(images), len(per_image)))
-    cam = LayerGradCam(model, module)
     size = tuple(images.shape[-2:])
     out = np.zeros((len(images), per_image.shape[1], *size), dtype=np.float32)
-    for lo in range(0, len(images), batch):
-        x = spec.preprocess.normalise(images[lo:lo + batch])
-        for t in range(per_image.shape[1]):
-            column = per_image[lo:lo + batch, t]
-            target = int(column[0]) if (column == column[0]).all() else [int(j) for j in column]
-            a = cam.attribute(x, target=target, relu_attributions=True)
-            a = LayerAttribution.interpolate(a, size, interpolate_mode="bilinear")
-            a = a.detach().float().reshape(len(x), -1)
-            top = a.max(dim=1, keepdim=True).values.clamp_min(1e-12)
-            out[lo:lo + len(x), t] = (a / top).reshape(len(x), *size).numpy()
+    kept = {}
+    hook = module.register_forward_hook(lambda _m, _i, o: kept.__setitem__("a", o))
+    try:
+        for lo in range(0, len(images), batch):
+            x = spec.preprocess.normalise(images[lo:lo + batch])
+            with torch.enable_grad():
+                logits = model(x)
+                acts = kept.pop("a")
+                rows = torch.arange(len(x))
+                for t in range(per_image.shape[1]):
+                    picked = logits[rows, torch.tensor(per_image[lo:lo + batch, t].tolist())]
+                    grads, = torch.autograd.grad(picked.sum(), acts, retain_graph=t + 1 < per_image.shape[1])
+                    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1, keepdim=True))
+                    cam = F.interpolate(cam.detach(), size, mode="bilinear").float().reshape(len(x), -1)
+                    top = cam.max(dim=1, keepdim=True).values.clamp_min(1e-12)
+                    out[lo:lo + len(x), t] = (cam / top).reshape(len(x), *size).numpy()
+    finally:
+        hook.remove()
+    return out
+
+
+def captum_gradcam(model: nn.Module, spec: ModelSpec, images: torch.Tensor, targets: list[int],
+                   layer: int | None = None) -> np.ndarray:
+    """The same maps through Captum's ``LayerGradCam``, one attribute call per target: the reference
+    :func:`gradcam` is tested against."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    module, _ = target_layer(model, spec, layer)
+    x = spec.preprocess.normalise(images)
+    cam = LayerGradCam(model, module)
+    out = np.zeros((len(images), len(targets), *images.shape[-2:]), dtype=np.float32)
+    for t, j in enumerate(targets):
+        a = cam.attribute(x, target=j, relu_attributions=True)
+        a = LayerAttribution.interpolate(a, tuple(images.shape[-2:]), interpolate_mode="bilinear")
+        a = a.detach().float().reshape(len(images), -1)
+        top = a.max(dim=1, keepdim=True).values.clamp_min(1e-12)
+        out[:, t] = (a / top).reshape(len(images), *images.shape[-2:]).numpy()
     return out
 
 
