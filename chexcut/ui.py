@@ -248,6 +248,45 @@ def evaluation_extra_tables(r: dict) -> list[Table]:
                 d.add_row(x["by"], x["groups"][0], x["groups"][1], f"{x['delta']:+.3f}",
                           _ci(x["ci_low"], x["ci_high"], "{:+.3f}"), _f(x["p"], "{:.3g}"))
             tables.append(d)
+    return tables + operating_tables(r)
+
+
+def operating_tables(r: dict) -> list[Table]:
+    """Operating points (flagged when chosen on the evaluated set) and, per label, readers against the model.
+    Intervals are in the JSON; the tables keep label names whole at 80 columns."""
+    tables = []
+    points = [p for p in r.get("operating_points") or [] if p.get("sensitivity") is not None]
+    if points:
+        t = Table(title="Operating points (* chosen on this set: optimistic; CIs in --json)", title_justify="left",
+                  box=box.SIMPLE_HEAD, caption="a case is positive when its score >= threshold", caption_justify="left",
+                  padding=(0, 1), pad_edge=False, collapse_padding=True)
+        for col in ("label", "rule", "threshold", "sens", "spec", "PPV", "NPV", "F1"):
+            t.add_column(col, justify="left" if col in ("label", "rule") else "right", no_wrap=True)
+        for p in points:
+            rule = p["rule"].replace("specificity", "spec").replace("sensitivity", "sens")
+            t.add_row(p["label"], rule + ("*" if p.get("optimistic") else ""),
+                      "none" if p["threshold"] is None else f"{p['threshold']:.4g}",
+                      *(_f(p[k], "{:.3f}") for k in ("sensitivity", "specificity", "ppv", "npv", "f1")))
+        tables.append(t)
+    readers = [x for x in r.get("readers") or [] if x.get("sensitivity") is not None]
+    summary = {s["label"]: s for s in r.get("readers_summary") or []}
+    for label in dict.fromkeys(x["label"] for x in readers):
+        s = summary.get(label, {})
+        t = Table(title=f"{label}: {s.get('below_model_curve', 0)} of {s.get('of', 0)} readers below the model's "
+                        f"ROC curve", title_justify="left", box=box.SIMPLE_HEAD,
+                  caption="m.sens: the model's sensitivity at the reader's specificity; m.spec: its specificity at "
+                          "the reader's sensitivity; delta = model - reader, "
+                          "two-sided bootstrap p; CIs in --json", caption_justify="left", padding=(0, 1), pad_edge=False,
+                  collapse_padding=True)
+        for col in ("reader", "sens", "spec", "m.sens", "delta", "p", "m.spec", "delta", "p", "below"):
+            t.add_column(col, justify="left" if col == "reader" else "right", no_wrap=True)
+        for x in (x for x in readers if x["label"] == label):
+            t.add_row(x["reader"], f"{x['sensitivity']:.3f}", f"{x['specificity']:.3f}",
+                      f"{x['model_sensitivity_at_reader_specificity']:.3f}", f"{x['delta_sensitivity']:+.3f}",
+                      _f(x["p_sensitivity"], "{:.2g}"), f"{x['model_specificity_at_reader_sensitivity']:.3f}",
+                      f"{x['delta_specificity']:+.3f}", _f(x["p_specificity"], "{:.2g}"),
+                      "yes" if x["below_model_curve"] else "no")
+        tables.append(t)
     return tables
 
 

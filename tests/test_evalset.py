@@ -102,3 +102,23 @@ def test_not_annotated_in_the_prevalence_table(generic_run):
     assert prev["Fracture"]["annotated"] is False and prev["Fracture"]["train_neg"] == 0
     assert prev["Edema"]["annotated"] is True
     assert any("not annotated" in n for n in t.notes)
+
+
+def test_thresholds_chosen_on_a_runs_validation_predictions(generic_run):
+    """--thresholds RUN: the rule on the run's validation predictions (its own rows and labels), then applied as
+    fixed thresholds; evaluated on those same rows they reach the target exactly as chosen."""
+    run_dir, data, opts = generic_run
+    rc, r, err = _eval(run_dir, "--thresholds", run_dir, "--threshold-rule", "specificity:0.8")
+    assert rc == 0, err
+    points = [p for p in r["operating_points"] if "not_evaluable" not in p]
+    assert points and all(p["rule"] == "given" and not p["optimistic"] for p in points)
+    assert all("validation (specificity>=0.8)" in p["chosen_on"] for p in points)
+    valid = load_split(data, "valid", opts)
+    preds = pd.read_csv(run_dir / "valid_predictions.csv").set_index("Path")
+    for p in points:
+        j = valid.labels.index(p["label"])
+        m = valid.mask[:, j] > 0
+        y, s = valid.targets[m, j] > 0, preds[p["label"]].to_numpy()[m]
+        # the lowest threshold whose specificity is >= 0.8 (sensitivity only grows as the threshold falls)
+        best = min(t for t in np.unique(s) if ((s < t) & ~y).sum() / (~y).sum() >= 0.8)
+        assert p["threshold"] == pytest.approx(best) and p["specificity"] >= 0.8

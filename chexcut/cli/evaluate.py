@@ -38,7 +38,12 @@ def evaluate(
     groups: Annotated[Optional[Path], typer.Option("--groups", help="A CSV of subgroup columns keyed like the truth.")] = None,
     age_bins: Annotated[Optional[str], typer.Option("--age-bins", help="With --by Age: interval edges, e.g. 0,40,60,80,200.")] = None,
     calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help="Brier, ECE and recalibration slope/intercept with CIs.")] = True,
-    plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder for per-label ROC (with CI band), PR and reliability PNGs.")] = None,
+    at_specificity: Annotated[Optional[list[str]], typer.Option("--at-specificity", help="Operating point per label: the best sensitivity at specificity >= S (repeatable or S1,S2; chosen on this set: optimistic).")] = None,
+    at_sensitivity: Annotated[Optional[list[str]], typer.Option("--at-sensitivity", help="Operating point per label: the best specificity at sensitivity >= S (repeatable or S1,S2).")] = None,
+    thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Thresholds chosen on another set, applied here: a finetune RUN (its validation predictions, by --threshold-rule), an evaluation JSON, or a label,threshold CSV.")] = None,
+    threshold_rule: Annotated[str, typer.Option("--threshold-rule", help="How --thresholds RUN|JSON chose them: youden, specificity:S or sensitivity:S.")] = "youden",
+    readers: Annotated[Optional[list[str]], typer.Option("--readers", help="Readers' binary reads keyed like the truth (FILE or NAME=FILE; repeatable or comma list): placed against the model's ROC curve.")] = None,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder for per-label ROC (with CI band, readers, operating points), PR and reliability PNGs.")] = None,
     predictions_out: Annotated[Optional[Path], typer.Option("--predictions-out", help="Write MODEL's predictions CSV here.")] = None,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the evaluation JSON to PATH, or - for stdout.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv-out", help="Write per-label results as CSV.")] = None,
@@ -70,7 +75,8 @@ def evaluate(
             raise ChexcutError(f"--age-bins takes numbers separated by commas, not {age_bins!r}") from None
     stats = Statistics(bootstrap=bootstrap, ci=ci, seed=seed, cluster=str(cluster), method=str(method), alpha=alpha,
                        margin=margin, equivalence=equivalence, level=str(level), by=tuple(split_list(by) or ()),
-                       age_bins=bins, calibration=calibration)
+                       age_bins=bins, calibration=calibration, at_specificity=_targets(at_specificity, "--at-specificity"),
+                       at_sensitivity=_targets(at_sensitivity, "--at-sensitivity"))
     infer = Inference(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                       precision=precision and str(precision), cache_dir=cache)
     for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
@@ -93,10 +99,18 @@ def evaluate(
     inputs = evalrun.EvalInputs(
         model=model, data=data, split=split and str(split), options=given, predictions=predictions, truth=label_file,
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
-        allow_missing=allow_missing, key_col=key_col, groups=groups)
+        allow_missing=allow_missing, key_col=key_col, groups=groups, readers=tuple(readers or ()),
+        thresholds=thresholds, threshold_rule=threshold_rule)
     result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out, plots=plots,
                                     progress=lambda what: ui.progress_bar(what, quiet=quiet))
     _write(result, json_path, csv_out, quiet)
+
+
+def _targets(values: list[str] | None, flag: str) -> tuple[float, ...]:
+    """Repeatable, comma-separated sensitivity/specificity targets, each checked in (0, 1]."""
+    from chexcut.evaluation.operating import check_target
+
+    return tuple(check_target(v, flag) for item in values or () for v in split_list(item) or ())
 
 
 def _write(result: dict, json_path: str | None, csv_out: Path | None, quiet: bool) -> None:

@@ -81,11 +81,13 @@ def cluster_rows(evalset: EvalSet, cluster: str) -> np.ndarray:
 
 def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = None, *,
              compare: np.ndarray | None = None, chunk: int | None = None, logits: bool = False,
-             **settings) -> dict:
+             readers: dict | None = None, given: dict | None = None, **settings) -> dict:
     """The evaluation JSON (see the README for the schema). ``scores`` (and ``compare``) are (N, L): probabilities,
     or with ``logits`` any real numbers (AUROC and AP use only their order; calibration their sigmoid).
-    ``stats`` (or its fields as keywords, e.g. ``bootstrap=2000``) says what to compute."""
-    from chexcut.evaluation import calibration, paired, subgroups
+    ``stats`` (or its fields as keywords, e.g. ``bootstrap=2000``) says what to compute. ``readers``: name ->
+    (N, L) 0/1 reads (nan where none) placed against the model's ROC curve; ``given``: label -> an
+    :class:`~chexcut.evaluation.operating.Rule` with a threshold chosen on another set."""
+    from chexcut.evaluation import calibration, operating, paired, subgroups
 
     stats = stats or Statistics(**settings)
     scores = metrics.check_scores(scores, evalset.y.shape, "scores")
@@ -126,6 +128,10 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
         result["subgroups"], result["subgroup_gaps"], notes = subgroups.evaluate_subgroups(
             evalset, scores, stats, clusters, logits=logits, chunk=chunk, counts=counts)
         result["warnings"] += notes
+    rules = operating.rules_of(stats)
+    if rules or readers or given:
+        result |= operating.operating_points(y, mask, scores, labels, clusters, rules, readers, given=given,
+                                             bootstrap=bootstrap, seed=seed, ci=ci, chunk=chunk, counts=counts)
     if compare is not None:
         result["compare"] = paired.compare(
             y, mask, labels, paired.Arm(scores, auc, reps), paired.Arm(compare, auc_b, reps_b), comp=comp,

@@ -128,6 +128,9 @@ class EvalInputs:
     allow_missing: bool = False
     key_col: str | None = None  # the key column of --predictions/--truth/--compare/--groups (default: Path or Study)
     groups: Path | None = None  # a CSV of subgroup columns keyed like the truth
+    readers: tuple[str, ...] = ()  # reader files (FILE or NAME=FILE), binary reads keyed like the truth
+    thresholds: str | None = None  # a run dir, evaluation JSON or label,threshold CSV: thresholds chosen elsewhere
+    threshold_rule: str = "youden"  # how thresholds are chosen on a --thresholds run's validation predictions
 
 
 def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: Inference = Inference(),
@@ -140,11 +143,16 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     """
     import contextlib
 
-
     i = inputs
     if i.compare is None and stats.margin is not None:
         raise ChexcutError("--margin needs --compare OTHER (non-inferiority of this model against OTHER)")
     source = check_sources(i.model, i.data, i.predictions, i.truth)
+    from chexcut.evaluation.operating import parse_rule
+    from chexcut.evaluation.operating_inputs import given_thresholds, parse_reader_specs, read_readers
+
+    reader_specs, rule = parse_reader_specs(i.readers), parse_rule(i.threshold_rule)
+    if i.thresholds and not Path(i.thresholds).exists():
+        raise ChexcutError(f"--thresholds: no such run directory or file: {i.thresholds}")
     progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
     es, table, preds, notes, warns, overlap, group_sources = _gather(i, source, infer, progress)
     if i.groups is not None:
@@ -161,10 +169,15 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
         overlap = {"model": overlap, "compare": compare_overlap} if compare_overlap is not None else overlap
     if predictions_out and i.model is not None:  # only after every refusal: no output for a refused evaluation
         write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
+    reads = read_readers(reader_specs, evalset, i.key_col)
+    n_scores = len(mats)
+    mats += list(reads.values())
     if stats.level == "study":
         evalset, mats = aggregate_by_study(evalset, mats)
-    result = evaluate(evalset, mats[0], stats, compare=mats[1] if len(mats) > 1 else None,
-                      logits=i.logits and i.model is None)
+    given = given_thresholds(i.thresholds, rule, evalset.labels, stats.level, i.logits and i.model is None) \
+        if i.thresholds else None
+    result = evaluate(evalset, mats[0], stats, compare=mats[1] if n_scores > 1 else None,
+                      logits=i.logits and i.model is None, readers=dict(zip(reads, mats[n_scores:])), given=given)
     result["level"] = stats.level
     if plots is not None:
         from chexcut.evaluation.evaluate import cluster_rows

@@ -86,6 +86,7 @@ def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) ->
                             label=f"{stats.ci:.0%} band ({min(stats.bootstrap, BAND_REPLICATES)} replicates)")
         ci = (f" ({row['ci_low']:.3f}-{row['ci_high']:.3f})" if row.get("ci_low") is not None else "")
         ax.plot(fpr[0], tpr[0], color="tab:blue", lw=2, label=f"AUROC {row['auroc']:.3f}{ci}")
+        _readers_and_points(ax, name, result)
         _roc_axes(ax, f"{name}: ROC ({row['n_pos']} pos, {row['n_neg']} neg)")
         save(fig, f"{slug(name)}-roc.png")
         _pr_plot(plt, save, name, row, y, s)
@@ -94,6 +95,25 @@ def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) ->
         for column in stats.by:
             _subgroup_plot(plt, save, name, column, evalset, scores, j, result)
     return written
+
+
+def _readers_and_points(ax, name: str, result: dict) -> None:
+    """The readers as points with their CI crosses, and the operating points as markers (the CheXpert figure)."""
+    readers = [x for x in result.get("readers") or [] if x["label"] == name and x.get("sensitivity") is not None]
+    for k, x in enumerate(readers):
+        fx, sy = 1 - x["specificity"], x["sensitivity"]
+        xerr = yerr = None
+        if x.get("specificity_ci_low") is not None:
+            xerr = [[x["specificity_ci_high"] - x["specificity"]], [x["specificity"] - x["specificity_ci_low"]]]
+        if x.get("sensitivity_ci_low") is not None:
+            yerr = [[sy - x["sensitivity_ci_low"]], [x["sensitivity_ci_high"] - sy]]
+        ax.errorbar([fx], [sy], xerr=xerr, yerr=yerr, fmt="o", ms=5, capsize=2, lw=1,
+                    color=f"C{(k + 2) % 10}", label=f"reader {x['reader']} ({'below' if x['below_model_curve'] else 'above'})")
+    points = [p for p in result.get("operating_points") or [] if p["label"] == name and p.get("sensitivity") is not None]
+    for p in points:
+        ax.plot([1 - p["specificity"]], [p["sensitivity"]], marker="D", ms=6, ls="none", mfc="none", mec="black",
+                label=f"{p['rule']}{' (this set)' if p.get('optimistic') else ''}: "
+                      f"sens {p['sensitivity']:.2f}, spec {p['specificity']:.2f}")
 
 
 def _roc_axes(ax, title: str) -> None:

@@ -52,6 +52,8 @@ class Statistics:
     by: tuple[str, ...] = ()  # subgroup columns (of the truth CSV or a --groups CSV)
     age_bins: tuple[float, ...] | None = None  # edges turning Age into intervals [a, b)
     calibration: bool = True  # Brier, ECE, recalibration slope/intercept (probabilities; logits after a sigmoid)
+    at_specificity: tuple[float, ...] = ()  # operating points chosen on the evaluated set (optimistic)
+    at_sensitivity: tuple[float, ...] = ()
 
     def __post_init__(self):
         check_parameters(bootstrap=self.bootstrap, ci=self.ci, alpha=self.alpha, cluster=str(self.cluster),
@@ -62,6 +64,11 @@ class Statistics:
         if self.seed < 0:
             raise ChexcutError(f"--seed must be >= 0, not {self.seed}")
         object.__setattr__(self, "by", tuple(self.by))
+        from chexcut.evaluation.operating import check_target
+
+        for name in ("at_specificity", "at_sensitivity"):
+            flag = "--" + name.replace("_", "-")
+            object.__setattr__(self, name, tuple(dict.fromkeys(check_target(v, flag) for v in getattr(self, name))))
         if len(set(self.by)) != len(self.by):
             raise ChexcutError(f"--by names a column twice: {','.join(self.by)}")
         if self.age_bins is not None:

@@ -38,6 +38,7 @@ class RunResult:
     bench: dict | None = None  # this run's level from `chexcut bench RUN --json RUN/bench.json`
     subgroups: list[dict] | None = None  # eval.json's subgroups: by, group, n, 5-task AUROC and CI
     calibration: dict | None = None  # the 5 tasks' mean Brier, ECE and recalibration slope (eval.json)
+    readers: list[dict] | None = None  # eval.json's readers: per label and reader, the model minus reader deltas
 
 
 @dataclass
@@ -113,7 +114,7 @@ def collect(targets: list[Path]) -> Collected:
             auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
             predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=_bench(rd),
-            subgroups=_subgroups(ev), calibration=_calibration(ev)))
+            subgroups=_subgroups(ev), calibration=_calibration(ev), readers=_readers(ev)))
     return res
 
 
@@ -123,6 +124,13 @@ def _subgroups(ev: dict) -> list[dict] | None:
         m = g.get("mean_competition") or {}
         rows.append({"by": g.get("by"), "group": g.get("group"), "n": g.get("n"), "auroc": m.get("auroc"),
                      "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high")})
+    return rows or None
+
+
+def _readers(ev: dict) -> list[dict] | None:
+    keys = ("label", "reader", "sensitivity", "specificity", "model_sensitivity_at_reader_specificity",
+            "delta_sensitivity", "p_sensitivity", "below_model_curve")
+    rows = [{k: x.get(k) for k in keys} for x in ev.get("readers") or [] if x.get("sensitivity") is not None]
     return rows or None
 
 

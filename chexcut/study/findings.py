@@ -141,6 +141,8 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
                        **g} for r in col.runs for g in (r.subgroups or [])],
         "calibration": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop,
                          "seed": r.seed, **r.calibration} for r in col.runs if r.calibration],
+        "readers": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop, "seed": r.seed,
+                     **x} for r in col.runs for x in (r.readers or [])],
     }
 
 

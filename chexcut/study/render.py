@@ -278,12 +278,28 @@ def calibration_table(report: dict) -> ReportTable | None:
                          "separated" if r["slope"] is None else _fmt(r["slope"], ".2f")] for r in rows])
 
 
+def readers_table(report: dict) -> ReportTable | None:
+    rows = report.get("readers") or []
+    if not rows:
+        return None
+    return ReportTable("Readers against each run (model sensitivity at the reader's specificity; delta = model - "
+                       "reader, two-sided bootstrap p)",
+                       ["arch", "weights", "drop", "seed", "label", "reader", "reader sens", "reader spec",
+                        "model sens", "delta", "p", "below curve"],
+                       [[r["arch"], r["weights"], str(r["drop"]), str(r["seed"]), r["label"], r["reader"],
+                         _fmt(r["sensitivity"], ".3f"), _fmt(r["specificity"], ".3f"),
+                         _fmt(r["model_sensitivity_at_reader_specificity"], ".3f"),
+                         _fmt(r["delta_sensitivity"], "+.3f"),
+                         "no test" if r["p_sensitivity"] is None else f"{r['p_sensitivity']:.3g}",
+                         "yes" if r["below_model_curve"] else "no"] for r in rows])
+
+
 def tables(report: dict) -> list[ReportTable]:
     """Every table of the report, in order: what is wrong first, then the results and the findings."""
     eff = efficiency_tables(report["efficiency"], report["alpha"],
                             note=(report.get("missing") or {}).get("pretrained"))
     found = [*problem_tables(report), results_table(report), *eff, correlation_table(report), boost_table(report),
-             family_table(report), subgroup_table(report), calibration_table(report)]
+             family_table(report), subgroup_table(report), calibration_table(report), readers_table(report)]
     return [t for t in found if t is not None]
 
 
