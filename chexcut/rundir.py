@@ -9,6 +9,7 @@
     .lock                    held while a process trains into the folder
     eval.json, predictions.csv, log.txt   written by a study's `chexcut evaluate` and its shell line
     bench.json               `chexcut bench RUN --json RUN/bench.json` (or `study plan --bench`)
+    mlflow.json              with ``--track``: the tracking URI, experiment and MLflow run id (resume continues it)
 
 Train, study, report and the UI ask a :class:`RunDir` for paths instead of spelling file names.
 """
@@ -29,9 +30,10 @@ EVAL = "eval.json"
 PREDICTIONS = "predictions.csv"
 LOG = "log.txt"
 BENCH = "bench.json"
+TRACKING = "mlflow.json"  # the MLflow run this run logs to (``--track``)
 
 #: What one training run writes (removed by ``finetune --force`` before it starts over).
-TRAINING_FILES = (CONFIG, METRICS, LAST, BEST, VALID_PREDICTIONS, STATE)
+TRAINING_FILES = (CONFIG, METRICS, LAST, BEST, VALID_PREDICTIONS, STATE, TRACKING)
 
 #: metrics.csv columns before the per-label ``auroc:LABEL`` ones.
 METRICS_COLUMNS = ("step", "epoch", "images_seen", "train_loss", "lr", "images_per_s", "gpu_mem_gb", "val_mean_auroc")

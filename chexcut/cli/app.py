@@ -43,6 +43,9 @@ def complete_arch(incomplete: str) -> list[str]:
     return [a for a in REGISTRY if a.startswith(incomplete)]
 
 
+TrackOpt = Annotated[Optional[str], typer.Option("--track", help="Log to MLflow at this tracking URI (sqlite:///PATH/mlflow.db, a folder, or a server; default: $CHEXCUT_TRACKING_URI). Needs chexcut[track].")]
+
+
 def split_list(value: Optional[str]) -> Optional[list[str]]:
     if value is None:
         return None

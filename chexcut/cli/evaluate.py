@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views
-from chexcut.cli.app import CacheOpt, CsvOpt, app, split_list
+from chexcut.cli.app import CacheOpt, CsvOpt, TrackOpt, app, split_list
 from chexcut.errors import ChexcutError
 
 
@@ -59,6 +59,7 @@ def evaluate(
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: auto = bf16 on GPU, fp32 on CPU.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 2,
     cache: CacheOpt = None,
+    track: TrackOpt = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ):
     """AUROC per label and on the 5 competition tasks, with bootstrap CIs and paired tests."""
@@ -101,9 +102,18 @@ def evaluate(
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
         allow_missing=allow_missing, key_col=key_col, groups=groups, readers=tuple(readers or ()),
         thresholds=thresholds, threshold_rule=threshold_rule)
+    run_dir = Path(model) if model and (Path(model) / "config.json").is_file() else None
+    if track and run_dir is None:
+        raise ChexcutError("--track logs an evaluation to its run's MLflow run: give a run directory as MODEL")
+    if run_dir is not None:
+        from chexcut import tracking
+
+        tracking.resumed(run_dir, track)  # a missing extra fails here, before any inference
     result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out, plots=plots,
                                     progress=lambda what: ui.progress_bar(what, quiet=quiet))
     _write(result, json_path, csv_out, quiet)
+    if run_dir is not None:  # a tracked run (its mlflow.json) or --track: the evaluation joins its MLflow run
+        tracking.log_evaluation(run_dir, result, track)
 
 
 def _targets(values: list[str] | None, flag: str) -> tuple[float, ...]:

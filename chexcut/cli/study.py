@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from chexcut.cli.app import app, ints, split_list
+from chexcut.cli.app import TrackOpt, app, ints, split_list
 from chexcut.errors import ChexcutError
 
 study_app = typer.Typer(help="Plan and run a grid of finetune + evaluate runs (locally or on Slurm).",
@@ -35,14 +36,23 @@ def study_plan(
     age_bins: Annotated[Optional[str], typer.Option("--age-bins", help="With --by Age: interval edges, e.g. 0,40,60,80,200.")] = None,
     groups: Annotated[Optional[Path], typer.Option("--groups", help="A CSV of subgroup columns keyed by Path.")] = None,
     calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help="Each evaluate: Brier, ECE, recalibration slope.")] = True,
+    track: TrackOpt = None,
+    track_models: Annotated[bool, typer.Option("--track-models/--track-no-models", help="With --track: upload each run's best model.")] = True,
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ):
     """Write a study plan; extra options after the known ones go to every finetune (e.g. --recipe fast)."""
+    import dataclasses
+
     from chexcut import ui
     from chexcut.models.registry import PAPER_ARCHS
     from chexcut.study.plan import Grid, Slurm, plan_study
+    from chexcut.tracking import ENV_URI, absolute_uri, require_mlflow
 
     options = _finetune_options(list(ctx.args), data)
+    track = track or os.environ.get(ENV_URI)
+    if track:  # every run logs to one experiment named after the study folder
+        require_mlflow()
+        options = dataclasses.replace(options, track={"uri": absolute_uri(track), "log_models": track_models})
     grid = Grid(archs=tuple(split_list(archs)) if archs else PAPER_ARCHS, weights=tuple(split_list(weights)),
                 drops=tuple(ints(drops, "drops")), seeds=tuple(ints(seeds, "seeds")))
     cluster = Slurm(gpus_per_task=gpus_per_task, nodes=nodes, extra=tuple(split_list(sbatch) or ()))

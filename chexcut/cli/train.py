@@ -16,6 +16,7 @@ from chexcut.cli.app import (
     PathColOpt,
     ResizeOpt,
     SkipMissingOpt,
+    TrackOpt,
     UncertainOpt,
     ValidFracOpt,
     ViewsOpt,
@@ -56,13 +57,17 @@ def finetune(
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     cache: CacheOpt = None, skip_missing: SkipMissingOpt = False,
+    track: TrackOpt = None,
+    track_experiment: Annotated[Optional[str], typer.Option("--track-experiment", help="MLflow experiment (default: chexcut; a study: its folder's name).")] = None,
+    track_tag: Annotated[Optional[list[str]], typer.Option("--track-tag", help="KEY=VALUE tag on the MLflow run (repeatable).")] = None,
+    track_models: Annotated[bool, typer.Option("--track-models/--track-no-models", help="Upload best.safetensors to the tracking store.")] = True,
     log_format: Annotated[LogFormat, typer.Option("--log-format", help="rich (progress bar on stderr) or json (one object per line on stdout).")] = LogFormat.rich,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Fine-tune on a CheXpert-layout dataset into a run directory (resumable, kill-safe)."""
     import json
 
-    from chexcut import ui
+    from chexcut import tracking, ui
     from chexcut.models.source import ModelSource
     from chexcut.training.config import Run
     from chexcut.training.loop import finetune as do_finetune
@@ -71,6 +76,7 @@ def finetune(
         if model or out or data:
             raise ChexcutError("--resume RUN_DIR takes its model, data and output from the run; give no MODEL, --data or --out")
         run = Run.from_run_dir(resume, max_steps=max_steps, device=device)
+        run.track = tracking.resumed(resume, track)
     else:
         if not model or data is None or out is None:
             raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
@@ -80,7 +86,8 @@ def finetune(
         source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights, in_chans=in_chans, seed=seed)
         opts = data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
         run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source.to_json(), cache=cache,
-                  skip_missing=skip_missing, force=force)
+                  skip_missing=skip_missing, force=force,
+                  track=tracking.tracking_from(track, track_experiment, _tags(track_tag), track_models))
     if log_format == "json":
         def emit(event):
             if not quiet:
@@ -94,6 +101,16 @@ def finetune(
         b = result["best"]
         best = f"best mean AUROC {b['mean_auroc']:.4f} at step {b['step']}" if b.get("mean_auroc") is not None else "no evaluable validation"
         ui.err.print(f"{result['status']}: {result['step']} steps, {best}; run in {result['run_dir']}")
+
+
+def _tags(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ChexcutError(f"--track-tag takes KEY=VALUE, not {item!r}")
+        out[key.strip()] = value
+    return out
 
 
 def _train_config(p: dict):

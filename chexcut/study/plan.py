@@ -103,7 +103,7 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
         raise ChexcutError(f"no runs to plan: {'; '.join(dict.fromkeys(skipped)) or 'empty grid'}")
     data_abs = str(data.resolve())
     for r in runs:
-        r.update(run_commands(r, data_abs, options, bootstrap, bench, evaluate_options))
+        r.update(run_commands(r, data_abs, options, bootstrap, bench, evaluate_options, study=str(out)))
     plan = {"format": "chexcut-study", "version": 1, "data": data_abs, "archs": list(grid.archs),
             "weights": list(grid.weights), "drops": list(grid.drops), "seeds": list(grid.seeds),
             "finetune_args": options.to_args(), "finetune_options": options.to_json(), "bootstrap": bootstrap,
@@ -152,11 +152,21 @@ def evaluate_args(o: dict) -> list[str]:
     return args
 
 
+def grid_cell(r: dict) -> str:
+    """The run's cell without its seed: seeds of one cell are grouped by it (e.g. in MLflow)."""
+    return f"{r['arch']}/{Path(r['weights']).stem if Path(r['weights']).is_file() else r['weights']}/drop{r['drop']}"
+
+
 def run_commands(r: dict, data: str, options: FinetuneOptions, bootstrap: int, bench: bool,
-                 evaluate_options: dict | None = None) -> dict:
+                 evaluate_options: dict | None = None, study: str = ".") -> dict:
     """One run's finetune, evaluate (and bench) command lines."""
+    from chexcut.training.config import study_experiment, study_tags
+
     ft = ["finetune", r["arch"], "--drop", str(r["drop"]), "--weights", r["weights"], "--seed", str(r["seed"]),
           "--data", data, "--out", r["run_dir"], "--force", "--quiet", *options.to_args()]
+    if options.track:  # the experiment is the study; runs carry their grid cell (the evaluate joins the run's)
+        ft += ["--track-experiment", study_experiment(study),
+               *[a for k, v in study_tags(study, grid_cell(r)).items() for a in ("--track-tag", f"{k}={v}")]]
     # no data options: each run is evaluated on its own validation rows (recorded in its config.json)
     ev = ["evaluate", r["run_dir"], "--bootstrap", str(bootstrap), "--seed", str(r["seed"]),
           "--predictions-out", f"{r['run_dir']}/{rundir.PREDICTIONS}", "--json", f"{r['run_dir']}/{rundir.EVAL}",

@@ -72,14 +72,18 @@ def _run_in_process(job: Job, plan: dict) -> None:
     options = FinetuneOptions.from_json(plan["finetune_options"])
     r, rd = job.run, RunDir(job.run["run_dir"])
     rd.path.mkdir(parents=True, exist_ok=True)
+    from chexcut import tracking
+    from chexcut.study.plan import grid_cell
+
     if rd.last.is_file():
         run = Run.from_run_dir(rd.path)
+        run.track = tracking.resumed(rd.path)
     else:
         source = ModelSource.parse(r["arch"], drop=r["drop"], weights=r["weights"], seed=r["seed"])
         run = Run(run_dir=rd.path, data=Path(plan["data"]), opts=options.data_options(),
                   cfg=options.train_config(r["seed"]), model_source=source.to_json(),
                   cache=Path(options.cache) if options.cache else None, skip_missing=options.skip_missing,
-                  force=True)
+                  force=True, track=options.tracking(".", grid_cell(r)))
     finetune(run)
     if r.get("bench"):
         from chexcut.deploy.bench import bench
@@ -94,6 +98,7 @@ def _run_in_process(job: Job, plan: dict) -> None:
     result = run_evaluation(EvalInputs(model=str(rd.path), groups=Path(ev["groups"]) if ev.get("groups") else None),
                             stats, infer, predictions_out=rd.predictions)
     write_json(rd.eval, result)
+    tracking.log_evaluation(rd.path, result)
 
 
 def run_plan_in_process(study_dir: Path, on_update=None) -> list[Job]:

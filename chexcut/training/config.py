@@ -86,6 +86,7 @@ class Run:
     skip_missing: bool = False
     resume: bool = False
     force: bool = False
+    track: object = None  # chexcut.tracking.Tracking: log this run to MLflow (rank 0 only)
 
     @classmethod
     def from_run_dir(cls, run_dir: Path, max_steps: int | None = None, device: str | None = None) -> "Run":
@@ -137,10 +138,13 @@ class FinetuneOptions:
     data: dict = field(default_factory=dict)  # DataOptions fields, as JSON
     cache: str | None = None
     skip_missing: bool = False
+    track: dict | None = None  # {"uri", "log_models"}: every run logs to MLflow (experiment: the study's folder)
 
     def __post_init__(self):
         from chexcut.data.chexpert import DataOptions
 
+        if self.track is not None and not str((self.track or {}).get("uri") or ""):
+            raise ChexcutError("a study's tracking needs a URI")
         unknown = set(self.train) - set(CLI_TRAIN_FIELDS)
         if unknown:
             raise ChexcutError(f"not finetune options: {', '.join(sorted(unknown))}")
@@ -159,12 +163,12 @@ class FinetuneOptions:
 
     def to_json(self) -> dict:
         return {"train": dict(self.train), "data": dict(self.data), "cache": self.cache,
-                "skip_missing": self.skip_missing}
+                "skip_missing": self.skip_missing, "track": self.track}
 
     @classmethod
     def from_json(cls, d: dict) -> "FinetuneOptions":
         return cls(train=dict(d.get("train") or {}), data=dict(d.get("data") or {}), cache=d.get("cache"),
-                   skip_missing=bool(d.get("skip_missing")))
+                   skip_missing=bool(d.get("skip_missing")), track=d.get("track"))
 
     def to_args(self) -> list[str]:
         """The ``finetune`` flags that say the same (defaults left out)."""
@@ -187,4 +191,24 @@ class FinetuneOptions:
             args += ["--" + name.replace("_", "-"), ",".join(value) if isinstance(value, list) else str(value)]
         if self.cache:
             args += ["--cache", str(self.cache)]
+        if self.track:
+            args += ["--track", str(self.track["uri"])] + ([] if self.track.get("log_models", True)
+                                                            else ["--track-no-models"])
         return args + (["--skip-missing"] if self.skip_missing else [])
+
+    def tracking(self, study: str, cell: str):
+        """This study's :class:`chexcut.tracking.Tracking` for one run (None when untracked)."""
+        if not self.track:
+            return None
+        from chexcut.tracking import tracking_from
+
+        return tracking_from(self.track["uri"], study_experiment(study), study_tags(study, cell),
+                             self.track.get("log_models", True))
+
+
+def study_experiment(study: str) -> str:
+    return Path(study).resolve().name
+
+
+def study_tags(study: str, cell: str) -> dict:
+    return {"chexcut.study": str(Path(study).resolve()), "chexcut.grid_cell": cell}

@@ -36,17 +36,27 @@ def finetune(run: Run, emit=None) -> dict:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     lock = RunLock(Path(run.run_dir))
+    tracker = None
     try:
         with sigterm_interrupts():
             if dist.main:
                 prepare_run_dir(Path(run.run_dir), run.resume, run.force)
                 lock.acquire()
+                if run.track is not None:  # after --force cleared the folder: a new MLflow run, else the same
+                    from chexcut.tracking import Tracker
+
+                    tracker = Tracker(run.track, run.run_dir).start()
+                    emit = tracker.emitter(emit)
             barrier(dist)
             session = build_session(run, emit if dist.main else (lambda event: None), device, dist)
             with deferred_interrupts():
                 result = train_loop(session)
                 raise_if_interrupted()  # asked to stop as the last step finished: the run is done, say so anyway
             return result
+    except BaseException as e:
+        if tracker is not None:
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         lock.release()
         shutdown(dist)

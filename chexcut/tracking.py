@@ -1,0 +1,308 @@
+"""Runs and studies in MLflow (the optional ``chexcut[track]`` extra): ``--track URI`` or
+``CHEXCUT_TRACKING_URI`` on ``finetune``, ``evaluate RUN`` and ``study plan``.
+
+What is logged: at a run's start its parameters (architecture, drop, weights, seed, recipe, image size,
+resize, batch size, learning rate, epochs, data fingerprint, chexcut and library versions) and tags (study,
+run id, grid cell); during training the training loss at every log row and each validation's per-label and
+5-task AUROC against the step; at the end the best step and AUROC, parameters and MACs, and the run's files
+(``config.json``, ``metrics.csv``, the best model unless ``log_models`` is off). ``evaluate RUN`` adds the
+evaluation's 5-task and all-label AUROCs with their CI bounds, latency from ``bench.json``, and ``eval.json``.
+
+The MLflow run id lives in the run directory (``mlflow.json``), so a resumed run, and a later evaluation,
+continue the same MLflow run. Tracking never endangers a run: a failing or unreachable store is one warning
+on stderr and the run goes on untracked. Only the process that writes the run directory (DDP rank 0) logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chexcut.errors import ChexcutError
+from chexcut.rundir import TRACKING, RunDir
+
+ENV_URI = "CHEXCUT_TRACKING_URI"
+RUN_FILE = TRACKING  # in the run directory: the tracking URI, experiment and MLflow run id
+DEFAULT_EXPERIMENT = "chexcut"
+INSTALL_HINT = "MLflow tracking needs the optional extra: pip install 'chexcut[track]'"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where and how to track: the store's URI, the experiment, extra tags, whether to upload model files."""
+
+    uri: str
+    experiment: str = DEFAULT_EXPERIMENT
+    tags: dict = field(default_factory=dict)
+    log_models: bool = True
+
+    def to_json(self) -> dict:
+        return {"uri": self.uri, "experiment": self.experiment, "tags": dict(self.tags), "log_models": self.log_models}
+
+
+def tracking_from(uri: str | None, experiment: str | None = None, tags: dict | None = None,
+                  log_models: bool = True) -> Tracking | None:
+    """The tracking settings a command asks for (``uri`` or ``CHEXCUT_TRACKING_URI``; None: no tracking). Checks
+    that the extra is installed, so a missing one fails before any work."""
+    uri = uri or os.environ.get(ENV_URI) or None
+    if not uri:
+        return None
+    require_mlflow()
+    return Tracking(uri=absolute_uri(str(uri)), experiment=experiment or DEFAULT_EXPERIMENT, tags=dict(tags or {}),
+                    log_models=log_models)
+
+
+def absolute_uri(uri: str) -> str:
+    """A local store as an absolute URI (a study's scripts run from other folders): ``sqlite:///rel.db`` and
+    plain folder paths are resolved; server and ``file:`` URIs are kept."""
+    if uri.startswith("sqlite:///"):
+        rest = uri[len("sqlite:///"):]
+        return uri if rest.startswith("/") or rest.startswith(":memory:") else "sqlite:///" + str(Path(rest).resolve())
+    if "://" not in uri and not uri.startswith("file:"):
+        return str(Path(uri).resolve())
+    return uri
+
+
+def require_mlflow() -> None:
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as missing
+        found = False
+    if not found:
+        raise ChexcutError(INSTALL_HINT)
+
+
+def recorded(run_dir) -> dict | None:
+    """The run directory's ``mlflow.json`` (None when the run was never tracked)."""
+    try:
+        value = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) and value.get("run_id") and value.get("uri") else None
+
+
+def resumed(run_dir, uri: str | None = None) -> Tracking | None:
+    """Tracking for a resumed run or a re-evaluation: an explicit ``uri``, else the run's own record."""
+    rec = recorded(run_dir)
+    if uri or os.environ.get(ENV_URI):
+        return tracking_from(uri, rec.get("experiment") if rec else None, (rec or {}).get("tags"),
+                             (rec or {}).get("log_models", True))
+    if rec is None:
+        return None
+    require_mlflow()
+    return Tracking(uri=rec["uri"], experiment=rec.get("experiment", DEFAULT_EXPERIMENT), tags=rec.get("tags", {}),
+                    log_models=rec.get("log_models", True))
+
+
+class Tracker:
+    """One chexcut run as one MLflow run. Every call is guarded: the first failure is a warning and turns
+    tracking off for the rest of the process."""
+
+    def __init__(self, tracking: Tracking, run_dir, warn=None):
+        self.tracking = tracking
+        self.rd = RunDir(run_dir)
+        self.client = None
+        self.run_id: str | None = None
+        self.ended = False
+        self.logged_up_to = -1  # a resumed run: the last step whose log row is already in the store
+        self._warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
+
+    # --------------------------------------------------------------------------- guarded calls
+    def _guard(self, what: str, fn, *args, **kwargs):
+        if self.client is None and what != "connect":
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # the store is down, full, or refuses: the run goes on untracked
+            self.client = None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self._warn(f"MLflow tracking at {self.tracking.uri} failed ({what}: {first[:200]}); the run goes on "
+                       f"without tracking")
+            return None
+
+    def start(self, reopen: bool = True) -> "Tracker":
+        """Connect, then continue the run directory's MLflow run (marked running again when ``reopen``: a
+        resumed training) or create one in the experiment."""
+        self._guard("connect", self._start, reopen)
+        return self
+
+    def _start(self, reopen: bool) -> None:
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its database set-up lines are not the run's news
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.client = MlflowClient(tracking_uri=self.tracking.uri)
+        rec = recorded(self.rd.path)
+        if rec and rec["uri"] == self.tracking.uri:
+            run = self.client.get_run(rec["run_id"])  # raises if it is gone: a new one is not made silently
+            self.run_id = run.info.run_id
+            if reopen and run.info.status != "RUNNING":
+                self.client.update_run(self.run_id, status="RUNNING")
+            steps = [m.step for m in self.client.get_metric_history(self.run_id, "train_loss")]
+            self.logged_up_to = max(steps, default=-1)  # rows after the checkpoint come again, bit-exact: once
+            return
+        exp = self.client.get_experiment_by_name(self.tracking.experiment)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+            self.tracking.experiment, artifact_location=_artifact_location(self.tracking.uri, self.tracking.experiment))
+        tags = {"chexcut.run_dir": str(self.rd.path.resolve()), "chexcut.run_id": self.rd.path.name,
+                **{str(k): str(v) for k, v in self.tracking.tags.items()}}
+        run = self.client.create_run(exp_id, tags=tags, run_name=self.rd.path.name)
+        self.run_id = run.info.run_id
+        if not reopen:  # an evaluation of a run trained untracked: its parameters too
+            self.log_config()
+        from chexcut.fileio import write_json
+
+        write_json(self.rd / RUN_FILE, {"uri": self.tracking.uri, "experiment": self.tracking.experiment,
+                                         "experiment_id": exp_id, "run_id": self.run_id, "tags": self.tracking.tags,
+                                         "log_models": self.tracking.log_models})
+
+    def params(self, values: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:500]) for k, v in values.items() if v is not None]
+        for i in range(0, len(items), 100):
+            if self.client is not None:
+                self._guard("params", self.client.log_batch, self.run_id, params=items[i:i + 100])
+
+    def metrics(self, values: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), now, int(step)) for k, v in values.items() if v is not None]
+        if items and self.client is not None:
+            self._guard("metrics", self.client.log_batch, self.run_id, metrics=items)
+
+    def tags(self, values: dict) -> None:
+        from mlflow.entities import RunTag
+
+        if self.client is not None:
+            self._guard("tags", self.client.log_batch, self.run_id,
+                        tags=[RunTag(str(k), str(v)) for k, v in values.items()])
+
+    def artifact(self, path: Path) -> None:
+        if self.client is not None and Path(path).is_file():
+            self._guard("artifact", self.client.log_artifact, self.run_id, str(path))
+
+    def end(self, status: str) -> None:
+        """``FINISHED``, ``KILLED`` (interrupted; a resume continues it) or ``FAILED``; once."""
+        if self.client is not None and not self.ended:
+            self.ended = True
+            self._guard("end", self.client.set_terminated, self.run_id, status)
+
+    # --------------------------------------------------------------------------- what a run logs
+    def emitter(self, emit):
+        """``emit`` that also logs finetune's events (start: params; log rows: metrics; end: best, files)."""
+
+        def both(event: dict) -> None:
+            emit(event)
+            kind = event.get("event")
+            if kind == "start":
+                self.log_config()
+            elif kind == "log":
+                self.log_row(event)
+            elif kind == "end":
+                self.log_end(event)
+
+        return both
+
+    def log_config(self) -> None:
+        cfg = self.rd.read_config() or {}
+        self.params(run_params(cfg))
+
+    def log_row(self, row: dict) -> None:
+        step = int(row["step"])
+        if step <= self.logged_up_to:
+            return
+        values = {"train_loss": row.get("train_loss"), "val_mean_auroc": row.get("val_mean_auroc"),
+                  **{f"val_auroc/{k[6:]}": v for k, v in row.items() if k.startswith("auroc:")}}
+        self.metrics(values, step)
+
+    def log_end(self, event: dict) -> None:
+        best = event.get("best") or {}
+        cfg = self.rd.read_config() or {}
+        spec = cfg.get("model") or {}
+        self.metrics({"best_mean_auroc": best.get("mean_auroc"), "best_step": best.get("step"),
+                      "model_params": spec.get("params"), "model_macs": _macs(cfg)}, int(event.get("step", 0)))
+        for f in (self.rd.config, self.rd.metrics, self.rd.valid_predictions):
+            self.artifact(f)
+        if self.tracking.log_models:
+            self.artifact(self.rd.best)
+        self.end("FINISHED" if event.get("status") == "finished" else "KILLED")
+
+    def log_evaluation(self, result: dict) -> None:
+        """``evaluate RUN``: the 5-task and all-label AUROCs with their CI bounds, latency, and eval.json."""
+        values = {}
+        for key in ("mean_competition", "mean_all"):
+            m = result.get(key) or {}
+            for part in ("auroc", "ci_low", "ci_high", "average_precision"):
+                values[f"eval_{key}_{part}"] = m.get(part)
+        for row in result.get("labels", []):
+            values[f"eval_auroc/{row['label']}"] = row.get("auroc")
+        bench = _read(self.rd.bench)
+        for level in (bench or {}).get("levels", []) if isinstance(bench, dict) else []:
+            for k in ("latency_ms", "throughput"):
+                if isinstance(level.get(k), (int, float)):
+                    values[f"bench_{k}"] = level[k]
+        self.metrics(values, step=0)
+        self.tags({"chexcut.evaluated_on": (result.get("evaluation_set") or {}).get("description", "")[:250]})
+        self.artifact(self.rd.eval)
+
+
+def _macs(cfg: dict) -> int | None:
+    """The model's multiply-accumulates at its training size (the anatomy cache; None when unknown)."""
+    from chexcut.models.anatomy_cache import cached_anatomy
+
+    spec = cfg.get("model") or {}
+    try:
+        anat = cached_anatomy(spec["arch"], int(cfg["train"]["image_size"]), len(spec["labels"]))
+        return anat["truncations"][int(spec["drop"])]["macs"]
+    except Exception:  # a model file of another kind: MACs unknown, nothing else lost
+        return None
+
+
+def _read(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_params(cfg: dict) -> dict:
+    """The parameters of a run, from its config.json."""
+    spec, train, data = cfg.get("model") or {}, cfg.get("train") or {}, cfg.get("data") or {}
+    weights = spec.get("weights")
+    out = {"arch": spec.get("arch"), "drop": spec.get("drop"),
+           "weights": weights.get("kind") if isinstance(weights, dict) else weights,
+           "seed": train.get("seed"), "recipe": train.get("recipe"), "image_size": train.get("image_size"),
+           "resize": train.get("resize"), "batch_size": train.get("batch_size"), "lr": train.get("lr"),
+           "epochs": train.get("epochs"), "precision": train.get("precision"), "precise_bn": train.get("precise_bn"),
+           "data_fingerprint": data.get("fingerprint"), "views": data.get("views"), "uncertain": data.get("uncertain")}
+    for name, version in (cfg.get("versions") or {}).items():
+        out[f"version_{name}"] = version
+    return out
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a SQLite store (``PATH/mlartifacts/EXPERIMENT``) instead of the working directory."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent.resolve() / "mlartifacts" / experiment).as_uri()
+    return None
+
+
+def log_evaluation(run_dir, result: dict, uri: str | None = None) -> None:
+    """``evaluate RUN``: update the run's MLflow run (its ``mlflow.json``, or ``uri``) with the evaluation."""
+    t = resumed(run_dir, uri)
+    if t is not None:
+        tracker = Tracker(t, run_dir).start(reopen=False)
+        tracker.log_evaluation(result)
+        if tracker.run_id and tracker.client is not None:
+            tracker.end("FINISHED")

@@ -1,0 +1,111 @@
+"""MLflow tracking (the chexcut[track] extra): a tracked 2-run phantom study read back with MLflow's own client,
+a resumed run that continues its MLflow run, a failing store that only warns, and a base install without it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import REPO, run_cli
+
+from chexcut.errors import ChexcutError
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+PARAMS = {"arch", "drop", "weights", "seed", "recipe", "image_size", "resize", "batch_size", "lr", "epochs",
+          "data_fingerprint", "version_chexcut", "version_torch", "version_torchvision", "version_timm"}
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from chexcut.data.phantom import make_phantom
+
+    d = tmp_path_factory.mktemp("trackdata")
+    make_phantom(d / "ph", n=400, image_size=32, seed=0)
+    return d / "ph"
+
+
+TRAIN = ["--epochs", "1", "--image-size", "32", "--batch-size", "32", "--workers", "0", "--val-every", "4",
+         "--log-every", "2"]
+
+
+def test_a_tracked_study_reads_back_in_mlflow(phantom, tmp_path):
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc, out, err = run_cli("study", "plan", "--data", phantom, "--out", tmp_path / "st", "--archs", "resnet18",
+                           "--weights", "none", "--drops", "1,2", "--bootstrap", "200", "--track", db, *TRAIN)
+    assert rc == 0, err
+    env = dict(os.environ, PYTHONPATH=str(REPO), CHEXCUT=f"{sys.executable} -m chexcut")
+    p = subprocess.run(["bash", str(tmp_path / "st" / "run.sh")], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    client = MlflowClient(db)
+    exp = client.get_experiment_by_name("st")
+    assert exp is not None and [e.name for e in client.search_experiments() if e.name != "Default"] == ["st"]
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["resnet18-none-d1-s0", "resnet18-none-d2-s0"]
+    for r in runs:
+        run_dir = tmp_path / "st" / "runs" / r.info.run_name
+        assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == r.info.run_id
+        assert PARAMS <= set(r.data.params) and r.info.status == "FINISHED"
+        assert r.data.params["drop"] == r.info.run_name[-4] and r.data.params["arch"] == "resnet18"
+        assert r.data.tags["chexcut.grid_cell"] == f"resnet18/none/drop{r.data.params['drop']}"
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        validations = metrics.dropna(subset=["val_mean_auroc"])
+        history = client.get_metric_history(r.info.run_id, "val_mean_auroc")
+        assert [m.step for m in history] == list(validations["step"]) and len(history) >= 2
+        assert [m.value for m in history] == pytest.approx(list(validations["val_mean_auroc"]))
+        assert len(client.get_metric_history(r.info.run_id, "val_auroc/Edema")) == len(history)
+        ev = json.loads((run_dir / "eval.json").read_text())
+        m = r.data.metrics
+        for part in ("auroc", "ci_low", "ci_high"):
+            assert m[f"eval_mean_competition_{part}"] == pytest.approx(ev["mean_competition"][part])
+        assert m["model_params"] > 0 and m["model_macs"] > 0 and m["best_step"] >= 1
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"eval.json", "config.json", "metrics.csv", "best.safetensors"} <= artifacts
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_a_failing_store_only_warns(phantom, tmp_path):
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tmp_path / "run"
+    rc, out, err = run_cli("finetune", "resnet18", "--drop", "2", "--weights", "none", "--data", phantom, "--out",
+                           run, "--max-steps", "4", "--track", db, "--track-no-models", *TRAIN)
+    assert rc == 0, err
+    first = json.loads((run / "mlflow.json").read_text())["run_id"]
+    rc, out, err = run_cli("finetune", "--resume", run, "--max-steps", "1000")  # no --track: the run's own record
+    assert rc == 0, err
+    assert json.loads((run / "mlflow.json").read_text())["run_id"] == first
+    client = MlflowClient(db)
+    steps = [m.step for m in client.get_metric_history(first, "train_loss")]
+    assert steps == list(pd.read_csv(run / "metrics.csv")["step"]) and len(set(steps)) == len(steps)
+    assert max(steps) > 4 and client.get_run(first).info.status == "FINISHED"
+    assert "best.safetensors" not in {a.path for a in client.list_artifacts(first)}
+    # a re-evaluation of the run updates the same MLflow run
+    rc, out, err = run_cli("evaluate", run, "--bootstrap", "50", "--json", run / "eval.json", "--quiet")
+    assert rc == 0, err
+    assert "eval_mean_competition_auroc" in client.get_run(first).data.metrics
+    assert len(client.search_runs([client.get_experiment_by_name("chexcut").experiment_id])) == 1
+    # a store that cannot be written: one warning, the run trains and finishes
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc, out, err = run_cli("finetune", "resnet18", "--drop", "2", "--weights", "none", "--data", phantom, "--out",
+                           tmp_path / "run2", "--max-steps", "2", "--track", f"sqlite:///{blocker}/mlflow.db", *TRAIN)
+    assert rc == 0, err
+    assert err.count("MLflow tracking at") == 1 and "goes on without tracking" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "run2" / "state.json").read_text())["status"] == "paused"  # at --max-steps 2
+
+
+def test_without_the_extra_one_line_and_no_import(monkeypatch):
+    from chexcut import tracking
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ChexcutError, match=r"pip install 'chexcut\[track\]'"):
+        tracking.tracking_from("sqlite:///x.db")
+    assert tracking.tracking_from(None) is None  # no URI, no environment variable: no tracking, no import
+    code = ("import sys, chexcut.tracking, chexcut.cli, chexcut.training.loop, chexcut.evaluation.orchestrate; "
+            "print('mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(
+        os.environ, PYTHONPATH=str(REPO))).stdout.strip()
+    assert out == "False"
