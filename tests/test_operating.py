@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluation.operating import Rule, operating_points, parse_rule
+from chexcut.evaluation.operating import Draws, Rule, operating_points, parse_rule
 from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 
@@ -100,7 +100,7 @@ def test_a_reader_on_the_curve_and_a_reader_far_below():
     on_curve = (s >= np.quantile(s, 0.7)).astype(float)  # the model itself at a threshold
     below = ((y * 0.4 + rng.normal(size=n)) > 0.5).astype(float)  # a much weaker reader
     out = operating_points(y[:, None].astype(float), np.ones((n, 1)), s[:, None], ["A"], np.arange(n), [],
-                           {"on": on_curve[:, None], "weak": below[:, None]}, bootstrap=500, seed=1)
+                           {"on": on_curve[:, None], "weak": below[:, None]}, draws=Draws(500, seed=1))
     on, weak = out["readers"]
     assert 0 <= on["delta_sensitivity"] < 0.01 and on["p_sensitivity"] > 0.5
     assert abs(on["delta_specificity"]) < 0.01 and on["below_model_curve"]
@@ -122,7 +122,7 @@ def test_a_reader_as_good_as_the_model_is_rejected_at_about_alpha():
         y, s = _binormal(rng, 400)
         read = ((rng.normal(size=400) + 1.2 * y) > 0.8).astype(float)
         out = operating_points(y[:, None].astype(float), np.ones((400, 1)), s[:, None], ["A"], np.arange(400), [],
-                               {"r": read[:, None]}, bootstrap=400, seed=d)
+                               {"r": read[:, None]}, draws=Draws(400, seed=d))
         r = out["readers"][0]
         rejected.append(r["p_sensitivity"] < 0.05)
         deltas.append(r["delta_sensitivity"])

@@ -130,8 +130,8 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
         result["warnings"] += notes
     rules = operating.rules_of(stats)
     if rules or readers or given:
-        result |= operating.operating_points(y, mask, scores, labels, clusters, rules, readers, given=given,
-                                             bootstrap=bootstrap, seed=seed, ci=ci, chunk=chunk, counts=counts)
+        result |= operating.operating_points(y, mask, scores, labels, clusters, rules, readers, given,
+                                             operating.Draws(bootstrap, seed, ci, chunk, counts))
     if compare is not None:
         result["compare"] = paired.compare(
             y, mask, labels, paired.Arm(scores, auc, reps), paired.Arm(compare, auc_b, reps_b), comp=comp,

@@ -188,15 +188,26 @@ def _reader_figures(job: _Job, read: np.ndarray, weights: np.ndarray, tp: np.nda
             "model_specificity_at_reader_sensitivity": at_sens["specificity"]}
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The bootstrap an operating-point analysis shares with the evaluation: replicates, seed, CI level, and the
+    evaluation's kept cluster counts (None: drawn again from the seed, the same resamples)."""
+
+    bootstrap: int = 0
+    seed: int = 0
+    ci: float = 0.95
+    chunk: int | None = None
+    counts: list | None = None
+
+
 def operating_points(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, labels, clusters: np.ndarray,
-                     rules: list[Rule], readers: dict[str, np.ndarray] | None = None, *, bootstrap: int = 0,
-                     seed: int = 0, ci: float = 0.95, chunk=None, counts=None,
-                     given: dict[str, Rule] | None = None) -> dict:
+                     rules: list[Rule], readers: dict[str, np.ndarray] | None = None,
+                     given: dict[str, Rule] | None = None, draws: Draws = Draws()) -> dict:
     """``{"operating_points": [...], "readers": [...], "readers_summary": [...]}`` (see the README).
 
     ``y``, ``mask``, ``scores``: (N, L); ``clusters``: (N,) dense ids; ``rules``: chosen on this set, for every
     label; ``given``: label -> a fixed-threshold rule chosen elsewhere; ``readers``: name -> (N, L) 0/1 reads
-    (nan where a reader gave none). ``counts``: the evaluation's kept replicate counts (or None: drawn here)."""
+    (nan where a reader gave none); ``draws``: the bootstrap (:class:`Draws`)."""
     readers = readers or {}
     given = given or {}
     mask = np.asarray(mask) > 0
@@ -215,12 +226,13 @@ def operating_points(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, labels
     n_clusters = int(clusters.max()) + 1 if len(clusters) else 1
     point_w = np.ones((1, n_clusters), dtype=np.float32)
     reps: dict = {}
-    if bootstrap:
-        chunks = counts if counts is not None else metrics.replicate_counts(len(y), clusters, bootstrap, seed, chunk)
+    if draws.bootstrap:
+        chunks = draws.counts if draws.counts is not None else metrics.replicate_counts(
+            len(y), clusters, draws.bootstrap, draws.seed, draws.chunk)
         for c in chunks:
             for job in jobs:
                 _accumulate(job, c, reps)
-    return _results(jobs, labels, point_w, reps, ci, y)
+    return _results(jobs, labels, point_w, reps, draws.ci)
 
 
 def _accumulate(job: _Job, weights: np.ndarray, reps: dict) -> None:
@@ -233,7 +245,7 @@ def _accumulate(job: _Job, weights: np.ndarray, reps: dict) -> None:
             reps.setdefault((job.j, "reader:" + name, key), []).append(v)
 
 
-def _results(jobs: list[_Job], labels, point_w, reps: dict, ci: float, y) -> dict:
+def _results(jobs: list[_Job], labels, point_w, reps: dict, ci: float) -> dict:
     points, readers, summary = [], [], []
     for job in jobs:
         label = labels[job.j]

@@ -13,6 +13,16 @@ from chexcut.errors import ChexcutError
 from chexcut.evaluation.operating import Curve, Rule
 
 
+def check_inputs(readers, thresholds, threshold_rule: str):
+    """``--readers``, ``--thresholds`` and ``--threshold-rule`` checked before any inference: (reader specs, rule)."""
+    from chexcut.evaluation.operating import parse_rule
+
+    specs, rule = parse_reader_specs(readers), parse_rule(threshold_rule)
+    if thresholds and not Path(thresholds).exists():
+        raise ChexcutError(f"--thresholds: no such run directory or file: {thresholds}")
+    return specs, rule
+
+
 def parse_reader_specs(specs) -> list[tuple[str, Path]]:
     """``FILE`` or ``NAME=FILE`` items (comma lists allowed) as (name, path); the name defaults to the stem."""
     out = []

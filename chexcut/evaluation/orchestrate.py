@@ -147,12 +147,9 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     if i.compare is None and stats.margin is not None:
         raise ChexcutError("--margin needs --compare OTHER (non-inferiority of this model against OTHER)")
     source = check_sources(i.model, i.data, i.predictions, i.truth)
-    from chexcut.evaluation.operating import parse_rule
-    from chexcut.evaluation.operating_inputs import given_thresholds, parse_reader_specs, read_readers
+    from chexcut.evaluation.operating_inputs import check_inputs, given_thresholds, read_readers
 
-    reader_specs, rule = parse_reader_specs(i.readers), parse_rule(i.threshold_rule)
-    if i.thresholds and not Path(i.thresholds).exists():
-        raise ChexcutError(f"--thresholds: no such run directory or file: {i.thresholds}")
+    reader_specs, rule = check_inputs(i.readers, i.thresholds, i.threshold_rule)  # before any inference
     progress = progress or (lambda what: contextlib.nullcontext(lambda *a, **k: None))
     es, table, preds, notes, warns, overlap, group_sources = _gather(i, source, infer, progress)
     if i.groups is not None:
@@ -180,12 +177,7 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
                       logits=i.logits and i.model is None, readers=dict(zip(reads, mats[n_scores:])), given=given)
     result["level"] = stats.level
     if plots is not None:
-        from chexcut.evaluation.evaluate import cluster_rows
-        from chexcut.evaluation.metrics import cluster_ids
-        from chexcut.evaluation.plots import write_plots
-
-        clusters = cluster_ids(cluster_rows(evalset, stats.cluster))
-        result["plots"] = [str(f) for f in write_plots(evalset, mats[0], result, plots, stats, clusters)]
+        result["plots"] = _plots(evalset, mats[0], result, plots, stats)
     result["evaluation_set"] = {**(es.to_json() if es else {"kind": "predictions", "labels": str(i.truth)}),
                                 "description": es.describe() if es else f"the rows of {i.truth}",
                                 "overlap": overlap}
@@ -200,6 +192,15 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
                         "data": str(Path(es.data).resolve()) if es else None, "split": es.split if es else "valid",
                         "options": (es.opts if es else _options(dict(i.options))).to_json()}
     return result
+
+
+def _plots(evalset, scores, result: dict, folder: Path, stats: Statistics) -> list[str]:
+    from chexcut.evaluation.evaluate import cluster_rows
+    from chexcut.evaluation.metrics import cluster_ids
+    from chexcut.evaluation.plots import write_plots
+
+    clusters = cluster_ids(cluster_rows(evalset, stats.cluster))
+    return [str(f) for f in write_plots(evalset, scores, result, folder, stats, clusters)]
 
 
 def _gather(i: EvalInputs, source, infer: Inference, progress):
