@@ -66,6 +66,38 @@ def deferred_interrupts():
         _state["pending"] = None
 
 
+def ignore_further() -> None:
+    """From now on SIGINT and SIGTERM are ignored (main thread): the process is stopping and saving its last
+    checkpoint and state, which a second signal must not cut short (the exit code still says which came)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        _state["pending"] = None
+
+
+def note_saved(what: str) -> None:
+    """What was saved on the way out (said on the CLI's one interrupt line)."""
+    _state["saved"] = what
+
+
+def saved() -> str | None:
+    return _state.get("saved")
+
+
+def interrupt_pending() -> bool:
+    return _state.get("pending") is not None
+
+
+def raise_interrupt() -> None:
+    """Raise the held-back interrupt; SIGTERM's when this process got none (another DDP rank did)."""
+    signum = _state.get("pending")
+    signum = signal.SIGTERM if signum is None else signum
+    _state["pending"] = None
+    if signum == signal.SIGTERM:
+        _state["terminated"] = True
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 def raise_if_interrupted() -> None:
     """Raise the interrupt :func:`deferred_interrupts` held back, if one arrived."""
     signum = _state.get("pending")

@@ -18,9 +18,11 @@ from chexcut.errors import ChexcutError
 
 def _interrupted() -> int:
     """Say how the process was stopped: 143 after SIGTERM, 130 after Ctrl-C."""
-    from chexcut.signals import terminated
+    from chexcut.signals import saved, terminated
 
-    print(f"chexcut: {'terminated (SIGTERM)' if terminated() else 'interrupted'}", file=sys.stderr)
+    what = saved()
+    print(f"chexcut: {'terminated (SIGTERM)' if terminated() else 'interrupted'}" + (f": {what}" if what else ""),
+          file=sys.stderr)
     return 143 if terminated() else 130
 
 

@@ -64,6 +64,16 @@ def batch_order(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, d
     return batches
 
 
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """In a decoding worker: SIGTERM and SIGINT are for the main process. Slurm's scancel, a time limit,
+    torchrun and ``kill -TERM -PGID`` signal the whole process group; a worker killed by it would turn the
+    main process's orderly stop (checkpoint, exit 143) into a crash. Workers end with their parent."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(ds: XrayBatches, batches, workers: int, pin: bool, persistent: bool = False, seed: int = 0):
     """Batches of ``ds`` in the given order: threads over the cache when there is one, else a
     DataLoader with ``workers`` decoding processes (batch_size=None: the dataset builds each batch).
@@ -76,7 +86,8 @@ def make_loader(ds: XrayBatches, batches, workers: int, pin: bool, persistent: b
         return CachedBatchLoader(ds, batches, pin=pin, threads=max(2, min(workers, 8)))
     kw = {}
     if workers > 0:
-        kw = {"num_workers": workers, "persistent_workers": persistent, "prefetch_factor": 4}
+        kw = {"num_workers": workers, "persistent_workers": persistent, "prefetch_factor": 4,
+              "worker_init_fn": ignore_stop_signals}
     return torch.utils.data.DataLoader(ds, batch_size=None, sampler=batches, pin_memory=pin,
                                        generator=torch.Generator().manual_seed(seed), **kw)
 

@@ -16,11 +16,19 @@ import torch
 import torch.nn.functional as F
 
 from chexcut.errors import ChexcutError
-from chexcut.signals import deferred_interrupts, raise_if_interrupted, sigterm_interrupts
+from chexcut.signals import (
+    deferred_interrupts,
+    ignore_further,
+    interrupt_pending,
+    note_saved,
+    raise_if_interrupted,
+    raise_interrupt,
+    sigterm_interrupts,
+)
 from chexcut.training.batchnorm import precise_bn
 from chexcut.training.checkpoint import save_checkpoint, write_state
 from chexcut.training.config import Run
-from chexcut.training.distributed import barrier, init_distributed, shutdown
+from chexcut.training.distributed import any_rank, barrier, init_distributed, shutdown
 from chexcut.training.lock import RunLock, prepare_run_dir
 from chexcut.training.session import Session, build_session
 
@@ -104,11 +112,15 @@ def train_loop(s: Session) -> dict:
                                 or st.step == d.last_step)
                 if st.step % cfg.log_every == 0 or validate_now:
                     log_and_validate(s, meter, validate_now)
-                raise_if_interrupted()  # a signal stops the run here, between steps: checkpoint = this step
+                if any_rank(s.dist, interrupt_pending()):  # a signal stops every rank here, at this one step
+                    raise_interrupt()
                 if st.step >= d.last_step:
                     break
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated): a second signal must not cut this save short
+        ignore_further()
         save_checkpoint(s, "interrupted")
+        if s.dist.main:
+            note_saved(f"checkpoint at step {s.state.step} in {s.rd}; continue with: chexcut finetune --resume {s.rd}")
         raise
     except torch.cuda.OutOfMemoryError:  # before BaseException: the advice is the user's to act on
         _stopped(s, "CUDA out of memory")
