@@ -45,7 +45,7 @@ def deferred_interrupts():
     """Within the block (main thread), Ctrl-C and SIGTERM only *ask* to stop: :func:`raise_if_interrupted`
     raises at the next safe point (the training loop calls it after every step), so the interrupt can never
     land in a finaliser (where Python ignores it and the run would go on) or half-way through a step. A second
-    signal raises at once."""
+    Ctrl-C raises at once; a repeated SIGTERM changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -53,6 +53,8 @@ def deferred_interrupts():
     def ask(signum, frame):
         if signum == signal.SIGTERM:
             _state["terminated"] = True
+            if _state.get("pending") is not None:  # a cluster repeats SIGTERM (scancel + the job script's
+                return  # forward, torchrun's): the stop already asked for stands; it never tears a step
         if _state.get("pending") is not None:
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         _state["pending"] = signum

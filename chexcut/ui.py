@@ -430,6 +430,33 @@ class StudyStatus:
         return False
 
 
+def study_status_table(res: dict) -> Table:
+    """``study status``: one row per planned run, the totals as the caption."""
+    colours = {"done": "green", "running": "cyan", "stalled": "yellow", "interrupted": "yellow", "failed": "red",
+               "queued": "dim"}
+    t = Table(title=f"Study {res['study']}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+              pad_edge=False, caption=(", ".join(f"{n} {s}" for s, n in res["totals"].items() if n) or "no runs")
+              + "; beat: time since the run's files last changed",
+              caption_justify="left")
+    for col in ("run", "status", "step", "epoch", "AUROC (95% CI)", "img/s", "beat", "reason"):
+        t.add_column(col, justify="right" if col in ("step", "epoch", "img/s", "beat") else "left",
+                     no_wrap=col != "reason")
+    for r in res["runs"]:
+        if r["status"] == "done" and r["auroc"] is not None:
+            score = f"{r['auroc']:.3f}" + (f" ({r['ci_low']:.3f}-{r['ci_high']:.3f})" if r["ci_low"] is not None else "")
+        elif r["best_mean_auroc"] is not None:
+            score = f"best val {r['best_mean_auroc']:.3f}"
+        else:
+            score = ""
+        step = "" if r["step"] is None else (f"{r['step']}/{r['total_steps']}" if r["total_steps"] else str(r["step"]))
+        age = "" if r["age_s"] is None else (f"{r['age_s']:.0f}s" if r["age_s"] < 120 else
+                                            f"{r['age_s'] / 60:.0f}m" if r["age_s"] < 7200 else f"{r['age_s'] / 3600:.0f}h")
+        t.add_row(r["id"], f"[{colours[r['status']]}]{r['status']}[/]", step,
+                  "" if r["epoch"] is None else f"{r['epoch']:.2f}", score,
+                  "" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}", age, r["reason"] or "")
+    return t
+
+
 def study_summary(jobs, study_dir) -> str:
     done = sum(j.status in ("done", "skipped") for j in jobs)
     failed = [j for j in jobs if j.status == "failed"]

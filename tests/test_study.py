@@ -72,7 +72,7 @@ def test_run_sh_is_idempotent_and_resumes(data, tmp_path):
 def test_slurm_script_is_a_valid_array(data, tmp_path):
     s = tmp_path / "s"
     plan = plan_study(s, data, Grid(archs=("resnet18", "mobilenet_v2"), weights=("none",), drops=(0, 1), seeds=(0,)),
-                      slurm=Slurm(gpus_per_task=4, extra=("--partition=gpu", "--time=08:00:00")))
+                      slurm=Slurm(gpus_per_task=4, partition="gpu", time="08:00:00", extra=("--qos=long",)))
     text = (s / "study.sbatch").read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
     directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, re.M))
@@ -128,3 +128,71 @@ def test_demo_refuses_bad_arguments_before_any_work(tmp_path):
         rc, _, err = run_cli("demo", tmp_path / "d", *args, "--offline")
         assert rc == 2 and msg in err and err.count("\n") == 1, err
         assert not (tmp_path / "d").exists()
+
+
+def test_study_status_reads_every_run_from_its_folder(data, tmp_path):
+    """queued, running, stalled, interrupted, failed and done, from the run directories alone."""
+    import time as _time
+
+    from chexcut.study.status import STALL_MIN_S, study_status
+
+    s = tmp_path / "s"
+    plan = plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0, 1, 2, 3), seeds=(0, 1)))
+    dirs = [s / r["run_dir"] for r in plan["runs"]]
+    header = "step,epoch,images_seen,train_loss,lr,images_per_s,gpu_mem_gb,val_mean_auroc\n"
+
+    def run(d, status=None, step=10, rows=(5, 10), **state):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        (d / "metrics.csv").write_text(header + "".join(f"{r},0.1,80,0.5,0.001,321.5,,\n" for r in rows))
+        if status:
+            (d / "state.json").write_text(json.dumps({"status": status, "step": step, "total_steps": 100,
+                                                      "epoch": step / 50, "best": {"mean_auroc": 0.8}, **state}))
+
+    run(dirs[0], "running", rows=(5, 10, 15))  # running; metrics ahead of the checkpoint
+    run(dirs[1], "running")
+    old = _time.time() - 2 * STALL_MIN_S
+    for f in dirs[1].iterdir():
+        os.utime(f, (old, old))
+    run(dirs[2], "interrupted", step=10)
+    run(dirs[3], "stopped", reason="CUDA out of memory")
+    run(dirs[4], "finished", step=100)
+    (dirs[4] / "eval.json").write_text(json.dumps({"mean_competition": {"auroc": 0.81, "ci_low": 0.78, "ci_high": 0.84}}))
+    run(dirs[5], "finished", step=100)
+    (dirs[5] / "log.txt").write_text("training...\nchexcut: error: the evaluation failed somehow\n")
+    res = study_status(s)
+    got = {r["id"]: r for r in res["runs"]}
+    ids = [r["id"] for r in plan["runs"]]
+    assert [got[i]["status"] for i in ids] == ["running", "stalled", "interrupted", "failed", "done", "failed",
+                                               "queued", "queued"]
+    assert got[ids[0]]["step"] == 15 and got[ids[0]]["images_per_s"] == 321.5 and got[ids[0]]["total_steps"] == 100
+    assert "no sign of life" in got[ids[1]]["reason"] and got[ids[2]]["step"] == 10
+    assert got[ids[3]]["reason"] == "CUDA out of memory" and "evaluation failed" in got[ids[5]]["reason"]
+    assert got[ids[4]]["auroc"] == 0.81 and got[ids[4]]["ci_low"] == 0.78
+    assert res["totals"] == {"queued": 2, "running": 1, "stalled": 1, "interrupted": 1, "failed": 2, "done": 1}
+    rc, out, err = run_cli("study", "status", s, "--json", "-")
+    assert rc == 0 and json.loads(out)["totals"] == res["totals"]
+    rc, out, err = run_cli("study", "status", s)
+    assert rc == 0 and "2 queued, 1 running, 1 stalled, 1 interrupted, 2 failed, 1 done" in out.replace("\n", " ")
+
+
+def test_slurm_options_and_a_cpu_partition(data, tmp_path):
+    s = tmp_path / "s"
+    plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0,), seeds=(0,)),
+               slurm=Slurm(gpus_per_task=0, cpus_per_task=2, time="1-00:00:00", partition="cpu", account="lab",
+                           mem="16G"))
+    text = (s / "study.sbatch").read_text()
+    directives = re.findall(r"^#SBATCH (\S+)", text, re.M)
+    assert not any("gpu" in d for d in directives) and "torchrun" not in (s / "commands.txt").read_text()
+    for d in ("--cpus-per-task=2", "--time=1-00:00:00", "--partition=cpu", "--account=lab", "--mem=16G",
+              "--signal=B:TERM@300", "--requeue", "--open-mode=append"):
+        assert d in directives, d
+    assert subprocess.run(["bash", "-n", str(s / "study.sbatch")]).returncode == 0
+    plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0,), seeds=(0,)), force=True,
+               slurm=Slurm())  # the default writes no CPU count: the cluster's DefCpuPerGPU decides
+    assert "--cpus-per-task" not in (s / "study.sbatch").read_text()
+    for bad, msg in ((dict(gpus_per_task=-1), "--gpus-per-task"), (dict(time="12h"), "not a Slurm time"),
+                     (dict(mem="lots"), "not a Slurm size"), (dict(cpus_per_task=0), "--cpus-per-task"),
+                     (dict(partition="a b"), "--partition")):
+        with pytest.raises(ChexcutError, match=msg):
+            Slurm(**bad)

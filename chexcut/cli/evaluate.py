@@ -57,7 +57,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available).")] = None,
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: auto = bf16 on GPU, fp32 on CPU.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 2,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: 4, at most the CPUs this process may use).")] = None,
     cache: CacheOpt = None,
     track: TrackOpt = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),

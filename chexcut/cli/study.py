@@ -30,8 +30,15 @@ def study_plan(
     bench: Annotated[bool, typer.Option("--bench", help="Each run also measures its model's latency and throughput (bench.json; shown by report).")] = False,
     nodes: Annotated[int, typer.Option("--nodes", help="With --slurm: nodes per run (torchrun with a c10d rendezvous on the first).")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Plan over an existing study plan.")] = False,
-    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per Slurm task (torchrun when > 1).")] = 1,
-    sbatch: Annotated[Optional[str], typer.Option("--sbatch", help="Extra #SBATCH lines, comma-separated (e.g. --partition=gpu,--time=12:00:00).")] = None,
+    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", help="GPUs per Slurm task (torchrun when > 1; 0: a CPU partition, no GPU directive).")] = 1,
+    cpus_per_task: Annotated[Optional[int], typer.Option("--cpus-per-task", help="CPUs per Slurm task (default: none written, so the cluster's DefCpuPerGPU or partition default applies).")] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help="Slurm time limit per task (e.g. 12:00:00); a run stopped by it resumes when requeued.")] = None,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition.")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.")] = None,
+    mem: Annotated[Optional[str], typer.Option("--mem", help="Memory per node (e.g. 32G).")] = None,
+    signal_before: Annotated[int, typer.Option("--signal-before", help="Seconds before the time limit that Slurm sends SIGTERM (the run checkpoints and the task is requeued; 0: none).")] = 300,
+    requeue: Annotated[bool, typer.Option("--requeue/--no-requeue", help="Preempted or timed-out tasks come back and resume.")] = True,
+    sbatch: Annotated[Optional[str], typer.Option("--sbatch", help="Any other #SBATCH directives, comma-separated (e.g. --qos=long,--constraint=a100).")] = None,
     by: Annotated[Optional[str], typer.Option("--by", help="Each evaluate: subgroups by these columns of the data's CSVs or --groups.")] = None,
     age_bins: Annotated[Optional[str], typer.Option("--age-bins", help="With --by Age: interval edges, e.g. 0,40,60,80,200.")] = None,
     groups: Annotated[Optional[Path], typer.Option("--groups", help="A CSV of subgroup columns keyed by Path.")] = None,
@@ -55,7 +62,9 @@ def study_plan(
         options = dataclasses.replace(options, track={"uri": absolute_uri(track), "log_models": track_models})
     grid = Grid(archs=tuple(split_list(archs)) if archs else PAPER_ARCHS, weights=tuple(split_list(weights)),
                 drops=tuple(ints(drops, "drops")), seeds=tuple(ints(seeds, "seeds")))
-    cluster = Slurm(gpus_per_task=gpus_per_task, nodes=nodes, extra=tuple(split_list(sbatch) or ()))
+    cluster = Slurm(gpus_per_task=gpus_per_task, nodes=nodes, extra=tuple(split_list(sbatch) or ()),
+                    cpus_per_task=cpus_per_task, time=time, partition=partition, account=account, mem=mem,
+                    signal_before=signal_before, requeue=requeue)
     try:
         bins = [float(x) for x in split_list(age_bins)] if age_bins else None
     except ValueError:
@@ -108,6 +117,40 @@ def study_run(
         ui.err.print(ui.study_summary(all_jobs, study_dir))
     if failed:
         raise typer.Exit(1)
+
+
+@study_app.command("status")
+def study_status(
+    study_dir: Annotated[Path, typer.Argument(help="A folder written by `chexcut study plan`.")],
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the status JSON to PATH, or - for stdout.")] = None,
+    watch: Annotated[Optional[float], typer.Option("--watch", help="Refresh every N seconds until Ctrl-C.")] = None,
+):
+    """Where every planned run stands (queued, running, stalled, interrupted, failed, done), from its folder alone."""
+    import time
+
+    from chexcut import ui
+    from chexcut.fileio import check_output_file, write_json
+    from chexcut.study.status import study_status as status_of
+
+    if watch is not None and (watch <= 0 or json_path == "-"):
+        raise ChexcutError("--watch takes a number of seconds > 0, and not with --json -")
+    if json_path and json_path != "-":
+        check_output_file(Path(json_path), "--json")
+    res = status_of(study_dir)
+    if json_path == "-":
+        ui.print_json(res)
+        return
+    if json_path:
+        write_json(Path(json_path), res)
+    if watch is None:
+        ui.out.print(ui.study_status_table(res))
+        return
+    from rich.live import Live
+
+    with Live(ui.study_status_table(res), console=ui.out, auto_refresh=False) as live:
+        while True:
+            time.sleep(watch)
+            live.update(ui.study_status_table(status_of(study_dir)), refresh=True)
 
 
 @app.command()

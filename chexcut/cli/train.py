@@ -47,7 +47,7 @@ def finetune(
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the recipe's; auto = bf16 on GPU, fp32 on CPU.")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
     compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (GPU only).")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 4,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: 4, at most the CPUs this process may use: its affinity, SLURM_CPUS_PER_TASK).")] = None,
     precise_bn: Annotated[Optional[int], typer.Option("--precise-bn", help="Before each validation, re-estimate BatchNorm statistics on N training images (for short runs; 0 = off).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps in all (the schedule is unchanged; --resume continues).")] = None,

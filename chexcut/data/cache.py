@@ -186,7 +186,9 @@ def prepare_cache(files: list[Path], image_size: int, resize: str = "squash", fo
     if progress:
         progress(n - len(todo), n)
     chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
-    workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
+    from chexcut.data.dataset import allocated_cpus
+
+    workers = max(1, workers if workers is not None else min(8, allocated_cpus()))
     done_mm = np.memmap(done_path, dtype=np.uint8, mode="r+", shape=(n,))
 
     def finish(rows, result):

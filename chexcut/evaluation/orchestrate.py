@@ -53,6 +53,9 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
         pre = pre.with_size(infer.image_size or es.image_size, es.resize)
     size = pre.image_size
     check_image_size(spec.arch, size)
+    from chexcut.data.dataset import limit_threads
+
+    limit_threads()
     model = load_model(path, device=str(dev))
     try:  # `chexcut prepare` caches the whole dataset (train + valid): read this split from it
         key_files = load_split(es.data, "all", opts).files

@@ -87,12 +87,12 @@ class Inference:
     image_size: int | None = None
     batch_size: int = 64
     device: str | None = None
-    workers: int = 2
+    workers: int | None = None  # None: the default for the CPUs this process may use
     precision: str | None = None
     cache_dir: Path | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ChexcutError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ChexcutError(f"--workers must be >= 0, not {self.workers}")

@@ -68,15 +68,49 @@ class Grid:
 
 @dataclass(frozen=True)
 class Slurm:
-    """How ``study.sbatch`` asks for resources: GPUs per task, nodes per run, extra ``#SBATCH`` lines."""
+    """How ``study.sbatch`` asks for resources. Nothing is written that the user did not ask for except what a
+    study needs (one task per run, its GPUs, a warning signal and requeue), so the cluster's defaults apply:
+    no ``--cpus-per-task`` unless given (DefCpuPerGPU or the partition's default decides)."""
 
-    gpus_per_task: int = 1
+    gpus_per_task: int = 1  # 0: a CPU partition (no GPU directive, no torchrun)
     nodes: int = 1
-    extra: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()  # more #SBATCH directives, as given
+    cpus_per_task: int | None = None
+    time: str | None = None  # Slurm's time format: MM, HH:MM:SS, D-HH[:MM[:SS]]
+    partition: str | None = None
+    account: str | None = None
+    mem: str | None = None  # e.g. 32G
+    signal_before: int = 300  # seconds before the time limit Slurm sends SIGTERM to the script (0: none)
+    requeue: bool = True
 
     def __post_init__(self):
-        if self.gpus_per_task < 1 or self.nodes < 1:
-            raise ChexcutError("--gpus-per-task and --nodes must be at least 1")
+        import re
+
+        if self.gpus_per_task < 0 or self.nodes < 1:
+            raise ChexcutError("--gpus-per-task must be >= 0 (0: a CPU partition) and --nodes at least 1")
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            raise ChexcutError(f"--cpus-per-task must be at least 1, not {self.cpus_per_task}")
+        if self.time is not None and not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", self.time):
+            raise ChexcutError(f"--time {self.time!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS)")
+        if self.mem is not None and not re.fullmatch(r"\d+[KMGT]?", self.mem):
+            raise ChexcutError(f"--mem {self.mem!r} is not a Slurm size (e.g. 32G, 16000M)")
+        if self.signal_before < 0:
+            raise ChexcutError(f"--signal-before must be >= 0 seconds, not {self.signal_before}")
+        for name in ("partition", "account"):
+            value = getattr(self, name)
+            if value is not None and (not value or any(c.isspace() for c in value)):
+                raise ChexcutError(f"--{name} {value!r}: one name without spaces")
+
+    def directives(self) -> list[str]:
+        """The #SBATCH lines after the array and task layout (resources, time, signal, requeue, extras)."""
+        out = [f"--{k}={v}" for k, v in (("cpus-per-task", self.cpus_per_task), ("time", self.time),
+                                         ("partition", self.partition), ("account", self.account),
+                                         ("mem", self.mem)) if v is not None]
+        if self.signal_before:
+            out.append(f"--signal=B:TERM@{self.signal_before}")
+        if self.requeue:
+            out += ["--requeue", "--open-mode=append"]
+        return [f"#SBATCH {d}" for d in out + list(self.extra)]
 
 
 def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOptions = FinetuneOptions(), *,
@@ -115,8 +149,7 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     gpus = slurm.gpus_per_task if slurm else 1
     write_text(out / "commands.txt", "\n".join(run_line(r, chexcut_cmd, gpus=gpus) for r in runs) + "\n")
     if slurm:
-        write_text(out / "study.sbatch", sbatch_script(out, len(runs), slurm.gpus_per_task, list(slurm.extra),
-                                                       slurm.nodes))
+        write_text(out / "study.sbatch", sbatch_script(out, len(runs), slurm))
     return plan
 
 
@@ -217,55 +250,61 @@ def run_line(r: dict, chexcut_cmd: str = "chexcut", gpus: int = 1) -> str:
             f"failed=$((failed+1)); }}; }}")
 
 
-def sbatch_script(out: Path, n: int, gpus: int, extra: list[str], nodes: int = 1) -> str:
-    if nodes > 1:
-        return multinode_sbatch(out, n, gpus, extra, nodes)
-    head = [
-        "#!/usr/bin/env bash",
-        "#SBATCH --job-name=chexcut-study",
-        f"#SBATCH --array=0-{n - 1}",
-        "#SBATCH --ntasks=1",
-        f"#SBATCH --gpus-per-task={gpus}",
-        f"#SBATCH --cpus-per-task={min(8 * gpus, 64)}",
-        f"#SBATCH --output={out.resolve()}/slurm-%A_%a.out",
-        *[f"#SBATCH {a}" for a in extra],
-        "# One array task per run: line SLURM_ARRAY_TASK_ID+1 of commands.txt (idempotent, resumable).",
-        "set -u",
-        f"cd {shlex.quote(str(out.resolve()))}",
-        "CHEXCUT=${CHEXCUT:-chexcut}",
-        "failed=0",
-        'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" commands.txt)',
-        'eval "$line"',
-        'exit $failed',
-    ]
-    return "\n".join(head) + "\n"
+def sbatch_script(out: Path, n: int, slurm: Slurm) -> str:
+    """One array task per run (line SLURM_ARRAY_TASK_ID+1 of commands.txt), single- or multi-node."""
+    gpus = slurm.gpus_per_task
+    if slurm.nodes > 1:
+        layout = [f"--nodes={slurm.nodes}", "--ntasks-per-node=1"] + ([f"--gpus-per-node={gpus}"] if gpus else [])
+    else:
+        layout = ["--ntasks=1"] + ([f"--gpus-per-task={gpus}"] if gpus else [])
+    head = ["#!/usr/bin/env bash", "#SBATCH --job-name=chexcut-study", f"#SBATCH --array=0-{n - 1}",
+            *[f"#SBATCH {d}" for d in layout], f"#SBATCH --output={out.resolve()}/slurm-%A_%a.out",
+            *slurm.directives(),
+            "# One array task per run: line SLURM_ARRAY_TASK_ID+1 of commands.txt (idempotent: done runs are",
+            "# skipped, interrupted ones resume from their checkpoint)."]
+    if slurm.signal_before:
+        head += [f"# --signal=B:TERM@{slurm.signal_before}: {slurm.signal_before} s before the time limit Slurm "
+                 "signals this script, which passes",
+                 "# SIGTERM to the run (it checkpoints the step it is at and exits 143) and requeues the task; "
+                 "scancel and",
+                 "# preemption signal every process, and the run checkpoints the same way (a cancelled task is "
+                 "not requeued)."]
+    body = ["set -u", f"cd {shlex.quote(str(out.resolve()))}", "CHEXCUT=${CHEXCUT:-chexcut}"]
+    if slurm.nodes > 1:
+        nproc = max(gpus, 1)
+        body += [f"# Multi-node: each run trains on {slurm.nodes} nodes x {nproc} processes; the rendezvous is on "
+                 "the first node.",
+                 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+                 "port=$((29500 + SLURM_ARRAY_TASK_ID % 1000))",
+                 f'export CHEXCUT="srun torchrun --nnodes {slurm.nodes} --nproc-per-node {nproc} --rdzv-backend c10d '
+                 '--rdzv-endpoint $head:$port --rdzv-id chexcut-$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID -m chexcut"']
+    return "\n".join(head + body) + "\n" + _SBATCH_RUN
 
 
-def multinode_sbatch(out: Path, n: int, gpus: int, extra: list[str], nodes: int) -> str:
-    """One array task per run, each on ``nodes`` nodes: ``srun`` starts one torchrun per node, and the
-    torchrun agents meet at a c10d rendezvous on the task's first node (rank 0 writes the run directory)."""
-    return "\n".join([
-        "#!/usr/bin/env bash",
-        "#SBATCH --job-name=chexcut-study",
-        f"#SBATCH --array=0-{n - 1}",
-        f"#SBATCH --nodes={nodes}",
-        "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={gpus}",
-        f"#SBATCH --cpus-per-task={min(8 * gpus, 64)}",
-        f"#SBATCH --output={out.resolve()}/slurm-%A_%a.out",
-        *[f"#SBATCH {a}" for a in extra],
-        f"# Multi-node: each run trains on {nodes} nodes x {gpus} GPUs; the rendezvous is on the first node.",
-        "set -u",
-        f"cd {shlex.quote(str(out.resolve()))}",
-        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "port=$((29500 + SLURM_ARRAY_TASK_ID % 1000))",
-        f'export CHEXCUT="srun torchrun --nnodes {nodes} --nproc-per-node {gpus} --rdzv-backend c10d '
-        '--rdzv-endpoint $head:$port --rdzv-id chexcut-$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID -m chexcut"',
-        "failed=0",
-        'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" commands.txt)',
-        'eval "$line"',
-        "exit $failed",
-    ]) + "\n"
+# The task's line runs in a background subshell so that the script's trap runs at once when SIGTERM comes
+# (the subshell outlives the signal: it waits for its command, which does the stopping); the script waits for it
+# before it decides whether to requeue (only a task still RUNNING, i.e. stopped ahead of its time limit, never
+# a cancelled one).
+_SBATCH_RUN = r"""line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" commands.txt)
+pgid=$(ps -o pgid= $$ | tr -d ' ')
+stopping=0
+on_term() {
+  trap '' TERM; stopping=1
+  echo "chexcut-study: SIGTERM: the run checkpoints and stops" >&2
+  if [ "$pgid" = "$$" ]; then kill -TERM -- "-$pgid" 2>/dev/null; else pkill -TERM -P "$child" 2>/dev/null; fi
+}
+trap on_term TERM
+( trap ':' TERM; failed=0; eval "$line"; exit $failed ) &
+child=$!
+wait "$child"; rc=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+task="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-}}_${SLURM_ARRAY_TASK_ID}"
+if [ "$stopping" = 1 ] && [ "$(squeue -h -j "${SLURM_JOB_ID:-0}" -o %T 2>/dev/null)" = RUNNING ]; then
+  echo "chexcut-study: requeueing $task: it resumes from its checkpoint" >&2
+  scontrol requeue "$task"
+fi
+exit $rc
+"""
 
 
 def load_plan(study_dir: Path) -> dict:

@@ -89,7 +89,7 @@ def _run_in_process(job: Job, plan: dict) -> None:
         from chexcut.deploy.bench import bench
 
         write_json(rd.bench, bench(str(rd.path)))
-    infer = Inference(workers=int(options.train.get("workers", Inference.workers)),
+    infer = Inference(workers=options.train.get("workers"),
                       cache_dir=Path(options.cache) if options.cache else None)
     ev = plan.get("evaluate_options") or {}
     stats = Statistics(bootstrap=plan["bootstrap"], seed=r["seed"], by=tuple(ev.get("by") or ()),

@@ -41,7 +41,7 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine
     warmup: float = 0.0  # fraction of all steps
     weight_decay: float = 0.0
-    workers: int = 4
+    workers: int | None = None  # None: min(4, the CPUs this process may use), decided where it runs
     seed: int = 0
     max_steps: int | None = None
     device: str | None = None
@@ -67,7 +67,7 @@ class TrainConfig:
             raise ChexcutError("--max-steps must be at least 1")
         self.precision = check(Precision, self.precision, "--precision")
         self.resize = check(Resize, self.resize, "--resize")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ChexcutError("--workers must be >= 0")
         if self.precise_bn < 0:
             raise ChexcutError("--precise-bn must be >= 0 (images; 0 = off)")
