@@ -438,9 +438,8 @@ def study_status_table(res: dict) -> Table:
               pad_edge=False, caption=(", ".join(f"{n} {s}" for s, n in res["totals"].items() if n) or "no runs")
               + "; beat: time since the run's files last changed",
               caption_justify="left")
-    for col in ("run", "status", "step", "epoch", "AUROC (95% CI)", "img/s", "beat", "reason"):
-        t.add_column(col, justify="right" if col in ("step", "epoch", "img/s", "beat") else "left",
-                     no_wrap=col != "reason")
+    for col in ("run", "status", "step", "AUROC (95% CI)", "img/s", "beat", "reason"):
+        t.add_column(col, justify="right" if col in ("step", "img/s", "beat") else "left", no_wrap=col != "reason")
     for r in res["runs"]:
         if r["status"] == "done" and r["auroc"] is not None:
             score = f"{r['auroc']:.3f}" + (f" ({r['ci_low']:.3f}-{r['ci_high']:.3f})" if r["ci_low"] is not None else "")
@@ -451,8 +450,7 @@ def study_status_table(res: dict) -> Table:
         step = "" if r["step"] is None else (f"{r['step']}/{r['total_steps']}" if r["total_steps"] else str(r["step"]))
         age = "" if r["age_s"] is None else (f"{r['age_s']:.0f}s" if r["age_s"] < 120 else
                                             f"{r['age_s'] / 60:.0f}m" if r["age_s"] < 7200 else f"{r['age_s'] / 3600:.0f}h")
-        t.add_row(r["id"], f"[{colours[r['status']]}]{r['status']}[/]", step,
-                  "" if r["epoch"] is None else f"{r['epoch']:.2f}", score,
+        t.add_row(r["id"], f"[{colours[r['status']]}]{r['status']}[/]", step, score,
                   "" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}", age, r["reason"] or "")
     return t
 

@@ -49,8 +49,11 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    from chexcut.signals import sigterm_interrupts
+
     try:
-        rv = app(args=args, prog_name="chexcut", standalone_mode=False)
+        with sigterm_interrupts():  # every command: SIGTERM (scancel, a time limit) is one line and exit 143
+            rv = app(args=args, prog_name="chexcut", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == 130:  # Typer turns an interrupt into an exit code itself
             code = _interrupted()
