@@ -1,6 +1,6 @@
 """A hostile user's sweep over every command: bad inputs must end in one clear line and exit 2.
 
-    python benchmarks/hostile_sweep.py [--keep DIR]
+    python benchmarks/hostile_sweep.py [--keep DIR] [--only SUBSTRING]
 
 Builds a small phantom dataset, a model file, a short run and a predictions CSV, then tries each bad input
 as a fresh `python -m chexcut` process. A case is *handled* when it exits 2 with exactly one stderr line
@@ -9,6 +9,7 @@ every case that is not, and the counts.
 """
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -49,7 +50,61 @@ def setup(t: Path) -> dict:
     (t / "bad_plan").mkdir()
     (t / "bad_plan" / "plan.json").write_text("{")
     (t / "ro").mkdir()
+    round3(t, base, valid, preds)
     return {"t": t, "ph": t / "ph", "valid": base / "valid.csv", "run": t / "run", "m": t / "m.safetensors"}
+
+
+def round3(t: Path, base: Path, valid, preds) -> None:
+    """Inputs of the third round: damaged run files, caches, plans, model specs, published-style files."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    valid.head(0).to_csv(t / "header_only.csv", index=False)
+    for name, change in (("newer", lambda c: c["train"].update(future_setting=1)),
+                         ("nokey", lambda c: c["train"].pop("lr")),
+                         ("otherdrop", lambda c: c["model"].update(drop=2))):
+        shutil.copytree(t / "run", t / f"run_{name}")
+        cfg = json.loads((t / f"run_{name}" / "config.json").read_text())
+        change(cfg)
+        (t / f"run_{name}" / "config.json").write_text(json.dumps(cfg))
+    with safe_open(str(t / "m.safetensors"), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for name, size in (("huge", 10**9), ("px", "320px")):
+        spec = json.loads(meta["chexcut"]) if "chexcut" in meta else None
+        if spec is None:
+            continue
+        spec["image_size"] = size
+        save_file(tensors, str(t / f"spec_{name}.safetensors"), metadata={**meta, "chexcut": json.dumps(spec)})
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(t / "script.pt"))
+    (t / "plan_v99").mkdir()
+    plan = {"format": "chexcut-study", "version": 99, "runs": []}
+    (t / "plan_v99" / "plan.json").write_text(json.dumps(plan))
+    truth = valid.rename(columns={"Path": "Study"})
+    truth["Study"] = [p.rsplit("/", 1)[0] for p in truth["Study"]]
+    truth = truth.drop_duplicates("Study")
+    truth.to_csv(t / "study_truth.csv", index=False)
+    sp = pd.DataFrame({"Study": truth["Study"]})
+    for c in ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"):
+        sp[c] = 0.5
+    sp.to_csv(t / "study_preds.csv", index=False)
+    reads = sp.copy()
+    reads.iloc[:, 1:] = 1
+    reads.to_csv(t / "reader.csv", index=False)
+    soft = sp.copy()
+    soft.to_csv(t / "soft_reader.csv", index=False)
+    sp.iloc[:-1].to_csv(t / "short_preds.csv", index=False)
+    pd.concat([sp, sp.head(1)]).to_csv(t / "dup_keys.csv", index=False)
+    sp.rename(columns={"Study": "Key"}).to_csv(t / "nokey.csv", index=False)
+    assert cli("prepare", t / "ph", "--image-size", "40", "--cache", t / "cache_cut", "-q")[0] == 0
+    u8 = t / "cache_cut" / "images.u8"
+    with open(u8, "r+b") as f:  # an interrupted rsync
+        f.truncate(u8.stat().st_size // 2)
+    (t / "empty.csv").write_text("")
+    (t / "notcsv.csv").write_bytes(os.urandom(200))
 
 
 def cases(d: dict) -> list[tuple[str, list, dict]]:
@@ -123,19 +178,142 @@ def cases(d: dict) -> list[tuple[str, list, dict]]:
         ("export to missing folder", ["export", m, "-o", t / "no" / "m.onnx"], {}),
         ("export junk model", ["export", t / "junk.safetensors", "-o", t / "j.onnx"], {}),
         ("export wrong suffix", ["export", m, "-o", t / "m.txt"], {}),
+    ] + round3_cases(d)
+
+
+def round3_cases(d: dict) -> list[tuple[str, list, dict]]:
+    """The third round: newer commands, bounds on every number, damaged files, inputs as outputs, signals' kin."""
+    t, ph, valid, run, m = d["t"], d["ph"], d["valid"], d["run"], d["m"]
+    st, sp = t / "study_truth.csv", t / "study_preds.csv"
+    ev = ["evaluate", "--predictions", sp, "--truth", st]
+    ft = ["finetune", "resnet18", "--weights", "none", "--drop", "3", "--data", ph, "--workers", "0"]
+    plan = ["study", "plan", "--data", ph, "--archs", "resnet18"]
+    return [
+        # an output that is an input: refused, the input untouched
+        ("evaluate csv-out is the truth", [*ev, "--csv-out", st], {}),
+        ("evaluate json is the predictions", [*ev, "--json", sp], {}),
+        ("evaluate predictions-out is the truth", ["evaluate", run, "--predictions-out", valid], {}),
+        ("evaluate csv-out is a reader", [*ev, "--readers", t / "reader.csv", "--csv-out", t / "reader.csv"], {}),
+        ("evaluate json is the groups", [*ev, "--groups", st, "--by", "Sex", "--json", st], {}),
+        ("truncate output is its weights", ["truncate", "resnet18", "--drop", "3", "--weights", m, "-o", m], {}),
+        ("export onto the model", ["export", m, "-o", m], {}),
+        ("bench json onto the model", ["bench", m, "--json", m, "--max-time", "0.1"], {}),
+        ("report out holds a run", ["report", run, "--out", run], {}),
+        ("explain json is the model", ["explain", m, "--data", ph, "--out", t / "ex1", "--json", m], {}),
+        # numbers out of range
+        ("finetune seed -1", [*ft, "--out", t / "f1", "--seed", "-1"], {}),
+        ("finetune batch 0", [*ft, "--out", t / "f2", "--batch-size", "0"], {}),
+        ("finetune batch -1", [*ft, "--out", t / "f3", "--batch-size", "-1"], {}),
+        ("finetune epochs 0", [*ft, "--out", t / "f4", "--epochs", "0"], {}),
+        ("finetune image size 10^9", [*ft, "--out", t / "f5", "--image-size", "1000000000"], {}),
+        ("finetune image size 0", [*ft, "--out", t / "f6", "--image-size", "0"], {}),
+        ("finetune val-every 0", [*ft, "--out", t / "f7", "--val-every", "0"], {}),
+        ("finetune log-every 0", [*ft, "--out", t / "f8", "--log-every", "0"], {}),
+        ("finetune max-steps 0", [*ft, "--out", t / "f9", "--max-steps", "0"], {}),
+        ("finetune workers -1", [*ft, "--out", t / "f10", "--workers", "-1"], {}),
+        ("finetune lr 0", [*ft, "--out", t / "f11", "--lr", "0"], {}),
+        ("finetune lr nan", [*ft, "--out", t / "f12", "--lr", "nan"], {}),
+        ("finetune precise-bn -1", [*ft, "--out", t / "f13", "--precise-bn", "-1"], {}),
+        ("finetune valid-frac 1.5", [*ft, "--out", t / "f14", "--valid-frac", "1.5"], {}),
+        ("finetune device meta", [*ft, "--out", t / "f15", "--device", "meta"], {}),
+        ("finetune device nonsense", [*ft, "--out", t / "f16", "--device", "tpu9"], {}),
+        ("finetune track-tag without =", [*ft, "--out", t / "f17", "--track-tag", "x"], {}),
+        ("finetune in-chans 0", [*ft, "--out", t / "f18", "--in-chans", "0"], {}),
+        ("finetune drop -1", ["finetune", "resnet18", "--weights", "none", "--drop", "-1", "--data", ph, "--out", t / "f19"], {}),
+        ("finetune keep 0", ["finetune", "resnet18", "--weights", "none", "--keep", "0", "--data", ph, "--out", t / "f20"], {}),
+        ("finetune TorchScript weights", ["finetune", "resnet18", "--weights", t / "script.pt", "--drop", "3", "--data", ph, "--out", t / "f21"], {}),
+        ("phantom seed -1", ["phantom", t / "p4", "--seed", "-1"], {}),
+        ("phantom n -5", ["phantom", t / "p5", "--n", "-5"], {}),
+        ("phantom image size 0", ["phantom", t / "p6", "--image-size", "0"], {}),
+        ("evaluate seed -1", [*ev, "--seed", "-1"], {}),
+        ("evaluate bootstrap 10^9", [*ev, "--bootstrap", "1000000000"], {}),
+        ("evaluate alpha 0", [*ev, "--alpha", "0"], {}),
+        ("evaluate ci 0", [*ev, "--ci", "0"], {}),
+        ("evaluate margin 2", [*ev, "--compare", sp, "--margin", "2"], {}),
+        ("evaluate batch 0", ["evaluate", run, "--batch-size", "0"], {}),
+        ("evaluate batch -1", ["evaluate", run, "--batch-size", "-1"], {}),
+        ("evaluate workers -2", ["evaluate", run, "--workers", "-2"], {}),
+        ("evaluate image size 10^9", ["evaluate", run, "--image-size", "1000000000"], {}),
+        ("evaluate image size 1", ["evaluate", run, "--image-size", "1"], {}),
+        ("evaluate device meta", ["evaluate", run, "--device", "meta"], {}),
+        ("evaluate at-specificity 0", [*ev, "--at-specificity", "0"], {}),
+        ("evaluate at-sensitivity x", [*ev, "--at-sensitivity", "x"], {}),
+        ("evaluate age bins decreasing", [*ev, "--by", "Age", "--age-bins", "60,40"], {}),
+        ("evaluate age bins not numbers", [*ev, "--by", "Age", "--age-bins", "a,b"], {}),
+        ("evaluate by a missing column", [*ev, "--by", "Shoe size"], {}),
+        ("evaluate by twice", [*ev, "--by", "Sex,Sex"], {}),
+        ("inspect image size 10^9", ["inspect", "resnet18", "--image-size", "1000000000"], {}),
+        ("inspect image size -3", ["inspect", "resnet18", "--image-size", "-3"], {}),
+        ("truncate image size 10^9", ["truncate", "resnet18", "--weights", "none", "--image-size", "1000000000", "-o", t / "x.safetensors"], {}),
+        ("truncate seed -1", ["truncate", "resnet18", "--weights", "none", "--seed", "-1", "-o", t / "x.safetensors"], {}),
+        ("bench image size 10^9", ["bench", "resnet18", "--image-size", "1000000000"], {}),
+        ("bench batch 0", ["bench", "resnet18", "--batch", "0"], {}),
+        ("bench max-time 0", ["bench", "resnet18", "--max-time", "0"], {}),
+        ("bench threads 0", ["bench", "resnet18", "--threads", "0"], {}),
+        ("export image size 10^9", ["export", m, "-o", t / "y.onnx", "--image-size", "1000000000"], {}),
+        ("explain top 0", ["explain", m, "--data", ph, "--out", t / "ex2", "--top", "0"], {}),
+        ("explain limit 0", ["explain", m, "--data", ph, "--out", t / "ex3", "--limit", "0"], {}),
+        ("explain check-limit 0", ["explain", m, "--data", ph, "--out", t / "ex4", "--check", "--check-limit", "0"], {}),
+        ("prepare image size 10^9", ["prepare", ph, "--image-size", "1000000000"], {}),
+        ("prepare workers 0", ["prepare", ph, "--image-size", "32", "--workers", "0"], {}),
+        ("report bootstrap -1", ["report", run, "--bootstrap", "-1"], {}),
+        ("report alpha 2", ["report", run, "--alpha", "2"], {}),
+        ("report margin 0", ["report", run, "--margin", "0"], {}),
+        ("study plan bootstrap -1", [*plan, "--out", t / "s4", "--bootstrap", "-1"], {}),
+        ("study plan seeds -1", [*plan, "--out", t / "s5", "--seeds", "-1"], {}),
+        ("study plan drops -1", [*plan, "--out", t / "s6", "--drops", "-1"], {}),
+        ("study plan gpus -1", [*plan, "--out", t / "s7", "--slurm", "--gpus-per-task", "-1"], {}),
+        ("study plan time 12h", [*plan, "--out", t / "s8", "--slurm", "--time", "12h"], {}),
+        ("study plan cpus 0", [*plan, "--out", t / "s9", "--slurm", "--cpus-per-task", "0"], {}),
+        ("study plan mem lots", [*plan, "--out", t / "s10", "--slurm", "--mem", "lots"], {}),
+        ("study plan nodes 0", [*plan, "--out", t / "s11", "--slurm", "--nodes", "0"], {}),
+        ("study plan seeds not numbers", [*plan, "--out", t / "s12", "--seeds", "a"], {}),
+        ("study run jobs 0", ["study", "run", t / "plan_v99", "--jobs", "0"], {}),
+        ("study status without plan", ["study", "status", t / "ro"], {}),
+        ("study status watch 0", ["study", "status", t / "plan_v99", "--watch", "0"], {}),
+        ("demo seed -1", ["demo", t / "d3", "--seed", "-1", "--offline"], {}),
+        ("demo n 1", ["demo", t / "d4", "--n", "1", "--offline"], {}),
+        ("demo epochs 0", ["demo", t / "d5", "--epochs", "0", "--offline"], {}),
+        # damaged or foreign files
+        ("evaluate truth with only a header", ["evaluate", "--predictions", run / "valid_predictions.csv", "--truth", t / "header_only.csv"], {}),
+        ("evaluate empty truth file", ["evaluate", "--predictions", run / "valid_predictions.csv", "--truth", t / "empty.csv"], {}),
+        ("evaluate binary truth file", ["evaluate", "--predictions", run / "valid_predictions.csv", "--truth", t / "notcsv.csv"], {}),
+        ("evaluate predictions missing a study", ["evaluate", "--predictions", t / "short_preds.csv", "--truth", st], {}),
+        ("evaluate duplicated keys", ["evaluate", "--predictions", t / "dup_keys.csv", "--truth", st], {}),
+        ("evaluate no key column", ["evaluate", "--predictions", t / "nokey.csv", "--truth", st], {}),
+        ("evaluate key-col missing", [*ev, "--key-col", "Nope"], {}),
+        ("evaluate spec image size 10^9", ["evaluate", t / "spec_huge.safetensors", "--data", ph], {}),
+        ("evaluate spec image size 320px", ["evaluate", t / "spec_px.safetensors", "--data", ph], {}),
+        ("inspect spec image size 320px", ["inspect", t / "spec_px.safetensors"], {}),
+        ("bench spec image size 10^9", ["bench", t / "spec_huge.safetensors"], {}),
+        ("export spec image size 10^9", ["export", t / "spec_huge.safetensors", "-o", t / "z.onnx"], {}),
+        ("finetune resume: config from a newer version", ["finetune", "--resume", t / "run_newer"], {}),
+        ("finetune resume: config missing a key", ["finetune", "--resume", t / "run_nokey"], {}),
+        ("finetune resume: checkpoint of another drop", ["finetune", "--resume", t / "run_otherdrop", "--max-steps", "100"], {}),
+        ("study run: plan from another version", ["study", "run", t / "plan_v99"], {}),
+        ("prepare: cache cut short", ["evaluate", run, "--cache", t / "cache_cut"], {}),
+        ("truncate TorchScript weights", ["truncate", "resnet18", "--weights", t / "script.pt", "-o", t / "x.safetensors"], {}),
+        ("evaluate process substitution gone", [*ev[:2], "/dev/fd/63", *ev[3:]], {}),
+        ("evaluate json and predictions-out both stdout", ["evaluate", run, "--json", "-", "--predictions-out", "-"], {}),
+        ("evaluate readers not binary", [*ev, "--readers", t / "soft_reader.csv"], {}),
+        ("evaluate thresholds missing", [*ev, "--thresholds", t / "nothing.csv"], {}),
+        ("evaluate track without a run", [*ev, "--track", "sqlite:///x.db"], {}),
     ]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keep", type=Path)
+    ap.add_argument("--only", help="run the cases whose name contains this")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t = a.keep or Path(tmp)
         d = setup(t)
         before = {p for p in t.rglob("*")}
+        inputs = [p for p in t.iterdir() if p.is_file()] + [d["valid"], d["run"] / "config.json"]
+        digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs}
         failed = []
-        all_cases = cases(d)
+        all_cases = [c for c in cases(d) if not a.only or a.only in c[0]]
         for name, args, env in all_cases:
             rc, out, err = cli(*args, env=env)
             lines = [ln for ln in err.splitlines() if ln.strip() and "━" not in ln]
@@ -149,9 +327,12 @@ def main():
             print(f"NOT HANDLED: {name}: exit {rc}: {err}")
         for p in leftovers:
             print(f"LEFT BEHIND: {p}")
+        changed = [str(p) for p, h in digest.items() if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != h]
+        for p in changed:
+            print(f"INPUT CHANGED: {p}")
         print(f"{len(all_cases)} hostile inputs tried, {len(all_cases) - len(failed)} handled (exit 2, one line), "
-              f"{len(leftovers)} partial files left")
-        sys.exit(1 if failed or leftovers else 0)
+              f"{len(leftovers)} partial files left, {len(changed)} input files changed")
+        sys.exit(1 if failed or leftovers or changed else 0)
 
 
 if __name__ == "__main__":

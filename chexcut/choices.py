@@ -85,3 +85,51 @@ def check(choice: type[Choice], value, name: str) -> str:
     if value not in allowed:
         raise ChexcutError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}")
     return value
+
+
+# ----------------------------------------------------------------------------- numeric bounds
+
+#: Every bounded number a user can give, declared once: name -> (least, most, what the bound is for). The CLI
+#: passes them to Typer (``min``/``max``: one-line "not in the range" errors) and the library checks the same
+#: values with :func:`check_bounds` (settings read back from config.json, plans and specs included).
+MAX_IMAGE_SIZE = 4096  # pixels a side; CheXpert's own images are about 2,320 x 2,828, papers train at 224-512
+BOUNDS: dict[str, tuple[float, float | None]] = {
+    "seed": (0, 2**32 - 1),  # numpy and torch seeds
+    "batch_size": (1, 65536),
+    "epochs": (1, 100000),
+    "val_every": (1, None),
+    "log_every": (1, None),
+    "max_steps": (1, None),
+    "image_size": (16, MAX_IMAGE_SIZE),
+    "workers": (0, 256),
+    "precise_bn": (0, None),
+    "bootstrap": (0, 100_000),
+    "jobs": (1, 1024),
+    "top": (1, 1000),
+    "limit": (1, None),
+    "check_limit": (1, None),
+    "threads": (1, 1024),
+    "in_chans": (1, 4),
+    "drop": (0, None),
+    "keep": (1, None),
+}
+
+
+def check_bounds(name: str, value, flag: str | None = None):
+    """``value`` within ``BOUNDS[name]`` (None passes: "not given"); one-line error naming the flag."""
+    if value is None:
+        return value
+    lo, hi = BOUNDS[name]
+    flag = flag or "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ChexcutError(f"{flag} must be a number, not {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"at least {lo}" if hi is None else f"between {lo} and {hi:,}"
+        raise ChexcutError(f"{flag} must be {rng}, not {value}")
+    return value
+
+
+def bound(name: str) -> dict:
+    """Typer's ``min``/``max`` for an option: ``typer.Option("--seed", **bound("seed"))``."""
+    lo, hi = BOUNDS[name]
+    return {"min": lo, **({} if hi is None else {"max": hi})}

@@ -11,9 +11,9 @@ from pathlib import Path
 from chexcut.errors import ChexcutError
 
 
-def check_writable(path: Path, force: bool = False) -> None:
-    """Refuse an existing output without ``force`` and an output folder that cannot be written."""
-    check_output_file(path, "output", force=force)
+def check_writable(path: Path, force: bool = False, inputs=()) -> None:
+    """Refuse an existing output without ``force``, an output folder that cannot be written, and an input."""
+    check_output_file(path, "output", force=force, inputs=inputs)
 
 
 def check_output_folder(path: Path, what: str = "output folder") -> Path:
@@ -33,9 +33,23 @@ def check_output_folder(path: Path, what: str = "output folder") -> Path:
     return path
 
 
-def check_output_file(path: Path, what: str = "output", force: bool = True) -> Path:
-    """An output file that can be written (an existing one only with ``force``): checked before any work."""
+def same_file(a, b) -> bool:
+    """Whether two paths name one file (symlinks and relative paths followed)."""
+    try:
+        if Path(a).exists() and Path(b).exists():
+            return os.path.samefile(a, b)
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def check_output_file(path: Path, what: str = "output", force: bool = True, inputs=()) -> Path:
+    """An output file that can be written (an existing one only with ``force``), and none of the command's
+    ``inputs`` (a result written over its own label file destroys it): checked before any work."""
     path = Path(path)
+    for source in inputs:
+        if source is not None and str(source) != "-" and same_file(path, source):
+            raise ChexcutError(f"{what} {path} is one of this command's inputs; write it elsewhere")
     if path.is_dir():
         raise ChexcutError(f"{what} {path} is a folder; give a file name")
     if path.exists() and not force:
@@ -56,14 +70,49 @@ def atomic_path(path: Path):
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
+    _writing.append(path)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
+        _writing.pop()
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _last_failed[:] = [path]  # for the error message: which file a full disk cut short
+        _writing.pop()
         raise
+
+
+_writing: list[Path] = []
+_last_failed: list[Path] = []
+
+
+def last_failed_write() -> Path | None:
+    """The file whose atomic write failed last in this process (None if none did)."""
+    return _last_failed[0] if _last_failed else None
+
+
+def regular_file(path):
+    """``path`` as a regular file: a pipe (process substitution ``<(...)``, ``/dev/fd/63``, a FIFO) is read once
+    into a temporary file, removed at exit, since its CSV is read more than once. Other paths pass unchanged."""
+    import atexit
+    import shutil
+    import stat
+
+    if path is None or str(path) == "-":
+        return path
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return path
+    fd, tmp = tempfile.mkstemp(prefix="chexcut-", suffix="-" + Path(path).name + ".csv")
+    with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    atexit.register(lambda: Path(tmp).unlink(missing_ok=True))
+    return Path(tmp)
 
 
 def sha256_file(path: Path) -> str:

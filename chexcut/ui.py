@@ -86,7 +86,7 @@ def weights_table(rows: list[dict]) -> Table:
     for col in ("arch", "file", "MB", "cached", "verified", "path (or where to place it)"):
         t.add_column(col, justify="right" if col == "MB" else "left", overflow="fold")
     for r in rows:
-        ver = {True: "[green]yes[/]", False: "[bold red]NO[/]", None: "-"}[r["verified"]]
+        ver = {True: "[green]yes[/]", False: "[bold red]NO[/]", None: "unverified"}[r["verified"]]
         t.add_row(r["arch"], r["file"], _f(r["size_mb"], "{:.1f}"),
                   "[green]yes[/]" if r["cached"] else "no", ver, r["path"] or f"[dim]{r['place_at']}[/]")
     return t

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Blank, Resize, Views
+from chexcut.choices import Blank, Resize, Views, bound
 from chexcut.errors import ChexcutError
 
 app = typer.Typer(
@@ -83,7 +83,7 @@ BlankOpt = Annotated[Blank, typer.Option("--blank", help="Blank labels: zeros (n
 ValidFracOpt = Annotated[float, typer.Option("--valid-frac", help="Valid share of patients when there is no valid.csv.")]
 
 
-ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Square image size in pixels.")]
+ImageSizeOpt = Annotated[int, typer.Option("--image-size", **bound("image_size"), help="Square image size in pixels.")]
 
 
 ResizeOpt = Annotated[Resize, typer.Option("--resize", help="squash (CheXpert baseline) or pad (letterbox).")]

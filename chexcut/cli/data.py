@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Blank, Resize, Views
+from chexcut.choices import Blank, Resize, Views, bound
 from chexcut.cli.app import (
     BlankOpt,
     CacheOpt,
@@ -35,7 +35,7 @@ def prepare(
     image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
     resize: ResizeOpt = Resize.squash,
     cache: CacheOpt = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes (default: CPU count).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", **bound("workers"), help="Decoding processes (default: CPU count).")] = None,
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     skip_missing: SkipMissingOpt = False, skip_bad: SkipBadOpt = False,
@@ -81,7 +81,7 @@ def phantom(
     out: Annotated[Path, typer.Argument(help="Folder to write CheXpert-v1.0-small/ into.")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 600,
     image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
     masks: Annotated[bool, typer.Option("--masks", help="Also write where each finding was drawn (masks/ PNGs and masks.csv), to score heatmaps.")] = False,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):

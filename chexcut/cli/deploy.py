@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Precision, Split
+from chexcut.choices import Precision, Split, bound
 from chexcut.cli.app import CsvOpt, SkipBadOpt, app, complete_arch, ints, split_list
 from chexcut.errors import ChexcutError
 
@@ -17,12 +17,12 @@ def bench(
     target: Annotated[str, typer.Argument(help="Architecture (every truncation level) or a model file / run dir.", autocompletion=complete_arch)],
     drops: Annotated[Optional[str], typer.Option("--drops", help="Comma-separated levels (default: all).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available).")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Default: the model file's, or 320 for an architecture.")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"), help="Default: the model file's, or 320 for an architecture.")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Latency at the smallest, throughput at the largest.")] = "1,32",
     precision: Annotated[Precision, typer.Option("--precision")] = Precision.fp32,
     channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model first.")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (torch.set_num_threads / ONNX Runtime's intra-op threads).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", **bound("threads"), help="CPU threads (torch.set_num_threads / ONNX Runtime's intra-op threads).")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="torch | onnxruntime (the exported graph).")] = "torch",
     max_time: Annotated[float, typer.Option("--max-time", help="Seconds at most per measurement.")] = 3.0,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the results to PATH (e.g. RUN_DIR/bench.json), or - for stdout.")] = None,
@@ -35,7 +35,7 @@ def bench(
     from chexcut.fileio import check_writable, write_json
 
     if json_path and json_path != "-":
-        check_writable(Path(json_path), force=True)
+        check_writable(Path(json_path), force=True, inputs=[target])
     to_stdout = json_path == "-"
     with ui.lazy_progress_bar("bench", quiet=quiet or to_stdout) as update:
         settings = BenchSettings(device=device, image_size=image_size, batches=tuple(ints(batch, "batch")),
@@ -55,7 +55,7 @@ def bench(
 def export(
     model: Annotated[str, typer.Argument(help="Model file or finetune run dir.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="ONNX file to write (.onnx).")],
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Size of the example input (default: the model file's); the batch stays dynamic.")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"), help="Size of the example input (default: the model file's); the batch stays dynamic.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ):
@@ -80,12 +80,12 @@ def explain(
     data: Annotated[Optional[Path], typer.Option("--data", help="A dataset instead of IMAGES (with --csv, --split, --limit).")] = None,
     csv: CsvOpt = None,
     split: Annotated[Split, typer.Option("--split", help="Rows of --data.")] = Split.valid,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many images.")] = 16,
+    limit: Annotated[int, typer.Option("--limit", **bound("limit"), help="At most this many images.")] = 16,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels (default: the 5 competition tasks).")] = None,
-    top: Annotated[Optional[int], typer.Option("--top", help="Instead of --labels: each image's K most probable labels.")] = None,
+    top: Annotated[Optional[int], typer.Option("--top", **bound("top"), help="Instead of --labels: each image's K most probable labels.")] = None,
     layer: Annotated[Optional[int], typer.Option("--layer", help="Block index (from `chexcut inspect`) (default: the last kept block).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Pointing game (phantom data with --masks: every masked frontal image of the split, up to --check-limit) and the randomisation sanity check.")] = False,
-    check_limit: Annotated[int, typer.Option("--check-limit", help="At most this many images for the pointing game.")] = 2000,
+    check_limit: Annotated[int, typer.Option("--check-limit", **bound("check_limit"), help="At most this many images for the pointing game.")] = 2000,
     skip_bad: SkipBadOpt = False,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the listing (or with --check the checks) to PATH, or - for stdout.")] = None,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -101,7 +101,7 @@ def explain(
             raise ChexcutError(f"{name} must be at least 1, not {v}")
     check_output_folder(out, "--out folder")
     if json_path and json_path != "-":
-        check_output_file(Path(json_path), "--json")
+        check_output_file(Path(json_path), "--json", inputs=[model, data, csv])
     from chexcut.deploy import explain as ex
     from chexcut.models.modelfile import load_model
     from chexcut.models.source import ModelSource

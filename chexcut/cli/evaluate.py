@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views
+from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views, bound
 from chexcut.cli.app import CacheOpt, CsvOpt, TrackOpt, app, split_list
 from chexcut.errors import ChexcutError
 
@@ -24,12 +24,12 @@ def evaluate(
     truth: Annotated[Optional[Path], typer.Option("--truth", "--label-csv", help="The label CSV for --predictions (CheXpert valid.csv layout).")] = None,
     compare: Annotated[Optional[str], typer.Option("--compare", help="Another model, run dir or predictions CSV on the same rows.")] = None,
     method: Annotated[Method, typer.Option("--method", help="Paired test per label.")] = Method.bootstrap,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates (0 disables).")] = 1000,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"), help="Bootstrap replicates (0 disables).")] = 1000,
     ci: Annotated[float, typer.Option("--ci", help="Confidence level.")] = 0.95,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level for the verdict.")] = 0.05,
     margin: Annotated[Optional[float], typer.Option("--margin", help="With --compare: non-inferiority margin in AUROC units (e.g. 0.02); tests H0: delta <= -M.")] = None,
     equivalence: Annotated[bool, typer.Option("--equivalence", help="With --margin: also test equivalence within +-M (TOST).")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
     cluster: Annotated[Cluster, typer.Option("--cluster", help="Resample by patient, study or none.")] = Cluster.patient,
     level: Annotated[Level, typer.Option("--level", help="study (max over views, official CheXpert) or image.")] = Level.study,
     logits: Annotated[bool, typer.Option("--logits", help="Predictions are logits (any real number): ranked as they are.")] = False,
@@ -53,11 +53,11 @@ def evaluate(
     uncertain: Annotated[Optional[str], typer.Option("--uncertain", help="Uncertain label policy (default: zeros, or the run's).")] = None,
     blank: Annotated[Optional[Blank], typer.Option("--blank", help="Blank labels (default: zeros, or the run's).")] = None,
     valid_frac: Annotated[Optional[float], typer.Option("--valid-frac", help="Valid share of patients without valid.csv (default: 0.1, or the run's).")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size (default: the model file's own preprocessing).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"), help="Input size (default: the model file's own preprocessing).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", **bound("batch_size"))] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available).")] = None,
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: auto = bf16 on GPU, fp32 on CPU.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: 4, at most the CPUs this process may use).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", **bound("workers"), help="DataLoader worker processes (default: 4, at most the CPUs this process may use).")] = None,
     cache: CacheOpt = None,
     track: TrackOpt = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
@@ -66,8 +66,10 @@ def evaluate(
     from chexcut import ui
     from chexcut.evaluation import orchestrate as evalrun
     from chexcut.evaluation.settings import Inference, Statistics
-    from chexcut.fileio import check_output_file
+    from chexcut.fileio import check_output_file, regular_file
 
+    predictions, truth, groups = regular_file(predictions), regular_file(truth), regular_file(groups)
+    compare = str(regular_file(compare)) if compare else compare
     bins = None
     if age_bins:
         try:
@@ -80,10 +82,13 @@ def evaluate(
                        at_sensitivity=_targets(at_sensitivity, "--at-sensitivity"))
     infer = Inference(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                       precision=precision and str(precision), cache_dir=cache)
+    if json_path == "-" and predictions_out is not None and str(predictions_out) == "-":
+        raise ChexcutError("--json - and --predictions-out - would both write to stdout; send one to a file")
+    sources = _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv)
     for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
                     ("--csv-out", csv_out)):
-        if p:  # every output checked before any inference
-            check_output_file(Path(p), flag)
+        if p and str(p) != "-":  # every output checked before any inference, never onto an input
+            check_output_file(Path(p), flag, inputs=sources)
     if plots is not None:
         from chexcut.fileio import check_output_folder
 
@@ -114,6 +119,25 @@ def evaluate(
     _write(result, json_path, csv_out, quiet)
     if run_dir is not None:  # a tracked run (its mlflow.json) or --track: the evaluation joins its MLflow run
         tracking.log_evaluation(run_dir, result, track)
+
+
+def _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv) -> list[Path]:
+    """Every file this evaluation reads (the CSVs of its data set too): no output may be one of them."""
+    import json
+
+    files = [predictions, truth, compare, groups, thresholds, csv, model]
+    files += [item.partition("=")[2] or item for spec in readers or () for item in split_list(spec) or ()]
+    folders = [data] if data else []
+    if model and (Path(model) / "config.json").is_file():  # a run directory: its own files and its data set
+        files += [Path(model) / name for name in ("config.json", "valid_predictions.csv", "best.safetensors")]
+        try:
+            folders.append(json.loads((Path(model) / "config.json").read_text())["data"]["dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    for folder in folders:
+        for pattern in ("*.csv", "*/*.csv"):
+            files += list(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
+    return [Path(f) for f in files if f and Path(f).is_file()]
 
 
 def _targets(values: list[str] | None, flag: str) -> tuple[float, ...]:

@@ -32,14 +32,17 @@ def _environment_error(e: BaseException) -> str | None:
 
     codes = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
              errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+    from chexcut.fileio import last_failed_write
+
+    failed = last_failed_write()
     if isinstance(e, OSError) and e.errno in codes:
-        where = e.filename or "a file"
+        where = failed or e.filename or "a file"
         return (f"{codes[e.errno]} writing {where}; earlier checkpoints and caches are kept, temporary files "
                 f"removed: free space or fix the permissions, then run the same command again")
     text = str(e)
     if "No space left on device" in text or "Disk quota exceeded" in text:  # safetensors and torch.save wrap it
-        return ("no space left on the device while writing; earlier checkpoints and caches are kept, temporary "
-                "files removed: free space, then run the same command again (finetune: --resume)")
+        return (f"no space left on the device while writing {failed or 'a file'}; earlier checkpoints and caches are "
+                f"kept, temporary files removed: free space, then run the same command again (finetune: --resume)")
     return None
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Resize
+from chexcut.choices import Resize, bound
 from chexcut.cli.app import app, complete_arch, split_list
 from chexcut.errors import ChexcutError
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE
@@ -36,7 +36,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to 
 def inspect(
     target: str = typer.Argument(..., help="Architecture name (see `chexcut list`) or a chexcut model file.",
                                  autocompletion=complete_arch),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size for shapes and MACs (default: 320, or the model file's)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", **bound("image_size"), help="Input size for shapes and MACs (default: 320, or the model file's)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
 ):
     """Block anatomy of an architecture or model file, and what each truncation level costs."""
@@ -66,13 +66,13 @@ def inspect(
 def truncate(
     arch: str = typer.Argument(..., help="Architecture name (see `chexcut list`).", autocompletion=complete_arch),
     out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
-    drop: Optional[int] = typer.Option(None, "--drop", help="Final blocks to remove (0..B-1) (default: 0)."),
-    keep: Optional[int] = typer.Option(None, "--keep", help="Blocks to keep (1..B); instead of --drop."),
+    drop: Optional[int] = typer.Option(None, "--drop", **bound("drop"), help="Final blocks to remove (0..B-1) (default: 0)."),
+    keep: Optional[int] = typer.Option(None, "--keep", **bound("keep"), help="Blocks to keep (1..B); instead of --drop."),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH to a state dict of the full architecture."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels (default: the 14 CheXpert observations)."),
-    in_chans: int = typer.Option(3, "--in-chans", help="1 = grayscale input (first conv's RGB filters combined)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for random initialisation (the new head; all weights with --weights none)."),
-    image_size: int = typer.Option(DEFAULT_IMAGE_SIZE, "--image-size", help="Image size recorded in the model file and used for MACs."),
+    in_chans: int = typer.Option(3, "--in-chans", **bound("in_chans"), help="1 = grayscale input (first conv's RGB filters combined)."),
+    seed: int = typer.Option(0, "--seed", **bound("seed"), help="Seed for random initialisation (the new head; all weights with --weights none)."),
+    image_size: int = typer.Option(DEFAULT_IMAGE_SIZE, "--image-size", **bound("image_size"), help="Image size recorded in the model file and used for MACs."),
     resize: Resize = typer.Option(Resize.squash, "--resize", help="Resize mode recorded in the model file (its preprocessing)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     json_out: bool = typer.Option(False, "--json", help="Print the model spec and figures as JSON to stdout."),
@@ -90,7 +90,7 @@ def truncate(
     d = resolve_drop(a, drop, keep)
     if out.suffix != ".safetensors":
         raise ChexcutError(f"-o {out}: chexcut model files end in .safetensors")
-    check_writable(out, force=force)
+    check_writable(out, force=force, inputs=[weights])
     model = do_truncate(a.name, drop=d, weights=weights, labels=split_list(labels), in_chans=in_chans,
                         image_size=image_size, seed=seed, resize=str(resize))
     anat = anatomy(a.name, image_size, n_labels=len(model.chexcut_spec.labels))

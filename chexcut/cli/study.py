@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from chexcut.choices import bound
 from chexcut.cli.app import TrackOpt, app, ints, split_list
 from chexcut.errors import ChexcutError
 
@@ -25,7 +26,7 @@ def study_plan(
     weights: Annotated[str, typer.Option("--weights", help="Comma-separated: imagenet,none.")] = "imagenet,none",
     drops: Annotated[str, typer.Option("--drops", help="Comma-separated drops (levels past an arch's blocks are skipped).")] = "0,1,2",
     seeds: Annotated[str, typer.Option("--seeds")] = "0",
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for each run's evaluate.")] = 1000,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"), help="Replicates for each run's evaluate.")] = 1000,
     slurm: Annotated[bool, typer.Option("--slurm", help="Also write study.sbatch (one array task per run).")] = False,
     bench: Annotated[bool, typer.Option("--bench", help="Each run also measures its model's latency and throughput (bench.json; shown by report).")] = False,
     nodes: Annotated[int, typer.Option("--nodes", help="With --slurm: nodes per run (torchrun with a c10d rendezvous on the first).")] = 1,
@@ -103,7 +104,7 @@ def _finetune_options(args: list[str], data: Path):
 @study_app.command("run")
 def study_run(
     study_dir: Annotated[Path, typer.Argument(help="A folder written by `chexcut study plan`.")],
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs at once (one GPU each when there are GPUs).")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", **bound("jobs"), help="Runs at once (one GPU each when there are GPUs).")] = 1,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Execute a plan locally with a live status table; failures never stop the other runs."""
@@ -157,10 +158,10 @@ def study_status(
 def report(
     targets: Annotated[list[Path], typer.Argument(help="Study folders or run directories.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.md, results.csv, results.json and PNG plots here.")] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Replicates for the paired comparisons.")] = 1000,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"), help="Replicates for the paired comparisons.")] = 1000,
     alpha: Annotated[float, typer.Option("--alpha")] = 0.05,
     margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin (AUROC units) for parameter efficiency.")] = 0.02,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
     json_path: Annotated[Optional[str], typer.Option("--json", help="- prints the report JSON to stdout.")] = None,
 ):
     """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
@@ -199,11 +200,11 @@ def demo(
     archs: Annotated[str, typer.Option("--archs")] = "resnet18,densenet121,mobilenet_v2",
     drops: Annotated[str, typer.Option("--drops")] = "0,1,2",
     n: Annotated[int, typer.Option("--n", help="Phantom images.")] = 500,
-    image_size: Annotated[int, typer.Option("--image-size")] = 64,
-    epochs: Annotated[int, typer.Option("--epochs")] = 4,
-    bootstrap: Annotated[int, typer.Option("--bootstrap")] = 500,
-    jobs: Annotated[int, typer.Option("--jobs", help="Runs at once (1: all in this process, no import per run).")] = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Draws the phantom data and seeds every run.")] = 0,
+    image_size: Annotated[int, typer.Option("--image-size", **bound("image_size"))] = 64,
+    epochs: Annotated[int, typer.Option("--epochs", **bound("epochs"))] = 4,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"))] = 500,
+    jobs: Annotated[int, typer.Option("--jobs", **bound("jobs"), help="Runs at once (1: all in this process, no import per run).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", **bound("seed"), help="Draws the phantom data and seeds every run.")] = 0,
     offline: Annotated[bool, typer.Option("--offline", help="Never try the network for ImageNet weights.")] = False,
     mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="Fetch ImageNet weights from this folder or URL (see `weights fetch --to`).")] = None,
 ):

@@ -94,7 +94,12 @@ def open_cache(files: list, image_size: int, resize: str, folder: Path | None = 
                                    f"remove it or choose another --cache folder")
             return None
         ordered = paths
-    images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(ordered), image_size, image_size))
+    data, want = folder / "images.u8", len(ordered) * image_size * image_size
+    have = data.stat().st_size if data.is_file() else None
+    if have != want:  # an interrupted copy (rsync) or a damaged folder: never map past the end of the file
+        raise ChexcutError(f"the image cache at {folder} is damaged: images.u8 holds {have or 0:,} bytes, its index "
+                           f"needs {want:,} (an interrupted copy?); copy it again or run chexcut prepare into a new folder")
+    images = np.memmap(data, dtype=np.uint8, mode="r", shape=(len(ordered), image_size, image_size))
     return ImageCache(folder, image_size, resize, ordered, images, {p: i for i, p in enumerate(ordered)},
                       tuple(meta.get("bad") or ()))
 

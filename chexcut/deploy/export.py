@@ -87,7 +87,7 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
     out = Path(out)
     if out.suffix != ".onnx":
         raise ChexcutError(f"-o {out}: give a file name ending in .onnx")
-    check_writable(out, force=force)
+    check_writable(out, force=force, inputs=[model_path])
     path = ModelSource.parse(str(model_path)).require_file("export")
     model = load_model(path)
     spec = model.chexcut_spec

@@ -17,8 +17,12 @@ def pick_device(device: str | None = None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise ChexcutError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type not in ("cpu", "cuda"):  # meta, mps, xpu...: chexcut trains and evaluates on CPUs and CUDA GPUs
+        raise ChexcutError(f"--device {device!r}: chexcut runs on cpu or cuda[:N]")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ChexcutError("--device cuda was asked for, but no CUDA GPU is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ChexcutError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return dev
 
 

@@ -110,6 +110,10 @@ def min_image_size(name: str) -> int:
 
 
 def check_image_size(name: str, size: int) -> None:
+    from chexcut.choices import MAX_IMAGE_SIZE
+
+    if size > MAX_IMAGE_SIZE:  # before any allocation: 10^9 px a side would ask the allocator for exabytes
+        raise ChexcutError(f"--image-size {size} is more than chexcut handles ({MAX_IMAGE_SIZE} px a side)")
     if size < 1 or not _forward_ok(meta_model(name), size):
         raise ChexcutError(
             f"--image-size {size} is too small for {name}: the minimum is {min_image_size(name)} px"

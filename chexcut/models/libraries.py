@@ -158,6 +158,9 @@ class Torchvision(Library):
         return self._weights(arch).get_state_dict(progress=False, check_hash=True)
 
 
+SELF_NAMED = "chexcut-installed"  # in a HF cache repo folder: blobs chexcut named itself (no published hash)
+
+
 class Timm(Library):
     name = "timm"
 
@@ -202,8 +205,13 @@ class Timm(Library):
         return staged_path(arch)
 
     def blob_sha256(self, arch, path: Path) -> str | None:
+        """The blob's name, when the hub named it (a file chexcut installed from a mirror is named by its own
+        hash, which checks nothing: those are listed in ``chexcut-installed`` and give None, "unverified")."""
         real = Path(path).resolve()
-        return real.name if real.parent.name == "blobs" and len(real.name) == 64 else None
+        if real.parent.name != "blobs" or len(real.name) != 64:
+            return None
+        mine = real.parent.parent / SELF_NAMED
+        return None if mine.is_file() and real.name in mine.read_text().split() else real.name
 
     def cached_file(self, arch) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
@@ -240,6 +248,8 @@ class Timm(Library):
         os.symlink(os.path.relpath(blob, snap.parent), snap)
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / "main").write_text(rev)
+        with open(repo / SELF_NAMED, "a") as f:  # this blob's name is its own hash: not a published one
+            f.write(sha + "\n")
         return snap
 
     def state_dict(self, arch) -> dict:

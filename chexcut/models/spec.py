@@ -133,7 +133,11 @@ def check_spec(spec: dict, path) -> None:
         raise ChexcutError(f"{path}: damaged chexcut metadata: resize {spec['resize']!r} is not one of "
                            f"{', '.join(RESIZE_MODES)}")
     size = spec.get("image_size", DEFAULT_IMAGE_SIZE)
-    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 4096:
-        raise ChexcutError(f"{path}: damaged chexcut metadata: image_size {size!r} is not a size in pixels (16..4096)")
+    from chexcut.choices import BOUNDS
+
+    lo, hi = BOUNDS["image_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or not lo <= size <= hi:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: image_size {size!r} is not a size in pixels "
+                           f"({lo}..{hi})")
     if not 0 <= spec["drop"] < arch.family.num_blocks:
         raise ChexcutError(f"{path}: damaged chexcut metadata: drop {spec['drop']} is not a truncation of {arch.name}")

@@ -36,6 +36,9 @@ def read_state_dict(path: Path) -> dict:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise ChexcutError(f"{path} is not a readable safetensors file ({e})") from None
+    if _is_torchscript(path):  # torch.load would warn and hand it to torch.jit.load (code, not a state dict)
+        raise ChexcutError(f"{path} is a TorchScript archive, not a state dict; save model.state_dict() with "
+                           f"torch.save and pass that file")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
@@ -83,3 +86,14 @@ def load_with_metadata(model: nn.Module, state: dict) -> None:
         state = OrderedDict(state)
         state._metadata = model.state_dict()._metadata
     model.load_state_dict(state, strict=True)
+
+
+def _is_torchscript(path) -> bool:
+    """A zip whose entries include TorchScript's ``code/`` or ``constants.pkl`` (torch.jit.save's layout)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

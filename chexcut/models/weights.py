@@ -92,6 +92,22 @@ def _check_loadable(arch, path: Path, url: str) -> None:
     state = normalise_state_dict(state, arch)
     if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
         raise ChexcutError(f"{url}: its tensors do not fit {arch.name} (refused and deleted)")
+    if looks_untrained(state):
+        raise ChexcutError(f"{url}: its tensors fit {arch.name} but look randomly initialised (every BatchNorm's "
+                           f"running mean is 0 and variance 1, as in a model never trained): refused and deleted")
+
+
+def looks_untrained(state: dict) -> bool:
+    """BatchNorm running statistics that never moved: exactly 0 means and 1 variances in every layer (a trained
+    ImageNet model's are data-dependent). Where there is no published hash this tells a fresh model's tensors
+    from trained weights of the right shapes."""
+    import torch
+
+    means = [v for k, v in state.items() if k.endswith("running_mean")]
+    variances = [v for k, v in state.items() if k.endswith("running_var")]
+    if not means or not variances:
+        return False
+    return all(torch.all(m == 0) for m in means) and all(torch.all(v == 1) for v in variances)
 
 
 def _looks_like_html(path: Path) -> bool:

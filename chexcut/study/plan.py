@@ -23,6 +23,7 @@ from chexcut.training.config import FinetuneOptions
 
 WEIGHTS = ("imagenet", "none")
 PLAN = "plan.json"  # the study folder's plan; run directories live under runs/
+PLAN_VERSION = 1
 
 
 def run_id(arch: str, weights: str, drop: int, seed: int) -> str:
@@ -138,7 +139,8 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     data_abs = str(data.resolve())
     for r in runs:
         r.update(run_commands(r, data_abs, options, bootstrap, bench, evaluate_options, study=str(out)))
-    plan = {"format": "chexcut-study", "version": 1, "data": data_abs, "archs": list(grid.archs),
+    _refuse_changed_runs(out, runs)
+    plan = {"format": "chexcut-study", "version": PLAN_VERSION, "data": data_abs, "archs": list(grid.archs),
             "weights": list(grid.weights), "drops": list(grid.drops), "seeds": list(grid.seeds),
             "finetune_args": options.to_args(), "finetune_options": options.to_json(), "bootstrap": bootstrap,
             "bench": bench, "evaluate_options": evaluate_options, "runs": runs, "skipped": skipped}
@@ -151,6 +153,20 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     if slurm:
         write_text(out / "study.sbatch", sbatch_script(out, len(runs), slurm))
     return plan
+
+
+def _refuse_changed_runs(out: Path, runs: list[dict]) -> None:
+    """A re-plan (``--force``) with other settings: runs that already hold results from the old settings would be
+    kept as done by every runner. Refuse, naming them, rather than mix two sets of settings in one study."""
+    try:
+        old = {r["id"]: r for r in json.loads((out / PLAN).read_text()).get("runs", [])}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return
+    changed = [r["id"] for r in runs if r["id"] in old and (old[r["id"]].get("finetune"), old[r["id"]].get("evaluate"))
+               != (r["finetune"], r["evaluate"]) and any((out / r["run_dir"]).glob("*"))]
+    if changed:
+        raise ChexcutError(f"{len(changed)} runs of {out} hold results from other settings (first: {changed[0]}); remove "
+                           f"their folders (rm -r {out}/runs/{changed[0]} ...) or plan into a new folder")
 
 
 def check_evaluate_options(o: dict) -> dict:
@@ -312,6 +328,9 @@ def load_plan(study_dir: Path) -> dict:
         plan = json.loads((Path(study_dir) / PLAN).read_text())
     except (OSError, ValueError):
         raise ChexcutError(f"{study_dir} has no readable plan.json: run `chexcut study plan` first") from None
-    if plan.get("format") != "chexcut-study":
+    if plan.get("format") != "chexcut-study" or not isinstance(plan.get("runs"), list):
         raise ChexcutError(f"{study_dir}/plan.json is not a chexcut study plan")
+    if plan.get("version") != PLAN_VERSION:
+        raise ChexcutError(f"{study_dir}/plan.json has plan format {plan.get('version')!r}, this chexcut reads format "
+                           f"{PLAN_VERSION}: plan the study again (chexcut study plan ... --force)")
     return plan

@@ -58,9 +58,10 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        for name in ("batch_size", "epochs", "val_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ChexcutError(f"--{name.replace('_', '-')} must be at least 1")
+        from chexcut.choices import check_bounds
+
+        for name in ("batch_size", "epochs", "val_every", "log_every", "seed", "image_size"):
+            check_bounds(name, getattr(self, name))
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ChexcutError(f"--lr must be positive, not {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -99,6 +100,7 @@ class Run:
             train, d = dict(config["train"]), config["data"]
         except (TypeError, KeyError):
             raise ChexcutError(f"--resume {run_dir}: no readable config.json there, not a finetune run") from None
+        check_recorded_settings(train, run_dir)
         if max_steps:
             train["max_steps"] = max_steps
         if device:
@@ -108,6 +110,31 @@ class Run:
         source = {} if RunDir(run_dir).last.is_file() else _typed_source(config.get("model_source") or {})
         return cls(run_dir=Path(run_dir), data=Path(d["dir"]), opts=opts, cfg=TrainConfig(**train),
                    model_source=source, resume=True, cache=cache)
+
+
+#: Settings every config.json has had since the first version: a config.json without one is damaged (resuming
+#: would silently train with a default). Fields added later (precise_bn, resize, ...) take their defaults.
+ESSENTIAL_SETTINGS = ("recipe", "optimizer", "lr", "batch_size", "epochs", "image_size", "seed", "schedule")
+
+
+def check_recorded_settings(train: dict, run_dir) -> None:
+    """config.json's training settings as this version knows them: one line for a newer version's setting or
+    a missing essential one, and every value checked as the command line checks it."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(train) - known)
+    if unknown:
+        raise ChexcutError(f"--resume {run_dir}: config.json has setting(s) this chexcut does not know "
+                           f"({', '.join(unknown)}): it was written by a newer version; resume with that version")
+    missing = [k for k in ESSENTIAL_SETTINGS if k not in train]
+    if missing:
+        raise ChexcutError(f"--resume {run_dir}: config.json lacks {', '.join(missing)} (damaged); start the run "
+                           f"over with --force")
+    try:
+        TrainConfig(**train).validate()
+    except (TypeError, ValueError) as e:
+        raise ChexcutError(f"--resume {run_dir}: config.json holds a setting of the wrong type ({e})") from None
 
 
 def _typed_source(source: dict) -> dict:

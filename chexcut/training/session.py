@@ -141,6 +141,17 @@ def build_model(source: dict, labels=None):
     return truncate(source["arch"], **kw)
 
 
+def check_same_model(spec: ModelSpec, recorded: dict, rd: RunDir) -> None:
+    """The checkpoint is the model config.json describes (a last.ckpt copied in from another run would train
+    on, and report would believe config.json)."""
+    mine = spec.to_json()
+    differ = [k for k in ("arch", "drop", "labels", "params") if k in recorded and recorded[k] != mine.get(k)]
+    if differ:
+        k = differ[0]
+        raise ChexcutError(f"--resume {rd}: last.ckpt holds another model than config.json ({k} {mine.get(k)!r} vs "
+                           f"{recorded[k]!r}); start the run over with --force")
+
+
 def starting_model(run: Run, rd: RunDir):
     """(model, spec, checkpoint or None): the checkpointed model on --resume, else the run's source."""
     from chexcut.models.surgery import rebuild
@@ -148,6 +159,7 @@ def starting_model(run: Run, rd: RunDir):
     if run.resume and rd.last.is_file():
         ckpt = load_checkpoint(rd.last)
         spec = ModelSpec.from_json(json.loads(ckpt["spec"]), rd.last)
+        check_same_model(spec, (rd.read_config() or {}).get("model") or {}, rd)
         return rebuild(spec), spec, ckpt
     if run.resume:  # stopped before its first checkpoint: start it again from its config.json
         if not run.model_source:
