@@ -46,8 +46,12 @@ class Grid:
                 raise ChexcutError(f"--weights {w!r}: use imagenet, none (or a state dict file)")
         if not self.seeds or not self.drops or not archs or not self.weights:
             raise ChexcutError("a study needs at least one arch, weights, drop and seed")
-        if any(d < 0 for d in self.drops):
-            raise ChexcutError("--drops must be >= 0")
+        from chexcut.choices import check_bounds
+
+        for d in self.drops:
+            check_bounds("drop", d, "--drops")
+        for s in self.seeds:
+            check_bounds("seed", s, "--seeds")
         return dataclasses.replace(self, archs=archs)
 
     def cells(self) -> tuple[list[dict], list[str]]:

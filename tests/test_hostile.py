@@ -1,0 +1,141 @@
+"""Hostile inputs, round 3: one test per family of faults (benchmarks/hostile_sweep.py tries 174 inputs).
+Every user-caused error is one line and exit 2; no input file is changed; nothing is silently wrong."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_cli
+
+from chexcut.choices import BOUNDS, check_bounds
+from chexcut.errors import ChexcutError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    assert run_cli("phantom", d / "ph", "--n", "80", "--image-size", "40", "-q")[0] == 0
+    rc, _, err = run_cli("finetune", "resnet18", "--drop", "3", "--weights", "none", "--data", d / "ph", "--out",
+                         d / "run", "--image-size", "32", "--batch-size", "8", "--epochs", "1", "--workers", "0", "-q")
+    assert rc == 0, err
+    return d
+
+
+def _one_line_exit_2(rc, err, words):
+    lines = [ln for ln in err.splitlines() if ln.strip() and "━" not in ln]  # a progress bar's last frame aside
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("chexcut: error:") and words in err, err
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_no_output_onto_an_input(run):
+    truth = run / "ph" / "CheXpert-v1.0-small" / "valid.csv"
+    preds = run / "run" / "valid_predictions.csv"
+    before = {p: _digest(p) for p in (truth, preds, run / "run" / "best.safetensors")}
+    for args in (["evaluate", "--predictions", preds, "--truth", truth, "--csv-out", truth],
+                 ["evaluate", "--predictions", preds, "--truth", truth, "--json", preds],
+                 ["evaluate", run / "run", "--predictions-out", truth],  # the run's own data set
+                 ["truncate", "resnet18", "--drop", "3", "--weights", run / "run" / "best.safetensors", "-o",
+                  run / "run" / "best.safetensors", "--force"],
+                 ["bench", run / "run" / "best.safetensors", "--json", run / "run" / "best.safetensors"]):
+        rc, _, err = run_cli(*args)
+        _one_line_exit_2(rc, err, "is one of this command's inputs")
+    assert {p: _digest(p) for p in before} == before
+
+
+@pytest.mark.parametrize("args,words", [
+    (["finetune", "resnet18", "--seed", "-1"], "--seed"),
+    (["finetune", "resnet18", "--batch-size", "0"], "--batch-size"),
+    (["evaluate", "x", "--bootstrap", "1000000000"], "--bootstrap"),
+    (["inspect", "resnet18", "--image-size", "1000000000"], "--image-size"),
+    (["phantom", "p", "--seed", "-1"], "--seed"),
+    (["explain", "m", "--top", "0"], "--top"),
+    (["study", "plan", "--data", ".", "--out", "s", "--seeds", "-1"], "--seeds"),
+])
+def test_numbers_out_of_range_are_one_line(tmp_path, args, words):
+    rc, _, err = run_cli(*args, cwd=tmp_path)
+    _one_line_exit_2(rc, err, words)
+
+
+def test_bounds_are_declared_once_and_checked_in_the_library():
+    assert check_bounds("seed", 0) == 0 and check_bounds("image_size", None) is None
+    for name, value in (("seed", -1), ("image_size", 10**9), ("bootstrap", 10**9), ("batch_size", 0)):
+        with pytest.raises(ChexcutError, match="--" + name.replace("_", "-")):
+            check_bounds(name, value)
+    with pytest.raises(ChexcutError, match="must be a number"):
+        check_bounds("image_size", "320px")
+    from chexcut.training.config import TrainConfig
+
+    with pytest.raises(ChexcutError, match="--seed"):
+        TrainConfig.from_recipe("paper", seed=-1)
+    assert BOUNDS["image_size"][1] >= 2048
+
+
+def test_resume_refuses_damaged_or_foreign_run_files(run, tmp_path):
+    cases = {"newer": (lambda c: c["train"].update(future_setting=1), "written by a newer version"),
+             "nokey": (lambda c: c["train"].pop("lr"), "lacks lr"),
+             "badvalue": (lambda c: c["train"].update(image_size="320px"), "--image-size must be a number"),
+             "otherdrop": (lambda c: c["model"].update(drop=2), "another model than config.json")}
+    for name, (change, words) in cases.items():
+        d = tmp_path / name
+        shutil.copytree(run / "run", d)
+        cfg = json.loads((d / "config.json").read_text())
+        change(cfg)
+        (d / "config.json").write_text(json.dumps(cfg))
+        rc, _, err = run_cli("finetune", "--resume", d, "--max-steps", "100")
+        _one_line_exit_2(rc, err, words)
+
+
+def test_a_re_plan_with_other_settings_is_refused_naming_the_runs(run, tmp_path):
+    s = tmp_path / "s"
+    base = ["study", "plan", "--data", run / "ph", "--out", s, "--archs", "resnet18", "--weights", "none", "--drops", "3"]
+    assert run_cli(*base, "--epochs", "1")[0] == 0
+    (s / "runs" / "resnet18-none-d3-s0").mkdir(parents=True)
+    (s / "runs" / "resnet18-none-d3-s0" / "eval.json").write_text("{}")  # done with the old settings
+    rc, _, err = run_cli(*base, "--epochs", "2", "--force")
+    _one_line_exit_2(rc, err, "hold results from other settings (first: resnet18-none-d3-s0)")
+    assert run_cli(*base, "--epochs", "1", "--force")[0] == 0  # the same settings: fine
+    plan = json.loads((s / "plan.json").read_text())
+    plan["version"] = 99
+    (s / "plan.json").write_text(json.dumps(plan))
+    rc, _, err = run_cli("study", "run", s)
+    _one_line_exit_2(rc, err, "plan format 99")
+
+
+def test_a_cache_cut_short_is_named_not_mapped(run, tmp_path):
+    cache = tmp_path / "cache"
+    assert run_cli("prepare", run / "ph", "--image-size", "32", "--cache", cache, "-q")[0] == 0
+    u8 = cache / "images.u8"
+    with open(u8, "r+b") as f:
+        f.truncate(u8.stat().st_size // 2)
+    rc, _, err = run_cli("evaluate", run / "run", "--cache", cache, "--bootstrap", "0")
+    _one_line_exit_2(rc, err, "image cache at")
+
+
+def test_foreign_weights_devices_and_streams(run, tmp_path):
+    import torch
+
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "script.pt"))
+    rc, _, err = run_cli("truncate", "resnet18", "--weights", tmp_path / "script.pt", "-o", tmp_path / "x.safetensors")
+    _one_line_exit_2(rc, err, "TorchScript archive")  # and no torch warning before the line
+    rc, _, err = run_cli("evaluate", run / "run", "--device", "meta", "--bootstrap", "0")
+    _one_line_exit_2(rc, err, "chexcut runs on cpu or cuda")
+    rc, _, err = run_cli("evaluate", run / "run", "--json", "-", "--predictions-out", "-")
+    _one_line_exit_2(rc, err, "both write to stdout")
+    # a process substitution (a pipe) is read like a file: the same result as the file itself
+    truth = run / "ph" / "CheXpert-v1.0-small" / "valid.csv"
+    preds = run / "run" / "valid_predictions.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = f'"{sys.executable}" -m chexcut evaluate --truth "{truth}" --bootstrap 0 --json - --predictions'
+    piped = subprocess.run(["bash", "-c", f'{cmd} <(cat "{preds}")'], capture_output=True, text=True, env=env,
+                           timeout=300)
+    plain = subprocess.run(["bash", "-c", f'{cmd} "{preds}"'], capture_output=True, text=True, env=env, timeout=300)
+    assert piped.returncode == 0 and plain.returncode == 0, piped.stderr
+    a, b = json.loads(piped.stdout), json.loads(plain.stdout)
+    assert a["n"] == b["n"] and a["mean_all"]["auroc"] == b["mean_all"]["auroc"]
