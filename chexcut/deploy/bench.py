@@ -81,6 +81,19 @@ class BenchSettings:
     runtime: str = "torch"  # torch | onnxruntime
     max_run_time: float = 3.0
 
+    def __post_init__(self):
+        import math
+
+        from chexcut.choices import check_bounds
+
+        if not (isinstance(self.max_run_time, (int, float)) and math.isfinite(self.max_run_time)
+                and 0.01 <= self.max_run_time <= 3600):  # 0 s measures for ever (adaptive_autorange never ends)
+            raise ChexcutError(f"--max-time must be between 0.01 and 3,600 seconds, not {self.max_run_time}")
+        for b in self.batches:
+            check_bounds("batch_size", b, "--batch")
+        check_bounds("threads", self.threads)
+        check_bounds("image_size", self.image_size)
+
 
 def bench_level(model, spec, device: torch.device, image_size: int, settings: BenchSettings) -> dict:
     """One truncation level: latency at the smallest batch, throughput at the largest, peak memory."""
