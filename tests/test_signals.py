@@ -122,3 +122,22 @@ def test_workers_ignore_stop_signals():
         for s, h in old.items():
             signal.signal(s, h)
 
+
+
+def test_ddp_ranks_stop_at_one_step_and_rank_0_writes_once(setup, tmp_path):
+    """torchrun with 2 gloo processes and DataLoader workers, SIGTERM to the whole group: every rank stops at the
+    same step (else the run would hang in an all-reduce), rank 0 checkpoints it and says so once."""
+    d = setup
+    run = tmp_path / "ddp"
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                          "chexcut", "finetune", *ARGS, "--data", str(d / "ph"), "--out", str(run), "--epochs", "50"],
+                         env=_env(d), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait(run / "metrics.csv", p)
+    time.sleep(1.0)
+    os.killpg(p.pid, signal.SIGTERM)
+    p.wait(timeout=300)  # torchrun's own exit status and traceback are torchrun's
+    err = p.stderr.read()
+    state = json.loads((run / "state.json").read_text())
+    step = torch.load(run / "last.ckpt", weights_only=True)["step"]
+    assert state["status"] == "interrupted" and state["step"] == step > 0, (state, step, err[-2000:])
+    assert err.count("chexcut: terminated (SIGTERM)") == 1 and f"checkpoint at step {step}" in err

@@ -18,11 +18,14 @@ from chexcut.errors import ChexcutError
 
 def _interrupted() -> int:
     """Say how the process was stopped: 143 after SIGTERM, 130 after Ctrl-C."""
+    import os
+
     from chexcut.signals import saved, terminated
 
     what = saved()
-    print(f"chexcut: {'terminated (SIGTERM)' if terminated() else 'interrupted'}" + (f": {what}" if what else ""),
-          file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it once (the others saved nothing)
+        print(f"chexcut: {'terminated (SIGTERM)' if terminated() else 'interrupted'}" + (f": {what}" if what else ""),
+              file=sys.stderr)
     return 143 if terminated() else 130
 
 
