@@ -56,6 +56,8 @@ class DataOptions:
         object.__setattr__(self, "blank", check(Blank, self.blank, "--blank"))
         if self.labels:
             parse_uncertain(self.uncertain, tuple(self.labels))
+        if not (isinstance(self.valid_frac, (int, float)) and 0 < self.valid_frac < 1):  # even when valid.csv exists
+            raise ChexcutError(f"--valid-frac must be in (0, 1), not {self.valid_frac}")
 
     @classmethod
     def from_json(cls, d: dict) -> "DataOptions":

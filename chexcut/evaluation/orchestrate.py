@@ -265,6 +265,8 @@ def _predictions_and_labels(predictions, label_file, options: dict, logits: bool
     key = key_column(header, key_col or options.get("path_col"), label_file.name)
     opts = dataclasses.replace(_options({**options, "path_col": key}), labels=tuple(preds.columns))
     table = read_csv_table(label_file, label_file.parent, opts, "valid")
+    if not len(table.paths):
+        raise ChexcutError(f"{label_file.name}: no rows to evaluate (only a header, or none selected by --views)")
     notes = []
     truth_level = "image" if table.paths and is_image_key(table.paths[0]) else "study"
     if truth_level == "study" and preds.attrs.get("level") == "image":
