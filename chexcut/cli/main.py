@@ -34,7 +34,8 @@ def _environment_error(e: BaseException) -> str | None:
     import errno
 
     codes = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-             errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+             errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+             errno.EIO: "the device failed (input/output error)"}
     from chexcut.fileio import last_failed_write
 
     failed = last_failed_write()

@@ -43,9 +43,29 @@ def save_checkpoint(s, status: str) -> None:
             "best": json.dumps(s.state.best), "spec": json.dumps(s.spec.to_json()), "rng_cpu": torch.get_rng_state()}
     if s.device.type == "cuda":
         ckpt["rng_cuda"] = torch.cuda.get_rng_state(s.device)
-    with atomic_path(s.rd.last) as tmp:
-        torch.save(ckpt, tmp)
+    try:
+        with atomic_path(s.rd.last) as tmp:
+            torch.save(ckpt, tmp)
+    except RuntimeError as e:  # torch's zip writer hides the errno: "PytorchStreamWriter failed writing file"
+        if "PytorchStreamWriter" not in str(e) and "file write failed" not in str(e):
+            raise
+        raise disk_error(s.rd.last, e) from None
     write_state(s, status)
+
+
+def disk_error(path: Path, e: BaseException) -> OSError:
+    """An OSError naming ``path`` for a write torch reported without its errno: ENOSPC when the file system is
+    (nearly) full, EIO otherwise; the CLI turns both into one line."""
+    import errno
+    import os
+
+    try:
+        st = os.statvfs(Path(path).parent)
+        full = st.f_bavail * st.f_frsize < 256 * 2**20
+    except OSError:
+        full = False
+    first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+    return OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else first, str(path))
 
 
 def restore(ckpt: dict, model, optimizer, scheduler, scaler, device: torch.device) -> RunState:
