@@ -12,6 +12,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 PY="${1:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute: the script works in a temporary folder
 start=$(date +%s)
 
 if ! command -v slurmctld >/dev/null || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
@@ -30,9 +31,9 @@ MUNGE_STARTED=0
 cleanup() {
   set +e
   [ -n "${SLURM_CONF:-}" ] && scancel --quiet -u "$(id -un)" 2>/dev/null
-  for p in slurmd slurmctld; do [ -f "$D/$p.pid" ] && kill "$(cat "$D/$p.pid")" 2>/dev/null; done
-  sleep 1
-  for p in slurmd slurmctld; do [ -f "$D/$p.pid" ] && kill -9 "$(cat "$D/$p.pid")" 2>/dev/null; done
+  pkill -f -- "-f $D/slurm.conf"    # this cluster's daemons: started with -f and its own configuration
+  sleep 2
+  pkill -9 -f -- "-f $D/slurm.conf"
   [ "$MUNGE_STARTED" = 1 ] && pkill -x munged
   rm -rf "$D"
 }
