@@ -191,7 +191,7 @@ def prepare_cache(files: list[Path], image_size: int, resize: str = "squash", fo
     if progress:
         progress(n - len(todo), n)
     chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
-    from chexcut.data.dataset import allocated_cpus
+    from chexcut.data.cpus import allocated_cpus
 
     workers = max(1, workers if workers is not None else min(8, allocated_cpus()))
     done_mm = np.memmap(done_path, dtype=np.uint8, mode="r+", shape=(n,))

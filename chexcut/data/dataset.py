@@ -64,40 +64,6 @@ def batch_order(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, d
     return batches
 
 
-DEFAULT_WORKERS = 4  # decoding processes (or cache-reading threads) when --workers is not given, at most the CPUs
-
-
-def allocated_cpus() -> int:
-    """The CPUs this process may use: its affinity mask (what cgroups, taskset and Slurm's binding allow),
-    and no more than ``SLURM_CPUS_PER_TASK`` when Slurm says so."""
-    import os
-
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
-        n = min(n, int(slurm))
-    return max(1, n)
-
-
-def resolve_workers(workers: int | None) -> int:
-    """An explicit count wins; the default follows the allocation (never more workers than CPUs)."""
-    return min(DEFAULT_WORKERS, allocated_cpus()) if workers is None else workers
-
-
-def limit_threads() -> None:
-    """torch's intra-op threads within the allocation (unless OMP_NUM_THREADS chose): a 4-CPU Slurm task on a
-    64-core node must not start 64 threads per process."""
-    import os
-
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > allocated_cpus():
-        torch.set_num_threads(allocated_cpus())
-
-
 def ignore_stop_signals(_worker_id: int = 0) -> None:
     """In a decoding worker: SIGTERM and SIGINT are for the main process. Slurm's scancel, a time limit,
     torchrun and ``kill -TERM -PGID`` signal the whole process group; a worker killed by it would turn the
@@ -117,6 +83,8 @@ def make_loader(ds: XrayBatches, batches, workers: int | None, pin: bool, persis
     :class:`chexcut.training.session.MutableBatches` changes per epoch). ``persistent`` keeps decoding processes
     alive across epochs; their own generator (``seed``) means making an iterator never consumes the
     global RNG, so a resumed run replays the same random stream."""
+    from chexcut.data.cpus import resolve_workers
+
     workers = resolve_workers(workers)
     if ds.cache is not None:
         return CachedBatchLoader(ds, batches, pin=pin, threads=max(2, min(workers, 8)))

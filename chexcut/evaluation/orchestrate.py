@@ -53,7 +53,7 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
         pre = pre.with_size(infer.image_size or es.image_size, es.resize)
     size = pre.image_size
     check_image_size(spec.arch, size)
-    from chexcut.data.dataset import limit_threads
+    from chexcut.data.cpus import limit_threads
 
     limit_threads()
     model = load_model(path, device=str(dev))
