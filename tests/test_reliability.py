@@ -239,7 +239,7 @@ def test_multi_node_torchrun_trains_writes_once_and_resumes(phantom, tmp_path):
 def test_study_plan_checks_options_at_plan_time(phantom, tmp_path):
     base = ["study", "plan", "--data", phantom, "--out", tmp_path / "s", "--archs", "resnet18"]
     for extra, msg in ((["--recipe", "bogus"], "'bogus' is not one of"), (["--no-such-option", "1"], "No such option"),
-                       (["--epochs", "0"], "--epochs must be at least 1"), (["--drops", "99"], "no runs to plan")):
+                       (["--epochs", "0"], "'--epochs': Input should be greater than or equal to 1"), (["--drops", "99"], "no runs to plan")):
         rc, _, err = run_cli(*base, *extra)
         assert rc == 2 and msg in err and err.count("\n") == 1, err
         assert not (tmp_path / "s" / "plan.json").exists()
