@@ -168,9 +168,10 @@ def test_prepare_reserves_its_cache_before_writing(phantom, tmp_path, monkeypatc
     (["study", "plan", "--data", "{data}", "--out", "{file}", "--archs", "resnet18"], "is a file"),
     (["report", "{data}", "--out", "{file}"], "is a file"),
     (["demo", "{file}", "--offline"], "is a file"),
-    (["inspect", "resnet18", "--image-size", "0"], "too small"),
+    (["inspect", "resnet18", "--image-size", "0"], "'--image-size': Input should be greater than or equal to 16"),
     (["truncate", "resnet18", "--labels", ",", "--weights", "none", "-o", "{tmp}/m.safetensors"], "label list is empty"),
-    (["phantom", "{tmp}/ph", "--image-size", "100000"], "32..2048"),
+    (["phantom", "{tmp}/ph", "--image-size", "100000"], "'--image-size': Input should be less than or equal to 4096"),
+    (["phantom", "{tmp}/ph", "--image-size", "3000"], "32..2048"),
 ])
 def test_outputs_and_arguments_are_checked_before_work(phantom, tmp_path, args, msg):
     (tmp_path / "file").write_text("x")
