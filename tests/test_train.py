@@ -166,7 +166,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(phantom, tmp_p
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--batch-size", "100000"], "larger than the training set"),
+    (["--batch-size", "60000"], "larger than the training set"),
     (["--image-size", "20", "--drop", "0"], None),
     (["--precision", "fp16"], "needs a GPU"),
     (["--recipe", "slow"], "--recipe"),
