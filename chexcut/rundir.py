@@ -87,6 +87,17 @@ class RunDir:
     def read_eval(self) -> dict | None:
         return _read_json(self.eval)
 
+    def read_bench(self) -> dict | None:
+        """Latency (batch 1) and throughput of the run's model, when `chexcut bench` measured them."""
+        b = _read_json(self.bench)
+        try:
+            level = b["levels"][0]
+            return {"latency_ms": float(level["latency_ms"]["median"]),
+                    "throughput_img_s": float(level["throughput_img_s"]),
+                    "device": b.get("device_name") or b.get("device")}
+        except (TypeError, KeyError, IndexError, ValueError):
+            return None
+
     def last_metric(self, column: str) -> float | None:
         """``column`` of the last metrics.csv row (None when absent or empty)."""
         import csv

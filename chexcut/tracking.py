@@ -246,11 +246,9 @@ class Tracker:
                 values[f"eval_{key}_{part}"] = m.get(part)
         for row in result.get("labels", []):
             values[f"eval_auroc/{row['label']}"] = row.get("auroc")
-        bench = _read(self.rd.bench)
-        for level in (bench or {}).get("levels", []) if isinstance(bench, dict) else []:
-            for k in ("latency_ms", "throughput"):
-                if isinstance(level.get(k), (int, float)):
-                    values[f"bench_{k}"] = level[k]
+        bench = self.rd.read_bench()  # the report's reading of bench.json: batch-1 latency, throughput
+        if bench:
+            values["bench_latency_ms"], values["bench_throughput_img_s"] = bench["latency_ms"], bench["throughput_img_s"]
         self.metrics(values, step=0)
         self.tags({"chexcut.evaluated_on": (result.get("evaluation_set") or {}).get("description", "")[:250]})
         self.artifact(self.rd.eval)
@@ -265,13 +263,6 @@ def _macs(cfg: dict) -> int | None:
         anat = cached_anatomy(spec["arch"], int(cfg["train"]["image_size"]), len(spec["labels"]))
         return anat["truncations"][int(spec["drop"])]["macs"]
     except Exception:  # a model file of another kind: MACs unknown, nothing else lost
-        return None
-
-
-def _read(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
         return None
 
 

@@ -109,3 +109,21 @@ def test_without_the_extra_one_line_and_no_import(monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(
         os.environ, PYTHONPATH=str(REPO))).stdout.strip()
     assert out == "False"
+
+
+def test_a_benched_run_logs_its_latency(tmp_path, monkeypatch):
+    """bench.json is read as the report reads it (batch-1 median latency, throughput)."""
+    from chexcut import tracking
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {"arch": "resnet18", "drop": 1}, "train": {"seed": 0}}))
+    (run / "bench.json").write_text(json.dumps({"device_name": "cpu", "levels": [
+        {"drop": 1, "latency_ms": {"median": 12.5}, "throughput_img_s": 80.0}]}))
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.log_evaluation(run, {"mean_competition": {"auroc": 0.8, "ci_low": 0.7, "ci_high": 0.9}, "labels": []},
+                            uri=db)
+    rid = json.loads((run / "mlflow.json").read_text())["run_id"]
+    m = MlflowClient(db).get_run(rid).data.metrics
+    assert m["bench_latency_ms"] == 12.5 and m["bench_throughput_img_s"] == 80.0
+    assert m["eval_mean_competition_ci_low"] == 0.7

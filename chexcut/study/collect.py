@@ -113,7 +113,7 @@ def collect(targets: list[Path]) -> Collected:
             seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
             auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
-            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=_bench(rd),
+            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=rd.read_bench(),
             subgroups=_subgroups(ev), calibration=_calibration(ev), readers=_readers(ev)))
     return res
 
@@ -164,24 +164,6 @@ def _damaged(cfg: dict, ev: dict) -> str | None:
     except (ChexcutError, KeyError, TypeError, ValueError) as e:
         return f"damaged config.json: {e}"
     return None
-
-
-def _bench(rd: RunDir) -> dict | None:
-    """Latency (batch 1) and throughput of the run's model, when `chexcut bench` measured them."""
-    b = _read(rd.bench)
-    try:
-        level = b["levels"][0]
-        return {"latency_ms": float(level["latency_ms"]["median"]), "throughput_img_s": float(level["throughput_img_s"]),
-                "device": b.get("device_name") or b.get("device")}
-    except (TypeError, KeyError, IndexError, ValueError):
-        return None
-
-
-def _read(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _overlapping(ev: dict) -> bool:
