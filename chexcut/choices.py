@@ -112,6 +112,10 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "in_chans": (1, 4),
     "drop": (0, None),
     "keep": (1, None),
+    "gpus_per_task": (0, None),  # 0: a CPU partition
+    "cpus_per_task": (1, None),
+    "nodes": (1, None),
+    "signal_before": (0, None),  # seconds; 0: no warning signal
 }
 
 

@@ -102,7 +102,5 @@ def raise_interrupt() -> None:
 
 def raise_if_interrupted() -> None:
     """Raise the interrupt :func:`deferred_interrupts` held back, if one arrived."""
-    signum = _state.get("pending")
-    if signum is not None:
-        _state["pending"] = None
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if interrupt_pending():
+        raise_interrupt()

@@ -53,3 +53,18 @@ def write_evil_pickle(path, marker, wrap=lambda evil: evil):
 
     Path(path).write_bytes(pickle.dumps(wrap(Evil(marker))))
     return Path(path)
+
+
+def public_truth(folder, rng, n: int = 500):
+    """``groundtruth.csv`` shaped like rajpurkarlab/cheXpert-test-set-labels (a ``Study`` key, 14 labels, one study
+    per patient) in ``folder``, labels drawn from ``rng``: (study keys, truth DataFrame)."""
+    import pandas as pd
+
+    from chexcut.labels import CHEXPERT_LABELS
+
+    study = [f"CheXpert-v1.0/test/patient{64741 + i}/study1" for i in range(n)]
+    truth = pd.DataFrame({"Study": study})
+    for lab in CHEXPERT_LABELS:
+        truth[lab] = (rng.random(n) < 0.25).astype(int)
+    truth.to_csv(Path(folder) / "groundtruth.csv", index=False)
+    return study, truth

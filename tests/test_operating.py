@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import public_truth, run_cli
 
 from chexcut.errors import ChexcutError
 from chexcut.evaluation.operating import Draws, Rule, operating_points, parse_rule
@@ -145,11 +145,7 @@ def public(tmp_path_factory):
     d = tmp_path_factory.mktemp("readers")
     rng = np.random.default_rng(11)
     n = 500
-    study = [f"CheXpert-v1.0/test/patient{64741 + i}/study1" for i in range(n)]
-    truth = pd.DataFrame({"Study": study})
-    for lab in CHEXPERT_LABELS:
-        truth[lab] = (rng.random(n) < 0.25).astype(int)
-    truth.to_csv(d / "groundtruth.csv", index=False)
+    study, truth = public_truth(d, rng, n)
     preds = pd.DataFrame({"Study": study})
     for lab in COMPETITION_LABELS:
         preds[lab] = 1 / (1 + np.exp(-(2.2 * truth[lab] - 1.1 + rng.normal(0, 1, n))))

@@ -8,7 +8,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import public_truth, run_cli
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
@@ -17,7 +17,7 @@ from chexcut.errors import ChexcutError
 from chexcut.evaluation import calibration as cal
 from chexcut.evaluation.evaluate import EvalSet, evaluate
 from chexcut.evaluation.predictions import canonical_key
-from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS
+from chexcut.labels import COMPETITION_LABELS
 
 
 def _evalset(y, groups=None, patient=None):
@@ -141,11 +141,7 @@ def public(tmp_path_factory):
     d = tmp_path_factory.mktemp("public")
     rng = np.random.default_rng(4)
     n = 500
-    study = [f"CheXpert-v1.0/test/patient{64741 + i}/study1" for i in range(n)]
-    truth = pd.DataFrame({"Study": study})
-    for lab in CHEXPERT_LABELS:
-        truth[lab] = (rng.random(n) < 0.25).astype(int)
-    truth.to_csv(d / "groundtruth.csv", index=False)
+    study, truth = public_truth(d, rng, n)
     a, b = pd.DataFrame({"Study": study}), pd.DataFrame({"Study": study})
     for lab in COMPETITION_LABELS:
         a[lab] = 1 / (1 + np.exp(-(2.2 * truth[lab] - 1.1 + rng.normal(0, 1, n))))

@@ -245,6 +245,11 @@ def _accumulate(job: _Job, weights: np.ndarray, reps: dict) -> None:
             reps.setdefault((job.j, "reader:" + name, key), []).append(v)
 
 
+def _provenance(rule: Rule) -> dict:
+    """Where a threshold was chosen; one chosen on the evaluated set itself is optimistic."""
+    return {"chosen_on": rule.chosen_on or "the evaluated set itself", "optimistic": rule.chosen_on is None}
+
+
 def _results(jobs: list[_Job], labels, point_w, reps: dict, ci: float) -> dict:
     points, readers, summary = [], [], []
     for job in jobs:
@@ -253,8 +258,7 @@ def _results(jobs: list[_Job], labels, point_w, reps: dict, ci: float) -> dict:
         n_pos, n_neg = int(tp[0, -1]), int(fp[0, -1])
         if n_pos == 0 or n_neg == 0:
             why = f"only {'positives' if n_pos else 'negatives'} among the counted rows"
-            points += [{"label": label, "rule": rule.name, "not_evaluable": why,
-                        "chosen_on": rule.chosen_on or "the evaluated set itself", "optimistic": rule.chosen_on is None}
+            points += [{"label": label, "rule": rule.name, "not_evaluable": why, **_provenance(rule)}
                        for rule in job.rules]
             readers += [{"reader": name, "label": label, "not_evaluable": why} for name, _ in job.readers]
             continue
@@ -266,8 +270,7 @@ def _results(jobs: list[_Job], labels, point_w, reps: dict, ci: float) -> dict:
                    "n_pos": n_pos, "n_neg": n_neg}
             for key in FIGURES:
                 row |= _interval(fig[key][0], reps.get((job.j, "rule:" + rule.name, key)), ci, key)
-            row["chosen_on"] = rule.chosen_on or "the evaluated set itself"
-            row["optimistic"] = rule.chosen_on is None
+            row |= _provenance(rule)
             if rule.threshold is None and not rule.fixed and int(k[0]) == 0:
                 row["note"] = "no threshold reaches the target below every score: nothing is called positive"
             points.append(row)

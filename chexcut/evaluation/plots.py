@@ -21,16 +21,11 @@ def slug(label: str) -> str:
 
 def weighted_roc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(R, T) false- and true-positive rates at each distinct threshold (descending), for row weights (R, n)."""
-    order = np.argsort(-s, kind="mergesort")
-    ss = s[order]
-    ends = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])
-    ws, ys = w[:, order], y[order]
-    tp = np.cumsum(ws * ys, axis=1)[:, ends]
-    fp = np.cumsum(ws * (1 - ys), axis=1)[:, ends]
+    from chexcut.evaluation.operating import Curve
+
+    tp, fp = Curve(y, s, np.arange(len(y))).counts(w)  # each row its own cluster: weights are row weights
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpr, fpr = tp / tp[:, -1:], fp / fp[:, -1:]
-    zeros = np.zeros((len(w), 1))
-    return np.hstack([zeros, fpr]), np.hstack([zeros, tpr])
+        return fp / fp[:, -1:], tp / tp[:, -1:]
 
 
 def roc_band(y, s, clusters, bootstrap: int, seed: int, ci: float) -> tuple[np.ndarray, np.ndarray] | None:

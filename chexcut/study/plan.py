@@ -26,6 +26,11 @@ PLAN = "plan.json"  # the study folder's plan; run directories live under runs/
 PLAN_VERSION = 1
 
 
+def weights_name(weights: str) -> str:
+    """imagenet, none, or a weights file's stem: how runs and cells name their weights."""
+    return Path(weights).stem if Path(weights).is_file() else weights
+
+
 def run_id(arch: str, weights: str, drop: int, seed: int) -> str:
     return f"{arch}-{weights}-d{drop}-s{seed}"
 
@@ -65,7 +70,7 @@ class Grid:
                         skipped.append(f"{arch} drop {d} (only {n_blocks} blocks)")
                         continue
                     for s in self.seeds:
-                        rid = run_id(arch, Path(w).stem if Path(w).is_file() else w, d, s)
+                        rid = run_id(arch, weights_name(w), d, s)
                         runs.append({"id": rid, "arch": arch, "weights": w, "drop": d, "seed": s,
                                      "run_dir": f"runs/{rid}"})
         return runs, skipped
@@ -91,16 +96,14 @@ class Slurm:
     def __post_init__(self):
         import re
 
-        if self.gpus_per_task < 0 or self.nodes < 1:
-            raise ChexcutError("--gpus-per-task must be >= 0 (0: a CPU partition) and --nodes at least 1")
-        if self.cpus_per_task is not None and self.cpus_per_task < 1:
-            raise ChexcutError(f"--cpus-per-task must be at least 1, not {self.cpus_per_task}")
+        from chexcut.choices import check_bounds
+
+        for name in ("gpus_per_task", "nodes", "cpus_per_task", "signal_before"):
+            check_bounds(name, getattr(self, name))
         if self.time is not None and not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", self.time):
             raise ChexcutError(f"--time {self.time!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS)")
         if self.mem is not None and not re.fullmatch(r"\d+[KMGT]?", self.mem):
             raise ChexcutError(f"--mem {self.mem!r} is not a Slurm size (e.g. 32G, 16000M)")
-        if self.signal_before < 0:
-            raise ChexcutError(f"--signal-before must be >= 0 seconds, not {self.signal_before}")
         for name in ("partition", "account"):
             value = getattr(self, name)
             if value is not None and (not value or any(c.isspace() for c in value)):
@@ -207,7 +210,7 @@ def evaluate_args(o: dict) -> list[str]:
 
 def grid_cell(r: dict) -> str:
     """The run's cell without its seed: seeds of one cell are grouped by it (e.g. in MLflow)."""
-    return f"{r['arch']}/{Path(r['weights']).stem if Path(r['weights']).is_file() else r['weights']}/drop{r['drop']}"
+    return f"{r['arch']}/{weights_name(r['weights'])}/drop{r['drop']}"
 
 
 def run_commands(r: dict, data: str, options: FinetuneOptions, bootstrap: int, bench: bool,
