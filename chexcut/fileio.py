@@ -88,6 +88,11 @@ _writing: list[Path] = []
 _last_failed: list[Path] = []
 
 
+def forget_failed_writes() -> None:
+    """Start a new command with no failed write on record."""
+    _last_failed.clear()
+
+
 def last_failed_write() -> Path | None:
     """The file whose atomic write failed last in this process (None if none did)."""
     return _last_failed[0] if _last_failed else None

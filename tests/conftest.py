@@ -9,6 +9,12 @@ REALCXR = REPO.parent / "shared" / "realcxr-sample"
 
 # Tests never touch the network: any hub download attempt must fail fast.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist (-n 2 on two cores) each worker computes on one thread: two workers of two threads each
+# would oversubscribe the cores. Set before torch is imported; subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Commands run in-process (run_cli): rich's consoles read the width once, when chexcut.ui is first imported.
+os.environ["COLUMNS"] = "200"
 # A private chexcut cache per test session (anatomy cache, etc.).
 if "CHEXCUT_CACHE" not in os.environ:
     import tempfile
@@ -29,12 +35,50 @@ def torch_home(tmp_path, monkeypatch):
 
 
 def run_cli(*args, cwd=None):
-    """Run the real console entry point in a subprocess: (exit code, stdout, stderr)."""
+    """Run ``chexcut.cli.main(argv)`` in this process, as the console script would: (exit code, stdout, stderr).
+
+    Every check of a user error's line and exit code goes through here; a real process (:func:`run_process`) only
+    where the process itself is under test (signals, kill -9, torchrun, imports, pipes). The process-wide state a
+    command may change (cwd, signal handlers, torch's threads, the signal module's flags) is restored after it."""
+    import contextlib
+    import io
+    import signal
+
+    import torch
+
+    from chexcut import signals
+    from chexcut.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    threads, here, state = torch.get_num_threads(), os.getcwd(), dict(signals._state)
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(here)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        torch.set_num_threads(threads)
+        signals._state.clear()
+        signals._state.update(state)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_process(*args, cwd=None, env=None, timeout=600):
+    """Run ``python -m chexcut ARGS`` in a real subprocess: (exit code, stdout, stderr). Only for tests of the
+    process itself (signals, exit status of the interpreter, imports, pipes); everything else uses run_cli."""
     import subprocess
 
-    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(REPO), COLUMNS="200")
     p = subprocess.run([sys.executable, "-m", "chexcut", *map(str, args)], capture_output=True, text=True,
-                       cwd=cwd, env=env, timeout=600)
+                       cwd=cwd, env=env, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
 
 

@@ -83,3 +83,14 @@ def test_completions_are_fresh():
 def test_debug_shows_the_traceback_and_keeps_the_exit_code():
     rc, out, err = run_cli("--debug", "inspect", "resnet5")
     assert rc == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("chexcut: error: unknown")
+
+
+def test_the_console_script_exits_with_the_codes_main_returns():
+    """The one check of the real process: ``python -m chexcut`` maps a user error to one line and exit 2, and
+    prints its version with exit 0 (every other test calls ``chexcut.cli.main`` in-process)."""
+    from conftest import run_process
+
+    rc, out, err = run_process("inspect", "resnet5")
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "resnet50" in err
+    rc, out, _ = run_process("--version")
+    assert rc == 0 and out.startswith("chexcut ")

@@ -141,29 +141,27 @@ def test_foreign_weights_devices_and_streams(run, tmp_path):
     assert a["n"] == b["n"] and a["mean_all"]["auroc"] == b["mean_all"]["auroc"]
 
 
-def test_a_write_torch_reports_without_errno_is_one_line_naming_the_file(run, tmp_path):
+def test_a_write_torch_reports_without_errno_is_one_line_naming_the_file(run, tmp_path, monkeypatch):
     """The second checkpoint fails inside torch's zip writer (a full disk as torch reports it): one line naming
     last.ckpt, exit 2, the first checkpoint kept, state.json not "running"."""
-    wrapper = tmp_path / "w.py"
-    wrapper.write_text(
-        "import sys, torch\n"
-        "real, n = torch.save, {'calls': 0}\n"
-        "def save(obj, f, *a, **k):\n"
-        "    n['calls'] += 1\n"
-        "    if n['calls'] == 2:\n"
-        "        raise RuntimeError('[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing '\n"
-        "                           'file data/3: file write failed')\n"
-        "    return real(obj, f, *a, **k)\n"
-        "torch.save = save\n"
-        "from chexcut.cli import main\n"
-        "sys.exit(main())\n")
-    out = tmp_path / "r"
-    p = subprocess.run([sys.executable, str(wrapper), "finetune", "resnet18", "--drop", "3", "--weights", "none",
-                        "--data", run / "ph", "--out", out, "--image-size", "32", "--batch-size", "8", "--epochs", "3",
-                        "--val-every", "2", "--workers", "0", "-q"], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
-    _one_line_exit_2(p.returncode, p.stderr, "last.ckpt")
     import torch
+
+    real, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+                               "file data/3: file write failed")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "r"
+    rc, _, err = run_cli("finetune", "resnet18", "--drop", "3", "--weights", "none", "--data", run / "ph", "--out", out,
+                         "--image-size", "32", "--batch-size", "8", "--epochs", "3", "--val-every", "2", "--workers",
+                         "0", "-q")
+    monkeypatch.undo()
+    _one_line_exit_2(rc, err, "last.ckpt")
 
     assert torch.load(out / "last.ckpt", weights_only=True)["step"] == 2
     assert json.loads((out / "state.json").read_text())["status"] == "stopped"

@@ -53,18 +53,6 @@ def _wait_for(path, timeout=120):
 
 # ----------------------------------------------------------------------------- signals and crashes
 
-def test_sigterm_checkpoints_and_exits_143(phantom, tmp_path):
-    run_dir = tmp_path / "run"
-    p = subprocess.Popen(_finetune_cmd(phantom, run_dir), env=dict(os.environ, PYTHONPATH=str(REPO)))
-    _wait_for(run_dir / "last.ckpt")
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=120) == 143
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["status"] == "interrupted"
-    assert torch.load(run_dir / "last.ckpt", weights_only=True)["step"] == state["step"]
-    assert not list(run_dir.glob(".*.tmp")) and not (run_dir / ".lock").exists()
-
-
 def test_kill_9_then_resume_logs_each_step_once_and_removes_stale_temp_files(phantom, tmp_path):
     run_dir = tmp_path / "run"
     p = subprocess.Popen(_finetune_cmd(phantom, run_dir), env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -133,12 +121,12 @@ def test_full_disk_is_one_line_and_keeps_the_checkpoint(phantom, tmp_path, monke
     run_dir = tmp_path / "run"
     finetune(Run(run_dir, phantom, DataOptions(), small(max_steps=4), SRC))
     before = (run_dir / "last.ckpt").read_bytes()
-    code = ("import sys, torch, errno\nreal = torch.save\n"
-            "def full(obj, f, *a, **k):\n    raise OSError(errno.ENOSPC, 'No space left on device', str(f))\n"
-            "torch.save = full\nfrom chexcut.cli import main\nmain(sys.argv[1:])\n")
-    p = subprocess.run([sys.executable, "-c", code, "finetune", "--resume", str(run_dir), "--max-steps", "8", "--quiet"],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert p.returncode == 2 and "no space left" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    def full(obj, f, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(torch, "save", full)
+    rc, _, err = run_cli("finetune", "--resume", run_dir, "--max-steps", "8", "--quiet")
+    assert rc == 2 and "no space left" in err and err.count("\n") == 1, err
     assert (run_dir / "last.ckpt").read_bytes() == before and not list(run_dir.glob(".*.tmp"))
     assert json.loads((run_dir / "state.json").read_text())["status"] == "stopped"
 
@@ -189,52 +177,6 @@ def test_evaluate_checks_its_outputs_before_inference(phantom, tmp_path):
         assert rc == 2 and "does not exist" in err and flag in err and err.count("\n") == 1, err
         rc, _, err = run_cli("evaluate", run_dir, flag, tmp_path)
         assert rc == 2 and "is a folder" in err, err
-
-
-# ----------------------------------------------------------------------------- multi-node rendezvous
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _two_nodes(args: list[str]) -> list[subprocess.CompletedProcess]:
-    """torchrun --nnodes 2 started twice on this machine, meeting at a c10d rendezvous on 127.0.0.1."""
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test{port}",
-           "-m", "chexcut", *args]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    out = []
-    for p in procs:
-        o, e = p.communicate(timeout=600)
-        out.append(subprocess.CompletedProcess(cmd, p.returncode, o, e))
-    return out
-
-
-def test_multi_node_torchrun_trains_writes_once_and_resumes(phantom, tmp_path):
-    run_dir = tmp_path / "mn"
-    args = ["finetune", "resnet18", "--drop", "2", "--weights", "none", "--data", str(phantom), "--out", str(run_dir),
-            "--image-size", "40", "--batch-size", "8", "--epochs", "2", "--val-every", "4", "--workers", "0",
-            "--device", "cpu", "--max-steps", "4", "--log-format", "json"]
-    done = _two_nodes(args)
-    assert all(p.returncode == 0 for p in done), [p.stderr[-2000:] for p in done]
-    starts = sum(line.count('"event": "start"') for p in done for line in p.stdout.splitlines())
-    assert starts == 1  # one rank logs (and writes): rank 0
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["resolved"]["world_size"] == 2
-    assert json.loads((run_dir / "state.json").read_text())["step"] == 4
-    resumed = _two_nodes(["finetune", "--resume", str(run_dir), "--max-steps", "6", "--quiet"])
-    assert all(p.returncode == 0 for p in resumed), [p.stderr[-2000:] for p in resumed]
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["step"] == 6 and (run_dir / "best.safetensors").is_file()
-    steps = pd.read_csv(run_dir / "metrics.csv")["step"].tolist()
-    assert steps == sorted(set(steps))
 
 
 def test_study_plan_checks_options_at_plan_time(phantom, tmp_path):

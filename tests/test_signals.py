@@ -124,20 +124,59 @@ def test_workers_ignore_stop_signals():
 
 
 
-def test_ddp_ranks_stop_at_one_step_and_rank_0_writes_once(setup, tmp_path):
-    """torchrun with 2 gloo processes and DataLoader workers, SIGTERM to the whole group: every rank stops at the
-    same step (else the run would hang in an all-reduce), rank 0 checkpoints it and says so once."""
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(d, args: list[str]) -> list[subprocess.CompletedProcess]:
+    """torchrun --nnodes 2 started twice on this machine, meeting at a c10d rendezvous on 127.0.0.1."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test{port}",
+           "-m", "chexcut", *args]
+    procs = [subprocess.Popen(cmd, env=_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    out = []
+    for p in procs:
+        o, e = p.communicate(timeout=600)
+        out.append(subprocess.CompletedProcess(cmd, p.returncode, o, e))
+    return out
+
+
+def test_ddp_trains_stops_at_one_step_and_resumes_across_two_nodes(setup, tmp_path):
+    """The one torchrun case. 2 gloo ranks with DataLoader workers: rank 0 alone logs and writes, each rank takes
+    half the batches; SIGTERM to the whole group stops every rank at the same step (else the run would hang in an
+    all-reduce), rank 0 checkpoints it and says so once; the run then resumes under two torchrun agents meeting at
+    a c10d rendezvous (multi-node), logs each step once and finishes with a best model."""
     d = setup
+    (d / "tmp").mkdir(exist_ok=True)
     run = tmp_path / "ddp"
     p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                          "chexcut", "finetune", *ARGS, "--data", str(d / "ph"), "--out", str(run), "--epochs", "50"],
-                         env=_env(d), stderr=subprocess.PIPE, text=True, start_new_session=True)
+                          "chexcut", "finetune", *[a for a in ARGS if a != "--quiet"], "--log-format", "json", "--data",
+                          str(d / "ph"), "--out", str(run), "--epochs", "50"],
+                         env=_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     _wait(run / "metrics.csv", p)
     time.sleep(1.0)
     os.killpg(p.pid, signal.SIGTERM)
-    p.wait(timeout=300)  # torchrun's own exit status and traceback are torchrun's
-    err = p.stderr.read()
+    out, err = p.communicate(timeout=300)  # torchrun's own exit status and traceback are torchrun's
     state = json.loads((run / "state.json").read_text())
     step = torch.load(run / "last.ckpt", weights_only=True)["step"]
     assert state["status"] == "interrupted" and state["step"] == step > 0, (state, step, err[-2000:])
     assert err.count("chexcut: terminated (SIGTERM)") == 1 and f"checkpoint at step {step}" in err
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert sum(e["event"] == "start" for e in events) == 1  # rank 0 alone logs
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 2
+    # each rank takes half the batches: an epoch of N images at batch 8 per rank has ~N/16 steps
+    assert config["steps_per_epoch"] <= config["data"]["train_images"] // 16 + 1
+    resumed = _two_nodes(d, ["finetune", "--resume", str(run), "--max-steps", str(step + 2), "--quiet"])
+    assert all(r.returncode == 0 for r in resumed), [r.stderr[-2000:] for r in resumed]
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == step + 2 and (run / "best.safetensors").is_file()
+    steps = [ln.split(",")[0] for ln in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps), key=int)  # no metrics row twice

@@ -1,16 +1,11 @@
 """finetune: learns, writes loadable outputs, resumes bit-exactly, survives kill -9, DDP, lock, NaN stop."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 import chexcut
 from chexcut.data.chexpert import DataOptions
@@ -87,47 +82,6 @@ def test_resume_is_bit_exact(phantom, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def wait_for(path, proc, timeout: float = 300):
-    """Until ``path`` exists; fails (never hangs) when the process dies first or the deadline passes."""
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the process exited ({proc.returncode}) before {path.name} was written")
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"no {path.name} after {timeout} s")
-        time.sleep(0.2)
-
-
-def test_interrupt_saves_and_kill_9_leaves_a_good_checkpoint(phantom, tmp_path):
-    """kill -9 at some moment: last.ckpt (written to a temp file + renamed) always loads; resume works."""
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "chexcut", "finetune", "resnet18", "--drop", "2", "--weights", "none", "--data",
-           str(phantom), "--out", str(run_dir), "--image-size", "48", "--batch-size", "8", "--epochs", "50",
-           "--val-every", "2", "--workers", "0", "--quiet"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen(cmd, env=env)
-    wait_for(run_dir / "last.ckpt", p)
-    time.sleep(1.5)  # let it write more checkpoints, then kill it mid-run
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    ckpt = torch.load(run_dir / "last.ckpt", weights_only=True)
-    assert ckpt["step"] >= 2
-    # the lock of a dead process is stale and is taken over
-    rc, out, err = run_cli("finetune", "--resume", run_dir, "--max-steps", str(ckpt["step"] + 2), "--quiet")
-    assert rc == 0, err
-    assert json.loads((run_dir / "state.json").read_text())["step"] == ckpt["step"] + 2
-    # Ctrl-C: a checkpoint is written and the exit code is 130
-    run2 = tmp_path / "run2"
-    p = subprocess.Popen([str(run2) if c == str(run_dir) else c for c in cmd], env=env)
-    wait_for(run2 / "last.ckpt", p)
-    p.send_signal(signal.SIGINT)
-    assert p.wait(timeout=120) == 130
-    state = json.loads((run2 / "state.json").read_text())
-    assert state["status"] == "interrupted"
-    assert torch.load(run2 / "last.ckpt", weights_only=True)["step"] == state["step"]
-
-
 def test_lock_refuses_a_second_finetune(phantom, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -167,7 +121,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(phantom, tmp_p
 
 @pytest.mark.parametrize("args,msg", [
     (["--batch-size", "60000"], "larger than the training set"),
-    (["--image-size", "20", "--drop", "0"], None),
+    (["--image-size", "20", "--drop", "0", "--epochs", "1"], None),
     (["--precision", "fp16"], "needs a GPU"),
     (["--recipe", "slow"], "--recipe"),
 ])
@@ -190,25 +144,6 @@ def test_unwritable_out_and_missing_data(phantom, tmp_path):
     (tmp_path / "file").write_text("x")
     rc, _, err = run_cli("finetune", "resnet18", "--weights", "none", "--data", phantom, "--out", tmp_path / "file")
     assert rc == 2 and "not a folder" in err
-
-
-def test_ddp_two_gloo_processes(phantom, tmp_path):
-    run_dir = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "chexcut",
-           "finetune", "resnet18", "--drop", "2", "--weights", "none", "--data", str(phantom), "--out", str(run_dir),
-           "--image-size", "48", "--batch-size", "8", "--epochs", "1", "--val-every", "5", "--workers", "0",
-           "--device", "cpu", "--log-format", "json"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    events = [json.loads(lab) for lab in p.stdout.splitlines() if lab.startswith("{")]
-    assert sum(e["event"] == "start" for e in events) == 1  # rank 0 alone logs
-    state = json.loads((run_dir / "state.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["resolved"]["world_size"] == 2 and state["status"] == "finished"
-    # each rank takes half the batches: an epoch of N images at batch 8 per rank has ~N/16 steps
-    assert state["total_steps"] == config["steps_per_epoch"] <= config["data"]["train_images"] // 16 + 1
-    assert (run_dir / "best.safetensors").is_file()
 
 
 def test_resume_is_bit_exact_from_the_cache(phantom, tmp_path):
@@ -245,11 +180,10 @@ def test_precise_bn_sets_exact_running_statistics_and_keeps_the_rng():
 
 
 def test_precise_bn_run_resumes_bit_exactly(phantom, tmp_path):
-    cfg = small(max_steps=None, precise_bn=40)
-    straight = tmp_path / "straight"
-    finetune(Run(straight, phantom, DataOptions(), cfg, src()))
+    straight = tmp_path / "straight"  # validations (and BatchNorm re-estimates) at steps 10 and 20
+    finetune(Run(straight, phantom, DataOptions(), small(max_steps=20, precise_bn=40), src()))
     paused = tmp_path / "paused"
     finetune(Run(paused, phantom, DataOptions(), small(max_steps=12, precise_bn=40), src()))
-    finetune(Run.from_run_dir(paused, max_steps=10**6))
+    finetune(Run.from_run_dir(paused, max_steps=20))
     a, b = _weights(straight), _weights(paused)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -56,6 +56,9 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    from chexcut.fileio import forget_failed_writes
+
+    forget_failed_writes()  # a command called again in one process (a notebook, the tests) names its own files
     from chexcut.signals import sigterm_interrupts
 
     try:
