@@ -267,15 +267,19 @@ def _macs(cfg: dict) -> int | None:
 
 
 def run_params(cfg: dict) -> dict:
-    """The parameters of a run, from its config.json."""
+    """The parameters of a run, from its config.json: the model's identity, every training setting config.json
+    records (all of TrainConfig's fields, by their names) and every data option (``dir`` and ``fingerprint`` as
+    ``data_dir``/``data_fingerprint``; lists comma-joined), and the library versions."""
     spec, train, data = cfg.get("model") or {}, cfg.get("train") or {}, cfg.get("data") or {}
     weights = spec.get("weights")
     out = {"arch": spec.get("arch"), "drop": spec.get("drop"),
-           "weights": weights.get("kind") if isinstance(weights, dict) else weights,
-           "seed": train.get("seed"), "recipe": train.get("recipe"), "image_size": train.get("image_size"),
-           "resize": train.get("resize"), "batch_size": train.get("batch_size"), "lr": train.get("lr"),
-           "epochs": train.get("epochs"), "precision": train.get("precision"), "precise_bn": train.get("precise_bn"),
-           "data_fingerprint": data.get("fingerprint"), "views": data.get("views"), "uncertain": data.get("uncertain")}
+           "weights": weights.get("kind") if isinstance(weights, dict) else weights, "in_chans": spec.get("in_chans"),
+           "params": spec.get("params")}
+    out.update(train)
+    renamed = {"dir": "data_dir", "fingerprint": "data_fingerprint"}
+    for name, value in data.items():
+        if name != "notes":
+            out[renamed.get(name, name)] = ",".join(map(str, value)) if isinstance(value, list) else value
     for name, version in (cfg.get("versions") or {}).items():
         out[f"version_{name}"] = version
     return out

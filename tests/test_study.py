@@ -28,45 +28,67 @@ def test_plan_writes_plan_script_and_commands(data, tmp_path):
     assert any("drop 5" in s for s in plan["skipped"])
     ids = [r["id"] for r in plan["runs"]]
     assert len(set(ids)) == len(ids) and "resnet18-imagenet-d1-s1" in ids
-    r = plan["runs"][0]
-    assert "--recipe" in r["finetune"] and "--views" in r["finetune"] and "--recipe" not in r["evaluate"]
-    # evaluate reads the run's data options from its config.json: its own validation rows, no leakage
-    assert "--views" not in r["evaluate"] and "--data" not in r["evaluate"]
+    # the runs share typed options; evaluate reads each run's data options from its config.json (its own
+    # validation rows, no leakage), so the plan holds no command lines at all
+    assert plan["finetune_options"]["train"] == {"recipe": "fast"} and plan["finetune_options"]["data"]["views"] == "all"
+    assert set(plan["runs"][0]) == {"id", "arch", "weights", "drop", "seed", "run_dir"}
     script = (tmp_path / "s" / "run.sh").read_text()
-    assert script.count("eval.json ] ||") == 16
+    assert "study exec . --index" in script and "seq 0 15" in script
     assert os.stat(tmp_path / "s" / "run.sh").st_mode & stat.S_IXUSR
     assert subprocess.run(["bash", "-n", str(tmp_path / "s" / "run.sh")]).returncode == 0
+    assert (tmp_path / "s" / "commands.txt").read_text().splitlines() == [f"chexcut study exec . --index {i}"
+                                                                          for i in range(16)]
 
 
 FAKE = """#!/usr/bin/env bash
-# a stand-in for chexcut: records each call, makes finetune's checkpoint and evaluate's eval.json
+# a stand-in for chexcut: records each call; --index 1 stops as a Ctrl-C would when STOP_AT is 1
 echo "$@" >> "$CALLS"
-case "$1" in
-  finetune) for a in "$@"; do if [ "$prev" = "--out" ] || [ "$prev" = "--resume" ]; then mkdir -p "$a"; touch "$a/last.ckpt"; fi; prev=$a; done ;;
-  evaluate) out=""; for a in "$@"; do if [ "$prev" = "--json" ]; then out=$a; fi; prev=$a; done; echo '{}' > "$out" ;;
-esac
+[ "$4 $5" = "--index ${STOP_AT:-x}" ] && exit 130
+exit 0
 """
 
 
-def test_run_sh_is_idempotent_and_resumes(data, tmp_path):
+def test_run_sh_runs_every_planned_run_through_the_executor(data, tmp_path):
     s = tmp_path / "s"
-    plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0, 1), seeds=(0,)))
+    plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0, 1, 2), seeds=(0,)))
     fake = tmp_path / "fake-chexcut"
     fake.write_text(FAKE)
     fake.chmod(0o755)
     calls = tmp_path / "calls.txt"
     env = dict(os.environ, CHEXCUT=str(fake), CALLS=str(calls))
-    # an interrupted run (checkpoint, no eval.json) is resumed, not restarted
-    (s / "runs" / "resnet18-none-d1-s0").mkdir(parents=True)
-    (s / "runs" / "resnet18-none-d1-s0" / "last.ckpt").touch()
     p = subprocess.run(["bash", str(s / "run.sh")], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    first = calls.read_text().splitlines()
-    assert sum(lab.startswith("finetune resnet18") for lab in first) == 1
-    assert sum(lab.startswith("finetune --resume runs/resnet18-none-d1-s0") for lab in first) == 1
-    assert sum(lab.startswith("evaluate") for lab in first) == 2
-    p = subprocess.run(["bash", str(s / "run.sh")], env=env, capture_output=True, text=True)
-    assert p.returncode == 0 and calls.read_text().splitlines() == first  # second time: nothing to do
+    assert calls.read_text().splitlines() == [f"study exec . --index {i}" for i in range(3)]
+    calls.unlink()
+    p = subprocess.run(["bash", str(s / "run.sh")], env={**env, "STOP_AT": "1"}, capture_output=True, text=True)
+    assert p.returncode == 130 and len(calls.read_text().splitlines()) == 2  # an interrupt stops the script
+
+
+def test_exec_skips_done_runs_resumes_interrupted_ones_and_starts_the_rest(data, tmp_path, monkeypatch):
+    """The executor's decisions, without training: the Run it hands finetune, and what it leaves alone."""
+    import chexcut.study.execute as ex
+    import chexcut.training.loop as loop
+
+    s = tmp_path / "s"
+    plan = plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0, 1, 2), seeds=(0,)),
+                      FinetuneOptions(train={"epochs": 2}, source={"in_chans": 1}))
+    seen = []
+    monkeypatch.setattr(loop, "finetune", lambda run, emit=None: seen.append(run))
+    monkeypatch.setattr(ex, "_evaluate", lambda run, plan: (s / run["run_dir"] / "eval.json").write_text("{}"))
+    monkeypatch.setattr("chexcut.training.config.Run.from_run_dir", classmethod(
+        lambda cls, d, **k: cls(run_dir=d, data=data, opts=None, cfg=None, model_source={}, resume=True)))
+    done, interrupted, new = plan["runs"]
+    (s / done["run_dir"]).mkdir(parents=True)
+    (s / done["run_dir"] / "eval.json").write_text("{}")
+    (s / interrupted["run_dir"]).mkdir(parents=True)
+    (s / interrupted["run_dir"] / "last.ckpt").write_bytes(b"")
+    assert [ex.execute(s, r, plan) for r in plan["runs"]] == ["skipped", "done", "done"]
+    assert [r.resume for r in seen] == [True, False]
+    assert seen[1].model_source["in_chans"] == 1 and seen[1].cfg.epochs == 2 and seen[1].force
+    rc, _, err = run_cli("study", "exec", s, "--index", "3")
+    assert rc == 2 and "out of range" in err and err.count("\n") == 1
+    rc, _, err = run_cli("study", "exec", s, "nope-d0")
+    assert rc == 2 and "no run 'nope-d0'" in err
 
 
 def test_slurm_script_is_a_valid_array(data, tmp_path):
@@ -84,9 +106,10 @@ def test_slurm_script_is_a_valid_array(data, tmp_path):
     first_cmd = min(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     assert last_directive < first_cmd
     assert subprocess.run(["bash", "-n", str(s / "study.sbatch")]).returncode == 0
+    assert 'launcher="torchrun --standalone --nproc_per_node 4"' in text and str(s) not in text
     commands = (s / "commands.txt").read_text().splitlines()
     assert len(commands) == len(plan["runs"])
-    assert all("torchrun --standalone --nproc_per_node 4 -m chexcut finetune" in c for c in commands)
+    assert all(c.endswith("--launcher 'torchrun --standalone --nproc_per_node 4'") for c in commands)
 
 
 def test_bad_plans(tmp_path, data):
@@ -196,3 +219,50 @@ def test_slurm_options_and_a_cpu_partition(data, tmp_path):
                      (dict(partition="a b"), "--partition")):
         with pytest.raises(ChexcutError, match=msg):
             Slurm(**bad)
+
+
+def test_hostile_names_in_a_plan_are_data_never_code(tmp_path):
+    """A weights file, data folder, study folder and #SBATCH directive whose names hold $(...), backticks, quotes,
+    ';' and newlines: run.sh, `study run --jobs 2` and study.sbatch run the study and execute nothing but
+    chexcut (no script holds a user string: each line is `chexcut study exec . --index N`)."""
+    import sys
+
+    import torch
+    import torchvision
+    from conftest import REPO
+
+    from chexcut.data.phantom import make_phantom
+
+    evil = "$(touch pwned1) `touch pwned2` ';\"x\nline2"
+    root = tmp_path / "root"
+    root.mkdir()
+    data = make_phantom(root / f"data {evil}", n=60, image_size=32, seed=0)
+    weights = root / f"w {evil}.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    study = root / f"study {evil}"
+    train = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--workers", "0", "--val-every", "1000"]
+    rc, _, err = run_cli("study", "plan", "--data", data, "--out", study, "--archs", "resnet18", "--weights",
+                         f"none,{weights}", "--drops", "3", "--bootstrap", "20", "--slurm", "--gpus-per-task", "0",
+                         "--sbatch", "--comment=$(touch${IFS}pwned3),--comment=`touch${IFS}pwned4`;'\"", *train)
+    assert rc == 0, err
+    for name in ("run.sh", "commands.txt", "study.sbatch"):
+        text = (study / name).read_text()
+        assert "touch pwned1" not in text and str(root) not in text, name
+    rc, _, err = run_cli("study", "plan", "--data", data, "--out", tmp_path / "s2", "--archs", "resnet18",
+                         "--slurm", "--sbatch", "--qos=long\n#SBATCH --x")  # a directive is one line
+    assert rc == 2 and "one #SBATCH directive" in err and err.count("\n") == 1
+    env = dict(os.environ, PYTHONPATH=str(REPO), CHEXCUT=f"{sys.executable} -m chexcut")
+    p = subprocess.run(["bash", str(study / "run.sh")], env=env, capture_output=True, text=True, cwd=root, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    runs = sorted((study / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "eval.json").is_file() for r in runs)
+    for r in runs:
+        (r / "eval.json").unlink()
+    rc, _, err = run_cli("study", "run", study, "--jobs", "2", "--quiet", cwd=root)
+    assert rc == 0, err
+    assert all((r / "eval.json").is_file() for r in runs)
+    assert subprocess.run(["bash", "-n", str(study / "study.sbatch")]).returncode == 0
+    p = subprocess.run(["bash", str(study / "study.sbatch")], env={**env, "SLURM_ARRAY_TASK_ID": "1"}, cwd=study,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "skipped" in p.stderr, p.stderr  # the task's run, already done
+    assert not [f for f in tmp_path.rglob("pwned*")], "a name was executed"

@@ -15,7 +15,10 @@ from chexcut.errors import ChexcutError
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-PARAMS = {"arch", "drop", "weights", "seed", "recipe", "image_size", "resize", "batch_size", "lr", "epochs",
+# every training setting (TrainConfig's fields with a value), the model's identity, the data and versions
+PARAMS = {"arch", "drop", "weights", "in_chans", "seed", "recipe", "optimizer", "schedule", "warmup", "weight_decay",
+          "image_size", "resize", "batch_size", "lr", "epochs", "val_every", "precision", "channels_last", "compile",
+          "workers", "log_every", "precise_bn", "views", "uncertain", "blank", "valid_frac", "labels", "data_dir",
           "data_fingerprint", "version_chexcut", "version_torch", "version_torchvision", "version_timm"}
 
 
@@ -35,7 +38,8 @@ TRAIN = ["--epochs", "1", "--image-size", "32", "--batch-size", "32", "--workers
 def test_a_tracked_study_reads_back_in_mlflow(phantom, tmp_path):
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rc, out, err = run_cli("study", "plan", "--data", phantom, "--out", tmp_path / "st", "--archs", "resnet18",
-                           "--weights", "none", "--drops", "1,2", "--bootstrap", "200", "--track", db, *TRAIN)
+                           "--weights", "none", "--drops", "1,2", "--bootstrap", "200", "--track", db, *TRAIN,
+                           "--in-chans", "1", "--track-tag", "team=cxr")
     assert rc == 0, err
     env = dict(os.environ, PYTHONPATH=str(REPO), CHEXCUT=f"{sys.executable} -m chexcut")
     p = subprocess.run(["bash", str(tmp_path / "st" / "run.sh")], env=env, capture_output=True, text=True,
@@ -52,6 +56,9 @@ def test_a_tracked_study_reads_back_in_mlflow(phantom, tmp_path):
         assert PARAMS <= set(r.data.params) and r.info.status == "FINISHED"
         assert r.data.params["drop"] == r.info.run_name[-4] and r.data.params["arch"] == "resnet18"
         assert r.data.tags["chexcut.grid_cell"] == f"resnet18/none/drop{r.data.params['drop']}"
+        # finetune options given to `study plan` reach every run: a grayscale model, the plan's tag
+        assert r.data.params["in_chans"] == "1" and r.data.tags["team"] == "cxr"
+        assert json.loads((run_dir / "config.json").read_text())["model"]["in_chans"] == 1
         metrics = pd.read_csv(run_dir / "metrics.csv")
         validations = metrics.dropna(subset=["val_mean_auroc"])
         history = client.get_metric_history(r.info.run_id, "val_mean_auroc")

@@ -49,18 +49,16 @@ def study_plan(
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ):
     """Write a study plan; extra options after the known ones go to every finetune (e.g. --recipe fast)."""
-    import dataclasses
-
     from chexcut import ui
     from chexcut.models.registry import PAPER_ARCHS
     from chexcut.study.plan import Grid, Slurm, plan_study
     from chexcut.tracking import ENV_URI, absolute_uri, require_mlflow
 
-    options = _finetune_options(list(ctx.args), data)
     track = track or os.environ.get(ENV_URI)
     if track:  # every run logs to one experiment named after the study folder
         require_mlflow()
-        options = dataclasses.replace(options, track={"uri": absolute_uri(track), "log_models": track_models})
+    options = _finetune_options(list(ctx.args), data,
+                                {"uri": absolute_uri(track), "log_models": track_models} if track else None)
     grid = Grid(archs=tuple(split_list(archs)) if archs else PAPER_ARCHS, weights=tuple(split_list(weights)),
                 drops=tuple(ints(drops, "drops")), seeds=tuple(ints(seeds, "seeds")))
     cluster = Slurm(gpus_per_task=gpus_per_task, nodes=nodes, extra=tuple(split_list(sbatch) or ()),
@@ -84,7 +82,7 @@ def study_plan(
                  + (f", or sbatch {out}/study.sbatch)" if slurm else ")"))
 
 
-def _finetune_options(args: list[str], data: Path):
+def _finetune_options(args: list[str], data: Path, track: dict | None = None):
     """The options a plan passes to every finetune, parsed by finetune's own parser at plan time."""
     import click
 
@@ -97,8 +95,9 @@ def _finetune_options(args: list[str], data: Path):
     except click.UsageError as e:
         msg = " ".join(e.format_message().replace("Value error, ", "").split())
         raise ChexcutError(f"an option for the runs' finetune is wrong: {msg}") from None
-    given = {p.name for p in command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"}
-    return finetune_options(ctx.params, given)
+    placeholders = {"model", "data", "out"}  # given above to satisfy the parser; the study sets them
+    given = {p.name for p in command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"} - placeholders
+    return finetune_options(ctx.params, given, track)
 
 
 @study_app.command("run")
@@ -118,6 +117,56 @@ def study_run(
         ui.err.print(ui.study_summary(all_jobs, study_dir))
     if failed:
         raise typer.Exit(1)
+
+
+@study_app.command("exec")
+def study_exec(
+    study_dir: Annotated[Path, typer.Argument(help="A folder written by `chexcut study plan`.")],
+    run_id: Annotated[Optional[str], typer.Argument(help="The planned run's id (or give --index).")] = None,
+    index: Annotated[Optional[int], typer.Option("--index", min=0, help="The run at this 0-based position of the plan (a Slurm array's task id).")] = None,
+    step: Annotated[str, typer.Option("--step", help="all (finetune or resume, bench, evaluate) or finetune (each rank of a distributed launch).")] = "all",
+    launcher: Annotated[Optional[str], typer.Option("--launcher", help="Start the finetune under this launcher, e.g. 'torchrun --standalone --nproc_per_node 4' (study.sbatch sets it).")] = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No status line."),
+):
+    """Execute one planned run from plan.json: what run.sh, study.sbatch and `study run` call. Done runs are
+    skipped, interrupted ones resumed; the run's output goes to its log.txt."""
+    import contextlib
+    import traceback
+
+    from chexcut import ui
+    from chexcut.rundir import RunDir
+    from chexcut.study.execute import STEPS, execute, find_run
+    from chexcut.study.plan import load_plan
+
+    if step not in STEPS:
+        raise ChexcutError(f"--step {step!r}: one of {', '.join(STEPS)}")
+    plan = load_plan(study_dir)
+    run = find_run(plan, run_id, index)
+    if step == "finetune":  # a rank of a distributed launch: its output goes where the launching exec sends it
+        execute(study_dir, run, plan, step=step)
+        return
+    log_path = RunDir(study_dir / run["run_dir"]).log
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    error = None
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            status = execute(study_dir, run, plan, launcher=launcher, log=log)
+        except KeyboardInterrupt:
+            from chexcut.cli.main import _interrupted
+
+            _interrupted()  # the line in the run's log too (the status and the Slurm integration read it)
+            raise
+        except ChexcutError as e:
+            error = str(e)
+            print(f"chexcut: error: {e}", flush=True)
+        except Exception as e:
+            error = f"internal error: {type(e).__name__}: {e}"
+            traceback.print_exc()
+    if error is not None:
+        ui.err.print(f"chexcut: run {run['id']} failed: {error} (log: {log_path})", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if not quiet:
+        ui.err.print(f"{run['id']}: {status} (log: {log_path})", markup=False, soft_wrap=True)
 
 
 @study_app.command("status")

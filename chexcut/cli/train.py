@@ -128,18 +128,45 @@ def _train_config(p: dict):
 _PARAM_FIELDS = {"compile_": "compile"}
 _DATA_PARAMS = ("csv", "path_col", "labels", "views", "uncertain", "blank", "valid_frac")
 
+#: finetune's parameters a study cannot pass to its runs, and why: the grid or the plan decides them, or each
+#: run's output goes to its own log. Every other parameter reaches every run (see :func:`finetune_options`).
+STUDY_REFUSED = {
+    "model": "the study's grid gives each run's model (--archs)",
+    "data": "the study's --data is every run's", "out": "each run's folder is the study's runs/ID",
+    "resume": "`study exec` resumes an interrupted run by itself", "force": "a plan's runs start over by themselves",
+    "drop": "a study sets the drops with --drops", "keep": "a study sets the drops with --drops",
+    "weights": "a study sets the weights with --weights", "seed": "a study sets the seeds with --seeds",
+    "log_format": "each run's output goes to its log.txt", "quiet": "each run's output goes to its log.txt",
+    "track": "give --track to `study plan` itself", "track_models": "give --track-models to `study plan` itself",
+}
 
-def finetune_options(params: dict, given: set[str]):
-    """finetune's parsed parameters -> the FinetuneOptions a study plan gives every run (only what was given)."""
-    from chexcut.training.config import CLI_TRAIN_FIELDS, FinetuneOptions
 
-    train = {}
+def finetune_options(params: dict, given: set[str], track: dict | None = None):
+    """finetune's parsed parameters -> the FinetuneOptions a study plan gives every run (only what was given).
+    ``track``: the study's ``{"uri", "log_models"}``; --track-tag and --track-experiment join it. A parameter in
+    :data:`STUDY_REFUSED` is one line."""
+    from chexcut.training.config import CLI_TRAIN_FIELDS, SOURCE_FIELDS, FinetuneOptions
+
+    refused = sorted(given & set(STUDY_REFUSED))
+    if refused:
+        name = refused[0]
+        raise ChexcutError(f"--{name.replace('_', '-')} cannot go to a study's runs: {STUDY_REFUSED[name]}")
+    train, source = {}, {}
     for name in given:
         field = _PARAM_FIELDS.get(name, name)
         if field in CLI_TRAIN_FIELDS:
             value = params[name]
             train[field] = str(value) if field in ("recipe", "precision", "resize") else value
+        elif field in SOURCE_FIELDS:
+            source[field] = params[name]
+    if given & {"track_tag", "track_experiment"}:
+        if not track:
+            raise ChexcutError("--track-tag and --track-experiment need --track (or $CHEXCUT_TRACKING_URI)")
+        track = {**track, "tags": _tags(params.get("track_tag")), "experiment": params.get("track_experiment")}
     data = data_options(params["csv"], params["path_col"], params["labels"], params["views"], params["uncertain"],
                         params["blank"], params["valid_frac"]).to_json()
+    if data.get("csv") and Path(data["csv"]).exists():  # the runs start in the study folder
+        data["csv"] = str(Path(data["csv"]).resolve())
     cache = str(Path(params["cache"]).resolve()) if params.get("cache") else None
-    return FinetuneOptions(train=train, data=data, cache=cache, skip_missing=bool(params.get("skip_missing")))
+    return FinetuneOptions(train=train, data=data, cache=cache, skip_missing=bool(params.get("skip_missing")),
+                           track=track, source=source)

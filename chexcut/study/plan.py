@@ -1,9 +1,11 @@
 """A study: the grid of runs (arch x weights x drop x seed) as a plan, a shell script, a Slurm array.
 
-``plan`` writes ``STUDY_DIR/plan.json``, ``run.sh`` (one idempotent line per run: finished runs are
-skipped, interrupted ones resumed), ``commands.txt`` (one command per run) and, with ``slurm``,
-``study.sbatch`` (one array task per run). :mod:`chexcut.study.runner` executes the plan locally. Every run lives in ``STUDY_DIR/runs/ID/`` (a finetune run directory) and ends with
-``eval.json`` + ``predictions.csv`` from ``chexcut evaluate``.
+``plan`` writes ``STUDY_DIR/plan.json`` (every run and the typed options they share), ``run.sh`` (runs every
+planned run in turn), ``commands.txt`` (one command per run, for any scheduler) and, with ``slurm``,
+``study.sbatch`` (one array task per run). Every script line is ``chexcut study exec . --index N``: the one
+executor (:mod:`chexcut.study.execute`) reads the run from plan.json, so no script holds a user-supplied
+string. Every run lives in ``STUDY_DIR/runs/ID/`` (a finetune run directory) and ends with ``eval.json`` +
+``predictions.csv``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from chexcut import rundir
 from chexcut.errors import ChexcutError
 from chexcut.fileio import write_json, write_text
 from chexcut.models.registry import PAPER_ARCHS, get_arch
@@ -23,7 +23,7 @@ from chexcut.training.config import FinetuneOptions
 
 WEIGHTS = ("imagenet", "none")
 PLAN = "plan.json"  # the study folder's plan; run directories live under runs/
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: runs hold no command lines; the typed options are the plan's
 
 
 def weights_name(weights: str) -> str:
@@ -49,6 +49,8 @@ class Grid:
         for w in self.weights:
             if w not in WEIGHTS and not Path(w).is_file():
                 raise ChexcutError(f"--weights {w!r}: use imagenet, none (or a state dict file)")
+        # a weights file by its absolute path: the runs start from the study folder
+        weights = tuple(w if w in WEIGHTS else str(Path(w).resolve()) for w in self.weights)
         if not self.seeds or not self.drops or not archs or not self.weights:
             raise ChexcutError("a study needs at least one arch, weights, drop and seed")
         from chexcut.choices import check_bounds
@@ -57,7 +59,7 @@ class Grid:
             check_bounds("drop", d, "--drops")
         for s in self.seeds:
             check_bounds("seed", s, "--seeds")
-        return dataclasses.replace(self, archs=archs)
+        return dataclasses.replace(self, archs=archs, weights=weights)
 
     def cells(self) -> tuple[list[dict], list[str]]:
         """(runs, skipped): one run per cell; drops past an arch's blocks are skipped, with the reason."""
@@ -106,8 +108,12 @@ class Slurm:
             raise ChexcutError(f"--mem {self.mem!r} is not a Slurm size (e.g. 32G, 16000M)")
         for name in ("partition", "account"):
             value = getattr(self, name)
-            if value is not None and (not value or any(c.isspace() for c in value)):
+            if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
                 raise ChexcutError(f"--{name} {value!r}: one name without spaces")
+        for d in self.extra:
+            if not re.fullmatch(r"--?[A-Za-z][\w-]*(=\S+)?", d) or not d.isprintable():
+                raise ChexcutError(f"--sbatch {d!r} is not one #SBATCH directive (--name or --name=VALUE, no spaces "
+                                   f"or control characters)")
 
     def directives(self) -> list[str]:
         """The #SBATCH lines after the array and task layout (resources, time, signal, requeue, extras)."""
@@ -123,13 +129,16 @@ class Slurm:
 
 def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOptions = FinetuneOptions(), *,
                bootstrap: int = 1000, bench: bool = False, slurm: Slurm | None = None, force: bool = False,
-               chexcut_cmd: str = "chexcut", evaluate_options: dict | None = None) -> dict:
+               evaluate_options: dict | None = None) -> dict:
     """Write the plan and its scripts; returns the plan. ``options`` go to every finetune (checked when they
-    were made); ``bench``: each run also measures its model's latency and throughput
-    (`chexcut bench RUN --json RUN/bench.json`) before it is evaluated; ``slurm``: also write study.sbatch;
-    ``evaluate_options`` (:func:`check_evaluate_options`): subgroups and calibration for every evaluate."""
+    were made); ``bench``: each run also measures its model's latency and throughput (RUN/bench.json) before it
+    is evaluated; ``slurm``: also write study.sbatch; ``evaluate_options`` (:func:`check_evaluate_options`):
+    subgroups and calibration for every evaluate."""
+    from chexcut.choices import check_bounds
+
     data = Path(data)
     evaluate_options = check_evaluate_options(evaluate_options or {})
+    check_bounds("bootstrap", bootstrap, "--bootstrap")
     if not data.exists():
         raise ChexcutError(f"--data {data} does not exist")
     grid = grid.check()
@@ -143,34 +152,42 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     runs, skipped = grid.cells()
     if not runs:
         raise ChexcutError(f"no runs to plan: {'; '.join(dict.fromkeys(skipped)) or 'empty grid'}")
-    data_abs = str(data.resolve())
-    for r in runs:
-        r.update(run_commands(r, data_abs, options, bootstrap, bench, evaluate_options, study=str(out)))
-    _refuse_changed_runs(out, runs)
-    plan = {"format": "chexcut-study", "version": PLAN_VERSION, "data": data_abs, "archs": list(grid.archs),
-            "weights": list(grid.weights), "drops": list(grid.drops), "seeds": list(grid.seeds),
-            "finetune_args": options.to_args(), "finetune_options": options.to_json(), "bootstrap": bootstrap,
-            "bench": bench, "evaluate_options": evaluate_options, "runs": runs, "skipped": skipped}
+    plan = {"format": "chexcut-study", "version": PLAN_VERSION, "data": str(data.resolve()),
+            "archs": list(grid.archs), "weights": list(grid.weights), "drops": list(grid.drops),
+            "seeds": list(grid.seeds), "finetune_options": options.to_json(), "bootstrap": bootstrap, "bench": bench,
+            "evaluate_options": evaluate_options, "runs": runs, "skipped": skipped}
+    _refuse_changed_runs(out, plan)
     write_json(out / PLAN, plan)
-    lines = [run_line(r, chexcut_cmd) for r in runs]
-    write_text(out / "run.sh", _RUN_SH.format(n=len(runs), cmd=chexcut_cmd) + "\n".join(lines) + "\n")
+    write_text(out / "run.sh", run_script(len(runs)))
     os.chmod(out / "run.sh", 0o755)
     gpus = slurm.gpus_per_task if slurm else 1
-    write_text(out / "commands.txt", "\n".join(run_line(r, chexcut_cmd, gpus=gpus) for r in runs) + "\n")
+    launcher = f" --launcher {_single_node_launcher(gpus)!r}" if gpus > 1 else ""
+    write_text(out / "commands.txt", "".join(f"chexcut study exec . --index {i}{launcher}\n" for i in range(len(runs))))
     if slurm:
-        write_text(out / "study.sbatch", sbatch_script(out, len(runs), slurm))
+        write_text(out / "study.sbatch", sbatch_script(len(runs), slurm))
     return plan
 
 
-def _refuse_changed_runs(out: Path, runs: list[dict]) -> None:
+def plan_options(plan: dict) -> FinetuneOptions:
+    """The typed finetune options every run of the plan shares."""
+    return FinetuneOptions.from_json(plan["finetune_options"])
+
+
+def plan_settings(plan: dict) -> dict:
+    """What decides a run's results besides its grid cell: a re-plan with other settings changes every run."""
+    return {k: plan.get(k) for k in ("data", "finetune_options", "bootstrap", "bench", "evaluate_options")}
+
+
+def _refuse_changed_runs(out: Path, plan: dict) -> None:
     """A re-plan (``--force``) with other settings: runs that already hold results from the old settings would be
     kept as done by every runner. Refuse, naming them, rather than mix two sets of settings in one study."""
     try:
-        old = {r["id"]: r for r in json.loads((out / PLAN).read_text()).get("runs", [])}
+        old = json.loads((out / PLAN).read_text())
+        old_ids = {r["id"] for r in old.get("runs", [])}
+        same = plan_settings(old) == plan_settings(plan)
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
         return
-    changed = [r["id"] for r in runs if r["id"] in old and (old[r["id"]].get("finetune"), old[r["id"]].get("evaluate"))
-               != (r["finetune"], r["evaluate"]) and any((out / r["run_dir"]).glob("*"))]
+    changed = [] if same else [r["id"] for r in plan["runs"] if r["id"] in old_ids and any((out / r["run_dir"]).glob("*"))]
     if changed:
         raise ChexcutError(f"{len(changed)} runs of {out} hold results from other settings (first: {changed[0]}); remove "
                            f"their folders (rm -r {out}/runs/{changed[0]} ...) or plan into a new folder")
@@ -197,94 +214,54 @@ def check_evaluate_options(o: dict) -> dict:
             "calibration": bool(o.get("calibration", True))}
 
 
-def evaluate_args(o: dict) -> list[str]:
-    args = ["--by", ",".join(o["by"])] if o.get("by") else []
-    if o.get("age_bins"):
-        args += ["--age-bins", ",".join(format(e, "g") for e in o["age_bins"])]
-    if o.get("groups"):
-        args += ["--groups", o["groups"]]
-    if not o.get("calibration", True):
-        args.append("--no-calibration")
-    return args
-
-
 def grid_cell(r: dict) -> str:
     """The run's cell without its seed: seeds of one cell are grouped by it (e.g. in MLflow)."""
     return f"{r['arch']}/{weights_name(r['weights'])}/drop{r['drop']}"
 
 
-def run_commands(r: dict, data: str, options: FinetuneOptions, bootstrap: int, bench: bool,
-                 evaluate_options: dict | None = None, study: str = ".") -> dict:
-    """One run's finetune, evaluate (and bench) command lines."""
-    from chexcut.training.config import study_experiment, study_tags
-
-    ft = ["finetune", r["arch"], "--drop", str(r["drop"]), "--weights", r["weights"], "--seed", str(r["seed"]),
-          "--data", data, "--out", r["run_dir"], "--force", "--quiet", *options.to_args()]
-    if options.track:  # the experiment is the study; runs carry their grid cell (the evaluate joins the run's)
-        ft += ["--track-experiment", study_experiment(study),
-               *[a for k, v in study_tags(study, grid_cell(r)).items() for a in ("--track-tag", f"{k}={v}")]]
-    # no data options: each run is evaluated on its own validation rows (recorded in its config.json)
-    ev = ["evaluate", r["run_dir"], "--bootstrap", str(bootstrap), "--seed", str(r["seed"]),
-          "--predictions-out", f"{r['run_dir']}/{rundir.PREDICTIONS}", "--json", f"{r['run_dir']}/{rundir.EVAL}",
-          "--quiet", *_inference_args(options.to_args()), *evaluate_args(evaluate_options or {})]
-    cmds = {"finetune": ft, "evaluate": ev}
-    if bench:
-        cmds["bench"] = ["bench", r["run_dir"], "--json", f"{r['run_dir']}/{rundir.BENCH}", "--quiet"]
-    return cmds
-
-
-def _inference_args(finetune_args: list[str]) -> list[str]:
-    """The finetune args evaluate shares (the data options it reads from the run itself)."""
-    keep = {"--cache", "--workers"}
-    out, i = [], 0
-    while i < len(finetune_args):
-        a = finetune_args[i]
-        if a in keep and i + 1 < len(finetune_args):
-            out += [a, finetune_args[i + 1]]
-            i += 2
-            continue
-        i += 1
-    return out
-
-
 _RUN_SH = """#!/usr/bin/env bash
-# chexcut study: {n} runs. Idempotent: a run with eval.json is skipped, one with a checkpoint resumed.
-# Run from anywhere; CHEXCUT overrides the command (e.g. CHEXCUT="python -m chexcut").
+# chexcut study: {n} runs, each read from plan.json by `chexcut study exec` (an evaluated run is skipped, one with
+# a checkpoint resumed; each run's output goes to its runs/ID/log.txt). Run from anywhere; CHEXCUT overrides the
+# command (e.g. CHEXCUT="python -m chexcut"). Ctrl-C stops after the running run saved its checkpoint.
 set -u
 cd "$(dirname "$0")"
-CHEXCUT=${{CHEXCUT:-{cmd}}}
+CHEXCUT=${{CHEXCUT:-chexcut}}
 failed=0
+for i in $(seq 0 {last}); do
+  $CHEXCUT study exec . --index "$i"
+  rc=$?
+  if [ "$rc" = 130 ] || [ "$rc" = 143 ]; then exit "$rc"; fi
+  [ "$rc" = 0 ] || failed=$((failed + 1))
+done
+[ "$failed" = 0 ] || echo "$failed of {n} runs failed (chexcut study status . names them)" >&2
+exit $(( failed > 0 ))
 """
 
 
-def run_line(r: dict, chexcut_cmd: str = "chexcut", gpus: int = 1) -> str:
-    """One idempotent shell line: skip when evaluated, resume when a checkpoint exists, else start."""
-    q = " ".join
-    d = shlex.quote(r["run_dir"])
-    ft = q(shlex.quote(a) for a in r["finetune"][1:])
-    ev = q(shlex.quote(a) for a in r["evaluate"])
-    if r.get("bench"):  # measured before the evaluation that marks the run done
-        ev = q(shlex.quote(a) for a in r["bench"]) + f" >> {d}/{rundir.LOG} 2>&1 && $CHEXCUT " + ev
-    launcher = "$CHEXCUT" if gpus <= 1 else f"torchrun --standalone --nproc_per_node {gpus} -m chexcut"
-    ev_json, ckpt, log = rundir.EVAL, rundir.LAST, rundir.LOG
-    return (f"[ -f {d}/{ev_json} ] || {{ mkdir -p {d} && {{ if [ -f {d}/{ckpt} ]; then "
-            f"{launcher} finetune --resume {d} --quiet; else {launcher} finetune {ft}; fi; }} > {d}/{log} 2>&1 "
-            f"&& $CHEXCUT {ev} >> {d}/{log} 2>&1 || {{ echo \"failed: {r['id']} (log: {d}/{log})\"; "
-            f"failed=$((failed+1)); }}; }}")
+def run_script(n: int) -> str:
+    """run.sh: every planned run in turn through the executor; no user string in it."""
+    return _RUN_SH.format(n=n, last=n - 1)
 
 
-def sbatch_script(out: Path, n: int, slurm: Slurm) -> str:
-    """One array task per run (line SLURM_ARRAY_TASK_ID+1 of commands.txt), single- or multi-node."""
+def _single_node_launcher(gpus: int) -> str:
+    return f"torchrun --standalone --nproc_per_node {gpus}"
+
+
+def sbatch_script(n: int, slurm: Slurm) -> str:
+    """One array task per run (``chexcut study exec . --index $SLURM_ARRAY_TASK_ID``), single- or multi-node.
+    The script holds no path: it runs in the study folder (sbatch's working directory, or the folder Slurm
+    recorded the script in)."""
     gpus = slurm.gpus_per_task
     if slurm.nodes > 1:
         layout = [f"--nodes={slurm.nodes}", "--ntasks-per-node=1"] + ([f"--gpus-per-node={gpus}"] if gpus else [])
     else:
         layout = ["--ntasks=1"] + ([f"--gpus-per-task={gpus}"] if gpus else [])
     head = ["#!/usr/bin/env bash", "#SBATCH --job-name=chexcut-study", f"#SBATCH --array=0-{n - 1}",
-            *[f"#SBATCH {d}" for d in layout], f"#SBATCH --output={out.resolve()}/slurm-%A_%a.out",
+            *[f"#SBATCH {d}" for d in layout], "#SBATCH --output=slurm-%A_%a.out",
             *slurm.directives(),
-            "# One array task per run: line SLURM_ARRAY_TASK_ID+1 of commands.txt (idempotent: done runs are",
-            "# skipped, interrupted ones resume from their checkpoint)."]
+            "# One array task per run: `chexcut study exec . --index SLURM_ARRAY_TASK_ID` reads it from plan.json",
+            "# (idempotent: done runs are skipped, interrupted ones resume from their checkpoint). Submit it as",
+            "# `sbatch STUDY/study.sbatch` or from the study folder; slurm-*.out files land in sbatch's working folder."]
     if slurm.signal_before:
         head += [f"# --signal=B:TERM@{slurm.signal_before}: {slurm.signal_before} s before the time limit Slurm "
                  "signals this script, which passes",
@@ -292,24 +269,36 @@ def sbatch_script(out: Path, n: int, slurm: Slurm) -> str:
                  "scancel and",
                  "# preemption signal every process, and the run checkpoints the same way (a cancelled task is "
                  "not requeued)."]
-    body = ["set -u", f"cd {shlex.quote(str(out.resolve()))}", "CHEXCUT=${CHEXCUT:-chexcut}"]
+    body = ["set -u", _FIND_STUDY, "CHEXCUT=${CHEXCUT:-chexcut}"]
     if slurm.nodes > 1:
         nproc = max(gpus, 1)
         body += [f"# Multi-node: each run trains on {slurm.nodes} nodes x {nproc} processes; the rendezvous is on "
                  "the first node.",
                  'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
                  "port=$((29500 + SLURM_ARRAY_TASK_ID % 1000))",
-                 f'export CHEXCUT="srun torchrun --nnodes {slurm.nodes} --nproc-per-node {nproc} --rdzv-backend c10d '
-                 '--rdzv-endpoint $head:$port --rdzv-id chexcut-$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID -m chexcut"']
+                 f'launcher="srun torchrun --nnodes {slurm.nodes} --nproc-per-node {nproc} --rdzv-backend c10d '
+                 '--rdzv-endpoint $head:$port --rdzv-id chexcut-$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID"']
+    elif gpus > 1:
+        body.append(f'launcher="{_single_node_launcher(gpus)}"')
+    else:
+        body.append('launcher=""')
     return "\n".join(head + body) + "\n" + _SBATCH_RUN
 
 
-# The task's line runs in a background subshell so that the script's trap runs at once when SIGTERM comes
+# sbatch's working folder is where it was called; when that is not the study, the folder of the script as Slurm
+# recorded it (scontrol's Command=) is. Either way the path is read at run time, never written into the script.
+_FIND_STUDY = r"""if [ ! -f plan.json ]; then
+  script=$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's/^ *Command=//p' | head -n 1)
+  [ -n "$script" ] && cd "$(dirname "$script")" 2>/dev/null
+fi
+[ -f plan.json ] || { echo "chexcut-study: no plan.json in $(pwd): sbatch --chdir STUDY STUDY/study.sbatch" >&2; exit 2; }"""
+
+
+# The task's run goes in a background subshell so that the script's trap runs at once when SIGTERM comes
 # (the subshell outlives the signal: it waits for its command, which does the stopping); the script waits for it
 # before it decides whether to requeue (only a task still RUNNING, i.e. stopped ahead of its time limit, never
 # a cancelled one).
-_SBATCH_RUN = r"""line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" commands.txt)
-pgid=$(ps -o pgid= $$ | tr -d ' ')
+_SBATCH_RUN = r"""pgid=$(ps -o pgid= $$ | tr -d ' ')
 stopping=0
 on_term() {
   trap '' TERM; stopping=1
@@ -317,7 +306,8 @@ on_term() {
   if [ "$pgid" = "$$" ]; then kill -TERM -- "-$pgid" 2>/dev/null; else pkill -TERM -P "$child" 2>/dev/null; fi
 }
 trap on_term TERM
-( trap ':' TERM; failed=0; eval "$line"; exit $failed ) &
+( trap ':' TERM; if [ -n "$launcher" ]; then $CHEXCUT study exec . --index "$SLURM_ARRAY_TASK_ID" --launcher "$launcher"
+  else $CHEXCUT study exec . --index "$SLURM_ARRAY_TASK_ID"; fi ) &
 child=$!
 wait "$child"; rc=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
@@ -337,7 +327,7 @@ def load_plan(study_dir: Path) -> dict:
         raise ChexcutError(f"{study_dir} has no readable plan.json: run `chexcut study plan` first") from None
     if plan.get("format") != "chexcut-study" or not isinstance(plan.get("runs"), list):
         raise ChexcutError(f"{study_dir}/plan.json is not a chexcut study plan")
-    if plan.get("version") != PLAN_VERSION:
+    if plan.get("version") != PLAN_VERSION or not isinstance(plan.get("finetune_options"), dict):
         raise ChexcutError(f"{study_dir}/plan.json has plan format {plan.get('version')!r}, this chexcut reads format "
                            f"{PLAN_VERSION}: plan the study again (chexcut study plan ... --force)")
     return plan

@@ -151,23 +151,26 @@ def _typed_source(source: dict) -> dict:
 #: TrainConfig fields a user sets on ``finetune``'s command line (``--name`` or ``--name/--no-name``).
 CLI_TRAIN_FIELDS = ("recipe", "epochs", "batch_size", "lr", "image_size", "val_every", "precision", "channels_last",
                     "compile", "workers", "max_steps", "log_every", "device", "resize", "precise_bn")
-_BOOLEAN_FLAGS = ("channels_last", "compile")
+#: ModelSource fields a study's runs share (the grid gives arch, weights, drop and seed).
+SOURCE_FIELDS = ("in_chans",)
 
 
 @dataclass(frozen=True)
 class FinetuneOptions:
     """What every run of a study passes to ``finetune`` besides its grid cell (arch, weights, drop, seed):
-    training overrides (``None``: the recipe's), data options, the image cache. Checked at construction, so a
-    plan with a bad option fails when it is written, for Python callers too; :meth:`to_args` gives the
-    command-line flags the plan's scripts use."""
+    training overrides (``None``: the recipe's), data options, the model's input channels, the image cache,
+    MLflow tracking. Checked at construction, so a plan with a bad option fails when it is written, for Python
+    callers too; the executor builds each run from it (:mod:`chexcut.study.execute`)."""
 
     train: dict = field(default_factory=dict)  # CLI_TRAIN_FIELDS -> value
     data: dict = field(default_factory=dict)  # DataOptions fields, as JSON
     cache: str | None = None
     skip_missing: bool = False
-    track: dict | None = None  # {"uri", "log_models"}: every run logs to MLflow (experiment: the study's folder)
+    track: dict | None = None  # {"uri", "log_models", "tags", "experiment"}: every run logs to MLflow
+    source: dict = field(default_factory=dict)  # SOURCE_FIELDS -> value (in_chans)
 
     def __post_init__(self):
+        from chexcut.choices import check_bounds
         from chexcut.data.chexpert import DataOptions
 
         if self.track is not None and not str((self.track or {}).get("uri") or ""):
@@ -175,6 +178,11 @@ class FinetuneOptions:
         unknown = set(self.train) - set(CLI_TRAIN_FIELDS)
         if unknown:
             raise ChexcutError(f"not finetune options: {', '.join(sorted(unknown))}")
+        unknown = set(self.source) - set(SOURCE_FIELDS)
+        if unknown:
+            raise ChexcutError(f"not model options: {', '.join(sorted(unknown))}")
+        for name, value in self.source.items():
+            check_bounds(name, value)
         object.__setattr__(self, "train", {k: v for k, v in self.train.items() if v is not None})
         self.train_config(seed=0)
         object.__setattr__(self, "data", DataOptions.from_json(self.data).to_json())
@@ -190,46 +198,22 @@ class FinetuneOptions:
 
     def to_json(self) -> dict:
         return {"train": dict(self.train), "data": dict(self.data), "cache": self.cache,
-                "skip_missing": self.skip_missing, "track": self.track}
+                "skip_missing": self.skip_missing, "track": self.track, "source": dict(self.source)}
 
     @classmethod
     def from_json(cls, d: dict) -> "FinetuneOptions":
         return cls(train=dict(d.get("train") or {}), data=dict(d.get("data") or {}), cache=d.get("cache"),
-                   skip_missing=bool(d.get("skip_missing")), track=d.get("track"))
-
-    def to_args(self) -> list[str]:
-        """The ``finetune`` flags that say the same (defaults left out)."""
-        from chexcut.data.chexpert import DataOptions
-
-        args = []
-        for name in CLI_TRAIN_FIELDS:
-            value = self.train.get(name)
-            flag = "--" + name.replace("_", "-")
-            if value is None:
-                continue
-            if name in _BOOLEAN_FLAGS:
-                args.append(flag if value else "--no-" + flag[2:])
-            else:
-                args += [flag, str(value)]
-        default = DataOptions().to_json()
-        for name, value in self.data.items():
-            if name == "split_seed" or value == default.get(name):
-                continue
-            args += ["--" + name.replace("_", "-"), ",".join(value) if isinstance(value, list) else str(value)]
-        if self.cache:
-            args += ["--cache", str(self.cache)]
-        if self.track:
-            args += ["--track", str(self.track["uri"])] + ([] if self.track.get("log_models", True)
-                                                            else ["--track-no-models"])
-        return args + (["--skip-missing"] if self.skip_missing else [])
+                   skip_missing=bool(d.get("skip_missing")), track=d.get("track"), source=dict(d.get("source") or {}))
 
     def tracking(self, study: str, cell: str):
-        """This study's :class:`chexcut.tracking.Tracking` for one run (None when untracked)."""
+        """This study's :class:`chexcut.tracking.Tracking` for one run (None when untracked): the experiment is
+        the study's (unless the plan named one), the tags the plan's and the run's grid cell."""
         if not self.track:
             return None
         from chexcut.tracking import tracking_from
 
-        return tracking_from(self.track["uri"], study_experiment(study), study_tags(study, cell),
+        tags = {**dict(self.track.get("tags") or {}), **study_tags(study, cell)}
+        return tracking_from(self.track["uri"], self.track.get("experiment") or study_experiment(study), tags,
                              self.track.get("log_models", True))
 
 

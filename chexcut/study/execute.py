@@ -1,0 +1,149 @@
+"""The one executor of a study's plan: one planned run, read from ``plan.json`` alone.
+
+``run.sh``, ``commands.txt``, ``study.sbatch``, ``study run --jobs N`` (subprocesses) and the in-process runner
+all execute a run through :func:`execute` (the scripts through ``chexcut study exec STUDY --index N``), so no
+generated script holds a user-supplied string (a path, a weights file name, a directive) and no run is described
+twice. A run is done when its ``eval.json`` exists; one with a checkpoint is resumed; otherwise it starts from
+the plan's typed finetune options. Then it is benched (when planned) and evaluated on its own validation rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from chexcut.errors import ChexcutError
+from chexcut.rundir import RunDir
+
+STEPS = ("all", "finetune")  # finetune alone: what each rank of a distributed launch runs
+
+
+def find_run(plan: dict, run_id: str | None = None, index: int | None = None) -> dict:
+    """The planned run named ``run_id`` or at ``index`` (0-based, a Slurm array's task id)."""
+    runs = plan["runs"]
+    if (run_id is None) == (index is None):
+        raise ChexcutError("give a RUN_ID or --index N (not both)")
+    if index is not None:
+        if not 0 <= index < len(runs):
+            raise ChexcutError(f"--index {index} is out of range: the plan has {len(runs)} runs (0..{len(runs) - 1})")
+        return runs[index]
+    for r in runs:
+        if r["id"] == run_id:
+            return r
+    raise ChexcutError(f"no run {run_id!r} in the plan (`chexcut study status` lists them)")
+
+
+@contextlib.contextmanager
+def inside(folder: Path):
+    """Run with ``folder`` as the working directory: a plan's run folders are relative to its study."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def launch_command(launcher: str, study_dir: Path, run: dict) -> list[str]:
+    """The argv that starts this run's finetune under a distributed launcher (``torchrun ...``, ``srun torchrun
+    ...``): each rank runs ``chexcut study exec STUDY RUN_ID --step finetune``. Never a shell line."""
+    words = shlex.split(launcher)
+    if not words:
+        raise ChexcutError("--launcher is empty")
+    return [*words, "-m", "chexcut", "study", "exec", str(Path(study_dir).resolve()), run["id"], "--step",
+            "finetune"]
+
+
+def _finetune(run: dict, plan: dict) -> None:
+    """Start the run from the plan's typed options, or resume it from its checkpoint (this process)."""
+    from chexcut import tracking
+    from chexcut.models.source import ModelSource
+    from chexcut.study.plan import grid_cell, plan_options
+    from chexcut.training.config import Run
+    from chexcut.training.loop import finetune
+
+    rd = RunDir(run["run_dir"])
+    rd.path.mkdir(parents=True, exist_ok=True)
+    options = plan_options(plan)
+    if rd.last.is_file():
+        job = Run.from_run_dir(rd.path)
+        job.track = tracking.resumed(rd.path)
+    else:
+        source = ModelSource.parse(run["arch"], drop=run["drop"], weights=run["weights"], seed=run["seed"],
+                                   in_chans=options.source.get("in_chans", 3))
+        job = Run(run_dir=rd.path, data=Path(plan["data"]), opts=options.data_options(),
+                  cfg=options.train_config(run["seed"]), model_source=source.to_json(),
+                  cache=Path(options.cache) if options.cache else None, skip_missing=options.skip_missing,
+                  force=True, track=options.tracking(".", grid_cell(run)))
+    finetune(job)
+
+
+def _evaluate(run: dict, plan: dict) -> None:
+    """Bench (when planned), then evaluate on the run's own validation rows: predictions.csv, eval.json."""
+    from chexcut import tracking
+    from chexcut.evaluation.orchestrate import EvalInputs, run_evaluation
+    from chexcut.evaluation.settings import Inference, Statistics
+    from chexcut.fileio import write_json
+    from chexcut.study.plan import plan_options
+
+    rd = RunDir(run["run_dir"])
+    options = plan_options(plan)
+    if plan.get("bench"):
+        from chexcut.deploy.bench import bench
+
+        write_json(rd.bench, bench(str(rd.path)))
+    infer = Inference(workers=options.train.get("workers"), cache_dir=Path(options.cache) if options.cache else None)
+    ev = plan.get("evaluate_options") or {}
+    stats = Statistics(bootstrap=plan["bootstrap"], seed=run["seed"], by=tuple(ev.get("by") or ()),
+                       age_bins=tuple(ev["age_bins"]) if ev.get("age_bins") else None,
+                       calibration=ev.get("calibration", True))
+    result = run_evaluation(EvalInputs(model=str(rd.path), groups=Path(ev["groups"]) if ev.get("groups") else None),
+                            stats, infer, predictions_out=rd.predictions)
+    write_json(rd.eval, result)
+    tracking.log_evaluation(rd.path, result)
+
+
+def execute(study_dir: Path, run: dict, plan: dict, *, step: str = "all", launcher: str | None = None,
+            log=None) -> str:
+    """Execute one planned run: "skipped" when it is already evaluated, else "done" (errors raise).
+
+    ``step="finetune"``: train only (a rank of a distributed launch). ``launcher``: the finetune runs as
+    ``LAUNCHER -m chexcut study exec STUDY RUN_ID --step finetune`` (torchrun, srun torchrun) and this process
+    waits for it (its output to ``log``, a file), then benches and evaluates."""
+    if step not in STEPS:
+        raise ChexcutError(f"--step {step!r}: one of {', '.join(STEPS)}")
+    study_dir = Path(study_dir)
+    with inside(study_dir):
+        rd = RunDir(run["run_dir"])
+        if step == "finetune":
+            _finetune(run, plan)
+            return "done"
+        if rd.eval.is_file():
+            return "skipped"
+        if launcher:
+            rd.path.mkdir(parents=True, exist_ok=True)
+            _wait_for(launch_command(launcher, study_dir, run), run["id"], log)
+        else:
+            _finetune(run, plan)
+        _evaluate(run, plan)
+    return "done"
+
+
+def _wait_for(argv: list[str], run_id: str, log=None) -> None:
+    """Start the distributed finetune and wait for it. A stop signal reaches it too (it is in this process
+    group): it checkpoints and exits, so this process keeps waiting (never kills it) and then stops as well."""
+    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT if log is not None else None)
+    interrupted = None
+    while True:
+        try:
+            code = p.wait()
+            break
+        except KeyboardInterrupt as e:  # the launch got the same signal and is saving its checkpoint
+            interrupted = e
+    if interrupted is not None or code in (130, 143):
+        raise interrupted or KeyboardInterrupt()
+    if code != 0:
+        raise ChexcutError(f"the distributed finetune of {run_id} exited {code} (its output is in the run's log.txt)")
