@@ -266,3 +266,67 @@ def test_hostile_names_in_a_plan_are_data_never_code(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and "skipped" in p.stderr, p.stderr  # the task's run, already done
     assert not [f for f in tmp_path.rglob("pwned*")], "a name was executed"
+
+
+def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, monkeypatch):
+    """Each of finetune's parameters is declared once for a study: carried into the runs (checked here on the Run
+    the executor hands finetune) or refused in one line (STUDY_REFUSED). A new finetune option fails this test
+    until it is one or the other."""
+    import typer
+
+    import chexcut.training.loop as loop
+    from chexcut.cli import app
+    from chexcut.cli.train import STUDY_REFUSED
+    from chexcut.study.execute import execute
+
+    (tmp_path / "rows.csv").write_text("Image,Edema\n")
+    cache = tmp_path / "cache"
+    # parameter -> (its flag and value, where it must arrive on the Run)
+    carried = {
+        "recipe": (["--recipe", "fast"], lambda r: r.cfg.recipe == "fast"),
+        "epochs": (["--epochs", "2"], lambda r: r.cfg.epochs == 2),
+        "batch_size": (["--batch-size", "8"], lambda r: r.cfg.batch_size == 8),
+        "lr": (["--lr", "0.003"], lambda r: r.cfg.lr == 0.003),
+        "image_size": (["--image-size", "48"], lambda r: r.cfg.image_size == 48),
+        "val_every": (["--val-every", "7"], lambda r: r.cfg.val_every == 7),
+        "precision": (["--precision", "bf16"], lambda r: r.cfg.precision == "bf16"),
+        "channels_last": (["--no-channels-last"], lambda r: r.cfg.channels_last is False),
+        "compile_": (["--no-compile"], lambda r: r.cfg.compile is False),
+        "workers": (["--workers", "1"], lambda r: r.cfg.workers == 1),
+        "precise_bn": (["--precise-bn", "16"], lambda r: r.cfg.precise_bn == 16),
+        "max_steps": (["--max-steps", "9"], lambda r: r.cfg.max_steps == 9),
+        "log_every": (["--log-every", "3"], lambda r: r.cfg.log_every == 3),
+        "device": (["--device", "cpu"], lambda r: r.cfg.device == "cpu"),
+        "resize": (["--resize", "pad"], lambda r: r.cfg.resize == "pad"),
+        "csv": (["--csv", tmp_path / "rows.csv"], lambda r: r.opts.csv == str(tmp_path / "rows.csv")),
+        "path_col": (["--path-col", "Image"], lambda r: r.opts.path_col == "Image"),
+        "labels": (["--labels", "Edema"], lambda r: tuple(r.opts.labels) == ("Edema",)),
+        "views": (["--views", "all"], lambda r: r.opts.views == "all"),
+        "uncertain": (["--uncertain", "ones"], lambda r: r.opts.uncertain == "ones"),
+        "blank": (["--blank", "ignore"], lambda r: r.opts.blank == "ignore"),
+        "valid_frac": (["--valid-frac", "0.2"], lambda r: r.opts.valid_frac == 0.2),
+        "cache": (["--cache", cache], lambda r: r.cache == cache),
+        "skip_missing": (["--skip-missing"], lambda r: r.skip_missing is True),
+        "in_chans": (["--in-chans", "1"], lambda r: r.model_source["in_chans"] == 1),
+        "track_tag": (["--track-tag", "site=a"], lambda r: r.track.tags["site"] == "a"),
+        "track_experiment": (["--track-experiment", "cxr"], lambda r: r.track.experiment == "cxr"),
+    }
+    command = typer.main.get_command(app).commands["finetune"]
+    assert {p.name for p in command.params} == set(carried) | set(STUDY_REFUSED)
+    own = {"model", "data", "out", "weights", "force", "track", "track_models"}  # study plan's own (or none)
+    base = ["study", "plan", "--data", data, "--out", tmp_path / "s", "--archs", "resnet18", "--weights", "none",
+            "--drops", "3", "--track", f"sqlite:///{tmp_path / 'm.db'}", "--force"]
+    args = [str(a) for flag, _ in carried.values() for a in flag]
+    rc, _, err = run_cli(*base, *args)
+    assert rc == 0, err
+    seen = []
+    monkeypatch.setattr(loop, "finetune", lambda run, emit=None: seen.append(run))
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    execute(tmp_path / "s", plan["runs"][0], plan, step="finetune")
+    missed = [name for name, (_, reached) in carried.items() if not reached(seen[0])]
+    assert not missed, missed
+    for name in sorted(set(STUDY_REFUSED) - own):
+        flag = "--" + name.replace("_", "-")
+        value = {"resume": ["x"], "drop": ["1"], "keep": ["1"], "seed": ["3"], "log_format": ["json"]}.get(name, [])
+        rc, _, err = run_cli(*base, flag, *value)
+        assert rc == 2 and "cannot go to a study's runs" in err and err.count("\n") == 1, (name, err)
