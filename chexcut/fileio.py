@@ -161,3 +161,29 @@ def writable_folder(folder: Path, what: str) -> Path:
     except OSError as e:
         raise ChexcutError(f"cannot create the {what} {folder}: {e.strerror}") from None
     return folder
+
+
+def csv_header(path) -> list[str]:
+    """A CSV's column names as spreadsheets save them: a UTF-8 BOM dropped, spaces around each name stripped."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return [c.strip() for c in next(csv.reader(f), [])]
+
+
+def read_csv(path, *, text=(), usecols=None, **kwargs):
+    """``pandas.read_csv`` for every CSV a user gives (data, predictions, truth, groups, thresholds, readers): a
+    UTF-8 BOM, CRLF line ends and spaces around column names are tolerated; columns are named as
+    :func:`csv_header` names them; ``text``: columns read as strings (``True``: all of them)."""
+    import csv
+
+    import pandas as pd
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        raw = next(csv.reader(f), [])
+    real = {c.strip(): c for c in raw}
+    dtype = str if text is True else ({real.get(c, c): str for c in text} or None)
+    use = None if usecols is None else [real.get(c, c) for c in usecols]
+    df = pd.read_csv(path, encoding="utf-8-sig", dtype=dtype, usecols=use, **kwargs)
+    df.columns = [str(c).strip() for c in df.columns]
+    return df

@@ -241,3 +241,40 @@ def test_report_shows_readers_of_runs_evaluated_with_them(public):
     md = "\n".join(table.markdown())
     assert "bc4" in md and f"{rows[0]['delta_sensitivity']:+.3f}" in md and "n/a" not in md
     assert readers_table({"readers": []}) is None
+
+
+def test_threshold_and_group_files_as_users_and_spreadsheets_write_them(public, tmp_path):
+    """Every defect of a thresholds JSON/CSV is one line naming the file, where and what; a spreadsheet's BOM,
+    CRLF and spaces are read; a file that covers only part of the evaluation says what it leaves out."""
+    d = public
+    base = ["--predictions", d / "model_predictions.csv", "--truth", d / "groundtruth.csv", "--bootstrap", "0"]
+    point = {"label": "Edema", "rule": "youden", "threshold": 0.5}
+    jsons = {"string": [{**point, "threshold": "high"}], "object": {"Edema": point}, "nolabel": [
+        {k: v for k, v in point.items() if k != "label"}], "nan": [{**point, "threshold": float("nan")}],
+        "range": [{**point, "threshold": 1.5}], "unknown": [{**point, "label": "Headache"}],
+        "twice": [point, point]}
+    words = {"string": "operating_points[0]: the threshold of 'Edema' is not a finite number ('high')",
+             "object": "'operating_points' is a list of objects", "nolabel": "operating_points[0]: 'label' is missing",
+             "nan": "is not a finite number (nan)", "range": "is 1.5, outside the probabilities' 0..1",
+             "unknown": "operating_points[0]: unknown label 'Headache'", "twice": "operating_points[1]: 'Edema' has two"}
+    for name, points in jsons.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"operating_points": points}))
+        rc, _, err = run_cli("evaluate", *base, "--thresholds", tmp_path / f"{name}.json")
+        assert rc == 2 and words[name] in err and f"{name}.json" in err and err.count("\n") == 1, (name, err)
+    (tmp_path / "nan.csv").write_text("label,threshold\nEdema,nan\n")
+    rc, _, err = run_cli("evaluate", *base, "--thresholds", tmp_path / "nan.csv")
+    assert rc == 2 and "nan.csv: row 2: the threshold of 'Edema' is not a finite number" in err
+    rc, _, err = run_cli("evaluate", *base, "--threshold-rule", "youden")
+    assert rc == 2 and "give --thresholds" in err and err.count("\n") == 1
+    # a spreadsheet's file: BOM, CRLF, spaces around names; 'Edema ' is Edema, and the labels left out are named
+    (tmp_path / "excel.csv").write_bytes("\ufefflabel , threshold\r\nEdema ,0.5\r\n".encode("utf-8"))
+    r = _eval(*base, "--thresholds", tmp_path / "excel.csv")
+    assert [p["label"] for p in r["operating_points"]] == ["Edema"] and r["operating_points"][0]["threshold"] == 0.5
+    assert any("no threshold for 4 of the 5 evaluated labels" in w for w in r["warnings"])
+    # a --groups CSV saved by Excel (BOM), keyed like the truth, covering half of the rows: read, and said
+    truth = pd.read_csv(d / "groundtruth.csv")
+    groups = pd.DataFrame({"Study": truth["Study"][:250], "Site": ["a", "b"] * 125})
+    (tmp_path / "groups.csv").write_bytes(b"\xef\xbb\xbf" + groups.to_csv(index=False, lineterminator="\r\n").encode())
+    r = _eval(*base, "--groups", tmp_path / "groups.csv", "--by", "Site")
+    assert {g["group"] for g in r["subgroups"]} == {"a", "b"}
+    assert any("groups.csv has no row for 250 of the 500 evaluated rows" in w for w in r["warnings"]), r["warnings"]

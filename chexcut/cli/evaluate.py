@@ -41,7 +41,7 @@ def evaluate(
     at_specificity: Annotated[Optional[list[str]], typer.Option("--at-specificity", help="Operating point per label: the best sensitivity at specificity >= S (repeatable or S1,S2; chosen on this set: optimistic).")] = None,
     at_sensitivity: Annotated[Optional[list[str]], typer.Option("--at-sensitivity", help="Operating point per label: the best specificity at sensitivity >= S (repeatable or S1,S2).")] = None,
     thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Thresholds chosen on another set, applied here: a finetune RUN (its validation predictions, by --threshold-rule), an evaluation JSON, or a label,threshold CSV.")] = None,
-    threshold_rule: Annotated[str, typer.Option("--threshold-rule", help="How --thresholds RUN|JSON chose them: youden, specificity:S or sensitivity:S.")] = "youden",
+    threshold_rule: Annotated[Optional[str], typer.Option("--threshold-rule", help="How --thresholds RUN|JSON chose them: youden (default), specificity:S or sensitivity:S.")] = None,
     readers: Annotated[Optional[list[str]], typer.Option("--readers", help="Readers' binary reads keyed like the truth (FILE or NAME=FILE; repeatable or comma list): placed against the model's ROC curve.")] = None,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder for per-label ROC (with CI band, readers, operating points), PR and reliability PNGs.")] = None,
     predictions_out: Annotated[Optional[Path], typer.Option("--predictions-out", help="Write MODEL's predictions CSV here.")] = None,

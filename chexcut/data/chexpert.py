@@ -237,18 +237,19 @@ def _view_mask(df, views: str, paths: list[str]) -> np.ndarray:
 
 
 def _header(csv: Path) -> list[str]:
-    import csv as csvmod
+    from chexcut.fileio import csv_header
 
-    with open(csv, newline="", encoding="utf-8", errors="replace") as f:
-        return next(csvmod.reader(f), [])
+    return csv_header(csv)
 
 
 def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> LabelTable:
     """Read one CSV, validate it, select views, apply the label policies."""
     import pandas as pd
 
+    from chexcut.fileio import read_csv
+
     try:
-        df = pd.read_csv(csv, dtype={opts.path_col: str}, low_memory=False)
+        df = read_csv(csv, text=[opts.path_col], low_memory=False)
     except FileNotFoundError:
         raise ChexcutError(f"CSV not found: {csv}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:

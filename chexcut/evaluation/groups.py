@@ -18,6 +18,7 @@ def _read(csv: Path, key_col: str | None, columns: list[str]):
 
     from chexcut.data.chexpert import _header
     from chexcut.evaluation.predictions import canonical_keys, key_column
+    from chexcut.fileio import read_csv
 
     header = _header(csv)
     have = [c for c in columns if c in header]
@@ -25,7 +26,7 @@ def _read(csv: Path, key_col: str | None, columns: list[str]):
         return None, header
     key = key_column(header, key_col, csv.name)
     try:
-        df = pd.read_csv(csv, dtype=str, usecols=[key, *have], keep_default_na=True)
+        df = read_csv(csv, text=True, usecols=[key, *have], keep_default_na=True)
     except Exception as e:
         raise ChexcutError(f"{csv} is not a readable CSV: {str(e).splitlines()[0]}") from None
     df.index = pd.Index(canonical_keys(df[key].fillna("")))
@@ -36,7 +37,8 @@ def _read(csv: Path, key_col: str | None, columns: list[str]):
 
 
 def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
-    """``evalset`` with ``groups`` {column: (N,) values or None} for every column of ``stats.by``."""
+    """(``evalset`` with ``groups`` {column: (N,) values or None} for every column of ``stats.by``, warnings: a
+    source that leaves evaluated rows out says how many)."""
     from chexcut.evaluation.predictions import canonical_keys
     from chexcut.evaluation.subgroups import age_intervals
 
@@ -46,7 +48,7 @@ def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
     if stats.age_bins and "Age" not in wanted:
         raise ChexcutError("--age-bins applies to --by Age; add Age to --by")
     keys = canonical_keys(evalset.paths)
-    groups, headers = {}, []
+    groups, headers, warnings = {}, [], []
     for csv, key_col in sources:
         todo = [c for c in wanted if c not in groups]
         if not todo:
@@ -61,6 +63,11 @@ def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
         if (pos < 0).all():
             raise ChexcutError(f"{Path(csv).name}: no key matches the evaluated rows (e.g. {keys[0]!r} vs "
                                f"{df.index[0]!r}); a --groups CSV is keyed like the truth")
+        unmatched = int((pos < 0).sum())
+        if unmatched:
+            first = keys[int(np.flatnonzero(pos < 0)[0])]
+            warnings.append(f"{Path(csv).name} has no row for {unmatched} of the {len(keys)} evaluated rows (first: "
+                            f"{first}): they are in no group of {', '.join(df.columns)}")
         for c in df.columns:
             col = df[c].to_numpy(dtype=object)
             vals = np.array([None if p < 0 or not isinstance(col[p], str) or not col[p].strip() else col[p].strip()
@@ -70,4 +77,4 @@ def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
     if unknown:
         seen = "; ".join(f"{name}: {', '.join(h[:10])}{'...' if len(h) > 10 else ''}" for name, h in headers)
         raise ChexcutError(f"--by {', '.join(unknown)}: no such column in the truth or --groups CSV ({seen})")
-    return dataclasses.replace(evalset, groups=groups)
+    return dataclasses.replace(evalset, groups=groups), warnings

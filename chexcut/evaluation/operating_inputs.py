@@ -13,11 +13,15 @@ from chexcut.errors import ChexcutError
 from chexcut.evaluation.operating import Curve, Rule
 
 
-def check_inputs(readers, thresholds, threshold_rule: str):
-    """``--readers``, ``--thresholds`` and ``--threshold-rule`` checked before any inference: (reader specs, rule)."""
+def check_inputs(readers, thresholds, threshold_rule: str | None):
+    """``--readers``, ``--thresholds`` and ``--threshold-rule`` checked before any inference: (reader specs, rule).
+    A rule without ``--thresholds`` is refused: it would be ignored."""
     from chexcut.evaluation.operating import parse_rule
 
-    specs, rule = parse_reader_specs(readers), parse_rule(threshold_rule)
+    if threshold_rule is not None and not thresholds:
+        raise ChexcutError("--threshold-rule says how --thresholds RUN|JSON chose its thresholds: give --thresholds "
+                           "(--at-specificity/--at-sensitivity choose them on the evaluated set)")
+    specs, rule = parse_reader_specs(readers), parse_rule(threshold_rule or "youden")
     if thresholds and not Path(thresholds).exists():
         raise ChexcutError(f"--thresholds: no such run directory or file: {thresholds}")
     return specs, rule
@@ -67,62 +71,86 @@ def read_readers(specs: list[tuple[str, Path]], evalset, key_col: str | None = N
     return out
 
 
-def given_thresholds(source, rule: Rule, labels, level: str, logits: bool) -> dict[str, Rule]:
-    """label -> a fixed-threshold :class:`Rule` from ``source``: a finetune run directory (the rule applied to its
-    validation predictions), an evaluation JSON (its operating points of that rule), or a CSV of
-    ``label,threshold`` rows."""
+def given_thresholds(source, rule: Rule, labels, level: str, logits: bool) -> tuple[dict[str, Rule], list[str]]:
+    """(label -> a fixed-threshold :class:`Rule`, warnings) from ``source``: a finetune run directory (the rule
+    applied to its validation predictions), an evaluation JSON (its operating points of that rule), or a CSV of
+    ``label,threshold`` rows. File entries pass :func:`_entries` (one line naming the file, row and field)."""
     path = Path(source)
     if path.is_dir():
         if logits:
             raise ChexcutError("--thresholds RUN gives probability thresholds, and --logits says these predictions "
                                "are logits: evaluate probabilities, or give logit thresholds in a CSV")
-        return _from_run(path, rule, labels, level)
+        return _known(_from_run(path, rule, labels, level), labels, str(path))
     if not path.is_file():
         raise ChexcutError(f"--thresholds: no such run directory or file: {path}")
     if path.suffix.lower() == ".json":
-        return _from_eval_json(path, rule, labels)
-    return _from_csv(path, labels)
+        return _known(_from_eval_json(path, rule, labels, logits), labels, path.name)
+    return _known(_from_csv(path, labels, logits), labels, path.name)
 
 
-def _from_csv(path: Path, labels) -> dict[str, Rule]:
+def _entries(rows, name: str, labels, logits: bool, chosen_on: str) -> dict[str, Rule]:
+    """The one check of a thresholds file's entries, ``(where, label, value)``: a label is a string (surrounding
+    space and a BOM dropped) that this evaluation knows or a CheXpert observation, named once; a threshold is a
+    finite number, within [0, 1] for probabilities. Anything else is one line naming the file, where and what."""
+    from chexcut.labels import CHEXPERT_LABELS
+
+    out = {}
+    for where, label, value in rows:
+        if not isinstance(label, str) or not label.strip("\ufeff \t"):
+            raise ChexcutError(f"--thresholds {name}: {where}: 'label' is missing or not a name ({label!r})")
+        label = label.strip("\ufeff \t")
+        if label not in labels and label not in CHEXPERT_LABELS:
+            raise ChexcutError(f"--thresholds {name}: {where}: unknown label {label!r} (evaluated: "
+                               f"{', '.join(labels[:6])}{'...' if len(labels) > 6 else ''})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ChexcutError(f"--thresholds {name}: {where}: the threshold of {label!r} is not a finite number "
+                               f"({value!r})")
+        if not logits and not 0 <= value <= 1:
+            raise ChexcutError(f"--thresholds {name}: {where}: the threshold of {label!r} is {value:g}, outside the "
+                               f"probabilities' 0..1 (logit thresholds need --logits)")
+        if label in out:
+            raise ChexcutError(f"--thresholds {name}: {where}: {label!r} has two thresholds")
+        out[label] = Rule("given", threshold=float(value), chosen_on=chosen_on)
+    return out
+
+
+def _from_csv(path: Path, labels, logits: bool = False) -> dict[str, Rule]:
     import pandas as pd
 
+    from chexcut.fileio import read_csv
+
     try:
-        df = pd.read_csv(path)
+        df = read_csv(path, text=["label"], skipinitialspace=True)
     except Exception as e:
         raise ChexcutError(f"--thresholds {path} is not a readable CSV: {str(e).splitlines()[0]}") from None
     if not {"label", "threshold"} <= set(df.columns):
         raise ChexcutError(f"--thresholds {path.name}: a thresholds CSV has the columns label,threshold "
                            f"(it has {', '.join(map(str, df.columns[:6]))})")
-    out = {}
-    for label, value in zip(df["label"].astype(str), pd.to_numeric(df["threshold"], errors="coerce")):
-        if not np.isfinite(value):
-            raise ChexcutError(f"--thresholds {path.name}: the threshold of {label!r} is not a number")
-        if label in out:
-            raise ChexcutError(f"--thresholds {path.name}: {label!r} has two rows")
-        out[label] = Rule("given", threshold=float(value), chosen_on=f"{path.name} (given)")
-    return _known(out, labels, path.name)
+    values = pd.to_numeric(df["threshold"], errors="coerce")
+    rows = [(f"row {i + 2}", label, float(v) if np.isfinite(v) else df["threshold"].iloc[i])
+            for i, (label, v) in enumerate(zip(df["label"], values))]
+    return _entries(rows, path.name, labels, logits, f"{path.name} (given)")
 
 
-def _from_eval_json(path: Path, rule: Rule, labels) -> dict[str, Rule]:
+def _from_eval_json(path: Path, rule: Rule, labels, logits: bool = False) -> dict[str, Rule]:
     import json
 
     try:
-        ev = json.loads(path.read_text())
+        ev = json.loads(path.read_text(encoding="utf-8-sig"))
         points = ev["operating_points"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ChexcutError(f"--thresholds {path.name}: not an evaluation JSON with operating points (evaluate "
                            f"--at-specificity S --json FILE writes one)") from None
-    out = {}
-    for p in points:
-        if p.get("rule") == rule.name and p.get("threshold") is not None:
-            out[p["label"]] = Rule("given", threshold=float(p["threshold"]),
-                                   chosen_on=f"{path.name} ({rule.name} on its set)")
-    if not out:
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ChexcutError(f"--thresholds {path.name}: 'operating_points' is a list of objects (evaluate "
+                           f"--at-specificity S --json FILE writes one)")
+    rows = [(f"operating_points[{i}]", p.get("label"), p.get("threshold")) for i, p in enumerate(points)
+            if p.get("rule") == rule.name and p.get("threshold") is not None]
+    if not rows:
         rules = sorted({str(p.get("rule")) for p in points})
         raise ChexcutError(f"--thresholds {path.name}: no operating point with --threshold-rule {rule.name} "
                            f"(it has: {', '.join(rules) or 'none'})")
-    return _known(out, labels, path.name)
+    return _entries(rows, path.name, labels, logits, f"{path.name} ({rule.name} on its set)")
 
 
 def _from_run(run_dir: Path, rule: Rule, labels, level: str) -> dict[str, Rule]:
@@ -161,8 +189,20 @@ def _from_run(run_dir: Path, rule: Rule, labels, level: str) -> dict[str, Rule]:
     return _known(out, labels, str(run_dir))
 
 
-def _known(out: dict[str, Rule], labels, name: str) -> dict[str, Rule]:
+def _known(out: dict[str, Rule], labels, name: str) -> tuple[dict[str, Rule], list[str]]:
+    """The thresholds of the evaluated labels, and a warning naming the evaluated labels left without one and the
+    file's labels this evaluation does not evaluate."""
     kept = {k: v for k, v in out.items() if k in labels}
     if not kept:
         raise ChexcutError(f"--thresholds {name}: no threshold for any evaluated label ({', '.join(labels[:5])}...)")
-    return kept
+    warnings = []
+    missing = [lab for lab in labels if lab not in kept]
+    if missing:
+        warnings.append(f"--thresholds {name} gives no threshold for {len(missing)} of the {len(labels)} evaluated "
+                        f"labels ({', '.join(missing[:4])}{'...' if len(missing) > 4 else ''}): no given-threshold "
+                        f"operating point for them")
+    extra = sorted(set(out) - set(kept))
+    if extra:
+        warnings.append(f"--thresholds {name}: {len(extra)} label(s) not evaluated here are ignored "
+                        f"({', '.join(extra[:4])})")
+    return kept, warnings

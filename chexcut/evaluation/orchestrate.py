@@ -133,7 +133,7 @@ class EvalInputs:
     groups: Path | None = None  # a CSV of subgroup columns keyed like the truth
     readers: tuple[str, ...] = ()  # reader files (FILE or NAME=FILE), binary reads keyed like the truth
     thresholds: str | None = None  # a run dir, evaluation JSON or label,threshold CSV: thresholds chosen elsewhere
-    threshold_rule: str = "youden"  # how thresholds are chosen on a --thresholds run's validation predictions
+    threshold_rule: str | None = None  # how --thresholds RUN|JSON chose them (default youden; only with them)
 
 
 def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: Inference = Inference(),
@@ -161,7 +161,8 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     if stats.by:
         from chexcut.evaluation.groups import attach_groups
 
-        evalset = attach_groups(evalset, stats, group_sources)
+        evalset, group_warnings = attach_groups(evalset, stats, group_sources)
+        warns = warns + group_warnings
     mats = [align(evalset, preds, notes=notes)]
     if i.compare:
         other, compare_overlap = _compare_scores(i, es, evalset, table, infer, progress)
@@ -174,8 +175,8 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     mats += list(reads.values())
     if stats.level == "study":
         evalset, mats = aggregate_by_study(evalset, mats)
-    given = given_thresholds(i.thresholds, rule, evalset.labels, stats.level, i.logits and i.model is None) \
-        if i.thresholds else None
+    given, given_warnings = given_thresholds(i.thresholds, rule, evalset.labels, stats.level,
+                                             i.logits and i.model is None) if i.thresholds else (None, [])
     result = evaluate(evalset, mats[0], stats, compare=mats[1] if n_scores > 1 else None,
                       logits=i.logits and i.model is None, readers=dict(zip(reads, mats[n_scores:])), given=given)
     result["level"] = stats.level
@@ -185,7 +186,7 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
                                 "description": es.describe() if es else f"the rows of {i.truth}",
                                 "overlap": overlap}
     result["notes"] = notes
-    result["warnings"][:0] = warns
+    result["warnings"][:0] = warns + given_warnings
     if source is not None and source.interim:
         result["warnings"].insert(0, f"interim model: the run is {source.interim}; this is its best model so far")
     if overlaps_training(overlap):

@@ -66,6 +66,7 @@ def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, lo
     import pandas as pd
 
     from chexcut.data.chexpert import _header
+    from chexcut.fileio import read_csv
 
     path = Path(path)
     if not path.is_file():
@@ -73,7 +74,7 @@ def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, lo
     header = _header(path)
     key = key_column(header, key_col, path.name)
     try:
-        df = pd.read_csv(path, dtype={key: str})
+        df = read_csv(path, text=[key])
     except Exception as e:
         raise ChexcutError(f"{path} is not a readable CSV: {str(e).splitlines()[0]}") from None
     dups = sorted({c for c in header if header.count(c) > 1})
