@@ -220,9 +220,10 @@ def evaluation_extra_tables(r: dict) -> list[Table]:
     tables.append(t)
     cal = [c for c in (r.get("calibration") or {}).get("labels", []) if c.get("brier") is not None]
     if cal:
-        c_t = Table(title="Calibration (10 equal-width bins; slope 1 and intercept 0 are perfect)",
+        c_t = Table(title="Calibration (10 equal-width bins; the logistic recalibration logit P(y) = a + b logit(p): "
+                          "b = 1 with a = 0 is perfect; a is the joint fit's, not calibration-in-the-large)",
                     title_justify="left", box=box.SIMPLE_HEAD)
-        for col in ("label", "Brier", "ECE", "ECE CI", "slope", "intercept"):
+        for col in ("label", "Brier", "ECE", "ECE CI", "recal. slope b", "recal. intercept a"):
             c_t.add_column(col, justify="left" if col == "label" else "right", no_wrap=True)
         for c in cal:
             c_t.add_row(c["label"], _f(c["brier"], "{:.3f}"), _f(c["ece"], "{:.3f}"), _ci(c["ece_ci_low"], c["ece_ci_high"]),

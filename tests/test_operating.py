@@ -104,6 +104,8 @@ def test_a_reader_on_the_curve_and_a_reader_far_below():
     on, weak = out["readers"]
     assert 0 <= on["delta_sensitivity"] < 0.01 and on["p_sensitivity"] > 0.5
     assert abs(on["delta_specificity"]) < 0.01 and on["below_model_curve"]
+    # the tie rule: a reader exactly on the curve (the model matches it there) counts as below
+    assert on["model_sensitivity_at_reader_specificity"] == on["sensitivity"] and on["below_model_curve"] is True
     assert weak["below_model_curve"] and weak["delta_sensitivity"] > 0.15 and weak["p_sensitivity"] < 0.01
     assert weak["delta_specificity_ci_low"] > 0 and weak["p_specificity"] < 0.01
     assert out["readers_summary"] == [pytest.approx({

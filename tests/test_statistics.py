@@ -243,3 +243,59 @@ def test_predictions_only_evaluate_does_not_import_torch(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip().endswith("NO-TORCH"), p.stderr
     assert json.loads(p.stdout)["mean_competition"]["ci_low"] is not None
+
+
+def test_one_usable_replicate_rule_for_every_estimate():
+    """The AUROC, a paired delta, a subgroup gap and an operating point withhold their interval (and p) on the
+    same replicates: fewer than 90% finite. At 90% or more all four give one."""
+    from chexcut.evaluation.operating import _interval
+    from chexcut.evaluation.paired import _bootstrap_test
+    from chexcut.evaluation.subgroups import _gap
+    from chexcut.evaluation.summary import _summary
+
+    rng = np.random.default_rng(0)
+    for finite, given in ((850, False), (900, True)):
+        a = rng.normal(0.8, 0.02, (1000, 1))
+        a[finite:] = np.nan  # resamples that drew one class
+        b = rng.normal(0.7, 0.02, (1000, 1))
+        auroc = _summary(0.8, a[:, 0], 0.95)
+        delta = _bootstrap_test(0.1, a[:, 0] - b[:, 0], 0.95, None)
+        gap = _gap(np.array([0.8]), a, np.array([0.7]), b, [0], 0.95)
+        point = _interval(0.8, [a[:, 0]], 0.95, "sensitivity")
+        assert (auroc["ci_low"] is not None) is given
+        assert (delta["ci_low"] is not None) is given and (delta["p"] is not None) is given
+        assert (gap["ci_low"] is not None) is given and (gap["p"] is not None) is given
+        assert (point["sensitivity_ci_low"] is not None) is given
+    assert metrics.MIN_USABLE_SHARE == 0.9
+
+
+def test_holm_equals_the_step_down_by_hand():
+    p = [0.01, 0.04, 0.03, None, 0.005, 0.5]
+    got = metrics.holm(p)
+    # by hand: sorted 0.005, 0.01, 0.03, 0.04, 0.5 (m = 5): 0.025, 0.04, 0.09, 0.09 (monotone), 0.5
+    assert got[3] is None
+    assert got[4] == pytest.approx(0.025) and got[0] == pytest.approx(0.04) and got[2] == pytest.approx(0.09)
+    assert got[1] == pytest.approx(0.09) and got[5] == pytest.approx(0.5)
+    try:
+        from statsmodels.stats.multitest import multipletests
+    except ImportError:
+        return
+    finite = [x for x in p if x is not None]
+    assert [x for x in got if x is not None] == pytest.approx(list(multipletests(finite, method="holm")[1]))
+
+
+def test_subgroup_gaps_carry_holm_p_values_within_their_column():
+    from chexcut.evaluation.settings import Statistics
+    from chexcut.evaluation.subgroups import evaluate_subgroups
+
+    rng = np.random.default_rng(3)
+    n, labels = 600, ["Atelectasis", "Cardiomegaly", "Edema"]
+    y = (rng.random((n, 3)) < 0.3).astype(float)
+    s = y + rng.normal(0, 1, (n, 3))
+    site = np.array(["a", "b", "c"])[rng.integers(0, 3, n)].astype(object)
+    es = EvalSet(y=y, mask=np.ones_like(y), labels=tuple(labels), paths=[f"p{i}/s1/v.jpg" for i in range(n)],
+                 patient=np.arange(n), study=np.arange(n), groups={"Site": site})
+    _, gaps, _ = evaluate_subgroups(es, s, Statistics(bootstrap=200, by=("Site",)), np.arange(n))
+    assert len(gaps) == 3 * 4  # 3 pairs of sites x (3 labels + the competition mean)
+    assert [g["p_holm"] for g in gaps] == pytest.approx(metrics.holm([g["p"] for g in gaps]))
+    assert all(g["p_holm"] >= g["p"] for g in gaps)

@@ -22,15 +22,10 @@ import numpy as np
 # ----------------------------------------------------------------------------- AUROC
 
 def midranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank (scipy's ``rankdata(method="average")``)."""
-    x = np.asarray(x)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]]) if len(xs) else np.zeros(0, dtype=np.int64)
-    ends = np.r_[starts[1:], len(xs)]
-    out = np.empty(len(xs), dtype=np.float64)
-    out[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return out
+    """1-based ranks with ties given their average rank: ``scipy.stats.rankdata(method="average")``."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(x), method="average").astype(np.float64)
 
 
 def check_scores(s, shape: tuple, name: str = "scores") -> np.ndarray:
@@ -128,30 +123,59 @@ class Interval:
     valid_replicates: int
 
 
-def percentile_interval(estimate: float, reps: np.ndarray, ci: float) -> Interval:
+#: The one usable-replicate rule of every bootstrap estimate (AUROC, AP, operating points, paired deltas,
+#: subgroup gaps, calibration): an interval and a p-value come from the finite replicates, and are withheld (nan,
+#: null in the JSON) when fewer than this share of all replicates is finite (e.g. a resample drew one class).
+MIN_USABLE_SHARE = 0.9
+
+
+def usable(reps: np.ndarray) -> np.ndarray | None:
+    """The finite replicates, or None when they are fewer than :data:`MIN_USABLE_SHARE` of all."""
+    reps = np.asarray(reps, dtype=float)
     ok = reps[np.isfinite(reps)]
-    if not np.isfinite(estimate) or len(ok) == 0:
-        return Interval(estimate, float("nan"), float("nan"), int(len(ok)))
+    return ok if len(ok) and len(ok) >= MIN_USABLE_SHARE * len(reps) else None
+
+
+def percentile_interval(estimate: float, reps: np.ndarray, ci: float) -> Interval:
+    """The point estimate and its percentile interval from the replicates, under the one rule (:func:`usable`):
+    ``valid_replicates`` counts the finite ones; low/high are nan when the interval is withheld."""
+    reps = np.asarray(reps, dtype=float)
+    n_ok = int(np.isfinite(reps).sum())
+    ok = usable(reps)
+    if not np.isfinite(estimate) or ok is None:
+        return Interval(estimate, float("nan"), float("nan"), n_ok)
     a = (1 - ci) / 2
     lo, hi = np.quantile(ok, [a, 1 - a])
-    return Interval(estimate, float(lo), float(hi), int(len(ok)))
+    return Interval(estimate, float(lo), float(hi), n_ok)
 
 
 def bootstrap_p(reps: np.ndarray) -> float:
-    """Two-sided bootstrap p-value for H0: delta = 0, from the replicate deltas."""
-    ok = reps[np.isfinite(reps)]
-    if len(ok) == 0:
+    """Two-sided bootstrap p-value for H0: delta = 0, from the replicate deltas (nan when withheld)."""
+    ok = usable(reps)
+    if ok is None:
         return float("nan")
     below = (np.sum(ok <= 0) + 1) / (len(ok) + 1)
     above = (np.sum(ok >= 0) + 1) / (len(ok) + 1)
     return float(min(1.0, 2 * min(below, above)))
 
 
+def holm(pvalues) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None stays None and is not counted): the k-th
+    smallest of m becomes max over j <= k of min(1, (m - j + 1) p_(j)). Controls the family-wise error rate."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and np.isfinite(p)]
+    out: list[float | None] = [None] * len(pvalues)
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
+
+
 def bootstrap_margin_p(reps: np.ndarray, margin: float) -> tuple[float, float]:
     """Bootstrap p-values at a margin from replicate deltas: non-inferiority (H0: delta <= -margin)
     and TOST equivalence (the larger of that and H0: delta >= +margin)."""
-    ok = reps[np.isfinite(reps)]
-    if len(ok) == 0:
+    ok = usable(reps)
+    if ok is None:
         return float("nan"), float("nan")
     p_ni = (np.sum(ok <= -margin) + 1) / (len(ok) + 1)
     p_upper = (np.sum(ok >= margin) + 1) / (len(ok) + 1)

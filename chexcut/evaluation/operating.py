@@ -12,6 +12,9 @@ score: sensitivity 0, specificity 1). A rule picks one point:
 - ``youden``: the point with the largest sensitivity + specificity - 1 (the highest threshold among ties);
 - ``given``: a threshold fixed beforehand (chosen on another set), applied as it is.
 
+Readers. A reader is "below the model's curve" when the model's sensitivity at the reader's specificity is
+``>=`` the reader's sensitivity: a reader exactly on the curve counts as below (the model matches it there).
+
 Intervals. A rule chosen on the evaluated set is re-applied in every bootstrap replicate (the interval then
 holds the choice's own variability); a given threshold stays fixed. A reader's sensitivity and specificity,
 and the model's sensitivity at the reader's specificity (and specificity at the reader's sensitivity), are
@@ -138,9 +141,8 @@ def _interval(point: float, reps: list[np.ndarray] | None, ci: float, key: str) 
     out = {key: _num(point), f"{key}_ci_low": None, f"{key}_ci_high": None}
     if reps and np.isfinite(point):
         r = np.concatenate(reps)
-        iv = metrics.percentile_interval(point, r, ci)
-        if iv.valid_replicates >= 0.9 * len(r):
-            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+        iv = metrics.percentile_interval(point, r, ci)  # the one usable-replicate rule
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
     return out
 
 

@@ -78,8 +78,8 @@ def _gap(a_auc, a_reps, b_auc, b_reps, cols: list[int], ci: float) -> dict:
     out = {"delta": delta, "ci_low": None, "ci_high": None, "p": None}
     if a_reps is not None:
         r = a_reps[:, cols].mean(1) - b_reps[:, cols].mean(1)
-        iv = metrics.percentile_interval(delta, r, ci)
-        if iv.valid_replicates:
+        iv = metrics.percentile_interval(delta, r, ci)  # withheld on the replicates the AUROC withholds it
+        if np.isfinite(iv.low):
             out |= {"ci_low": float(iv.low), "ci_high": float(iv.high), "p": metrics.bootstrap_p(r)}
     return out
 
@@ -120,4 +120,7 @@ def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, c
             if comp:
                 gaps.append({"by": column, "groups": [a, b], "label": "mean_competition", "labels": len(comp),
                              **_gap(aa, ra, ab, rb, comp, stats.ci)})
+        family = [g for g in gaps if g["by"] == column]  # Holm's family: every gap of this --by column
+        for g, adjusted in zip(family, metrics.holm([g["p"] for g in family])):
+            g["p_holm"] = adjusted
     return subgroups, gaps, notes

@@ -9,7 +9,7 @@ from chexcut.evaluation import metrics
 from chexcut.labels import COMPETITION_LABELS
 
 MIN_CLASS = 10  # fewer positives or negatives than this in a label: its interval carries a warning
-MIN_USABLE_SHARE = 0.9  # an interval from a smaller share of usable replicates is null, with the reason
+MIN_USABLE_SHARE = metrics.MIN_USABLE_SHARE  # the one rule (metrics.usable): fewer usable replicates, no interval
 MAX_EXCLUDED_SHARE = 0.01  # more excluded replicates than this: a warning
 
 
@@ -103,8 +103,7 @@ def _figure(extra, j: int, key: str, ci: float) -> dict:
     r = (reps[j] or {}).get(key) if reps[j] is not None else None
     if point is not None and r is not None and np.isfinite(point):
         iv = metrics.percentile_interval(point, r, ci)
-        if iv.valid_replicates >= MIN_USABLE_SHARE * len(r):
-            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
     return out
 
 
@@ -117,6 +116,5 @@ def _mean_figure(extra, cols: list[int], key: str, ci: float) -> dict:
     out = {key: point, f"{key}_ci_low": None, f"{key}_ci_high": None}
     if all(reps[j] is not None for j in cols):
         iv = metrics.percentile_interval(point, np.mean([reps[j][key] for j in cols], axis=0), ci)
-        if iv.valid_replicates:
-            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
     return out

@@ -102,15 +102,16 @@ def cached_weights_meta(name: str) -> dict:
     return {"top1": meta["top1"], "id": meta["id"]}
 
 
-def compute_shipped() -> dict:
-    """The shipped store recomputed from the installed libraries (sizes an architecture cannot take are left out)."""
+def compute_shipped(archs=None) -> dict:
+    """The shipped store recomputed from the installed libraries (sizes an architecture cannot take are left out);
+    ``archs``: only these architectures' entries."""
     from chexcut.errors import ChexcutError
     from chexcut.models.anatomy import anatomy, full_params
     from chexcut.models.libraries import weights_meta
     from chexcut.models.registry import REGISTRY
 
     out: dict = {"anatomy": {}, "full_params": {}, "weights": {}}
-    for arch in REGISTRY:
+    for arch in REGISTRY if archs is None else archs:
         out["full_params"][arch] = full_params(arch)
         meta = weights_meta(REGISTRY[arch])
         out["weights"][arch] = {"top1": meta["top1"], "id": meta["id"]}

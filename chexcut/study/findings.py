@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from chexcut.errors import ChexcutError
+from chexcut.evaluation.metrics import holm
 from chexcut.rundir import RunDir
 from chexcut.study.collect import RunResult, check_comparable, collect
 
@@ -130,6 +131,8 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
     rows = [result_row(rs, tester.compare(rs, groups[(k[0], k[1], 0)]) if k[2] > 0 and (k[0], k[1], 0) in groups
                        else None, alpha, tester.interval(rs) if len(rs) > 1 else None)
             for k, rs in sorted(groups.items())]
+    for r, adjusted in zip(rows, holm([r["p_vs_drop0"] for r in rows])):  # family: every test against drop 0
+        r["p_vs_drop0_holm"] = adjusted
     return {
         "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
         "margin": margin, "results": rows, "efficiency": parameter_efficiency(rows, margin),
@@ -260,6 +263,8 @@ def pretraining_boost(rows: list[dict], groups: dict, tester: PairedTester) -> d
                       "boost": (ra["auroc"] - rb["auroc"]) if ra["auroc"] is not None and rb["auroc"] is not None else None,
                       "ci_low": cmp["ci_low"] if cmp else None, "ci_high": cmp["ci_high"] if cmp else None,
                       "p": cmp["p"] if cmp else None})
+    for b, adjusted in zip(boost, holm([b["p"] for b in boost])):  # family: every architecture's boost
+        b["p_holm"] = adjusted
     return {"archs": boost, "vs_params": _corr([b["params"] for b in boost], [b["boost"] for b in boost])}
 
 
