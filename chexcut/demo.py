@@ -70,10 +70,12 @@ class Demo:
         archs = tuple(get_arch(a).name for a in self.archs)
         if not archs or not self.drops or any(d < 0 for d in self.drops):
             raise ChexcutError("--archs and --drops must name at least one architecture and drops >= 0")
-        for name, v, low in (("--epochs", self.epochs, 1), ("--bootstrap", self.bootstrap, 0), ("--n", self.n, 20),
-                             ("--seed", self.seed, 0), ("--image-size", self.image_size, 32)):
-            if v < low:
-                raise ChexcutError(f"{name} must be at least {low}, not {v}")
+        from chexcut.choices import check_bounds
+
+        for name in ("epochs", "bootstrap", "seed", "image_size"):
+            check_bounds(name, getattr(self, name))
+        if self.n < 20:
+            raise ChexcutError(f"--n must be at least 20, not {self.n}")
         return replace(self, archs=archs)
 
 

@@ -35,6 +35,9 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             out |= subs
             if len(subs) < len(node.names) and node.module in known:  # names defined in the module itself
                 out.add(node.module)
+            elif subs and node.module in known and (PKG.parent / node.module.replace(".", "/") / "__init__.py").is_file() \
+                    and module_name(path) != node.module:  # `from PKG import sub` runs PKG's __init__ first
+                out.add(node.module)
     return out
 
 
@@ -107,12 +110,12 @@ def test_functions_are_short_and_take_few_parameters():
             where = f"{path.relative_to(PKG)}:{node.lineno} {node.name}"
             command = path.parent.name == "cli" and _is_typer_command(node)
             start = node.body[0].lineno if command else node.lineno  # a command's options are its signature
-            if node.end_lineno - start + 1 > 60:
+            if node.end_lineno - start + 1 > (40 if command else 60):  # a command's body: parse, call, render
                 too_long.append(where)
             a = node.args
             n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
             n -= bool(a.args) and a.args[0].arg in ("self", "cls")
             if n > 10 and not command:
                 too_many.append(where)
-    assert not too_long, f"functions over 60 lines: {too_long}"
+    assert not too_long, f"functions over 60 lines (command bodies over 40): {too_long}"
     assert not too_many, f"functions over 10 parameters: {too_many}"

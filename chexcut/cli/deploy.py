@@ -96,31 +96,16 @@ def explain(
 
     if (data is None) == (not images):
         raise ChexcutError("give IMAGES (files or folders) or --data DIR, not both or neither")
-    for name, v in (("--limit", limit), ("--check-limit", check_limit)):
-        if v < 1:
-            raise ChexcutError(f"{name} must be at least 1, not {v}")
     check_output_folder(out, "--out folder")
     if json_path and json_path != "-":
         check_output_file(Path(json_path), "--json", inputs=[model, data, csv])
     from chexcut.deploy import explain as ex
-    from chexcut.models.modelfile import load_model
-    from chexcut.models.source import ModelSource
 
-    path = ModelSource.parse(model).require_file("explain")
-    net = load_model(path)
-    spec = net.chexcut_spec
-    ex.target_layer(net, spec, layer)
-    chosen = ex.choose_labels(spec, split_list(labels), top)
-    inputs = ex.gather(images, data, csv, str(split), limit, spec.preprocess, skip_bad)
-    masked = (ex.gather_masked(data, csv, str(split), spec.preprocess, skip_bad, check_limit)
-              if check and data is not None else None)
+    request = ex.ExplainInputs(model=model, images=tuple(images or ()), data=data, csv=csv, split=str(split),
+                               limit=limit, labels=tuple(split_list(labels) or ()) or None, top=top, layer=layer,
+                               check=check, check_limit=check_limit, skip_bad=skip_bad)
     with ui.lazy_progress_bar("explaining", quiet=quiet or json_path == "-") as update:
-        update(0, len(inputs.paths))
-        result = ex.explain(net, spec, inputs, out, chosen, top, layer)
-        if check:
-            result = {**ex.check(net, spec, inputs, chosen or list(spec.labels)[:5], masked, layer),
-                      "files": result["images"]}
-        update(len(inputs.paths), len(inputs.paths))
+        result, inputs = ex.run_explain(request, out, update)
     if json_path == "-":
         ui.print_json(result)
     elif json_path:

@@ -65,36 +65,19 @@ def evaluate(
     """AUROC per label and on the 5 competition tasks, with bootstrap CIs and paired tests."""
     from chexcut import ui
     from chexcut.evaluation import orchestrate as evalrun
-    from chexcut.evaluation.settings import Inference, Statistics
-    from chexcut.fileio import check_output_file, regular_file
+    from chexcut.evaluation.settings import Inference
+    from chexcut.fileio import regular_file
 
     predictions, truth, groups = regular_file(predictions), regular_file(truth), regular_file(groups)
     compare = str(regular_file(compare)) if compare else compare
-    bins = None
-    if age_bins:
-        try:
-            bins = tuple(float(x) for x in split_list(age_bins))
-        except ValueError:
-            raise ChexcutError(f"--age-bins takes numbers separated by commas, not {age_bins!r}") from None
-    stats = Statistics(bootstrap=bootstrap, ci=ci, seed=seed, cluster=str(cluster), method=str(method), alpha=alpha,
-                       margin=margin, equivalence=equivalence, level=str(level), by=tuple(split_list(by) or ()),
-                       age_bins=bins, calibration=calibration, at_specificity=_targets(at_specificity, "--at-specificity"),
-                       at_sensitivity=_targets(at_sensitivity, "--at-sensitivity"))
+    stats = _statistics(locals())  # the command's parameters, by name
     infer = Inference(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                       precision=precision and str(precision), cache_dir=cache)
     if json_path == "-" and predictions_out is not None and str(predictions_out) == "-":
         raise ChexcutError("--json - and --predictions-out - would both write to stdout; send one to a file")
-    sources = _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv)
-    for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
-                    ("--csv-out", csv_out)):
-        if p and str(p) != "-":  # every output checked before any inference, never onto an input
-            check_output_file(Path(p), flag, inputs=sources)
-    if plots is not None:
-        from chexcut.fileio import check_output_folder
-
-        check_output_folder(plots, "--plots folder")
-    to_stdout = json_path == "-"
-    quiet = quiet or to_stdout
+    _check_outputs(json_path, predictions_out, csv_out, plots,
+                   _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv))
+    quiet = quiet or json_path == "-"
     label_file, label_list = truth, split_list(labels)
     if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
         ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")
@@ -107,18 +90,58 @@ def evaluate(
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
         allow_missing=allow_missing, key_col=key_col, groups=groups, readers=tuple(readers or ()),
         thresholds=thresholds, threshold_rule=threshold_rule)
+    run_dir = _tracked_run(model, track)
+    result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out, plots=plots,
+                                    progress=lambda what: ui.progress_bar(what, quiet=quiet))
+    _write(result, json_path, csv_out, quiet)
+    if run_dir is not None:  # a tracked run (its mlflow.json) or --track: the evaluation joins its MLflow run
+        from chexcut import tracking
+
+        tracking.log_evaluation(run_dir, result, track)
+
+
+def _statistics(p: dict):
+    """evaluate's statistics options (its parameters, by name) as one checked :class:`Statistics`."""
+    from chexcut.evaluation.settings import Statistics
+
+    bins = None
+    if p["age_bins"]:
+        try:
+            bins = tuple(float(x) for x in split_list(p["age_bins"]))
+        except ValueError:
+            raise ChexcutError(f"--age-bins takes numbers separated by commas, not {p['age_bins']!r}") from None
+    return Statistics(bootstrap=p["bootstrap"], ci=p["ci"], seed=p["seed"], cluster=str(p["cluster"]),
+                      method=str(p["method"]), alpha=p["alpha"], margin=p["margin"], equivalence=p["equivalence"],
+                      level=str(p["level"]), by=tuple(split_list(p["by"]) or ()), age_bins=bins,
+                      calibration=p["calibration"], at_specificity=_targets(p["at_specificity"], "--at-specificity"),
+                      at_sensitivity=_targets(p["at_sensitivity"], "--at-sensitivity"))
+
+
+def _check_outputs(json_path, predictions_out, csv_out, plots, sources: list[Path]) -> None:
+    """Every output checked before any inference, never onto an input."""
+    from chexcut.fileio import check_output_file
+
+    for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
+                    ("--csv-out", csv_out)):
+        if p and str(p) != "-":
+            check_output_file(Path(p), flag, inputs=sources)
+    if plots is not None:
+        from chexcut.fileio import check_output_folder
+
+        check_output_folder(plots, "--plots folder")
+
+
+def _tracked_run(model, track) -> Path | None:
+    """The run directory whose MLflow run the evaluation joins (None for a model file or predictions); a
+    missing extra fails here, before any inference."""
     run_dir = Path(model) if model and (Path(model) / "config.json").is_file() else None
     if track and run_dir is None:
         raise ChexcutError("--track logs an evaluation to its run's MLflow run: give a run directory as MODEL")
     if run_dir is not None:
         from chexcut import tracking
 
-        tracking.resumed(run_dir, track)  # a missing extra fails here, before any inference
-    result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out, plots=plots,
-                                    progress=lambda what: ui.progress_bar(what, quiet=quiet))
-    _write(result, json_path, csv_out, quiet)
-    if run_dir is not None:  # a tracked run (its mlflow.json) or --track: the evaluation joins its MLflow run
-        tracking.log_evaluation(run_dir, result, track)
+        tracking.resumed(run_dir, track)
+    return run_dir
 
 
 def _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv) -> list[Path]:

@@ -7,12 +7,7 @@ from typing import Optional
 
 import typer
 
-from chexcut.cli.app import app
-
-# The command modules register themselves on ``app``; imported in the order ``chexcut --help`` lists them.
-# isort: off
-from chexcut.cli import models, data, train, evaluate, deploy, study  # noqa: F401, E402
-# isort: on
+from chexcut.cli.app import app  # its commands are registered by the package (chexcut/cli/__init__.py)
 from chexcut.errors import ChexcutError
 
 

@@ -392,3 +392,49 @@ def check(model, spec: ModelSpec, inputs: Inputs, labels: list[str], masked: tup
     result["verdict"] = ("failed" if "failed" in verdicts else "not judged" if "not judged" in verdicts
                          else "passed")
     return result
+
+
+@dataclass(frozen=True)
+class ExplainInputs:
+    """What ``chexcut explain`` takes: a model (file or run directory) and IMAGES or a data set's rows, the labels
+    (or each image's ``top`` K), the block to explain, and whether to run the checks."""
+
+    model: str
+    images: tuple[Path, ...] = ()
+    data: Path | None = None
+    csv: str | None = None
+    split: str = "valid"
+    limit: int = 16
+    labels: tuple[str, ...] | None = None
+    top: int | None = None
+    layer: int | None = None
+    check: bool = False
+    check_limit: int = 2000
+    skip_bad: bool = False
+
+
+def run_explain(i: ExplainInputs, out: Path, progress=None) -> tuple[dict, Inputs]:
+    """The library entry point of ``chexcut explain``: (the listing, or with ``check`` the checks and the files;
+    the images read). ``progress(done, total)`` is called before and after. Arguments are checked first."""
+    from chexcut.choices import check_bounds
+    from chexcut.models.modelfile import load_model
+    from chexcut.models.source import ModelSource
+
+    if (i.data is None) == (not i.images):
+        raise ChexcutError("give IMAGES (files or folders) or --data DIR, not both or neither")
+    check_bounds("limit", i.limit)
+    check_bounds("check_limit", i.check_limit)
+    progress = progress or (lambda done, total: None)
+    net = load_model(ModelSource.parse(i.model).require_file("explain"))
+    spec = net.chexcut_spec
+    target_layer(net, spec, i.layer)
+    chosen = choose_labels(spec, list(i.labels) if i.labels else None, i.top)
+    inputs = gather(list(i.images) or None, i.data, i.csv, i.split, i.limit, spec.preprocess, i.skip_bad)
+    masked = (gather_masked(i.data, i.csv, i.split, spec.preprocess, i.skip_bad, i.check_limit)
+              if i.check and i.data is not None else None)
+    progress(0, len(inputs.paths))
+    result = explain(net, spec, inputs, out, chosen, i.top, i.layer)
+    if i.check:
+        result = {**check(net, spec, inputs, chosen or list(spec.labels)[:5], masked, i.layer), "files": result["images"]}
+    progress(len(inputs.paths), len(inputs.paths))
+    return result, inputs

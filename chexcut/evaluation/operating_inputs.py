@@ -186,7 +186,7 @@ def _from_run(run_dir: Path, rule: Rule, labels, level: str) -> dict[str, Rule]:
         tp, fp = curve.counts(np.ones((1, len(rows)), dtype=np.float32))
         t = curve.threshold(int(curve.index(rule, tp, fp)[0]))
         out[label] = Rule("given", threshold=float("inf") if t is None else t, chosen_on=where)
-    return _known(out, labels, str(run_dir))
+    return out
 
 
 def _known(out: dict[str, Rule], labels, name: str) -> tuple[dict[str, Rule], list[str]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from chexcut.choices import Cluster, Level, Method, check
+from chexcut.choices import BOUNDS, Cluster, Level, Method, check
 from chexcut.errors import ChexcutError
 
 
@@ -14,8 +14,9 @@ def check_parameters(bootstrap: int = 1000, ci: float = 0.95, alpha: float = 0.0
                      method: str = "bootstrap", level: str = "study", margin: float | None = None,
                      equivalence: bool = False) -> None:
     """One-line errors for evaluation parameters, checked before any inference runs."""
-    if bootstrap < 0:
-        raise ChexcutError(f"--bootstrap must be >= 0, not {bootstrap}")
+    from chexcut.choices import check_bounds
+
+    check_bounds("bootstrap", bootstrap)  # the declared bound: 0 .. MAX_BOOTSTRAP
     if not 0 < ci < 1:
         raise ChexcutError(f"--ci must be in (0, 1), not {ci}")
     if not 0 < alpha < 1:
@@ -27,13 +28,10 @@ def check_parameters(bootstrap: int = 1000, ci: float = 0.95, alpha: float = 0.0
         raise ChexcutError(f"--margin is in AUROC units and must be in (0, 1), e.g. 0.02; not {margin}")
     if equivalence and margin is None:
         raise ChexcutError("--equivalence needs --margin M (the equivalence bounds are -M and +M)")
-    if bootstrap > MAX_BOOTSTRAP:
-        raise ChexcutError(f"--bootstrap {bootstrap} is more than chexcut draws ({MAX_BOOTSTRAP:,}); 10,000 "
-                           f"replicates already give CI bounds to about 0.001")
 
 
-#: The most bootstrap replicates (the replicate matrix is replicates x labels x models float64s).
-MAX_BOOTSTRAP = 100_000
+#: The most bootstrap replicates (the replicate matrix is replicates x labels x models float64s): BOUNDS's.
+MAX_BOOTSTRAP = int(BOUNDS["bootstrap"][1])
 
 
 @dataclass(frozen=True)
@@ -61,8 +59,9 @@ class Statistics:
                          equivalence=self.equivalence)
         for name in ("cluster", "method", "level"):
             object.__setattr__(self, name, str(getattr(self, name)))
-        if self.seed < 0:
-            raise ChexcutError(f"--seed must be >= 0, not {self.seed}")
+        from chexcut.choices import check_bounds
+
+        check_bounds("seed", self.seed)
         object.__setattr__(self, "by", tuple(self.by))
         from chexcut.evaluation.operating import check_target
 
@@ -92,7 +91,7 @@ class Inference:
     cache_dir: Path | None = None
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ChexcutError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ChexcutError(f"--workers must be >= 0, not {self.workers}")
+        from chexcut.choices import check_bounds
+
+        for name in ("batch_size", "workers", "image_size"):
+            check_bounds(name, getattr(self, name))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from chexcut.choices import Precision, Recipe, Resize, check
@@ -58,20 +58,14 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        from chexcut.choices import check_bounds
+        from chexcut.choices import BOUNDS, check_bounds
 
-        for name in ("batch_size", "epochs", "val_every", "log_every", "seed", "image_size"):
+        for name in (f.name for f in fields(self) if f.name in BOUNDS):  # every field with a declared bound
             check_bounds(name, getattr(self, name))
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ChexcutError(f"--lr must be positive, not {self.lr}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ChexcutError("--max-steps must be at least 1")
         self.precision = check(Precision, self.precision, "--precision")
         self.resize = check(Resize, self.resize, "--resize")
-        if self.workers is not None and self.workers < 0:
-            raise ChexcutError("--workers must be >= 0")
-        if self.precise_bn < 0:
-            raise ChexcutError("--precise-bn must be >= 0 (images; 0 = off)")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A study on a real one-node Slurm (Debian's slurmctld, slurmd, munge; 2 CPUs, 2 gres GPUs on dummy device
 # files), as .ci/run runs it after the test suite:
-#   plan a 3-run phantom study with the default `study plan --slurm`, sbatch it (the array must start, not pend),
+#   plan a 3-run phantom study with the default `study plan --slurm` into a folder whose name holds $(...) and a
+#   backtick (data, never code), sbatch it from outside that folder (the array must start, not pend),
 #   scancel it mid-training (every interrupted run: a checkpoint at the step it stopped, state.json
 #   "interrupted", exit 143 in its log, no traceback), sbatch it again (every run finishes, no metrics row
 #   twice), then `study status --json` calls every run done and `chexcut report` works.
@@ -87,20 +88,21 @@ echo "slurm.sh: one-node Slurm $(sinfo --version | cut -d' ' -f2) up ($(nproc) C
 export PYTHONPATH="$REPO" CHEXCUT="$PY -m chexcut"
 cd "$D"
 $CHEXCUT phantom ph --n 240 --image-size 40 --quiet
-$CHEXCUT study plan --data ph --out study --archs resnet18 --weights none --drops 1,2,3 --bootstrap 100 --slurm \
+export S='study $(touch pwned) `touch pwned2`'   # the study folder's name: data, never code
+$CHEXCUT study plan --data ph --out "$S" --archs resnet18 --weights none --drops 1,2,3 --bootstrap 100 --slurm \
   --epochs 3 --image-size 32 --batch-size 8 --val-every 5 --log-every 1 >/dev/null 2>&1
-job=$(sbatch --parsable study/study.sbatch)
+job=$(sbatch --parsable "$S/study.sbatch")
 # the default plan's array starts (it used to pend for ever on --cpus-per-task=8)
 for _ in $(seq 60); do [ "$(squeue -h -j "$job" -t R | wc -l)" -ge 1 ] && break; sleep 1; done
 [ "$(squeue -h -j "$job" -t R | wc -l)" -ge 1 ] || { echo "slurm.sh: FAILED: the array did not start: $(squeue -h -j "$job" -o '%i %T %r')"; exit 1; }
 # scancel once two runs have checkpointed, mid-training
-for _ in $(seq 240); do [ "$(ls study/runs/*/last.ckpt 2>/dev/null | wc -l)" -ge 2 ] && break; sleep 0.5; done
+for _ in $(seq 240); do [ "$(ls "$S"/runs/*/last.ckpt 2>/dev/null | wc -l)" -ge 2 ] && break; sleep 0.5; done
 sleep 2
 scancel "$job"
 for _ in $(seq 90); do [ -z "$(squeue -h -j "$job")" ] && break; sleep 1; done
 "$PY" - <<'EOF'
-import json, pathlib, torch
-runs = [d for d in sorted(pathlib.Path("study/runs").iterdir()) if (d / "last.ckpt").is_file()]
+import json, os, pathlib, torch
+runs = [d for d in sorted((pathlib.Path(os.environ["S"]) / "runs").iterdir()) if (d / "last.ckpt").is_file()]
 assert len(runs) >= 2, "fewer than two runs had checkpointed"
 interrupted = 0
 for d in runs:
@@ -117,19 +119,20 @@ for d in runs:
 assert interrupted >= 1, "scancel interrupted no run"
 print(f"slurm.sh: scancel: {interrupted} runs interrupted, each with its checkpoint at the step it stopped")
 EOF
-job2=$(sbatch --parsable study/study.sbatch)
+job2=$(sbatch --parsable "$S/study.sbatch")
 for _ in $(seq 600); do [ -z "$(squeue -h -j "$job2")" ] && break; sleep 1; done
-$CHEXCUT study status study --json status.json
+$CHEXCUT study status "$S" --json status.json
 "$PY" - <<'EOF'
-import collections, json, pathlib
+import collections, json, os, pathlib
 st = json.loads(pathlib.Path("status.json").read_text())
 assert [r["status"] for r in st["runs"]] == ["done"] * 3, st
-for d in pathlib.Path("study/runs").iterdir():
+for d in (pathlib.Path(os.environ["S"]) / "runs").iterdir():
     steps = [ln.split(",")[0] for ln in (d / "metrics.csv").read_text().splitlines()[1:]]
     twice = [s for s, n in collections.Counter(steps).items() if n > 1]
     assert not twice, (d.name, twice)
 print("slurm.sh: resubmitted: 3 of 3 runs done, no metrics row twice")
 EOF
-$CHEXCUT report study --out report >/dev/null
+$CHEXCUT report "$S" --out report >/dev/null
 [ -f report/report.md ] || { echo "slurm.sh: FAILED: no report"; exit 1; }
+if [ -n "$(find "$D" -name 'pwned*')" ]; then echo "slurm.sh: FAILED: a folder name was executed"; exit 1; fi
 echo "slurm.sh: passed in $(( $(date +%s) - start )) s"
