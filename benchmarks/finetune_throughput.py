@@ -32,7 +32,7 @@ def sync(device):
 
 def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, channels_last, compile_,
                     sync_per_step=False):
-    from chexcut.evaluation.infer import autocast
+    from chexcut.models.infer import autocast
     from chexcut.training.loop import masked_bce
 
     model = model.to(device).train()
@@ -63,7 +63,7 @@ def synthetic_train(model, spec, device, batch, size, steps, warmup, precision, 
 
 @torch.no_grad()
 def synthetic_infer(model, spec, device, batch, size, steps, precision, channels_last):
-    from chexcut.evaluation.infer import autocast
+    from chexcut.models.infer import autocast
 
     model = model.to(device).eval()
     if channels_last:
@@ -142,7 +142,7 @@ def main():
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.phantom import make_phantom
-    from chexcut.evaluation.infer import default_precision
+    from chexcut.models.infer import default_precision
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -222,7 +222,7 @@ def infer_figures(a, results, spec, device, batch, steps, precision, gpu, tr, va
     import chexcut
     from chexcut.data.cache import prepare_cache
     from chexcut.data.dataset import XrayBatches, batch_order, make_loader
-    from chexcut.evaluation.infer import predict
+    from chexcut.models.infer import predict
 
     results["d_synthetic_infer"] = synthetic_infer(chexcut.truncate(a.arch, weights="none"), spec, device, batch,
                                                    a.image_size, max(5, steps // 2), precision, gpu)

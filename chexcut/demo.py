@@ -79,25 +79,34 @@ class Demo:
         return replace(self, archs=archs)
 
 
-def run_demo(folder: Path, demo: Demo = Demo(), jobs: int = 1, quiet: bool = False, offline: bool = False,
-             mirror: str | None = None):
-    """Phantom data -> study plan -> runs -> report. Returns (report, paths)."""
-    from chexcut import ui
+def _silent(*args, **kwargs):
+    """A callback that shows nothing: ``say(msg)``, ``progress(what, total)`` and ``status(study)`` give context
+    managers whose update does nothing."""
+    import contextlib
+
+    return contextlib.nullcontext(lambda *a, **k: None)
+
+
+def run_demo(folder: Path, demo: Demo = Demo(), jobs: int = 1, offline: bool = False, mirror: str | None = None, *,
+             say=None, progress=None, status=None):
+    """Phantom data -> study plan -> runs -> report. Returns (report, paths). The caller renders: ``say(text)``
+    for a message, ``progress(what, total)`` a context manager yielding ``update(done, total=None)``, and
+    ``status(study_dir)`` one yielding ``on_update(jobs)`` (all silent by default)."""
     from chexcut.fileio import check_output_folder
     from chexcut.study.findings import build_report
     from chexcut.study.render import write_outputs
     from chexcut.study.runner import run_plan, run_plan_in_process
 
+    say, progress, status = say or (lambda text: None), progress or _silent, status or _silent
     demo = demo.check()
     if jobs < 1:
         raise ChexcutError(f"--jobs must be at least 1, not {jobs}")
     folder = check_output_folder(Path(folder), "demo folder")
-    say = (lambda msg: None) if quiet else ui.err.print
     weights, no_pretrained = get_weights(list(demo.archs), offline, mirror, say)
     if no_pretrained:
-        say(f"[yellow]random init only:[/] {no_pretrained}")
-    plan = _plan(folder, demo, weights, quiet)
-    with ui.StudyStatus(folder / "study", quiet=quiet) as update:
+        say(f"random init only: {no_pretrained}")
+    plan = _plan(folder, demo, weights, progress)
+    with status(folder / "study") as update:
         jobs_done = (run_plan_in_process(folder / "study", on_update=update) if jobs == 1
                      else run_plan(folder / "study", jobs=jobs, on_update=update))
     failed = [j for j in jobs_done if j.status == "failed"]
@@ -109,9 +118,8 @@ def run_demo(folder: Path, demo: Demo = Demo(), jobs: int = 1, quiet: bool = Fal
     return rep, {"report": folder / "report", "study": folder / "study", "plan": plan}
 
 
-def _plan(folder: Path, demo: Demo, weights: list[str], quiet: bool) -> dict:
+def _plan(folder: Path, demo: Demo, weights: list[str], progress) -> dict:
     """The phantom data (drawn once per seed), its image cache, and the study plan."""
-    from chexcut import ui
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.phantom import make_phantom
@@ -120,11 +128,11 @@ def _plan(folder: Path, demo: Demo, weights: list[str], quiet: bool) -> dict:
 
     data = folder / ("data" if demo.seed == 0 else f"data-seed{demo.seed}")
     if not (data / "CheXpert-v1.0-small" / "train.csv").is_file():
-        with ui.progress_bar("phantom X-rays", demo.n, quiet=quiet) as update:
+        with progress("phantom X-rays", demo.n) as update:
             make_phantom(data, n=demo.n, image_size=max(demo.image_size, 64), seed=demo.seed, progress=update)
     table = load_split(data, "all", DataOptions())
     cache_dir = folder / "cache"
-    with ui.progress_bar(f"image cache at {demo.image_size}px", len(table), quiet=quiet) as update:
+    with progress(f"image cache at {demo.image_size}px", len(table)) as update:
         prepare_cache(table.files, demo.image_size, folder=cache_dir, progress=update)
     # a short run from random init: BatchNorm statistics re-estimated before validating, and Adam at 3e-3 (at
     # 1e-3, MobileNetV2 fits the 350 training images without learning Pleural Effusion: 0.69-0.78 mean AUROC on

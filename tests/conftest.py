@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # would oversubscribe the cores. Set before torch is imported; subprocesses inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Commands run in-process (run_cli): rich's consoles read the width once, when chexcut.ui is first imported.
+# Commands run in-process (run_cli): rich's consoles read the width once, when chexcut.cli.ui is first imported.
 os.environ["COLUMNS"] = "200"
 # A private chexcut cache per test session (anatomy cache, etc.).
 if "CHEXCUT_CACHE" not in os.environ:

@@ -76,6 +76,7 @@ def test_other_sets_are_labelled_and_leakage_is_refused(generic_run):
     rc, r, err = _eval(run_dir, "--split", "train", "--allow-overlap")
     assert rc == 0, err
     assert r["evaluation_set"]["overlap"]["images"] == r["n"] and "overlaps training rows" in r["warnings"][0]
+    assert r["warning_kinds"][0] == {"kind": "overlap", "message": r["warnings"][0]}  # selected by kind
 
 
 def test_moved_data_and_missing_config(generic_run, tmp_path):

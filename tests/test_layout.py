@@ -36,7 +36,8 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             if len(subs) < len(node.names) and node.module in known:  # names defined in the module itself
                 out.add(node.module)
             elif subs and node.module in known and (PKG.parent / node.module.replace(".", "/") / "__init__.py").is_file() \
-                    and module_name(path) != node.module:  # `from PKG import sub` runs PKG's __init__ first
+                    and module_name(path) != node.module and node.module != "chexcut":
+                # `from PKG import sub` runs PKG's __init__ first (the root package's runs before any import)
                 out.add(node.module)
     return out
 
@@ -119,3 +120,24 @@ def test_functions_are_short_and_take_few_parameters():
                 too_many.append(where)
     assert not too_long, f"functions over 60 lines (command bodies over 40): {too_long}"
     assert not too_many, f"functions over 10 parameters: {too_many}"
+
+
+#: The declared layer order, bottom to top (README, "Layout"): a module imports only from its own layer or the
+#: layers below. The foundations (errors, files, labels, the bounds) serve everyone; the CLI parses and renders.
+LAYERS = (
+    {"errors", "version", "labels", "choices", "fileio", "rundir", "signals"},
+    {"data"}, {"models"}, {"evaluation"}, {"tracking"}, {"training"}, {"deploy"}, {"study"}, {"demo"},
+    {"chexcut"},  # the package's facade: truncate, save_model, load_model
+    {"cli", "__main__"},
+)
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else "chexcut"
+    return next(i for i, names in enumerate(LAYERS) if part in names)
+
+
+def test_every_import_points_down_the_declared_layers():
+    graph = import_graph()
+    up = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if _layer(d) > _layer(m))
+    assert not up, f"imports against the layer order {[sorted(x) for x in LAYERS]}: {up}"

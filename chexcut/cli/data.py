@@ -43,7 +43,7 @@ def prepare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
 ):
     """Decode and resize every selected image once into a uint8 cache; print label prevalence."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import check_files, load_split
 
@@ -86,7 +86,7 @@ def phantom(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Write a synthetic dataset in the exact CheXpert layout, with findings a CNN can learn."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.data.phantom import make_phantom
     from chexcut.fileio import check_output_folder
 

@@ -29,7 +29,7 @@ def bench(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Latency, throughput and memory per truncation level, measured on this device (PyTorch or ONNX Runtime)."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.deploy.bench import BenchSettings
     from chexcut.deploy.bench import bench as run_bench
     from chexcut.fileio import check_writable, write_json
@@ -60,7 +60,7 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ):
     """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.deploy.export import export_onnx
 
     res = export_onnx(model, out, image_size=image_size, force=force)
@@ -91,7 +91,7 @@ def explain(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Grad-CAM heatmaps over the images (Captum's LayerGradCam at the last kept block), with optional checks."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.fileio import check_output_file, check_output_folder
 
     if (data is None) == (not images):

@@ -63,7 +63,7 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ):
     """AUROC per label and on the 5 competition tasks, with bootstrap CIs and paired tests."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.evaluation import orchestrate as evalrun
     from chexcut.evaluation.settings import Inference
     from chexcut.fileio import regular_file
@@ -172,7 +172,7 @@ def _targets(values: list[str] | None, flag: str) -> tuple[float, ...]:
 
 def _write(result: dict, json_path: str | None, csv_out: Path | None, quiet: bool) -> None:
     """The evaluation JSON to a file or stdout, the per-label CSV, and the table (unless quiet)."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.evaluation.orchestrate import write_results_csv
     from chexcut.fileio import write_json
 

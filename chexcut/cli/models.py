@@ -16,7 +16,7 @@ from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 @app.command("list")
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
     """Every supported architecture: params, ImageNet top-1, block count."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.models.anatomy_cache import cached_full_params, cached_weights_meta
     from chexcut.models.registry import REGISTRY
 
@@ -40,7 +40,7 @@ def inspect(
     json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
 ):
     """Block anatomy of an architecture or model file, and what each truncation level costs."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.source import ModelSource
 
@@ -79,7 +79,7 @@ def truncate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
 ):
     """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.fileio import check_writable
     from chexcut.models.anatomy import anatomy
     from chexcut.models.modelfile import save_model
@@ -124,7 +124,7 @@ def weights_list(
     json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
 ):
     """Every architecture's weights: id, file, size, URL, whether cached, where, and whether its hash verifies."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.models.registry import PAPER_ARCHS, REGISTRY
     from chexcut.models.weights import status
 
@@ -145,7 +145,7 @@ def weights_fetch(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Download (or copy from a mirror) and verify ImageNet weights into the libraries' caches."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.fileio import writable_folder
     from chexcut.models.weights import fetch
 

@@ -49,7 +49,7 @@ def study_plan(
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ):
     """Write a study plan; extra options after the known ones go to every finetune (e.g. --recipe fast)."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.models.registry import PAPER_ARCHS
     from chexcut.study.plan import Grid, Slurm, plan_study
     from chexcut.tracking import ENV_URI, absolute_uri, require_mlflow
@@ -107,7 +107,7 @@ def study_run(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Execute a plan locally with a live status table; failures never stop the other runs."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.study.runner import run_plan
 
     with ui.StudyStatus(study_dir, quiet=quiet) as update:
@@ -133,7 +133,7 @@ def study_exec(
     import contextlib
     import traceback
 
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.rundir import RunDir
     from chexcut.study.execute import STEPS, execute, find_run
     from chexcut.study.plan import load_plan
@@ -178,7 +178,7 @@ def study_status(
     """Where every planned run stands (queued, running, stalled, interrupted, failed, done), from its folder alone."""
     import time
 
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.fileio import check_output_file, write_json
     from chexcut.study.status import study_status as status_of
 
@@ -214,7 +214,7 @@ def report(
     json_path: Annotated[Optional[str], typer.Option("--json", help="- prints the report JSON to stdout.")] = None,
 ):
     """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.evaluation.settings import check_parameters
     from chexcut.study.findings import build_report
     from chexcut.study.render import write_outputs
@@ -258,12 +258,15 @@ def demo(
     mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="Fetch ImageNet weights from this folder or URL (see `weights fetch --to`).")] = None,
 ):
     """The whole study on phantom data: weights, generate, plan, fine-tune, evaluate, report (CPU: ~3 minutes)."""
-    from chexcut import ui
+    import chexcut.cli.ui as ui
     from chexcut.demo import Demo, run_demo
 
     demo = Demo(archs=tuple(split_list(archs) or ()), drops=tuple(ints(drops, "drops")), n=n, image_size=image_size,
                 epochs=epochs, bootstrap=bootstrap, seed=seed)
-    rep, paths = run_demo(folder, demo, jobs=jobs, offline=offline, mirror=mirror)
+    rep, paths = run_demo(folder, demo, jobs=jobs, offline=offline, mirror=mirror,
+                          say=lambda text: ui.err.print(text, markup=False, highlight=False),
+                          progress=lambda what, total: ui.progress_bar(what, total),
+                          status=lambda study: ui.StudyStatus(study))
     for t in ui.report_tables(rep):
         ui.out.print(t)
     ui.err.print(f"report: {paths['report']}/report.md (plots, results.csv, results.json beside it)")

@@ -67,7 +67,8 @@ def finetune(
     """Fine-tune on a CheXpert-layout dataset into a run directory (resumable, kill-safe)."""
     import json
 
-    from chexcut import tracking, ui
+    import chexcut.cli.ui as ui
+    from chexcut import tracking
     from chexcut.models.source import ModelSource
     from chexcut.training.config import Run
     from chexcut.training.loop import finetune as do_finetune

@@ -50,7 +50,7 @@ def _peak_rss_mb() -> float:
 def check_settings(device: str | None, precision: str, threads: int | None, runtime: str, compile_: bool,
                    batches: list[int]) -> torch.device:
     from chexcut.choices import Precision, check
-    from chexcut.evaluation.infer import pick_device, resolve_precision
+    from chexcut.models.infer import pick_device, resolve_precision
 
     dev = pick_device(device)
     resolve_precision(check(Precision, precision, "--precision"), dev)
@@ -98,7 +98,7 @@ class BenchSettings:
 def bench_level(model, spec, device: torch.device, image_size: int, settings: BenchSettings) -> dict:
     """One truncation level: latency at the smallest batch, throughput at the largest, peak memory."""
     from chexcut.deploy.export import Deployable
-    from chexcut.evaluation.infer import autocast, resolve_precision
+    from chexcut.models.infer import autocast, resolve_precision
 
     batches, max_run_time, runtime = list(settings.batches), settings.max_run_time, settings.runtime
     precision = resolve_precision(settings.precision, device)

@@ -34,8 +34,8 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
     from chexcut.data.cache import open_cache
     from chexcut.data.chexpert import check_files, load_split
     from chexcut.data.dataset import XrayBatches, batch_order, make_loader
-    from chexcut.evaluation.infer import pick_device, predict, resolve_precision
     from chexcut.models.anatomy import check_image_size
+    from chexcut.models.infer import pick_device, predict, resolve_precision
     from chexcut.models.modelfile import load_model, read_spec
 
     path = ModelSource.parse(str(model_path)).require_file("evaluate")  # a file, or a run dir's best model
@@ -113,6 +113,13 @@ def check_sources(model, data, predictions, label_file) -> ModelSource | None:
     return None
 
 
+#: The kinds of an evaluation's warnings: the evaluated set overlaps training rows; the model is a run's interim
+#: best; the evaluation set's own notes (rows left out, groups); a thresholds file's gaps; the statistics' (small
+#: samples, excluded replicates, subgroup rows without a value).
+WARNING_KINDS = ("overlap", "interim", "evaluation set", "thresholds", "statistics")
+SERIOUS = ("overlap", "interim")  # the terminal table's caption shows these in red
+
+
 @dataclass(frozen=True)
 class EvalInputs:
     """What to evaluate: a MODEL (run dir or model file, over ``data``/``split``/``options`` or a run's own
@@ -186,16 +193,27 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
                                 "description": es.describe() if es else f"the rows of {i.truth}",
                                 "overlap": overlap}
     result["notes"] = notes
-    result["warnings"][:0] = warns + given_warnings
-    if source is not None and source.interim:
-        result["warnings"].insert(0, f"interim model: the run is {source.interim}; this is its best model so far")
-    if overlaps_training(overlap):
-        result["warnings"].insert(0, "the evaluation set overlaps training rows (--allow-overlap): AUROC is inflated")
+    _warnings(result, warns, given_warnings, source.interim if source is not None else None,
+              overlaps_training(overlap))
     result["source"] = {"model": str(i.model) if i.model else None,
                         "predictions": str(i.predictions) if i.predictions else None, "compare": i.compare,
                         "data": str(Path(es.data).resolve()) if es else None, "split": es.split if es else "valid",
                         "options": (es.opts if es else _options(dict(i.options))).to_json()}
     return result
+
+
+def _warnings(result: dict, warns: list[str], given_warnings: list[str], interim: str | None, overlap: bool):
+    """``result["warnings"]``: every message, the serious first; ``result["warning_kinds"]``: the same in order, each
+    with its kind (:data:`WARNING_KINDS`), so a reader (the terminal table, a script) selects by kind, never by
+    matching a message's words."""
+    kinds = [("evaluation set", w) for w in warns] + [("thresholds", w) for w in given_warnings] + [
+        ("statistics", w) for w in result["warnings"]]
+    if interim:
+        kinds.insert(0, ("interim", f"interim model: the run is {interim}; this is its best model so far"))
+    if overlap:
+        kinds.insert(0, ("overlap", "the evaluation set overlaps training rows (--allow-overlap): AUROC is inflated"))
+    result["warnings"] = [w for _, w in kinds]
+    result["warning_kinds"] = [{"kind": k, "message": w} for k, w in kinds]
 
 
 def _plots(evalset, scores, result: dict, folder: Path, stats: Statistics) -> list[str]:

@@ -51,9 +51,9 @@ def _key(arch: str, image_size: int, n_labels: int) -> str:
 
 def cached_anatomy(name: str, image_size: int, n_labels: int) -> dict:
     """``anatomy(name, image_size, n_labels).to_json()``, from the shipped store or the cache when there."""
-    from chexcut import __version__
     from chexcut.fileio import cache_dir, write_json
     from chexcut.models.registry import get_arch
+    from chexcut.version import __version__
 
     arch = get_arch(name).name
     hit = shipped().get("anatomy", {}).get(_key(arch, image_size, n_labels))

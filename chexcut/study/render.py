@@ -1,5 +1,5 @@
 """The report rendered: one table model (:class:`ReportTable`) built once from the report JSON, written as
-markdown (``report.md``) and drawn by :mod:`chexcut.ui` in the terminal, so the two cannot drift; the
+markdown (``report.md``) and drawn by :mod:`chexcut.cli.ui` in the terminal, so the two cannot drift; the
 CSV/JSON files and the plots (AUROC with its CI as error bars)."""
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def precise_bn(s) -> None:
     a constant (MobileNetV2 at chance in a short run). The images are a fixed, seeded choice, the same on
     every rank, and the training RNG is untouched, so resume stays bit-exact."""
     from chexcut.data.dataset import make_loader
-    from chexcut.evaluation.infer import autocast
+    from chexcut.models.infer import autocast
     from chexcut.training.session import eval_batch_size
 
     n = min(s.cfg.precise_bn, len(s.data.train_ds))

@@ -35,7 +35,7 @@ from chexcut.training.session import Session, build_session
 
 def finetune(run: Run, emit=None) -> dict:
     """Train ``run``; returns the final state. ``emit(event: dict)`` receives log events (rank 0)."""
-    from chexcut.evaluation.infer import pick_device
+    from chexcut.models.infer import pick_device
 
     emit = emit or (lambda event: None)
     device = pick_device(run.cfg.device)
@@ -82,7 +82,7 @@ def train_loop(s: Session) -> dict:
     The loss stays on the device between log rows (no per-step synchronisation): its running sum and the
     first non-finite step are read at log and validation steps, before anything is checkpointed."""
     from chexcut.data.dataset import batch_order
-    from chexcut.evaluation.infer import autocast
+    from chexcut.models.infer import autocast
 
     cfg, d, st, device = s.cfg, s.data, s.state, s.device
     write_state(s, "running")
@@ -177,7 +177,7 @@ def _stopped(s: Session, reason: str) -> None:
 def validate(s: Session) -> dict:
     """Per-label validation AUROCs (the same function as ``chexcut evaluate``) and their competition mean."""
     from chexcut.evaluation.evaluate import competition_mean, label_aurocs
-    from chexcut.evaluation.infer import predict
+    from chexcut.models.infer import predict
 
     n = len(s.data.valid_ds)
     probs = predict(s.model, s.spec, s.val_loader, n, s.device, s.precision, s.channels_last)

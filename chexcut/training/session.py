@@ -230,8 +230,8 @@ def make_loaders(data: RunData, cfg: TrainConfig, device: torch.device, dist: Di
 def build_session(run: Run, emit, device, dist: Dist) -> Session:
     """The session (data, model, optimizer; a checkpoint restored on --resume) the loop trains."""
     from chexcut.data.cpus import limit_threads
-    from chexcut.evaluation.infer import resolve_precision
     from chexcut.models.anatomy import check_image_size
+    from chexcut.models.infer import resolve_precision
 
     cfg, rd = run.cfg, RunDir(run.run_dir)
     limit_threads()

@@ -341,7 +341,9 @@ def evaluation_table(r: dict) -> Table:
         if comp:
             cells += compare_cells(comp.get(key) or {})
         t.add_row(*cells)
-    leak = [w for w in r.get("warnings", []) if "overlaps training rows" in w or w.startswith("interim model")]
+    from chexcut.evaluation.orchestrate import SERIOUS
+
+    leak = [w["message"] for w in r.get("warning_kinds", []) if w["kind"] in SERIOUS]
     caption = [f"[bold red]{w}[/]" for w in leak] + ([comp["verdict"]] if comp else []) + notes
     if caption:
         t.caption = "\n".join(caption)
