@@ -185,6 +185,7 @@ def main():
 
 def train_figures(a, results, model, spec, device, batch, steps, precision, gpu, compile_, tr, opts, tmp):
     import chexcut
+    from chexcut import events
     from chexcut.training.config import Run, TrainConfig
     from chexcut.training.loop import finetune
 
@@ -204,7 +205,7 @@ def train_figures(a, results, model, spec, device, batch, steps, precision, gpu,
                                   channels_last=gpu, precision=precision, max_steps=steps + 2 * log_every)
     rows = []
     finetune(Run(tmp / "run", tmp / "data", opts, cfg, {"arch": a.arch, "weights": "none"}, cache=tmp / "cache"),
-             emit=lambda e: rows.append(e) if e.get("event") == "log" else None)
+             emit=lambda e: rows.append(e.row) if isinstance(e, events.Log) else None)
     rates = [r["images_per_s"] for r in rows[1:] if r["step"] % steps_per_epoch > log_every or len(rows) < 4]
     results["b_chexcut_finetune"] = statistics.median(rates or [rows[-1]["images_per_s"]])
     print(f"(b) chexcut finetune, end to end (cache):   {results['b_chexcut_finetune']:9.1f} img/s "

@@ -201,14 +201,15 @@ class Tracker:
     def emitter(self, emit):
         """``emit`` that also logs finetune's events (start: params; log rows: metrics; end: best, files)."""
 
-        def both(event: dict) -> None:
+        from chexcut import events
+
+        def both(event) -> None:
             emit(event)
-            kind = event.get("event")
-            if kind == "start":
+            if isinstance(event, events.Start):
                 self.log_config()
-            elif kind == "log":
-                self.log_row(event)
-            elif kind == "end":
+            elif isinstance(event, events.Log):
+                self.log_row(event.row)
+            elif isinstance(event, events.End):
                 self.log_end(event)
 
         return both
@@ -225,17 +226,18 @@ class Tracker:
                   **{f"val_auroc/{k[6:]}": v for k, v in row.items() if k.startswith("auroc:")}}
         self.metrics(values, step)
 
-    def log_end(self, event: dict) -> None:
-        best = event.get("best") or {}
+    def log_end(self, event) -> None:
+        """The :class:`chexcut.events.End` of the run: best validation, files, and the run's status."""
+        best = event.best or {}
         cfg = self.rd.read_config() or {}
         spec = cfg.get("model") or {}
         self.metrics({"best_mean_auroc": best.get("mean_auroc"), "best_step": best.get("step"),
-                      "model_params": spec.get("params"), "model_macs": _macs(cfg)}, int(event.get("step", 0)))
+                      "model_params": spec.get("params"), "model_macs": _macs(cfg)}, int(event.step))
         for f in (self.rd.config, self.rd.metrics, self.rd.valid_predictions):
             self.artifact(f)
         if self.tracking.log_models:
             self.artifact(self.rd.best)
-        self.end("FINISHED" if event.get("status") == "finished" else "KILLED")
+        self.end("FINISHED" if event.status == "finished" else "KILLED")
 
     def log_evaluation(self, result: dict) -> None:
         """``evaluate RUN``: the 5-task and all-label AUROCs with their CI bounds, latency, and eval.json."""

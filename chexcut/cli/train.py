@@ -68,7 +68,7 @@ def finetune(
     import json
 
     import chexcut.cli.ui as ui
-    from chexcut import tracking
+    from chexcut import events, tracking
     from chexcut.models.source import ModelSource
     from chexcut.training.config import Run
     from chexcut.training.loop import finetune as do_finetune
@@ -92,7 +92,7 @@ def finetune(
     if log_format == "json":
         def emit(event):
             if not quiet:
-                print(json.dumps(event), flush=True)
+                print(json.dumps(events.to_json(event)), flush=True)
 
         result = do_finetune(run, emit)
     else:

@@ -361,24 +361,27 @@ class TrainProgress:
     def __enter__(self):
         return self.emit
 
-    def emit(self, event: dict) -> None:
+    def emit(self, event) -> None:
+        """Draws finetune's :mod:`chexcut.events`: the bar at Start, its figures at each Log."""
         if self.quiet:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        kind = event.get("event")
-        if kind == "start":
+        from chexcut import events
+
+        if isinstance(event, events.Start):
             self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err)
             self.progress.__enter__()
-            self.task = self.progress.add_task("train", total=event["last_step"], completed=event["step"], info="")
-            err.print(f"{event['train_images']} train / {event['valid_images']} valid images on {event['device']} "
-                      f"({event['precision']}, {'cached' if event['cached'] else 'decoding'} images)")
-        elif kind == "log" and self.progress:
-            info = f"loss {event['train_loss']:.4f}  {event['images_per_s']:.0f} img/s"
-            if event.get("val_mean_auroc") is not None:
-                info += f"  val AUROC {event['val_mean_auroc']:.4f}"
-            self.progress.update(self.task, completed=event["step"], info=info)
+            self.task = self.progress.add_task("train", total=event.last_step, completed=event.step, info="")
+            err.print(f"{event.train_images} train / {event.valid_images} valid images on {event.device} "
+                      f"({event.precision}, {'cached' if event.cached else 'decoding'} images)")
+        elif isinstance(event, events.Log) and self.progress:
+            row = event.row
+            info = f"loss {row['train_loss']:.4f}  {row['images_per_s']:.0f} img/s"
+            if row.get("val_mean_auroc") is not None:
+                info += f"  val AUROC {row['val_mean_auroc']:.4f}"
+            self.progress.update(self.task, completed=event.step, info=info)
 
     def __exit__(self, *exc):
         if self.progress:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from chexcut import events
 from chexcut.errors import ChexcutError
 from chexcut.signals import (
     deferred_interrupts,
@@ -34,7 +35,8 @@ from chexcut.training.session import Session, build_session
 
 
 def finetune(run: Run, emit=None) -> dict:
-    """Train ``run``; returns the final state. ``emit(event: dict)`` receives log events (rank 0)."""
+    """Train ``run``; returns the final state. ``emit(event)`` receives its :mod:`chexcut.events`
+    (Start, Log, End; rank 0)."""
     from chexcut.models.infer import pick_device
 
     emit = emit or (lambda event: None)
@@ -86,9 +88,9 @@ def train_loop(s: Session) -> dict:
 
     cfg, d, st, device = s.cfg, s.data, s.state, s.device
     write_state(s, "running")
-    s.emit({"event": "start", "step": st.step, "last_step": d.last_step, "steps_per_epoch": d.steps_per_epoch,
-            "train_images": len(d.train), "valid_images": len(d.valid), "device": str(device),
-            "precision": s.precision, "cached": d.cache is not None})
+    s.emit(events.Start(step=st.step, last_step=d.last_step, steps_per_epoch=d.steps_per_epoch,
+                        train_images=len(d.train), valid_images=len(d.valid), device=str(device),
+                        precision=s.precision, cached=d.cache is not None))
     meter = ThroughputMeter(device)
     try:
         while st.step < d.last_step:
@@ -162,7 +164,7 @@ def finish(s: Session) -> dict:
     if st.best["mean_auroc"] is None and s.dist.main:  # finished, and say why there is no best model
         write_state(s, status, reason="no label was evaluable on the validation set (each had one class): "
                                       "no best model was saved")
-    s.emit({"event": "end", "status": status, "step": st.step, "best": st.best})
+    s.emit(events.End(status=status, step=st.step, best=st.best))
     return {"status": status, "step": st.step, "best": st.best, "run_dir": str(s.rd)}
 
 
@@ -218,7 +220,7 @@ def keep_if_best(s: Session, result: dict) -> None:
 def log_row(s: Session, row: dict) -> None:
     if s.dist.main:
         s.metrics.append(row)
-        s.emit({"event": "log", **row})
+        s.emit(events.Log(dict(row)))
 
 
 class ThroughputMeter:
