@@ -146,3 +146,25 @@ def test_chunking_changes_nothing_but_memory():
     b = metrics.bootstrap_aurocs(y, [s], m, np.arange(200), 64, seed=1, chunk=64)[0]
     assert np.array_equal(a, b)  # the same resamples whether drawn 16 or 64 at a time
     assert not np.array_equal(a, metrics.bootstrap_aurocs(y, [s], m, np.arange(200), 64, seed=2, chunk=16)[0])
+
+
+def test_the_curve_primitive_is_scikit_learns_binary_clf_curve():
+    """descending_ties + cumulative counts at its ends = scikit-learn's curve (roc_curve without dropping points:
+    its _binary_clf_curve's tps, fps, thresholds), with ties and sample weights; operating.Curve (ROC points,
+    operating points) is built on it."""
+    from sklearn.metrics import roc_curve
+
+    from chexcut.evaluation.metrics import descending_ties
+    from chexcut.evaluation.operating import Curve
+
+    rng = np.random.default_rng(5)
+    y = rng.random(300) < 0.3
+    s = np.round(rng.random(300), 2)  # many ties
+    w = rng.integers(1, 4, 300).astype(float)  # (scikit-learn drops zero-weight rows before its curve)
+    fpr, tpr, thr = roc_curve(y, s, sample_weight=w, drop_intermediate=False)  # its _binary_clf_curve, scaled
+    tps, fps, thr = tpr[1:] * (w * y).sum(), fpr[1:] * (w * ~y).sum(), thr[1:]
+    order, ends = descending_ties(s)
+    assert np.array_equal(s[order][ends], thr)
+    assert np.allclose(np.cumsum((w * y)[order])[ends], tps) and np.allclose(np.cumsum((w * ~y)[order])[ends], fps)
+    tp, fp = Curve(y.astype(float), s, np.arange(300)).counts(w[None, :])
+    assert np.allclose(tp[0, 1:], tps) and np.allclose(fp[0, 1:], fps)

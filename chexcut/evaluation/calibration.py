@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from chexcut.evaluation.metrics import descending_ties
+
 N_BINS = 10
 WIDTH_EDGES = np.arange(1, N_BINS) / N_BINS  # 0.1 ... 0.9, the floats nearest k/10
 CLIP = 1e-7
@@ -69,13 +71,12 @@ class LabelCalibration:
         self.clusters = np.asarray(clusters, dtype=np.int64)
         self.k = n_clusters or (int(self.clusters.max()) + 1 if len(self.clusters) else 1)
         self.calibration = calibration
-        order = np.argsort(-self.p, kind="mergesort")
+        order, ends = descending_ties(self.p)  # the one curve primitive
         s, ys = self.p[order], self.y[order]
         self.cl_sorted = self.clusters[order]
         pos = np.flatnonzero(ys == 1)
         self.cl_pos = self.cl_sorted[pos]
         # the end of each row's tie group (a threshold), and the thresholds that add positives
-        ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True]) if len(s) else np.zeros(0, dtype=np.int64)
         end_of = ends[np.searchsorted(ends, np.arange(len(s)), side="left")] if len(s) else ends
         self.pos_ends = np.unique(end_of[pos])
         self.pos_upto = np.searchsorted(pos, self.pos_ends, side="right")  # positives at or above each threshold

@@ -28,6 +28,18 @@ def midranks(x: np.ndarray) -> np.ndarray:
     return rankdata(np.asarray(x), method="average").astype(np.float64)
 
 
+def descending_ties(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The one curve primitive: (order, ends) with ``order`` the rows by descending score (stable) and ``ends`` the
+    last sorted position of each run of equal scores, i.e. the distinct thresholds, descending. Cumulative
+    weighted positives and negatives taken at ``ends`` are scikit-learn's ``_binary_clf_curve`` (tps, fps);
+    operating points, the ROC plots, average precision and the reliability figures all start from it."""
+    s = np.asarray(s, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    ss = s[order]
+    ends = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True]) if len(ss) else np.zeros(0, dtype=np.int64)
+    return order, ends
+
+
 def check_scores(s, shape: tuple, name: str = "scores") -> np.ndarray:
     """``s`` as float64 of ``shape``, every value finite; ValueError naming what is wrong (as scikit-learn
     validates at its boundary: a silent NaN or a misaligned array would give a wrong AUROC, not an error)."""

@@ -88,10 +88,8 @@ class Curve:
     """One label's counted rows sorted by score once, giving the ROC counts of any cluster weighting."""
 
     def __init__(self, y: np.ndarray, s: np.ndarray, clusters: np.ndarray):
-        order = np.argsort(-np.asarray(s, dtype=np.float64), kind="mergesort")
-        ss = np.asarray(s, dtype=np.float64)[order]
-        self.ends = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True]) if len(ss) else np.zeros(0, dtype=np.int64)
-        self.thresholds = ss[self.ends]  # distinct scores, descending
+        order, self.ends = metrics.descending_ties(s)
+        self.thresholds = np.asarray(s, dtype=np.float64)[order][self.ends]  # distinct scores, descending
         self.order = order  # the rows' positions in score order (a reader's reads are put in the same order)
         self.cl = np.asarray(clusters)[order]
         self.pos = np.asarray(y)[order] > 0
