@@ -29,6 +29,9 @@ class Resize(Choice):
     pad = "pad"
 
 
+RESIZE_HELP = "squash (CheXpert baseline) or pad (letterbox)."
+
+
 class Blank(Choice):
     zeros = "zeros"
     ignore = "ignore"

@@ -94,3 +94,20 @@ def test_the_console_script_exits_with_the_codes_main_returns():
     assert rc == 2 and out == "" and err.count("\n") == 1 and "resnet50" in err
     rc, out, _ = run_process("--version")
     assert rc == 0 and out.startswith("chexcut ")
+
+
+def test_the_readme_lists_every_declared_training_option():
+    """The README's finetune section names each option of the one declaration (TRAIN_OPTIONS), and finetune's
+    --help shows each with its declared bounds."""
+    from chexcut.choices import BOUNDS
+    from chexcut.training.config import TRAIN_OPTIONS
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### finetune"):readme.index("### explain")]
+    assert [o.flag for o in TRAIN_OPTIONS if f"`{o.flag}" not in section and f" {o.flag}" not in section] == []
+    rc, out, _ = run_cli("finetune", "--help")
+    assert rc == 0
+    for o in TRAIN_OPTIONS:
+        assert o.flag.split("/")[0] in out, o.flag
+        if o.bound and BOUNDS[o.name][1] is not None:
+            assert f"<={BOUNDS[o.name][1]}" in out, o.name

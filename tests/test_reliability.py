@@ -85,6 +85,11 @@ def test_damaged_checkpoint_is_named(phantom, tmp_path):
         (run_dir / "last.ckpt").write_bytes(junk)
         rc, _, err = run_cli("finetune", "--resume", run_dir, "--max-steps", "4")
         assert rc == 2 and "last.ckpt is damaged" in err and "--force" in err and err.count("\n") == 1, err
+    # a run keeps its settings: a training option beside --resume is refused (it was ignored without a word)
+    for option in (["--epochs", "9"], ["--lr", "0.1"], ["--no-compile"], ["--recipe", "fast"]):
+        rc, _, err = run_cli("finetune", "--resume", run_dir, *option)
+        flag = option[0].replace("--no-", "--")
+        assert rc == 2 and f"{flag}" in err and "cannot change on --resume" in err and err.count("\n") == 1, err
 
 
 def test_lock_is_a_kernel_lock(tmp_path):

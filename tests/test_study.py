@@ -291,7 +291,7 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
         "val_every": (["--val-every", "7"], lambda r: r.cfg.val_every == 7),
         "precision": (["--precision", "bf16"], lambda r: r.cfg.precision == "bf16"),
         "channels_last": (["--no-channels-last"], lambda r: r.cfg.channels_last is False),
-        "compile_": (["--no-compile"], lambda r: r.cfg.compile is False),
+        "compile": (["--no-compile"], lambda r: r.cfg.compile is False),
         "workers": (["--workers", "1"], lambda r: r.cfg.workers == 1),
         "precise_bn": (["--precise-bn", "16"], lambda r: r.cfg.precise_bn == 16),
         "max_steps": (["--max-steps", "9"], lambda r: r.cfg.max_steps == 9),

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Blank, Resize, Views, bound
+from chexcut.choices import RESIZE_HELP, Blank, Resize, Views, bound
 from chexcut.errors import ChexcutError
 
 app = typer.Typer(
@@ -86,7 +86,7 @@ ValidFracOpt = Annotated[float, typer.Option("--valid-frac", help="Valid share o
 ImageSizeOpt = Annotated[int, typer.Option("--image-size", **bound("image_size"), help="Square image size in pixels.")]
 
 
-ResizeOpt = Annotated[Resize, typer.Option("--resize", help="squash (CheXpert baseline) or pad (letterbox).")]
+ResizeOpt = Annotated[Resize, typer.Option("--resize", help=RESIZE_HELP)]
 
 
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Image cache folder (default: ~/.cache/chexcut/images/KEY).")]
@@ -103,3 +103,25 @@ def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, spl
 
     return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels)) if labels else None, views=str(views),
                        uncertain=uncertain, blank=str(blank), valid_frac=valid_frac, split_seed=split_seed)
+
+
+def with_declared_options(declared, before: str):
+    """Give a command the options of a library declaration (e.g. ``training.config.TRAIN_OPTIONS``) in place of
+    its ``**kwargs``, listed before the parameter ``before``: each option's flag, help, default and Typer
+    min/max (from ``choices.BOUNDS``) come from the one declaration, never a second copy here."""
+    import inspect
+
+    from chexcut.choices import bound as bounds
+
+    def wrap(fn):
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                  for p in inspect.signature(fn, eval_str=True).parameters.values()
+                  if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        at = next(i for i, p in enumerate(params) if p.name == before)
+        added = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=Annotated[
+            o.type if o.default is not None else Optional[o.type],
+            typer.Option(o.flag, help=o.help or None, **(bounds(o.name) if o.bound else {}))]) for o in declared]
+        fn.__signature__ = inspect.Signature(params[:at] + added + params[at:])
+        return fn
+
+    return wrap

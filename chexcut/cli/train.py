@@ -7,14 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Blank, LogFormat, Precision, Recipe, Resize, Views, bound
+from chexcut.choices import Blank, LogFormat, Views, bound
 from chexcut.cli.app import (
     BlankOpt,
     CacheOpt,
     CsvOpt,
     LabelsOpt,
     PathColOpt,
-    ResizeOpt,
     SkipMissingOpt,
     TrackOpt,
     UncertainOpt,
@@ -23,12 +22,16 @@ from chexcut.cli.app import (
     app,
     complete_arch,
     data_options,
+    with_declared_options,
 )
 from chexcut.errors import ChexcutError
+from chexcut.training.config import TRAIN_OPTIONS, train_config_from
 
 
 @app.command()
+@with_declared_options(TRAIN_OPTIONS, before="seed")
 def finetune(
+    ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(help="Model file from `truncate`, or an architecture name (with --drop/--keep/--weights).", autocompletion=complete_arch)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (CheXpert layout or --csv base).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
@@ -38,22 +41,7 @@ def finetune(
     keep: Annotated[Optional[int], typer.Option("--keep", **bound("keep"), help="With an architecture name: blocks to keep.")] = None,
     weights: Annotated[str, typer.Option("--weights", help="With an architecture name: imagenet | none | PATH.")] = "imagenet",
     in_chans: Annotated[int, typer.Option("--in-chans", **bound("in_chans"), help="With an architecture name: 1 for grayscale input.")] = 3,
-    recipe: Annotated[Recipe, typer.Option("--recipe", help="paper (Adam 1e-4, batch 16, 3 epochs, fp32) or fast (large batch, bf16, channels_last, compile, cosine).")] = Recipe.paper,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", **bound("epochs"))] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", **bound("batch_size"))] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"))] = None,
-    val_every: Annotated[Optional[int], typer.Option("--val-every", **bound("val_every"), help="Validate every N steps (and at each epoch end).")] = None,
-    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Default: the recipe's; auto = bf16 on GPU, fp32 on CPU.")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
-    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (GPU only).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", **bound("workers"), help="DataLoader worker processes (default: 4, at most the CPUs this process may use: its affinity, SLURM_CPUS_PER_TASK).")] = None,
-    precise_bn: Annotated[Optional[int], typer.Option("--precise-bn", **bound("precise_bn"), help="Before each validation, re-estimate BatchNorm statistics on N training images (for short runs; 0 = off).")] = None,
     seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", **bound("max_steps"), help="Stop after this many steps in all (the schedule is unchanged; --resume continues).")] = None,
-    log_every: Annotated[int, typer.Option("--log-every", **bound("log_every"), help="Log every N steps.")] = 50,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available).")] = None,
-    resize: ResizeOpt = Resize.squash,
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     cache: CacheOpt = None, skip_missing: SkipMissingOpt = False,
@@ -63,6 +51,7 @@ def finetune(
     track_models: Annotated[bool, typer.Option("--track-models/--track-no-models", help="Upload best.safetensors to the tracking store.")] = True,
     log_format: Annotated[LogFormat, typer.Option("--log-format", help="rich (progress bar on stderr) or json (one object per line on stdout).")] = LogFormat.rich,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    **train,  # TRAIN_OPTIONS (training/config.py): --recipe, --epochs, --lr, ... declared once there
 ):
     """Fine-tune on a CheXpert-layout dataset into a run directory (resumable, kill-safe)."""
     import json
@@ -76,17 +65,17 @@ def finetune(
     if resume is not None:
         if model or out or data:
             raise ChexcutError("--resume RUN_DIR takes its model, data and output from the run; give no MODEL, --data or --out")
-        run = Run.from_run_dir(resume, max_steps=max_steps, device=device)
+        _refuse_changes_on_resume(ctx)
+        run = Run.from_run_dir(resume, max_steps=train["max_steps"], device=train["device"])
         run.track = tracking.resumed(resume, track)
     else:
         if not model or data is None or out is None:
             raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
         if not data.exists():
             raise ChexcutError(f"--data {data} does not exist")
-        cfg = _train_config(locals())  # the command's parameters, by name
         source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights, in_chans=in_chans, seed=seed)
-        opts = data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
-        run = Run(run_dir=out, data=data, opts=opts, cfg=cfg, model_source=source.to_json(), cache=cache,
+        run = Run(run_dir=out, data=data, opts=data_options(csv, path_col, labels, views, uncertain, blank, valid_frac),
+                  cfg=train_config_from(train, seed), model_source=source.to_json(), cache=cache,
                   skip_missing=skip_missing, force=force,
                   track=tracking.tracking_from(track, track_experiment, _tags(track_tag), track_models))
     if log_format == "json":
@@ -104,6 +93,16 @@ def finetune(
         ui.err.print(f"{result['status']}: {result['step']} steps, {best}; run in {result['run_dir']}")
 
 
+def _refuse_changes_on_resume(ctx) -> None:
+    """A resumed run keeps its settings (config.json): a declared training option given beside --resume is one
+    line, unless the declaration lets it change (--max-steps, --device)."""
+    given = [o for o in TRAIN_OPTIONS if not o.on_resume and ctx.get_parameter_source(o.name).name != "DEFAULT"]
+    if given:
+        may = ", ".join(o.flag for o in TRAIN_OPTIONS if o.on_resume)
+        raise ChexcutError(f"{given[0].flag} cannot change on --resume: the run keeps the settings in its config.json "
+                           f"({may} may change; or start over with --out ... --force)")
+
+
 def _tags(items: list[str] | None) -> dict:
     out = {}
     for item in items or ():
@@ -114,19 +113,6 @@ def _tags(items: list[str] | None) -> dict:
     return out
 
 
-def _train_config(p: dict):
-    """finetune's parameters (by their names in the command) -> a checked TrainConfig."""
-    from chexcut.training.config import TrainConfig
-
-    return TrainConfig.from_recipe(
-        str(p["recipe"]), epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], image_size=p["image_size"],
-        val_every=p["val_every"], precision=p["precision"] and str(p["precision"]), channels_last=p["channels_last"],
-        compile=p["compile_"], workers=p["workers"], seed=p["seed"], max_steps=p["max_steps"], device=p["device"],
-        resize=str(p["resize"]), log_every=p["log_every"], precise_bn=p["precise_bn"])
-
-
-#: finetune's parameters (by their names in the command) that are TrainConfig fields of another name.
-_PARAM_FIELDS = {"compile_": "compile"}
 _DATA_PARAMS = ("csv", "path_col", "labels", "views", "uncertain", "blank", "valid_frac")
 
 #: finetune's parameters a study cannot pass to its runs, and why: the grid or the plan decides them, or each
@@ -154,7 +140,7 @@ def finetune_options(params: dict, given: set[str], track: dict | None = None):
         raise ChexcutError(f"--{name.replace('_', '-')} cannot go to a study's runs: {STUDY_REFUSED[name]}")
     train, source = {}, {}
     for name in given:
-        field = _PARAM_FIELDS.get(name, name)
+        field = name
         if field in CLI_TRAIN_FIELDS:
             value = params[name]
             train[field] = str(value) if field in ("recipe", "precision", "resize") else value
