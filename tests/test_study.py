@@ -330,3 +330,23 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
         value = {"resume": ["x"], "drop": ["1"], "keep": ["1"], "seed": ["3"], "log_format": ["json"]}.get(name, [])
         rc, _, err = run_cli(*base, flag, *value)
         assert rc == 2 and "cannot go to a study's runs" in err and err.count("\n") == 1, (name, err)
+
+
+def test_a_damaged_or_hand_edited_plan_is_one_line(data, tmp_path):
+    """plan.json is one schema: a run outside runs/ID (path traversal), a missing field, a wrong type or damaged
+    options never reach the executor."""
+    s = tmp_path / "s"
+    plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0,), seeds=(0,)))
+    good = json.loads((s / "plan.json").read_text())
+    run = good["runs"][0]
+    for change, words in (({"run_dir": "../../elsewhere"}, "a run's folder is runs/ID"),
+                          ({"id": "../x", "run_dir": "runs/../x"}, "a run's folder is runs/ID"),
+                          ({"drop": "0"}, "no valid 'drop'"), ({"seed": True}, "no valid 'seed'"),
+                          ({"arch": None}, "no valid 'arch'")):
+        (s / "plan.json").write_text(json.dumps({**good, "runs": [{**run, **change}]}))
+        rc, _, err = run_cli("study", "exec", s, "--index", "0")
+        assert rc == 2 and words in err and err.count("\n") == 1, (change, err)
+    (s / "plan.json").write_text(json.dumps({**good, "finetune_options": {"train": {"epochs": -1}}}))
+    rc, _, err = run_cli("study", "status", s)
+    assert rc == 2 and "plan.json" in err and "--epochs" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "elsewhere").exists()

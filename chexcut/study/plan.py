@@ -320,14 +320,39 @@ exit $rc
 """
 
 
+#: plan.json's run entries: each field and its type (the executor reads nothing else of a run).
+RUN_FIELDS = {"id": str, "arch": str, "weights": str, "drop": int, "seed": int, "run_dir": str}
+
+
 def load_plan(study_dir: Path) -> dict:
+    """plan.json, checked as one schema: its format and version, every run's fields and types (a run's folder is
+    ``runs/ID``: never outside the study), the typed options and evaluate settings. One line naming what is
+    wrong; a hand-edited or damaged plan never reaches the executor."""
+    where = f"{study_dir}/plan.json"
     try:
-        plan = json.loads((Path(study_dir) / PLAN).read_text())
+        plan = json.loads((Path(study_dir) / PLAN).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         raise ChexcutError(f"{study_dir} has no readable plan.json: run `chexcut study plan` first") from None
-    if plan.get("format") != "chexcut-study" or not isinstance(plan.get("runs"), list):
-        raise ChexcutError(f"{study_dir}/plan.json is not a chexcut study plan")
+    if not isinstance(plan, dict) or plan.get("format") != "chexcut-study" or not isinstance(plan.get("runs"), list):
+        raise ChexcutError(f"{where} is not a chexcut study plan")
     if plan.get("version") != PLAN_VERSION or not isinstance(plan.get("finetune_options"), dict):
-        raise ChexcutError(f"{study_dir}/plan.json has plan format {plan.get('version')!r}, this chexcut reads format "
+        raise ChexcutError(f"{where} has plan format {plan.get('version')!r}, this chexcut reads format "
                            f"{PLAN_VERSION}: plan the study again (chexcut study plan ... --force)")
+    for i, r in enumerate(plan["runs"]):
+        bad = [k for k, t in RUN_FIELDS.items() if not isinstance(r, dict) or not isinstance(r.get(k), t)
+               or isinstance(r.get(k), bool)]
+        if bad:
+            raise ChexcutError(f"{where}: runs[{i}] has no valid {bad[0]!r} (damaged; plan the study again)")
+        if r["run_dir"] != f"runs/{r['id']}" or "/" in r["id"] or r["id"] in ("", ".", ".."):
+            raise ChexcutError(f"{where}: runs[{i}] has the folder {r['run_dir']!r}; a run's folder is runs/ID "
+                               f"(damaged; plan the study again)")
+    if not isinstance(plan.get("data"), str) or not isinstance(plan.get("bootstrap"), int):
+        raise ChexcutError(f"{where} lacks its data folder or bootstrap count (damaged; plan the study again)")
+    try:
+        FinetuneOptions.from_json(plan["finetune_options"])
+        check_evaluate_options({k: v for k, v in (plan.get("evaluate_options") or {}).items() if k != "groups"})
+    except ChexcutError as e:
+        raise ChexcutError(f"{where}: {e} (damaged; plan the study again)") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ChexcutError(f"{where}: its options are damaged ({e}); plan the study again") from None
     return plan
