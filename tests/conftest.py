@@ -27,6 +27,40 @@ if "CHEXCUT_CACHE" not in os.environ:
 TEST_SEED = int(os.environ.get("CHEXCUT_TEST_SEED", "0"))
 
 
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory):
+    """The shared phantom data set: 200 images at 48 px in the CheXpert layout, one per worker. Read-only: a test
+    that changes it copies it first (shutil.copytree). A module that needs other data defines its own."""
+    from chexcut.data.phantom import make_phantom
+
+    d = tmp_path_factory.mktemp("phantom")
+    make_phantom(d, n=200, image_size=48, seed=4)
+    return d
+
+
+@pytest.fixture(scope="session")
+def trained_run(phantom, tmp_path_factory):
+    """One short finetune of the shared phantom (resnet18 drop 2, 4 steps at 40 px, validated at step 4: a best
+    model, a checkpoint, metrics) for every test that only needs "a run". Read-only: use ``run_copy`` to change it."""
+    from chexcut.data.chexpert import DataOptions
+    from chexcut.training.config import Run, TrainConfig
+    from chexcut.training.loop import finetune
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    cfg = TrainConfig.from_recipe("paper", image_size=40, batch_size=8, epochs=2, val_every=4, workers=0, log_every=2,
+                                  device="cpu", max_steps=4)
+    finetune(Run(run_dir, phantom, DataOptions(), cfg, {"arch": "resnet18", "drop": 2, "weights": "none"}))
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A private copy of the shared run, for a test that changes it."""
+    import shutil
+
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch):
     """An empty, private torch/HF cache so 'imagenet' weights are never found by accident."""

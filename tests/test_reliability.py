@@ -21,15 +21,6 @@ from chexcut.training.lock import RunLock
 from chexcut.training.loop import finetune
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    from chexcut.data.phantom import make_phantom
-
-    d = tmp_path_factory.mktemp("phantom")
-    make_phantom(d, n=200, image_size=48, seed=4)
-    return d
-
-
 def small(**kw):
     base = dict(image_size=40, batch_size=8, epochs=2, val_every=4, workers=0, log_every=2, device="cpu")
     return TrainConfig.from_recipe("paper", **{**base, **kw})
@@ -78,9 +69,8 @@ def test_resume_before_the_first_checkpoint_starts_from_config(phantom, tmp_path
     assert result["step"] == 3
 
 
-def test_damaged_checkpoint_is_named(phantom, tmp_path):
-    run_dir = tmp_path / "run"
-    finetune(Run(run_dir, phantom, DataOptions(), small(max_steps=2), SRC))
+def test_damaged_checkpoint_is_named(run_copy):
+    run_dir = run_copy
     for junk in (b"", os.urandom(2000), b"PK\x03\x04" + os.urandom(100)):
         (run_dir / "last.ckpt").write_bytes(junk)
         rc, _, err = run_cli("finetune", "--resume", run_dir, "--max-steps", "4")
@@ -121,10 +111,9 @@ def test_a_run_without_an_evaluable_label_says_so(phantom, tmp_path):
 
 # ----------------------------------------------------------------------------- full disks
 
-def test_full_disk_is_one_line_and_keeps_the_checkpoint(phantom, tmp_path, monkeypatch):
+def test_full_disk_is_one_line_and_keeps_the_checkpoint(run_copy, monkeypatch):
     """A write wrapper raises ENOSPC when the next checkpoint is saved: exit 2, the previous one intact."""
-    run_dir = tmp_path / "run"
-    finetune(Run(run_dir, phantom, DataOptions(), small(max_steps=4), SRC))
+    run_dir = run_copy
     before = (run_dir / "last.ckpt").read_bytes()
     def full(obj, f, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(f))
@@ -174,9 +163,8 @@ def test_outputs_and_arguments_are_checked_before_work(phantom, tmp_path, args, 
     assert "━" not in err  # no progress bar before the error
 
 
-def test_evaluate_checks_its_outputs_before_inference(phantom, tmp_path):
-    run_dir = tmp_path / "run"
-    finetune(Run(run_dir, phantom, DataOptions(), small(max_steps=4), SRC))
+def test_evaluate_checks_its_outputs_before_inference(trained_run, tmp_path):
+    run_dir = trained_run
     for flag in ("--json", "--predictions-out", "--csv-out"):
         rc, _, err = run_cli("evaluate", run_dir, flag, tmp_path / "missing" / "x")
         assert rc == 2 and "does not exist" in err and flag in err and err.count("\n") == 1, err
