@@ -43,18 +43,60 @@ def same_file(a, b) -> bool:
         return False
 
 
+#: Paths that name the process's own streams: written in place, whatever they resolve to.
+STREAM_PREFIXES = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+
+
+def output_target(path) -> tuple[Path, bool]:
+    """The output-path rule of every command: (where to write, in place?). A path that names a stream
+    (``/dev/stdout``, ``/dev/fd/N``) or is a character device, FIFO or socket is written in place, never renamed
+    over; a symlink is followed and its final target replaced atomically (the link stays a link); anything else
+    is itself replaced atomically. A symlink loop is one line."""
+    import errno
+    import stat
+
+    path = Path(path)
+    if str(path).startswith(STREAM_PREFIXES):
+        return path, True
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ChexcutError(f"{path} is a symlink loop; give a file name") from None
+        if e.errno == errno.ENAMETOOLONG:
+            raise ChexcutError(f"cannot write {path.name[:40]}...: the name is longer than the file system allows")
+        raise
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        return path, True
+    return (Path(os.path.realpath(path)) if path.is_symlink() else path), False
+
+
 def check_output_file(path: Path, what: str = "output", force: bool = True, inputs=()) -> Path:
     """An output file that can be written (an existing one only with ``force``), and none of the command's
-    ``inputs`` (a result written over its own label file destroys it): checked before any work."""
+    ``inputs`` (a result written over its own label file destroys it), under :func:`output_target`'s rule:
+    checked before any work."""
     path = Path(path)
+    target, in_place = output_target(path)
+    if in_place:
+        return path
     for source in inputs:
-        if source is not None and str(source) != "-" and same_file(path, source):
+        if source is not None and str(source) != "-" and same_file(target, source):
             raise ChexcutError(f"{what} {path} is one of this command's inputs; write it elsewhere")
-    if path.is_dir():
+    if target.is_dir():
         raise ChexcutError(f"{what} {path} is a folder; give a file name")
     if path.exists() and not force:
         raise ChexcutError(f"{path} exists; pass --force to overwrite it")
+    path = target
     parent = path.parent if str(path.parent) else Path(".")
+    try:
+        longest = os.pathconf(parent if parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    if len(path.name.encode()) > longest - 16:  # room for the temporary file's prefix and suffix
+        raise ChexcutError(f"cannot write {what}: the file name {path.name[:40]}... is longer than the file system "
+                           f"allows ({longest} bytes)")
     if not parent.is_dir():
         raise ChexcutError(f"cannot write {what} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
@@ -64,8 +106,13 @@ def check_output_file(path: Path, what: str = "output", force: bool = True, inpu
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
-    path = Path(path)
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds. Under the
+    output-path rule (:func:`output_target`): a stream or device is yielded itself (written in place), a symlink's
+    target is what is replaced."""
+    path, in_place = output_target(path)
+    if in_place:  # written whole after the block, appended through the stream (never truncating what it is)
+        yield from _in_place(path)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
     umask = os.umask(0)
@@ -82,6 +129,47 @@ def atomic_path(path: Path):
         _last_failed[:] = [path]  # for the error message: which file a full disk cut short
         _writing.pop()
         raise
+
+
+def _in_place(path: Path):
+    """The body of :func:`atomic_path` for a stream, device or FIFO: the writer writes a temporary file, whose
+    bytes then go to ``path`` opened for appending (a shell's ``> file`` behind /dev/stdout is not truncated;
+    what this process already printed is flushed first)."""
+    import shutil
+    import sys
+
+    fd, tmp = tempfile.mkstemp(prefix="chexcut-out-", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        fd_number = _stream_fd(path)
+        if fd_number is not None:  # the process's own stream: through its descriptor, at its offset
+            with open(tmp, "rb") as src:
+                for chunk in iter(lambda: src.read(1 << 16), b""):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd_number, view):]
+        else:
+            with open(tmp, "rb") as src, open(path, "ab") as dst:
+                shutil.copyfileobj(src, dst)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _stream_fd(path: Path) -> int | None:
+    """The descriptor ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names (else None)."""
+    text = str(path)
+    named = {"/dev/stdout": 1, "/dev/stderr": 2}
+    if text in named:
+        return named[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            return int(text[len(prefix):])
+    return None
 
 
 _writing: list[Path] = []

@@ -39,6 +39,21 @@ TRAINING_FILES = (CONFIG, METRICS, LAST, BEST, VALID_PREDICTIONS, STATE, TRACKIN
 METRICS_COLUMNS = ("step", "epoch", "images_seen", "train_loss", "lr", "images_per_s", "gpu_mem_gb", "val_mean_auroc")
 
 
+#: The files of a run that commands read (status, report, evaluate RUN, resume): never an output of theirs.
+READ_FILES = (CONFIG, METRICS, LAST, BEST, VALID_PREDICTIONS, STATE, EVAL, PREDICTIONS, LOG, BENCH, TRACKING)
+
+
+def files_read_under(targets) -> list[Path]:
+    """Every run file (:data:`READ_FILES`) and study ``plan.json`` under ``targets`` (run directories and study
+    folders): what ``study status`` and ``report`` read, so what their outputs must never be."""
+    out = []
+    for target in targets:
+        target = Path(target)
+        folders = [target, *(p for p in target.glob("runs/*") if p.is_dir())] if target.is_dir() else []
+        out += [target / "plan.json"] + [f / name for f in folders for name in READ_FILES]
+    return [p for p in out if p.exists()]
+
+
 def metrics_header(labels) -> list[str]:
     return [*METRICS_COLUMNS, *[f"auroc:{name}" for name in labels]]
 

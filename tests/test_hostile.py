@@ -5,8 +5,10 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
@@ -166,3 +168,48 @@ def test_a_write_torch_reports_without_errno_is_one_line_naming_the_file(run, tm
     assert torch.load(out / "last.ckpt", weights_only=True)["step"] == 2
     assert json.loads((out / "state.json").read_text())["status"] == "stopped"
     assert not list(out.glob(".*.tmp"))
+
+
+def test_outputs_never_replace_what_they_point_at(run, tmp_path):
+    """One output-path rule: a symlink's target is replaced (the link stays), a FIFO or /dev/stdout is written in
+    place (never renamed over), a symlink loop or an over-long name is one line, and an output that is one of
+    the command's inputs (a study's plan.json, a run's eval.json) is refused with the input unchanged."""
+    import threading
+
+    truth = run / "ph" / "CheXpert-v1.0-small" / "valid.csv"
+    preds = run / "run" / "valid_predictions.csv"
+    ev = ["evaluate", "--predictions", preds, "--truth", truth, "--bootstrap", "0", "--json"]
+    (tmp_path / "target.json").write_text("old")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    rc, _, err = run_cli(*ev, tmp_path / "link.json")
+    assert rc == 0, err
+    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "target.json").read_text())["n"] > 0
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for name, words in ((tmp_path / "loop", "symlink loop"), (tmp_path / ("x" * 300 + ".json"), "longer than")):
+        rc, _, err = run_cli(*ev, name)
+        _one_line_exit_2(rc, err, words)
+    os.mkfifo(tmp_path / "fifo")
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(text=(tmp_path / "fifo").read_text()))
+    reader.start()
+    rc, _, err = run_cli(*ev, tmp_path / "fifo")
+    reader.join(timeout=60)
+    assert rc == 0 and json.loads(got["text"])["n"] > 0 and stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
+    # /dev/stdout as root: written through the process's stdout, the system's link left alone
+    p = subprocess.run([sys.executable, "-m", "chexcut", *map(str, ev), "/dev/stdout", "-q"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert p.returncode == 0 and json.loads(p.stdout)["n"] > 0 and os.path.islink("/dev/stdout"), p.stderr
+    # outputs onto the inputs they read
+    rc, _, err = run_cli("study", "plan", "--data", run / "ph", "--out", tmp_path / "st", "--archs", "resnet18",
+                         "--weights", "none", "--drops", "3")
+    assert rc == 0, err
+    plan = (tmp_path / "st" / "plan.json").read_bytes()
+    rc, _, err = run_cli("study", "status", tmp_path / "st", "--json", tmp_path / "st" / "plan.json")
+    _one_line_exit_2(rc, err, "one of this command's inputs")
+    assert (tmp_path / "st" / "plan.json").read_bytes() == plan
+    copy = Path(shutil.copytree(run / "run", tmp_path / "r"))
+    assert run_cli("evaluate", copy, "--bootstrap", "0", "--json", copy / "eval.json", "-q")[0] == 0
+    before = (copy / "eval.json").read_bytes()
+    rc, _, err = run_cli("report", copy, "--json", copy / "eval.json")
+    _one_line_exit_2(rc, err, "one of this command's inputs")
+    assert (copy / "eval.json").read_bytes() == before

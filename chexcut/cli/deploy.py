@@ -35,7 +35,10 @@ def bench(
     from chexcut.fileio import check_writable, write_json
 
     if json_path and json_path != "-":
-        check_writable(Path(json_path), force=True, inputs=[target])
+        from chexcut.rundir import files_read_under
+
+        check_writable(Path(json_path), force=True, inputs=[target, *(
+            f for f in files_read_under([target]) if f.name != "bench.json")])
     to_stdout = json_path == "-"
     with ui.lazy_progress_bar("bench", quiet=quiet or to_stdout) as update:
         settings = BenchSettings(device=device, image_size=image_size, batches=tuple(ints(batch, "batch")),

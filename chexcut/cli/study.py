@@ -185,7 +185,9 @@ def study_status(
     if watch is not None and (watch <= 0 or json_path == "-"):
         raise ChexcutError("--watch takes a number of seconds > 0, and not with --json -")
     if json_path and json_path != "-":
-        check_output_file(Path(json_path), "--json")
+        from chexcut.rundir import files_read_under
+
+        check_output_file(Path(json_path), "--json", inputs=files_read_under([study_dir]))
     res = status_of(study_dir)
     if json_path == "-":
         ui.print_json(res)
@@ -226,8 +228,9 @@ def report(
         check_output_folder(out, "report folder")
     if json_path and json_path != "-":
         from chexcut.fileio import check_output_file
+        from chexcut.rundir import files_read_under
 
-        check_output_file(Path(json_path), "--json")
+        check_output_file(Path(json_path), "--json", inputs=files_read_under(targets))
     rep = build_report(targets, bootstrap=bootstrap, alpha=alpha, seed=seed, margin=margin)
     if out:
         written = write_outputs(rep, out)
