@@ -86,6 +86,20 @@ def round3(t: Path, base: Path, valid, preds) -> None:
     (t / "plan_v99").mkdir()
     plan = {"format": "chexcut-study", "version": 99, "runs": []}
     (t / "plan_v99" / "plan.json").write_text(json.dumps(plan))
+    # round 4: a plan of this version, hand-edited (a run outside runs/, a wrong type), and thresholds files
+    assert cli("study", "plan", "--data", t / "ph", "--out", t / "plan_ok", "--archs", "resnet18", "--weights", "none",
+               "--drops", "3")[0] == 0
+    good = json.loads((t / "plan_ok" / "plan.json").read_text())
+    for name, change in (("plan_escape", {"run_dir": "../../escape"}), ("plan_type", {"drop": "3"})):
+        (t / name).mkdir()
+        (t / name / "plan.json").write_text(json.dumps({**good, "runs": [{**good["runs"][0], **change}]}))
+    point = {"label": "Edema", "rule": "youden", "threshold": 0.5}
+    for name, points in (("thr_string", [{**point, "threshold": "high"}]), ("thr_object", {"Edema": point}),
+                         ("thr_nolabel", [{"rule": "youden", "threshold": 0.5}]), ("thr_nan", [{**point, "threshold": float("nan")}]),
+                         ("thr_range", [{**point, "threshold": 7}]), ("thr_unknown", [{**point, "label": "Shoe size"}])):
+        (t / f"{name}.json").write_text(json.dumps({"operating_points": points}))
+    (t / "thr_nan.csv").write_text("label,threshold\nEdema,nan\n")
+    (t / "loop.json").symlink_to(t / "loop.json")
     truth = valid.rename(columns={"Path": "Study"})
     truth["Study"] = [p.rsplit("/", 1)[0] for p in truth["Study"]]
     truth = truth.drop_duplicates("Study")
@@ -300,6 +314,31 @@ def round3_cases(d: dict) -> list[tuple[str, list, dict]]:
         ("evaluate readers not binary", [*ev, "--readers", t / "soft_reader.csv"], {}),
         ("evaluate thresholds missing", [*ev, "--thresholds", t / "nothing.csv"], {}),
         ("evaluate track without a run", [*ev, "--track", "sqlite:///x.db"], {}),
+        # round 4 (issue 31, 33): the executor, plan schema, thresholds files, output paths, options on resume
+        ("study exec index out of range", ["study", "exec", t / "plan_ok", "--index", "5"], {}),
+        ("study exec unknown run", ["study", "exec", t / "plan_ok", "nope"], {}),
+        ("study exec run id and index", ["study", "exec", t / "plan_ok", "x", "--index", "0"], {}),
+        ("study exec bad step", ["study", "exec", t / "plan_ok", "--index", "0", "--step", "evaluate"], {}),
+        ("study exec run outside runs/", ["study", "exec", t / "plan_escape", "--index", "0"], {}),
+        ("study exec drop of the wrong type", ["study", "exec", t / "plan_type", "--index", "0"], {}),
+        ("study exec without plan", ["study", "exec", t / "ro", "--index", "0"], {}),
+        ("study plan seed beside seeds", [*plan, "--out", t / "s13", "--seed", "3"], {}),
+        ("study plan log-format", [*plan, "--out", t / "s14", "--log-format", "json"], {}),
+        ("study plan track-tag without track", [*plan, "--out", t / "s15", "--track-tag", "a=b"], {}),
+        ("study plan sbatch with a newline", [*plan, "--out", t / "s16", "--slurm", "--sbatch", "--qos=a\n#SBATCH --x"], {}),
+        ("study plan sbatch without dashes", [*plan, "--out", t / "s17", "--slurm", "--sbatch", "qos=long"], {}),
+        ("study plan workers 1000", [*plan, "--out", t / "s18", "--workers", "1000"], {}),
+        ("finetune resume with --epochs", ["finetune", "--resume", run, "--epochs", "9"], {}),
+        ("finetune resume with --recipe", ["finetune", "--resume", run, "--recipe", "fast"], {}),
+        *[(f"evaluate thresholds {n}", [*ev, "--thresholds", t / f"thr_{n}.json"], {})
+          for n in ("string", "object", "nolabel", "nan", "range", "unknown")],
+        ("evaluate thresholds csv nan", [*ev, "--thresholds", t / "thr_nan.csv"], {}),
+        ("evaluate threshold-rule alone", [*ev, "--threshold-rule", "youden"], {}),
+        ("evaluate json onto a symlink loop", [*ev, "--json", t / "loop.json"], {}),
+        ("evaluate json name too long", [*ev, "--json", t / ("x" * 300 + ".json")], {}),
+        ("study status json onto its plan", ["study", "status", t / "plan_ok", "--json", t / "plan_ok" / "plan.json"], {}),
+        ("report json onto the run's config", ["report", run, "--json", run / "config.json"], {}),
+        ("bench json onto the run's config", ["bench", run, "--json", run / "config.json"], {}),
     ]
 
 

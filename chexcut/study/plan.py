@@ -111,7 +111,7 @@ class Slurm:
             if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
                 raise ChexcutError(f"--{name} {value!r}: one name without spaces")
         for d in self.extra:
-            if not re.fullmatch(r"--?[A-Za-z][\w-]*(=\S+)?", d) or not d.isprintable():
+            if not re.fullmatch(r"--[A-Za-z][\w-]*(=\S+)?", d) or not d.isprintable():
                 raise ChexcutError(f"--sbatch {d!r} is not one #SBATCH directive (--name or --name=VALUE, no spaces "
                                    f"or control characters)")
 
