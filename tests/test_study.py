@@ -216,7 +216,8 @@ def test_slurm_options_and_a_cpu_partition(data, tmp_path):
     assert "--cpus-per-task" not in (s / "study.sbatch").read_text()
     for bad, msg in ((dict(gpus_per_task=-1), "--gpus-per-task"), (dict(time="12h"), "not a Slurm time"),
                      (dict(mem="lots"), "not a Slurm size"), (dict(cpus_per_task=0), "--cpus-per-task"),
-                     (dict(partition="a b"), "--partition")):
+                     (dict(partition="a b"), "--partition"), (dict(time="\u0661\u0662:00:00"), "ASCII digits"),
+                     (dict(time="1"), "not longer than --signal-before"), (dict(extra=("qos=long",)), "#SBATCH")):
         with pytest.raises(ChexcutError, match=msg):
             Slurm(**bad)
 

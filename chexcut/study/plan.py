@@ -78,6 +78,20 @@ class Grid:
         return runs, skipped
 
 
+def slurm_seconds(time: str) -> int:
+    """Slurm's time format in seconds: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    days, _, rest = time.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        h, m, sec = (parts + [0, 0])[:3]
+        return int(days) * 86400 + h * 3600 + m * 60 + sec
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
 @dataclass(frozen=True)
 class Slurm:
     """How ``study.sbatch`` asks for resources. Nothing is written that the user did not ask for except what a
@@ -102,10 +116,14 @@ class Slurm:
 
         for name in ("gpus_per_task", "nodes", "cpus_per_task", "signal_before"):
             check_bounds(name, getattr(self, name))
-        if self.time is not None and not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", self.time):
-            raise ChexcutError(f"--time {self.time!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS)")
-        if self.mem is not None and not re.fullmatch(r"\d+[KMGT]?", self.mem):
+        if self.time is not None and not re.fullmatch(r"([0-9]+-)?[0-9]+(:[0-9]+){0,2}", self.time):
+            raise ChexcutError(f"--time {self.time!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS; ASCII digits)")
+        if self.mem is not None and not re.fullmatch(r"[0-9]+[KMGT]?", self.mem):
             raise ChexcutError(f"--mem {self.mem!r} is not a Slurm size (e.g. 32G, 16000M)")
+        if self.time is not None and self.signal_before and slurm_seconds(self.time) <= self.signal_before:
+            raise ChexcutError(f"--time {self.time} ({slurm_seconds(self.time)} s) is not longer than --signal-before "
+                               f"{self.signal_before}: Slurm would signal the task before it can work; give a longer "
+                               f"--time or a smaller --signal-before")
         for name in ("partition", "account"):
             value = getattr(self, name)
             if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
