@@ -66,7 +66,8 @@ def output_target(path) -> tuple[Path, bool]:
         if e.errno == errno.ELOOP:
             raise ChexcutError(f"{path} is a symlink loop; give a file name") from None
         if e.errno == errno.ENAMETOOLONG:
-            raise ChexcutError(f"cannot write {path.name[:40]}...: the name is longer than the file system allows")
+            raise ChexcutError(f"cannot write {path.name[:40]}...: the name is longer than the file system "
+                               f"allows") from None
         raise
     if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
         return path, True

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -258,3 +259,25 @@ def test_damaged_model_spec_and_run_files(tmp_path, phantom):
     (tmp_path / "study" / "plan.json").write_text("{not json")
     rc, _, err = run_cli("report", tmp_path / "study")
     assert rc == 2 and "plan.json" in err
+
+
+def test_a_decoding_workers_error_ends_the_command(phantom, tmp_path):
+    """A zero-byte image read by a DataLoader worker: one line and exit 2 for evaluate and finetune, and the
+    process ends (it used to print the worker's traceback and hang at exit: multiprocessing waits for workers that
+    ignore SIGTERM). A real process: the hang is the interpreter's exit."""
+    import shutil
+
+    from conftest import run_process
+
+    data = Path(shutil.copytree(phantom, tmp_path / "data"))
+    broken = sorted((data / "CheXpert-v1.0-small" / "valid").rglob("*.jpg"))[0]
+    broken.write_bytes(b"")
+    model = tmp_path / "m.safetensors"
+    assert run_cli("truncate", "resnet18", "--drop", "3", "--weights", "none", "--image-size", "32", "-o", model,
+                   "-q")[0] == 0
+    for args in (["evaluate", model, "--data", data, "--bootstrap", "0", "--workers", "2", "-q"],
+                 ["finetune", model, "--data", data, "--out", tmp_path / "r", "--workers", "2", "--epochs", "1",
+                  "--image-size", "32", "-q"]):
+        rc, _, err = run_process(*args, timeout=180)
+        assert rc == 2 and err.count("\n") == 1 and "cannot read image" in err and broken.name in err, err
+        assert "Traceback" not in err and "DataLoader worker" not in err

@@ -13,6 +13,7 @@ import torch
 from chexcut.data.cache import ImageCache
 from chexcut.data.chexpert import LabelTable
 from chexcut.data.images import load_image
+from chexcut.errors import ChexcutError
 
 
 class XrayBatches(torch.utils.data.Dataset):
@@ -92,8 +93,54 @@ def make_loader(ds: XrayBatches, batches, workers: int | None, pin: bool, persis
     if workers > 0:
         kw = {"num_workers": workers, "persistent_workers": persistent, "prefetch_factor": 4,
               "worker_init_fn": ignore_stop_signals}
-    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=batches, pin_memory=pin,
-                                       generator=torch.Generator().manual_seed(seed), **kw)
+    return DecodingLoader(ds, batch_size=None, sampler=batches, pin_memory=pin,
+                          generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def worker_error(e: BaseException) -> BaseException:
+    """A decoding worker's error as the main process should raise it: PyTorch re-raises a worker's
+    ChexcutError as ``ChexcutError("Caught ChexcutError in DataLoader worker process 0. Original Traceback
+    ...")``; the user's line is its last one."""
+    text = str(e)
+    if isinstance(e, ChexcutError) and text.startswith("Caught ChexcutError in DataLoader worker"):
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        return ChexcutError(last.split("ChexcutError: ", 1)[-1])
+    return e
+
+
+def stop_workers(*loaders) -> None:
+    """Shut down the decoding workers of these loaders now (persistent ones included): a command that ends, in
+    error or not, never leaves a worker for the interpreter's exit to wait on."""
+    for loader in loaders:
+        it = getattr(loader, "_iterator", None)
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+            loader._iterator = None
+
+
+class DecodingLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose worker errors end the command: the worker's one line is raised (not its traceback),
+    and the workers are shut down first. Without that, the exit hangs: at interpreter exit multiprocessing
+    terminates daemonic workers with SIGTERM, which decoding workers ignore (:func:`ignore_stop_signals`), then
+    joins them for ever."""
+
+    def __iter__(self):
+        it = super().__iter__()
+        try:
+            yield from it
+        except GeneratorExit:  # the consumer stopped early (max steps): persistent workers stay for the next epoch
+            raise
+        except BaseException as e:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            if getattr(self, "_iterator", None) is it:
+                self._iterator = None  # a persistent loader would hand the stopped workers out again
+            error = worker_error(e)
+            if error is e:
+                raise
+            raise error from None
 
 
 class CachedBatchLoader:

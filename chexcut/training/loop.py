@@ -46,7 +46,7 @@ def finetune(run: Run, emit=None) -> dict:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     lock = RunLock(Path(run.run_dir))
-    tracker = None
+    tracker = session = None
     try:
         with sigterm_interrupts():
             if dist.main:
@@ -68,6 +68,10 @@ def finetune(run: Run, emit=None) -> dict:
             tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     finally:
+        if session is not None:
+            from chexcut.data.dataset import stop_workers
+
+            stop_workers(session.loader, session.val_loader)
         lock.release()
         shutdown(dist)
 
