@@ -57,14 +57,43 @@ def tracking_from(uri: str | None, experiment: str | None = None, tags: dict | N
 
 
 def absolute_uri(uri: str) -> str:
-    """A local store as an absolute URI (a study's scripts run from other folders): ``sqlite:///rel.db`` and
-    plain folder paths are resolved; server and ``file:`` URIs are kept."""
+    """A local store as an absolute URI (a study's scripts run from other folders): ``sqlite:///rel.db`` is
+    resolved, and a plain folder becomes ``sqlite:///FOLDER/mlflow.db`` (MLflow 3 no longer writes folder stores;
+    the folder keeps the database and, beside it, the artefacts); server URIs are kept."""
     if uri.startswith("sqlite:///"):
         rest = uri[len("sqlite:///"):]
         return uri if rest.startswith("/") or rest.startswith(":memory:") else "sqlite:///" + str(Path(rest).resolve())
-    if "://" not in uri and not uri.startswith("file:"):
-        return str(Path(uri).resolve())
+    if uri.startswith("file:"):
+        uri = uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]
+    if "://" not in uri:
+        return "sqlite:///" + str(Path(uri).resolve() / "mlflow.db")
     return uri
+
+
+TIMEOUT_ENV = "CHEXCUT_TRACKING_TIMEOUT"  # seconds a tracking server has to answer (default 5)
+
+
+def bound_http(uri: str) -> None:
+    """A tracking server is checked once with a short deadline (``CHEXCUT_TRACKING_TIMEOUT``, default 5 s): a
+    connection that cannot be made raises at once (the caller warns once and goes on untracked), and MLflow's own
+    HTTP retries and timeout are bounded for every later call (unless the environment sets them): its defaults
+    (several retries, 120 s each) would hold a run or an evaluation for many minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        deadline = max(0.5, float(os.environ.get(TIMEOUT_ENV, "5")))
+    except ValueError:
+        deadline = 5.0
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, deadline))))
+    u = urlparse(uri)
+    with socket.create_connection((u.hostname or "localhost", u.port or (443 if u.scheme == "https" else 80)),
+                                  timeout=deadline):
+        pass
 
 
 def require_mlflow() -> None:
@@ -88,8 +117,12 @@ def recorded(run_dir) -> dict | None:
 
 
 def resumed(run_dir, uri: str | None = None) -> Tracking | None:
-    """Tracking for a resumed run or a re-evaluation: an explicit ``uri``, else the run's own record."""
+    """Tracking for a resumed run or a re-evaluation: an explicit ``uri``, else the run's own record. A run tracked
+    in one store is never re-linked to another (its ``mlflow.json`` would lose the link to its training)."""
     rec = recorded(run_dir)
+    if uri and rec is not None and absolute_uri(str(uri)) != rec["uri"]:
+        raise ChexcutError(f"{run_dir} is tracked at {rec['uri']}; --track {uri} would lose that link: leave --track "
+                           f"out (the evaluation joins its MLflow run there)")
     if uri or os.environ.get(ENV_URI):
         return tracking_from(uri, rec.get("experiment") if rec else None, (rec or {}).get("tags"),
                              (rec or {}).get("log_models", True))
@@ -139,6 +172,7 @@ class Tracker:
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its database set-up lines are not the run's news
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        bound_http(self.tracking.uri)  # an unreachable server: one warning now, not minutes of retries
         self.client = MlflowClient(tracking_uri=self.tracking.uri)
         rec = recorded(self.rd.path)
         if rec and rec["uri"] == self.tracking.uri:

@@ -102,6 +102,41 @@ def test_a_resumed_run_continues_its_mlflow_run_and_a_failing_store_only_warns(p
     assert rc == 0, err
     assert err.count("MLflow tracking at") == 1 and "goes on without tracking" in err and "Traceback" not in err
     assert json.loads((tmp_path / "run2" / "state.json").read_text())["status"] == "paused"  # at --max-steps 2
+    # another store for a tracked run: refused (mlflow.json keeps the link to its training)
+    rc, _, err = run_cli("evaluate", run, "--bootstrap", "0", "--track", f"sqlite:///{tmp_path / 'other.db'}")
+    assert rc == 2 and "would lose that link" in err and err.count("\n") == 1, err
+
+
+def test_a_server_with_nothing_listening_never_holds_a_run(phantom, tmp_path):
+    """--track http://127.0.0.1:PORT with nothing listening: one warning, the run trains to its end and a later
+    evaluate of it goes on too (MLflow's own retries would hold each for minutes). A real process, with a deadline."""
+    import socket
+
+    from conftest import run_process
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    rc, _, err = run_process("finetune", "resnet18", "--drop", "3", "--weights", "none", "--data", phantom, "--out",
+                             tmp_path / "run", "--max-steps", "2", "--track", f"http://127.0.0.1:{port}", *TRAIN,
+                             timeout=120)
+    assert rc == 0 and err.count("MLflow tracking at") == 1 and "goes on without tracking" in err, err
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 2
+    rc, _, err = run_process("evaluate", tmp_path / "run", "--bootstrap", "0", "--track", f"http://127.0.0.1:{port}",
+                             "-q", timeout=120)
+    assert rc == 0 and "goes on without tracking" in err, err
+
+
+def test_a_folder_store_is_a_sqlite_database_in_that_folder(tmp_path):
+    """MLflow 3 refuses folder stores: --track FOLDER keeps FOLDER/mlflow.db (the README's promise holds)."""
+    from chexcut.tracking import Tracker, absolute_uri, tracking_from
+
+    assert absolute_uri(str(tmp_path / "store")) == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    tracker = Tracker(tracking_from(str(tmp_path / "store")), run).start(reopen=False)
+    assert tracker.run_id is not None and (tmp_path / "store" / "mlflow.db").is_file()
 
 
 def test_without_the_extra_one_line_and_no_import(monkeypatch):
