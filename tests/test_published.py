@@ -257,3 +257,34 @@ def test_a_study_evaluates_by_subgroup_and_the_report_shows_it(tmp_path):
     assert "## Subgroups" in md and "| Sex |" in md and "## Calibration" in md
     rc, _, err = run_cli("study", "plan", "--data", tmp_path / "ph", "--out", tmp_path / "s2", "--by", "Age")
     assert rc == 2 and "--age-bins" in err
+
+
+def test_plot_names_never_collide_and_age_bins_are_finite(tmp_path):
+    """Labels whose file names would collide (Edema / EDEMA, a/b / a b) get distinct plots; --age-bins with a
+    non-finite edge is one line."""
+    from pathlib import Path
+
+    from chexcut.evaluation.plots import unique_slugs
+
+    assert unique_slugs(["Edema", "EDEMA", "a/b", "a b", "a_b"]) == {
+        "Edema": "edema", "EDEMA": "edema-2", "a/b": "a_b", "a b": "a_b-2", "a_b": "a_b-3"}
+    rng = np.random.default_rng(0)
+    n = 200
+    paths = [f"CheXpert-v1.0-small/valid/patient{i:05d}/study1/view1_frontal.jpg" for i in range(n)]
+    truth = pd.DataFrame({"Path": paths, "Frontal/Lateral": "Frontal", "Sex": ["Male", "Female"] * (n // 2),
+                          "Age": rng.integers(20, 90, n)})
+    preds = pd.DataFrame({"Path": paths})
+    for lab in ("Edema", "EDEMA"):
+        truth[lab] = (rng.random(n) < 0.3).astype(int)
+        preds[lab] = np.clip(truth[lab] * 0.5 + rng.random(n) * 0.5, 0, 1)
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    preds.to_csv(tmp_path / "preds.csv", index=False)
+    rc, out, err = run_cli("evaluate", "--predictions", tmp_path / "preds.csv", "--truth", tmp_path / "truth.csv",
+                           "--allow-missing", "--bootstrap", "20", "--plots", tmp_path / "plots", "--json", "-")
+    assert rc == 0, err
+    files = json.loads(out)["plots"]
+    assert len(files) == len(set(files)) == len(list((tmp_path / "plots").glob("*.png")))
+    assert {"edema-roc.png", "edema-2-roc.png"} <= {Path(f).name for f in files}
+    rc, _, err = run_cli("evaluate", "--predictions", tmp_path / "preds.csv", "--truth", tmp_path / "truth.csv",
+                         "--allow-missing", "--by", "Age", "--age-bins", "0,nan,100")
+    assert rc == 2 and "finite numbers" in err and err.count("\n") == 1, err

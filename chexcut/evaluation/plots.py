@@ -19,6 +19,21 @@ def slug(label: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in label.lower()).strip("_")
 
 
+def unique_slugs(labels) -> dict[str, str]:
+    """Each label's file-name stem, unique among ``labels``: labels whose slugs collide (``Edema`` and ``EDEMA``,
+    ``a/b`` and ``a b``) get ``-2``, ``-3`` ... in order, so no plot overwrites another's."""
+    out, taken = {}, set()
+    for label in labels:
+        base = slug(label) or "label"
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}-{k}"
+        out[label] = name
+        taken.add(name)
+    return out
+
+
 def weighted_roc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(R, T) false- and true-positive rates at each distinct threshold (descending), for row weights (R, n)."""
     from chexcut.evaluation.operating import Curve
@@ -60,8 +75,10 @@ def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) ->
     written = []
     cal = {r["label"]: r for r in (result.get("calibration") or {}).get("labels", [])}
 
-    def save(fig, name):
-        f = folder / name
+    stems = unique_slugs([row["label"] for row in result["labels"]])
+
+    def save(fig, label, kind):
+        f = folder / f"{stems[label]}-{kind}.png"
         with atomic_path(f) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -83,7 +100,7 @@ def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) ->
         ax.plot(fpr[0], tpr[0], color="tab:blue", lw=2, label=f"AUROC {row['auroc']:.3f}{ci}")
         _readers_and_points(ax, name, result)
         _roc_axes(ax, f"{name}: ROC ({row['n_pos']} pos, {row['n_neg']} neg)")
-        save(fig, f"{slug(name)}-roc.png")
+        save(fig, name, "roc")
         _pr_plot(plt, save, name, row, y, s)
         if name in cal and cal[name].get("bins"):
             _reliability_plot(plt, save, name, cal[name])
@@ -133,7 +150,7 @@ def _pr_plot(plt, save, name, row, y, s) -> None:
            title=f"{name}: precision-recall")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
-    save(fig, f"{slug(name)}-pr.png")
+    save(fig, name, "pr")
 
 
 def _reliability_plot(plt, save, name, c) -> None:
@@ -149,7 +166,7 @@ def _reliability_plot(plt, save, name, c) -> None:
            ylabel="observed rate", title=f"{name}: reliability (Brier {c['brier']:.3f})")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    save(fig, f"{slug(name)}-reliability.png")
+    save(fig, name, "reliability")
 
 
 def _subgroup_plot(plt, save, name, column, evalset, scores, j, result) -> None:
@@ -169,4 +186,4 @@ def _subgroup_plot(plt, save, name, column, evalset, scores, j, result) -> None:
         plt.close(fig)
         return
     _roc_axes(ax, f"{name}: ROC by {column}")
-    save(fig, f"{slug(name)}-roc-by-{slug(column)}.png")
+    save(fig, name, f"roc-by-{slug(column)}")

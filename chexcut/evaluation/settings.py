@@ -3,6 +3,7 @@ run over images (:class:`Inference`). Plain values; no torch, no numpy."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,8 @@ class Statistics:
             raise ChexcutError(f"--by names a column twice: {','.join(self.by)}")
         if self.age_bins is not None:
             edges = tuple(float(e) for e in self.age_bins)
+            if not all(math.isfinite(e) for e in edges):
+                raise ChexcutError(f"--age-bins takes finite numbers, not {','.join(map(str, self.age_bins))}")
             if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
                 raise ChexcutError(f"--age-bins needs at least two increasing edges (e.g. 0,40,60,80,200), not "
                                    f"{','.join(map(str, self.age_bins))}")
