@@ -213,3 +213,31 @@ def test_outputs_never_replace_what_they_point_at(run, tmp_path):
     rc, _, err = run_cli("report", copy, "--json", copy / "eval.json")
     _one_line_exit_2(rc, err, "one of this command's inputs")
     assert (copy / "eval.json").read_bytes() == before
+
+
+def test_model_specs_are_validated_as_data(tmp_path):
+    """Metadata nested 100,000 deep or of 2 MB is refused before it is parsed; a spec whose standard deviations are
+    0 or whose mean is NaN, or whose normalisation does not fit its channels, is one line when the file is read
+    (not "scores holds non-finite values" after inference)."""
+    import chexcut
+
+    good = tmp_path / "m.safetensors"
+    chexcut.save_model(chexcut.truncate("resnet18", drop=3, weights="none", image_size=32), good)
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(good), "pt") as f:
+        spec = json.loads(f.metadata()["chexcut"])
+    tensors = load_file(str(good))
+    deep = json.dumps(spec)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    huge = json.dumps({**spec, "x": "y" * 2_000_000})
+    cases = [(deep, "nested deeper"), (huge, "characters"),
+             (json.dumps({**spec, "normalisation": {"mean": [0.5] * 3, "std": [0, 0, 0]}}), "positive"),
+             (json.dumps({**spec, "normalisation": {"mean": [float("nan")] * 3, "std": [1] * 3}}), "finite"),
+             (json.dumps({**spec, "normalisation": {"mean": [0.5], "std": [0.2]}}), "for 3 input channels")]
+    for text, words in cases:
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"chexcut": text})
+        for cmd in (["inspect", tmp_path / "bad.safetensors"], ["evaluate", tmp_path / "bad.safetensors", "--data",
+                                                                 tmp_path]):
+            rc, _, err = run_cli(*cmd)
+            _one_line_exit_2(rc, err, words)

@@ -38,6 +38,32 @@ def save_model(model, path: str | os.PathLike, spec: ModelSpec | None = None, fo
     return path
 
 
+MAX_META_BYTES = 1_000_000  # a spec's JSON is ~2 kB; 99 MB of metadata is refused before parsing
+MAX_META_DEPTH = 32
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of brackets in a JSON text, outside its strings (read before json.loads recurses)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def read_spec(path: str | os.PathLike) -> ModelSpec:
     """The spec of a chexcut model file, without reading its tensors."""
     from safetensors import safe_open
@@ -54,9 +80,15 @@ def read_spec(path: str | os.PathLike) -> ModelSpec:
         ) from None
     if META_KEY not in meta:
         raise ChexcutError(f"{path} is a safetensors file but not a chexcut model (no '{META_KEY}' metadata)")
+    text = meta[META_KEY]
+    if len(text) > MAX_META_BYTES:  # a spec is a few kB: bounded before it is parsed
+        raise ChexcutError(f"{path}: damaged chexcut metadata: {len(text):,} characters (a spec holds at most "
+                           f"{MAX_META_BYTES:,})")
+    if _depth(text) > MAX_META_DEPTH:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: nested deeper than {MAX_META_DEPTH} levels")
     try:
-        spec = json.loads(meta[META_KEY])
-    except json.JSONDecodeError:
+        spec = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         raise ChexcutError(f"{path}: the chexcut metadata is not valid JSON") from None
     if not isinstance(spec, dict) or spec.get("format") != "chexcut-model":
         raise ChexcutError(f"{path}: the chexcut metadata does not describe a model")

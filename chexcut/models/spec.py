@@ -125,6 +125,16 @@ def check_spec(spec: dict, path) -> None:
     if not all(isinstance(norm.get(k), list) and norm[k] and all(isinstance(v, (int, float)) for v in norm[k])
                for k in ("mean", "std")):
         raise ChexcutError(f"{path}: damaged chexcut metadata: 'normalisation' needs numeric 'mean' and 'std' lists")
+    import math
+
+    mean, std = norm["mean"], norm["std"]
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise ChexcutError(f"{path}: damaged chexcut metadata: normalisation mean {mean} / std {std}: the means must be "
+                           f"finite and the standard deviations positive")
+    channels = spec.get("in_chans", 3)
+    if not isinstance(channels, int) or isinstance(channels, bool) or len(mean) != channels or len(std) != channels:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: {len(mean)} means and {len(std)} standard deviations "
+                           f"for {channels!r} input channels")
     try:
         arch = get_arch(spec["arch"])
     except ChexcutError as e:
