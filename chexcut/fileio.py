@@ -225,8 +225,27 @@ def write_text(path: Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
+def finite(obj):
+    """``obj`` with every NaN or infinite float as None: every JSON chexcut writes is JSON (``NaN`` is not), e.g.
+    when a run file read back held a NaN."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj) -> str:
+    """The one JSON rendering of chexcut's outputs (files and stdout): indented, non-finite numbers as null."""
+    return json.dumps(finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, json_text(obj))
 
 
 def cache_dir() -> Path:

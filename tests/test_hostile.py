@@ -241,3 +241,45 @@ def test_model_specs_are_validated_as_data(tmp_path):
                                                                  tmp_path]):
             rc, _, err = run_cli(*cmd)
             _one_line_exit_2(rc, err, words)
+
+
+def test_status_and_report_on_any_folder(run, tmp_path):
+    """Run files written by hand or a crash: a step "abc", a best that is a string, an AUROC that is a string or
+    NaN, a log line with rich markup, --watch nan; a run named twice; a run interrupted while being evaluated.
+    status and report answer (JSON stays JSON) or say one line; never exit 1."""
+    rc, _, err = run_cli("study", "plan", "--data", run / "ph", "--out", tmp_path / "st", "--archs", "resnet18",
+                         "--weights", "none", "--drops", "1,2,3")
+    assert rc == 0, err
+    plan = json.loads((tmp_path / "st" / "plan.json").read_text())
+    a, b, c = (tmp_path / "st" / r["run_dir"] for r in plan["runs"])
+    for d in (a, b, c):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    (a / "state.json").write_text(json.dumps({"status": "stopped", "step": "abc", "best": "x", "epoch": "y"}))
+    (a / "log.txt").write_text("chexcut: error: a [/] in a path [bold]\n")
+    (b / "eval.json").write_text('{"mean_competition": {"auroc": NaN, "ci_low": "x", "ci_high": null}}')
+    (c / "state.json").write_text(json.dumps({"status": "finished", "step": 4}))
+    (c / "log.txt").write_text("chexcut: interrupted: the evaluation stopped\n")
+    rc, out, err = run_cli("study", "status", tmp_path / "st", "--json", "-")
+    assert rc == 0, err
+    res = json.loads(out)  # JSON, not NaN
+    got = {r["id"]: r for r in res["runs"]}
+    ra, rb, rc_ = (got[r["id"]] for r in plan["runs"])
+    assert ra["step"] is None and ra["best_mean_auroc"] is None and rb["status"] == "done" and rb["auroc"] is None
+    assert rc_["status"] == "interrupted"
+    rc, out, err = run_cli("study", "status", tmp_path / "st")
+    assert rc == 0 and "[/]" in out, err
+    rc, _, err = run_cli("study", "status", tmp_path / "st", "--watch", "nan")
+    _one_line_exit_2(rc, err, "--watch")
+    # report: a run named twice is one run; an eval.json with a string AUROC is listed as damaged, not a crash
+    copy = Path(shutil.copytree(run / "run", tmp_path / "r"))
+    assert run_cli("evaluate", copy, "--bootstrap", "20", "--json", copy / "eval.json", "-q")[0] == 0
+    rc, out, err = run_cli("report", copy, copy, "--bootstrap", "20", "--json", "-")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["runs"] == 1 and rep["results"][0]["seeds"] == [0]
+    ev = json.loads((copy / "eval.json").read_text())
+    ev["mean_competition"]["auroc"] = "0.9"
+    (copy / "eval.json").write_text(json.dumps(ev))
+    rc, out, err = run_cli("report", copy, "--json", "-")
+    _one_line_exit_2(rc, err, "no evaluated runs")  # the damaged run is not used, and it is said in one line

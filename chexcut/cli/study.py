@@ -176,13 +176,14 @@ def study_status(
     watch: Annotated[Optional[float], typer.Option("--watch", help="Refresh every N seconds until Ctrl-C.")] = None,
 ):
     """Where every planned run stands (queued, running, stalled, interrupted, failed, done), from its folder alone."""
+    import math
     import time
 
     import chexcut.cli.ui as ui
     from chexcut.fileio import check_output_file, write_json
     from chexcut.study.status import study_status as status_of
 
-    if watch is not None and (watch <= 0 or json_path == "-"):
+    if watch is not None and (not math.isfinite(watch) or watch <= 0 or json_path == "-"):
         raise ChexcutError("--watch takes a number of seconds > 0, and not with --json -")
     if json_path and json_path != "-":
         from chexcut.rundir import files_read_under

@@ -6,13 +6,13 @@ the command's machine output has stdout, progress always goes to stderr.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from chexcut.rundir import RunDir
 
@@ -31,7 +31,9 @@ def human(n: float) -> str:
 
 def print_json(obj) -> None:
     """Exact JSON on stdout, nothing else."""
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    from chexcut.fileio import json_text
+
+    sys.stdout.write(json_text(obj))
     sys.stdout.flush()
 
 
@@ -440,7 +442,7 @@ def study_status_table(res: dict) -> Table:
     """``study status``: one row per planned run, the totals as the caption."""
     colours = {"done": "green", "running": "cyan", "stalled": "yellow", "interrupted": "yellow", "failed": "red",
                "queued": "dim"}
-    t = Table(title=f"Study {res['study']}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+    t = Table(title=Text(f"Study {res['study']}"), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
               pad_edge=False, caption=(", ".join(f"{n} {s}" for s, n in res["totals"].items() if n) or "no runs")
               + "; beat: time since the run's files last changed",
               caption_justify="left")
@@ -456,8 +458,8 @@ def study_status_table(res: dict) -> Table:
         step = "" if r["step"] is None else (f"{r['step']}/{r['total_steps']}" if r["total_steps"] else str(r["step"]))
         age = "" if r["age_s"] is None else (f"{r['age_s']:.0f}s" if r["age_s"] < 120 else
                                             f"{r['age_s'] / 60:.0f}m" if r["age_s"] < 7200 else f"{r['age_s'] / 3600:.0f}h")
-        t.add_row(r["id"], f"[{colours[r['status']]}]{r['status']}[/]", step, score,
-                  "" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}", age, r["reason"] or "")
+        t.add_row(Text(r["id"]), f"[{colours[r['status']]}]{r['status']}[/]", step, score,  # run texts: never markup
+                  "" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}", age, Text(r["reason"] or ""))
     return t
 
 

@@ -65,7 +65,10 @@ def find_run_dirs(targets: list[Path]) -> list[Path]:
             if not found:
                 raise ChexcutError(f"{t} is neither a run directory nor a study folder")
             out += found
-    return out
+    unique = {}  # one run once: `report RUN RUN`, or a run inside a study also named, is not two seeds
+    for d in out:
+        unique.setdefault(Path(d).resolve(), d)
+    return list(unique.values())
 
 
 def collect(targets: list[Path]) -> Collected:
@@ -81,7 +84,8 @@ def collect(targets: list[Path]) -> Collected:
             continue
         if not rd.eval.is_file():
             state = rd.read_state()
-            res.incomplete.append({"run_dir": str(d), "reason": f"no eval.json (finetune {state.get('status', 'not finished')})"})
+            status = state.get("status") if isinstance(state, dict) and isinstance(state.get("status"), str) else None
+            res.incomplete.append({"run_dir": str(d), "reason": f"no eval.json (finetune {status or 'not finished'})"})
             continue
         cfg, ev = rd.read_config(), rd.read_eval()
         if cfg is None or ev is None:
@@ -163,6 +167,18 @@ def _damaged(cfg: dict, ev: dict) -> str | None:
         int(spec["drop"]), int(spec["params"]), int(cfg["train"]["seed"]), int(cfg["train"]["image_size"])
     except (ChexcutError, KeyError, TypeError, ValueError) as e:
         return f"damaged config.json: {e}"
+    import math
+
+    def number(x) -> bool:
+        return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x))
+
+    mc = ev.get("mean_competition")
+    if mc is not None and (not isinstance(mc, dict) or not all(number(mc.get(k)) for k in ("auroc", "ci_low", "ci_high"))):
+        return "damaged eval.json: 'mean_competition' holds a value that is not a finite number"
+    labels = ev["labels"]
+    if not isinstance(labels, list) or not all(isinstance(r, dict) and isinstance(r.get("label"), str)
+                                               and number(r.get("auroc")) for r in labels):
+        return "damaged eval.json: 'labels' must list each label's name and AUROC (a finite number or null)"
     return None
 
 

@@ -40,21 +40,25 @@ def run_status(run_id: str, rd: RunDir, now: float) -> dict:
     if not rd.path.is_dir() or not any(rd.path.iterdir()):
         return row
     state = rd.read_state()
+    state = state if isinstance(state, dict) else {}
     rows = _metrics_rows(rd.metrics)
     beat = max((p.stat().st_mtime for p in (rd.metrics, rd.state, rd.config, rd.log) if p.is_file()), default=None)
-    row.update(step=state.get("step"), total_steps=state.get("total_steps"),
-               epoch=round(state["epoch"], 3) if isinstance(state.get("epoch"), (int, float)) else None,
-               best_mean_auroc=(state.get("best") or {}).get("mean_auroc"),
+    best = state.get("best") if isinstance(state.get("best"), dict) else {}
+    epoch = _number(state.get("epoch"))
+    row.update(step=_count(state.get("step")), total_steps=_count(state.get("total_steps")),
+               epoch=round(epoch, 3) if epoch is not None else None, best_mean_auroc=_number(best.get("mean_auroc")),
                images_per_s=_last_number(rows, "images_per_s"),
                updated=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(beat)) if beat else None,
                age_s=round(now - beat, 1) if beat else None)
     ev = rd.read_eval()
-    if ev is not None and isinstance(ev.get("mean_competition"), dict):
+    if isinstance(ev, dict) and isinstance(ev.get("mean_competition"), dict):
         m = ev["mean_competition"]
-        row.update(status="done", auroc=m.get("auroc"), ci_low=m.get("ci_low"), ci_high=m.get("ci_high"))
+        row.update(status="done", auroc=_number(m.get("auroc")), ci_low=_number(m.get("ci_low")),
+                   ci_high=_number(m.get("ci_high")))
         return row
     status = state.get("status")
-    if status == "interrupted":
+    last = _last_line(rd.log) or ""
+    if status == "interrupted" or last.startswith(("chexcut: interrupted", "chexcut: terminated")):
         row.update(status="interrupted", reason=f"stopped at step {state.get('step')} by a signal; it resumes "
                                                 f"from its checkpoint")
     elif status == "stopped":
@@ -74,6 +78,17 @@ def run_status(run_id: str, rd: RunDir, now: float) -> dict:
     return row
 
 
+def _number(x) -> float | None:
+    """A finite number from a run file, else None (a string, NaN or infinity written by hand or a crash)."""
+    import math
+
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _count(x) -> int | None:
+    return int(x) if isinstance(x, int) and not isinstance(x, bool) else None
+
+
 def _metrics_rows(path: Path) -> list[dict]:
     try:
         with open(path, newline="") as f:
@@ -85,9 +100,11 @@ def _metrics_rows(path: Path) -> list[dict]:
 def _last_number(rows: list[dict], column: str) -> float | None:
     for r in reversed(rows):
         try:
-            return float(r[column])
+            value = float(r[column])
         except (KeyError, TypeError, ValueError):
             continue
+        if _number(value) is not None:
+            return value
     return None
 
 
