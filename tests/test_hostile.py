@@ -65,6 +65,19 @@ def test_numbers_out_of_range_are_one_line(tmp_path, args, words):
     _one_line_exit_2(rc, err, words)
 
 
+@pytest.mark.parametrize("args", [
+    ["finetune", "resnet18", "--data", ".", "--out", "r", "--labels", ","],
+    ["evaluate", "m.safetensors", "--labels", " , "],
+    ["prepare", ".", "--labels", ","],
+    ["study", "plan", "--data", ".", "--out", "s", "--archs", "resnet18", "--by", ","],
+    ["study", "plan", "--data", ".", "--out", "s", "--archs", ","],
+    ["explain", "m", "x.png", "--labels", ","],
+])
+def test_an_empty_list_is_never_read_as_all(tmp_path, args):
+    rc, _, err = run_cli(*args, cwd=tmp_path)
+    _one_line_exit_2(rc, err, "is an empty list")
+
+
 def test_bounds_are_declared_once_and_checked_in_the_library():
     assert check_bounds("seed", 0) == 0 and check_bounds("image_size", None) is None
     for name, value in (("seed", -1), ("image_size", 10**9), ("bootstrap", 10**9), ("batch_size", 0)):

@@ -152,7 +152,7 @@ def test_prepare_reserves_its_cache_before_writing(phantom, tmp_path, monkeypatc
     (["report", "{data}", "--out", "{file}"], "is a file"),
     (["demo", "{file}", "--offline"], "is a file"),
     (["inspect", "resnet18", "--image-size", "0"], "'--image-size': Input should be greater than or equal to 16"),
-    (["truncate", "resnet18", "--labels", ",", "--weights", "none", "-o", "{tmp}/m.safetensors"], "label list is empty"),
+    (["truncate", "resnet18", "--labels", ",", "--weights", "none", "-o", "{tmp}/m.safetensors"], "--labels ',' is an empty list"),
     (["phantom", "{tmp}/ph", "--image-size", "100000"], "'--image-size': Input should be less than or equal to 4096"),
     (["phantom", "{tmp}/ph", "--image-size", "3000"], "32..2048"),
 ])

@@ -46,15 +46,20 @@ def complete_arch(incomplete: str) -> list[str]:
 TrackOpt = Annotated[Optional[str], typer.Option("--track", help="Log to MLflow at this tracking URI (sqlite:///PATH/mlflow.db, a folder, or a server; default: $CHEXCUT_TRACKING_URI). Needs chexcut[track].")]
 
 
-def split_list(value: Optional[str]) -> Optional[list[str]]:
+def split_list(value: Optional[str], flag: str | None = None) -> Optional[list[str]]:
+    """A comma-separated option as a list (None: not given). Given but empty (``--labels ,``) is one line naming
+    ``flag``: an empty list must never be read as "all" or "none"."""
     if value is None:
         return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items and flag:
+        raise ChexcutError(f"{flag} {value!r} is an empty list: give at least one comma-separated value")
+    return items
 
 
 def ints(value: str, name: str) -> list[int]:
     try:
-        return [int(v) for v in split_list(value)]
+        return [int(v) for v in split_list(value, f"--{name}")]
     except ValueError:
         raise ChexcutError(f"--{name} must be comma-separated integers, not {value!r}") from None
 
@@ -101,7 +106,7 @@ SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unrea
 def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0):
     from chexcut.data.chexpert import DataOptions
 
-    return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels)) if labels else None, views=str(views),
+    return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels, "--labels")) if labels is not None else None, views=str(views),
                        uncertain=uncertain, blank=str(blank), valid_frac=valid_frac, split_seed=split_seed)
 
 

@@ -105,7 +105,7 @@ def explain(
     from chexcut.deploy import explain as ex
 
     request = ex.ExplainInputs(model=model, images=tuple(images or ()), data=data, csv=csv, split=str(split),
-                               limit=limit, labels=tuple(split_list(labels) or ()) or None, top=top, layer=layer,
+                               limit=limit, labels=tuple(split_list(labels, "--labels") or ()) or None, top=top, layer=layer,
                                check=check, check_limit=check_limit, skip_bad=skip_bad)
     with ui.lazy_progress_bar("explaining", quiet=quiet or json_path == "-") as update:
         result, inputs = ex.run_explain(request, out, update)

@@ -78,7 +78,7 @@ def evaluate(
     _check_outputs(json_path, predictions_out, csv_out, plots,
                    _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv))
     quiet = quiet or json_path == "-"
-    label_file, label_list = truth, split_list(labels)
+    label_file, label_list = truth, split_list(labels, "--labels")
     if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
         ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")
         label_file, label_list = Path(labels), None
@@ -107,12 +107,12 @@ def _statistics(p: dict):
     bins = None
     if p["age_bins"]:
         try:
-            bins = tuple(float(x) for x in split_list(p["age_bins"]))
+            bins = tuple(float(x) for x in split_list(p["age_bins"], "--age-bins"))
         except ValueError:
             raise ChexcutError(f"--age-bins takes numbers separated by commas, not {p['age_bins']!r}") from None
     return Statistics(bootstrap=p["bootstrap"], ci=p["ci"], seed=p["seed"], cluster=str(p["cluster"]),
                       method=str(p["method"]), alpha=p["alpha"], margin=p["margin"], equivalence=p["equivalence"],
-                      level=str(p["level"]), by=tuple(split_list(p["by"]) or ()), age_bins=bins,
+                      level=str(p["level"]), by=tuple(split_list(p["by"], "--by") or ()), age_bins=bins,
                       calibration=p["calibration"], at_specificity=_targets(p["at_specificity"], "--at-specificity"),
                       at_sensitivity=_targets(p["at_sensitivity"], "--at-sensitivity"))
 
@@ -149,7 +149,7 @@ def _inputs(model, data, predictions, truth, compare, groups, readers, threshold
     import json
 
     files = [predictions, truth, compare, groups, thresholds, csv, model]
-    files += [item.partition("=")[2] or item for spec in readers or () for item in split_list(spec) or ()]
+    files += [item.partition("=")[2] or item for spec in readers or () for item in split_list(spec, "--readers") or ()]
     folders = [data] if data else []
     if model and (Path(model) / "config.json").is_file():  # a run directory: its own files and its data set
         files += [Path(model) / name for name in ("config.json", "valid_predictions.csv", "best.safetensors")]
@@ -167,7 +167,7 @@ def _targets(values: list[str] | None, flag: str) -> tuple[float, ...]:
     """Repeatable, comma-separated sensitivity/specificity targets, each checked in (0, 1]."""
     from chexcut.evaluation.operating import check_target
 
-    return tuple(check_target(v, flag) for item in values or () for v in split_list(item) or ())
+    return tuple(check_target(v, flag) for item in values or () for v in split_list(item, flag) or ())
 
 
 def _write(result: dict, json_path: str | None, csv_out: Path | None, quiet: bool) -> None:

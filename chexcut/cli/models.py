@@ -91,7 +91,7 @@ def truncate(
     if out.suffix != ".safetensors":
         raise ChexcutError(f"-o {out}: chexcut model files end in .safetensors")
     check_writable(out, force=force, inputs=[weights])
-    model = do_truncate(a.name, drop=d, weights=weights, labels=split_list(labels), in_chans=in_chans,
+    model = do_truncate(a.name, drop=d, weights=weights, labels=split_list(labels, "--labels"), in_chans=in_chans,
                         image_size=image_size, seed=seed, resize=str(resize))
     anat = anatomy(a.name, image_size, n_labels=len(model.chexcut_spec.labels))
     save_model(model, out, force=force)

@@ -59,17 +59,18 @@ def study_plan(
         require_mlflow()
     options = _finetune_options(list(ctx.args), data,
                                 {"uri": absolute_uri(track), "log_models": track_models} if track else None)
-    grid = Grid(archs=tuple(split_list(archs)) if archs else PAPER_ARCHS, weights=tuple(split_list(weights)),
+    grid = Grid(archs=tuple(split_list(archs, "--archs")) if archs is not None else PAPER_ARCHS,
+                weights=tuple(split_list(weights, "--weights")),
                 drops=tuple(ints(drops, "drops")), seeds=tuple(ints(seeds, "seeds")))
-    cluster = Slurm(gpus_per_task=gpus_per_task, nodes=nodes, extra=tuple(split_list(sbatch) or ()),
+    cluster = Slurm(gpus_per_task=gpus_per_task, nodes=nodes, extra=tuple(split_list(sbatch, "--sbatch") or ()),
                     cpus_per_task=cpus_per_task, time=time, partition=partition, account=account, mem=mem,
                     signal_before=signal_before, requeue=requeue)
     try:
-        bins = [float(x) for x in split_list(age_bins)] if age_bins else None
+        bins = [float(x) for x in split_list(age_bins, "--age-bins")] if age_bins is not None else None
     except ValueError:
         raise ChexcutError(f"--age-bins takes numbers separated by commas, not {age_bins!r}") from None
     plan = plan_study(out, data, grid, options, bootstrap=bootstrap, bench=bench, slurm=cluster if slurm else None,
-                      force=force, evaluate_options={"by": split_list(by) or [], "age_bins": bins,
+                      force=force, evaluate_options={"by": split_list(by, "--by") or [], "age_bins": bins,
                                                      "groups": groups, "calibration": calibration})
     if json_out:
         ui.print_json(plan)
@@ -265,7 +266,7 @@ def demo(
     import chexcut.cli.ui as ui
     from chexcut.demo import Demo, run_demo
 
-    demo = Demo(archs=tuple(split_list(archs) or ()), drops=tuple(ints(drops, "drops")), n=n, image_size=image_size,
+    demo = Demo(archs=tuple(split_list(archs, "--archs") or ()), drops=tuple(ints(drops, "drops")), n=n, image_size=image_size,
                 epochs=epochs, bootstrap=bootstrap, seed=seed)
     rep, paths = run_demo(folder, demo, jobs=jobs, offline=offline, mirror=mirror,
                           say=lambda text: ui.err.print(text, markup=False, highlight=False),
