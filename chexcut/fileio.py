@@ -271,27 +271,81 @@ def writable_folder(folder: Path, what: str) -> Path:
     return folder
 
 
+def _open_text(path):
+    """A CSV as text, decompressed by its extension (.gz, .bz2, .xz, .zip with one member), a BOM dropped."""
+    import io
+
+    name = str(path).lower()
+    if name.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    if name.endswith(".bz2"):
+        import bz2
+
+        return bz2.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    if name.endswith(".xz"):
+        import lzma
+
+        return lzma.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    if name.endswith(".zip"):
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            members = [m for m in z.namelist() if not m.endswith("/")]
+            if len(members) != 1:
+                raise ChexcutError(f"{path}: a zipped CSV holds one file, this holds {len(members)}")
+            data = z.read(members[0])
+        return io.StringIO(data.decode("utf-8-sig", errors="replace"), newline="")
+    return open(path, newline="", encoding="utf-8-sig", errors="replace")
+
+
+def _sniff(path) -> str:
+    """The separator of a CSV: ',' unless its header line splits better on ';' or a tab (a spreadsheet saved in a
+    locale with decimal commas writes ';')."""
+    try:
+        with _open_text(path) as f:
+            first = f.readline()
+    except (OSError, EOFError, ValueError):
+        return ","
+    counts = {sep: first.count(sep) for sep in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > counts[","] else ","
+
+
 def csv_header(path) -> list[str]:
-    """A CSV's column names as spreadsheets save them: a UTF-8 BOM dropped, spaces around each name stripped."""
+    """A CSV's column names as spreadsheets save them: compressed by extension, a UTF-8 BOM dropped, the separator
+    sniffed, spaces around each name stripped."""
     import csv
 
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        return [c.strip() for c in next(csv.reader(f), [])]
+    sep = _sniff(path)
+    try:
+        with _open_text(path) as f:
+            return [c.strip() for c in next(csv.reader(f, delimiter=sep), [])]
+    except (OSError, EOFError) as e:
+        raise ChexcutError(f"{path} is not a readable CSV ({e})") from None
 
 
 def read_csv(path, *, text=(), usecols=None, **kwargs):
     """``pandas.read_csv`` for every CSV a user gives (data, predictions, truth, groups, thresholds, readers): a
-    UTF-8 BOM, CRLF line ends and spaces around column names are tolerated; columns are named as
-    :func:`csv_header` names them; ``text``: columns read as strings (``True``: all of them)."""
+    UTF-8 BOM, CRLF line ends, spaces around column names, a ``.gz``/``.bz2``/``.xz``/``.zip`` file and a ``;``
+    or tab separator (with decimal commas after ``;``) are read; columns are named as :func:`csv_header` names
+    them; ``text``: columns read as strings (``True``: all of them)."""
     import csv
 
     import pandas as pd
 
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        raw = next(csv.reader(f), [])
+    sep = _sniff(path)
+    with _open_text(path) as f:
+        raw = next(csv.reader(f, delimiter=sep), [])
     real = {c.strip(): c for c in raw}
     dtype = str if text is True else ({real.get(c, c): str for c in text} or None)
     use = None if usecols is None else [real.get(c, c) for c in usecols]
-    df = pd.read_csv(path, encoding="utf-8-sig", dtype=dtype, usecols=use, **kwargs)
+    if sep != ",":
+        kwargs.setdefault("sep", sep)
+        if sep == ";":
+            kwargs.setdefault("decimal", ",")
+    with _open_text(path) as f:
+        df = pd.read_csv(f, dtype=dtype, usecols=use, **kwargs)
     df.columns = [str(c).strip() for c in df.columns]
     return df

@@ -280,3 +280,36 @@ def test_threshold_and_group_files_as_users_and_spreadsheets_write_them(public, 
     r = _eval(*base, "--groups", tmp_path / "groups.csv", "--by", "Site")
     assert {g["group"] for g in r["subgroups"]} == {"a", "b"}
     assert any("groups.csv has no row for 250 of the 500 evaluated rows" in w for w in r["warnings"]), r["warnings"]
+
+
+def test_files_as_spreadsheets_and_archives_save_them(public, tmp_path):
+    """A predictions and truth CSV gzipped, zipped, or saved with ';' and decimal commas give the same evaluation;
+    a readers file named with '=' is that file; a non-numeric value names its column; a near-miss label column
+    is suggested."""
+    import gzip
+    import zipfile
+
+    d = public
+    base = _eval("--predictions", d / "model_predictions.csv", "--truth", d / "groundtruth.csv", "--bootstrap", "0")
+    preds, truth = pd.read_csv(d / "model_predictions.csv"), pd.read_csv(d / "groundtruth.csv")
+    (tmp_path / "p.csv.gz").write_bytes(gzip.compress(preds.to_csv(index=False).encode()))
+    with zipfile.ZipFile(tmp_path / "t.csv.zip", "w") as z:
+        z.writestr("groundtruth.csv", truth.to_csv(index=False))
+    preds.to_csv(tmp_path / "p-excel.csv", sep=";", decimal=",", index=False)
+    for p, t in ((tmp_path / "p.csv.gz", tmp_path / "t.csv.zip"), (tmp_path / "p-excel.csv", d / "groundtruth.csv")):
+        r = _eval("--predictions", p, "--truth", t, "--bootstrap", "0")
+        assert r["mean_competition"]["auroc"] == pytest.approx(base["mean_competition"]["auroc"], abs=1e-12)
+    import shutil
+
+    shutil.copy(d / "bc4.csv", tmp_path / "reader=a.csv")
+    r = _eval("--predictions", d / "model_predictions.csv", "--truth", d / "groundtruth.csv", "--bootstrap", "0",
+              "--readers", tmp_path / "reader=a.csv")
+    assert {x["reader"] for x in r["readers"]} == {"reader=a"}
+    bad = preds.copy()
+    bad["Edema"] = bad["Edema"].astype(object)
+    bad.loc[3, "Edema"] = "high"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    preds.rename(columns={"Edema": "edema"}).to_csv(tmp_path / "near.csv", index=False)
+    for p, words in ((tmp_path / "bad.csv", "non-numeric predictions in 'Edema'"), (tmp_path / "near.csv", "'edema'")):
+        rc, _, err = run_cli("evaluate", "--predictions", p, "--truth", d / "groundtruth.csv")
+        assert rc == 2 and words in err and err.count("\n") == 1, err

@@ -32,6 +32,8 @@ def parse_reader_specs(specs) -> list[tuple[str, Path]]:
     out = []
     for item in [p.strip() for spec in specs or () for p in str(spec).split(",") if p.strip()]:
         name, sep, path = item.partition("=")
+        if Path(item).is_file():  # a file whose name holds '=' is that file, not NAME=FILE
+            name, sep, path = Path(item).stem, "", item
         name, path = (name.strip(), path.strip()) if sep else (Path(item).stem, item)
         if not name or not path:
             raise ChexcutError(f"--readers takes FILE or NAME=FILE, not {item!r}")

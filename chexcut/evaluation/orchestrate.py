@@ -278,9 +278,14 @@ def _predictions_and_labels(predictions, label_file, options: dict, logits: bool
     header = _header(label_file)
     lacking = [c for c in COMPETITION_LABELS if c in header and c not in preds.columns]
     if lacking and not allow_missing and not labels:
-        raise ChexcutError(f"{Path(predictions).name} lacks the competition label column(s) {', '.join(lacking)} that "
-                           f"{label_file.name} has; add them, or pass --allow-missing to evaluate without them (the "
-                           f"competition mean then covers the others and says how many)")
+        import difflib
+
+        near = [n[0] for c in lacking if (n := difflib.get_close_matches(c, [str(x) for x in preds.columns], n=1,
+                                                                           cutoff=0.6))]
+        hint = f" (near: {', '.join(map(repr, near))}?)" if near else ""
+        raise ChexcutError(f"{Path(predictions).name} lacks the competition label column(s) {', '.join(lacking)}{hint} "
+                           f"that {label_file.name} has; add them, or pass --allow-missing to evaluate without them "
+                           f"(the competition mean then covers the others and says how many)")
     key = key_column(header, key_col or options.get("path_col"), label_file.name)
     opts = dataclasses.replace(_options({**options, "path_col": key}), labels=tuple(preds.columns))
     table = read_csv_table(label_file, label_file.parent, opts, "valid")

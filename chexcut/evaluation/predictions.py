@@ -46,6 +46,11 @@ def study_of(key: str) -> str:
 def key_column(header: list[str], key_col: str | None, name: str) -> str:
     """The column that keys ``name``'s rows: ``key_col`` if given, else Path, else Study."""
     if key_col:
+        from chexcut.labels import CHEXPERT_LABELS
+
+        if key_col in CHEXPERT_LABELS:
+            raise ChexcutError(f"{name}: --key-col {key_col!r} is a label column; the key is the column that names each "
+                               f"row (Path, Study, or your ID column)")
         if key_col not in header:
             raise ChexcutError(f"{name}: no key column {key_col!r} (--key-col; columns: {', '.join(header[:8])}...)")
         return key_col
@@ -94,13 +99,18 @@ def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, lo
     cols = others if labels is None else list(labels)
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ChexcutError(f"{path.name}: missing prediction columns: {', '.join(missing)}")
+        import difflib
+
+        near = {m: difflib.get_close_matches(m, [str(c) for c in df.columns], n=1, cutoff=0.6) for m in missing}
+        hint = "; ".join(f"{m!r}: did you mean {n[0]!r}?" for m, n in near.items() if n)
+        raise ChexcutError(f"{path.name}: missing prediction columns: {', '.join(missing)}" + (f" ({hint})" if hint else ""))
     vals = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad_nan = ~np.isfinite(vals)
     if bad_nan.any():
         rows = np.unique(np.nonzero(bad_nan)[0])[:5] + 2
+        columns = [cols[j] for j in np.flatnonzero(bad_nan.any(0))]
         raise ChexcutError(f"{path.name}: {int(bad_nan.any(1).sum())} rows with missing or non-numeric predictions "
-                           f"(rows {', '.join(map(str, rows))})")
+                           f"in {', '.join(map(repr, columns[:5]))} (rows {', '.join(map(str, rows))})")
     out = np.zeros_like(vals, dtype=bool) if logits else (vals < 0) | (vals > 1)
     if out.any():
         rows = np.unique(np.nonzero(out)[0])[:5] + 2
