@@ -15,10 +15,9 @@ from chexcut.training.config import FinetuneOptions
 
 
 @pytest.fixture
-def data(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    return d
+def data(phantom):
+    """The shared phantom: a plan reads its data set as the runs will (a plan on an empty folder is refused)."""
+    return phantom
 
 
 def test_plan_writes_plan_script_and_commands(data, tmp_path):
@@ -280,7 +279,10 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
     from chexcut.cli.train import STUDY_REFUSED
     from chexcut.study.execute import execute
 
-    (tmp_path / "rows.csv").write_text("Image,Edema\n")
+    import pandas as pd
+
+    rows = pd.read_csv(data / "CheXpert-v1.0-small" / "train.csv").rename(columns={"Path": "Image"})
+    rows[["Image", "Frontal/Lateral", "Edema"]].to_csv(tmp_path / "rows.csv", index=False)
     cache = tmp_path / "cache"
     # parameter -> (its flag and value, where it must arrive on the Run)
     carried = {
@@ -351,3 +353,14 @@ def test_a_damaged_or_hand_edited_plan_is_one_line(data, tmp_path):
     rc, _, err = run_cli("study", "status", s)
     assert rc == 2 and "plan.json" in err and "--epochs" in err and err.count("\n") == 1, err
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_plan_whose_runs_cannot_read_the_data_is_refused(data, tmp_path):
+    """--labels naming a column the data lacks, or a folder without the CheXpert CSVs: refused at plan time (every
+    run would fail on it after the queue), nothing written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, extra, words in ((data, ["--labels", "Edema,Shoe size"], "Shoe size"), (empty, [], "could not read")):
+        rc, _, err = run_cli("study", "plan", "--data", folder, "--out", tmp_path / "s", "--archs", "resnet18", *extra)
+        assert rc == 2 and words in err and err.count("\n") == 1, err
+        assert not (tmp_path / "s" / "plan.json").exists()

@@ -160,6 +160,7 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     if not data.exists():
         raise ChexcutError(f"--data {data} does not exist")
     grid = grid.check()
+    _check_data(data, options)
     if (Path(out) / PLAN).exists() and not force:
         raise ChexcutError(f"{out} already holds a study plan; pass --force to plan over it (runs already done "
                            f"are kept and skipped when their settings match)")
@@ -184,6 +185,17 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     if slurm:
         write_text(out / "study.sbatch", sbatch_script(len(runs), slurm))
     return plan
+
+
+def _check_data(data: Path, options: FinetuneOptions) -> None:
+    """The data set as every run will read it (its CSVs, labels, views, split): a plan whose runs would all fail on
+    it (``--labels 'Edema,Shoe size'``, a missing CSV) is refused now, not after a cluster's queue."""
+    from chexcut.data.chexpert import load_split
+
+    try:
+        load_split(data, "all", options.data_options())
+    except ChexcutError as e:
+        raise ChexcutError(f"the runs could not read --data {data}: {e}") from None
 
 
 def plan_options(plan: dict) -> FinetuneOptions:
