@@ -82,6 +82,11 @@ def round3(t: Path, base: Path, valid, preds) -> None:
             continue
         spec["image_size"] = size
         save_file(tensors, str(t / f"spec_{name}.safetensors"), metadata={**meta, "chexcut": json.dumps(spec)})
+    spec = json.loads(meta["chexcut"])
+    for name, text in (("deep", json.dumps(spec)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+                       ("std0", json.dumps({**spec, "normalisation": {"mean": [0.5] * 3, "std": [0, 0, 0]}})),
+                       ("nanmean", json.dumps({**spec, "normalisation": {"mean": [float("nan")] * 3, "std": [1] * 3}}))):
+        save_file(tensors, str(t / f"spec_{name}.safetensors"), metadata={**meta, "chexcut": text})
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(t / "script.pt"))
     (t / "plan_v99").mkdir()
     plan = {"format": "chexcut-study", "version": 99, "runs": []}
@@ -339,6 +344,18 @@ def round3_cases(d: dict) -> list[tuple[str, list, dict]]:
         ("study status json onto its plan", ["study", "status", t / "plan_ok", "--json", t / "plan_ok" / "plan.json"], {}),
         ("report json onto the run's config", ["report", run, "--json", run / "config.json"], {}),
         ("bench json onto the run's config", ["bench", run, "--json", run / "config.json"], {}),
+        *[(f"inspect spec {n}", ["inspect", t / f"spec_{n}.safetensors"], {}) for n in ("deep", "std0", "nanmean")],
+        *[(f"evaluate spec {n}", ["evaluate", t / f"spec_{n}.safetensors", "--data", ph], {})
+          for n in ("deep", "std0", "nanmean")],
+        ("evaluate age bins with nan", [*ev, "--by", "Age", "--age-bins", "0,nan,100"], {}),
+        ("evaluate key-col is a label", [*ev, "--key-col", "Edema"], {}),
+        ("evaluate labels empty list", [*ev, "--labels", ","], {}),
+        ("finetune labels empty list", ["finetune", "resnet18", "--data", ph, "--out", t / "rz", "--labels", ","], {}),
+        ("study plan by empty list", [*plan, "--out", t / "s19", "--by", ","], {}),
+        ("study plan labels the data lacks", [*plan, "--out", t / "s20", "--labels", "Edema,Shoe size"], {}),
+        ("study plan time shorter than the warning", [*plan, "--out", t / "s21", "--slurm", "--time", "1"], {}),
+        ("study plan time in Arabic digits", [*plan, "--out", t / "s22", "--slurm", "--time", "\u0661\u0662:00:00"], {}),
+        ("study status watch nan", ["study", "status", t / "plan_ok", "--watch", "nan"], {}),
     ]
 
 
