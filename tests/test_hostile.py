@@ -296,3 +296,32 @@ def test_status_and_report_on_any_folder(run, tmp_path):
     (copy / "eval.json").write_text(json.dumps(ev))
     rc, out, err = run_cli("report", copy, "--json", "-")
     _one_line_exit_2(rc, err, "no evaluated runs")  # the damaged run is not used, and it is said in one line
+
+
+def test_caches_are_checked_never_trusted(run, tmp_path, torch_home, monkeypatch):
+    """A damaged entry in one of the caches chexcut reads is named (weights, the image index) or rebuilt (the
+    anatomy cache), never used: no exit 1, and a bad entry is never reported as good."""
+    from chexcut.models.libraries import library_of
+    from chexcut.models.registry import get_arch
+
+    arch = get_arch("resnet18")
+    cached = library_of(arch).cache_path(arch)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(os.urandom(1000))  # a cut download where the library's cache keeps it
+    rc, _, err = run_cli("truncate", "resnet18", "--drop", "1", "-o", tmp_path / "x.safetensors")
+    _one_line_exit_2(rc, err, "are damaged")
+    rc, out, _ = run_cli("weights", "list", "--json")
+    entry = next(w for w in json.loads(out) if w["arch"] == "resnet18")
+    assert entry["cached"] and entry["verified"] is False  # present, and said not to verify
+    monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path / "cc"))
+    assert run_cli("inspect", "resnet18", "--image-size", "96", "--json")[0] == 0
+    (entry_file,) = (tmp_path / "cc" / "anatomy").glob("resnet18-96-*.json")
+    entry_file.write_text(json.dumps({"arch": "resnet18"}))  # valid JSON, not an anatomy
+    rc, out, err = run_cli("inspect", "resnet18", "--image-size", "96", "--json")
+    assert rc == 0 and json.loads(out)["truncations"], err  # recomputed
+    cache = tmp_path / "imgcache"
+    assert run_cli("prepare", run / "ph", "--image-size", "32", "--cache", cache, "-q")[0] == 0
+    index = json.loads((cache / "index.json").read_text())
+    (cache / "index.json").write_text(json.dumps({**index, "paths": 5}))
+    rc, _, err = run_cli("evaluate", run / "run", "--cache", cache, "--bootstrap", "0")
+    _one_line_exit_2(rc, err, "is damaged")

@@ -213,11 +213,15 @@ def test_reader_and_threshold_mistakes_are_one_line(public, tmp_path):
     bad["Edema"] = bad["Edema"].astype(float)
     bad.loc[3, "Edema"] = 0.5
     bad.to_csv(tmp_path / "soft.csv", index=False)
+    minus = pd.read_csv(d / "bc4.csv")
+    minus.loc[5, "Edema"] = -1  # a reader's -1 is not a logit: the 0/1 line, not "--logits"
+    minus.to_csv(tmp_path / "minus.csv", index=False)
     short = pd.read_csv(d / "bc4.csv").iloc[:-2]
     short.to_csv(tmp_path / "short.csv", index=False)
     base = ["--predictions", d / "model_predictions.csv", "--truth", d / "groundtruth.csv", "--bootstrap", "0"]
     for extra, words in (
         (["--readers", tmp_path / "soft.csv"], "values other than 0 and 1"),
+        (["--readers", tmp_path / "minus.csv"], "values other than 0 and 1"),
         (["--readers", tmp_path / "short.csv"], "2 of 500 truth rows have no reader short row"),
         (["--readers", tmp_path / "missing.csv"], "file not found"),
         (["--readers", f"a={d / 'bc4.csv'},a={d / 'bc6.csv'}"], "two readers are named 'a'"),

@@ -272,14 +272,13 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
     """Each of finetune's parameters is declared once for a study: carried into the runs (checked here on the Run
     the executor hands finetune) or refused in one line (STUDY_REFUSED). A new finetune option fails this test
     until it is one or the other."""
+    import pandas as pd
     import typer
 
     import chexcut.training.loop as loop
     from chexcut.cli import app
     from chexcut.cli.train import STUDY_REFUSED
     from chexcut.study.execute import execute
-
-    import pandas as pd
 
     rows = pd.read_csv(data / "CheXpert-v1.0-small" / "train.csv").rename(columns={"Path": "Image"})
     rows[["Image", "Frontal/Lateral", "Edema"]].to_csv(tmp_path / "rows.csv", index=False)

@@ -81,6 +81,12 @@ def open_cache(files: list, image_size: int, resize: str, folder: Path | None = 
         meta = json.loads((folder / "index.json").read_text())
     except (OSError, ValueError):
         return None
+    damage = _index_damage(meta)
+    if damage:  # a damaged index is named, never used (nor silently rebuilt over a folder the user chose)
+        if explicit:
+            raise ChexcutError(f"the image cache at {folder} is damaged ({damage}); run chexcut prepare into a new "
+                               f"folder, or remove it")
+        return None
     if not meta.get("complete"):
         return None
     if meta.get("key") != key:
@@ -102,6 +108,19 @@ def open_cache(files: list, image_size: int, resize: str, folder: Path | None = 
     images = np.memmap(data, dtype=np.uint8, mode="r", shape=(len(ordered), image_size, image_size))
     return ImageCache(folder, image_size, resize, ordered, images, {p: i for i, p in enumerate(ordered)},
                       tuple(meta.get("bad") or ()))
+
+
+def _index_damage(meta) -> str | None:
+    """What is wrong with an index.json's shape (None: nothing)."""
+    if not isinstance(meta, dict):
+        return "index.json is not an object"
+    kinds = {"key": str, "image_size": int, "resize": str, "paths": list, "complete": bool}
+    for name, kind in kinds.items():
+        if name in meta and not isinstance(meta[name], kind):
+            return f"index.json's {name!r} has the wrong type ({type(meta[name]).__name__})"
+    if not all(isinstance(p, str) for p in meta.get("paths") or ()):
+        return "index.json's paths are not all file names"
+    return None
 
 
 def _fingerprint_or_none(paths: list[str]) -> str | None:
@@ -156,6 +175,7 @@ def _open_files(folder: Path, meta: dict, ordered: list[str], image_size: int) -
         old = json.loads(index.read_text())
     except (OSError, ValueError):
         old = {}
+    old = old if isinstance(old, dict) else {}
     if old.get("key") != meta["key"] or not images_path.exists() or not done_path.exists():
         with open(images_path, "wb") as f:
             f.truncate(0)

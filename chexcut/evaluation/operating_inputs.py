@@ -57,7 +57,7 @@ def read_readers(specs: list[tuple[str, Path]], evalset, key_col: str | None = N
 
     out = {}
     for name, path in specs:
-        reads = read_predictions(path, key_col=key_col)
+        reads = read_predictions(path, key_col=key_col, logits=True)  # any number here: the 0/1 check below
         values = reads.to_numpy()
         if not np.isin(values, (0.0, 1.0)).all():
             row = int(np.flatnonzero(~np.isin(values, (0.0, 1.0)).all(1))[0]) + 2

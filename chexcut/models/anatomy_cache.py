@@ -49,6 +49,19 @@ def _key(arch: str, image_size: int, n_labels: int) -> str:
     return f"{arch}-{image_size}-{n_labels}"
 
 
+def _is_anatomy(entry, arch: str, image_size: int) -> bool:
+    """Whether a cache entry has the shape ``Anatomy.to_json`` writes (a damaged or foreign one is recomputed)."""
+    if not isinstance(entry, dict) or entry.get("arch") != arch or entry.get("image_size") != image_size:
+        return False
+    blocks, cuts = entry.get("blocks"), entry.get("truncations")
+    return (isinstance(blocks, list) and isinstance(cuts, list) and len(cuts) >= 1
+            and all(isinstance(b, dict) and {"index", "name", "params", "out_channels", "reduction"} <= set(b)
+                    for b in blocks)
+            and all(isinstance(t, dict) and {"drop", "params", "macs", "out_channels"} <= set(t)
+                    and all(isinstance(t[k], int) and not isinstance(t[k], bool) for k in ("drop", "params", "macs"))
+                    for t in cuts))
+
+
 def cached_anatomy(name: str, image_size: int, n_labels: int) -> dict:
     """``anatomy(name, image_size, n_labels).to_json()``, from the shipped store or the cache when there."""
     from chexcut.fileio import cache_dir, write_json
@@ -61,9 +74,11 @@ def cached_anatomy(name: str, image_size: int, n_labels: int) -> dict:
         return json.loads(json.dumps(hit))  # a copy: callers add keys
     path = cache_dir() / "anatomy" / f"{arch}-{image_size}-{n_labels}-chexcut{__version__}-{_versions()}.json"
     try:
-        return json.loads(path.read_text())
+        entry = json.loads(path.read_text())
+        if _is_anatomy(entry, arch, image_size):
+            return entry
     except (OSError, ValueError):
-        pass
+        pass  # a damaged entry is recomputed and written again
     from chexcut.models.anatomy import anatomy
 
     result = anatomy(arch, image_size, n_labels).to_json()

@@ -71,10 +71,15 @@ def load_imagenet(model: nn.Module, arch: Arch) -> dict:
     except ChexcutError:
         raise
     except Exception as e:  # no network, a corrupt cache, a proxy: all end here
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        cached = library_of(arch).cache_path(arch)
+        if cached.is_file():  # there, but unreadable: a damaged cache entry is named, never used
+            raise ChexcutError(
+                f"the cached ImageNet weights for {arch.name} at {cached} are damaged ({why}): delete that file and "
+                f"run `chexcut weights fetch {arch.name}` (or --mirror DIR)") from None
         raise ChexcutError(
-            f"ImageNet weights for {arch.name} are not cached and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {offline_advice(arch)}"
-        ) from None
+            f"ImageNet weights for {arch.name} are not cached and could not be downloaded ({why}): "
+            f"{offline_advice(arch)}") from None
     load_state_dict_strict(model, state, arch, f"ImageNet weights {meta['id']} ({meta['file']})")
     return {"kind": "imagenet", "id": meta["id"], "url": meta["url"]}
 
