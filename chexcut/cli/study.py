@@ -136,11 +136,10 @@ def study_exec(
 
     import chexcut.cli.ui as ui
     from chexcut.rundir import RunDir
-    from chexcut.study.execute import STEPS, execute, find_run
+    from chexcut.study.execute import check_step, execute, find_run
     from chexcut.study.plan import load_plan
 
-    if step not in STEPS:
-        raise ChexcutError(f"--step {step!r}: one of {', '.join(STEPS)}")
+    check_step(step)
     plan = load_plan(study_dir)
     run = find_run(plan, run_id, index)
     if step == "finetune":  # a rank of a distributed launch: its output goes where the launching exec sends it

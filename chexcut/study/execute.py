@@ -21,6 +21,12 @@ from chexcut.rundir import RunDir
 STEPS = ("all", "finetune")  # finetune alone: what each rank of a distributed launch runs
 
 
+def check_step(step: str) -> str:
+    if step not in STEPS:
+        raise ChexcutError(f"--step {step!r}: one of {', '.join(STEPS)}")
+    return step
+
+
 def find_run(plan: dict, run_id: str | None = None, index: int | None = None) -> dict:
     """The planned run named ``run_id`` or at ``index`` (0-based, a Slurm array's task id)."""
     runs = plan["runs"]
@@ -113,8 +119,7 @@ def execute(study_dir: Path, run: dict, plan: dict, *, step: str = "all", launch
     ``step="finetune"``: train only (a rank of a distributed launch). ``launcher``: the finetune runs as
     ``LAUNCHER -m chexcut study exec STUDY RUN_ID --step finetune`` (torchrun, srun torchrun) and this process
     waits for it (its output to ``log``, a file), then benches and evaluates."""
-    if step not in STEPS:
-        raise ChexcutError(f"--step {step!r}: one of {', '.join(STEPS)}")
+    check_step(step)
     study_dir = Path(study_dir)
     with inside(study_dir):
         rd = RunDir(run["run_dir"])
