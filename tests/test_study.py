@@ -40,9 +40,10 @@ def test_plan_writes_plan_script_and_commands(data, tmp_path):
 
 
 FAKE = """#!/usr/bin/env bash
-# a stand-in for chexcut: records each call; --index 1 stops as a Ctrl-C would when STOP_AT is 1
+# a stand-in for chexcut: records each call; --index STOP_AT stops as a Ctrl-C would, --index FAIL_AT fails
 echo "$@" >> "$CALLS"
 [ "$4 $5" = "--index ${STOP_AT:-x}" ] && exit 130
+[ "$4 $5" = "--index ${FAIL_AT:-x}" ] && exit 1
 exit 0
 """
 
@@ -61,6 +62,9 @@ def test_run_sh_runs_every_planned_run_through_the_executor(data, tmp_path):
     calls.unlink()
     p = subprocess.run(["bash", str(s / "run.sh")], env={**env, "STOP_AT": "1"}, capture_output=True, text=True)
     assert p.returncode == 130 and len(calls.read_text().splitlines()) == 2  # an interrupt stops the script
+    calls.unlink()
+    p = subprocess.run(["bash", str(s / "run.sh")], env={**env, "FAIL_AT": "0"}, capture_output=True, text=True)
+    assert p.returncode == 1 and len(calls.read_text().splitlines()) == 3 and "1 of 3 runs failed" in p.stderr
 
 
 def test_exec_skips_done_runs_resumes_interrupted_ones_and_starts_the_rest(data, tmp_path, monkeypatch):
