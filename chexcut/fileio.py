@@ -43,8 +43,11 @@ def same_file(a, b) -> bool:
         return False
 
 
-#: Paths that name the process's own streams: written in place, whatever they resolve to.
-STREAM_PREFIXES = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+#: Paths that name the process's own streams (written in place through their descriptor, whatever they resolve
+#: to): these names, and any path inside these descriptor folders.
+_STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
+_FD_FOLDERS = ("/dev/fd/", "/proc/self/fd/")
+STREAM_PREFIXES = (*_STREAMS, *_FD_FOLDERS)
 
 
 def output_target(path) -> tuple[Path, bool]:
@@ -164,10 +167,9 @@ def _in_place(path: Path):
 def _stream_fd(path: Path) -> int | None:
     """The descriptor ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names (else None)."""
     text = str(path)
-    named = {"/dev/stdout": 1, "/dev/stderr": 2}
-    if text in named:
-        return named[text]
-    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+    if text in _STREAMS:
+        return _STREAMS[text]
+    for prefix in _FD_FOLDERS:
         if text.startswith(prefix) and text[len(prefix):].isdigit():
             return int(text[len(prefix):])
     return None
@@ -300,28 +302,26 @@ def _open_text(path):
     return open(path, newline="", encoding="utf-8-sig", errors="replace")
 
 
-def _sniff(path) -> str:
-    """The separator of a CSV: ',' unless its header line splits better on ';' or a tab (a spreadsheet saved in a
-    locale with decimal commas writes ';')."""
-    try:
-        with _open_text(path) as f:
-            first = f.readline()
-    except (OSError, EOFError, ValueError):
-        return ","
-    counts = {sep: first.count(sep) for sep in (",", ";", "\t")}
-    best = max(counts, key=counts.get)
-    return best if counts[best] > counts[","] else ","
+def _header_line(path) -> tuple[list[str], str]:
+    """(the header's column names as written, the separator), from one read of the first line: the separator is
+    ',' unless the header splits better on ';' or a tab (a spreadsheet saved in a locale with decimal commas
+    writes ';')."""
+    import csv
+
+    with _open_text(path) as f:
+        first = f.readline()
+        counts = {sep: first.count(sep) for sep in (",", ";", "\t")}
+        best = max(counts, key=counts.get)
+        sep = best if counts[best] > counts[","] else ","
+        f.seek(0)  # the header as the csv module reads it (a quoted name may span lines)
+        return next(csv.reader(f, delimiter=sep), []), sep
 
 
 def csv_header(path) -> list[str]:
     """A CSV's column names as spreadsheets save them: compressed by extension, a UTF-8 BOM dropped, the separator
     sniffed, spaces around each name stripped."""
-    import csv
-
-    sep = _sniff(path)
     try:
-        with _open_text(path) as f:
-            return [c.strip() for c in next(csv.reader(f, delimiter=sep), [])]
+        return [c.strip() for c in _header_line(path)[0]]
     except (OSError, EOFError) as e:
         raise ChexcutError(f"{path} is not a readable CSV ({e})") from None
 
@@ -331,13 +331,9 @@ def read_csv(path, *, text=(), usecols=None, **kwargs):
     UTF-8 BOM, CRLF line ends, spaces around column names, a ``.gz``/``.bz2``/``.xz``/``.zip`` file and a ``;``
     or tab separator (with decimal commas after ``;``) are read; columns are named as :func:`csv_header` names
     them; ``text``: columns read as strings (``True``: all of them)."""
-    import csv
-
     import pandas as pd
 
-    sep = _sniff(path)
-    with _open_text(path) as f:
-        raw = next(csv.reader(f, delimiter=sep), [])
+    raw, sep = _header_line(path)
     real = {c.strip(): c for c in raw}
     dtype = str if text is True else ({real.get(c, c): str for c in text} or None)
     use = None if usecols is None else [real.get(c, c) for c in usecols]

@@ -22,7 +22,7 @@ def _summary(estimate: float, reps: np.ndarray | None, ci: float) -> dict:
     excluded = int(len(reps) - iv.valid_replicates)
     out = {"auroc": _num(iv.estimate), "ci_low": _num(iv.low), "ci_high": _num(iv.high),
            "replicates_used": iv.valid_replicates, "replicates_excluded": excluded}
-    if np.isfinite(estimate) and len(reps) and iv.valid_replicates < MIN_USABLE_SHARE * len(reps):
+    if np.isfinite(estimate) and len(reps) and metrics.usable(reps) is None:  # the one rule withholds it
         out["ci_low"] = out["ci_high"] = None
         out["interval_note"] = (f"no interval: only {iv.valid_replicates} of {len(reps)} replicates drew both "
                                 f"classes (at least {MIN_USABLE_SHARE:.0%} are needed)")

@@ -57,14 +57,14 @@ def run_status(run_id: str, rd: RunDir, now: float) -> dict:
                    ci_high=_number(m.get("ci_high")))
         return row
     status = state.get("status")
-    last = _last_line(rd.log) or ""
+    last = _last_line(rd.log) or ""  # read once: the interrupt and failure checks and the reason use it
     if status == "interrupted" or last.startswith(("chexcut: interrupted", "chexcut: terminated")):
         row.update(status="interrupted", reason=f"stopped at step {state.get('step')} by a signal; it resumes "
                                                 f"from its checkpoint")
     elif status == "stopped":
-        row.update(status="failed", reason=state.get("reason") or _last_line(rd.log))
-    elif status in ("finished", "paused") and _failed_after(rd):
-        row.update(status="failed", reason=_last_line(rd.log))
+        row.update(status="failed", reason=state.get("reason") or last or None)
+    elif status in ("finished", "paused") and _failed_after(last):
+        row.update(status="failed", reason=last)
     else:  # running, starting (config only), or trained and being evaluated
         row["status"] = "running"
         latest = _last_number(rows, "step")  # metrics rows run ahead of the last checkpoint
@@ -119,9 +119,8 @@ def _stall_after(rd: RunDir, rows: list[dict]) -> float:
     return max(STALL_MIN_S, STALL_FACTOR * per_row)
 
 
-def _failed_after(rd: RunDir) -> bool:
-    """Trained, and the shell line's log ends in an error (evaluate or bench failed)."""
-    last = _last_line(rd.log) or ""
+def _failed_after(last: str) -> bool:
+    """Trained, and the run's log (its ``last`` line) ends in an error (evaluate or bench failed)."""
     return "error" in last.lower() or last.startswith("chexcut:")
 
 
