@@ -112,11 +112,17 @@ def test_a_signal_to_the_process_group_checkpoints_and_resumes_bit_exactly(setup
 
 
 def test_workers_ignore_stop_signals():
-    from chexcut.data.dataset import ignore_stop_signals
+    """Workers start with SIGTERM/SIGINT blocked (inherited from the main thread while the loader starts them), so a
+    signal to the group in that window cannot kill one; once running they ignore both and unblock them."""
+    from chexcut.data.dataset import ignore_stop_signals, stop_signals_blocked
 
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        ignore_stop_signals(0)
+        with stop_signals_blocked():
+            assert {signal.SIGTERM, signal.SIGINT} <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            ignore_stop_signals(0)  # as a worker does first
+            assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         for s, h in old.items():

@@ -7,6 +7,9 @@ each image of the batch is decoded from its file.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import numpy as np
 import torch
 
@@ -69,10 +72,31 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
     """In a decoding worker: SIGTERM and SIGINT are for the main process. Slurm's scancel, a time limit,
     torchrun and ``kill -TERM -PGID`` signal the whole process group; a worker killed by it would turn the
     main process's orderly stop (checkpoint, exit 143) into a crash. Workers end with their parent."""
-    import signal
-
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since its start: now ignored, a pending one
+    # is dropped
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """While decoding workers start (main thread): SIGTERM and SIGINT are held, so a worker inherits them blocked
+    and never dies of one before :func:`ignore_stop_signals` runs in it (a signal to the process group in that
+    window crashed the run with "DataLoader worker ... killed by signal" instead of a checkpoint). The main
+    process gets a held signal when the block ends."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def make_loader(ds: XrayBatches, batches, workers: int | None, pin: bool, persistent: bool = False, seed: int = 0):
@@ -108,15 +132,23 @@ def worker_error(e: BaseException) -> BaseException:
     return e
 
 
+def _stop(loader, it) -> None:
+    """Shut down iterator ``it``'s decoding workers; a persistent loader forgets it (it would hand the stopped
+    workers out again)."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if getattr(loader, "_iterator", None) is it:
+        loader._iterator = None
+
+
 def stop_workers(*loaders) -> None:
     """Shut down the decoding workers of these loaders now (persistent ones included): a command that ends, in
     error or not, never leaves a worker for the interpreter's exit to wait on."""
     for loader in loaders:
         it = getattr(loader, "_iterator", None)
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-            loader._iterator = None
+        if it is not None:
+            _stop(loader, it)
 
 
 class DecodingLoader(torch.utils.data.DataLoader):
@@ -126,17 +158,14 @@ class DecodingLoader(torch.utils.data.DataLoader):
     joins them for ever."""
 
     def __iter__(self):
-        it = super().__iter__()
+        with stop_signals_blocked():  # the workers start here (the first epoch of a persistent loader)
+            it = super().__iter__()
         try:
             yield from it
         except GeneratorExit:  # the consumer stopped early (max steps): persistent workers stay for the next epoch
             raise
         except BaseException as e:
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-            if getattr(self, "_iterator", None) is it:
-                self._iterator = None  # a persistent loader would hand the stopped workers out again
+            _stop(self, it)
             error = worker_error(e)
             if error is e:
                 raise
