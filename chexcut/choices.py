@@ -48,6 +48,7 @@ class Views(Choice):
 class Split(Choice):
     train = "train"
     valid = "valid"
+    test = "test"
     all = "all"
 
 

@@ -64,7 +64,10 @@ def ints(value: str, name: str) -> list[int]:
         raise ChexcutError(f"--{name} must be comma-separated integers, not {value!r}") from None
 
 
-DataDir = Annotated[Path, typer.Argument(help="Dataset folder (CheXpert layout, or the base of --csv paths).")]
+DataDir = Annotated[Path, typer.Argument(help="Dataset folder: CheXpert layout, a published set as SET:DIR (nih:, padchest:, mimic:, vinbigdata:, ...; `chexcut datasets`) or detected from its files, or the base of --csv paths.")]
+
+
+LabelMapOpt = Annotated[Optional[str], typer.Option("--label-map", help="CSV (chexpert,source) replacing a published set's declared mapping to the CheXpert 14 for the labels it names.")]
 
 
 CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="A generic CSV instead of train.csv/valid.csv.")]
@@ -103,11 +106,17 @@ SkipMissingOpt = Annotated[bool, typer.Option("--skip-missing", help="Proceed wi
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unreadable images (reported).")]
 
 
-def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0):
+def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0, data=None, label_map=None):
+    """The DataOptions of a command's data options; ``data`` ``SET:DIR`` names the published data set."""
     from chexcut.data.chexpert import DataOptions
+    from chexcut.data.datasets import split_ref
 
+    dataset = split_ref(data)[1] if data is not None else None
+    if label_map is not None and Path(label_map).exists():
+        label_map = str(Path(label_map).resolve())  # a run or a plan reads it from another folder
     return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels, "--labels")) if labels is not None else None, views=str(views),
-                       uncertain=uncertain, blank=str(blank), valid_frac=valid_frac, split_seed=split_seed)
+                       uncertain=uncertain, blank=str(blank), valid_frac=valid_frac, split_seed=split_seed,
+                       dataset=dataset, label_map=label_map)
 
 
 def with_declared_options(declared, before: str):

@@ -14,6 +14,7 @@ from chexcut.cli.app import (
     CsvOpt,
     DataDir,
     ImageSizeOpt,
+    LabelMapOpt,
     LabelsOpt,
     PathColOpt,
     ResizeOpt,
@@ -38,7 +39,7 @@ def prepare(
     workers: Annotated[Optional[int], typer.Option("--workers", **bound("workers"), help="Decoding processes (default: CPU count).")] = None,
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
-    skip_missing: SkipMissingOpt = False, skip_bad: SkipBadOpt = False,
+    label_map: LabelMapOpt = None, skip_missing: SkipMissingOpt = False, skip_bad: SkipBadOpt = False,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
 ):
@@ -47,7 +48,7 @@ def prepare(
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import check_files, load_split
 
-    opts = data_options(csv, path_col, labels, views, uncertain, blank, valid_frac)
+    opts = data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, data=data, label_map=label_map)
     resize = str(resize)
     if image_size < 16:
         raise ChexcutError(f"--image-size must be at least 16, not {image_size}")

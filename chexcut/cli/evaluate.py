@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views, bound
-from chexcut.cli.app import CacheOpt, CsvOpt, TrackOpt, app, split_list
+from chexcut.cli.app import CacheOpt, CsvOpt, LabelMapOpt, TrackOpt, app, split_list
 from chexcut.errors import ChexcutError
 
 
 @app.command()
 def evaluate(
     model: Annotated[Optional[str], typer.Argument(help="Finetune run dir (evaluated on its own validation set unless data options are given) or model file (with --data); omit with --predictions.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (default: a run's own).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (default: a run's own); SET:DIR for a published set (nih:, padchest:, ...): an external evaluation on the labels both annotate.")] = None,
     split: Annotated[Optional[Split], typer.Option("--split", help="Rows of the data to evaluate on (default: valid).")] = None,
     allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Evaluate even when the set shares images or patients with the run's training rows (flagged).")] = False,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="With --predictions: evaluate although a competition label's column is missing (the mean says how many it covers).")] = False,
@@ -53,6 +53,7 @@ def evaluate(
     uncertain: Annotated[Optional[str], typer.Option("--uncertain", help="Uncertain label policy (default: zeros, or the run's).")] = None,
     blank: Annotated[Optional[Blank], typer.Option("--blank", help="Blank labels (default: zeros, or the run's).")] = None,
     valid_frac: Annotated[Optional[float], typer.Option("--valid-frac", help="Valid share of patients without valid.csv (default: 0.1, or the run's).")] = None,
+    label_map: LabelMapOpt = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"), help="Input size (default: the model file's own preprocessing).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", **bound("batch_size"))] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available).")] = None,
@@ -82,9 +83,11 @@ def evaluate(
     if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
         ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")
         label_file, label_list = Path(labels), None
+    data, dataset = _data_set(data, csv)
     given = {k: (str(v) if k in ("views", "blank") else v) for k, v in (
         ("csv", csv), ("path_col", path_col), ("views", views), ("uncertain", uncertain), ("blank", blank),
-        ("valid_frac", valid_frac)) if v is not None}
+        ("valid_frac", valid_frac), ("dataset", dataset), ("label_map", label_map and str(Path(label_map).resolve())))
+        if v is not None}
     inputs = evalrun.EvalInputs(
         model=model, data=data, split=split and str(split), options=given, predictions=predictions, truth=label_file,
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
@@ -98,6 +101,21 @@ def evaluate(
         from chexcut import tracking
 
         tracking.log_evaluation(run_dir, result, track)
+
+
+def _data_set(data, csv):
+    """``--data SET:DIR`` -> (DIR, SET); a folder holding a published set's label file -> (folder, its name)."""
+    from chexcut.data.datasets import detect, split_ref
+
+    if data is None:
+        return None, None
+    data, named = split_ref(data)
+    if named is None and csv is None:
+        from chexcut.data.chexpert import _has_chexpert_csv
+
+        found = None if _has_chexpert_csv(data) else detect(data)
+        named = found.name if found else None
+    return data, named
 
 
 def _statistics(p: dict):

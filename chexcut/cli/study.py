@@ -20,7 +20,7 @@ app.add_typer(study_app, name="study")
 @study_app.command("plan", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def study_plan(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder for every run.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder for every run (SET:DIR for a published set).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write plan.json, run.sh, commands.txt into.")],
     archs: Annotated[Optional[str], typer.Option("--archs", help="Comma-separated architectures (default: the 16 of the paper).")] = None,
     weights: Annotated[str, typer.Option("--weights", help="Comma-separated: imagenet,none.")] = "imagenet,none",
@@ -50,6 +50,7 @@ def study_plan(
 ):
     """Write a study plan; extra options after the known ones go to every finetune (e.g. --recipe fast)."""
     import chexcut.cli.ui as ui
+    from chexcut.data.datasets import split_ref
     from chexcut.models.registry import PAPER_ARCHS
     from chexcut.study.plan import Grid, Slurm, plan_study
     from chexcut.tracking import ENV_URI, absolute_uri, require_mlflow
@@ -59,6 +60,7 @@ def study_plan(
         require_mlflow()
     options = _finetune_options(list(ctx.args), data,
                                 {"uri": absolute_uri(track), "log_models": track_models} if track else None)
+    data = split_ref(data)[0]
     grid = Grid(archs=tuple(split_list(archs, "--archs")) if archs is not None else PAPER_ARCHS,
                 weights=tuple(split_list(weights, "--weights")),
                 drops=tuple(ints(drops, "drops")), seeds=tuple(ints(seeds, "seeds")))

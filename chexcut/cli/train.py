@@ -12,6 +12,8 @@ from chexcut.cli.app import (
     BlankOpt,
     CacheOpt,
     CsvOpt,
+    DataDir,
+    LabelMapOpt,
     LabelsOpt,
     PathColOpt,
     SkipMissingOpt,
@@ -33,7 +35,7 @@ from chexcut.training.config import TRAIN_OPTIONS, train_config_from
 def finetune(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(help="Model file from `truncate`, or an architecture name (with --drop/--keep/--weights).", autocompletion=complete_arch)] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (CheXpert layout or --csv base).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help=DataDir.__metadata__[0].help)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory exactly where it stopped.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Start over in a --out that holds a finished or stopped run.")] = False,
@@ -44,7 +46,7 @@ def finetune(
     seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
-    cache: CacheOpt = None, skip_missing: SkipMissingOpt = False,
+    label_map: LabelMapOpt = None, cache: CacheOpt = None, skip_missing: SkipMissingOpt = False,
     track: TrackOpt = None,
     track_experiment: Annotated[Optional[str], typer.Option("--track-experiment", help="MLflow experiment (default: chexcut; a study: its folder's name).")] = None,
     track_tag: Annotated[Optional[list[str]], typer.Option("--track-tag", help="KEY=VALUE tag on the MLflow run (repeatable).")] = None,
@@ -71,10 +73,9 @@ def finetune(
     else:
         if not model or data is None or out is None:
             raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
-        if not data.exists():
-            raise ChexcutError(f"--data {data} does not exist")
+        data, opts = _data(data, label_map, csv, path_col, labels, views, uncertain, blank, valid_frac)
         source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights, in_chans=in_chans, seed=seed)
-        run = Run(run_dir=out, data=data, opts=data_options(csv, path_col, labels, views, uncertain, blank, valid_frac),
+        run = Run(run_dir=out, data=data, opts=opts,
                   cfg=train_config_from(train, seed), model_source=source.to_json(), cache=cache,
                   skip_missing=skip_missing, force=force,
                   track=tracking.tracking_from(track, track_experiment, _tags(track_tag), track_models))
@@ -91,6 +92,17 @@ def finetune(
         b = result["best"]
         best = f"best mean AUROC {b['mean_auroc']:.4f} at step {b['step']}" if b.get("mean_auroc") is not None else "no evaluable validation"
         ui.err.print(f"{result['status']}: {result['step']} steps, {best}; run in {result['run_dir']}")
+
+
+def _data(data, label_map, *options):
+    """``--data`` (a folder or ``SET:DIR``) -> (the folder, the run's DataOptions)."""
+    from chexcut.data.datasets import split_ref
+
+    opts = data_options(*options, data=data, label_map=label_map)
+    data = split_ref(data)[0]
+    if not data.exists():
+        raise ChexcutError(f"--data {data} does not exist")
+    return data, opts
 
 
 def _refuse_changes_on_resume(ctx) -> None:
@@ -113,7 +125,7 @@ def _tags(items: list[str] | None) -> dict:
     return out
 
 
-_DATA_PARAMS = ("csv", "path_col", "labels", "views", "uncertain", "blank", "valid_frac")
+_DATA_PARAMS = ("csv", "path_col", "labels", "views", "uncertain", "blank", "valid_frac", "label_map")
 
 #: finetune's parameters a study cannot pass to its runs, and why: the grid or the plan decides them, or each
 #: run's output goes to its own log. Every other parameter reaches every run (see :func:`finetune_options`).
@@ -151,7 +163,8 @@ def finetune_options(params: dict, given: set[str], track: dict | None = None):
             raise ChexcutError("--track-tag and --track-experiment need --track (or $CHEXCUT_TRACKING_URI)")
         track = {**track, "tags": _tags(params.get("track_tag")), "experiment": params.get("track_experiment")}
     data = data_options(params["csv"], params["path_col"], params["labels"], params["views"], params["uncertain"],
-                        params["blank"], params["valid_frac"]).to_json()
+                        params["blank"], params["valid_frac"], data=params.get("data"),
+                        label_map=params.get("label_map")).to_json()
     if data.get("csv") and Path(data["csv"]).exists():  # the runs start in the study folder
         data["csv"] = str(Path(data["csv"]).resolve())
     cache = str(Path(params["cache"]).resolve()) if params.get("cache") else None

@@ -9,17 +9,15 @@ and the patient / study ids used for splits, clustering and study-level evaluati
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from chexcut.choices import Blank, Split, Views, check
+from chexcut.data.readers import PREFIXES, find_dataset_dir, patient_study  # noqa: F401 (re-exported)
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
-
-PREFIXES = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 
 # The CheXpert paper's best uncertainty approach per competition task, where it is U-Ones or
 # U-Zeros: U-Ones for Atelectasis and Edema; the others used U-MultiClass / U-SelfTrained,
@@ -39,6 +37,9 @@ class DataOptions:
     uncertain: ones | zeros | ignore | per-label ``A=ones,B=zeros,default=zeros`` | preset ``chexpert``.
     blank:     zeros (CheXpert's "not mentioned") | ignore.
     valid_frac / split_seed: the patient-level split used when there is no valid.csv.
+    dataset:   a declared data set (:mod:`chexcut.data.datasets`: nih, padchest, mimic, ...) read as published;
+               None: the CheXpert layout, or the set whose label file the folder holds.
+    label_map: a CSV (chexpert,source) replacing the data set's declared label mapping where it names a label.
     """
 
     csv: str | None = None
@@ -49,6 +50,8 @@ class DataOptions:
     blank: str = "zeros"
     valid_frac: float = 0.1
     split_seed: int = 0
+    dataset: str | None = None
+    label_map: str | None = None
 
     def __post_init__(self):
         """Bad options fail here, as one line, before any file is read."""
@@ -56,6 +59,12 @@ class DataOptions:
         object.__setattr__(self, "blank", check(Blank, self.blank, "--blank"))
         if self.labels:
             parse_uncertain(self.uncertain, tuple(self.labels))
+        if self.dataset is not None:
+            from chexcut.data.datasets import get
+
+            object.__setattr__(self, "dataset", get(self.dataset).name)
+        if self.label_map is not None and self.csv:
+            raise ChexcutError("--label-map maps a published data set's labels; a --csv table names its own columns")
         if not (isinstance(self.valid_frac, (int, float)) and 0 < self.valid_frac < 1):  # even when valid.csv exists
             raise ChexcutError(f"--valid-frac must be in (0, 1), not {self.valid_frac}")
 
@@ -65,12 +74,14 @@ class DataOptions:
         return cls(csv=d.get("csv"), path_col=d.get("path_col", "Path"),
                    labels=tuple(d["labels"]) if d.get("labels") else None, views=d.get("views", "frontal"),
                    uncertain=d.get("uncertain", "zeros"), blank=d.get("blank", "zeros"),
-                   valid_frac=d.get("valid_frac", 0.1), split_seed=d.get("split_seed", 0))
+                   valid_frac=d.get("valid_frac", 0.1), split_seed=d.get("split_seed", 0),
+                   dataset=d.get("dataset"), label_map=d.get("label_map"))
 
     def to_json(self) -> dict:
         return {"csv": self.csv, "path_col": self.path_col, "labels": list(self.labels) if self.labels else None,
                 "views": self.views, "uncertain": self.uncertain, "blank": self.blank,
-                "valid_frac": self.valid_frac, "split_seed": self.split_seed}
+                "valid_frac": self.valid_frac, "split_seed": self.split_seed,
+                **{k: v for k, v in (("dataset", self.dataset), ("label_map", self.label_map)) if v is not None}}
 
 
 @dataclass
@@ -163,21 +174,6 @@ def apply_policies(values: np.ndarray, uncertain: list[float | None], blank: str
 
 # ----------------------------------------------------------------------------- reading
 
-def find_dataset_dir(root: Path) -> Path:
-    """The folder holding train.csv/valid.csv: ``root`` itself or its CheXpert prefix folder."""
-    root = Path(root)
-    if not root.exists():
-        raise ChexcutError(f"data folder {root} does not exist")
-    if (root / "train.csv").is_file() or (root / "valid.csv").is_file():
-        return root
-    for prefix in PREFIXES:
-        if (root / prefix / "train.csv").is_file() or (root / prefix / "valid.csv").is_file():
-            return root / prefix
-    raise ChexcutError(
-        f"no train.csv or valid.csv in {root} or {root}/{PREFIXES[0]}; for another layout pass --csv FILE --path-col COL"
-    )
-
-
 def resolve_paths(paths: list[str], base: Path) -> list[str]:
     """CSV paths -> file paths (strings). CheXpert paths start with their prefix folder; ``base``
     may be that folder itself or the folder that contains it (decided once per prefix)."""
@@ -199,26 +195,6 @@ def resolve_paths(paths: list[str], base: Path) -> list[str]:
         else:
             out.append(f"{base_s}/{p}")
     return out
-
-
-_PATIENT = re.compile(r"(patient\d+)/(study\d+)")
-_NIH = re.compile(r"(?:^|/)(\d+)_(\d+)\.\w+$")
-
-
-def patient_study(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Patient and study ids from paths: ``patientNNNNN/studyN`` (CheXpert, MIMIC-like), NIH's
-    ``PATIENT_FOLLOWUP.png``, else the image itself."""
-    patients, studies = [], []
-    search, nih = _PATIENT.search, _NIH.search
-    for p in paths:
-        m = search(p) or nih(p)
-        if m:
-            patients.append(m.group(1))
-            studies.append(m.group(1) + "/" + m.group(2))
-        else:
-            patients.append(p)
-            studies.append(p)
-    return np.array(patients, dtype=object), np.array(studies, dtype=object)
 
 
 def _view_mask(df, views: str, paths: list[str]) -> np.ndarray:
@@ -249,7 +225,7 @@ def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> Labe
     from chexcut.fileio import read_csv
 
     try:
-        df = read_csv(csv, text=[opts.path_col], low_memory=False)
+        df = read_csv(csv, text=[opts.path_col, "Patient", "Study"], low_memory=False)
     except FileNotFoundError:
         raise ChexcutError(f"CSV not found: {csv}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
@@ -259,40 +235,66 @@ def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> Labe
     if dups:
         raise ChexcutError(f"{csv.name}: the header names {', '.join(map(repr, dups))} more than once; "
                            f"which column holds the labels is ambiguous")
+    return table_from_frame(df, csv.name, base, opts, split)
+
+
+def table_from_frame(df, name: str, base: Path, opts: DataOptions, split: str, not_annotated: tuple = ()) -> LabelTable:
+    """A label frame (a CSV's, or a data set's harmonised index) -> the selected rows as a :class:`LabelTable`.
+
+    Patient and study ids come from ``Patient`` / ``Study`` columns when the frame has both (an index),
+    else from the paths. A cell reading ``not annotated`` (an index's mark) is blank, and its label is
+    never counted; so is every label in ``not_annotated``."""
+    import pandas as pd
+
+    from chexcut.data.datasets import NOT_ANNOTATED
+
     if opts.path_col not in df.columns:
-        raise ChexcutError(f"{csv.name}: no path column {opts.path_col!r} (columns: {', '.join(map(str, df.columns[:8]))}...)")
+        raise ChexcutError(f"{name}: no path column {opts.path_col!r} (columns: {', '.join(map(str, df.columns[:8]))}...)")
     if opts.labels:
         labels = tuple(opts.labels)
         missing = [c for c in labels if c not in df.columns]
         if missing:
-            raise ChexcutError(f"{csv.name}: missing label columns: {', '.join(missing)}")
+            raise ChexcutError(f"{name}: missing label columns: {', '.join(missing)}")
     else:
         labels = tuple(c for c in CHEXPERT_LABELS if c in df.columns)
         if not labels:
-            raise ChexcutError(f"{csv.name}: none of the 14 CheXpert label columns is present; name them with --labels")
+            raise ChexcutError(f"{name}: none of the 14 CheXpert label columns is present; name them with --labels")
     twice = df[opts.path_col].duplicated()
     if twice.any():
         first = df[opts.path_col][twice].iloc[0]
-        raise ChexcutError(f"{csv.name}: {int(twice.sum())} rows repeat an image path (first: {first}, row "
+        raise ChexcutError(f"{name}: {int(twice.sum())} rows repeat an image path (first: {first}, row "
                            f"{int(np.flatnonzero(twice.to_numpy())[0]) + 2}); each image must appear once")
     if df[opts.path_col].isna().any():
         rows = (np.flatnonzero(df[opts.path_col].isna().to_numpy()) + 2)[:5]
-        raise ChexcutError(f"{csv.name}: empty {opts.path_col} in rows {', '.join(map(str, rows))}")
+        raise ChexcutError(f"{name}: empty {opts.path_col} in rows {', '.join(map(str, rows))}")
     raw = df[list(labels)]
-    values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    marked = np.zeros(raw.shape, dtype=bool)
+    for j, n in enumerate(labels):  # only a text column can hold the mark
+        if raw[n].dtype == object or isinstance(raw[n].dtype, pd.StringDtype):
+            marked[:, j] = (raw[n].astype("string").str.strip().str.lower() == NOT_ANNOTATED).fillna(False).to_numpy()
+    not_annotated = tuple(n for j, n in enumerate(labels) if n in not_annotated or (len(raw) and marked[:, j].any()))
+    raw = raw.mask(marked)
+    values = np.array(raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32))  # writable
     # a non-numeric cell became NaN: that is an error, unlike a genuinely blank cell
     bad = (np.isnan(values) & raw.notna().to_numpy()) | ~(np.isnan(values) | np.isin(values, (1.0, 0.0, -1.0)))
     if bad.any():
         r, c = np.nonzero(bad)
         shown = ", ".join(f"row {i + 2} {labels[j]}={raw.iat[i, j]!r}" for i, j in list(zip(r, c))[:3])
-        raise ChexcutError(f"{csv.name}: {len(r)} label cells are not 1, 0, -1 or blank: {shown}")
+        raise ChexcutError(f"{name}: {len(r)} label cells are not 1, 0, -1 or blank: {shown}")
+    for j, n in enumerate(labels):
+        if n in not_annotated:
+            values[:, j] = np.nan
     paths = df[opts.path_col].astype(str).tolist()
     keep = _view_mask(df, opts.views, paths)
     sel = np.flatnonzero(keep)
     paths = [paths[i] for i in sel]
     values = values[sel]
     targets, mask = apply_policies(values, parse_uncertain(opts.uncertain, labels), opts.blank)
-    patient, study = patient_study(paths)
+    if "Patient" in df.columns and "Study" in df.columns:
+        patient = df["Patient"].astype(str).to_numpy(dtype=object)[sel]
+        study = df["Study"].astype(str).to_numpy(dtype=object)[sel]
+    else:
+        patient, study = patient_study(paths)
     return mark_not_annotated(LabelTable(root=base, paths=paths, files=resolve_paths(paths, base), labels=labels,
                                          values=values, targets=targets, mask=mask, patient=patient, study=study,
                                          csv_rows=sel + 2, split=split))
@@ -318,7 +320,25 @@ def load_split(data: str | Path, split: str, opts: DataOptions = DataOptions()) 
     a seeded patient-level split of the one CSV.
     """
     split = check(Split, split, "--split")
-    data = Path(data)
+    from chexcut.data.datasets import detect, split_ref
+
+    data, named = split_ref(data)
+    if named and opts.dataset not in (None, named):
+        raise ChexcutError(f"--data {named}:{data} names another data set than the options ({opts.dataset})")
+    dataset = named or opts.dataset
+    if dataset is None and not opts.csv and not _has_chexpert_csv(data):
+        found = detect(data)
+        dataset = found.name if found else None
+    if dataset is not None and dataset != "chexpert":
+        if opts.csv:
+            raise ChexcutError(f"--csv reads a table of your own; the {dataset} data set is read as published")
+        return _non_empty(_dataset_split(data, dataset, split, opts), opts)
+    if opts.label_map:
+        raise ChexcutError("--label-map maps a published data set's labels (nih:DIR, padchest:DIR, ...); "
+                           "CheXpert's are the 14 themselves")
+    if split == "test":
+        raise ChexcutError("the CheXpert layout has no test split in its folder (train.csv, valid.csv); evaluate "
+                           "the published test set with --truth, or choose --split valid or all")
     if opts.csv:
         csv = Path(opts.csv)
         if not csv.is_file() and (data / csv).is_file():
@@ -348,6 +368,46 @@ def load_split(data: str | Path, split: str, opts: DataOptions = DataOptions()) 
         table.split = split
     table.notes.append(note)
     return _non_empty(table, opts)
+
+
+def _has_chexpert_csv(data: Path) -> bool:
+    try:
+        find_dataset_dir(data)
+        return True
+    except ChexcutError:
+        return False
+
+
+def _dataset_split(root: Path, name: str, split: str, opts: DataOptions) -> LabelTable:
+    """Rows of ``split`` of a declared data set: its official split where it publishes one (valid: a patient-level
+    split of its train rows when it publishes no valid rows), else a patient-level split of all its rows."""
+    from chexcut.data.datasets import get, read_index
+
+    frame, not_annotated, label_file = read_index(root, name, opts.label_map)
+    ds = get(name)
+    official = frame["Split"].to_numpy(dtype=object)
+    has = {s: bool((official == s).any()) for s in ("train", "valid", "test")}
+    carve = split in ("train", "valid") and not has["valid"]  # no published valid rows: a patient-level split
+    if split == "all":
+        rows, note = np.arange(len(frame)), f"all rows of {label_file.name}"
+    elif carve:
+        rows = np.flatnonzero(official == "train") if has["train"] else np.arange(len(frame))
+        note = (f"patient-level split of {'the official train rows' if has['train'] else 'all rows'} "
+                f"(valid {opts.valid_frac:.0%}, seed {opts.split_seed})")
+    elif has[split]:
+        rows, note = np.flatnonzero(official == split), f"{split} = {ds.title}'s official {split} split"
+    else:
+        raise ChexcutError(f"{ds.title} in {root} has no official {split} split"
+                           f"{' (' + ds.official_split + ')' if ds.official_split else ''}; choose --split valid or all")
+    table = table_from_frame(frame.iloc[rows].reset_index(drop=True), f"{ds.name}:{label_file.name}", root, opts,
+                             split, not_annotated)
+    table.csv_rows = rows[table.csv_rows - 2] + 2
+    if carve:
+        tr, va = patient_split(table, opts.valid_frac, opts.split_seed)
+        table = table.subset(tr if split == "train" else va)
+        table.split = split
+    table.notes.append(f"{ds.title}: {note}")
+    return table
 
 
 def _concat(a: LabelTable, b: LabelTable) -> LabelTable:
@@ -401,15 +461,29 @@ def check_files(table: LabelTable, skip_missing: bool = False) -> LabelTable:
     return out
 
 
+def label_files(data, opts) -> list[Path]:
+    """The files that hold the labels ``load_split`` reads for ``data`` and ``opts``."""
+    from chexcut.data.datasets import detect, find_label_file, get, split_ref
+
+    data, named = split_ref(data)
+    if opts.csv:
+        return [Path(opts.csv) if Path(opts.csv).is_file() else Path(data) / opts.csv]
+    name = named or opts.dataset or (None if _has_chexpert_csv(data) else getattr(detect(data), "name", None))
+    if name and name != "chexpert":
+        ds = get(name)
+        found = [find_label_file(data, ds)]
+        return found + sorted(p for p in Path(data).glob("*") if p.is_file() and p.name.endswith(
+            (".txt", ".csv", ".csv.gz")) and p not in found and p.name != "index.csv")
+    return [find_dataset_dir(data) / n for n in ("train.csv", "valid.csv")]
+
+
 def dataset_fingerprint(data: Path, opts) -> str:
     """sha256 over the label CSVs' bytes and the data options."""
     import hashlib
     import json
 
     h = hashlib.sha256(json.dumps(opts.to_json(), sort_keys=True).encode())
-    csvs = [Path(opts.csv) if Path(opts.csv).is_file() else Path(data) / opts.csv] if opts.csv else [
-        find_dataset_dir(data) / n for n in ("train.csv", "valid.csv")]
-    for c in csvs:
+    for c in label_files(data, opts):
         if c.is_file():
             h.update(c.read_bytes())
     return h.hexdigest()

@@ -20,7 +20,7 @@ from chexcut.errors import ChexcutError
 from chexcut.rundir import RunDir
 
 #: Options that choose the rows (what ``--data``, ``--csv``, ... set); anything else is about inference.
-DATA_OPTIONS = ("csv", "path_col", "views", "uncertain", "blank", "valid_frac")
+DATA_OPTIONS = ("csv", "path_col", "views", "uncertain", "blank", "valid_frac", "dataset", "label_map")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class EvaluationSet:
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "data": str(Path(self.data).resolve()), "split": self.split,
+                "dataset": getattr(self.opts, "dataset", None) or "chexpert",
                 "options": self.opts.to_json(), "run_dir": str(self.run_dir) if self.run_dir else None,
                 "differs": self.differs, "note": self.note}
 
@@ -102,6 +103,9 @@ def resolve(run_dir: Path | None, data: Path | None, split: str | None, given: d
         differs["split"] = ["valid", split]
     if not same:
         differs["data"] = [str(run_data), str(here)]
+    other_set = (opts.dataset or "chexpert") != (run_opts.dataset or "chexpert")
+    if split is None and not same and other_set:
+        split = "all"  # a published set the run never saw: all of it, unless a split is asked for
     return EvaluationSet("same-dataset" if same else "external", here, split or "valid", opts, differs=differs,
                          **base)
 

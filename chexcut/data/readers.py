@@ -1,0 +1,312 @@
+"""How each published chest X-ray data set's files become rows: one reader per set, shared steps between them.
+
+A reader takes the data folder and its :class:`~chexcut.data.datasets.Dataset` declaration and returns the
+set's own frame: the index columns (``INDEX_COLUMNS``) and one float column per own label (1 / 0 / -1 / NaN).
+What the labels mean for the CheXpert 14 is the declaration's (``mapping``), applied by
+:func:`chexcut.data.datasets.harmonise`, never here. Nothing here decodes an image or imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from chexcut.errors import ChexcutError
+
+#: The harmonised index's leading columns, in order (then the 14 labels, then the set's own).
+INDEX_COLUMNS = ("Path", "Patient", "Study", "Frontal/Lateral", "AP/PA", "Sex", "Age", "Split")
+PREFIXES = ("CheXpert-v1.0-small", "CheXpert-v1.0")
+
+
+def find_dataset_dir(root: Path) -> Path:
+    """The folder holding train.csv/valid.csv: ``root`` itself or its CheXpert prefix folder."""
+    root = Path(root)
+    if not root.exists():
+        raise ChexcutError(f"data folder {root} does not exist")
+    if (root / "train.csv").is_file() or (root / "valid.csv").is_file():
+        return root
+    for prefix in PREFIXES:
+        if (root / prefix / "train.csv").is_file() or (root / prefix / "valid.csv").is_file():
+            return root / prefix
+    raise ChexcutError(
+        f"no train.csv or valid.csv in {root} or {root}/{PREFIXES[0]}; for another layout pass --csv FILE --path-col COL"
+    )
+
+
+_PATIENT = re.compile(r"(patient\d+)/(study\d+)")
+_NIH = re.compile(r"(?:^|/)(\d+)_(\d+)\.\w+$")
+
+
+def patient_study(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Patient and study ids from paths: ``patientNNNNN/studyN`` (CheXpert, MIMIC-like), NIH's
+    ``PATIENT_FOLLOWUP.png``, else the image itself."""
+    patients, studies = [], []
+    search, nih = _PATIENT.search, _NIH.search
+    for p in paths:
+        m = search(p) or nih(p)
+        if m:
+            patients.append(m.group(1))
+            studies.append(m.group(1) + "/" + m.group(2))
+        else:
+            patients.append(p)
+            studies.append(p)
+    return np.array(patients, dtype=object), np.array(studies, dtype=object)
+
+
+
+# ----------------------------------------------------------------------------- shared reading steps
+
+def _label_file(root: Path, ds) -> Path | None:
+    from chexcut.fileio import csv_header
+
+    for pattern in ds.label_files:
+        for hit in sorted(Path(root).glob(pattern)):
+            try:
+                if set(ds.header) <= set(csv_header(hit)):
+                    return hit
+            except (OSError, UnicodeDecodeError, EOFError, ValueError):
+                continue
+    return None
+
+
+def find_label_file(root: Path, ds) -> Path:
+    hit = _label_file(root, ds)
+    if hit is not None:
+        return hit
+    raise ChexcutError(f"{root}: no {ds.title} label file ({' or '.join(ds.label_files)})")
+
+
+def _read(path: Path, **kwargs):
+    import pandas as pd
+
+    from chexcut.fileio import read_csv
+
+    try:
+        return read_csv(path, **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as e:
+        raise ChexcutError(f"{path} is not a readable CSV: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except ValueError as e:  # usecols naming a column the file lacks
+        raise ChexcutError(f"{path}: {e}") from None
+
+
+def multi_hot(cells, vocabulary: tuple[str, ...], split: Callable) -> np.ndarray:
+    """(N, V) float32: 1 where a row's list of terms holds the term, 0 elsewhere, NaN for a row without a list.
+    ``split`` turns the Series of cells into a Series of lists (vectorised pandas string methods)."""
+    import pandas as pd
+
+    cells = pd.Series(cells).reset_index(drop=True)
+    out = np.zeros((len(cells), len(vocabulary)), dtype=np.float32)
+    long = split(cells.fillna("")).explode()
+    code = pd.Categorical(long.str.strip().str.lower().to_numpy(), categories=[v.lower() for v in vocabulary]).codes
+    rows = long.index.to_numpy()
+    hit = code >= 0
+    out[rows[hit], code[hit]] = 1.0
+    out[cells.isna().to_numpy()] = np.nan
+    return out
+
+
+def sex_word(values, mapping: dict[str, str]):
+    import pandas as pd
+
+    return pd.Series(values).astype("string").str.strip().str.upper().map(mapping).fillna("").to_numpy(dtype=object)
+
+
+def _view_columns(values, frontal: dict[str, str], lateral: tuple[str, ...]):
+    """The set's view column -> CheXpert's Frontal/Lateral and AP/PA columns (blank: neither)."""
+    import pandas as pd
+
+    v = pd.Series(values).astype("string").str.strip().str.upper().fillna("")
+    fl = np.where(v.isin([k.upper() for k in frontal]), "Frontal", np.where(v.isin(lateral), "Lateral", ""))
+    appa = v.map({k.upper(): x for k, x in frontal.items()}).fillna("").to_numpy(dtype=object)
+    return fl.astype(object), appa
+
+
+def _frame(n: int, **cols):
+    import pandas as pd
+
+    df = pd.DataFrame({c: cols.get(c, [""] * n) for c in INDEX_COLUMNS})
+    return df
+
+
+def _own(df, vocabulary, matrix):
+    import pandas as pd
+
+    return pd.concat([df, pd.DataFrame(matrix, columns=list(vocabulary), index=df.index)], axis=1)
+
+
+def _split_lists(root: Path, n_names, names, files: dict[str, str]):
+    """The official split from one-name-a-line list files (NIH's train_val_list.txt / test_list.txt)."""
+    split = np.full(n_names, "", dtype=object)
+    for value, fname in files.items():
+        f = Path(root) / fname
+        if f.is_file():
+            listed = set(f.read_text().split())
+            split[np.fromiter((n in listed for n in names), bool, n_names)] = value
+    return split
+
+
+# ----------------------------------------------------------------------------- readers
+
+def _read_chexpert(root: Path, ds):
+    import pandas as pd
+
+    ddir = find_dataset_dir(root)
+    parts = []
+    for split, name in (("train", "train.csv"), ("valid", "valid.csv")):
+        if (ddir / name).is_file():
+            df = _read(ddir / name, text=["Path"])
+            df["Split"] = split
+            parts.append(df)
+    df = pd.concat(parts, ignore_index=True)
+    patient, study = patient_study(df["Path"].astype(str).tolist())
+    out = _frame(len(df), Path=df["Path"].astype(str).to_numpy(), Patient=patient, Study=study,
+                 **{"Frontal/Lateral": df.get("Frontal/Lateral", pd.Series([""] * len(df))).fillna("").to_numpy(),
+                    "AP/PA": df.get("AP/PA", pd.Series([""] * len(df))).fillna("").to_numpy()},
+                 Sex=df.get("Sex", pd.Series([""] * len(df))).fillna("").to_numpy(),
+                 Age=pd.to_numeric(df.get("Age", pd.Series([np.nan] * len(df))), errors="coerce").to_numpy(),
+                 Split=df["Split"].to_numpy())
+    own = np.full((len(df), len(ds.labels)), np.nan, dtype=np.float32)
+    for j, name in enumerate(ds.labels):
+        if name in df.columns:
+            own[:, j] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float32)
+    return _own(out, ds.labels, own)
+
+
+def _nih_image_dirs(root: Path) -> tuple[str | None, list[str]]:
+    """NIH's images: one ``images/`` folder, or the download's ``images_001/images/`` ... folders."""
+    if (root / "images").is_dir():
+        return "images", []
+    parts = sorted(str(p.relative_to(root)) for p in root.glob("images_[0-9][0-9][0-9]/images") if p.is_dir())
+    return (None, parts) if parts else ("images", [])
+
+
+def _read_nih(root: Path, ds):
+    import pandas as pd
+
+    f = find_label_file(root, ds)
+    df = _read(f, text=["Image Index", "Finding Labels"],
+               usecols=["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
+                        "Patient Gender", "View Position"])
+    names = df["Image Index"].astype(str).to_numpy()
+    one, parts = _nih_image_dirs(root)
+    if one:
+        paths = np.char.add(f"{one}/", names.astype(str)).astype(object)
+    else:  # which images_0NN folder holds each file: listed once
+        where = {e.name: p for p in parts for e in os.scandir(root / p)}
+        paths = np.array([f"{where[n]}/{n}" if n in where else f"{parts[0]}/{n}" for n in names], dtype=object)
+    patient = df["Patient ID"].astype(str).to_numpy(dtype=object)
+    fl, appa = _view_columns(df["View Position"], {"PA": "PA", "AP": "AP"}, ())
+    age = pd.to_numeric(df["Patient Age"].astype(str).str.extract(r"(\d+)")[0], errors="coerce").to_numpy()
+    out = _frame(len(df), Path=paths, Patient=patient,
+                 Study=np.char.add(np.char.add(patient.astype(str), "/"), df["Follow-up #"].astype(str).to_numpy().astype(str)).astype(object),
+                 **{"Frontal/Lateral": fl, "AP/PA": appa}, Sex=sex_word(df["Patient Gender"], {"M": "Male", "F": "Female"}),
+                 Age=age, Split=_split_lists(root, len(names), names, {"train": "train_val_list.txt", "test": "test_list.txt"}))
+    return _own(out, ds.labels, multi_hot(df["Finding Labels"], ds.labels, lambda s: s.str.split("|")))
+
+
+_PADCHEST_TERMS = re.compile(r"[\[\]']")
+
+
+def _read_padchest(root: Path, ds):
+    import pandas as pd
+
+    f = find_label_file(root, ds)
+    cols = ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
+            "Projection", "MethodLabel", "Labels"]
+    df = _read(f, usecols=cols, text=["ImageID", "ImageDir", "StudyID", "PatientID", "Labels", "MethodLabel"])
+    image_dir = df["ImageDir"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
+    flat = not any((root / d).is_dir() for d in image_dir.unique()[:64])
+    if flat and (root / "images").is_dir():
+        paths = ("images/" + df["ImageID"].astype(str)).to_numpy(dtype=object)
+    elif flat and len(df) and (root / str(df["ImageID"].iat[0])).is_file():
+        paths = df["ImageID"].astype(str).to_numpy(dtype=object)
+    else:
+        paths = (image_dir + "/" + df["ImageID"].astype(str)).to_numpy(dtype=object)
+    fl, appa = _view_columns(df["Projection"], {"PA": "PA", "AP": "AP", "AP_HORIZONTAL": "AP"}, ("L",))
+    year = pd.to_numeric(df["StudyDate_DICOM"].astype(str).str[:4], errors="coerce")
+    age = (year - pd.to_numeric(df["PatientBirth"], errors="coerce")).to_numpy()
+    out = _frame(len(df), Path=paths, Patient=df["PatientID"].astype(str).to_numpy(dtype=object),
+                 Study=df["StudyID"].astype(str).to_numpy(dtype=object), **{"Frontal/Lateral": fl, "AP/PA": appa},
+                 Sex=sex_word(df["PatientSex_DICOM"], {"M": "Male", "F": "Female", "O": "Other"}), Age=age)
+    out["MethodLabel"] = df["MethodLabel"].fillna("").to_numpy(dtype=object)
+    hot = multi_hot(df["Labels"], ds.labels, lambda s: s.str.replace(_PADCHEST_TERMS, "", regex=True).str.split(","))
+    return _own(out, ds.labels, hot)
+
+
+def _mimic_reader(labeler: str):
+    def read(root: Path, ds):
+        import pandas as pd
+
+        labels_file = find_label_file(root, ds)
+        meta = _one(root, "mimic-cxr-2.0.0-metadata.csv*", ds)
+        lab = _read(labels_file, text=["subject_id", "study_id"])
+        md = _read(meta, text=["dicom_id", "subject_id", "study_id"], usecols=["dicom_id", "subject_id", "study_id",
+                                                                               "ViewPosition"])
+        df = md.merge(lab, on=["subject_id", "study_id"], how="left", validate="many_to_one")
+        split_file = next(iter(sorted(root.glob("mimic-cxr-2.0.0-split.csv*"))), None)
+        split = np.full(len(df), "", dtype=object)
+        if split_file is not None:
+            sp = _read(split_file, text=["dicom_id"], usecols=["dicom_id", "split"])
+            split = df["dicom_id"].map(sp.set_index("dicom_id")["split"].map(
+                {"train": "train", "validate": "valid", "test": "test"})).fillna("").to_numpy(dtype=object)
+        sid, study = df["subject_id"].astype(str), df["study_id"].astype(str)
+        paths = ("files/p" + sid.str[:2] + "/p" + sid + "/s" + study + "/" + df["dicom_id"].astype(str) + ".jpg")
+        fl, appa = _view_columns(df["ViewPosition"], {"PA": "PA", "AP": "AP"}, ("LATERAL", "LL"))
+        sex = np.full(len(df), "", dtype=object)
+        age = np.full(len(df), np.nan)
+        patients = next(iter(sorted(root.glob("patients.csv*"))), None)
+        if patients is not None:
+            pt = _read(patients, text=["subject_id"], usecols=["subject_id", "gender", "anchor_age"]).set_index("subject_id")
+            sex = sex_word(sid.map(pt["gender"]), {"M": "Male", "F": "Female"})
+            age = pd.to_numeric(sid.map(pt["anchor_age"]), errors="coerce").to_numpy()
+        out = _frame(len(df), Path=paths.to_numpy(dtype=object), Patient=sid.to_numpy(dtype=object),
+                     Study=(sid + "/" + study).to_numpy(dtype=object), **{"Frontal/Lateral": fl, "AP/PA": appa},
+                     Sex=sex, Age=age, Split=split)
+        own = np.full((len(df), len(ds.labels)), np.nan, dtype=np.float32)
+        for j, name in enumerate(ds.labels):
+            if name in df.columns:
+                own[:, j] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float32)
+        return _own(out, ds.labels, own)
+
+    read.__doc__ = f"MIMIC-CXR-JPG with the {labeler} labels"
+    return read
+
+
+def _one(root: Path, pattern: str, ds) -> Path:
+    hits = sorted(Path(root).glob(pattern))
+    if not hits:
+        raise ChexcutError(f"{root}: {ds.title} needs {pattern} beside its labels")
+    return hits[0]
+
+
+def _vinbig_reader(rule: str):
+    def read(root: Path, ds):
+
+        f = find_label_file(root, ds)
+        df = _read(f, text=["image_id", "class_name", "rad_id"], usecols=["image_id", "class_name", "rad_id"])
+        readers = df.groupby("image_id", sort=True)["rad_id"].nunique()
+        ids = readers.index.to_numpy()
+        calls = df.drop_duplicates(["image_id", "rad_id", "class_name"]).groupby(["image_id", "class_name"]).size()
+        votes = calls.unstack(fill_value=0).reindex(index=ids, columns=list(ds.labels), fill_value=0).to_numpy()
+        need = np.ceil((readers.to_numpy() + 1) / 2) if rule == "majority" else np.ones(len(ids))
+        own = (votes >= need[:, None]).astype(np.float32)
+        nf = ds.labels.index("No finding")
+        own[:, nf] = (own[:, [j for j in range(len(ds.labels)) if j != nf]].sum(axis=1) == 0)
+        folder = "train" if (root / "train").is_dir() else "."
+        suffix = next((s for s in (".dicom", ".dcm", ".png", ".jpg") if len(ids) and (root / folder / f"{ids[0]}{s}").is_file()),
+                      ".dicom")
+        paths = np.array([f"{folder}/{i}{suffix}" if folder != "." else f"{i}{suffix}" for i in ids], dtype=object)
+        out = _frame(len(ids), Path=paths, Patient=ids.astype(object), Study=ids.astype(object),
+                     **{"Frontal/Lateral": np.full(len(ids), "Frontal", dtype=object)},
+                     Age=np.full(len(ids), np.nan))
+        out["Readers"] = readers.to_numpy()
+        return _own(out, ds.labels, own)
+
+    read.__doc__ = f"VinBigData's per-reader boxes -> image labels by the {rule} rule"
+    return read
+
+
