@@ -79,20 +79,92 @@ def prepare(
 
 @app.command()
 def phantom(
-    out: Annotated[Path, typer.Argument(help="Folder to write CheXpert-v1.0-small/ into.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write CheXpert-v1.0-small/ into (another --layout: the folder itself).")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 600,
     image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
     seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
     masks: Annotated[bool, typer.Option("--masks", help="Also write where each finding was drawn (masks/ PNGs and masks.csv), to score heatmaps.")] = False,
+    layout: Annotated[str, typer.Option("--layout", help="chexpert, or a published set's layout: nih, padchest (16-bit PNG), vinbigdata (DICOM), mimic.")] = "chexpert",
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Write a synthetic dataset in the exact CheXpert layout, with findings a CNN can learn."""
     import chexcut.cli.ui as ui
     from chexcut.data.phantom import make_phantom
+    from chexcut.data.phantom_layouts import LAYOUTS, make_layout_phantom
     from chexcut.fileio import check_output_folder
 
+    if layout not in LAYOUTS:
+        raise ChexcutError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if masks and layout != "chexpert":
+        raise ChexcutError("--masks is written for the chexpert layout only")
     check_output_folder(out, "phantom folder")
     with ui.lazy_progress_bar("drawing phantom X-rays", n, quiet=quiet) as update:
-        root = make_phantom(out, n=n, image_size=image_size, seed=seed, progress=update, masks=masks)
+        if layout == "chexpert":
+            root = make_phantom(out, n=n, image_size=image_size, seed=seed, progress=update, masks=masks)
+        else:
+            root = make_layout_phantom(out, layout, n, image_size, seed, progress=update)
     if not quiet:
-        ui.err.print(f"wrote {n} images to {root} (train.csv, valid.csv)")
+        ui.err.print(f"wrote {n} images to {root} ({layout} layout; read it with --data {layout}:{root})")
+
+
+datasets_app = typer.Typer(help="The published chest X-ray data sets chexcut reads as they are (--data SET:DIR), and "
+                                "their harmonised index.", no_args_is_help=False)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.callback(invoke_without_command=True)
+def datasets(ctx: typer.Context,
+             json_out: bool = typer.Option(False, "--json", help="Print every declaration (files, views, demographics, split, label mapping) as JSON.")):
+    """List the supported data sets: labels, official split, demographics, views, image format."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import chexcut.cli.ui as ui
+    from chexcut.data.datasets import DATASETS
+
+    if json_out:
+        ui.print_json([d.summary() for d in DATASETS.values()])
+        return
+    ui.out.print(ui.datasets_table(list(DATASETS.values())))
+
+
+@datasets_app.command("index")
+def datasets_index(
+    ref: Annotated[str, typer.Argument(help="SET:DIR (e.g. nih:/data/nih), or a folder whose label file names its set.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The index CSV to write.")],
+    label_map: LabelMapOpt = None,
+    all_labels: Annotated[bool, typer.Option("--all-labels", help="Also write the set's own labels that a CheXpert label is mapped from (PadChest: 55 more columns).")] = False,
+    json_out: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+):
+    """Write a set's harmonised index (path, patient, study, view, sex, age, split, the 14 labels, its own) without
+    decoding an image; say what the files hold and which images are missing."""
+    import chexcut.cli.ui as ui
+    from chexcut.data.datasets import (
+        get,
+        index_csv_frame,
+        index_summary,
+        missing_files,
+        published,
+        read_index,
+        split_ref,
+    )
+    from chexcut.fileio import atomic_path, check_output_file
+
+    root, name = split_ref(ref)
+    name = name or published(root) or ("chexpert" if root.is_dir() else None)
+    if name is None:
+        raise ChexcutError(f"data folder {root} does not exist")
+    label_map = str(Path(label_map).resolve()) if label_map else None
+    frame, not_annotated, label_file = read_index(root, name, label_map)
+    check_output_file(out, "index", inputs=[label_file] + ([Path(label_map)] if label_map else []))
+    ds = get(name)
+    missing = missing_files(root, frame["Path"].tolist())
+    with atomic_path(out) as tmp:
+        index_csv_frame(frame, not_annotated, ds, all_labels).to_csv(tmp, index=False)
+    summary = {**index_summary(frame, not_annotated, ds, label_file, missing), "index": str(out)}
+    if json_out:
+        ui.print_json(summary)
+        return
+    ui.out.print(ui.index_table(summary))
+    if missing:
+        ui.err.print(f"[yellow]{len(missing):,} of {len(frame):,} images are missing[/] (first: "
+                     f"{', '.join(missing[:3])}); `--skip-missing` trains and evaluates without them")

@@ -105,17 +105,12 @@ def evaluate(
 
 def _data_set(data, csv):
     """``--data SET:DIR`` -> (DIR, SET); a folder holding a published set's label file -> (folder, its name)."""
-    from chexcut.data.datasets import detect, split_ref
+    from chexcut.data.datasets import published, split_ref
 
     if data is None:
         return None, None
     data, named = split_ref(data)
-    if named is None and csv is None:
-        from chexcut.data.chexpert import _has_chexpert_csv
-
-        found = None if _has_chexpert_csv(data) else detect(data)
-        named = found.name if found else None
-    return data, named
+    return data, named if named or csv is not None else published(data)
 
 
 def _statistics(p: dict):

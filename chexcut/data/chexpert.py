@@ -320,15 +320,14 @@ def load_split(data: str | Path, split: str, opts: DataOptions = DataOptions()) 
     a seeded patient-level split of the one CSV.
     """
     split = check(Split, split, "--split")
-    from chexcut.data.datasets import detect, split_ref
+    from chexcut.data.datasets import published, split_ref
 
     data, named = split_ref(data)
     if named and opts.dataset not in (None, named):
         raise ChexcutError(f"--data {named}:{data} names another data set than the options ({opts.dataset})")
     dataset = named or opts.dataset
-    if dataset is None and not opts.csv and not _has_chexpert_csv(data):
-        found = detect(data)
-        dataset = found.name if found else None
+    if dataset is None and not opts.csv:
+        dataset = published(data)
     if dataset is not None and dataset != "chexpert":
         if opts.csv:
             raise ChexcutError(f"--csv reads a table of your own; the {dataset} data set is read as published")
@@ -368,14 +367,6 @@ def load_split(data: str | Path, split: str, opts: DataOptions = DataOptions()) 
         table.split = split
     table.notes.append(note)
     return _non_empty(table, opts)
-
-
-def _has_chexpert_csv(data: Path) -> bool:
-    try:
-        find_dataset_dir(data)
-        return True
-    except ChexcutError:
-        return False
 
 
 def _dataset_split(root: Path, name: str, split: str, opts: DataOptions) -> LabelTable:
@@ -463,12 +454,12 @@ def check_files(table: LabelTable, skip_missing: bool = False) -> LabelTable:
 
 def label_files(data, opts) -> list[Path]:
     """The files that hold the labels ``load_split`` reads for ``data`` and ``opts``."""
-    from chexcut.data.datasets import detect, find_label_file, get, split_ref
+    from chexcut.data.datasets import find_label_file, get, published, split_ref
 
     data, named = split_ref(data)
     if opts.csv:
         return [Path(opts.csv) if Path(opts.csv).is_file() else Path(data) / opts.csv]
-    name = named or opts.dataset or (None if _has_chexpert_csv(data) else getattr(detect(data), "name", None))
+    name = named or opts.dataset or published(data)
     if name and name != "chexpert":
         ds = get(name)
         found = [find_label_file(data, ds)]

@@ -251,6 +251,12 @@ def detect(root: Path) -> Dataset | None:
     return None
 
 
+def published(data) -> str | None:
+    """The published set (other than CheXpert's own layout) whose label file ``data`` holds, or None."""
+    found = detect(data)
+    return found.name if found is not None and found.name != "chexpert" else None
+
+
 def split_ref(data) -> tuple[Path, str | None]:
     """``nih:/data/nih`` -> (Path('/data/nih'), 'nih'); a plain folder -> (folder, None). An existing path that
     happens to contain a colon is a path."""
@@ -292,13 +298,38 @@ def read_index(root: Path, name: str, label_map: str | None = None):
     return _INDEX_CACHE[key]
 
 
-def index_csv_frame(frame, not_annotated: tuple[str, ...]):
-    """The index as written: labels 1/0/-1/blank, ``not annotated`` in every cell of a label the set lacks."""
-    out = frame.copy()
+def index_csv_frame(frame, not_annotated: tuple[str, ...], ds: Dataset, all_labels: bool = False):
+    """The index as written: labels 1/0/-1/blank (integers), ``not annotated`` in every cell of a label the set
+    lacks; of the set's own labels, those no CheXpert label is mapped from (all of them with ``all_labels``)."""
+    used = {s for srcs in ds.mapping.values() for s in srcs}
+    keep = [c for c in frame.columns if all_labels or c not in used or c in INDEX_COLUMNS or c in CHEXPERT_LABELS]
+    out = frame[keep].copy()
+    for c in keep:
+        if c in CHEXPERT_LABELS and c in not_annotated:
+            out[c] = NOT_ANNOTATED
+        elif c not in INDEX_COLUMNS and c not in ds.extra and out[c].dtype.kind == "f":
+            out[c] = out[c].astype("Int8")
+    return out
+
+
+def index_summary(frame, not_annotated: tuple[str, ...], ds: Dataset, label_file: Path, missing: list[str]) -> dict:
+    """What ``datasets index`` says about an index: counts as the files hold them."""
+    def counts(col):
+        return {str(k): int(v) for k, v in frame[col].replace("", "(blank)").value_counts().items()}
+
+    labels = {}
     for c in CHEXPERT_LABELS:
         if c in not_annotated:
-            out[c] = NOT_ANNOTATED
-    return out
+            labels[c] = NOT_ANNOTATED
+        else:
+            v = frame[c].to_numpy()
+            labels[c] = {"positive": int((v == 1).sum()), "negative": int((v == 0).sum()),
+                         "uncertain": int((v == -1).sum()), "blank": int(np.isnan(v).sum())}
+    return {"dataset": ds.name, "title": ds.title, "label_file": str(label_file), "images": len(frame),
+            "patients": int(frame["Patient"].nunique()), "studies": int(frame["Study"].nunique()),
+            "views": counts("Frontal/Lateral"), "ap_pa": counts("AP/PA"), "sex": counts("Sex"),
+            "split": counts("Split"), "labels": labels, "not_annotated": list(not_annotated),
+            "missing_images": len(missing), "missing_first": missing[:5]}
 
 
 def missing_files(root: Path, paths) -> list[str]:

@@ -1,6 +1,7 @@
 """Decode any chest X-ray file into one uint8 grayscale square, (normalised on the device by the model's :class:`~chexcut.models.spec.Preprocess`).
 
-JPEG and PNG, 8- and 16-bit, L / LA / P / RGB / RGBA all become one channel. ``squash``
+JPEG and PNG, 8- and 16-bit, L / LA / P / RGB / RGBA all become one channel; DICOM through pydicom
+(:func:`dicom_gray_u8`: Modality LUT, VOI LUT or window, MONOCHROME1 inverted). ``squash``
 resizes to S x S ignoring the aspect ratio (the CheXpert baseline); ``pad`` letterboxes.
 Batches travel as uint8 (4x less than float32) and are normalised where they are used.
 """
@@ -50,12 +51,99 @@ def max_pixels() -> int:
         raise ChexcutError("CHEXCUT_MAX_PIXELS must be an integer number of pixels") from None
 
 
+#: DICOM Modality values of projection radiographs (CR computed, DX digital, RG radiographic, DR/PX older uses).
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "PX", "OT")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+
+
+def is_dicom(path, by_name: bool = True) -> bool:
+    """A DICOM file by its name (``by_name``) or its Part 10 preamble (``DICM`` at byte 128)."""
+    if by_name and str(path).lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _output_range(ds) -> tuple[float, float]:
+    """The range of the stored values after the Modality LUT: what windowing maps onto (PS3.3 C.11.2.1.2, as
+    pydicom's ``apply_windowing`` computes it) and what 12-16-bit data without a window is scaled from."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.get("BitsStored", 8) or 8)
+    lo, hi = (0, 2 ** bits - 1) if int(ds.get("PixelRepresentation", 0) or 0) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = sorted((lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)))
+    return float(lo), float(hi)
+
+
+def dicom_gray_u8(path, limit: int) -> np.ndarray:
+    """A DICOM projection radiograph -> (H, W) uint8: Modality LUT (RescaleSlope/Intercept), then the VOI LUT or
+    window the file names (pydicom), scaled from its output range; MONOCHROME1 inverted. A file that is not a
+    projection radiograph, has several frames, or needs a decoder that is not installed is refused (one line)."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:
+        raise ChexcutError(f"cannot read image {path}: DICOM needs pydicom (pip install pydicom)") from None
+    try:
+        ds = pydicom.dcmread(path)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, KeyError) as e:
+        raise ChexcutError(f"cannot read image {path}: not a readable DICOM file ({e})") from None
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        raise ChexcutError(f"cannot read image {path}: DICOM Modality {modality} is not a projection radiograph "
+                           f"({', '.join(RADIOGRAPH_MODALITIES)})")
+    if "PixelData" not in ds:
+        raise ChexcutError(f"cannot read image {path}: the DICOM file holds no pixel data")
+    rows, cols, frames = int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ChexcutError(f"cannot read image {path}: {frames} frames; a radiograph has one")
+    if rows * cols > limit:
+        raise ChexcutError(f"cannot read image {path}: {cols} x {rows} pixels is more than the limit of {limit:,} "
+                           f"(CHEXCUT_MAX_PIXELS)")
+    try:
+        raw = ds.pixel_array
+    except (RuntimeError, NotImplementedError, ValueError) as e:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", syntax)
+        raise ChexcutError(f"cannot read image {path}: no decoder for its transfer syntax {name} is installed "
+                           f"(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg; or python-gdcm): "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if raw.ndim == 3:  # colour (RGB, YBR after pydicom's conversion): luminance, as PIL's L does
+        from PIL import Image
+
+        return to_gray_u8(Image.fromarray(np.ascontiguousarray(raw).astype(np.uint8)))
+    arr = apply_modality_lut(raw, ds)
+    windowed = ds.get("VOILUTSequence") or (ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None)
+    if windowed:
+        if ds.get("VOILUTSequence"):
+            lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+        else:
+            lo, hi = _output_range(ds)
+        arr = apply_voi_lut(arr, ds)
+    else:
+        lo, hi = _output_range(ds)
+    out = (np.asarray(arr, dtype=np.float64) - lo) / max(hi - lo, 1e-12)
+    gray = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return 255 - gray if photometric == "MONOCHROME1" else gray
+
+
 def load_image(path: str | Path, size: int, resize: str = "squash") -> np.ndarray:
     """Decode ``path`` into a (size, size) uint8 array. Corrupt files raise ChexcutError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     resize = check(Resize, resize, "--resize")
     limit = max_pixels()
+    if str(path).lower().endswith(DICOM_SUFFIXES):
+        if not Path(path).is_file():
+            raise ChexcutError(f"image not found: {path}")
+        return resize_gray(dicom_gray_u8(path, limit), size, resize)
     Image.MAX_IMAGE_PIXELS = None  # chexcut's own limit below, checked from the header before decoding
     try:
         with Image.open(path) as img:
@@ -69,7 +157,11 @@ def load_image(path: str | Path, size: int, resize: str = "squash") -> np.ndarra
             gray = to_gray_u8(img)
     except FileNotFoundError:
         raise ChexcutError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        if is_dicom(path, by_name=False):  # a DICOM named like another file (or with no suffix)
+            return resize_gray(dicom_gray_u8(path, limit), size, resize)
+        raise ChexcutError(f"cannot read image {path}: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ChexcutError(f"cannot read image {path}: {e}") from None
     return resize_gray(gray, size, resize)
 

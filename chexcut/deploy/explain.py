@@ -176,7 +176,7 @@ def read_images(files: list, paths: list[str], size: int, resize: str, skip_bad:
     return Inputs(keep_p, keep_f, torch.from_numpy(np.stack(arrays)).unsqueeze(1), skipped)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 def gather(images: list[Path] | None, data: Path | None, csv: str | None, split: str, limit: int,
@@ -199,7 +199,7 @@ def gather(images: list[Path] | None, data: Path | None, csv: str | None, split:
         files = files[:limit]
         paths = [str(f) for f in files]
         if not files:
-            raise ChexcutError("no .png/.jpg images in the given folders")
+            raise ChexcutError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the given folders")
     return read_images(files, paths, pre.image_size, pre.resize, skip_bad)
 
 
@@ -210,7 +210,10 @@ def gather_masked(data: Path, csv: str | None, split: str, pre: Preprocess, skip
     from chexcut.data.chexpert import DataOptions, find_dataset_dir, load_split
     from chexcut.data.phantom import read_masks
 
-    if csv or not (find_dataset_dir(data) / "masks.csv").is_file():
+    try:
+        if csv or not (find_dataset_dir(data) / "masks.csv").is_file():
+            return None
+    except ChexcutError:  # not the CheXpert layout: a published set has no drawn masks
         return None
     truth = read_masks(find_dataset_dir(data))
     masked = {p for p, _ in truth}

@@ -13,13 +13,25 @@ import numpy as np
 from chexcut.errors import ChexcutError
 
 
-def _read(csv: Path, key_col: str | None, columns: list[str]):
+def _name(source) -> str:
+    return source.attrs.get("name", "index") if hasattr(source, "columns") else Path(source).name
+
+
+def _read(csv, key_col: str | None, columns: list[str]):
     import pandas as pd
 
     from chexcut.data.chexpert import _header
     from chexcut.evaluation.predictions import canonical_keys, key_column
     from chexcut.fileio import read_csv
 
+    if hasattr(csv, "columns"):  # a published data set's harmonised index, in memory
+        have = [c for c in columns if c in csv.columns]
+        if not have:
+            return None, list(csv.columns)
+        df = csv[have].astype(object).where(csv[have].notna(), None)
+        df = df.apply(lambda c: c.map(lambda v: None if v is None else (f"{v:g}" if isinstance(v, float) else str(v))))
+        df.index = pd.Index(canonical_keys(csv["Path"].astype(str)))
+        return df, list(csv.columns)
     header = _header(csv)
     have = [c for c in columns if c in header]
     if not have:
@@ -53,20 +65,20 @@ def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
         todo = [c for c in wanted if c not in groups]
         if not todo:
             break
-        if not Path(csv).is_file():
+        if not hasattr(csv, "columns") and not Path(csv).is_file():
             raise ChexcutError(f"groups CSV not found: {csv}")
-        df, header = _read(Path(csv), key_col, todo)
-        headers.append((Path(csv).name, header))
+        df, header = _read(csv if hasattr(csv, "columns") else Path(csv), key_col, todo)
+        headers.append((_name(csv), header))
         if df is None:
             continue
         pos = df.index.get_indexer(keys)
         if (pos < 0).all():
-            raise ChexcutError(f"{Path(csv).name}: no key matches the evaluated rows (e.g. {keys[0]!r} vs "
+            raise ChexcutError(f"{_name(csv)}: no key matches the evaluated rows (e.g. {keys[0]!r} vs "
                                f"{df.index[0]!r}); a --groups CSV is keyed like the truth")
         unmatched = int((pos < 0).sum())
         if unmatched:
             first = keys[int(np.flatnonzero(pos < 0)[0])]
-            warnings.append(f"{Path(csv).name} has no row for {unmatched} of the {len(keys)} evaluated rows (first: "
+            warnings.append(f"{_name(csv)} has no row for {unmatched} of the {len(keys)} evaluated rows (first: "
                             f"{first}): they are in no group of {', '.join(df.columns)}")
         for c in df.columns:
             col = df[c].to_numpy(dtype=object)

@@ -304,10 +304,17 @@ def table_key(es) -> str:
     return es.opts.path_col
 
 
-def dataset_csvs(es) -> list[Path]:
-    """The CSVs a data set's rows come from (for subgroup columns): ``--csv`` or train.csv and valid.csv."""
+def dataset_csvs(es) -> list:
+    """Where a data set's subgroup columns are read: ``--csv``, train.csv and valid.csv, or a published set's
+    harmonised index (in memory: Sex, Age, AP/PA, PadChest's MethodLabel, ...)."""
     from chexcut.data.chexpert import find_dataset_dir
+    from chexcut.data.datasets import published, read_index
 
+    name = None if es.opts.csv else (es.opts.dataset or published(Path(es.data)))
+    if name and name != "chexpert":
+        frame = read_index(Path(es.data), name, es.opts.label_map)[0]
+        frame.attrs["name"] = f"the {name} index"
+        return [frame]
     if es.opts.csv:
         csv = Path(es.opts.csv)
         return [csv if csv.is_file() else Path(es.data) / csv]

@@ -21,7 +21,7 @@ from chexcut.errors import ChexcutError
 
 KEY_COLUMNS = ("Path", "Study")
 _PREFIX = re.compile(r"^CheXpert-v1\.0-small/")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff")
 
 
 def canonical_key(key: str) -> str:
