@@ -101,7 +101,7 @@ def multi_hot(cells, vocabulary: tuple[str, ...], split: Callable) -> np.ndarray
     cells = pd.Series(cells).reset_index(drop=True)
     out = np.zeros((len(cells), len(vocabulary)), dtype=np.float32)
     long = split(cells.fillna("")).explode()
-    code = pd.Categorical(long.str.strip().str.lower().to_numpy(), categories=[v.lower() for v in vocabulary]).codes
+    code = pd.Index([v.lower() for v in vocabulary]).get_indexer(long.str.strip().str.lower().to_numpy())
     rows = long.index.to_numpy()
     hit = code >= 0
     out[rows[hit], code[hit]] = 1.0
