@@ -28,6 +28,7 @@ STATE = "state.json"
 LOCK = ".lock"
 EVAL = "eval.json"
 PREDICTIONS = "predictions.csv"
+EXTERNAL = "external"  # external/NAME.json and NAME-predictions.csv: evaluations on a study's --external sets
 LOG = "log.txt"
 BENCH = "bench.json"
 TRACKING = "mlflow.json"  # the MLflow run this run logs to (``--track``)
@@ -89,6 +90,17 @@ class RunDir:
     predictions = property(lambda self: self.path / PREDICTIONS)
     log = property(lambda self: self.path / LOG)
     bench = property(lambda self: self.path / BENCH)
+    external = property(lambda self: self.path / EXTERNAL)
+
+    def external_eval(self, name: str) -> Path:
+        """The evaluation JSON of this run on the external set ``name`` (a study's ``--external``)."""
+        return self.external / f"{name}.json"
+
+    def external_predictions(self, name: str) -> Path:
+        return self.external / f"{name}-predictions.csv"
+
+    def external_names(self) -> list[str]:
+        return sorted(p.stem for p in self.external.glob("*.json")) if self.external.is_dir() else []
 
     def is_run(self) -> bool:
         return self.config.is_file()
@@ -99,8 +111,8 @@ class RunDir:
     def read_state(self) -> dict:
         return _read_json(self.state) or {}
 
-    def read_eval(self) -> dict | None:
-        return _read_json(self.eval)
+    def read_eval(self, external: str | None = None) -> dict | None:
+        return _read_json(self.eval if external is None else self.external_eval(external))
 
     def read_bench(self) -> dict | None:
         """Latency (batch 1) and throughput of the run's model, when `chexcut bench` measured them."""

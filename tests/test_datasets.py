@@ -331,3 +331,50 @@ def test_dicom_set_through_prepare_finetune_and_evaluate(layouts, tmp_path):
     # the run's own set: patients are checked, and its training rows are refused as an evaluation set
     code, _, err = run_cli("evaluate", run, "--split", "train", "--bootstrap", "20", "--json", "-", "-q")
     assert code == 2 and "shares" in err
+
+
+def test_study_with_external_sets_and_its_report(phantom, layouts, tmp_path):
+    study = tmp_path / "study"
+    code, _, err = run_cli("study", "plan", "--data", phantom, "--out", study, "--archs", "resnet18", "--weights",
+                           "none", "--drops", "0,1", "--bootstrap", "20", "--external",
+                           f"nih:{layouts['nih']},{layouts['padchest']}", "--max-steps", "2", "--image-size", "40",
+                           "--batch-size", "8", "--workers", "0", "--device", "cpu")
+    assert code == 0, err
+    plan = json.loads((study / "plan.json").read_text())
+    assert [e["name"] for e in plan["evaluate_options"]["external"]] == ["nih", "padchest"]
+    code, _, err = run_cli("study", "run", study, "-q")
+    assert code == 0, err
+    for run in plan["runs"]:
+        ext = json.loads((study / run["run_dir"] / "external" / "nih.json").read_text())
+        assert ext["evaluation_set"]["dataset"] == "nih" and ext["evaluation_set"]["split"] == "all"
+    code, _, err = run_cli("report", study, "-o", tmp_path / "rep")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "rep" / "results.json").read_text())
+    blocks = {b["name"]: b for b in rep["external"]}
+    assert set(blocks) == {"nih", "padchest"}
+    nih = blocks["nih"]
+    assert len(nih["configurations"]) == 2 and nih["ranking"]["n"] == 2
+    row = nih["configurations"][0]
+    internal = next(r for r in rep["results"] if (r["arch"], r["drop"]) == (row["arch"], row["drop"]))
+    assert row["internal"] == internal["auroc"] and abs(row["difference"] - (row["external"] - row["internal"])) < 1e-12
+    assert "Fracture" not in row["labels"]  # not annotated in NIH: never compared
+    assert (tmp_path / "rep" / "external_nih.png").stat().st_size > 0
+    assert "External validation: nih" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_external_interval_and_rank_correlation_by_hand():
+    from scipy.stats import spearmanr
+
+    from chexcut.study.external import difference, rank_correlation
+
+    d = difference((0.80, 0.76, 0.84), (0.70, 0.64, 0.76), 0.05)
+    se = ((0.08 / 3.919927969080108) ** 2 + (0.12 / 3.919927969080108) ** 2) ** 0.5
+    assert abs(d["difference"] + 0.10) < 1e-12 and abs(d["ci_low"] - (-0.10 - 1.959963984540054 * se)) < 1e-9
+    x, y = [0.70, 0.72, 0.75, 0.78, 0.80, 0.81], [0.60, 0.65, 0.64, 0.70, 0.73, 0.71]
+    r = rank_correlation(x, y, 0.05)
+    rho = spearmanr(x, y)[0]
+    import math
+
+    half = 1.959963984540054 * math.sqrt((1 + rho ** 2 / 2) / 3)
+    assert abs(r["spearman_rho"] - rho) < 1e-12
+    assert abs(r["ci_low"] - math.tanh(math.atanh(rho) - half)) < 1e-12 and r["ci_high"] < 1

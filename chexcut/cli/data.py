@@ -124,7 +124,7 @@ def datasets(ctx: typer.Context,
     if json_out:
         ui.print_json([d.summary() for d in DATASETS.values()])
         return
-    ui.out.print(ui.datasets_table(list(DATASETS.values())))
+    ui.out.print(_datasets_table(list(DATASETS.values())))
 
 
 @datasets_app.command("index")
@@ -164,7 +164,45 @@ def datasets_index(
     if json_out:
         ui.print_json(summary)
         return
-    ui.out.print(ui.index_table(summary))
+    ui.out.print(_index_table(summary))
     if missing:
         ui.err.print(f"[yellow]{len(missing):,} of {len(frame):,} images are missing[/] (first: "
                      f"{', '.join(missing[:3])}); `--skip-missing` trains and evaluates without them")
+
+
+def _datasets_table(declared):
+    """`chexcut datasets`: one row per published set."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title="Published data sets (--data SET:DIR)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("set", "title", "images", "official split", "not annotated of the CheXpert 14"):
+        t.add_column(col, overflow="fold")
+    for d in declared:
+        t.add_row(d.name, d.title, d.image_format, "yes" if d.official_split else "no (patient-level)",
+                  ", ".join(d.not_annotated) or "-")
+    t.caption = "views, demographics, files and the label mapping: chexcut datasets --json"
+    t.caption_justify = "left"
+    return t
+
+
+def _index_table(s: dict):
+    """`chexcut datasets index`: what the files hold."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=f"{s['title']}: {s['images']:,} images, {s['patients']:,} patients, {s['studies']:,} studies "
+                    f"-> {s['index']}", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("label", "positive", "negative", "uncertain", "blank"):
+        t.add_column(col, justify="left" if col == "label" else "right")
+    for name, c in s["labels"].items():
+        if isinstance(c, str):
+            t.add_row(name, c, "", "", "")
+        else:
+            t.add_row(name, f"{c['positive']:,}", f"{c['negative']:,}", f"{c['uncertain']:,}", f"{c['blank']:,}")
+    t.caption = ("views " + ", ".join(f"{k} {v:,}" for k, v in s["views"].items()) + "; AP/PA "
+                 + ", ".join(f"{k} {v:,}" for k, v in s["ap_pa"].items()) + "; sex "
+                 + ", ".join(f"{k} {v:,}" for k, v in s["sex"].items()) + "; split "
+                 + ", ".join(f"{k} {v:,}" for k, v in s["split"].items()))
+    t.caption_justify = "left"
+    return t

@@ -490,34 +490,3 @@ def report_tables(rep: dict) -> list:
         out += [f"[yellow]{x}[/]" if t.warn else x for x in t.text]
     return out
 
-
-def datasets_table(declared) -> Table:
-    """`chexcut datasets`: one row per published set."""
-    t = Table(title="Published data sets (--data SET:DIR)", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("set", "title", "images", "official split", "not annotated of the CheXpert 14"):
-        t.add_column(col, overflow="fold")
-    for d in declared:
-        t.add_row(d.name, d.title, d.image_format, "yes" if d.official_split else "no (patient-level)",
-                  ", ".join(d.not_annotated) or "-")
-    t.caption = "views, demographics, files and the label mapping: chexcut datasets --json"
-    t.caption_justify = "left"
-    return t
-
-
-def index_table(s: dict) -> Table:
-    """`chexcut datasets index`: what the files hold."""
-    t = Table(title=f"{s['title']}: {s['images']:,} images, {s['patients']:,} patients, {s['studies']:,} studies "
-                    f"-> {s['index']}", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("label", "positive", "negative", "uncertain", "blank"):
-        t.add_column(col, justify="left" if col == "label" else "right")
-    for name, c in s["labels"].items():
-        if isinstance(c, str):
-            t.add_row(name, c, "", "", "")
-        else:
-            t.add_row(name, f"{c['positive']:,}", f"{c['negative']:,}", f"{c['uncertain']:,}", f"{c['blank']:,}")
-    t.caption = ("views " + ", ".join(f"{k} {v:,}" for k, v in s["views"].items()) + "; AP/PA "
-                 + ", ".join(f"{k} {v:,}" for k, v in s["ap_pa"].items()) + "; sex "
-                 + ", ".join(f"{k} {v:,}" for k, v in s["sex"].items()) + "; split "
-                 + ", ".join(f"{k} {v:,}" for k, v in s["split"].items()))
-    t.caption_justify = "left"
-    return t

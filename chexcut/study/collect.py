@@ -39,6 +39,8 @@ class RunResult:
     subgroups: list[dict] | None = None  # eval.json's subgroups: by, group, n, 5-task AUROC and CI
     calibration: dict | None = None  # the 5 tasks' mean Brier, ECE and recalibration slope (eval.json)
     readers: list[dict] | None = None  # eval.json's readers: per label and reader, the model minus reader deltas
+    eval_file: Path | None = None  # the evaluation JSON read (eval.json, or external/NAME.json)
+    label_auroc: dict | None = None  # label -> (AUROC, CI low, CI high) from that JSON
 
 
 @dataclass
@@ -71,7 +73,9 @@ def find_run_dirs(targets: list[Path]) -> list[Path]:
     return list(unique.values())
 
 
-def collect(targets: list[Path]) -> Collected:
+def collect(targets: list[Path], external: str | None = None) -> Collected:
+    """Every run under ``targets`` with its evaluation: eval.json, or with ``external`` its evaluation on that
+    external set (``external/NAME.json`` and ``NAME-predictions.csv``)."""
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.libraries import weights_meta
     from chexcut.models.registry import get_arch
@@ -82,12 +86,16 @@ def collect(targets: list[Path]) -> Collected:
         if not rd.is_run():
             res.incomplete.append({"run_dir": str(d), "reason": "not started (no config.json)"})
             continue
+        ev_file = rd.eval if external is None else rd.external_eval(external)
+        if external is not None and not ev_file.is_file():
+            res.incomplete.append({"run_dir": str(d), "reason": f"not evaluated on the external set {external}"})
+            continue
         if not rd.eval.is_file():
             state = rd.read_state()
             status = state.get("status") if isinstance(state, dict) and isinstance(state.get("status"), str) else None
             res.incomplete.append({"run_dir": str(d), "reason": f"no eval.json (finetune {status or 'not finished'})"})
             continue
-        cfg, ev = rd.read_config(), rd.read_eval()
+        cfg, ev = rd.read_config(), rd.read_eval(external)
         if cfg is None or ev is None:
             res.incomplete.append({"run_dir": str(d), "reason": "unreadable config.json or eval.json"})
             continue
@@ -111,14 +119,15 @@ def collect(targets: list[Path]) -> Collected:
                           "n": ev.get("n"), "options": {k: v for k, v in (src.get("options") or {}).items()
                                                         if k in ("views", "uncertain", "blank", "csv")}},
                          sort_keys=True)
-        preds = rd.predictions
+        preds = rd.predictions if external is None else rd.external_predictions(external)
         res.runs.append(RunResult(
             run_dir=d, arch=arch.name, family=arch.family.name, weights=weights, drop=int(spec["drop"]),
             seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
             auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
             predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=rd.read_bench(),
-            subgroups=_subgroups(ev), calibration=_calibration(ev), readers=_readers(ev)))
+            subgroups=_subgroups(ev), calibration=_calibration(ev), readers=_readers(ev), eval_file=ev_file,
+            label_auroc={r["label"]: (r.get("auroc"), r.get("ci_low"), r.get("ci_high")) for r in ev["labels"]}))
     return res
 
 

@@ -10,6 +10,7 @@ the plan's typed finetune options. Then it is benched (when planned) and evaluat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -108,6 +109,14 @@ def _evaluate(run: dict, plan: dict) -> None:
                        calibration=ev.get("calibration", True))
     result = run_evaluation(EvalInputs(model=str(rd.path), groups=Path(ev["groups"]) if ev.get("groups") else None),
                             stats, infer, predictions_out=rd.predictions)
+    external_stats = dataclasses.replace(stats, by=(), age_bins=None)  # an external set's columns are its own
+    for ext in ev.get("external") or []:  # before eval.json, the run's done mark: an interruption redoes them
+        rd.external.mkdir(exist_ok=True)
+        options = {"dataset": ext["dataset"]} if ext.get("dataset") else {}
+        ext_result = run_evaluation(EvalInputs(model=str(rd.path), data=Path(ext["data"]), split="all",
+                                               options=options), external_stats, infer,
+                                    predictions_out=rd.external_predictions(ext["name"]))
+        write_json(rd.external_eval(ext["name"]), ext_result)
     write_json(rd.eval, result)
     tracking.log_evaluation(rd.path, result)
 

@@ -7,6 +7,7 @@ test, and its AUROC is reported as mean +- SD over the seeds with the CI of the 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class PairedTester:
         from chexcut.data.chexpert import DataOptions, load_split
         from chexcut.evaluation.evaluate import evalset_from_table
 
-        ev = RunDir(run.run_dir).read_eval()
+        ev = json.loads(Path(run.eval_file).read_text()) if run.eval_file else RunDir(run.run_dir).read_eval()
         src = ev["source"]
         opts = dataclasses.replace(DataOptions.from_json(src["options"]), labels=tuple(run.labels))
         table = load_split(src["data"], src["split"], opts)
@@ -112,14 +113,15 @@ def _corr(x, y) -> dict | None:
 
 
 def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 margin: float = 0.02, fill_hint: str | None = None) -> dict:
+                 margin: float = 0.02, fill_hint: str | None = None, external: str | None = None) -> dict:
     """The report JSON: per-configuration results and the paper's four findings.
 
     Parameter efficiency is decided twice: by the paper's rule (the deepest truncation without a
     significant drop) and by non-inferiority at ``margin`` (the deepest truncation whose drop is shown
     to be smaller than ``margin``: one-sided test at ``alpha``, i.e. the lower bound of the one-sided
-    1 - alpha interval of delta lies above -margin)."""
-    col = collect(targets)
+    1 - alpha interval of delta lies above -margin). ``external``: the same report from the runs' evaluations on
+    that external set; without it, the report adds an ``external`` block per set the runs were evaluated on."""
+    col = collect(targets, external)
     if not col.runs:
         raise ChexcutError(f"no evaluated runs found ({len(col.incomplete)} without eval.json: run "
                            f"`chexcut evaluate RUN --data DIR --json RUN/eval.json --predictions-out RUN/predictions.csv`)")
@@ -133,7 +135,7 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
             for k, rs in sorted(groups.items())]
     for r, adjusted in zip(rows, holm([r["p_vs_drop0"] for r in rows])):  # family: every test against drop 0
         r["p_vs_drop0_holm"] = adjusted
-    return {
+    report = {
         "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
         "margin": margin, "results": rows, "efficiency": parameter_efficiency(rows, margin),
         "leakage": [str(r.run_dir) for r in col.runs if r.overlap],
@@ -147,6 +149,23 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
         "readers": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop, "seed": r.seed,
                      **x} for r in col.runs for x in (r.readers or [])],
     }
+    if external is None:
+        report["external"] = _external_blocks(targets, col, report, dict(bootstrap=bootstrap, alpha=alpha, seed=seed,
+                                                                        margin=margin))
+    return report
+
+
+def _external_blocks(targets, col, report: dict, settings: dict) -> list[dict]:
+    """One block per external set any run was evaluated on (a study planned with ``--external``)."""
+    from chexcut.study.external import external_validation
+
+    blocks = []
+    for name in sorted({n for r in col.runs for n in RunDir(r.run_dir).external_names()}):
+        sub = build_report(targets, external=name, **settings)
+        first = next((r for r in col.runs if name in RunDir(r.run_dir).external_names()), None)
+        es = (RunDir(first.run_dir).read_eval(name) or {}).get("evaluation_set") or {}
+        blocks.append(external_validation(report, sub, name, es.get("dataset")))
+    return blocks
 
 
 def missing_runs(rows: list[dict], fill_hint: str | None = None) -> dict:
@@ -193,8 +212,19 @@ def result_row(rs: list[RunResult], cmp: dict | None, alpha: float, ensemble: di
         "p_noninferiority": cmp.get("p_noninferiority") if cmp else None,
         "noninferior": cmp.get("noninferior") if cmp else None,
         "run_dirs": [str(r.run_dir) for r in rs],
+        "label_auroc": _label_means(rs),
         **_bench_means(rs),
     }
+
+
+def _label_means(rs: list[RunResult]) -> dict:
+    """label -> [AUROC (mean over seeds), CI low, CI high (one seed only)]."""
+    out = {}
+    for label in rs[0].labels:
+        vals = [(r.label_auroc or {}).get(label, (None, None, None)) for r in rs]
+        mean, _ = _mean_sd([v[0] for v in vals])
+        out[label] = [mean, *(vals[0][1:] if len(rs) == 1 else (None, None))]
+    return out
 
 
 def _bench_means(rs: list[RunResult]) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,8 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
         raise ChexcutError(f"--data {data} does not exist")
     grid = grid.check()
     _check_data(data, options)
+    for ext in evaluate_options["external"]:
+        _check_external(ext, options)
     if (Path(out) / PLAN).exists() and not force:
         raise ChexcutError(f"{out} already holds a study plan; pass --force to plan over it (runs already done "
                            f"are kept and skipped when their settings match)")
@@ -198,6 +201,19 @@ def _check_data(data: Path, options: FinetuneOptions) -> None:
         raise ChexcutError(f"the runs could not read --data {data}: {e}") from None
 
 
+def _check_external(ext: dict, options: FinetuneOptions) -> None:
+    """An external set every run will be evaluated on: readable now, with the labels the runs learn."""
+    import dataclasses
+
+    from chexcut.data.chexpert import load_split
+
+    opts = dataclasses.replace(options.data_options(), csv=None, dataset=ext["dataset"], label_map=None)
+    try:
+        load_split(ext["data"], "all", opts)
+    except ChexcutError as e:
+        raise ChexcutError(f"the external set {ext['name']} ({ext['data']}) cannot be read: {e}") from None
+
+
 def plan_options(plan: dict) -> FinetuneOptions:
     """The typed finetune options every run of the plan shares."""
     return FinetuneOptions.from_json(plan["finetune_options"])
@@ -228,7 +244,7 @@ def check_evaluate_options(o: dict) -> dict:
     as evaluate checks them (the groups CSV made absolute)."""
     from chexcut.evaluation.settings import Statistics
 
-    unknown = set(o) - {"by", "age_bins", "groups", "calibration"}
+    unknown = set(o) - {"by", "age_bins", "groups", "calibration", "external"}
     if unknown:
         raise ChexcutError(f"unknown evaluate options: {', '.join(sorted(unknown))}")
     by, bins = list(o.get("by") or []), o.get("age_bins")
@@ -241,7 +257,35 @@ def check_evaluate_options(o: dict) -> dict:
             raise ChexcutError(f"groups CSV not found: {groups}")
         groups = str(Path(groups).resolve())
     return {"by": by, "age_bins": list(bins) if bins else None, "groups": groups,
-            "calibration": bool(o.get("calibration", True))}
+            "calibration": bool(o.get("calibration", True)), "external": external_sets(o.get("external") or [])}
+
+
+def external_sets(given: list) -> list[dict]:
+    """``--external`` (``SET:DIR`` or folders, or the plan's records of them) -> ``[{"name", "data", "dataset"}]``:
+    each evaluated by every run after its own validation set, into ``RUN/external/NAME.json``. A name is the set's
+    (``nih``), or the folder's for a CheXpert-layout set; a name given twice gets ``-2``, ``-3``."""
+    from chexcut.data.datasets import published, split_ref
+
+    out, names = [], set()
+    for item in given:
+        if isinstance(item, dict):
+            if not (isinstance(item.get("name"), str) and isinstance(item.get("data"), str)
+                    and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", item["name"])):
+                raise ChexcutError(f"an external set's record is damaged: {item!r}")
+            out.append({"name": item["name"], "data": item["data"], "dataset": item.get("dataset")})
+            continue
+        data, dataset = split_ref(item)
+        if not data.is_dir():
+            raise ChexcutError(f"--external {item}: {data} is not a folder")
+        dataset = dataset or published(data)
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset or data.resolve().name).strip("-.") or "external"
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}-{k}"
+        names.add(name)
+        out.append({"name": name, "data": str(data.resolve()), "dataset": dataset})
+    return out
 
 
 def grid_cell(r: dict) -> str:
@@ -381,6 +425,7 @@ def load_plan(study_dir: Path) -> dict:
     try:
         FinetuneOptions.from_json(plan["finetune_options"])
         check_evaluate_options({k: v for k, v in (plan.get("evaluate_options") or {}).items() if k != "groups"})
+        external_sets((plan.get("evaluate_options") or {}).get("external") or [])
     except ChexcutError as e:
         raise ChexcutError(f"{where}: {e} (damaged; plan the study again)") from None
     except (TypeError, ValueError, AttributeError) as e:

@@ -65,7 +65,33 @@ def make_plots(report: dict, out: Path) -> list[Path]:
     ax.set_title("ImageNet accuracy vs chest X-ray AUROC")
     ax.legend(fontsize=8)
     paths.append(_save(fig, ax, out / "imagenet_vs_auroc.png"))
+    for b in report.get("external") or []:
+        paths.append(_external_plot(b, out / f"external_{b['name']}.png"))
     return paths
+
+
+def _external_plot(block: dict, path: Path) -> Path:
+    """Internal vs external 5-task AUROC per configuration, with both CIs and the line of no change."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    rows = [r for r in block["configurations"] if r["internal"] is not None and r["external"] is not None]
+    for r in rows:
+        xerr = None if r["internal_ci_low"] is None else [[r["internal"] - r["internal_ci_low"]],
+                                                          [r["internal_ci_high"] - r["internal"]]]
+        yerr = None if r["external_ci_low"] is None else [[r["external"] - r["external_ci_low"]],
+                                                          [r["external_ci_high"] - r["external"]]]
+        ax.errorbar(r["internal"], r["external"], xerr=xerr, yerr=yerr, fmt="o" if r["weights"] == "imagenet" else "s",
+                    capsize=2, alpha=0.8)
+        ax.annotate(f"{r['arch']} d{r['drop']}", (r["internal"], r["external"]), fontsize=7, alpha=0.8)
+    if rows:
+        lo = min(min(r["internal"], r["external"]) for r in rows) - 0.02
+        hi = max(max(r["internal"], r["external"]) for r in rows) + 0.02
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, alpha=0.5)
+    rk = block["ranking"]
+    ax.set(xlabel="internal 5-task AUROC", ylabel=f"external AUROC ({block['name']})",
+           title=f"External validation on {block['name']}: rank rho {_fmt(rk['spearman_rho'], '.2f')}")
+    return _save(fig, ax, path)
 
 
 def _path_plot(rows: list[dict], x: str, xlabel: str, title: str, path: Path) -> Path:
@@ -299,8 +325,39 @@ def tables(report: dict) -> list[ReportTable]:
     eff = efficiency_tables(report["efficiency"], report["alpha"],
                             note=(report.get("missing") or {}).get("pretrained"))
     found = [*problem_tables(report), results_table(report), *eff, correlation_table(report), boost_table(report),
-             family_table(report), subgroup_table(report), calibration_table(report), readers_table(report)]
+             family_table(report), subgroup_table(report), calibration_table(report), readers_table(report),
+             *external_tables(report)]
     return [t for t in found if t is not None]
+
+
+def external_tables(report: dict) -> list[ReportTable]:
+    """Per external set: internal vs external AUROC per configuration, the ranking and the four findings."""
+    out = []
+    for b in report.get("external") or []:
+        t = ReportTable(f"External validation: {b['name']}" + (f" ({b['dataset']})" if b.get("dataset") else ""),
+                        ["arch", "weights", "drop", "internal AUROC [CI]", "external AUROC [CI]",
+                         "external - internal [CI]"])
+        for r in b["configurations"]:
+            t.rows.append([r["arch"], r["weights"], str(r["drop"]),
+                           _fmt(r["internal"]) + _ci(r["internal_ci_low"], r["internal_ci_high"]),
+                           _fmt(r["external"]) + _ci(r["external_ci_low"], r["external_ci_high"]),
+                           _fmt(r["difference"], "+.4f") + _ci(r["ci_low"], r["ci_high"], "+.3f")])
+        rk = b["ranking"]
+        holds = {True: "holds", False: "does NOT hold", None: "n/a (runs missing)"}
+        t.text.append(f"Ranking of the {rk['n']} configurations, internal vs external: Spearman rho "
+                      f"{_fmt(rk['spearman_rho'], '.3f')}{_ci(rk['ci_low'], rk['ci_high'])}.")
+        t.text.append("Findings on this set: " + "; ".join(f"{k.replace('_', ' ')}: {holds[v]}"
+                                                           for k, v in b["findings"]["holds"].items()) + ".")
+        if b.get("competition_labels_not_scored"):
+            t.text.append("Competition labels this set does not annotate (outside its 5-task mean): "
+                          + ", ".join(b["competition_labels_not_scored"]) + ".")
+        t.text.append(f"Method: {b['method']}.")
+        out.append(t)
+    return out
+
+
+def _ci(lo, hi, spec=".3f") -> str:
+    return "" if lo is None or hi is None else f" [{format(lo, spec)}, {format(hi, spec)}]"
 
 
 def markdown(report: dict, plots: list[str]) -> str:

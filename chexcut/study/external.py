@@ -1,0 +1,119 @@
+"""External validation in a report: each configuration's internal and external AUROC, the difference with its CI,
+and whether the ranking of configurations and the four findings hold on each external set.
+
+Inputs are two report JSONs built by :func:`chexcut.study.findings.build_report` on the same runs: one from their
+own validation rows (``eval.json``), one from an external set (``external/NAME.json``, written by a study planned
+with ``--external``). The two are independent samples, so the difference's CI combines the two percentile
+intervals as normal standard errors, ``SE = (high - low) / (2 z)``, ``SE_diff = sqrt(SE_int^2 + SE_ext^2)``
+(an approximation, said so in the JSON). The rank correlation of the configurations is Spearman's rho with a
+Fisher-z interval using Bonett & Wright's (2000) standard error ``sqrt((1 + rho^2 / 2) / (n - 3))``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from chexcut.labels import COMPETITION_LABELS
+
+METHOD = ("difference CI: normal approximation from the two independent percentile intervals; rank correlation: "
+          "Spearman with a Fisher-z interval (Bonett & Wright 2000 SE), n >= 4 configurations")
+
+
+def _z(alpha: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - alpha / 2))
+
+
+def difference(internal: tuple, external: tuple, alpha: float) -> dict:
+    """(AUROC, low, high) internal and external -> external minus internal with its CI (None where unknown)."""
+    (a, alo, ahi), (b, blo, bhi) = internal, external
+    if a is None or b is None:
+        return {"difference": None, "ci_low": None, "ci_high": None}
+    out = {"difference": b - a, "ci_low": None, "ci_high": None}
+    if None not in (alo, ahi, blo, bhi):
+        z = _z(alpha)
+        se = math.hypot((ahi - alo) / (2 * z), (bhi - blo) / (2 * z))
+        out.update(ci_low=b - a - z * se, ci_high=b - a + z * se)
+    return out
+
+
+def rank_correlation(x: list, y: list, alpha: float) -> dict:
+    """Spearman's rho between the configurations' internal and external AUROCs, with its Fisher-z CI."""
+    from scipy.stats import spearmanr
+
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    out = {"n": len(pairs), "spearman_rho": None, "ci_low": None, "ci_high": None, "p": None}
+    if len(pairs) < 3:
+        return out
+    rho, p = spearmanr(*zip(*pairs))
+    if rho is None or math.isnan(rho):
+        return out
+    out.update(spearman_rho=float(rho), p=float(p))
+    if len(pairs) >= 4 and abs(rho) < 1:
+        se = math.sqrt((1 + rho ** 2 / 2) / (len(pairs) - 3))
+        z = _z(alpha)
+        out.update(ci_low=math.tanh(math.atanh(rho) - z * se), ci_high=math.tanh(math.atanh(rho) + z * se))
+    return out
+
+
+def _finding_summary(report: dict) -> dict:
+    """The four findings in a few numbers each, for a side-by-side reading."""
+    eff = report.get("efficiency") or {}
+    boost = [b["boost"] for b in (report.get("pretraining_boost") or {}).get("archs", []) if b.get("boost") is not None]
+    corr = (report.get("imagenet_vs_chexpert") or {}).get("imagenet") or {}
+    fam = report.get("family_vs_size") or {}
+    return {"imagenet_top1_vs_auroc_rho": corr.get("spearman_rho"), "imagenet_top1_vs_auroc_p": corr.get("spearman_p"),
+            "pretraining_boost_mean": sum(boost) / len(boost) if boost else None,
+            "pretraining_boost_positive": f"{sum(b > 0 for b in boost)} of {len(boost)}" if boost else None,
+            "truncation_mean_params_ratio": eff.get("mean_ratio"),
+            "family_share_random_init": fam.get("share_family")}
+
+
+def _holds(internal: dict, external: dict, alpha: float) -> dict:
+    """Whether each finding reads the same on the external set (stated rules, None when a side lacks the runs)."""
+    def both(key):
+        return internal.get(key) is not None and external.get(key) is not None
+
+    return {
+        "imagenet_accuracy_does_not_predict": (None if not both("imagenet_top1_vs_auroc_p") else
+                                               (internal["imagenet_top1_vs_auroc_p"] >= alpha)
+                                               == (external["imagenet_top1_vs_auroc_p"] >= alpha)),
+        "pretraining_helps": (None if not both("pretraining_boost_mean") else
+                              (internal["pretraining_boost_mean"] > 0) == (external["pretraining_boost_mean"] > 0)),
+        "truncation_keeps_auroc": (None if not both("truncation_mean_params_ratio") else
+                                   (internal["truncation_mean_params_ratio"] > 1)
+                                   == (external["truncation_mean_params_ratio"] > 1)),
+    }
+
+
+def _labels(r: dict) -> dict:
+    return r.get("label_auroc") or {}
+
+
+def external_validation(internal: dict, external: dict, name: str, dataset: str | None) -> dict:
+    """The report's block for one external set (``internal``/``external``: the two report JSONs)."""
+    alpha = internal["alpha"]
+    by_key = {(r["arch"], r["weights"], r["drop"]): r for r in external["results"]}
+    rows = []
+    for r in internal["results"]:
+        e = by_key.get((r["arch"], r["weights"], r["drop"]))
+        if e is None:
+            continue
+        labels = {}
+        for label, (a, alo, ahi) in _labels(r).items():
+            b = _labels(e).get(label)
+            if b is not None and a is not None and b[0] is not None:
+                labels[label] = {"internal": a, "external": b[0], **difference((a, alo, ahi), tuple(b), alpha)}
+        rows.append({"arch": r["arch"], "weights": r["weights"], "drop": r["drop"],
+                     "internal": r["auroc"], "internal_ci_low": r["ci_low"], "internal_ci_high": r["ci_high"],
+                     "external": e["auroc"], "external_ci_low": e["ci_low"], "external_ci_high": e["ci_high"],
+                     **difference((r["auroc"], r["ci_low"], r["ci_high"]), (e["auroc"], e["ci_low"], e["ci_high"]),
+                                  alpha),
+                     "labels": labels})
+    fi, fe = _finding_summary(internal), _finding_summary(external)
+    not_scored = sorted({lab for r in rows for lab in COMPETITION_LABELS if lab not in r["labels"]})
+    return {"name": name, "dataset": dataset, "configurations": rows, "method": METHOD,
+            "ranking": rank_correlation([r["internal"] for r in rows], [r["external"] for r in rows], alpha),
+            "findings": {"internal": fi, "external": fe, "holds": _holds(fi, fe, alpha)},
+            "competition_labels_not_scored": not_scored, "incomplete": external.get("incomplete", [])}
