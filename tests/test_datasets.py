@@ -377,3 +377,20 @@ def test_external_interval_and_rank_correlation_by_hand():
     half = 1.959963984540054 * math.sqrt((1 + rho ** 2 / 2) / 3)
     assert abs(r["spearman_rho"] - rho) < 1e-12
     assert abs(r["ci_low"] - math.tanh(math.atanh(rho) - half)) < 1e-12 and r["ci_high"] < 1
+
+
+def test_a_label_map_and_a_published_set_reach_every_run_of_a_study(layouts, tmp_path, monkeypatch):
+    import chexcut.training.loop as loop
+    from chexcut.study.execute import execute
+
+    m = tmp_path / "map.csv"
+    m.write_text("chexpert,source\nLung Opacity,Infiltration\n")
+    code, _, err = run_cli("study", "plan", "--data", f"nih:{layouts['nih']}", "--out", tmp_path / "s", "--archs",
+                           "resnet18", "--weights", "none", "--drops", "3", "--label-map", m)
+    assert code == 0, err
+    seen = []
+    monkeypatch.setattr(loop, "finetune", lambda run, emit=None: seen.append(run))
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    assert plan["data"] == str(layouts["nih"])
+    execute(tmp_path / "s", plan["runs"][0], plan, step="finetune")
+    assert seen[0].opts.label_map == str(m) and seen[0].opts.dataset == "nih"

@@ -93,19 +93,27 @@ def _read(path: Path, **kwargs):
         raise ChexcutError(f"{path}: {e}") from None
 
 
-def multi_hot(cells, vocabulary: tuple[str, ...], split: Callable) -> np.ndarray:
-    """(N, V) float32: 1 where a row's list of terms holds the term, 0 elsewhere, NaN for a row without a list.
-    ``split`` turns the Series of cells into a Series of lists (vectorised pandas string methods)."""
+def multi_hot(cells, vocabulary: tuple[str, ...], split: Callable[[str], list[str]]) -> np.ndarray:
+    """(N, V) float32: 1 where a row's list of terms holds the term (case and spaces ignored), 0 elsewhere, NaN for
+    a row without a list. ``split`` turns one cell into its terms. One pass of plain dict lookups: 160,861 PadChest
+    rows in ~0.2 s, several times faster than pandas' string methods here."""
     import pandas as pd
 
-    cells = pd.Series(cells).reset_index(drop=True)
+    column = {v.lower(): j for j, v in enumerate(vocabulary)}
+    cells = pd.Series(cells).to_numpy(dtype=object)
     out = np.zeros((len(cells), len(vocabulary)), dtype=np.float32)
-    long = split(cells.fillna("")).explode()
-    code = pd.Index([v.lower() for v in vocabulary]).get_indexer(long.str.strip().str.lower().to_numpy())
-    rows = long.index.to_numpy()
-    hit = code >= 0
-    out[rows[hit], code[hit]] = 1.0
-    out[cells.isna().to_numpy()] = np.nan
+    rows, cols = [], []
+    get = column.get
+    for i, cell in enumerate(cells):
+        if cell.__class__ is not str:
+            out[i] = np.nan
+            continue
+        for term in split(cell.lower()):
+            j = get(term.strip())
+            if j is not None:
+                rows.append(i)
+                cols.append(j)
+    out[rows, cols] = 1.0
     return out
 
 
@@ -205,10 +213,7 @@ def _read_nih(root: Path, ds):
                  Study=np.char.add(np.char.add(patient.astype(str), "/"), df["Follow-up #"].astype(str).to_numpy().astype(str)).astype(object),
                  **{"Frontal/Lateral": fl, "AP/PA": appa}, Sex=sex_word(df["Patient Gender"], {"M": "Male", "F": "Female"}),
                  Age=age, Split=_split_lists(root, len(names), names, {"train": "train_val_list.txt", "test": "test_list.txt"}))
-    return _own(out, ds.labels, multi_hot(df["Finding Labels"], ds.labels, lambda s: s.str.split("|")))
-
-
-_PADCHEST_TERMS = re.compile(r"[\[\]']")
+    return _own(out, ds.labels, multi_hot(df["Finding Labels"], ds.labels, lambda s: s.split("|")))
 
 
 def _read_padchest(root: Path, ds):
@@ -233,7 +238,7 @@ def _read_padchest(root: Path, ds):
                  Study=df["StudyID"].astype(str).to_numpy(dtype=object), **{"Frontal/Lateral": fl, "AP/PA": appa},
                  Sex=sex_word(df["PatientSex_DICOM"], {"M": "Male", "F": "Female", "O": "Other"}), Age=age)
     out["MethodLabel"] = df["MethodLabel"].fillna("").to_numpy(dtype=object)
-    hot = multi_hot(df["Labels"], ds.labels, lambda s: s.str.replace(_PADCHEST_TERMS, "", regex=True).str.split(","))
+    hot = multi_hot(df["Labels"], ds.labels, lambda s: s.strip("[]").replace("'", "").split(","))
     return _own(out, ds.labels, hot)
 
 
