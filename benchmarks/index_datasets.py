@@ -26,7 +26,6 @@ def data_folder(given: str | None) -> Path:
         return Path(given)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import pytest
-
     from test_datasets import _fetch_xrv
 
     try:
