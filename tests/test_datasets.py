@@ -394,3 +394,24 @@ def test_a_label_map_and_a_published_set_reach_every_run_of_a_study(layouts, tmp
     assert plan["data"] == str(layouts["nih"])
     execute(tmp_path / "s", plan["runs"][0], plan, step="finetune")
     assert seen[0].opts.label_map == str(m) and seen[0].opts.dataset == "nih"
+
+
+def test_hostile_label_files_are_one_line_and_write_nothing(tmp_path):
+    nih = tmp_path / "nih"
+    nih.mkdir()
+    entry = nih / "Data_Entry_2017.csv"
+    entry.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+                     "a.png,Edema,0,1,50,M,PA\n")
+    before = entry.read_bytes()
+    cases = [(["-o", entry], "is one of this command's inputs")]  # the index never replaces the labels it reads
+    for content, words in ((before + b"a.png,Edema,0,1,50,M,PA\n", "repeat an image"),
+                           (gzip.compress(before)[:40], "not a readable CSV")):
+        bad = tmp_path / f"bad{len(cases)}"
+        bad.mkdir()
+        (bad / ("Data_Entry_2017.csv.gz" if content[:2] == b"\x1f\x8b" else "Data_Entry_2017.csv")).write_bytes(content)
+        cases.append(([f"nih:{bad}", "-o", tmp_path / "out.csv"], words))
+    for args, words in cases:
+        argv = ["datasets", "index", *(args if str(args[0]).startswith("nih:") else [f"nih:{nih}", *args])]
+        code, _, err = run_cli(*argv)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert entry.read_bytes() == before and not (tmp_path / "out.csv").exists()

@@ -293,6 +293,11 @@ def read_index(root: Path, name: str, label_map: str | None = None):
         if label_map and not Path(label_map).is_file():
             raise ChexcutError(f"label map not found: {label_map}")
         frame, not_annotated = harmonise(ds.read(root, ds), ds, read_label_map(label_map) if label_map else None)
+        twice = frame["Path"].duplicated()
+        if twice.any():
+            first = int(np.flatnonzero(twice.to_numpy())[0])
+            raise ChexcutError(f"{label_file}: {int(twice.sum())} rows repeat an image (first: "
+                               f"{frame['Path'].iat[first]}); each image must appear once")
         _INDEX_CACHE.clear()
         _INDEX_CACHE[key] = (frame, not_annotated, label_file)
     return _INDEX_CACHE[key]
