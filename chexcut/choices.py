@@ -110,6 +110,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "bootstrap": (0, 100_000),
     "jobs": (1, 1024),
     "top": (1, 1000),
+    "failures": (0, 1000),  # evaluate --failures N: cases listed per label and kind
     "limit": (1, None),
     "check_limit": (1, None),
     "threads": (1, 1024),

@@ -38,6 +38,9 @@ def evaluate(
     groups: Annotated[Optional[Path], typer.Option("--groups", help="A CSV of subgroup columns keyed like the truth.")] = None,
     age_bins: Annotated[Optional[str], typer.Option("--age-bins", help="With --by Age: interval edges, e.g. 0,40,60,80,200.")] = None,
     calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help="Brier, ECE and recalibration slope/intercept with CIs.")] = True,
+    decision_curve: Annotated[bool, typer.Option("--decision-curve", help="Net benefit of the model, treat-all and treat-none at threshold probabilities 0.01-0.99, with CIs (Vickers & Elkin 2006).")] = False,
+    prevalence_matched: Annotated[bool, typer.Option("--prevalence-matched", help="With --by: compare the groups' average precision after matching each group's prevalence to the whole set's.")] = False,
+    failures: Annotated[int, typer.Option("--failures", **bound("failures"), help="Per label, list the N most confident false positives and negatives at the operating threshold.")] = 0,
     at_specificity: Annotated[Optional[list[str]], typer.Option("--at-specificity", help="Operating point per label: the best sensitivity at specificity >= S (repeatable or S1,S2; chosen on this set: optimistic).")] = None,
     at_sensitivity: Annotated[Optional[list[str]], typer.Option("--at-sensitivity", help="Operating point per label: the best specificity at sensitivity >= S (repeatable or S1,S2).")] = None,
     thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Thresholds chosen on another set, applied here: a finetune RUN (its validation predictions, by --threshold-rule), an evaluation JSON, or a label,threshold CSV.")] = None,
@@ -127,7 +130,9 @@ def _statistics(p: dict):
                       method=str(p["method"]), alpha=p["alpha"], margin=p["margin"], equivalence=p["equivalence"],
                       level=str(p["level"]), by=tuple(split_list(p["by"], "--by") or ()), age_bins=bins,
                       calibration=p["calibration"], at_specificity=_targets(p["at_specificity"], "--at-specificity"),
-                      at_sensitivity=_targets(p["at_sensitivity"], "--at-sensitivity"))
+                      at_sensitivity=_targets(p["at_sensitivity"], "--at-sensitivity"),
+                      decision_curve=p["decision_curve"], prevalence_matched=p["prevalence_matched"],
+                      failures=p["failures"])
 
 
 def _check_outputs(json_path, predictions_out, csv_out, plots, sources: list[Path]) -> None:

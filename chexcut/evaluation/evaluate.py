@@ -43,6 +43,27 @@ class EvalSet:
     groups: dict | None = None  # subgroup column -> (N,) group names (None where a row belongs to none)
 
 
+def _clinical(evalset, scores, stats, clusters, draws, logits: bool, result: dict) -> dict:
+    """Decision curves, error rates by subgroup at the operating thresholds, prevalence-matched gaps, failures."""
+    from chexcut.evaluation import clinical
+
+    out = {}
+    if stats.decision_curve:
+        out["decision_curve"] = clinical.decision_curves(evalset.y, evalset.mask, scores, evalset.labels, clusters,
+                                                         draws, logits)
+    thresholds = clinical.operating_thresholds(result.get("operating_points"))
+    if stats.by and thresholds:
+        out["error_rates"], out["error_rate_gaps"] = clinical.error_rates(evalset, scores, thresholds, stats,
+                                                                          clusters, draws.counts)
+    if stats.prevalence_matched:
+        out["prevalence_matched"] = clinical.prevalence_matched(evalset, scores, stats, clusters, draws.counts)
+    if stats.failures:
+        from chexcut.evaluation.failures import failures
+
+        out["failures"] = failures(evalset, scores, thresholds, stats.failures)
+    return out
+
+
 # ----------------------------------------------------------------------------- aggregation
 
 def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[EvalSet, list[np.ndarray]]:
@@ -129,9 +150,10 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
             evalset, scores, stats, clusters, logits=logits, chunk=chunk, counts=counts)
         result["warnings"] += notes
     rules = operating.rules_of(stats)
+    draws = operating.Draws(bootstrap, seed, ci, chunk, counts)
     if rules or readers or given:
-        result |= operating.operating_points(y, mask, scores, labels, clusters, rules, readers, given,
-                                             operating.Draws(bootstrap, seed, ci, chunk, counts))
+        result |= operating.operating_points(y, mask, scores, labels, clusters, rules, readers, given, draws)
+    result |= _clinical(evalset, scores, stats, clusters, draws, logits, result)
     if compare is not None:
         result["compare"] = paired.compare(
             y, mask, labels, paired.Arm(scores, auc, reps), paired.Arm(compare, auc_b, reps_b), comp=comp,

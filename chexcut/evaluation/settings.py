@@ -53,6 +53,9 @@ class Statistics:
     calibration: bool = True  # Brier, ECE, recalibration slope/intercept (probabilities; logits after a sigmoid)
     at_specificity: tuple[float, ...] = ()  # operating points chosen on the evaluated set (optimistic)
     at_sensitivity: tuple[float, ...] = ()
+    decision_curve: bool = False  # net benefit vs treat-all / treat-none over threshold probabilities
+    prevalence_matched: bool = False  # with by: groups' AP compared after matching their prevalence
+    failures: int = 0  # per label, the N most confident false positives and negatives at the operating threshold
 
     def __post_init__(self):
         check_parameters(bootstrap=self.bootstrap, ci=self.ci, alpha=self.alpha, cluster=str(self.cluster),
@@ -69,6 +72,9 @@ class Statistics:
         for name in ("at_specificity", "at_sensitivity"):
             flag = "--" + name.replace("_", "-")
             object.__setattr__(self, name, tuple(dict.fromkeys(check_target(v, flag) for v in getattr(self, name))))
+        if self.prevalence_matched and not self.by:
+            raise ChexcutError("--prevalence-matched compares subgroups: add --by COLUMN")
+        check_bounds("failures", self.failures)
         if len(set(self.by)) != len(self.by):
             raise ChexcutError(f"--by names a column twice: {','.join(self.by)}")
         if self.age_bins is not None:
