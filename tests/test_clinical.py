@@ -109,3 +109,76 @@ def test_failures_list_the_most_confident_errors_at_the_threshold():
     assert f["n_false_positives"] == 3 and f["false_positives"][0]["Sex"] == "M" and f["rule"] == "given"
     r = evaluate(_set(y), s[:, None], bootstrap=0, calibration=False, failures=1)
     assert r["failures"][0]["rule"] == "youden (this set)"
+
+
+def _csvs(tmp_path, n=3000, seed=5):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    labels = ["Edema", "Atelectasis"]
+    y = (rng.random((n, 2)) < 0.3).astype(int)
+    keys = [f"CheXpert-v1.0-small/valid/patient{i:05d}/study1/view1_frontal.jpg" for i in range(n)]
+    pd.DataFrame({"Path": keys, **{c: y[:, j] for j, c in enumerate(labels)}}).to_csv(tmp_path / "truth.csv",
+                                                                                      index=False)
+    files = []
+    for k in range(2):  # two models with independent errors of the same size
+        p = 1 / (1 + np.exp(-(1.2 * (2 * y - 1) + rng.normal(scale=1.5, size=y.shape))))
+        f = tmp_path / f"m{k}.csv"
+        pd.DataFrame({"Path": keys, **{c: p[:, j] for j, c in enumerate(labels)}}).to_csv(f, index=False)
+        files.append(f)
+    return files
+
+
+def test_an_ensemble_of_independent_models_beats_both_and_of_one_model_equals_it(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    a, b = _csvs(tmp_path)
+    code, _, err = run_cli("ensemble", a, b, "--truth", tmp_path / "truth.csv", "-o", tmp_path / "ens", "-q",
+                           "--bootstrap", "300")
+    assert code == 0, err
+    r = json.loads((tmp_path / "ens" / "eval.json").read_text())
+    best = r["ensemble"]["member_auroc"][r["ensemble"]["best_member"]]
+    assert r["mean_all"]["auroc"] > max(r["ensemble"]["member_auroc"].values()) == best
+    cmp = r["compare"]["mean_all"]
+    assert cmp["delta"] > 0 and cmp["p"] < 0.05 and cmp["ci_low"] > 0
+    code, _, err = run_cli("ensemble", a, a, "--truth", tmp_path / "truth.csv", "-o", tmp_path / "self", "-q")
+    assert code == 2 and "named twice" in err
+    import shutil
+
+    shutil.copy(a, tmp_path / "a_again.csv")
+    code, _, err = run_cli("ensemble", a, tmp_path / "a_again.csv", "--truth", tmp_path / "truth.csv", "-o",
+                           tmp_path / "self", "-q", "--bootstrap", "100", "--average", "logits")
+    assert code == 0, err
+    r = json.loads((tmp_path / "self" / "eval.json").read_text())
+    assert r["mean_all"]["auroc"] == pytest.approx(r["ensemble"]["member_auroc"][str(a)], abs=1e-12)
+    assert r["compare"]["mean_all"]["delta"] == pytest.approx(0, abs=1e-12)
+
+
+def test_ensemble_members_must_share_rows_and_labels(tmp_path):
+    import pandas as pd
+
+    from conftest import run_cli
+
+    a, b = _csvs(tmp_path)
+    pd.read_csv(b).drop(columns=["Edema"]).to_csv(tmp_path / "fewer.csv", index=False)
+    pd.read_csv(b).iloc[:-5].to_csv(tmp_path / "short.csv", index=False)
+    for other, words in (("fewer.csv", "lack label columns: Edema"), ("short.csv", "5 of 3000 truth rows have no")):
+        code, _, err = run_cli("ensemble", a, tmp_path / other, "--truth", tmp_path / "truth.csv", "-o",
+                               tmp_path / "x", "-q")
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli("ensemble", a, b, "--truth", tmp_path / "truth.csv", "-o", tmp_path / "x", "--weights", "1",
+                           "-q")
+    assert code == 2 and "gives 1 weights for 2 members" in err
+    assert not (tmp_path / "x" / "eval.json").exists()
+
+
+def test_combine_on_the_logit_scale():
+    from chexcut.evaluation.ensemble import combine
+
+    p = [np.array([[0.9, 0.2]]), np.array([[0.5, 0.2]])]
+    assert combine(p)[0] == pytest.approx([0.7, 0.2])
+    logit = np.log(0.9 / 0.1) / 2  # the mean of logit(0.9) and logit(0.5) = 0
+    assert combine(p, average="logits")[0, 0] == pytest.approx(1 / (1 + np.exp(-logit)))
+    assert combine(p, weights=[3, 1])[0, 0] == pytest.approx(0.8)

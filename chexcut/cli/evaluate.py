@@ -23,6 +23,9 @@ def evaluate(
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated labels to evaluate (default: the model's). (Deprecated: a label CSV here; use --truth FILE.)")] = None,
     truth: Annotated[Optional[Path], typer.Option("--truth", "--label-csv", help="The label CSV for --predictions (CheXpert valid.csv layout).")] = None,
     compare: Annotated[Optional[str], typer.Option("--compare", help="Another model, run dir or predictions CSV on the same rows.")] = None,
+    ensemble: Annotated[Optional[list[str]], typer.Option("--ensemble", help="Further members averaged with MODEL (runs, model files or predictions CSVs; repeatable or comma list): the ensemble is evaluated and compared with its best member.")] = None,
+    ensemble_weights: Annotated[Optional[str], typer.Option("--ensemble-weights", help="One weight per member, MODEL first (default: equal).")] = None,
+    average: Annotated[str, typer.Option("--average", help="Average the members' probabilities or logits.")] = "probabilities",
     method: Annotated[Method, typer.Option("--method", help="Paired test per label.")] = Method.bootstrap,
     bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"), help="Bootstrap replicates (0 disables).")] = 1000,
     ci: Annotated[float, typer.Option("--ci", help="Confidence level.")] = 0.95,
@@ -95,7 +98,7 @@ def evaluate(
         model=model, data=data, split=split and str(split), options=given, predictions=predictions, truth=label_file,
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
         allow_missing=allow_missing, key_col=key_col, groups=groups, readers=tuple(readers or ()),
-        thresholds=thresholds, threshold_rule=threshold_rule)
+        thresholds=thresholds, threshold_rule=threshold_rule, **_ensemble(ensemble, ensemble_weights, average))
     run_dir = _tracked_run(model, track)
     result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out, plots=plots,
                                     progress=lambda what: ui.progress_bar(what, quiet=quiet))
@@ -104,6 +107,20 @@ def evaluate(
         from chexcut import tracking
 
         tracking.log_evaluation(run_dir, result, track)
+
+
+def _ensemble(members, weights, average) -> dict:
+    """``--ensemble`` / ``--ensemble-weights`` / ``--average`` as EvalInputs fields, checked."""
+    from chexcut.evaluation.ensemble import check_average
+
+    listed = tuple(m for item in members or () for m in split_list(item, "--ensemble"))
+    if weights is not None and not listed:
+        raise ChexcutError("--ensemble-weights needs --ensemble MEMBER...")
+    try:
+        w = tuple(float(x) for x in split_list(weights, "--ensemble-weights")) if weights is not None else None
+    except ValueError:
+        raise ChexcutError(f"--ensemble-weights takes numbers separated by commas, not {weights!r}") from None
+    return {"ensemble": listed, "ensemble_weights": w, "average": check_average(average)}
 
 
 def _data_set(data, csv):
@@ -206,3 +223,48 @@ def _write(result: dict, json_path: str | None, csv_out: Path | None, quiet: boo
             ui.out.print(table)
         for note in result.get("notes", []):
             ui.err.print(f"[dim]note:[/] {note}")
+
+
+@app.command("ensemble")
+def ensemble_command(
+    members: Annotated[list[str], typer.Argument(help="Two or more finetune runs, model files (with --data) or predictions CSVs (with --truth).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for predictions.csv (the ensemble's) and eval.json.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder or SET:DIR (default: the first run's own validation set).")] = None,
+    split: Annotated[Optional[Split], typer.Option("--split", help="Which rows of --data.")] = None,
+    truth: Annotated[Optional[Path], typer.Option("--truth", help="With predictions CSVs: the truth CSV.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="One weight per member (default: equal).")] = None,
+    average: Annotated[str, typer.Option("--average", help="Average the members' probabilities or logits.")] = "probabilities",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"), help="Replicates for CIs and the paired test against the best member.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Evaluate even where a member trained on these rows (flagged).")] = False,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+):
+    """Average the members' predictions on the same rows and evaluate the ensemble against its best member."""
+    import chexcut.cli.ui as ui
+    from chexcut.evaluation import orchestrate as evalrun
+    from chexcut.evaluation.settings import Inference, Statistics
+    from chexcut.fileio import check_output_folder, write_json
+
+    if len(members) < 2:
+        raise ChexcutError("an ensemble needs at least two members")
+    csvs = [m for m in members if evalrun._is_predictions_csv(m)]
+    if csvs and len(csvs) != len(members):
+        raise ChexcutError("ensemble members are all models (runs or model files) or all predictions CSVs, not a mix")
+    if csvs and truth is None:
+        raise ChexcutError("predictions CSVs as members need --truth FILE")
+    check_output_folder(out, "ensemble folder")
+    data, dataset = _data_set(data, None)
+    inputs = evalrun.EvalInputs(
+        model=None if csvs else members[0], predictions=Path(members[0]) if csvs else None, truth=truth, data=data,
+        split=split and str(split), options={"dataset": dataset} if dataset else {}, allow_overlap=allow_overlap,
+        **_ensemble(members[1:], weights, average))
+    out.mkdir(parents=True, exist_ok=True)
+    result = evalrun.run_evaluation(inputs, Statistics(bootstrap=bootstrap, seed=seed), Inference(),
+                                    predictions_out=out / "predictions.csv",
+                                    progress=lambda what: ui.progress_bar(what, quiet=quiet))
+    write_json(out / "eval.json", result)
+    _write(result, None, None, quiet)
+    if not quiet:
+        e = result["ensemble"]
+        ui.err.print(f"ensemble of {len(e['members'])} ({e['average']}); best member {e['best_member']}; "
+                     f"wrote {out}/predictions.csv and eval.json")

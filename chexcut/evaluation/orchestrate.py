@@ -141,6 +141,9 @@ class EvalInputs:
     readers: tuple[str, ...] = ()  # reader files (FILE or NAME=FILE), binary reads keyed like the truth
     thresholds: str | None = None  # a run dir, evaluation JSON or label,threshold CSV: thresholds chosen elsewhere
     threshold_rule: str | None = None  # how --thresholds RUN|JSON chose them (default youden; only with them)
+    ensemble: tuple[str, ...] = ()  # further members (runs, model files or predictions CSVs) averaged with MODEL
+    ensemble_weights: tuple[float, ...] | None = None  # one per member, MODEL first (normalised); None: equal
+    average: str = "probabilities"  # probabilities | logits: where the members are averaged
 
 
 def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: Inference = Inference(),
@@ -175,7 +178,18 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
         other, compare_overlap = _compare_scores(i, es, evalset, table, infer, progress)
         mats.append(other)
         overlap = {"model": overlap, "compare": compare_overlap} if compare_overlap is not None else overlap
-    if predictions_out and i.model is not None:  # only after every refusal: no output for a refused evaluation
+    members = []
+    if i.ensemble:
+        from chexcut.evaluation.ensemble import combine, member_scores
+
+        members, member_overlaps = member_scores(i, es, evalset, table, infer, progress, mats[0], _other_scores)
+        mats = [combine([m for _, m in members], i.ensemble_weights, i.average, i.logits and i.model is None),
+                *(m for _, m in members)]
+        if any(o is not None for o in member_overlaps):
+            overlap = {"members": member_overlaps}
+    if predictions_out and members:  # the ensemble's own predictions, image level
+        write_predictions(predictions_out, list(evalset.paths), tuple(evalset.labels), mats[0])
+    elif predictions_out and i.model is not None:  # only after every refusal: no output for a refused evaluation
         write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
     reads = read_readers(reader_specs, evalset, i.key_col)
     n_scores = len(mats)
@@ -184,8 +198,18 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
         evalset, mats = aggregate_by_study(evalset, mats)
     given, given_warnings = given_thresholds(i.thresholds, rule, evalset.labels, stats.level,
                                              i.logits and i.model is None) if i.thresholds else (None, [])
-    result = evaluate(evalset, mats[0], stats, compare=mats[1] if n_scores > 1 else None,
+    compare, best = (mats[1] if n_scores > 1 else None), None
+    if members:
+        from chexcut.evaluation.ensemble import best_member
+
+        best = best_member(evalset, [n for n, _ in members], mats[1:n_scores])
+        compare = mats[1 + best["index"]]
+    result = evaluate(evalset, mats[0], stats, compare=compare,
                       logits=i.logits and i.model is None, readers=dict(zip(reads, mats[n_scores:])), given=given)
+    if members:
+        result["ensemble"] = {"members": [n for n, _ in members], "weights": _weights(i, len(members)),
+                              "average": i.average, "best_member": best["name"], "member_auroc": best["aurocs"],
+                              "compare": "the ensemble (model) minus its best member on these rows (compare)"}
     result["level"] = stats.level
     if plots is not None:
         result["plots"] = _plots(evalset, mats[0], result, plots, stats)
@@ -200,6 +224,11 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
                         "data": str(Path(es.data).resolve()) if es else None, "split": es.split if es else "valid",
                         "options": (es.opts if es else _options(dict(i.options))).to_json()}
     return result
+
+
+def _weights(i: EvalInputs, k: int) -> list[float]:
+    w = list(i.ensemble_weights) if i.ensemble_weights else [1.0] * k
+    return [x / sum(w) for x in w]
 
 
 def _warnings(result: dict, warns: list[str], given_warnings: list[str], interim: str | None, overlap: bool):
@@ -324,21 +353,25 @@ def dataset_csvs(es) -> list:
 
 def _compare_scores(i: EvalInputs, es, evalset, table, infer: Inference, progress):
     """The other model's scores on the same rows (a predictions CSV, or a model run on the same set)."""
-    from chexcut.evaluation import evalset as sets
+    return _other_scores(i.compare, "--compare", i, es, evalset, table, infer, progress)
 
-    compare = i.compare
+
+def _other_scores(compare: str, what: str, i: EvalInputs, es, evalset, table, infer: Inference, progress):
+    """Another model's scores on the evaluated rows: a predictions CSV, or a run / model file run over the same set
+    (its training rows checked for overlap when it is a run). ``what`` names it in messages."""
+    from chexcut.evaluation import evalset as sets
     if _is_predictions_csv(compare):
         other = read_predictions(compare, logits=i.logits, key_col=i.key_col)
         if other.attrs.get("level") == "image" and evalset.paths and not is_image_key(evalset.paths[0]):
             other = to_studies(other)
-        return align(evalset, other, name=f"--compare {compare}"), None
+        return align(evalset, other, name=f"{what} {compare}"), None
     if es is None:
-        raise ChexcutError("--compare with a model needs MODEL too (run on the same data), not --predictions")
+        raise ChexcutError(f"{what} with a model needs MODEL too (run on the same data), not --predictions")
     source = ModelSource.parse(str(compare))
-    with progress("inference (compare)") as update:
-        _, other, _ = model_predictions(source.require_file("evaluate --compare"), es, infer, labels=evalset.labels,
+    with progress(f"inference ({what.lstrip('-')})") as update:
+        _, other, _ = model_predictions(source.require_file(f"evaluate {what}"), es, infer, labels=evalset.labels,
                                         progress=update)
     other_run = source.run_dir
-    overlap = sets.check_overlap(table, es, i.allow_overlap, run_dir=other_run, what=f"--compare {compare}") \
+    overlap = sets.check_overlap(table, es, i.allow_overlap, run_dir=other_run, what=f"{what} {compare}") \
         if other_run else None
-    return align(evalset, other, name=f"--compare {compare}"), overlap
+    return align(evalset, other, name=f"{what} {compare}"), overlap

@@ -183,6 +183,12 @@ def results_table(report: dict) -> ReportTable:
                        _fmt(r["p_vs_drop0"], ".3g") if r["drop"] else "", yes_no[r["no_significant_drop"]]
                        if r["drop"] else "", _fmt(r.get("p_noninferiority"), ".3g") if r["drop"] else "",
                        yes_no[r.get("noninferior")] if r["drop"] else ""])
+    e = report.get("ensemble_all")
+    if e and e.get("auroc") is not None:
+        t.rows.append([f"ensemble of all {e['configurations']} configurations", "", "", "", "",
+                       _fmt(e["auroc"]) + _ci(e["ci_low"], e["ci_high"]),
+                       f"{_fmt(e['delta_vs_best'], '+.4f')} vs best ({e['best_configuration']})",
+                       _fmt(e["p_vs_best"], ".3g"), "", "", ""])
     widths = [r["ci_high"] - r["ci_low"] for r in report["results"] if r.get("ci_low") is not None]
     if widths:
         t.text.append(f"The 95% CIs are {np.median(widths):.3f} wide (median; {min(widths):.3f}-{max(widths):.3f}): "
