@@ -114,7 +114,7 @@ def run_demo(folder: Path, demo: Demo = Demo(), jobs: int = 1, offline: bool = F
         raise ChexcutError(f"every demo run failed; see {folder}/study/{failed[0].run['run_dir']}/log.txt")
     rep = build_report([folder / "study"], bootstrap=demo.bootstrap,
                        fill_hint=no_pretrained and f"{no_pretrained}; then run `chexcut demo {folder}` again")
-    write_outputs(rep, folder / "report")
+    write_outputs(rep, folder / "report", card_of=folder / "study")
     return rep, {"report": folder / "report", "study": folder / "study", "plan": plan}
 
 

@@ -158,7 +158,6 @@ def test_an_ensemble_of_independent_models_beats_both_and_of_one_model_equals_it
 
 def test_ensemble_members_must_share_rows_and_labels(tmp_path):
     import pandas as pd
-
     from conftest import run_cli
 
     a, b = _csvs(tmp_path)

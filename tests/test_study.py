@@ -146,6 +146,55 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert "Parameter efficiency (random init)" in md and "non-inferiority rule" in md
     assert "chexcut weights fetch resnet18" in out and "-x" not in out
     assert json.loads((tmp_path / "demo" / "study" / "plan.json").read_text())["runs"][0]["weights"] == "none"
+    _check_card(tmp_path / "demo", md)
+
+
+def _check_card(demo, report_md: str):
+    """The demo's report links the study's model card; `chexcut card STUDY` writes the same card with the YAML's
+    answers; every CLAIM and TRIPOD+AI item is listed, answered or "needs the authors"; every AUROC in the card is
+    the run's eval.json's; the HTML renders in a headless Chromium with every image loaded."""
+    import csv
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from chexcut.study import card as card_mod
+
+    assert "[card.md](card.md)" in report_md and (demo / "report" / "card.html").is_file()
+    about = demo / "about.yaml"
+    about.write_text("intended_use: research on truncated CNNs for chest X-rays\nethics: not applicable (synthetic)\n")
+    out = demo / "cardout"
+    out.mkdir()
+    rc, stdout, err = run_cli("card", demo / "study", "-o", out / "card.md", "--html", out / "card.html", "--about",
+                              about, "--json", "-")
+    assert rc == 0, err
+    card = json.loads(stdout)
+    for key, fname in (("claim", "claim.csv"), ("tripod_ai", "tripod_ai.csv")):
+        with open(Path(card_mod.__file__).parent / "checklists" / fname) as fh:
+            items = [r["item"] for r in csv.DictReader(fh)]
+        got = card["checklists"][key]["items"]
+        assert [i["item"] for i in got] == items and len(items) == {"claim": 42, "tripod_ai": 52}[key]
+        assert all(i["where"] == "needs the authors" or i["where"].startswith(("card: ", "the authors (about: "))
+                   for i in got)
+    where = {i["topic"]: i["where"] for i in card["checklists"]["tripod_ai"]["items"]}
+    assert where["Ethics committee approval and consent"] == "the authors (about: ethics)"
+    assert where["Funding"] == "needs the authors"  # never a guess
+    md = (out / "card.md").read_text()
+    ev = json.loads((Path(card["run"]) / "eval.json").read_text())
+    for r in ev["labels"]:
+        if r.get("auroc") is not None:
+            assert card["eval"]["labels"][r["label"]] == r["auroc"] and f"{r['auroc']:.4f}" in md, r["label"]
+    assert card["eval"]["mean_competition"] == ev["mean_competition"] and "research on truncated CNNs" in md
+    for img in ("auroc.png", "auroc_vs_params.png"):
+        assert (out / "card_files" / img).is_file() and f"card_files/{img}" in md
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium to render the card's HTML (.ci/run installs Debian's chromium)")
+    html = out / "card.html"
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", html.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<img") == html.read_text().count("<img") >= 2 and "data-broken" not in dom
+    assert "CLAIM" in dom and "TRIPOD+AI" in dom
 
 
 def test_demo_refuses_bad_arguments_before_any_work(tmp_path):

@@ -44,6 +44,7 @@ def evaluate(
     decision_curve: Annotated[bool, typer.Option("--decision-curve", help="Net benefit of the model, treat-all and treat-none at threshold probabilities 0.01-0.99, with CIs (Vickers & Elkin 2006).")] = False,
     prevalence_matched: Annotated[bool, typer.Option("--prevalence-matched", help="With --by: compare the groups' average precision after matching each group's prevalence to the whole set's.")] = False,
     failures: Annotated[int, typer.Option("--failures", **bound("failures"), help="Per label, list the N most confident false positives and negatives at the operating threshold.")] = 0,
+    failure_images: Annotated[Optional[Path], typer.Option("--failure-images", help="With --failures and a MODEL: a contact sheet per label of those cases with their Grad-CAM maps.")] = None,
     at_specificity: Annotated[Optional[list[str]], typer.Option("--at-specificity", help="Operating point per label: the best sensitivity at specificity >= S (repeatable or S1,S2; chosen on this set: optimistic).")] = None,
     at_sensitivity: Annotated[Optional[list[str]], typer.Option("--at-sensitivity", help="Operating point per label: the best specificity at sensitivity >= S (repeatable or S1,S2).")] = None,
     thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Thresholds chosen on another set, applied here: a finetune RUN (its validation predictions, by --threshold-rule), an evaluation JSON, or a label,threshold CSV.")] = None,
@@ -77,7 +78,7 @@ def evaluate(
 
     predictions, truth, groups = regular_file(predictions), regular_file(truth), regular_file(groups)
     compare = str(regular_file(compare)) if compare else compare
-    stats = _statistics(locals())  # the command's parameters, by name
+    stats = _statistics(locals())  # the command's parameters, by name (--failure-images checked there too)
     infer = Inference(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                       precision=precision and str(precision), cache_dir=cache)
     if json_path == "-" and predictions_out is not None and str(predictions_out) == "-":
@@ -89,11 +90,7 @@ def evaluate(
     if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
         ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")
         label_file, label_list = Path(labels), None
-    data, dataset = _data_set(data, csv)
-    given = {k: (str(v) if k in ("views", "blank") else v) for k, v in (
-        ("csv", csv), ("path_col", path_col), ("views", views), ("uncertain", uncertain), ("blank", blank),
-        ("valid_frac", valid_frac), ("dataset", dataset), ("label_map", label_map and str(Path(label_map).resolve())))
-        if v is not None}
+    data, given = _given_data(data, csv, path_col, views, uncertain, blank, valid_frac, label_map)
     inputs = evalrun.EvalInputs(
         model=model, data=data, split=split and str(split), options=given, predictions=predictions, truth=label_file,
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
@@ -102,11 +99,24 @@ def evaluate(
     run_dir = _tracked_run(model, track)
     result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out, plots=plots,
                                     progress=lambda what: ui.progress_bar(what, quiet=quiet))
+    if failure_images is not None:
+        from chexcut.deploy.failures import failure_sheets
+
+        result["failure_images"] = [str(p) for p in failure_sheets(result, str(model), failure_images)]
     _write(result, json_path, csv_out, quiet)
     if run_dir is not None:  # a tracked run (its mlflow.json) or --track: the evaluation joins its MLflow run
         from chexcut import tracking
 
         tracking.log_evaluation(run_dir, result, track)
+
+
+def _given_data(data, csv, path_col, views, uncertain, blank, valid_frac, label_map) -> tuple:
+    """(the data folder, the data options given explicitly, by DataOptions field)."""
+    data, dataset = _data_set(data, csv)
+    return data, {k: (str(v) if k in ("views", "blank") else v) for k, v in (
+        ("csv", csv), ("path_col", path_col), ("views", views), ("uncertain", uncertain), ("blank", blank),
+        ("valid_frac", valid_frac), ("dataset", dataset), ("label_map", label_map and str(Path(label_map).resolve())))
+        if v is not None}
 
 
 def _ensemble(members, weights, average) -> dict:
@@ -137,6 +147,8 @@ def _statistics(p: dict):
     """evaluate's statistics options (its parameters, by name) as one checked :class:`Statistics`."""
     from chexcut.evaluation.settings import Statistics
 
+    if p["failure_images"] is not None and (not p["failures"] or p["model"] is None):
+        raise ChexcutError("--failure-images needs --failures N and a MODEL (a run or model file)")
     bins = None
     if p["age_bins"]:
         try:

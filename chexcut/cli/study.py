@@ -219,6 +219,7 @@ def report(
     margin: Annotated[float, typer.Option("--margin", help="Non-inferiority margin (AUROC units) for parameter efficiency.")] = 0.02,
     seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
     json_path: Annotated[Optional[str], typer.Option("--json", help="- prints the report JSON to stdout.")] = None,
+    about: Annotated[Optional[Path], typer.Option("--about", help="With --out and one study: the model card's YAML (intended use, limitations, reference standard, ...).")] = None,
 ):
     """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
     import chexcut.cli.ui as ui
@@ -236,9 +237,14 @@ def report(
         from chexcut.rundir import files_read_under
 
         check_output_file(Path(json_path), "--json", inputs=files_read_under(targets))
+    from chexcut.study.card import read_about
+    from chexcut.study.plan import PLAN
+
+    about_text = read_about(about)
     rep = build_report(targets, bootstrap=bootstrap, alpha=alpha, seed=seed, margin=margin)
     if out:
-        written = write_outputs(rep, out)
+        study = targets[0] if len(targets) == 1 and (targets[0] / PLAN).is_file() else None
+        written = write_outputs(rep, out, card_of=study, about=about_text)
         ui.err.print(f"wrote {', '.join(p.name for p in written)} to {out}")
     if json_path == "-":
         ui.print_json(rep)
@@ -278,3 +284,34 @@ def demo(
     for t in ui.report_tables(rep):
         ui.out.print(t)
     ui.err.print(f"report: {paths['report']}/report.md (plots, results.csv, results.json beside it)")
+
+
+@app.command()
+def card(
+    target: Annotated[Path, typer.Argument(help="A finetune run (evaluated: eval.json) or a study folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The card's Markdown file (figures go to OUT_STEM_files/).")],
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML card here.")] = None,
+    about: Annotated[Optional[Path], typer.Option("--about", help="YAML with what only the authors know: intended_use, intended_users, out_of_scope, limitations, reference_standard, annotators, ethics, funding, ...")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Also write the card as JSON to PATH, or - for stdout.")] = None,
+):
+    """A model card filled from the run: data, model, training, selection, statistics, results (internal, external,
+    subgroups, calibration, operating points, decision curves, failures), software, how to reproduce; and the
+    CLAIM and TRIPOD+AI checklists saying where each item is answered or that it needs the authors."""
+    import chexcut.cli.ui as ui
+    from chexcut.fileio import check_output_file, write_json
+    from chexcut.rundir import files_read_under
+    from chexcut.study.card import read_about, write_card
+
+    reads = files_read_under([target])
+    for path, what in ((out, "--out"), (html, "--html")):
+        if path is not None:
+            check_output_file(path, what, inputs=reads)
+    from chexcut.study.render import make_plots
+
+    card = write_card(target, out, read_about(about), html=html, extra_images=make_plots)
+    if json_path == "-":
+        ui.print_json(card)
+    elif json_path:
+        write_json(Path(json_path), card)
+    missing = sum(i["where"] == "needs the authors" for cl in card["checklists"].values() for i in cl["items"])
+    ui.err.print(f"wrote {out}" + (f" and {html}" if html else "") + f"; {missing} checklist items need the authors")

@@ -173,24 +173,8 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
 
         evalset, group_warnings = attach_groups(evalset, stats, group_sources)
         warns = warns + group_warnings
-    mats = [align(evalset, preds, notes=notes)]
-    if i.compare:
-        other, compare_overlap = _compare_scores(i, es, evalset, table, infer, progress)
-        mats.append(other)
-        overlap = {"model": overlap, "compare": compare_overlap} if compare_overlap is not None else overlap
-    members = []
-    if i.ensemble:
-        from chexcut.evaluation.ensemble import combine, member_scores
-
-        members, member_overlaps = member_scores(i, es, evalset, table, infer, progress, mats[0], _other_scores)
-        mats = [combine([m for _, m in members], i.ensemble_weights, i.average, i.logits and i.model is None),
-                *(m for _, m in members)]
-        if any(o is not None for o in member_overlaps):
-            overlap = {"members": member_overlaps}
-    if predictions_out and members:  # the ensemble's own predictions, image level
-        write_predictions(predictions_out, list(evalset.paths), tuple(evalset.labels), mats[0])
-    elif predictions_out and i.model is not None:  # only after every refusal: no output for a refused evaluation
-        write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
+    mats, members, overlap = _scores(i, es, evalset, table, preds, notes, overlap, infer, progress,
+                                     predictions_out)
     reads = read_readers(reader_specs, evalset, i.key_col)
     n_scores = len(mats)
     mats += list(reads.values())
@@ -213,6 +197,36 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     result["level"] = stats.level
     if plots is not None:
         result["plots"] = _plots(evalset, mats[0], result, plots, stats)
+    _provenance(result, i, es, source, notes, overlap, warns, given_warnings)
+    return result
+
+
+def _scores(i: EvalInputs, es, evalset, table, preds, notes, overlap, infer: Inference, progress, predictions_out):
+    """``(mats, members, overlap)``: the model's scores (an ensemble's: the combined ones, then each member's) and
+    --compare's, aligned with ``evalset``; the predictions CSV written once nothing was refused."""
+    mats = [align(evalset, preds, notes=notes)]
+    if i.compare:
+        other, compare_overlap = _compare_scores(i, es, evalset, table, infer, progress)
+        mats.append(other)
+        overlap = {"model": overlap, "compare": compare_overlap} if compare_overlap is not None else overlap
+    members = []
+    if i.ensemble:
+        from chexcut.evaluation.ensemble import combine, member_scores
+
+        members, member_overlaps = member_scores(i, es, evalset, table, infer, progress, mats[0], _other_scores)
+        mats = [combine([m for _, m in members], i.ensemble_weights, i.average, i.logits and i.model is None),
+                *(m for _, m in members)]
+        if any(o is not None for o in member_overlaps):
+            overlap = {"members": member_overlaps}
+    if predictions_out and members:  # the ensemble's own predictions, image level
+        write_predictions(predictions_out, list(evalset.paths), tuple(evalset.labels), mats[0])
+    elif predictions_out and i.model is not None:  # only after every refusal: no output for a refused evaluation
+        write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
+    return mats, members, overlap
+
+
+def _provenance(result: dict, i: EvalInputs, es, source, notes, overlap, warns, given_warnings) -> None:
+    """The JSON's evaluation_set, notes, warnings and source."""
     result["evaluation_set"] = {**(es.to_json() if es else {"kind": "predictions", "labels": str(i.truth)}),
                                 "description": es.describe() if es else f"the rows of {i.truth}",
                                 "overlap": overlap}
@@ -223,7 +237,6 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
                         "predictions": str(i.predictions) if i.predictions else None, "compare": i.compare,
                         "data": str(Path(es.data).resolve()) if es else None, "split": es.split if es else "valid",
                         "options": (es.opts if es else _options(dict(i.options))).to_json()}
-    return result
 
 
 def _weights(i: EvalInputs, k: int) -> list[float]:

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_outputs(report: dict, out: Path) -> list[Path]:
+def write_outputs(report: dict, out: Path, card_of: Path | None = None, about: dict | None = None) -> list[Path]:
+    """results.json, results.csv, the plots and report.md in ``out``; with ``card_of`` (a study) also its model card
+    (card.md with card_files/, card.html), linked from report.md."""
     import pandas as pd
 
     from chexcut.fileio import atomic_path, write_json, write_text
@@ -26,7 +28,12 @@ def write_outputs(report: dict, out: Path) -> list[Path]:
     written.append(out / "results.csv")
     plots = make_plots(report, out)
     written += plots
-    write_text(out / "report.md", markdown(report, [p.name for p in plots]))
+    if card_of is not None:
+        from chexcut.study.card import write_card
+
+        write_card(card_of, out / "card.md", about, html=out / "card.html", extra_images=plots)
+        written += [out / "card.md", out / "card.html"]
+    write_text(out / "report.md", markdown(report, [p.name for p in plots], card=card_of is not None))
     written.append(out / "report.md")
     return written
 
@@ -366,10 +373,13 @@ def _ci(lo, hi, spec=".3f") -> str:
     return "" if lo is None or hi is None else f" [{format(lo, spec)}, {format(hi, spec)}]"
 
 
-def markdown(report: dict, plots: list[str]) -> str:
+def markdown(report: dict, plots: list[str], card: bool = False) -> str:
     lines = ["# chexcut report", "",
              f"{report['runs']} evaluated runs; paired bootstrap with {report['bootstrap']} replicates, "
              f"alpha = {report['alpha']}."]
+    if card:
+        lines += ["", "Model card of the best configuration, with the CLAIM and TRIPOD+AI checklists: "
+                      "[card.md](card.md) ([HTML](card.html))."]
     for t in tables(report):
         lines += t.markdown()
     if plots:
