@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from chexcut.cli.app import app  # its commands are registered by the package (chexcut/cli/__init__.py)
+from chexcut.cli.app import app  # noqa: F401 (its commands are registered by the package: chexcut/cli/__init__.py)
+from chexcut.cli.panels import command
 from chexcut.errors import ChexcutError
 
 
@@ -58,7 +59,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     try:
         with sigterm_interrupts():  # every command: SIGTERM (scancel, a time limit) is one line and exit 143
-            rv = app(args=args, prog_name="chexcut", standalone_mode=False)
+            rv = command().main(args=args, prog_name="chexcut", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == 130:  # Typer turns an interrupt into an exit code itself
             code = _interrupted()
