@@ -6,8 +6,6 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import pytest
-
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
