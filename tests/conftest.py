@@ -23,7 +23,7 @@ if "CHEXCUT_CACHE" not in os.environ:
 
 
 # Tests whose verdict rests on what a model learned draw their data and seeds from this offset: CI runs 0; a
-# developer checks the margin on other seeds with CHEXCUT_TEST_SEED=1..4 (see README, "Tests").
+# developer checks the margin on other seeds with CHEXCUT_TEST_SEED=1..4 (see docs/development.md, "Tests").
 TEST_SEED = int(os.environ.get("CHEXCUT_TEST_SEED", "0"))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,3 +60,117 @@ def test_the_cli_reference_is_the_generated_one_and_lists_every_option():
         assert f"## `chexcut {path}`" in page, path
         for p in _options(cmd):
             assert f"`{p.opts[0]}`" in page, (path, p.opts[0])
+
+
+# ----------------------------------------------------------------------------- the guides' examples, executed
+
+PAGES = sorted(p for p in (ROOT / "docs").rglob("*.md") if "reference" not in p.parts)
+GROUPS = ("study", "datasets", "weights")
+_STEPS = ["--max-steps", "2", "--image-size", "40", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+#: What the suite appends to each command so that it runs in seconds on a CPU (the last value of an option wins).
+SMALL = {
+    "truncate": ["--weights", "none"],
+    "phantom": ["--n", "40", "--image-size", "48", "-q"],
+    "prepare": ["--image-size", "40", "--workers", "1", "-q"],
+    "evaluate": ["--bootstrap", "20", "--workers", "0", "-q"],
+    "ensemble": ["--bootstrap", "20", "-q"],
+    "report": ["--bootstrap", "20"],
+    "study plan": [*_STEPS, "--bootstrap", "20", "--weights", "none"],
+    "study run": ["-q"],
+    "explain": ["--limit", "2", "--check-limit", "20", "-q"],
+    "bench": ["--max-time", "0.1", "--image-size", "64", "--batch", "1"],
+    "export": ["--image-size", "64"],
+    "demo": ["--n", "160", "--image-size", "32", "--epochs", "1", "--archs", "resnet18", "--drops", "0,1",
+             "--bootstrap", "20", "--offline"],
+}
+
+
+def examples(page: Path) -> list[str]:
+    """The commands of a page's ``bash`` blocks (continuations joined). Any other block is text: never run."""
+    out, block, inside = [], [], False
+    for line in page.read_text().splitlines():
+        if line.strip() == "```bash":
+            inside, block = True, []
+        elif line.strip() == "```" and inside:
+            inside = False
+            out += [c for c in "\n".join(block).replace("\\\n", " ").splitlines() if c.strip()]
+        elif inside:
+            block.append(line)
+    return out
+
+
+def small(words: list[str]) -> list[str]:
+    path = " ".join(words[1:3]) if words[1] in GROUPS else words[1]
+    extra = list(SMALL.get(path, []))
+    if path == "finetune":
+        extra = ["--max-steps", "3", "--device", "cpu"] if "--resume" in words else [*_STEPS] + (
+            [] if words[2].endswith(".safetensors") else ["--weights", "none"])
+    return words + extra
+
+
+@pytest.fixture(scope="module")
+def workspace(phantom, tmp_path_factory):
+    """``data/`` as the guides expect it: ``chexpert`` (the shared phantom), ``nih`` and ``padchest`` (layout
+    phantoms) and ``test-set`` (files in the shape of rajpurkarlab/cheXpert-test-set-labels)."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    from conftest import public_truth
+
+    from chexcut.data.phantom_layouts import make_layout_phantom
+    from chexcut.labels import COMPETITION_LABELS
+
+    base = tmp_path_factory.mktemp("docs-workspace")
+    shutil.copytree(phantom, base / "data" / "chexpert")
+    for name in ("nih", "padchest"):
+        make_layout_phantom(base / "data" / name, name, 40, 48, seed=1)
+    ts = base / "data" / "test-set"
+    for sub in ("results", "radiologists"):
+        (ts / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    study, truth = public_truth(ts, rng, n=200)
+    for k, name in enumerate(("model_a", "model_b")):
+        p = {c: 1 / (1 + np.exp(-(2 * truth[c] - 1) * (1.5 - 0.5 * k) - rng.normal(size=len(study))))
+             for c in COMPETITION_LABELS}
+        pd.DataFrame({"Study": study, **p}).to_csv(ts / "results" / f"{name}.csv", index=False)
+    for reader in ("bc4", "bc6", "bc8"):
+        reads = {c: np.where(rng.random(len(study)) < 0.15, 1 - truth[c], truth[c]) for c in COMPETITION_LABELS}
+        pd.DataFrame({"Study": study, **reads}).to_csv(ts / "radiologists" / f"{reader}.csv", index=False)
+    pd.DataFrame({"Study": study, "Sex": rng.choice(["Female", "Male"], len(study))}).to_csv(
+        ts / "demographics.csv", index=False)
+    return base
+
+
+def test_every_bash_block_of_the_docs_is_a_chexcut_command():
+    for page in PAGES:
+        for command in examples(page):
+            words = shlex.split(command, comments=True)
+            assert words and words[0] == "chexcut", (f"{page.relative_to(ROOT)}: {command!r} is not a chexcut "
+                                                     f"command: mark its block ```text if the tests cannot run it")
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if examples(p)], ids=lambda p: p.stem)
+def test_the_examples_of_a_page_run(page, workspace, tmp_path, torch_home):
+    import shutil
+
+    here = tmp_path / "w"
+    shutil.copytree(workspace, here)
+    for command in examples(page):
+        words = small(shlex.split(command, comments=True))
+        code, out, err = run_cli(*words[1:], cwd=here)
+        assert code == 0, f"{page.relative_to(ROOT)}: {' '.join(words)}\n{err[-1500:]}"
+
+
+def test_every_performance_figure_names_its_machine_and_script():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import stale
+
+    rows = stale.rows()
+    assert len(rows) >= 10
+    for r in rows:
+        assert r["machine"] and r["script"], r
+        for f in stale.measured(r["script"]):
+            assert (ROOT / f).exists(), (r["what"], f)

@@ -1,6 +1,6 @@
 """The package's shape, checked: no import circle (lazy imports included), small modules and functions.
 
-The layout is the architecture (README, "Layout"): subpackages in the order data flows, arrows pointing
+The layout is the architecture (docs/concepts/run-directory.md, "Layout"): subpackages in the order data flows, arrows pointing
 down. These checks keep it that way as the code grows.
 """
 
@@ -122,7 +122,7 @@ def test_functions_are_short_and_take_few_parameters():
     assert not too_many, f"functions over 10 parameters: {too_many}"
 
 
-#: The declared layer order, bottom to top (README, "Layout"): a module imports only from its own layer or the
+#: The declared layer order, bottom to top (docs/concepts/run-directory.md): a module imports only from its own layer or the
 #: layers below. The foundations (errors, files, labels, the bounds) serve everyone; the CLI parses and renders.
 LAYERS = (
     {"errors", "version", "labels", "choices", "fileio", "rundir", "signals", "events"},
