@@ -75,7 +75,7 @@ SMALL = {
     "evaluate": ["--bootstrap", "20", "--workers", "0", "-q"],
     "ensemble": ["--bootstrap", "20", "-q"],
     "report": ["--bootstrap", "20"],
-    "study plan": [*_STEPS, "--bootstrap", "20", "--weights", "none"],
+    "study plan": [*_STEPS, "--bootstrap", "20", "--weights", "none", "--seeds", "0", "--drops", "0,1"],
     "study run": ["-q"],
     "explain": ["--limit", "2", "--check-limit", "20", "-q"],
     "bench": ["--max-time", "0.1", "--image-size", "64", "--batch", "1"],
@@ -174,3 +174,18 @@ def test_every_performance_figure_names_its_machine_and_script():
         assert r["machine"] and r["script"], r
         for f in stale.measured(r["script"]):
             assert (ROOT / f).exists(), (r["what"], f)
+
+
+def _python_blocks(page: Path) -> list[str]:
+    text = page.read_text()
+    return [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+
+
+def test_the_python_examples_run(tmp_path, monkeypatch, torch_home):
+    ran = 0
+    monkeypatch.chdir(tmp_path)
+    for page in PAGES:
+        for code in _python_blocks(page):
+            exec(compile(code, str(page), "exec"), {"__name__": "__docs__"})
+            ran += 1
+    assert ran >= 1

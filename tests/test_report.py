@@ -203,3 +203,18 @@ def test_bench_results_join_the_efficiency_table_and_plot(study, tmp_path):
     written = {p.name for p in write_outputs(rep, tmp_path / "out")}
     assert "auroc_vs_latency.png" in written
     assert "latency speedup" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_plots_draw_an_interval_that_excludes_its_estimate(tmp_path):
+    """A seed ensemble's CI need not contain the seeds' mean AUROC (nor a percentile interval its estimate):
+    `report` crashed in matplotlib's errorbar ("'yerr' must not contain negative values"); found by the docs'
+    executed examples. Intervals are now drawn as segments from low to high."""
+    from chexcut.study.render import _external_plot, _path_plot
+
+    rows = [{"arch": "resnet18", "weights": "none", "drop": d, "params": p, "auroc": 0.60, "ci_low": 0.62,
+             "ci_high": 0.70} for d, p in ((0, 1e7), (1, 3e6))]
+    assert _path_plot(rows, "params", "parameters", "t", tmp_path / "a.png").stat().st_size > 0
+    block = {"name": "nih", "ranking": {"spearman_rho": None}, "configurations": [
+        {"arch": "resnet18", "weights": "none", "drop": 0, "internal": 0.6, "internal_ci_low": 0.61,
+         "internal_ci_high": 0.7, "external": 0.5, "external_ci_low": 0.3, "external_ci_high": 0.45}]}
+    assert _external_plot(block, tmp_path / "b.png").stat().st_size > 0

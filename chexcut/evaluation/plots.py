@@ -109,18 +109,32 @@ def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) ->
     return written
 
 
+def ci_segments(ax, at, lows, highs, horizontal: bool = False, **style) -> None:
+    """Intervals drawn as segments from low to high (with end caps) at positions ``at``: unlike ``errorbar``, which
+    takes distances from the estimate, this draws an interval that excludes its estimate (a percentile interval
+    can; so can a seed ensemble's against the seeds' mean) as it is."""
+    for a, lo, hi in zip(at, lows, highs):
+        if lo is None or hi is None:
+            continue
+        if horizontal:
+            ax.plot([lo, hi], [a, a], marker="|", **style)
+        else:
+            ax.plot([a, a], [lo, hi], marker="_", **style)
+
+
 def _readers_and_points(ax, name: str, result: dict) -> None:
     """The readers as points with their CI crosses, and the operating points as markers (the CheXpert figure)."""
     readers = [x for x in result.get("readers") or [] if x["label"] == name and x.get("sensitivity") is not None]
     for k, x in enumerate(readers):
         fx, sy = 1 - x["specificity"], x["sensitivity"]
-        xerr = yerr = None
+        color = f"C{(k + 2) % 10}"
         if x.get("specificity_ci_low") is not None:
-            xerr = [[x["specificity_ci_high"] - x["specificity"]], [x["specificity"] - x["specificity_ci_low"]]]
+            ci_segments(ax, [sy], [1 - x["specificity_ci_high"]], [1 - x["specificity_ci_low"]], horizontal=True,
+                        color=color, lw=1)
         if x.get("sensitivity_ci_low") is not None:
-            yerr = [[sy - x["sensitivity_ci_low"]], [x["sensitivity_ci_high"] - sy]]
-        ax.errorbar([fx], [sy], xerr=xerr, yerr=yerr, fmt="o", ms=5, capsize=2, lw=1,
-                    color=f"C{(k + 2) % 10}", label=f"reader {x['reader']} ({'below' if x['below_model_curve'] else 'above'})")
+            ci_segments(ax, [fx], [x["sensitivity_ci_low"]], [x["sensitivity_ci_high"]], color=color, lw=1)
+        ax.plot([fx], [sy], "o", ms=5, color=color,
+                label=f"reader {x['reader']} ({'below' if x['below_model_curve'] else 'above'})")
     points = [p for p in result.get("operating_points") or [] if p["label"] == name and p.get("sensitivity") is not None]
     for p in points:
         ax.plot([1 - p["specificity"]], [p["sensitivity"]], marker="D", ms=6, ls="none", mfc="none", mec="black",

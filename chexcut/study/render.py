@@ -83,13 +83,14 @@ def _external_plot(block: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     rows = [r for r in block["configurations"] if r["internal"] is not None and r["external"] is not None]
-    for r in rows:
-        xerr = None if r["internal_ci_low"] is None else [[r["internal"] - r["internal_ci_low"]],
-                                                          [r["internal_ci_high"] - r["internal"]]]
-        yerr = None if r["external_ci_low"] is None else [[r["external"] - r["external_ci_low"]],
-                                                          [r["external_ci_high"] - r["external"]]]
-        ax.errorbar(r["internal"], r["external"], xerr=xerr, yerr=yerr, fmt="o" if r["weights"] == "imagenet" else "s",
-                    capsize=2, alpha=0.8)
+    from chexcut.evaluation.plots import ci_segments
+
+    for k, r in enumerate(rows):
+        color = f"C{k % 10}"
+        ci_segments(ax, [r["external"]], [r["internal_ci_low"]], [r["internal_ci_high"]], horizontal=True,
+                    color=color, alpha=0.6, lw=1)
+        ci_segments(ax, [r["internal"]], [r["external_ci_low"]], [r["external_ci_high"]], color=color, alpha=0.6, lw=1)
+        ax.plot([r["internal"]], [r["external"]], "o" if r["weights"] == "imagenet" else "s", color=color, alpha=0.8)
         ax.annotate(f"{r['arch']} d{r['drop']}", (r["internal"], r["external"]), fontsize=7, alpha=0.8)
     if rows:
         lo = min(min(r["internal"], r["external"]) for r in rows) - 0.02
@@ -115,10 +116,10 @@ def _path_plot(rows: list[dict], x: str, xlabel: str, title: str, path: Path) ->
                         label=f"{arch} ({'pretrained' if w == 'imagenet' else 'random'})")
                 with_ci = [r for r in line if r.get("ci_low") is not None]
                 if with_ci:  # the 95% CI of each point (one run's bootstrap, or the seed ensemble's)
-                    ax.errorbar([r[x] for r in with_ci], [r["auroc"] for r in with_ci],
-                                yerr=[[r["auroc"] - r["ci_low"] for r in with_ci],
-                                      [r["ci_high"] - r["auroc"] for r in with_ci]],
-                                fmt="none", ecolor=color, alpha=0.5, capsize=3)
+                    from chexcut.evaluation.plots import ci_segments
+
+                    ci_segments(ax, [r[x] for r in with_ci], [r["ci_low"] for r in with_ci],
+                                [r["ci_high"] for r in with_ci], color=color, alpha=0.5)
                 for r in line:
                     ax.annotate(f"d{r['drop']}", (r[x], r["auroc"]), fontsize=7, xytext=(3, 3),
                                 textcoords="offset points")
