@@ -173,7 +173,7 @@ def _check_card(demo, report_md: str):
         with open(Path(card_mod.__file__).parent / "checklists" / fname) as fh:
             items = [r["item"] for r in csv.DictReader(fh)]
         got = card["checklists"][key]["items"]
-        assert [i["item"] for i in got] == items and len(items) == {"claim": 42, "tripod_ai": 52}[key]
+        assert [i["item"] for i in got] == items and len(items) == {"claim": 44, "tripod_ai": 52}[key]
         assert all(i["where"] == "needs the authors" or i["where"].startswith(("card: ", "the authors (about: "))
                    for i in got)
     where = {i["topic"]: i["where"] for i in card["checklists"]["tripod_ai"]["items"]}

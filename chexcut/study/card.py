@@ -19,11 +19,12 @@ from chexcut.errors import ChexcutError
 from chexcut.rundir import RunDir
 
 NEEDS = "needs the authors"
-CHECKLISTS = {"claim": ("CLAIM (Checklist for AI in Medical Imaging; 2020 item numbering)", "claim.csv"),
-              "tripod_ai": ("TRIPOD+AI (2024)", "tripod_ai.csv")}
+CHECKLISTS = {"claim": ("CLAIM 2024 (Checklist for AI in Medical Imaging; Tejani et al., Radiology: AI 2024)",
+                        "claim.csv"),
+              "tripod_ai": ("TRIPOD+AI (Collins et al., BMJ 2024)", "tripod_ai.csv")}
 ABOUT_KEYS = ("title", "intended_use", "intended_users", "out_of_scope", "limitations", "study_design", "study_goal",
-              "eligibility", "deidentification", "reference_standard", "reference_standard_rationale", "annotators",
-              "annotation_tools", "rater_variability", "sample_size", "health_inequalities", "dates", "setting",
+              "eligibility", "deidentification", "acquisition", "reference_standard", "reference_standard_rationale",
+              "annotators", "annotation_tools", "test_set_annotation", "rater_variability", "explainability", "sample_size", "health_inequalities", "dates", "setting",
               "treatments", "ethics", "funding", "conflicts", "protocol", "registration", "data_availability",
               "public_involvement", "next_steps")
 
@@ -250,8 +251,9 @@ def _extra_sections(f: dict) -> list[dict]:
             _ci(p.get("specificity"), p.get("specificity_ci_low"), p.get("specificity_ci_high"))]
            for p in ev.get("operating_points") or [] if p.get("sensitivity") is not None]
     out.append(_section("operating", "Model output and operating points", [
-        "The model outputs one probability per label (sigmoid)." + ("" if ops else " No operating threshold was "
-                                                                                   "evaluated (--at-specificity, --thresholds).")],
+        "The model outputs one probability per label (sigmoid)." if ops else
+        f"{NEEDS}: the model outputs one probability per label (sigmoid); no operating threshold was evaluated "
+        f"(chexcut evaluate --at-specificity S, or --thresholds RUN)."],
         [_table(["label", "rule", "threshold", "sensitivity [CI]", "specificity [CI]"], ops)] if ops else []))
     dc = ev.get("decision_curve")
     dcr = [[x["label"], _cell(x.get("prevalence")), x.get("beneficial_from"), x.get("beneficial_to")]
