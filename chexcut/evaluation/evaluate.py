@@ -103,7 +103,7 @@ def cluster_rows(evalset: EvalSet, cluster: str) -> np.ndarray:
 def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = None, *,
              compare: np.ndarray | None = None, chunk: int | None = None, logits: bool = False,
              readers: dict | None = None, given: dict | None = None, **settings) -> dict:
-    """The evaluation JSON (see the README for the schema). ``scores`` (and ``compare``) are (N, L): probabilities,
+    """The evaluation JSON (see docs/concepts/evaluation.md for the schema). ``scores`` (and ``compare``) are (N, L): probabilities,
     or with ``logits`` any real numbers (AUROC and AP use only their order; calibration their sigmoid).
     ``stats`` (or its fields as keywords, e.g. ``bootstrap=2000``) says what to compute. ``readers``: name ->
     (N, L) 0/1 reads (nan where none) placed against the model's ROC curve; ``given``: label -> an

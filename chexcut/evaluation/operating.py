@@ -203,7 +203,7 @@ class Draws:
 def operating_points(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, labels, clusters: np.ndarray,
                      rules: list[Rule], readers: dict[str, np.ndarray] | None = None,
                      given: dict[str, Rule] | None = None, draws: Draws = Draws()) -> dict:
-    """``{"operating_points": [...], "readers": [...], "readers_summary": [...]}`` (see the README).
+    """``{"operating_points": [...], "readers": [...], "readers_summary": [...]}`` (see docs/guides/operating-points-readers.md).
 
     ``y``, ``mask``, ``scores``: (N, L); ``clusters``: (N,) dense ids; ``rules``: chosen on this set, for every
     label; ``given``: label -> a fixed-threshold rule chosen elsewhere; ``readers``: name -> (N, L) 0/1 reads

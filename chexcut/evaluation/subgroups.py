@@ -85,7 +85,7 @@ def _gap(a_auc, a_reps, b_auc, b_reps, cols: list[int], ci: float) -> dict:
 
 
 def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, chunk=None, counts=None):
-    """``(subgroups, subgroup_gaps, notes)`` for every column of ``stats.by`` (see the README for the JSON)."""
+    """``(subgroups, subgroup_gaps, notes)`` for every column of ``stats.by`` (see docs/concepts/evaluation.md for the JSON)."""
     from chexcut.labels import COMPETITION_LABELS
 
     subgroups, gaps, notes = [], [], []
