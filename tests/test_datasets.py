@@ -415,3 +415,13 @@ def test_hostile_label_files_are_one_line_and_write_nothing(tmp_path):
         code, _, err = run_cli(*argv)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (args, err)
     assert entry.read_bytes() == before and not (tmp_path / "out.csv").exists()
+
+
+def test_explain_and_finetune_take_a_published_set(trained_run, layouts, tmp_path):
+    code, _, err = run_cli("explain", trained_run, "--data", f"nih:{layouts['nih']}", "--limit", "2", "-o",
+                           tmp_path / "maps", "-q")
+    assert code == 0, err
+    assert any(p.name.endswith("-sheet.png") for p in (tmp_path / "maps").iterdir())
+    code, _, err = run_cli("finetune", "resnet18", "--weights", "none", "--data", f"chexray:{layouts['nih']}",
+                           "--out", tmp_path / "run")
+    assert code == 2 and "unknown data set 'chexray'" in err and not (tmp_path / "run").exists()
