@@ -270,10 +270,16 @@ def ensemble_command(
         model=None if csvs else members[0], predictions=Path(members[0]) if csvs else None, truth=truth, data=data,
         split=split and str(split), options={"dataset": dataset} if dataset else {}, allow_overlap=allow_overlap,
         **_ensemble(members[1:], weights, average))
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    result = evalrun.run_evaluation(inputs, Statistics(bootstrap=bootstrap, seed=seed), Inference(),
-                                    predictions_out=out / "predictions.csv",
-                                    progress=lambda what: ui.progress_bar(what, quiet=quiet))
+    try:
+        result = evalrun.run_evaluation(inputs, Statistics(bootstrap=bootstrap, seed=seed), Inference(),
+                                        predictions_out=out / "predictions.csv",
+                                        progress=lambda what: ui.progress_bar(what, quiet=quiet))
+    except BaseException:
+        if created and not any(out.iterdir()):  # a refused ensemble leaves nothing behind
+            out.rmdir()
+        raise
     write_json(out / "eval.json", result)
     _write(result, None, None, quiet)
     if not quiet:
