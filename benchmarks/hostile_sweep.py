@@ -54,6 +54,7 @@ def setup(t: Path) -> dict:
     (t / "bad_plan" / "plan.json").write_text("{")
     (t / "ro").mkdir()
     round3(t, base, valid, preds)
+    round4(t, preds)
     return {"t": t, "ph": t / "ph", "valid": base / "valid.csv", "run": t / "run", "m": t / "m.safetensors"}
 
 
@@ -129,6 +130,65 @@ def round3(t: Path, base: Path, valid, preds) -> None:
     (t / "notcsv.csv").write_bytes(os.urandom(200))
 
 
+def round4(t: Path, preds) -> None:
+    """Round 4's inputs: published-set folders (one damaged, one repeating an image), a CT DICOM, a bad YAML."""
+    import gzip
+
+    import numpy as np
+
+    assert cli("phantom", t / "nih", "--layout", "nih", "--n", "20", "--image-size", "48", "-q")[0] == 0
+    entry = (t / "nih" / "Data_Entry_2017_v2020.csv").read_bytes()
+    (t / "nih_gz").mkdir()
+    (t / "nih_gz" / "Data_Entry_2017_v2020.csv.gz").write_bytes(gzip.compress(entry)[:60])
+    (t / "nih_dup").mkdir()
+    (t / "nih_dup" / "Data_Entry_2017_v2020.csv").write_bytes(entry + entry.splitlines(keepends=True)[1])
+    (t / "map_bad.csv").write_text("chexpert,source\nLung Opacity,Shoe size\n")
+    (t / "about_bad.yaml").write_text("intended_use: [unclosed\n")
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_datasets import _dicom
+
+    (t / "ct").mkdir()
+    _dicom(t / "ct" / "scan.dcm", np.zeros((32, 32), dtype=np.uint16), Modality="CT")
+    pd.DataFrame({"Path": ["scan.dcm"], "Edema": [1.0]}).to_csv(t / "ct" / "rows.csv", index=False)
+    preds.to_csv(t / "preds_copy.csv", index=False)
+
+
+def round4_cases(d: dict) -> list[tuple[str, list, dict]]:
+    t, run, ph = d["t"], d["run"], d["ph"]
+    truth = d["valid"]
+    p1, p2 = run / "valid_predictions.csv", t / "preds_copy.csv"
+    return [
+        ("datasets index onto its label file", ["datasets", "index", f"nih:{t / 'nih'}", "-o",
+                                                t / "nih" / "Data_Entry_2017_v2020.csv"], {}),
+        ("datasets index of an unknown set", ["datasets", "index", f"chexray:{t}", "-o", t / "i1.csv"], {}),
+        ("datasets index of a damaged gz", ["datasets", "index", f"nih:{t / 'nih_gz'}", "-o", t / "i2.csv"], {}),
+        ("datasets index repeating an image", ["datasets", "index", t / "nih_dup", "-o", t / "i3.csv"], {}),
+        ("datasets index with a label map naming no label", ["datasets", "index", f"nih:{t / 'nih'}", "-o",
+                                                             t / "i4.csv", "--label-map", t / "map_bad.csv"], {}),
+        ("evaluate an unknown set", ["evaluate", run, "--data", f"bogus:{t}"], {}),
+        ("evaluate a label map on a CheXpert folder", ["evaluate", run, "--data", ph, "--label-map", t / "map_bad.csv"],
+         {}),
+        ("prepare a CT DICOM", ["prepare", t / "ct", "--csv", "rows.csv", "--image-size", "32", "-q"], {}),
+        ("card of a run without eval.json", ["card", run, "-o", t / "card.md"], {}),
+        ("card with unreadable YAML", ["card", run, "-o", t / "card.md", "--about", t / "about_bad.yaml"], {}),
+        ("card onto the run's config", ["card", run, "-o", run / "config.json"], {}),
+        ("ensemble of one", ["ensemble", run, "-o", t / "e1"], {}),
+        ("ensemble of a run and a CSV", ["ensemble", run, p1, "-o", t / "e2"], {}),
+        ("ensemble weights count", ["ensemble", p1, p2, "--truth", truth, "--weights", "1", "-o", t / "e3"], {}),
+        ("ensemble averaging medians", ["ensemble", p1, p2, "--truth", truth, "--average", "median", "-o", t / "e4"],
+         {}),
+        ("evaluate ensemble beside compare", ["evaluate", "--predictions", p1, "--truth", truth, "--ensemble", p2,
+                                              "--compare", p2], {}),
+        ("evaluate prevalence-matched without by", ["evaluate", run, "--prevalence-matched"], {}),
+        ("evaluate failure images without failures", ["evaluate", run, "--failure-images", t / "f"], {}),
+        ("evaluate failures -1", ["evaluate", run, "--failures", "-1"], {}),
+        ("phantom of an unknown layout", ["phantom", t / "ph2", "--layout", "chexray"], {}),
+        ("phantom nih layout with masks", ["phantom", t / "ph3", "--layout", "nih", "--masks"], {}),
+        ("study plan with a missing external set", ["study", "plan", "--data", ph, "--out", t / "s30", "--archs",
+                                                    "resnet18", "--external", f"nih:{t / 'nowhere'}"], {}),
+    ]
+
+
 def cases(d: dict) -> list[tuple[str, list, dict]]:
     t, ph, valid, run, m = d["t"], d["ph"], d["valid"], d["run"], d["m"]
     return [
@@ -200,7 +260,7 @@ def cases(d: dict) -> list[tuple[str, list, dict]]:
         ("export to missing folder", ["export", m, "-o", t / "no" / "m.onnx"], {}),
         ("export junk model", ["export", t / "junk.safetensors", "-o", t / "j.onnx"], {}),
         ("export wrong suffix", ["export", m, "-o", t / "m.txt"], {}),
-    ] + round3_cases(d)
+    ] + round3_cases(d) + round4_cases(d)
 
 
 def round3_cases(d: dict) -> list[tuple[str, list, dict]]:
