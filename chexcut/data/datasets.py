@@ -134,6 +134,19 @@ def _vinbig(name: str, rule: str, words: str) -> Dataset:
               f"finding is positive by that rule. Images are patients (no patient id is published).")
 
 
+def _mimic(name: str, labeler: str, file: str) -> Dataset:
+    """MIMIC-CXR-JPG with one of its two published label files (the same images, split and metadata)."""
+    return Dataset(
+        name=name, title=f"MIMIC-CXR-JPG 2.x ({labeler})", reference="Johnson et al., PhysioNet 2019",
+        label_files=(f"mimic-cxr-2.0.0-{file}.csv*",), header=("subject_id", "study_id"),
+        images="files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg", image_format="JPEG",
+        views="metadata ViewPosition (PA, AP, LATERAL, LL, ...)",
+        demographics="gender, anchor_age from MIMIC-IV patients.csv(.gz) in the folder, when given",
+        official_split="mimic-cxr-2.0.0-split.csv.gz (train / validate / test)", labels=CHEXPERT_LABELS,
+        mapping=_CHEXPERT_SELF, read=_mimic_reader(labeler),
+        notes="Labels are per study; every image of the study carries them.")
+
+
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset(name="chexpert", title="CheXpert (small or full)", reference="Irvin et al., AAAI 2019",
             label_files=("train.csv", "valid.csv", "CheXpert-v1.0*/train.csv", "CheXpert-v1.0*/valid.csv"),
@@ -141,22 +154,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             views="Frontal/Lateral, AP/PA", demographics="Sex, Age", official_split="train.csv / valid.csv",
             labels=CHEXPERT_LABELS, mapping=_CHEXPERT_SELF, read=_read_chexpert,
             notes="1 positive, 0 negative, -1 uncertain, blank not mentioned (the CheXpert labeler)."),
-    Dataset(name="mimic", title="MIMIC-CXR-JPG 2.x (CheXpert labeler)", reference="Johnson et al., PhysioNet 2019",
-            label_files=("mimic-cxr-2.0.0-chexpert.csv*",), header=("subject_id", "study_id"),
-            images="files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg", image_format="JPEG",
-            views="metadata ViewPosition (PA, AP, LATERAL, LL, ...)",
-            demographics="gender, anchor_age from MIMIC-IV patients.csv(.gz) in the folder, when given",
-            official_split="mimic-cxr-2.0.0-split.csv.gz (train / validate / test)", labels=CHEXPERT_LABELS,
-            mapping=_CHEXPERT_SELF, read=_mimic_reader("CheXpert labeler"),
-            notes="Labels are per study; every image of the study carries them."),
-    Dataset(name="mimic-negbio", title="MIMIC-CXR-JPG 2.x (NegBio labeler)", reference="Johnson et al., PhysioNet 2019",
-            label_files=("mimic-cxr-2.0.0-negbio.csv*",), header=("subject_id", "study_id"),
-            images="files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg", image_format="JPEG",
-            views="metadata ViewPosition (PA, AP, LATERAL, LL, ...)",
-            demographics="gender, anchor_age from MIMIC-IV patients.csv(.gz) in the folder, when given",
-            official_split="mimic-cxr-2.0.0-split.csv.gz (train / validate / test)", labels=CHEXPERT_LABELS,
-            mapping=_CHEXPERT_SELF, read=_mimic_reader("NegBio"),
-            notes="Labels are per study; every image of the study carries them."),
+    _mimic("mimic", "CheXpert labeler", "chexpert"),
+    _mimic("mimic-negbio", "NegBio labeler", "negbio"),
     Dataset(name="nih", title="NIH ChestX-ray14", reference="Wang et al., CVPR 2017 (Data_Entry_2017_v2020)",
             label_files=("Data_Entry_2017_v2020.csv*", "Data_Entry_2017.csv*"), header=("Image Index", "Finding Labels"),
             images="images/NAME.png or images_0NN/images/NAME.png", image_format="PNG (8-bit)",

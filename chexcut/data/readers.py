@@ -140,6 +140,17 @@ def _frame(n: int, **cols):
     return df
 
 
+def _label_columns(df, labels) -> np.ndarray:
+    """(N, L) float32 of a frame's label columns as numbers (1 / 0 / -1 / NaN); NaN for a label it lacks."""
+    import pandas as pd
+
+    own = np.full((len(df), len(labels)), np.nan, dtype=np.float32)
+    for j, name in enumerate(labels):
+        if name in df.columns:
+            own[:, j] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float32)
+    return own
+
+
 def _own(df, vocabulary, matrix):
     import pandas as pd
 
@@ -177,11 +188,7 @@ def _read_chexpert(root: Path, ds):
                  Sex=df.get("Sex", pd.Series([""] * len(df))).fillna("").to_numpy(),
                  Age=pd.to_numeric(df.get("Age", pd.Series([np.nan] * len(df))), errors="coerce").to_numpy(),
                  Split=df["Split"].to_numpy())
-    own = np.full((len(df), len(ds.labels)), np.nan, dtype=np.float32)
-    for j, name in enumerate(ds.labels):
-        if name in df.columns:
-            own[:, j] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float32)
-    return _own(out, ds.labels, own)
+    return _own(out, ds.labels, _label_columns(df, ds.labels))
 
 
 def _nih_image_dirs(root: Path) -> tuple[str | None, list[str]]:
@@ -271,11 +278,7 @@ def _mimic_reader(labeler: str):
         out = _frame(len(df), Path=paths.to_numpy(dtype=object), Patient=sid.to_numpy(dtype=object),
                      Study=(sid + "/" + study).to_numpy(dtype=object), **{"Frontal/Lateral": fl, "AP/PA": appa},
                      Sex=sex, Age=age, Split=split)
-        own = np.full((len(df), len(ds.labels)), np.nan, dtype=np.float32)
-        for j, name in enumerate(ds.labels):
-            if name in df.columns:
-                own[:, j] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float32)
-        return _own(out, ds.labels, own)
+        return _own(out, ds.labels, _label_columns(df, ds.labels))
 
     read.__doc__ = f"MIMIC-CXR-JPG with the {labeler} labels"
     return read
