@@ -109,12 +109,10 @@ SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unrea
 def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0, data=None, label_map=None):
     """The DataOptions of a command's data options; ``data`` ``SET:DIR`` names the published data set."""
     from chexcut.data.chexpert import DataOptions
-    from chexcut.data.datasets import published, split_ref
+    from chexcut.data.datasets import resolve
 
-    dataset = None
-    if data is not None:  # SET:DIR, or a folder holding a published set's label file: the run records the set
-        folder, dataset = split_ref(data)
-        dataset = dataset or (published(folder) if csv is None else None)
+    # SET:DIR, or a folder holding a published set's label file: the run records the set
+    dataset = resolve(data, None, csv)[1] if data is not None else None
     if label_map is not None and Path(label_map).exists():
         label_map = str(Path(label_map).resolve())  # a run or a plan reads it from another folder
     return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels, "--labels")) if labels is not None else None, views=str(views),

@@ -143,14 +143,13 @@ def datasets_index(
         index_csv_frame,
         index_summary,
         missing_files,
-        published,
         read_index,
-        split_ref,
+        resolve,
     )
     from chexcut.fileio import atomic_path, check_output_file
 
-    root, name = split_ref(ref)
-    name = name or published(root) or ("chexpert" if root.is_dir() else None)
+    root, name = resolve(ref)
+    name = name or ("chexpert" if root.is_dir() else None)
     if name is None:
         raise ChexcutError(f"data folder {root} does not exist")
     label_map = str(Path(label_map).resolve()) if label_map else None

@@ -135,12 +135,9 @@ def _ensemble(members, weights, average) -> dict:
 
 def _data_set(data, csv):
     """``--data SET:DIR`` -> (DIR, SET); a folder holding a published set's label file -> (folder, its name)."""
-    from chexcut.data.datasets import published, split_ref
+    from chexcut.data.datasets import resolve
 
-    if data is None:
-        return None, None
-    data, named = split_ref(data)
-    return data, named if named or csv is not None else published(data)
+    return (None, None) if data is None else resolve(data, None, csv)
 
 
 def _statistics(p: dict):

@@ -320,14 +320,9 @@ def load_split(data: str | Path, split: str, opts: DataOptions = DataOptions()) 
     a seeded patient-level split of the one CSV.
     """
     split = check(Split, split, "--split")
-    from chexcut.data.datasets import published, split_ref
+    from chexcut.data.datasets import resolve
 
-    data, named = split_ref(data)
-    if named and opts.dataset not in (None, named):
-        raise ChexcutError(f"--data {named}:{data} names another data set than the options ({opts.dataset})")
-    dataset = named or opts.dataset
-    if dataset is None and not opts.csv:
-        dataset = published(data)
+    data, dataset = resolve(data, opts.dataset, opts.csv)
     if dataset is not None and dataset != "chexpert":
         if opts.csv:
             raise ChexcutError(f"--csv reads a table of your own; the {dataset} data set is read as published")
@@ -454,12 +449,11 @@ def check_files(table: LabelTable, skip_missing: bool = False) -> LabelTable:
 
 def label_files(data, opts) -> list[Path]:
     """The files that hold the labels ``load_split`` reads for ``data`` and ``opts``."""
-    from chexcut.data.datasets import find_label_file, get, published, split_ref
+    from chexcut.data.datasets import find_label_file, get, resolve
 
-    data, named = split_ref(data)
+    data, name = resolve(data, opts.dataset, opts.csv)
     if opts.csv:
         return [Path(opts.csv) if Path(opts.csv).is_file() else Path(data) / opts.csv]
-    name = named or opts.dataset or published(data)
     if name and name != "chexpert":
         ds = get(name)
         found = [find_label_file(data, ds)]

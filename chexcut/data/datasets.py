@@ -268,6 +268,19 @@ def split_ref(data) -> tuple[Path, str | None]:
     return Path(s), None
 
 
+def resolve(data, dataset: str | None = None, csv=None) -> tuple[Path, str | None]:
+    """``--data`` under the options' ``dataset`` -> (the folder, the published set or None): ``SET:DIR`` names the
+    set, else the options do, else the label file in the folder does; a ``--csv`` table is no published set. The one
+    rule every command applies (load_split, the fingerprint, the CLI's options, subgroup sources, the card)."""
+    folder, named = split_ref(data)
+    if named and dataset not in (None, named):
+        raise ChexcutError(f"--data {named}:{folder} names another data set than the options ({dataset})")
+    name = named or dataset
+    if name is None and not csv:
+        name = published(folder)
+    return folder, name
+
+
 _INDEX_CACHE: dict = {}
 
 

@@ -350,9 +350,9 @@ def dataset_csvs(es) -> list:
     """Where a data set's subgroup columns are read: ``--csv``, train.csv and valid.csv, or a published set's
     harmonised index (in memory: Sex, Age, AP/PA, PadChest's MethodLabel, ...)."""
     from chexcut.data.chexpert import find_dataset_dir
-    from chexcut.data.datasets import published, read_index
+    from chexcut.data.datasets import read_index, resolve
 
-    name = None if es.opts.csv else (es.opts.dataset or published(Path(es.data)))
+    name = resolve(es.data, es.opts.dataset, es.opts.csv)[1]
     if name and name != "chexpert":
         frame = read_index(Path(es.data), name, es.opts.label_map)[0]
         frame.attrs["name"] = f"the {name} index"

@@ -143,13 +143,13 @@ def _demographics(cfg: dict) -> dict:
     import pandas as pd
 
     from chexcut.data.chexpert import DataOptions, load_split
-    from chexcut.data.datasets import published, read_index
+    from chexcut.data.datasets import read_index, resolve
 
     d = cfg["data"]
     opts = dataclasses.replace(DataOptions.from_json(d), labels=None)
     rows, why = [], None
     try:
-        name = None if opts.csv else (opts.dataset or published(Path(d["dir"])))
+        name = resolve(d["dir"], opts.dataset, opts.csv)[1]
         if name and name != "chexpert":
             frame = read_index(Path(d["dir"]), name, opts.label_map)[0]
         else:

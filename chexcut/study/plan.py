@@ -264,7 +264,7 @@ def external_sets(given: list) -> list[dict]:
     """``--external`` (``SET:DIR`` or folders, or the plan's records of them) -> ``[{"name", "data", "dataset"}]``:
     each evaluated by every run after its own validation set, into ``RUN/external/NAME.json``. A name is the set's
     (``nih``), or the folder's for a CheXpert-layout set; a name given twice gets ``-2``, ``-3``."""
-    from chexcut.data.datasets import published, split_ref
+    from chexcut.data.datasets import resolve
 
     out, names = [], set()
     for item in given:
@@ -274,10 +274,9 @@ def external_sets(given: list) -> list[dict]:
                 raise ChexcutError(f"an external set's record is damaged: {item!r}")
             out.append({"name": item["name"], "data": item["data"], "dataset": item.get("dataset")})
             continue
-        data, dataset = split_ref(item)
+        data, dataset = resolve(item)
         if not data.is_dir():
             raise ChexcutError(f"--external {item}: {data} is not a folder")
-        dataset = dataset or published(data)
         base = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset or data.resolve().name).strip("-.") or "external"
         name, k = base, 1
         while name in names:
