@@ -54,6 +54,24 @@ def net_benefit(y: np.ndarray, p: np.ndarray, w: np.ndarray, thresholds) -> tupl
     return model, treat_all
 
 
+def _chunks(n: int, clusters, bootstrap: int, seed: int, counts=None, chunk=None) -> list:
+    """The evaluation's kept cluster counts, or the same resamples drawn again from the seed (none without a
+    bootstrap)."""
+    if counts is not None:
+        return list(counts)
+    return list(metrics.replicate_counts(n, clusters, bootstrap, seed, chunk)) if bootstrap else []
+
+
+def _difference(a: float, b: float, reps_a, reps_b, ci: float) -> dict:
+    """Group a minus group b with its paired interval (the subgroup gaps' rule); nothing where a side is undefined."""
+    from chexcut.evaluation.subgroups import paired_interval
+
+    delta = a - b
+    if not np.isfinite(delta):
+        return {"delta": None, "ci_low": None, "ci_high": None, "p": None}
+    return {"delta": float(delta), **paired_interval(delta, None if reps_a is None else reps_a - reps_b, ci)}
+
+
 def _rows_weights(counts: np.ndarray, clusters: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return counts[:, clusters[rows]]
 
@@ -76,9 +94,7 @@ def decision_curves(y, mask, scores, labels, clusters, draws, logits: bool = Fal
     percentile CIs, and the thresholds where the model's net benefit beats both treat-all and treat-none."""
     probs = _sigmoid(scores) if logits else np.asarray(scores, dtype=np.float64)
     mask = np.asarray(mask) > 0
-    chunks = list(draws.counts) if draws.counts is not None else (
-        list(metrics.replicate_counts(len(y), clusters, draws.bootstrap, draws.seed, draws.chunk))
-        if draws.bootstrap else [])
+    chunks = _chunks(len(y), clusters, draws.bootstrap, draws.seed, draws.counts, draws.chunk)
     out = []
     for j, name in enumerate(labels):
         rows = np.flatnonzero(mask[:, j])
@@ -123,9 +139,7 @@ def error_rates(evalset, scores, thresholds: dict, stats, clusters, counts=None)
     """``(error_rates, error_rate_gaps)``: per ``--by`` column, group and label with an operating threshold
     (``thresholds``: label -> (threshold, rule name)), FNR and FPR with CIs; and every pair of groups' differences
     (a - b) with CI, two-sided p and Holm's p over the column's gaps (FNR and FPR of every label)."""
-    chunks = list(counts) if counts is not None else (
-        list(metrics.replicate_counts(len(evalset.y), clusters, stats.bootstrap, stats.seed))
-        if stats.bootstrap else [])
+    chunks = _chunks(len(evalset.y), clusters, stats.bootstrap, stats.seed, counts)
     rates, gaps = [], []
     mask = evalset.mask > 0
     from chexcut.evaluation.subgroups import group_order
@@ -157,16 +171,8 @@ def error_rates(evalset, scores, thresholds: dict, stats, clusters, counts=None)
                     continue
                 fa, fb = fits[(a, name)], fits[(b, name)]
                 for k, rate in ((0, "fnr"), (1, "fpr")):
-                    delta = fa[k] - fb[k]
-                    row = {"by": column, "groups": [a, b], "label": name, "rate": rate,
-                           "delta": float(delta) if np.isfinite(delta) else None, "ci_low": None, "ci_high": None,
-                           "p": None}
-                    if fa[k + 2] is not None and np.isfinite(delta):
-                        r = fa[k + 2] - fb[k + 2]
-                        iv = metrics.percentile_interval(delta, r, stats.ci)
-                        if np.isfinite(iv.low):
-                            row |= {"ci_low": float(iv.low), "ci_high": float(iv.high), "p": metrics.bootstrap_p(r)}
-                    family.append(row)
+                    family.append({"by": column, "groups": [a, b], "label": name, "rate": rate,
+                                   **_difference(fa[k], fb[k], fa[k + 2], fb[k + 2], stats.ci)})
         for g, adjusted in zip(family, metrics.holm([g["p"] for g in family])):
             g["p_holm"] = adjusted
         gaps += family
@@ -211,9 +217,7 @@ def _matched(y: np.ndarray, w: np.ndarray, target: float) -> np.ndarray:
 def prevalence_matched(evalset, scores, stats, clusters, counts=None) -> list[dict]:
     """Per ``--by`` column and label: each group's AP as it is and after matching its prevalence to the whole set's,
     with CIs, and the gap between every pair of groups before and after (a - b, CI, p)."""
-    chunks = list(counts) if counts is not None else (
-        list(metrics.replicate_counts(len(evalset.y), clusters, stats.bootstrap, stats.seed))
-        if stats.bootstrap else [])
+    chunks = _chunks(len(evalset.y), clusters, stats.bootstrap, stats.seed, counts)
     from chexcut.evaluation.subgroups import group_order
 
     out = []
@@ -240,14 +244,6 @@ def prevalence_matched(evalset, scores, stats, clusters, counts=None) -> list[di
                 row = {"by": column, "groups": [a, b], "label": name, "target_prevalence": target,
                        "prevalence": [fits[a][4], fits[b][4]]}
                 for k, key in ((0, "ap_gap"), (1, "ap_gap_matched")):
-                    delta = fits[a][k] - fits[b][k]
-                    row[key] = {"delta": float(delta) if np.isfinite(delta) else None, "ci_low": None,
-                                "ci_high": None, "p": None}
-                    if fits[a][k + 2] is not None and np.isfinite(delta):
-                        r = fits[a][k + 2] - fits[b][k + 2]
-                        iv = metrics.percentile_interval(delta, r, stats.ci)
-                        if np.isfinite(iv.low):
-                            row[key] |= {"ci_low": float(iv.low), "ci_high": float(iv.high),
-                                         "p": metrics.bootstrap_p(r)}
+                    row[key] = _difference(fits[a][k], fits[b][k], fits[a][k + 2], fits[b][k + 2], stats.ci)
                 out.append(row)
     return out

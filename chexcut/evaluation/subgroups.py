@@ -73,15 +73,22 @@ def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bo
     return labels, means, auc, reps
 
 
+def paired_interval(delta: float, reps, ci: float) -> dict:
+    """``{"ci_low", "ci_high", "p"}`` of a difference between two groups from its replicate differences (paired: the
+    same resamples): a percentile interval and a two-sided bootstrap p, None when withheld (the usable-replicate
+    rule) or without replicates. Every subgroup gap (AUROC, error rates, prevalence-matched AP) reads it here."""
+    out = {"ci_low": None, "ci_high": None, "p": None}
+    if reps is not None:
+        iv = metrics.percentile_interval(delta, reps, ci)  # withheld on the replicates the AUROC withholds it
+        if np.isfinite(iv.low):
+            out = {"ci_low": float(iv.low), "ci_high": float(iv.high), "p": metrics.bootstrap_p(reps)}
+    return out
+
+
 def _gap(a_auc, a_reps, b_auc, b_reps, cols: list[int], ci: float) -> dict:
     delta = float(np.mean(a_auc[cols]) - np.mean(b_auc[cols]))
-    out = {"delta": delta, "ci_low": None, "ci_high": None, "p": None}
-    if a_reps is not None:
-        r = a_reps[:, cols].mean(1) - b_reps[:, cols].mean(1)
-        iv = metrics.percentile_interval(delta, r, ci)  # withheld on the replicates the AUROC withholds it
-        if np.isfinite(iv.low):
-            out |= {"ci_low": float(iv.low), "ci_high": float(iv.high), "p": metrics.bootstrap_p(r)}
-    return out
+    reps = None if a_reps is None else a_reps[:, cols].mean(1) - b_reps[:, cols].mean(1)
+    return {"delta": delta, **paired_interval(delta, reps, ci)}
 
 
 def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, chunk=None, counts=None):
