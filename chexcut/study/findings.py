@@ -183,10 +183,11 @@ def _external_blocks(targets, col, report: dict, settings: dict) -> list[dict]:
     from chexcut.study.external import external_validation
 
     blocks = []
-    for name in sorted({n for r in col.runs for n in RunDir(r.run_dir).external_names()}):
+    names = {r.run_dir: RunDir(r.run_dir).external_names() for r in col.runs}  # each run's folder listed once
+    for name in sorted({n for ns in names.values() for n in ns}):
         sub = build_report(targets, external=name, **settings)
-        first = next((r for r in col.runs if name in RunDir(r.run_dir).external_names()), None)
-        es = (RunDir(first.run_dir).read_eval(name) or {}).get("evaluation_set") or {}
+        first = next(d for d, ns in names.items() if name in ns)
+        es = (RunDir(first).read_eval(name) or {}).get("evaluation_set") or {}
         blocks.append(external_validation(report, sub, name, es.get("dataset")))
     return blocks
 
