@@ -68,6 +68,12 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _auroc(m: dict | None) -> str:
+    """An evaluation JSON object's AUROC with its CI (a label row, or a mean)."""
+    m = m or {}
+    return _ci(m.get("auroc"), m.get("ci_low"), m.get("ci_high"))
+
+
 def _ci(v, lo, hi) -> str:
     """An estimate with its interval, 4 decimals (as the evaluation's tables print them)."""
     return ("n/a" if v is None else f"{v:.4f}") + ("" if lo is None or hi is None else f" [{lo:.4f}, {hi:.4f}]")
@@ -202,11 +208,11 @@ def _training_sections(f: dict) -> list[dict]:
 
 def _results_sections(f: dict, plots: list) -> list[dict]:
     ev = f["eval"]
-    rows = [[r["label"], r["n_pos"], r["n_neg"], _ci(r.get("auroc"), r.get("ci_low"), r.get("ci_high")),
+    rows = [[r["label"], r["n_pos"], r["n_neg"], _auroc(r),
              r.get("not_evaluable") or ""] for r in ev["labels"]]
     for key, name in (("mean_competition", "5-task mean"), ("mean_all", "mean of all evaluable")):
         m = ev.get(key) or {}
-        rows.append([name, "", "", _ci(m.get("auroc"), m.get("ci_low"), m.get("ci_high")), m.get("interval_note", "")])
+        rows.append([name, "", "", _auroc(m), m.get("interval_note", "")])
     stats = (f"AUROC per label with {ev['ci']:.0%} percentile bootstrap intervals ({ev['bootstrap']} replicates, "
              f"resampling clusters by {ev['cluster']}, seed {ev['seed']}; evaluated at the {ev.get('level')} level); an "
              f"interval is withheld when fewer than 90% of the replicates drew both classes. Paired comparisons use "
@@ -222,7 +228,7 @@ def _results_sections(f: dict, plots: list) -> list[dict]:
 def _extra_sections(f: dict) -> list[dict]:
     ev, out = f["eval"], []
     ext = [[n, (e.get("evaluation_set") or {}).get("dataset"), e.get("n"),
-            _ci(*(lambda m: (m.get("auroc"), m.get("ci_low"), m.get("ci_high")))(e.get("mean_competition") or {})),
+            _auroc(e.get("mean_competition")),
             ", ".join(r["label"] for r in e["labels"] if str(r.get("not_evaluable", "")).startswith("not annotated"))]
            for n, e in sorted(f["external"].items()) if e]
     out.append(_section("external", "External validation", [] if ext else [
@@ -231,8 +237,7 @@ def _extra_sections(f: dict) -> list[dict]:
     gaps = [[g["by"], " vs ".join(g["groups"]), g["label"], _ci(g.get("delta"), g.get("ci_low"), g.get("ci_high")),
              _cell(g.get("p")), _cell(g.get("p_holm"))]
             for g in ev.get("subgroup_gaps") or [] if g["label"] == "mean_competition"]
-    groups = [[s["by"], s["group"], s["n"], _ci(*(lambda m: (m.get("auroc"), m.get("ci_low"), m.get("ci_high")))(
-        s.get("mean_competition") or {}))] for s in ev.get("subgroups") or []]
+    groups = [[s["by"], s["group"], s["n"], _auroc(s.get("mean_competition"))] for s in ev.get("subgroups") or []]
     err = [[e["by"], e["group"], e["label"], _ci(e.get("fnr"), e.get("fnr_ci_low"), e.get("fnr_ci_high")),
             _ci(e.get("fpr"), e.get("fpr_ci_low"), e.get("fpr_ci_high"))] for e in ev.get("error_rates") or []]
     tables = [t for t, rows in ((_table(["by", "group", "rows", "5-task AUROC [CI]"], groups), groups),
