@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from chexcut.models.anatomy import anatomy
-from chexcut.models.registry import REGISTRY
+from chexcut.models.registry import REGISTRY, default_image_size
 from chexcut.models.surgery import truncate
 
 
@@ -22,18 +22,22 @@ def test_worked_figures(name, drop, params):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_truncation_counts_match_the_built_module(name):
     """params and MACs that inspect reports == those of the module truncate builds, every drop;
-    forward gives (2, 14) at 320 and 224 (on the meta device: real shapes, no compute)."""
-    anat = anatomy(name, 320)
+    forward gives (2, 14) at 320 (322 for a /14 ViT) and, for a family that takes any size, at 224 too
+    (on the meta device: real shapes, no compute)."""
+    arch = REGISTRY[name]
+    size = default_image_size(arch)
+    anat = anatomy(name, size)
     for t in anat.truncations:
         with torch.device("meta"):  # built where it is checked: shapes and counts, no initialisation compute
-            meta = truncate(name, drop=t.drop, weights="none")
+            meta = truncate(name, drop=t.drop, weights="none", image_size=size)
         assert sum(p.numel() for p in meta.parameters()) == t.params, t.drop
         with FlopCounterMode(display=False) as fc, torch.no_grad():
-            y = meta(torch.empty(2, 3, 320, 320, device="meta"))
+            y = meta(torch.empty(2, 3, size, size, device="meta"))
         assert y.shape == (2, 14)
         assert fc.get_total_flops() // 2 == 2 * t.macs
-        with torch.no_grad():
-            assert meta(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 14)
+        if not arch.family.sized:
+            with torch.no_grad():
+                assert meta(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 14)
 
 
 def test_json_schema_fields():
@@ -75,7 +79,7 @@ def test_shipped_anatomy_equals_the_installed_libraries_models(arch):
     assert store["weights"][arch] == fresh["weights"][arch], stale
     mine = {k: v for k, v in store["anatomy"].items() if k.rsplit("-", 2)[0] == arch}
     assert mine == fresh["anatomy"], stale
-    for size in (224, 320):
+    for size in (224, default_image_size(REGISTRY[arch])):
         assert f"{arch}-{size}-14" in fresh["anatomy"]
     assert 64 in SHIPPED_SIZES
 

@@ -17,13 +17,21 @@ class Library:
 
     name: str = ""
 
-    def build(self, arch):
-        """The library's full ImageNet architecture (1000 classes), randomly initialised."""
+    def build(self, arch, image_size: int | None = None):
+        """The library's full ImageNet architecture (1000 classes), randomly initialised; a family declared
+        ``sized`` is built for ``image_size`` (its position embeddings, its windows)."""
         raise NotImplementedError
 
     def weights_meta(self, arch) -> dict:
-        """Offline metadata of the arch's ImageNet weights: top1, imagenet_params, url, file, id."""
+        """Offline metadata of the arch's ImageNet weights: top1, imagenet_params, url, file, id, and what the
+        weights carry: mean, std (their input normalisation), input_size (what they were trained at) and
+        license."""
         raise NotImplementedError
+
+    def adapt_state(self, arch, state: dict, model) -> dict:
+        """A checkpoint of the full architecture made to fit ``model`` by the library's own rules (timm resamples
+        position embeddings and relative-position tables for another input size); unchanged by default."""
+        return state
 
     def cache_path(self, arch) -> Path:
         """Where this library's cache keeps (or would keep) the arch's ImageNet weights."""
@@ -91,6 +99,11 @@ def staged_path(arch) -> Path:
     return cache_dir() / "weights" / library_of(arch).mirror_name(arch)
 
 
+#: torchvision's own words on its weights: the library is BSD-3-Clause; the weights "may have their own licenses or
+#: terms and conditions derived from the dataset used for training" (ImageNet's, for these).
+TORCHVISION_LICENSE = "bsd-3-clause (torchvision; ImageNet's terms apply to the weights)"
+
+
 class Torchvision(Library):
     name = "torchvision"
 
@@ -99,19 +112,22 @@ class Torchvision(Library):
 
         return get_model_weights(arch.name)[arch.weights]
 
-    def build(self, arch):
+    def build(self, arch, image_size: int | None = None):
         import torchvision
 
         return torchvision.models.get_model(arch.name, weights=None, **arch.build_kwargs)
 
     def weights_meta(self, arch) -> dict:
         w = self._weights(arch)
+        size = w.transforms().crop_size[0] if hasattr(w.transforms(), "crop_size") else None
         return {
             "top1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"],
             "imagenet_params": w.meta["num_params"],
             "url": w.url,
             "file": w.url.rsplit("/", 1)[-1],
             "id": f"torchvision:{arch.name}.{arch.weights}",
+            "mean": list(arch.mean), "std": list(arch.std), "input_size": size,
+            "license": TORCHVISION_LICENSE,
         }
 
     def cache_path(self, arch) -> Path:
@@ -169,13 +185,15 @@ class Timm(Library):
 
         return timm.models.get_pretrained_cfg(f"{arch.name}.{arch.weights}")
 
-    def build(self, arch):
+    def build(self, arch, image_size: int | None = None):
         import timm
 
-        return timm.create_model(arch.name, pretrained=False, **arch.build_kwargs)
+        sized = {"img_size": int(image_size)} if arch.family.sized and image_size else {}
+        return timm.create_model(arch.name, pretrained=False, **arch.build_kwargs, **sized)
 
     def weights_meta(self, arch) -> dict:
-        hub = self._cfg(arch).hf_hub_id
+        cfg = self._cfg(arch)
+        hub = cfg.hf_hub_id
         return {
             "top1": arch.top1,
             "imagenet_params": None,
@@ -183,7 +201,26 @@ class Timm(Library):
             "file": "model.safetensors",
             "hf_hub_id": hub,
             "id": f"timm:{arch.name}.{arch.weights}",
+            "mean": [float(v) for v in cfg.mean], "std": [float(v) for v in cfg.std],
+            "input_size": int(cfg.input_size[-1]), "license": cfg.license or "unknown",
         }
+
+    def adapt_state(self, arch, state: dict, model) -> dict:
+        """timm's ``checkpoint_filter_fn`` of the model's module (the one ``timm.create_model(pretrained=True)``
+        applies): a ViT's position embeddings and a Swin's relative-position tables resampled to this model's
+        input size. Only for a family built for its size: the others load key for key."""
+        if not arch.family.sized:
+            return state
+        import importlib
+
+        from timm.models import model_entrypoint
+
+        module = importlib.import_module(model_entrypoint(arch.name).__module__)
+        fit = getattr(module, "checkpoint_filter_fn", None)
+        own = model.state_dict()
+        if fit is None or all(k in own and own[k].shape == v.shape for k, v in state.items()):
+            return state
+        return fit(state, model)
 
     @staticmethod
     def hub_cache() -> Path:

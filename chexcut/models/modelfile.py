@@ -95,10 +95,12 @@ def read_spec(path: str | os.PathLike) -> ModelSpec:
     return ModelSpec.from_json(spec, path)
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu"):
+def load_model(path: str | os.PathLike, device: str = "cpu", image_size: int | None = None):
     """Rebuild the model a chexcut model file describes, with its weights, in eval mode.
 
-    The returned module carries its :class:`ModelSpec` as ``model.chexcut_spec``.
+    The returned module carries its :class:`ModelSpec` as ``model.chexcut_spec``. ``image_size``: run it at
+    another input size than the file's (a ViT's position embeddings are resampled by timm; the spec says the
+    new size).
     """
     from safetensors.torch import load_file
 
@@ -114,5 +116,13 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
         raise ChexcutError(f"{path}: the tensors do not match the model its spec describes ({spec.arch})")
     load_with_metadata(model, tensors)
+    if image_size is not None and image_size != spec.preprocess.image_size:
+        from dataclasses import replace
+
+        from chexcut.models.registry import get_arch
+        from chexcut.models.surgery import fit_input_size
+
+        fit_input_size(model, get_arch(spec.arch), image_size)
+        spec = replace(spec, preprocess=spec.preprocess.with_size(image_size))
     model.chexcut_spec = spec
     return model.to(device).eval()

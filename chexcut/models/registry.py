@@ -1,13 +1,21 @@
-"""The architecture registry: every family's block table, declared once, as data.
+"""The architecture registry: every family described once, as data: its blocks, what a block outputs (maps or
+tokens), how a truncated model is cut and pooled, and the unit ``inspect`` counts in.
 
-A *block* is the unit that ``--drop`` counts. Everything before block 1 is the
-*stem*; what follows the last block in the library's model (head convs, pooling,
-classifier) is discarded by truncation. For ``drop >= 1`` a chexcut model is::
+A *block* is the unit that ``--drop`` counts (a dense block, a transformer layer, a Swin or ConvNeXt stage).
+Everything before block 1 is the *stem*. Families are cut one of two ways (``Family.pruning``):
 
-    stem -> blocks[:B - drop] -> neck -> global average pool -> Linear(C, n_labels)
+- ``"table"`` (DenseNet, ResNet, Inception, MNASNet, MobileNet, EfficientNet: the CheXtransfer CNNs): for
+  ``drop >= 1`` a chexcut model is ``stem -> blocks[:B - drop] -> neck -> global average pool -> Linear(C, L)``
+  built from the declared module paths; for ``drop == 0`` the library's whole model with its final Linear
+  replaced (Inception v3 without AuxLogits).
+- ``"timm"`` (ViT, DeiT, DINOv2, Swin, ConvNeXt): timm's own ``prune_intermediate_layers`` at the block index,
+  then timm's ``reset_classifier(L, pool)``: the final norm stays where its width still fits (a ViT's), goes
+  where it does not (a truncated Swin's or ConvNeXt's), exactly as timm prunes.
 
-and for ``drop == 0`` it is the library's whole model with its final Linear
-replaced by an ``n_labels``-way Linear (Inception v3 without AuxLogits).
+What consumers need to know about a block's output (``output``: timm's ``NCHW``, ``NHWC`` or ``NLC`` tokens),
+the pooling choices (``pools``), whether the model is built for its input size (``sized``: position
+embeddings, Swin windows) and which sizes it takes (``size_multiple``: a ViT's patch) is declared here; the
+torch-side description (:mod:`chexcut.models.backbone`) measures the rest (widths, grids, prefix tokens).
 
 This module imports no torch: ``chexcut list`` and shell completion stay fast.
 """
@@ -20,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from chexcut.errors import ChexcutError
+from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,7 +79,16 @@ class Family:
     discard: modules of the full model that a chexcut model drops (e.g. an auxiliary head);
              ``discard_attrs`` are attributes set with them (so the forward no longer uses them).
     key_filter: renames one state-dict key of old checkpoints to today's name (legacy layouts).
-    mean, std: the input normalisation the ImageNet weights expect.
+    unit:    what ``inspect`` calls a block ("block", "layer" for a transformer layer, "stage").
+    output:  what a block outputs, in timm's vocabulary: ``NCHW`` maps, ``NHWC`` maps (Swin), ``NLC`` tokens
+             (prefix tokens such as the class token first, then the patch grid row by row).
+    pools:   how a truncated model may pool (the first is the default, recorded in the model file): ``avg``
+             (maps: global average; tokens: mean of the patch tokens after the final norm) or ``token`` (the
+             class token after the final norm).
+    pruning: ``table`` (chexcut cuts by the module paths above) or ``timm`` (timm's prune_intermediate_layers).
+    sized:   built for its input size (timm's ``img_size``): a ViT's position embeddings, a Swin's windows;
+             timm resamples them when the weights were trained at another size.
+    size_multiple: the input size must be a multiple of this (a ViT's patch: 14 for DINOv2).
     """
 
     name: str
@@ -81,8 +99,17 @@ class Family:
     discard: tuple[str, ...] = ()
     discard_attrs: tuple[tuple[str, object], ...] = ()
     key_filter: Callable[[str], str] | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    unit: str = "block"
+    output: str = "NCHW"
+    pools: tuple[str, ...] = ("avg",)
+    pruning: str = "table"
+    sized: bool = False
+    size_multiple: int = 1
+
+    @property
+    def tokens(self) -> bool:
+        """Whether a block outputs tokens (a transformer's sequence) rather than maps."""
+        return self.output == "NLC"
 
     @property
     def num_blocks(self) -> int:
@@ -160,11 +187,6 @@ INCEPTION_V3 = Family(
     # the auxiliary classifier exists for training the ImageNet model; its weights load, then it goes
     discard=("AuxLogits",),
     discard_attrs=(("aux_logits", False),),
-    # torchvision's inception_v3 weights expect inputs normalised with mean = std = 0.5
-    # (its ``transform_input`` converts ImageNet-normalised inputs to that); chexcut
-    # normalises with these statistics directly and builds with transform_input=False.
-    mean=INCEPTION_MEAN,
-    std=INCEPTION_STD,
 )
 
 INCEPTION_V4 = Family(
@@ -172,9 +194,21 @@ INCEPTION_V4 = Family(
     stem=tuple(f"features.{i}" for i in range(6)),
     blocks=_seq("features", [[i] for i in range(6, 22)]),
     head="last_linear",
-    mean=INCEPTION_MEAN,
-    std=INCEPTION_STD,
 )
+
+
+def _timm_family(name: str, prefix: str, count: int, unit: str, output: str, pools=("avg",), sized=False,
+                 size_multiple=1, head="head") -> Family:
+    """A family timm prunes: ``count`` blocks named ``prefix.0`` ... (timm's ``feature_info`` modules)."""
+    return Family(name=name, stem=(), blocks=_seq(prefix, [[i] for i in range(count)]), head=head, unit=unit,
+                  output=output, pools=pools, pruning="timm", sized=sized, size_multiple=size_multiple)
+
+
+VIT_12 = _timm_family("vit", "blocks", 12, "layer", "NLC", pools=("token", "avg"), sized=True, size_multiple=16)
+VIT_TEST = _timm_family("vit", "blocks", 6, "layer", "NLC", pools=("token", "avg"), sized=True, size_multiple=16)
+DINOV2_12 = _timm_family("vit", "blocks", 12, "layer", "NLC", pools=("token", "avg"), sized=True, size_multiple=14)
+SWIN = _timm_family("swin", "layers", 4, "stage", "NHWC", sized=True, size_multiple=32, head="head.fc")
+CONVNEXT = _timm_family("convnext", "stages", 4, "stage", "NCHW", head="head.fc")
 
 
 @dataclass(frozen=True)
@@ -185,7 +219,10 @@ class Arch:
     ImageNet weights: a torchvision ``Weights`` enum member (``"IMAGENET1K_V1"``, the weights of the
     CheXtransfer era) or a timm pretrained tag. torchvision's offline ``Weights.meta`` gives top-1;
     timm carries no accuracy in its pretrained config, so ``top1`` records the figure from timm's
-    published ``results-imagenet.csv`` for that tag.
+    published ``results-imagenet.csv`` for that tag at its own input size (None: the weights have no ImageNet
+    classifier, e.g. DINOv2's self-supervised ones). The weights' preprocessing and licence come from the
+    library (timm's ``pretrained_cfg``); ``mean``/``std`` declare a torchvision model's, which torchvision's
+    weights do not carry in a form chexcut can use. ``test``: one of timm's tiny test models (for checks).
     """
 
     name: str
@@ -195,6 +232,9 @@ class Arch:
     paper: bool = True  # one of the 16 CheXtransfer architectures
     top1: float | None = None
     build_kwargs: dict = field(default_factory=dict)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    test: bool = False
 
     @property
     def source(self) -> str:
@@ -209,8 +249,11 @@ _ARCHS: tuple[Arch, ...] = (
     Arch("resnet34", RESNET, "torchvision", "IMAGENET1K_V1"),
     Arch("resnet50", RESNET, "torchvision", "IMAGENET1K_V1"),
     Arch("resnet101", RESNET, "torchvision", "IMAGENET1K_V1"),
+    # torchvision's inception_v3 weights expect inputs normalised with mean = std = 0.5 (its ``transform_input``
+    # converts ImageNet-normalised inputs to that); chexcut normalises so directly, with transform_input=False.
     Arch("inception_v3", INCEPTION_V3, "torchvision", "IMAGENET1K_V1",
-         build_kwargs={"aux_logits": True, "transform_input": False, "init_weights": True}),
+         build_kwargs={"aux_logits": True, "transform_input": False, "init_weights": True},
+         mean=INCEPTION_MEAN, std=INCEPTION_STD),
     Arch("inception_v4", INCEPTION_V4, "timm", "tf_in1k", top1=80.168),
     Arch("mnasnet1_0", MNASNET, "torchvision", "IMAGENET1K_V1"),
     Arch("mobilenet_v2", MOBILENET_V2, "torchvision", "IMAGENET1K_V1"),
@@ -220,6 +263,22 @@ _ARCHS: tuple[Arch, ...] = (
     Arch("efficientnet_b1", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
     Arch("efficientnet_b2", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
     Arch("efficientnet_b3", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
+    # Since 2021: Vision Transformers, DINOv2, Swin, ConvNeXt (timm; top-1 from timm's results-imagenet.csv,
+    # the tag's row at 224 px).
+    Arch("vit_small_patch16_224", VIT_12, "timm", "augreg_in21k_ft_in1k", paper=False, top1=81.402),
+    Arch("vit_base_patch16_224", VIT_12, "timm", "augreg2_in21k_ft_in1k", paper=False, top1=85.108),
+    Arch("deit_small_patch16_224", VIT_12, "timm", "fb_in1k", paper=False, top1=79.856),
+    Arch("vit_small_patch14_dinov2", DINOV2_12, "timm", "lvd142m", paper=False),
+    Arch("vit_base_patch14_dinov2", DINOV2_12, "timm", "lvd142m", paper=False),
+    Arch("vit_small_patch14_reg4_dinov2", DINOV2_12, "timm", "lvd142m", paper=False),
+    Arch("vit_base_patch14_reg4_dinov2", DINOV2_12, "timm", "lvd142m", paper=False),
+    Arch("swin_tiny_patch4_window7_224", SWIN, "timm", "ms_in1k", paper=False, top1=81.388),
+    Arch("convnext_tiny", CONVNEXT, "timm", "in12k_ft_in1k", paper=False, top1=84.192),
+    Arch("convnext_small", CONVNEXT, "timm", "in12k_ft_in1k", paper=False, top1=85.164),
+    Arch("convnext_base", CONVNEXT, "timm", "fb_in22k_ft_in1k", paper=False, top1=85.814),
+    # timm's tiny test models (a few hundred thousand parameters): every command on a CPU in seconds
+    Arch("test_vit", VIT_TEST, "timm", "r160_in1k", paper=False, top1=40.982, test=True),
+    Arch("test_convnext", CONVNEXT, "timm", "r160_in1k", paper=False, top1=47.774, test=True),
 )
 
 REGISTRY: dict[str, Arch] = {a.name: a for a in _ARCHS}
@@ -236,6 +295,21 @@ def get_arch(name: str) -> Arch:
     raise ChexcutError(
         f"unknown architecture {name!r}.{hint} (`chexcut list` shows all {len(REGISTRY)})"
     )
+
+
+def default_image_size(arch: Arch, size: int = DEFAULT_IMAGE_SIZE) -> int:
+    """``size`` (chexcut's default, CheXpert's 320) rounded to a size ``arch`` takes (322 for a /14 patch)."""
+    m = arch.family.size_multiple
+    return max(m, int(round(size / m)) * m)
+
+
+def check_size_multiple(arch: Arch, size: int) -> None:
+    """One line when ``size`` is not a multiple of the family's patch (a ViT would silently crop the rest)."""
+    m = arch.family.size_multiple
+    if size % m:
+        lo, hi = size // m * m, (size // m + 1) * m
+        raise ChexcutError(f"--image-size {size} is not a multiple of {arch.name}'s {m} px "
+                           f"{'patches' if arch.family.tokens else 'stride'}: use {lo or hi} or {hi}")
 
 
 def resolve_drop(arch: Arch, drop: int | None = None, keep: int | None = None) -> int:

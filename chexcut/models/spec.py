@@ -65,6 +65,7 @@ class ModelSpec:
     seed: int | None = 0
     chexcut_version: str = ""
     training: dict | None = None  # a finetune's best model: run_dir, step, valid_mean_auroc
+    pool: str = "avg"  # how the head pools the last kept block: avg (maps, or patch tokens) | token (class token)
     notes: tuple[str, ...] = field(default=(), compare=False)  # what reading an older file assumed
 
     @property
@@ -78,7 +79,7 @@ class ModelSpec:
                "kept_blocks": list(self.kept_blocks), "head": dict(self.head), "labels": list(self.labels),
                "in_chans": p.in_chans, "normalisation": {"mean": list(p.mean), "std": list(p.std)},
                "image_size": p.image_size, "resize": p.resize, "weights": dict(self.weights),
-               "params": self.params, "seed": self.seed, "chexcut_version": self.chexcut_version}
+               "params": self.params, "seed": self.seed, "chexcut_version": self.chexcut_version, "pool": self.pool}
         if self.training is not None:
             out["training"] = dict(self.training)
         return out
@@ -99,7 +100,8 @@ class ModelSpec:
                    num_blocks=int(spec.get("num_blocks", 0)), kept_blocks=tuple(spec.get("kept_blocks", ())),
                    head=dict(spec.get("head", {})), weights=dict(spec.get("weights") or {"kind": "none"}),
                    params=int(spec.get("params", 0)), seed=spec.get("seed"),
-                   chexcut_version=str(spec.get("chexcut_version", "")), training=spec.get("training"), notes=notes)
+                   chexcut_version=str(spec.get("chexcut_version", "")), training=spec.get("training"), notes=notes,
+                   pool=spec.get("pool", "avg"))
 
 
 
@@ -149,5 +151,8 @@ def check_spec(spec: dict, path) -> None:
     if not isinstance(size, int) or isinstance(size, bool) or not lo <= size <= hi:
         raise ChexcutError(f"{path}: damaged chexcut metadata: image_size {size!r} is not a size in pixels "
                            f"({lo}..{hi})")
+    if spec.get("pool", "avg") not in arch.family.pools:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: pool {spec['pool']!r} is not one of {arch.name}'s "
+                           f"({', '.join(arch.family.pools)})")
     if not 0 <= spec["drop"] < arch.family.num_blocks:
         raise ChexcutError(f"{path}: damaged chexcut metadata: drop {spec['drop']} is not a truncation of {arch.name}")

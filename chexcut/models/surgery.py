@@ -1,8 +1,9 @@
 """Build an architecture, load its weights, cut its final blocks, attach a new head.
 
-The one generic mechanism behind every family: :mod:`chexcut.models.registry` says where the
-stem, the blocks and the head are; this module moves those modules (with their
-weights) into a :class:`ChexcutNet`.
+The registry (:mod:`chexcut.models.registry`) says how each family is cut: a *table* family's stem, blocks
+and head are moved (with their weights) into a :class:`ChexcutNet`; a *timm* family is cut by timm's own
+``prune_intermediate_layers`` and given its new head by timm's ``reset_classifier`` with the model file's
+pooling (a ViT's class token or the mean of its patch tokens).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from chexcut.errors import ChexcutError
 from chexcut.fileio import sha256_file
 from chexcut.labels import CHEXPERT_LABELS
 from chexcut.models.libraries import library_of
-from chexcut.models.registry import Arch, get_arch, resolve_drop
-from chexcut.models.spec import DEFAULT_IMAGE_SIZE, ModelSpec, Preprocess
+from chexcut.models.registry import Arch, check_size_multiple, default_image_size, get_arch, resolve_drop
+from chexcut.models.spec import ModelSpec, Preprocess
 from chexcut.models.tensors import load_state_dict_strict, load_with_metadata, normalise_state_dict, read_state_dict  # noqa: F401
 from chexcut.models.weights import ensure_available, offline_advice
 from chexcut.version import __version__
@@ -54,10 +55,21 @@ class ChexcutNet(nn.Module):
         return self.head(torch.flatten(self.pool(x), 1))
 
 
-def build_architecture(arch: Arch | str) -> nn.Module:
-    """The library's full ImageNet architecture (1000 classes), randomly initialised."""
+def build_architecture(arch: Arch | str, image_size: int | None = None) -> nn.Module:
+    """The library's full ImageNet architecture (1000 classes), randomly initialised; a family built for its
+    input size (``Family.sized``: ViT, Swin) is built for ``image_size`` (default: chexcut's 320, rounded to a size
+    the family takes)."""
     arch = get_arch(arch) if isinstance(arch, str) else arch
-    return library_of(arch).build(arch)
+    if arch.family.sized and image_size is None:
+        image_size = default_image_size(arch)
+    return library_of(arch).build(arch, image_size)
+
+
+def fit_input_size(model: nn.Module, arch: Arch, image_size: int) -> None:
+    """A model of a family built for its input size, set to ``image_size`` by timm's ``set_input_size`` (position
+    embeddings resampled, Swin windows and masks rebuilt); nothing for the others, which take any size."""
+    if arch.family.sized:
+        model.set_input_size(img_size=(int(image_size), int(image_size)))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -80,8 +92,9 @@ def load_imagenet(model: nn.Module, arch: Arch) -> dict:
         raise ChexcutError(
             f"ImageNet weights for {arch.name} are not cached and could not be downloaded ({why}): "
             f"{offline_advice(arch)}") from None
+    state = library_of(arch).adapt_state(arch, normalise_state_dict(state, arch), model)
     load_state_dict_strict(model, state, arch, f"ImageNet weights {meta['id']} ({meta['file']})")
-    return {"kind": "imagenet", "id": meta["id"], "url": meta["url"]}
+    return {"kind": "imagenet", "id": meta["id"], "url": meta["url"], "license": meta["license"]}
 
 
 def load_weights(model: nn.Module, arch: Arch, weights: str | os.PathLike | None) -> dict:
@@ -93,7 +106,8 @@ def load_weights(model: nn.Module, arch: Arch, weights: str | os.PathLike | None
     path = Path(weights)
     if not path.exists():
         raise ChexcutError(f"--weights must be 'imagenet', 'none' or an existing file; {weights!s} does not exist")
-    load_state_dict_strict(model, read_state_dict(path), arch, str(path))
+    state = library_of(arch).adapt_state(arch, normalise_state_dict(read_state_dict(path), arch), model)
+    load_state_dict_strict(model, state, arch, str(path))
     return {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
 
 
@@ -104,9 +118,14 @@ def neck_modules(model: nn.Module, arch: Arch, kept: int) -> list[nn.Module]:
     return [get_module(model, p) for p in neck.paths(kept)] + ([nn.ReLU(inplace=True)] if neck.relu else [])
 
 
-def cut(model: nn.Module, arch: Arch, drop: int, n_labels: int) -> nn.Module:
-    """Cut a full (weighted) architecture to ``drop`` final blocks fewer, with an ``n_labels`` head."""
+def cut(model: nn.Module, arch: Arch, drop: int, n_labels: int, pool: str = "avg") -> nn.Module:
+    """Cut a full (weighted) architecture to ``drop`` final blocks fewer, with an ``n_labels`` head pooling by
+    ``pool`` (one of the family's ``pools``)."""
     fam = arch.family
+    if fam.pruning == "timm":  # timm's own pruning at the block index, and its own new classifier
+        model.prune_intermediate_layers([fam.num_blocks - drop - 1], prune_norm=False, prune_head=False)
+        model.reset_classifier(n_labels, pool)
+        return model
     if drop == 0:
         for path in fam.discard:
             set_module(model, path, None)
@@ -179,15 +198,18 @@ def truncate(
     weights: str | os.PathLike | None = "imagenet",
     labels: tuple[str, ...] | list[str] | None = None,
     in_chans: int = 3,
-    image_size: int = DEFAULT_IMAGE_SIZE,
+    image_size: int | None = None,
     seed: int | None = 0,
     resize: str = "squash",
+    pool: str | None = None,
 ):
     """Build ``arch`` with ``weights``, cut ``drop`` final blocks, attach a ``len(labels)``-way head
-    (``labels``: default the 14 CheXpert observations).
+    (``labels``: default the 14 CheXpert observations) that pools by ``pool`` (default: the family's first,
+    ``token`` for a ViT, ``avg`` for maps).
 
     Random initialisation (``weights="none"`` and the new head) is seeded by ``seed``
-    (``None``: the global RNG). Returns the ``nn.Module`` in eval mode. Its ``chexcut_spec`` attribute is the
+    (``None``: the global RNG). ``image_size``: default chexcut's 320, rounded to a size the family takes.
+    Returns the ``nn.Module`` in eval mode. Its ``chexcut_spec`` attribute is the
     :class:`~chexcut.models.spec.ModelSpec` (with the preprocessing: ``image_size``, ``resize``, the weights'
     mean/std, ``in_chans``) that :func:`chexcut.save_model` records so :func:`chexcut.load_model` can rebuild it.
     """
@@ -200,14 +222,20 @@ def truncate(
         raise ChexcutError(f"the head labels have duplicate names: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
     if in_chans not in (1, 3):
         raise ChexcutError(f"in_chans (--in-chans) must be 1 or 3, not {in_chans}")
+    image_size = int(image_size or default_image_size(a))
+    check_size_multiple(a, image_size)
+    pool = pool or a.family.pools[0]
+    if pool not in a.family.pools:
+        raise ChexcutError(f"--pool {pool} does not apply to {a.name}: it pools by {' or '.join(a.family.pools)}")
     with torch.random.fork_rng(devices=[]):  # seeded init (random weights, the new head) without side effects
         if seed is not None:
             torch.manual_seed(seed)
-        full = build_architecture(a)
+        full = build_architecture(a, image_size)
         origin = load_weights(full, a, weights)
-        model = cut(full, a, d, len(labels))
-    float32_head(_head(model, a, d))
-    mean, std = a.family.mean, a.family.std
+        model = cut(full, a, d, len(labels), pool)
+    float32_head(head_of(model, a, d))
+    meta = library_of(a).weights_meta(a)  # the weights' own normalisation (timm's pretrained_cfg), also for none
+    mean, std = tuple(meta["mean"]), tuple(meta["std"])
     if in_chans == 1:
         mean, std = adapt_in_chans(model, mean, std)
     model.eval()
@@ -215,10 +243,11 @@ def truncate(
     model.chexcut_spec = ModelSpec(
         arch=a.name, source=a.source, drop=d, keep=n - d, num_blocks=n,
         kept_blocks=tuple(a.family.block_name(i) for i in range(1, n - d + 1)),
-        head={"type": "linear", "in_features": int(_head(model, a, d).in_features), "out_features": len(labels)},
+        head={"type": "linear", "in_features": int(head_of(model, a, d).in_features), "out_features": len(labels)},
         labels=labels, preprocess=Preprocess(mean=tuple(mean), std=tuple(std), image_size=int(image_size),
                                              resize=check(Resize, resize, "--resize"), in_chans=in_chans),
-        weights=origin, params=sum(p.numel() for p in model.parameters()), seed=seed, chexcut_version=__version__)
+        weights=origin, params=sum(p.numel() for p in model.parameters()), seed=seed, chexcut_version=__version__,
+        pool=pool)
     return model
 
 
@@ -242,13 +271,16 @@ def float32_head(head: nn.Linear) -> None:
     head.forward = types.MethodType(_float32_forward, head)
 
 
-def _head(model: nn.Module, arch: Arch, drop: int) -> nn.Linear:
+def head_of(model: nn.Module, arch: Arch, drop: int) -> nn.Linear:
+    """The model's 14-way (``n_labels``-way) Linear head."""
+    if arch.family.pruning == "timm":
+        return model.get_classifier()
     return model.head if drop else get_module(model, arch.family.head)
 
 
 def rebuild(spec: ModelSpec) -> nn.Module:
     """An untrained module with the structure ``spec`` describes (weights come from the file), carrying ``spec``."""
     model = truncate(spec.arch, drop=spec.drop, weights="none", labels=spec.labels, in_chans=spec.preprocess.in_chans,
-                     image_size=spec.preprocess.image_size, resize=spec.preprocess.resize)
+                     image_size=spec.preprocess.image_size, resize=spec.preprocess.resize, pool=spec.pool)
     model.chexcut_spec = spec
     return model

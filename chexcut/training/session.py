@@ -232,6 +232,8 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     from chexcut.data.cpus import limit_threads
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.infer import resolve_precision
+    from chexcut.models.registry import get_arch
+    from chexcut.models.surgery import fit_input_size
 
     cfg, rd = run.cfg, RunDir(run.run_dir)
     limit_threads()
@@ -243,10 +245,12 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
 
     torch.manual_seed(cfg.seed)  # before the model is built: a random init is part of the run
     model, spec, ckpt = starting_model(run, rd)
+    check_image_size(spec.arch, cfg.image_size)
+    if cfg.image_size != spec.preprocess.image_size:  # a ViT's position embeddings resampled to the run's size
+        fit_input_size(model, get_arch(spec.arch), cfg.image_size)
     # the preprocessing this run trains with: the model's normalisation, the run's image size and resize mode
     spec = dataclasses.replace(spec, preprocess=spec.preprocess.with_size(cfg.image_size, cfg.resize))
     opts = dataclasses.replace(run.opts, labels=spec.labels)
-    check_image_size(spec.arch, cfg.image_size)
     data = open_data(run, cfg, opts, dist)
     if dist.main and ckpt is None:  # a resumed run keeps its own config.json
         write_config(rd, run, {"device": str(device), "precision": precision, "compile": use_compile,

@@ -1,0 +1,145 @@
+"""The families timm prunes (ViT, DeiT, DINOv2, Swin, ConvNeXt): each declaration against timm's own model."""
+
+import pytest
+import timm
+import torch
+
+from chexcut.errors import ChexcutError
+from chexcut.models.anatomy import anatomy, check_image_size
+from chexcut.models.backbone import as_maps, block_modules, prefix_tokens
+from chexcut.models.registry import REGISTRY, default_image_size, get_arch
+from chexcut.models.surgery import build_architecture, truncate
+
+TIMM_ARCHS = sorted(n for n, a in REGISTRY.items() if a.family.pruning == "timm")
+
+
+def _params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", TIMM_ARCHS)
+def test_parameters_equal_timms_own_pruning_plus_the_new_head(name):
+    """For every drop: chexcut's model has the parameters of timm's ``prune_intermediate_layers`` at the same
+    block index (its head pruned) plus the new 14-way Linear, and the whole model (drop 0) keeps timm's final
+    norm where timm's pruning drops it with the head (ConvNeXt's head norm). Built independently, on meta."""
+    arch = get_arch(name)
+    size = default_image_size(arch, 224)
+    kw = {"img_size": size} if arch.family.sized else {}
+    anat = anatomy(name, size)
+    for t in anat.truncations:
+        with torch.device("meta"):
+            ref = timm.create_model(name, **kw)
+            whole_head = ref.get_classifier()
+            norm_in_head = _params(ref.head.norm) if hasattr(ref.head, "norm") else 0
+            ref.prune_intermediate_layers([t.keep - 1], prune_norm=False, prune_head=True)
+            ours = truncate(name, drop=t.drop, weights="none", image_size=size)
+        width = ref.num_features
+        want = _params(ref) + (width + 1) * 14 + (norm_in_head if t.drop == 0 else 0)
+        assert getattr(whole_head, "out_features", 0) == (0 if "dinov2" in name else 1000)  # DINOv2: no classifier
+        assert _params(ours) == want == t.params, (name, t.drop)
+        assert t.out_channels == width
+
+
+@pytest.mark.parametrize("name", TIMM_ARCHS)
+def test_declared_blocks_and_output_format_are_timms(name):
+    """The declared block paths are timm's ``feature_info`` modules; each block's output has the declared format
+    (tokens for a ViT with its prefix tokens, NHWC for Swin, NCHW for ConvNeXt) and its width and reduction."""
+    arch = get_arch(name)
+    size = default_image_size(arch, 224)
+    with torch.device("meta"):
+        model = build_architecture(arch, size)
+    assert [f["module"] for f in model.feature_info] == [p[-1] for p in arch.family.blocks]
+    outs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outs.append(o)) for m in block_modules(model, arch, 0)]
+    with torch.no_grad():
+        model(torch.empty(1, 3, size, size, device="meta"))
+    for h in hooks:
+        h.remove()
+    prefix = prefix_tokens(model, arch.family)
+    for out, info in zip(outs, model.feature_info):
+        grid = size // info["reduction"]
+        if arch.family.output == "NLC":
+            assert out.shape == (1, prefix + grid * grid, info["num_chs"])
+        elif arch.family.output == "NHWC":
+            assert out.shape == (1, grid, grid, info["num_chs"])
+        else:
+            assert out.shape == (1, info["num_chs"], grid, grid)
+        assert as_maps(out, arch.family, prefix).shape == (1, info["num_chs"], grid, grid)
+
+
+def test_prefix_tokens_are_read_from_the_model():
+    """The class token, and DINOv2's four register tokens besides it, are left out of the patch grid."""
+    assert anatomy("vit_small_patch14_reg4_dinov2", 224).prefix_tokens == 5
+    assert anatomy("vit_small_patch14_dinov2", 224).prefix_tokens == 1
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(1, 5, 6).transpose(1, 2)  # (1, 6 tokens, 5 wide)
+    maps = as_maps(torch.cat([torch.full((1, 2, 5), -1.0), x[:, :4]], 1), get_arch("test_vit").family, 2)
+    assert maps.shape == (1, 5, 2, 2) and (maps >= 0).all()  # the two prefix tokens are gone
+    assert torch.equal(maps[0, :, 0, 1], x[0, 1])  # token 1 of the grid: row 0, column 1
+
+
+def test_weights_carry_preprocessing_and_licence():
+    """Normalisation belongs to the weights (timm's pretrained_cfg), not the family: a ViT augreg's is 0.5, a
+    ConvNeXt's ImageNet's; the licence is recorded in the model file."""
+    vit = truncate("test_vit", drop=1, weights="none", image_size=64).chexcut_spec
+    assert vit.preprocess.mean == (0.5, 0.5, 0.5) and vit.pool == "token"
+    cnx = truncate("convnext_tiny", drop=3, weights="none", image_size=64).chexcut_spec
+    assert cnx.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert anatomy("swin_tiny_patch4_window7_224", 224).weights["license"] == "mit"
+
+
+def test_token_pooling_is_the_class_token_or_the_patch_mean():
+    """``avg`` pools the patch tokens after the final norm (not the class token); ``token`` the class token."""
+    torch.manual_seed(0)
+    tok = truncate("test_vit", drop=2, weights="none", image_size=64, pool="token").eval()
+    avg = truncate("test_vit", drop=2, weights="none", image_size=64, pool="avg").eval()
+    assert avg.chexcut_spec.pool == "avg" and tok.chexcut_spec.pool == "token"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = avg.forward_features(x)  # normed tokens
+        assert torch.allclose(avg.forward_head(feats, pre_logits=True), feats[:, 1:].mean(1), atol=1e-6)
+        assert torch.allclose(tok.forward_head(feats, pre_logits=True), feats[:, 0], atol=1e-6)
+    with pytest.raises(ChexcutError, match="--pool token does not apply to convnext_tiny"):
+        truncate("convnext_tiny", drop=1, weights="none", pool="token")
+
+
+def test_inspect_vit_base_at_320():
+    """400 patch tokens and the class token, width 768, 12 layers, from the shipped store."""
+    from chexcut.models.anatomy_cache import cached_anatomy
+
+    a = cached_anatomy("vit_base_patch16_224", 320, 14)
+    assert a["num_blocks"] == 12 and a["unit"] == "layer" and a["output"] == "tokens"
+    assert {b["tokens"] for b in a["blocks"]} == {401} and {b["out_channels"] for b in a["blocks"]} == {768}
+    assert a["blocks"][0]["spatial"] == [20, 20] and a["prefix_tokens"] == 1
+    assert [t["drop"] for t in a["truncations"]] == list(range(12))
+
+
+def test_sizes_a_family_cannot_take_are_one_line():
+    with pytest.raises(ChexcutError, match="not a multiple of vit_small_patch14_dinov2's 14 px patches: use 308 or 322"):
+        check_image_size("vit_small_patch14_dinov2", 320)
+    with pytest.raises(ChexcutError, match="multiple of swin"):
+        check_image_size("swin_tiny_patch4_window7_224", 100)
+    check_image_size("swin_tiny_patch4_window7_224", 320)  # timm pads a window that does not divide the grid
+    with pytest.raises(ChexcutError, match="not a multiple"):
+        truncate("vit_small_patch14_dinov2", drop=1, weights="none", image_size=320)
+
+
+def test_imagenet_weights_at_another_size_are_resampled_by_timm(tmp_path, monkeypatch):
+    """A ViT's 224 px checkpoint (in the hub cache layout, as `chexcut weights fetch` leaves it) loads into a model
+    built for 64 px: timm's checkpoint filter resamples the position embeddings; the licence is recorded."""
+    from safetensors.torch import save_file
+
+    from chexcut.models.libraries import TIMM
+
+    arch = get_arch("test_vit")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    published = timm.create_model("test_vit")  # its own 160 px size, as timm publishes it
+    part = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in published.state_dict().items()}, str(part))
+    TIMM.install(arch, part)
+    model = truncate("test_vit", drop=0, weights="imagenet", image_size=64)
+    assert model.pos_embed.shape == (1, 17, 64)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, published.blocks[0].attn.qkv.weight)
+    assert model.chexcut_spec.weights["license"] == "apache-2.0"
+    assert model.chexcut_spec.weights["id"] == "timm:test_vit.r160_in1k"
