@@ -29,6 +29,12 @@ class Resize(Choice):
     pad = "pad"
 
 
+class Pool(Choice):
+    """How a truncated model's head pools its last kept block (a family declares which it takes)."""
+    token = "token"
+    avg = "avg"
+
+
 RESIZE_HELP = "squash (CheXpert baseline) or pad (letterbox)."
 
 

@@ -19,6 +19,7 @@ class Start:
     device: str
     precision: str
     cached: bool
+    notes: tuple[str, ...] = ()  # what the run does differently than asked, or should know (a licence)
     kind = "start"
 
 

@@ -143,3 +143,53 @@ def test_imagenet_weights_at_another_size_are_resampled_by_timm(tmp_path, monkey
     assert torch.equal(model.blocks[0].attn.qkv.weight, published.blocks[0].attn.qkv.weight)
     assert model.chexcut_spec.weights["license"] == "apache-2.0"
     assert model.chexcut_spec.weights["id"] == "timm:test_vit.r160_in1k"
+
+
+@pytest.fixture(scope="module")
+def masked_phantom64(tmp_path_factory):
+    from chexcut.data.phantom import make_phantom
+
+    d = tmp_path_factory.mktemp("pm64")
+    make_phantom(d, n=300, image_size=64, seed=3, masks=True)
+    return d
+
+
+@pytest.mark.parametrize("arch,drop", [("test_vit", 1), ("swin_tiny_patch4_window7_224", 1), ("test_convnext", 1)])
+def test_a_vit_a_swin_and_a_convnext_go_through_every_command(arch, drop, masked_phantom64, tmp_path):
+    """truncate -> finetune on phantom data -> evaluate -> explain (a judged pointing game and randomisation check)
+    -> export (ONNX parity) -> bench, at 64 px on a CPU; the model file evaluates identically in a fresh process."""
+    import json
+
+    from conftest import run_cli, run_process
+
+    model, run = tmp_path / "m.safetensors", tmp_path / "run"
+    rc, out, err = run_cli("truncate", arch, "--drop", str(drop), "--weights", "none", "--image-size", "64", "-o",
+                           model, "--json")
+    assert rc == 0, err
+    spec = json.loads(out)["model"]
+    assert spec["image_size"] == 64 and spec["pool"] == get_arch(arch).family.pools[0]
+    rc, out, err = run_cli("finetune", model, "--data", masked_phantom64, "--out", run, "--image-size", "64",
+                           "--epochs", "2", "--batch-size", "32", "--lr", "1e-3", "--workers", "0", "--precise-bn", "32",
+                           "-q")
+    assert rc == 0, err
+    rc, out, err = run_cli("evaluate", run, "--bootstrap", "50", "--json", "-")
+    assert rc == 0, err
+    first = json.loads(out)
+    assert 0 <= first["mean_competition"]["auroc"] <= 1
+    rc, out, err = run_cli("explain", run, "--data", masked_phantom64, "--split", "train", "--check", "--labels",
+                           "Cardiomegaly,Pleural Effusion", "--limit", "2", "--out", tmp_path / "maps", "--json", "-")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert {p["verdict"] for p in res["pointing_game"].values()} <= {"passed", "failed"}  # judged, both labels
+    assert res["randomisation"]["verdict"] in ("passed", "failed") and len(res["files"]) == 4
+    rc, out, err = run_cli("export", run, "-o", tmp_path / "m.onnx", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["max_abs_diff"] <= 1e-4
+    rc, out, err = run_cli("bench", run, "--batch", "1,2", "--max-time", "1", "--json", "-")
+    assert rc == 0, err
+    assert json.loads(out)["levels"][0]["params"] == json.loads((run / "config.json").read_text())["model"]["params"]
+    # a fresh process: the preprocessing comes from the model file, nothing passed
+    rc, out, err = run_process("evaluate", run, "--bootstrap", "50", "--json", "-")
+    assert rc == 0, err
+    again = json.loads(out)
+    assert again["mean_competition"] == first["mean_competition"] and again["labels"] == first["labels"]

@@ -6,6 +6,8 @@ import sys
 
 from conftest import REPO, run_cli
 
+from chexcut.models.registry import REGISTRY
+
 
 def test_help_and_completion_do_not_import_torch():
     code = ("import sys; from chexcut.cli import app; from typer.testing import CliRunner; "
@@ -41,7 +43,7 @@ def test_list_json():
     rc, out, err = run_cli("list", "--json")
     assert rc == 0, err
     rows = json.loads(out)
-    assert len(rows) == 17 and sum(r["paper"] for r in rows) == 16
+    assert len(rows) == len(REGISTRY) == 30 and sum(r["paper"] for r in rows) == 16 and sum(r["test"] for r in rows) == 2
     r50 = next(r for r in rows if r["arch"] == "resnet50")
     assert r50["params"] == 25_557_032 and r50["top1"] == 76.13
 

@@ -4,6 +4,7 @@ finding (pointing game) and checked against randomised weights (Adebayo et al. 2
 import json
 
 import pytest
+import torch
 from conftest import run_cli
 
 import chexcut
@@ -155,3 +156,69 @@ def test_explain_listing_and_bad_input(masked_phantom, tmp_path):
     rc, out, err = run_cli("explain", model, imgs[0], tmp_path / "broken.jpg", "--skip-bad", "--out", tmp_path / "o6",
                            "--json", "-")
     assert rc == 0 and json.loads(out)["skipped"] == [str(tmp_path / "broken.jpg")]
+
+
+class _AsMaps(torch.nn.Module):
+    """A block (or its part Grad-CAM reads) whose output is shown as an NCHW map, for Captum to read."""
+
+    def __init__(self, inner, family, prefix):
+        super().__init__()
+        self.inner, self.family, self.prefix, self.kept = inner, family, prefix, None
+
+    def forward(self, x):
+        from chexcut.models.backbone import as_maps
+
+        out = self.inner(x)
+        self.kept = out[:, :self.prefix] if self.family.output == "NLC" else None
+        return as_maps(out, self.family, self.prefix)
+
+
+class _Back(torch.nn.Module):
+    """The map back to the block's own format (tokens with their prefix tokens, or NHWC)."""
+
+    def __init__(self, maps):
+        super().__init__()
+        self.maps = [maps]  # not a submodule: Captum hooks the maps module only
+
+    def forward(self, m):
+        maps = self.maps[0]
+        if maps.family.output == "NHWC":
+            return m.permute(0, 2, 3, 1)
+        if maps.family.output == "NLC":
+            return torch.cat([maps.kept, m.flatten(2).transpose(1, 2)], 1)
+        return m
+
+
+@pytest.mark.parametrize("arch", ["test_vit", "swin_tiny_patch4_window7_224", "test_convnext"])
+def test_token_and_nhwc_gradcam_equal_captum_on_the_map_view(arch, masked_phantom):
+    """A ViT layer's tokens (class token left out) and a Swin stage's NHWC output give Captum's LayerGradCam maps
+    of the same activations shown as an NCHW map (the model's output is unchanged by the view)."""
+    import copy
+
+    import numpy as np
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from chexcut.deploy import explain as ex
+    from chexcut.models.backbone import prefix_tokens
+    from chexcut.models.surgery import set_module
+
+    torch.manual_seed(0)
+    model = chexcut.truncate(arch, drop=1, weights="none", image_size=64).eval()
+    spec = model.chexcut_spec
+    images = torch.randint(0, 256, (4, 1, 64, 64), dtype=torch.uint8)
+    ours = ex.gradcam(model, spec, images, [2, 8])
+    viewed = copy.deepcopy(model)
+    target, _ = ex.target_layer(viewed, spec, None)
+    path = next(n for n, m in viewed.named_modules() if m is target)
+    family = get_arch(arch).family
+    maps = _AsMaps(target, family, prefix_tokens(viewed, family))
+    set_module(viewed, path, torch.nn.Sequential(maps, _Back(maps)))
+    x = spec.preprocess.normalise(images)
+    with torch.no_grad():
+        assert torch.allclose(viewed(x), model(x), atol=1e-5)
+    cam = LayerGradCam(viewed, maps)
+    for t, j in enumerate([2, 8]):
+        a = LayerAttribution.interpolate(cam.attribute(x, target=j, relu_attributions=True), (64, 64),
+                                         interpolate_mode="bilinear").detach().reshape(4, -1)
+        a = (a / a.max(dim=1, keepdim=True).values.clamp_min(1e-12)).reshape(4, 64, 64).numpy()
+        assert np.abs(ours[:, t] - a).max() < 1e-4, arch

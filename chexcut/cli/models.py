@@ -7,15 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Resize, bound
+from chexcut.choices import Pool, Resize, bound
 from chexcut.cli.app import app, complete_arch, split_list
 from chexcut.errors import ChexcutError
-from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 
 
 @app.command("list")
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
-    """Every supported architecture: params, ImageNet top-1, block count."""
+    """Every supported architecture: params, ImageNet top-1, blocks (or layers, stages), maps or tokens, licence."""
     import chexcut.cli.ui as ui
     from chexcut.models.anatomy_cache import cached_full_params, cached_weights_meta
     from chexcut.models.registry import REGISTRY
@@ -24,8 +23,9 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to 
     for a in REGISTRY.values():
         meta = cached_weights_meta(a.name)
         rows.append({"arch": a.name, "source": a.source, "family": a.family.name, "params": cached_full_params(a.name),
-                     "top1": meta["top1"], "num_blocks": a.family.num_blocks, "paper": a.paper,
-                     "weights": meta["id"]})
+                     "top1": meta["top1"], "num_blocks": a.family.num_blocks, "unit": a.family.unit,
+                     "output": "tokens" if a.family.tokens else "maps", "pools": list(a.family.pools),
+                     "paper": a.paper, "test": a.test, "weights": meta["id"], "license": meta["license"]})
     if json_out:
         ui.print_json(rows)
     else:
@@ -36,7 +36,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to 
 def inspect(
     target: str = typer.Argument(..., help="Architecture name (see `chexcut list`) or a chexcut model file.",
                                  autocompletion=complete_arch),
-    image_size: Optional[int] = typer.Option(None, "--image-size", **bound("image_size"), help="Input size for shapes and MACs (default: 320, or the model file's)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", **bound("image_size"), help="Input size for shapes and MACs (default: 320, rounded to a size the family takes (322 for a /14 ViT), or the model file's)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
 ):
     """Block anatomy of an architecture or model file, and what each truncation level costs."""
@@ -51,7 +51,10 @@ def inspect(
         a = cached_anatomy(spec.arch, size, n_labels=len(spec.labels))
         a["model"] = spec.to_json()
     else:
-        a = cached_anatomy(source.arch, image_size if image_size is not None else DEFAULT_IMAGE_SIZE, 14)
+        from chexcut.models.registry import default_image_size, get_arch
+
+        size = image_size if image_size is not None else default_image_size(get_arch(source.arch))
+        a = cached_anatomy(source.arch, size, 14)
     if json_out:
         ui.print_json(a)
         return
@@ -72,8 +75,9 @@ def truncate(
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels (default: the 14 CheXpert observations)."),
     in_chans: int = typer.Option(3, "--in-chans", **bound("in_chans"), help="1 = grayscale input (first conv's RGB filters combined)."),
     seed: int = typer.Option(0, "--seed", **bound("seed"), help="Seed for random initialisation (the new head; all weights with --weights none)."),
-    image_size: int = typer.Option(DEFAULT_IMAGE_SIZE, "--image-size", **bound("image_size"), help="Image size recorded in the model file and used for MACs."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", **bound("image_size"), help="Image size recorded in the model file and used for MACs; a ViT or Swin is built for it (default: 320, rounded to a size the family takes)."),
     resize: Resize = typer.Option(Resize.squash, "--resize", help="Resize mode recorded in the model file (its preprocessing)."),
+    pool: Optional[Pool] = typer.Option(None, "--pool", help="How the head pools a transformer's last kept layer: token (the class token, default) or avg (the mean of the patch tokens), after the final norm; maps are always averaged."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     json_out: bool = typer.Option(False, "--json", help="Print the model spec and figures as JSON to stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
@@ -81,18 +85,20 @@ def truncate(
     """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
     import chexcut.cli.ui as ui
     from chexcut.fileio import check_writable
-    from chexcut.models.anatomy import anatomy
+    from chexcut.models.anatomy import anatomy, check_image_size
     from chexcut.models.modelfile import save_model
-    from chexcut.models.registry import get_arch, resolve_drop
+    from chexcut.models.registry import default_image_size, get_arch, resolve_drop
     from chexcut.models.surgery import truncate as do_truncate
 
     a = get_arch(arch)
     d = resolve_drop(a, drop, keep)
     if out.suffix != ".safetensors":
         raise ChexcutError(f"-o {out}: chexcut model files end in .safetensors")
+    image_size = image_size if image_size is not None else default_image_size(a)
+    check_image_size(a.name, image_size)
     check_writable(out, force=force, inputs=[weights])
     model = do_truncate(a.name, drop=d, weights=weights, labels=split_list(labels, "--labels"), in_chans=in_chans,
-                        image_size=image_size, seed=seed, resize=str(resize))
+                        image_size=image_size, seed=seed, resize=str(resize), pool=str(pool) if pool else None)
     anat = anatomy(a.name, image_size, n_labels=len(model.chexcut_spec.labels))
     save_model(model, out, force=force)
     spec = model.chexcut_spec

@@ -38,13 +38,15 @@ def print_json(obj) -> None:
 
 
 def arch_list_table(rows: list[dict]) -> Table:
-    t = Table(title="Supported architectures", title_justify="left")
-    for col, just in (("arch", "left"), ("source", "left"), ("params", "right"), ("ImageNet top-1", "right"),
-                      ("blocks", "right"), ("paper", "center")):
-        t.add_column(col, justify=just)
+    t = Table(title="Supported architectures", title_justify="left",
+              caption="`chexcut inspect ARCH`: its blocks and what each truncation costs", caption_justify="left")
+    for col, just in (("arch", "left"), ("library", "left"), ("params", "right"), ("top-1", "right"),
+                      ("blocks", "right"), ("output", "left"), ("licence", "left"), ("paper", "center")):
+        t.add_column(col, justify=just, no_wrap=col in ("arch", "blocks", "params"))
     for r in rows:
         t.add_row(r["arch"], r["source"], f"{r['params']:,}", f"{r['top1']:.2f}" if r["top1"] else "-",
-                  str(r["num_blocks"]), "yes" if r["paper"] else "")
+                  f"{r['num_blocks']} {r['unit']}s", r["output"], r["license"].split(" (")[0],
+                  "yes" if r["paper"] else "test" if r["test"] else "")
     return t
 
 
@@ -85,25 +87,39 @@ def explain_checks_table(res: dict) -> Table:
 
 def weights_table(rows: list[dict]) -> Table:
     t = Table(title="ImageNet weights", title_justify="left")
-    for col in ("arch", "file", "MB", "cached", "verified", "path (or where to place it)"):
+    for col in ("arch", "file", "licence", "MB", "cached", "verified", "path (or where to place it)"):
         t.add_column(col, justify="right" if col == "MB" else "left", overflow="fold")
     for r in rows:
         ver = {True: "[green]yes[/]", False: "[bold red]NO[/]", None: "unverified"}[r["verified"]]
-        t.add_row(r["arch"], r["file"], _f(r["size_mb"], "{:.1f}"),
+        t.add_row(r["arch"], r["file"], r["license"].split(" (")[0], _f(r["size_mb"], "{:.1f}"),
                   "[green]yes[/]" if r["cached"] else "no", ver, r["path"] or f"[dim]{r['place_at']}[/]")
     return t
 
 
 def anatomy_tables(a: dict, highlight_drop: int | None = None) -> list[Table]:
-    size = a["image_size"]
-    blocks = Table(title=f"{a['arch']} ({a['source']}) blocks at {size}px", title_justify="left")
-    for col in ("#", "block", "params", "cum. params", "channels", "reduction", "output"):
-        blocks.add_column(col, justify="left" if col == "block" else "right")
+    """The blocks (a CNN's maps, a transformer's tokens) and what each truncation level costs."""
+    size, tokens = a["image_size"], a.get("output") == "tokens"
+    unit = a.get("unit", "block")
+    weights = a.get("weights") or {}
+    caption = (f"weights {weights.get('id')}, licence {weights.get('license')}; pooling of a truncated model: "
+               f"{' or '.join(a.get('pools', ['avg']))}" if weights else None)
+    if tokens:
+        prefix = a.get("prefix_tokens", 0)
+        caption += (f"; each {unit} outputs its patch tokens plus {prefix} prefix token"
+                    f"{'s' if prefix != 1 else ''} ({'class' if prefix == 1 else 'class and register'})")
+    blocks = Table(title=f"{a['arch']} ({a['source']}) {unit}s at {size}px", title_justify="left", caption=caption,
+                   caption_justify="left")
+    columns = (("#", unit, "params", "cum. params", "width", "tokens", "patch grid") if tokens else
+               ("#", unit, "params", "cum. params", "channels", "reduction", "output"))
+    for col in columns:
+        blocks.add_column(col, justify="left" if col == unit else "right")
     blocks.add_row("", "stem", f"{a['stem_params']:,}", f"{a['stem_params']:,}", "", "", "", style="dim")
     for b in a["blocks"]:
         h, w = b["spatial"]
+        shape = (f"{h * w}+{b['tokens'] - h * w}", f"{h}x{w} (/{b['reduction']})") if tokens else \
+            (f"/{b['reduction']}", f"{h}x{w}")
         blocks.add_row(str(b["index"]), b["name"], f"{b['params']:,}", f"{b['cum_params']:,}",
-                       str(b["out_channels"]), f"/{b['reduction']}", f"{h}x{w}")
+                       str(b["out_channels"]), *shape)
     trunc = Table(title=f"Truncation levels ({a['n_labels']}-way head)", title_justify="left")
     for col in ("drop", "keep", "params", "% of full", "compression", "MACs", "features"):
         trunc.add_column(col, justify="right")
@@ -378,6 +394,8 @@ class TrainProgress:
             self.task = self.progress.add_task("train", total=event.last_step, completed=event.step, info="")
             err.print(f"{event.train_images} train / {event.valid_images} valid images on {event.device} "
                       f"({event.precision}, {'cached' if event.cached else 'decoding'} images)")
+            for note in event.notes:
+                err.print(f"note: {note}", markup=False, highlight=False)
         elif isinstance(event, events.Log) and self.progress:
             row = event.row
             info = f"loss {row['train_loss']:.4f}  {row['images_per_s']:.0f} img/s"

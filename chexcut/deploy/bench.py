@@ -147,9 +147,8 @@ def bench(target: str, drops: list[int] | None = None, settings: BenchSettings =
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.modelfile import load_model
-    from chexcut.models.registry import get_arch
+    from chexcut.models.registry import default_image_size, get_arch
     from chexcut.models.source import ModelSource
-    from chexcut.models.spec import DEFAULT_IMAGE_SIZE
     from chexcut.models.surgery import truncate
 
     s = settings
@@ -168,7 +167,7 @@ def bench(target: str, drops: list[int] | None = None, settings: BenchSettings =
         bad = [d for d in levels if not 0 <= d < arch.family.num_blocks]
         if bad:
             raise ChexcutError(f"--drops {bad[0]} is out of range for {arch.name}: valid 0..{arch.family.num_blocks - 1}")
-        size = int(image_size or DEFAULT_IMAGE_SIZE)
+        size = int(image_size or default_image_size(arch))
     check_image_size(arch.name, size)
     if threads:
         torch.set_num_threads(threads)
@@ -177,8 +176,8 @@ def bench(target: str, drops: list[int] | None = None, settings: BenchSettings =
     for i, d in enumerate(levels):
         if progress:
             progress(i, len(levels), info=f"drop {d}")
-        model = load_model(source.file) if source.is_file else truncate(arch.name, drop=d, weights="none",
-                                                                          image_size=size)
+        model = load_model(source.file, image_size=size) if source.is_file else truncate(arch.name, drop=d,
+                                                                                          weights="none", image_size=size)
         t = anat["truncations"][d]
         res = bench_level(model, model.chexcut_spec, dev, size, s)
         rows.append({"drop": d, "keep": t["keep"], "params": model.chexcut_spec.params, "macs": t["macs"],

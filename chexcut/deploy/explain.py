@@ -38,22 +38,35 @@ MAX_RANDOMISED_CORRELATION = 0.5  # maps of a re-initialised model must differ: 
 
 def block_modules(model: nn.Module, spec: ModelSpec) -> list[nn.Module]:
     """The kept blocks of a chexcut model, in order (index 1 = block 1 of ``inspect``)."""
+    from chexcut.models.backbone import block_modules as kept_blocks
     from chexcut.models.registry import get_arch
-    from chexcut.models.surgery import get_module
 
-    if spec.drop > 0:
-        return list(model.blocks)
-    fam = get_arch(spec.arch).family
-    return [get_module(model, paths[-1]) for paths in fam.blocks]
+    return kept_blocks(model, get_arch(spec.arch), spec.drop)
 
 
 def target_layer(model: nn.Module, spec: ModelSpec, layer: int | None) -> tuple[nn.Module, int]:
+    """The module Grad-CAM reads for block ``layer`` (default: the last kept): the block, or the part of it its
+    family declares (a ViT layer's ``norm1``, see ``Family.cam_module``)."""
+    from chexcut.models.registry import get_arch
+
     blocks = block_modules(model, spec)
     index = len(blocks) if layer is None else layer
     if not 1 <= index <= len(blocks):
         raise ChexcutError(f"--layer {layer} is out of range: this model keeps blocks 1..{len(blocks)} "
                            f"(see `chexcut inspect`)")
-    return blocks[index - 1], index
+    inner = get_arch(spec.arch).family.cam_module
+    return (blocks[index - 1].get_submodule(inner) if inner else blocks[index - 1]), index
+
+
+def _to_maps(model: nn.Module, spec: ModelSpec):
+    """The block output -> NCHW map function of this model's family (a ViT's tokens laid on their patch grid, its
+    class and register tokens left out; a Swin's NHWC permuted; maps as they are)."""
+    from chexcut.models.backbone import as_maps, prefix_tokens
+    from chexcut.models.registry import get_arch
+
+    family = get_arch(spec.arch).family
+    prefix = prefix_tokens(model, family)
+    return lambda x: as_maps(x, family, prefix)
 
 
 def gradcam(model: nn.Module, spec: ModelSpec, images: torch.Tensor, targets, layer: int | None = None,
@@ -65,11 +78,14 @@ def gradcam(model: nn.Module, spec: ModelSpec, images: torch.Tensor, targets, la
     the layer's activations are kept and each target's gradient with respect to them is taken from the same
     graph (the backward runs only from the head down to the layer). The arithmetic is Captum's
     ``LayerGradCam`` (channel weights = spatially averaged gradients, ReLU of the weighted sum) and
-    ``LayerAttribution.interpolate`` (bilinear); ``tests/test_explain.py`` checks the maps against Captum.
+    ``LayerAttribution.interpolate`` (bilinear); ``tests/test_explain.py`` checks the maps against Captum. A
+    transformer layer's tokens are laid on their patch grid first (class and register tokens left out), and a
+    Swin stage's NHWC output permuted, by the family's description (:mod:`chexcut.models.backbone`).
     The model is in eval mode, so a map does not depend on its batch-mates."""
     import torch.nn.functional as F
 
     module, _ = target_layer(model, spec, layer)
+    to_maps = _to_maps(model, spec)
     per_image = np.asarray(targets, dtype=np.int64)
     if per_image.ndim == 1:
         per_image = np.broadcast_to(per_image, (len(images), len(per_image)))
@@ -87,7 +103,8 @@ def gradcam(model: nn.Module, spec: ModelSpec, images: torch.Tensor, targets, la
                 for t in range(per_image.shape[1]):
                     picked = logits[rows, torch.tensor(per_image[lo:lo + batch, t].tolist())]
                     grads, = torch.autograd.grad(picked.sum(), acts, retain_graph=t + 1 < per_image.shape[1])
-                    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1, keepdim=True))
+                    maps, grads = to_maps(acts), to_maps(grads)  # (N, C, h, w) for maps and tokens alike
+                    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * maps).sum(dim=1, keepdim=True))
                     cam = F.interpolate(cam.detach(), size, mode="bilinear").float().reshape(len(x), -1)
                     top = cam.max(dim=1, keepdim=True).values.clamp_min(1e-12)
                     out[lo:lo + len(x), t] = (cam / top).reshape(len(x), *size).numpy()
@@ -342,16 +359,17 @@ def randomisation(model, spec: ModelSpec, images: torch.Tensor, labels: list[str
 
     targets = [spec.labels.index(n) for n in labels]
     base = gradcam(model, spec, images, targets, layer)
+    from chexcut.models.registry import get_arch
+    from chexcut.models.surgery import head_of
+
     rand = copy.deepcopy(model)
     blocks = block_modules(rand, spec)
     steps = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for k, block in enumerate([None, *reversed(blocks)]):
-            mods = [m for m in (rand.modules() if block is None else block.modules())]
-            for m in mods:
-                if block is None and not isinstance(m, nn.Linear):
-                    continue
+            # the head first (only it: a transformer's blocks hold Linear layers too), then block by block
+            for m in (head_of(rand, get_arch(spec.arch), spec.drop) if block is None else block).modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
             maps = gradcam(rand, spec, images, targets, layer)

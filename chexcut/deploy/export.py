@@ -80,7 +80,7 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
 
     from chexcut.fileio import atomic_path, check_writable
     from chexcut.models.anatomy import check_image_size
-    from chexcut.models.modelfile import load_model
+    from chexcut.models.modelfile import load_model, read_spec
     from chexcut.models.source import ModelSource
 
     onnx, _ = require_onnx()
@@ -89,10 +89,11 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
         raise ChexcutError(f"-o {out}: give a file name ending in .onnx")
     check_writable(out, force=force, inputs=[model_path])
     path = ModelSource.parse(str(model_path)).require_file("export")
-    model = load_model(path)
-    spec = model.chexcut_spec
+    spec = read_spec(path)
     size = int(image_size or spec.preprocess.image_size)
     check_image_size(spec.arch, size)
+    model = load_model(path, image_size=size)  # a ViT exported at another size: its position embeddings resampled
+    spec = model.chexcut_spec
     dep = Deployable(model, spec).eval()
     example = torch.zeros((2, 1, size, size), dtype=torch.uint8)
     with atomic_path(out) as tmp, warnings.catch_warnings():

@@ -56,7 +56,7 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
     from chexcut.data.cpus import limit_threads
 
     limit_threads()
-    model = load_model(path, device=str(dev))
+    model = load_model(path, device=str(dev), image_size=size)  # a ViT at another size: resampled by timm
     try:  # `chexcut prepare` caches the whole dataset (train + valid): read this split from it
         key_files = load_split(es.data, "all", opts).files
     except ChexcutError:

@@ -116,13 +116,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu", image_size: int | N
     if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
         raise ChexcutError(f"{path}: the tensors do not match the model its spec describes ({spec.arch})")
     load_with_metadata(model, tensors)
-    if image_size is not None and image_size != spec.preprocess.image_size:
-        from dataclasses import replace
-
-        from chexcut.models.registry import get_arch
-        from chexcut.models.surgery import fit_input_size
-
-        fit_input_size(model, get_arch(spec.arch), image_size)
-        spec = replace(spec, preprocess=spec.preprocess.with_size(image_size))
     model.chexcut_spec = spec
+    if image_size is not None and image_size != spec.preprocess.image_size:
+        from chexcut.models.surgery import at_input_size
+
+        model = at_input_size(model, image_size)
     return model.to(device).eval()

@@ -89,6 +89,9 @@ class Family:
     sized:   built for its input size (timm's ``img_size``): a ViT's position embeddings, a Swin's windows;
              timm resamples them when the weights were trained at another size.
     size_multiple: the input size must be a multiple of this (a ViT's patch: 14 for DINOv2).
+    cam_module: where Grad-CAM reads a block, within it ("": its output). A ViT's is ``norm1``, the normalised
+             tokens its attention reads: at a layer's output only the class token reaches a token-pooling head,
+             so the patch tokens' gradients there are zero (pytorch-grad-cam's advice for ViTs, the same).
     """
 
     name: str
@@ -105,6 +108,7 @@ class Family:
     pruning: str = "table"
     sized: bool = False
     size_multiple: int = 1
+    cam_module: str = ""
 
     @property
     def tokens(self) -> bool:
@@ -198,15 +202,19 @@ INCEPTION_V4 = Family(
 
 
 def _timm_family(name: str, prefix: str, count: int, unit: str, output: str, pools=("avg",), sized=False,
-                 size_multiple=1, head="head") -> Family:
+                 size_multiple=1, head="head", cam_module="") -> Family:
     """A family timm prunes: ``count`` blocks named ``prefix.0`` ... (timm's ``feature_info`` modules)."""
     return Family(name=name, stem=(), blocks=_seq(prefix, [[i] for i in range(count)]), head=head, unit=unit,
-                  output=output, pools=pools, pruning="timm", sized=sized, size_multiple=size_multiple)
+                  output=output, pools=pools, pruning="timm", sized=sized, size_multiple=size_multiple,
+                  cam_module=cam_module)
 
 
-VIT_12 = _timm_family("vit", "blocks", 12, "layer", "NLC", pools=("token", "avg"), sized=True, size_multiple=16)
-VIT_TEST = _timm_family("vit", "blocks", 6, "layer", "NLC", pools=("token", "avg"), sized=True, size_multiple=16)
-DINOV2_12 = _timm_family("vit", "blocks", 12, "layer", "NLC", pools=("token", "avg"), sized=True, size_multiple=14)
+def _vit(count: int, patch: int) -> Family:
+    return _timm_family("vit", "blocks", count, "layer", "NLC", pools=("token", "avg"), sized=True,
+                        size_multiple=patch, cam_module="norm1")
+
+
+VIT_12, VIT_TEST, DINOV2_12 = _vit(12, 16), _vit(6, 16), _vit(12, 14)
 SWIN = _timm_family("swin", "layers", 4, "stage", "NHWC", sized=True, size_multiple=32, head="head.fc")
 CONVNEXT = _timm_family("convnext", "stages", 4, "stage", "NCHW", head="head.fc")
 

@@ -65,11 +65,24 @@ def build_architecture(arch: Arch | str, image_size: int | None = None) -> nn.Mo
     return library_of(arch).build(arch, image_size)
 
 
-def fit_input_size(model: nn.Module, arch: Arch, image_size: int) -> None:
-    """A model of a family built for its input size, set to ``image_size`` by timm's ``set_input_size`` (position
-    embeddings resampled, Swin windows and masks rebuilt); nothing for the others, which take any size."""
-    if arch.family.sized:
-        model.set_input_size(img_size=(int(image_size), int(image_size)))
+def at_input_size(model: nn.Module, image_size: int) -> nn.Module:
+    """A chexcut model (carrying its spec) as it would be built for ``image_size``: a family built for its size
+    (ViT, Swin) is rebuilt at that size and its weights loaded through timm's checkpoint filter (position
+    embeddings and Swin relative-position tables resampled, as ``timm.create_model(img_size=...)`` loads
+    pretrained weights); any other model is returned as it is, since it takes any size."""
+    spec: ModelSpec = model.chexcut_spec
+    arch = get_arch(spec.arch)
+    if not arch.family.sized or int(image_size) == spec.preprocess.image_size:
+        return model
+    from dataclasses import replace
+
+    resized = replace(spec, preprocess=spec.preprocess.with_size(int(image_size)))
+    fresh = rebuild(resized)
+    own = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    load_state_dict_strict(fresh, library_of(arch).adapt_state(arch, own, fresh), arch,
+                           f"{spec.arch} resampled from {spec.preprocess.image_size} to {image_size} px")
+    fresh.chexcut_spec = resized
+    return fresh.train(model.training)
 
 
 # ----------------------------------------------------------------------------- weights

@@ -31,6 +31,27 @@ from chexcut.errors import ChexcutError
 from chexcut.fileio import sha256_file, writable_folder
 from chexcut.models.libraries import host_resolves, library_of, staged_path  # noqa: F401 (staged_path: re-exported)
 
+#: Words of a licence identifier that mean "not for commercial use" (CC BY-NC's ``nc``, research-only terms).
+NON_COMMERCIAL_WORDS = frozenset({"nc", "noncommercial", "research"})
+
+
+def non_commercial(license: str | None) -> bool:
+    """Whether a weights licence (an SPDX-like id such as ``cc-by-nc-4.0``, or words) forbids commercial use."""
+    import re
+
+    text = str(license or "").lower()
+    return bool(set(re.split(r"[^a-z]+", text)) & NON_COMMERCIAL_WORDS) or "non-commercial" in text
+
+
+def licence_note(weights: dict) -> str | None:
+    """The one line a run starting from non-commercial weights prints (and records), or None."""
+    if not non_commercial(weights.get("license")):
+        return None
+    name = weights.get("id") or weights.get("path") or "the starting weights"
+    return (f"{name} are licensed {weights['license']}: models trained from them inherit its terms "
+            f"(no commercial use)")
+
+
 MIRROR_ENV = "CHEXCUT_WEIGHTS_MIRROR"
 SHA256_ENV = "CHEXCUT_WEIGHTS_SHA256"
 
@@ -54,7 +75,8 @@ def status(arch) -> dict:
     """One row of ``chexcut weights list``."""
     meta = library_of(arch).weights_meta(arch)
     found = library_of(arch).cached_file(arch)
-    row = {"arch": arch.name, "weights": meta["id"], "file": mirror_name(arch), "url": meta["url"],
+    row = {"arch": arch.name, "weights": meta["id"], "license": meta["license"], "file": mirror_name(arch),
+           "url": meta["url"],
            "size_mb": library_of(arch).size_mb(arch), "cached": found is not None, "path": str(found) if found else None,
            "place_at": str(library_of(arch).place_path(arch)), "verified": None}
     if found is not None:

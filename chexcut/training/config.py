@@ -49,6 +49,7 @@ class TrainConfig:
     resize: str = "squash"
     log_every: int = 50
     precise_bn: int = 0  # training images to re-estimate BatchNorm statistics on before each validation
+    layer_decay: float | None = None  # layer-wise learning-rate decay (timm's param_groups_layer_decay); None: off
 
     @classmethod
     def from_recipe(cls, recipe: str, **overrides) -> "TrainConfig":
@@ -65,6 +66,8 @@ class TrainConfig:
             check_bounds(name, getattr(self, name))
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ChexcutError(f"--lr must be positive, not {self.lr}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ChexcutError(f"--layer-decay must be in (0, 1] (0.65 to 0.75 is usual for a ViT), not {self.layer_decay}")
         self.precision = check(Precision, self.precision, "--precision")
         self.resize = check(Resize, self.resize, "--resize")
 
@@ -179,7 +182,11 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("workers", int, "DataLoader worker processes (default: 4, at most the CPUs this process may use: "
                 "its affinity, SLURM_CPUS_PER_TASK).", bound=True),
     TrainOption("precise_bn", int, "Before each validation, re-estimate BatchNorm statistics on N training images "
-                "(for short runs; 0 = off).", bound=True),
+                "(for short runs; 0 = off; a model without BatchNorm, such as a ViT, skips it with a note).",
+                bound=True),
+    TrainOption("layer_decay", float, "Layer-wise learning-rate decay: layer k of L learns at lr x D^(L-k), the "
+                "head at lr (timm's param_groups_layer_decay; usual for ViT fine-tuning, 0.65-0.75; off by "
+                "default; timm families only)."),
     TrainOption("max_steps", int, "Stop after this many steps in all (the schedule is unchanged; --resume "
                 "continues).", bound=True, on_resume=True),
     TrainOption("log_every", int, "Log every N steps.", default=50, bound=True),

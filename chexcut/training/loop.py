@@ -94,7 +94,7 @@ def train_loop(s: Session) -> dict:
     write_state(s, "running")
     s.emit(events.Start(step=st.step, last_step=d.last_step, steps_per_epoch=d.steps_per_epoch,
                         train_images=len(d.train), valid_images=len(d.valid), device=str(device),
-                        precision=s.precision, cached=d.cache is not None))
+                        precision=s.precision, cached=d.cache is not None, notes=s.notes))
     meter = ThroughputMeter(device)
     try:
         while st.step < d.last_step:

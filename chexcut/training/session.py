@@ -61,6 +61,7 @@ class Session:
     state: RunState
     metrics: MetricsLog
     emit: object
+    notes: tuple[str, ...] = ()  # said once when training starts (events.Start)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -117,7 +118,20 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return f
 
 
-def make_optimizer(cfg: TrainConfig, params):
+def make_optimizer(cfg: TrainConfig, model):
+    """The recipe's optimizer over ``model``'s parameters; with ``--layer-decay D`` one group per layer (timm's
+    ``param_groups_layer_decay``: layer k of L at lr x D^(L-k), the head at lr; biases and norms without weight
+    decay), each group's lr set from its ``lr_scale`` so the schedule scales them all alike."""
+    params = model.parameters()
+    if cfg.layer_decay is not None:
+        from timm.optim import param_groups_layer_decay
+
+        if not hasattr(model, "group_matcher"):
+            raise ChexcutError("--layer-decay needs a model whose layers timm can group (ViT, DeiT, DINOv2, Swin, "
+                               "ConvNeXt); this one is cut from a torchvision-style table")
+        params = param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+        for group in params:
+            group["lr"] = cfg.lr * group.pop("lr_scale", 1.0)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -125,8 +139,9 @@ def make_optimizer(cfg: TrainConfig, params):
     raise ChexcutError(f"unknown optimizer {cfg.optimizer!r}")
 
 
-def build_model(source: dict, labels=None):
-    """The starting model: a model file, or an architecture cut inline (same rules as truncate)."""
+def build_model(source: dict, labels=None, image_size: int | None = None):
+    """The starting model: a model file, or an architecture cut inline (same rules as truncate) and built for
+    ``image_size`` (a ViT's position embeddings resampled once, from the weights' size)."""
     from chexcut.models.modelfile import load_model
     from chexcut.models.surgery import truncate
 
@@ -138,7 +153,7 @@ def build_model(source: dict, labels=None):
     kw = {k: source[k] for k in ("drop", "keep", "weights", "in_chans", "seed") if source.get(k) is not None}
     if labels:
         kw["labels"] = labels
-    return truncate(source["arch"], **kw)
+    return truncate(source["arch"], image_size=image_size, **kw)
 
 
 def check_same_model(spec: ModelSpec, recorded: dict, rd: RunDir) -> None:
@@ -152,7 +167,7 @@ def check_same_model(spec: ModelSpec, recorded: dict, rd: RunDir) -> None:
                            f"{recorded[k]!r}); start the run over with --force")
 
 
-def starting_model(run: Run, rd: RunDir):
+def starting_model(run: Run, rd: RunDir, image_size: int | None = None):
     """(model, spec, checkpoint or None): the checkpointed model on --resume, else the run's source."""
     from chexcut.models.surgery import rebuild
 
@@ -166,7 +181,7 @@ def starting_model(run: Run, rd: RunDir):
             raise ChexcutError(f"--resume {rd}: no last.ckpt and no model source in config.json; start over with "
                                f"--force")
         rd.metrics.unlink(missing_ok=True)
-    model = build_model(run.model_source, run.opts.labels)
+    model = build_model(run.model_source, run.opts.labels, image_size)
     return model, model.chexcut_spec, None
 
 
@@ -232,8 +247,7 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     from chexcut.data.cpus import limit_threads
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.infer import resolve_precision
-    from chexcut.models.registry import get_arch
-    from chexcut.models.surgery import fit_input_size
+    from chexcut.models.surgery import at_input_size
 
     cfg, rd = run.cfg, RunDir(run.run_dir)
     limit_threads()
@@ -244,10 +258,9 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     channels_last = cfg.channels_last and device.type == "cuda"
 
     torch.manual_seed(cfg.seed)  # before the model is built: a random init is part of the run
-    model, spec, ckpt = starting_model(run, rd)
+    model, spec, ckpt = starting_model(run, rd, cfg.image_size)
     check_image_size(spec.arch, cfg.image_size)
-    if cfg.image_size != spec.preprocess.image_size:  # a ViT's position embeddings resampled to the run's size
-        fit_input_size(model, get_arch(spec.arch), cfg.image_size)
+    model = at_input_size(model, cfg.image_size)  # a ViT's position embeddings resampled to the run's size
     # the preprocessing this run trains with: the model's normalisation, the run's image size and resize mode
     spec = dataclasses.replace(spec, preprocess=spec.preprocess.with_size(cfg.image_size, cfg.resize))
     opts = dataclasses.replace(run.opts, labels=spec.labels)
@@ -259,7 +272,7 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, data.total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = restore(ckpt, model, optimizer, scheduler, scaler, device) if ckpt is not None else RunState()
@@ -273,10 +286,17 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     if use_compile:
         train_model = torch.compile(train_model)
     sampler, loader, val_loader, val_shard = make_loaders(data, cfg, device, dist)
+    notes = []
+    if cfg.precise_bn and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        notes.append(f"--precise-bn skipped: {spec.arch} has no BatchNorm (its LayerNorms keep no running statistics)")
+    from chexcut.models.weights import licence_note
+
+    if licence_note(spec.weights):
+        notes.append(licence_note(spec.weights))
     s = Session(run=run, rd=rd, cfg=cfg, device=device, dist=dist, precision=precision, channels_last=channels_last,
                 spec=spec, data=data, model=model, train_model=train_model, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, loader=loader, val_loader=val_loader, sampler=sampler, val_shard=val_shard,
-                state=state, metrics=MetricsLog(rd.metrics, spec.labels), emit=emit)
+                state=state, metrics=MetricsLog(rd.metrics, spec.labels), emit=emit, notes=tuple(notes))
     if dist.main:
         s.metrics.start()
     return s
