@@ -55,7 +55,7 @@ class Demo:
     """The demo's study: architectures x drops (pretrained when the weights can be had, and random init) on
     ``n`` phantom images at ``image_size`` px, ``epochs`` each; ``seed`` draws the phantom and seeds the runs."""
 
-    archs: tuple[str, ...] = ("resnet18", "densenet121", "mobilenet_v2")
+    archs: tuple[str, ...] = ("resnet18", "densenet121", "mobilenet_v2", "vit_tiny_patch16_224")
     drops: tuple[int, ...] = (0, 1, 2)
     n: int = 500
     image_size: int = 64

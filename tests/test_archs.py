@@ -14,7 +14,7 @@ EXPECTED_BLOCKS = {
     "inception_v3": 11, "inception_v4": 16, "mnasnet1_0": 6, "mobilenet_v2": 7,
     "mobilenet_v3_large": 6, "mobilenet_v3_small": 5,
     "efficientnet_b0": 7, "efficientnet_b1": 7, "efficientnet_b2": 7, "efficientnet_b3": 7,
-    "vit_small_patch16_224": 12, "vit_base_patch16_224": 12, "deit_small_patch16_224": 12,
+    "vit_tiny_patch16_224": 12, "vit_small_patch16_224": 12, "vit_base_patch16_224": 12, "deit_small_patch16_224": 12,
     "vit_small_patch14_dinov2": 12, "vit_base_patch14_dinov2": 12, "vit_small_patch14_reg4_dinov2": 12,
     "vit_base_patch14_reg4_dinov2": 12, "swin_tiny_patch4_window7_224": 4, "convnext_tiny": 4, "convnext_small": 4,
     "convnext_base": 4, "test_vit": 6, "test_convnext": 4,

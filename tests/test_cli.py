@@ -43,7 +43,7 @@ def test_list_json():
     rc, out, err = run_cli("list", "--json")
     assert rc == 0, err
     rows = json.loads(out)
-    assert len(rows) == len(REGISTRY) == 30 and sum(r["paper"] for r in rows) == 16 and sum(r["test"] for r in rows) == 2
+    assert len(rows) == len(REGISTRY) == 31 and sum(r["paper"] for r in rows) == 16 and sum(r["test"] for r in rows) == 2
     r50 = next(r for r in rows if r["arch"] == "resnet50")
     assert r50["params"] == 25_557_032 and r50["top1"] == 76.13
 

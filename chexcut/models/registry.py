@@ -273,6 +273,7 @@ _ARCHS: tuple[Arch, ...] = (
     Arch("efficientnet_b3", EFFICIENTNET, "torchvision", "IMAGENET1K_V1"),
     # Since 2021: Vision Transformers, DINOv2, Swin, ConvNeXt (timm; top-1 from timm's results-imagenet.csv,
     # the tag's row at 224 px).
+    Arch("vit_tiny_patch16_224", VIT_12, "timm", "augreg_in21k_ft_in1k", paper=False, top1=75.452),
     Arch("vit_small_patch16_224", VIT_12, "timm", "augreg_in21k_ft_in1k", paper=False, top1=81.402),
     Arch("vit_base_patch16_224", VIT_12, "timm", "augreg2_in21k_ft_in1k", paper=False, top1=85.108),
     Arch("deit_small_patch16_224", VIT_12, "timm", "fb_in1k", paper=False, top1=79.856),

@@ -100,11 +100,19 @@ def _model_section(f: dict, study: dict | None) -> dict:
     w = m.get("weights") or {}
     init = {"none": "random initialisation (no pretrained weights)", "imagenet": "ImageNet-pretrained weights"}.get(
         w.get("kind"), f"weights from {w.get('path') or w.get('kind')}")
+    if w.get("id"):
+        init += f" ({w['id']})"
     if w.get("sha256"):
         init += f" (sha256 {w['sha256']})"
+    from chexcut.models.weights import licence_note
+
+    licence = w.get("license") or ("none (random initialisation)" if w.get("kind") == "none" else "not recorded")
+    if licence_note(w):
+        licence += ": NON-COMMERCIAL; the model inherits these terms"
     rows = [["architecture", m["arch"]], ["blocks kept", f"{m['keep']} of {m['num_blocks']} (drop {m['drop']})"],
             ["parameters", f"{m['params']:,}"], ["input channels", m["in_chans"]],
             ["outputs", f"{len(m['labels'])} sigmoid outputs: {', '.join(m['labels'])}"], ["initialisation", init],
+            ["weights licence", licence], ["pooling", m.get("pool", "avg")],
             ["model file", f"{f['run']}/best.safetensors (sha256 {f['model_sha256']})"]]
     paras = []
     if study:

@@ -161,6 +161,7 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     if not data.exists():
         raise ChexcutError(f"--data {data} does not exist")
     grid = grid.check()
+    _check_sizes(grid, options)
     _check_data(data, options)
     for ext in evaluate_options["external"]:
         _check_external(ext, options)
@@ -188,6 +189,19 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     if slurm:
         write_text(out / "study.sbatch", sbatch_script(len(runs), slurm))
     return plan
+
+
+def _check_sizes(grid: Grid, options: FinetuneOptions) -> None:
+    """Every architecture takes the runs' image size (a /14 ViT takes no 320, a Swin's windows a multiple of 32):
+    refused now, in one line, not as a shape error in each run's first step."""
+    from chexcut.models.anatomy import check_image_size
+
+    size = options.train_config(seed=0).image_size
+    for arch in grid.archs:
+        try:
+            check_image_size(arch, size)
+        except ChexcutError as e:
+            raise ChexcutError(f"--archs {arch}: {e}") from None
 
 
 def _check_data(data: Path, options: FinetuneOptions) -> None:
