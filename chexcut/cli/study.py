@@ -10,6 +10,7 @@ import typer
 
 from chexcut.choices import bound
 from chexcut.cli.app import TrackOpt, app, ints, split_list
+from chexcut.demo import Demo
 from chexcut.errors import ChexcutError
 
 study_app = typer.Typer(help="Plan and run a grid of finetune + evaluate runs (locally or on Slurm).",
@@ -260,12 +261,12 @@ def report(
 @app.command()
 def demo(
     folder: Annotated[Path, typer.Argument(help="Where to put the phantom data, study and report.")] = Path("chexcut-demo"),
-    archs: Annotated[str, typer.Option("--archs")] = "resnet18,densenet121,mobilenet_v2",
-    drops: Annotated[str, typer.Option("--drops")] = "0,1,2",
-    n: Annotated[int, typer.Option("--n", help="Phantom images.")] = 500,
-    image_size: Annotated[int, typer.Option("--image-size", **bound("image_size"))] = 64,
-    epochs: Annotated[int, typer.Option("--epochs", **bound("epochs"))] = 4,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"))] = 500,
+    archs: Annotated[str, typer.Option("--archs")] = ",".join(Demo.archs),
+    drops: Annotated[str, typer.Option("--drops")] = ",".join(map(str, Demo.drops)),
+    n: Annotated[int, typer.Option("--n", help="Phantom images.")] = Demo.n,
+    image_size: Annotated[int, typer.Option("--image-size", **bound("image_size"))] = Demo.image_size,
+    epochs: Annotated[int, typer.Option("--epochs", **bound("epochs"))] = Demo.epochs,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"))] = Demo.bootstrap,
     jobs: Annotated[int, typer.Option("--jobs", **bound("jobs"), help="Runs at once (1: all in this process, no import per run).")] = 1,
     seed: Annotated[int, typer.Option("--seed", **bound("seed"), help="Draws the phantom data and seeds every run.")] = 0,
     offline: Annotated[bool, typer.Option("--offline", help="Never try the network for ImageNet weights.")] = False,
@@ -273,7 +274,7 @@ def demo(
 ):
     """The whole study on phantom data: weights, generate, plan, fine-tune, evaluate, report (CPU: ~3 minutes)."""
     import chexcut.cli.ui as ui
-    from chexcut.demo import Demo, run_demo
+    from chexcut.demo import run_demo
 
     demo = Demo(archs=tuple(split_list(archs, "--archs") or ()), drops=tuple(ints(drops, "drops")), n=n, image_size=image_size,
                 epochs=epochs, bootstrap=bootstrap, seed=seed)
