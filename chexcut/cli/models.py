@@ -16,6 +16,7 @@ from chexcut.errors import ChexcutError
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
     """Every supported architecture: params, ImageNet top-1, blocks (or layers, stages), maps or tokens, licence."""
     import chexcut.cli.ui as ui
+    import chexcut.cli.ui_models as ui_models
     from chexcut.models.anatomy_cache import cached_full_params, cached_weights_meta
     from chexcut.models.registry import REGISTRY
 
@@ -29,7 +30,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to 
     if json_out:
         ui.print_json(rows)
     else:
-        ui.out.print(ui.arch_list_table(rows))
+        ui.out.print(ui_models.arch_list_table(rows))
 
 
 @app.command()
@@ -41,6 +42,7 @@ def inspect(
 ):
     """Block anatomy of an architecture or model file, and what each truncation level costs."""
     import chexcut.cli.ui as ui
+    import chexcut.cli.ui_models as ui_models
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.source import ModelSource
 
@@ -61,7 +63,7 @@ def inspect(
     if spec:
         ui.out.print(f"[bold]{target}[/]: {spec.arch} drop {spec.drop} (keep {spec.keep}/{spec.num_blocks}), "
                      f"{spec.params:,} params, {len(spec.labels)} labels, weights {spec.weights_name}")
-    for t in ui.anatomy_tables(a, highlight_drop=spec.drop if spec else None):
+    for t in ui_models.anatomy_tables(a, highlight_drop=spec.drop if spec else None):
         ui.out.print(t)
 
 
@@ -84,6 +86,7 @@ def truncate(
 ):
     """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
     import chexcut.cli.ui as ui
+    import chexcut.cli.ui_models as ui_models
     from chexcut.fileio import check_writable
     from chexcut.models.anatomy import anatomy, check_image_size
     from chexcut.models.modelfile import save_model
@@ -106,7 +109,7 @@ def truncate(
     if json_out:
         ui.print_json({"path": str(out), "model": spec.to_json(), "full": vars(full), "truncated": vars(cut)})
     elif not quiet:
-        ui.err.print(ui.truncate_table(spec, vars(full), vars(cut)))
+        ui.err.print(ui_models.truncate_table(spec, vars(full), vars(cut)))
         ui.err.print(f"wrote {out}")
 
 
@@ -131,6 +134,7 @@ def weights_list(
 ):
     """Every architecture's weights: id, file, size, URL, whether cached, where, and whether its hash verifies."""
     import chexcut.cli.ui as ui
+    import chexcut.cli.ui_models as ui_models
     from chexcut.models.registry import PAPER_ARCHS, REGISTRY
     from chexcut.models.weights import status
 
@@ -138,7 +142,7 @@ def weights_list(
     if json_out:
         ui.print_json(rows)
     else:
-        ui.out.print(ui.weights_table(rows))
+        ui.out.print(ui_models.weights_table(rows))
 
 
 @weights_app.command("fetch")

@@ -25,8 +25,8 @@ PANELS: dict[str, dict[str, list[str]]] = {
     "finetune": {
         "Model, data and run": ["data", "out", "resume", "force", "drop", "keep", "weights", "in_chans", "seed"],
         "Data selection": _DATA,
-        "Training recipe": ["recipe", "epochs", "batch_size", "lr", "image_size", "resize", "val_every", "precise_bn",
-                            "max_steps"],
+        "Training recipe": ["recipe", "epochs", "batch_size", "lr", "layer_decay", "image_size", "resize", "val_every",
+                            "precise_bn", "max_steps"],
         "Speed and devices": ["precision", "channels_last", "compile", "workers", "device", "cache", "skip_missing"],
         "Output and tracking": ["log_every", "log_format", "quiet", "track", "track_experiment", "track_tag",
                                 "track_models"],
@@ -37,6 +37,11 @@ PANELS: dict[str, dict[str, list[str]]] = {
         "Slurm": ["slurm", "nodes", "gpus_per_task", "cpus_per_task", "time", "partition", "account", "mem",
                   "signal_before", "requeue", "sbatch"],
         "Tracking": ["track", "track_models"],
+    },
+    "truncate": {
+        "Model": ["drop", "keep", "weights", "labels", "in_chans", "pool", "seed"],
+        "Preprocessing recorded in the model file": ["image_size", "resize"],
+        "Output": ["out", "force", "json_out", "quiet"],
     },
     "prepare": {
         "Images and cache": ["image_size", "resize", "cache", "workers", "skip_missing", "skip_bad"],
@@ -53,9 +58,11 @@ PANELS: dict[str, dict[str, list[str]]] = {
 #: command path -> two or three example lines (shown at the end of its help and in the CLI reference).
 EXAMPLES: dict[str, list[str]] = {
     "list": ["chexcut list", "chexcut list --json"],
-    "inspect": ["chexcut inspect resnet50", "chexcut inspect densenet121 --image-size 320 --json"],
+    "inspect": ["chexcut inspect resnet50", "chexcut inspect vit_base_patch16_224 --image-size 320",
+                "chexcut inspect densenet121 --image-size 320 --json"],
     "truncate": ["chexcut truncate resnet50 --drop 2 -o resnet50-d2.safetensors",
-                 "chexcut truncate densenet121 --keep 3 --weights none -o d121-k3.safetensors"],
+                 "chexcut truncate densenet121 --keep 3 --weights none -o d121-k3.safetensors",
+                 "chexcut truncate vit_base_patch16_224 --drop 4 --pool avg --image-size 320 -o vitb-d4.safetensors"],
     "prepare": ["chexcut prepare data/chexpert --image-size 320", "chexcut prepare nih:data/nih --views all --json"],
     "phantom": ["chexcut phantom data/phantom --n 600", "chexcut phantom data/nih-phantom --layout nih --n 200"],
     "finetune": ["chexcut finetune resnet50 --drop 2 --data data/chexpert --out runs/r50-d2",

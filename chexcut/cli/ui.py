@@ -37,19 +37,6 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
-def arch_list_table(rows: list[dict]) -> Table:
-    t = Table(title="Supported architectures", title_justify="left",
-              caption="`chexcut inspect ARCH`: its blocks and what each truncation costs", caption_justify="left")
-    for col, just in (("arch", "left"), ("library", "left"), ("params", "right"), ("top-1", "right"),
-                      ("blocks", "right"), ("output", "left"), ("licence", "left"), ("paper", "center")):
-        t.add_column(col, justify=just, no_wrap=col in ("arch", "blocks", "params"))
-    for r in rows:
-        t.add_row(r["arch"], r["source"], f"{r['params']:,}", f"{r['top1']:.2f}" if r["top1"] else "-",
-                  f"{r['num_blocks']} {r['unit']}s", r["output"], r["license"].split(" (")[0],
-                  "yes" if r["paper"] else "test" if r["test"] else "")
-    return t
-
-
 def bench_table(res: dict) -> Table:
     """Per level: params, MACs, latency (median and p10-p90), throughput, memory, and ratios vs drop 0."""
     thr_b = res["levels"][0]["throughput_batch"] if res["levels"] else ""
@@ -82,66 +69,6 @@ def explain_checks_table(res: dict) -> Table:
         colour = {"passed": "green", "failed": "bold red"}.get(p["verdict"], "yellow")
         t.add_row(name, str(p["hits"]), str(p["n"]), _f(p["rate"], "{:.2f}"), ci, _f(p["chance"], "{:.2f}"),
                   _f(p["p"], "{:.2g}"), f"[{colour}]{p['verdict']}[/]")
-    return t
-
-
-def weights_table(rows: list[dict]) -> Table:
-    t = Table(title="ImageNet weights", title_justify="left")
-    for col in ("arch", "file", "licence", "MB", "cached", "verified", "path (or where to place it)"):
-        t.add_column(col, justify="right" if col == "MB" else "left", overflow="fold")
-    for r in rows:
-        ver = {True: "[green]yes[/]", False: "[bold red]NO[/]", None: "unverified"}[r["verified"]]
-        t.add_row(r["arch"], r["file"], r["license"].split(" (")[0], _f(r["size_mb"], "{:.1f}"),
-                  "[green]yes[/]" if r["cached"] else "no", ver, r["path"] or f"[dim]{r['place_at']}[/]")
-    return t
-
-
-def anatomy_tables(a: dict, highlight_drop: int | None = None) -> list[Table]:
-    """The blocks (a CNN's maps, a transformer's tokens) and what each truncation level costs."""
-    size, tokens = a["image_size"], a.get("output") == "tokens"
-    unit = a.get("unit", "block")
-    weights = a.get("weights") or {}
-    caption = (f"weights {weights.get('id')}, licence {weights.get('license')}; pooling of a truncated model: "
-               f"{' or '.join(a.get('pools', ['avg']))}" if weights else None)
-    if tokens:
-        prefix = a.get("prefix_tokens", 0)
-        caption += (f"; each {unit} outputs its patch tokens plus {prefix} prefix token"
-                    f"{'s' if prefix != 1 else ''} ({'class' if prefix == 1 else 'class and register'})")
-    blocks = Table(title=f"{a['arch']} ({a['source']}) {unit}s at {size}px", title_justify="left", caption=caption,
-                   caption_justify="left")
-    columns = (("#", unit, "params", "cum. params", "width", "tokens", "patch grid") if tokens else
-               ("#", unit, "params", "cum. params", "channels", "reduction", "output"))
-    for col in columns:
-        blocks.add_column(col, justify="left" if col == unit else "right")
-    blocks.add_row("", "stem", f"{a['stem_params']:,}", f"{a['stem_params']:,}", "", "", "", style="dim")
-    for b in a["blocks"]:
-        h, w = b["spatial"]
-        shape = (f"{h * w}+{b['tokens'] - h * w}", f"{h}x{w} (/{b['reduction']})") if tokens else \
-            (f"/{b['reduction']}", f"{h}x{w}")
-        blocks.add_row(str(b["index"]), b["name"], f"{b['params']:,}", f"{b['cum_params']:,}",
-                       str(b["out_channels"]), *shape)
-    trunc = Table(title=f"Truncation levels ({a['n_labels']}-way head)", title_justify="left")
-    for col in ("drop", "keep", "params", "% of full", "compression", "MACs", "features"):
-        trunc.add_column(col, justify="right")
-    for t in a["truncations"]:
-        style = "bold green" if highlight_drop == t["drop"] else None
-        trunc.add_row(str(t["drop"]), str(t["keep"]), f"{t['params']:,}", f"{100 * t['fraction']:.1f}%",
-                      f"{t['compression']:.2f}x", human(t["macs"]), str(t["out_channels"]), style=style)
-    return [blocks, trunc]
-
-
-def truncate_table(spec: dict, full: dict, cut: dict) -> Table:
-    t = Table(title=f"{spec.arch}: drop {spec.drop} (keep {spec.keep} of {spec.num_blocks} blocks)",
-              title_justify="left")
-    t.add_column("")
-    t.add_column("full (drop 0)", justify="right")
-    t.add_column(f"drop {spec.drop}", justify="right")
-    t.add_row("params", f"{full['params']:,}", f"{cut['params']:,}")
-    t.add_row(f"MACs at {spec.preprocess.image_size}px", human(full["macs"]), human(cut["macs"]))
-    t.add_row("compression", "1.00x", f"{full['params'] / cut['params']:.2f}x")
-    t.add_row("blocks kept", str(spec.num_blocks), str(spec.keep))
-    t.add_row("feature channels", str(full["out_channels"]), str(cut["out_channels"]))
-    t.add_row("weights", "", spec.weights_name)
     return t
 
 

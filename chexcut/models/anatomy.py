@@ -17,7 +17,7 @@ from torch import nn
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 from chexcut.models.backbone import as_maps, block_paths, prefix_tokens
-from chexcut.models.libraries import weights_meta
+from chexcut.models.libraries import WEIGHTS_KEYS, weights_meta
 from chexcut.models.registry import Arch, check_size_multiple, default_image_size, get_arch
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 from chexcut.models.surgery import build_architecture, get_module
@@ -187,6 +187,38 @@ def _timm_trunk_params(model: nn.Module, keep: int) -> int:
     return _params(trunk)
 
 
+def _measured_truncations(model, arch: Arch, blocks: list[BlockInfo], n_labels: int,
+                          image_size: int) -> list[TruncationInfo]:
+    """A timm family's truncations, each measured on the model timm's pruning gives (see
+    :func:`_measured_truncation`)."""
+    n = arch.family.num_blocks
+    rows = []
+    for drop in range(n):
+        params, macs = _measured_truncation(model, arch, drop, n_labels, image_size)
+        rows.append(TruncationInfo(drop, n - drop, params, macs, blocks[n - drop - 1].out_channels, 0.0, 0.0))
+    for t in rows:
+        t.fraction, t.compression = t.params / rows[0].params, rows[0].params / t.params
+    return rows
+
+
+def _table_truncations(model, arch: Arch, blocks: list[BlockInfo], stem_macs: int, total_macs: int,
+                       n_labels: int) -> list[TruncationInfo]:
+    """A table family's truncations, added up from its blocks: stem + kept blocks + neck + the new head."""
+    fam = arch.family
+    head = get_module(model, fam.head)
+    full = full_params(arch.name) - _params(head) + (head.in_features + 1) * n_labels
+    full_macs = total_macs - head.in_features * head.out_features + head.in_features * n_labels
+    rows = [TruncationInfo(0, fam.num_blocks, full, full_macs, head.in_features, 1.0, 1.0)]
+    for drop in range(1, fam.num_blocks):
+        kept = fam.num_blocks - drop
+        c = blocks[kept - 1].out_channels
+        neck = sum(_params(get_module(model, p)) for p in fam.neck.paths(kept))
+        params = blocks[kept - 1].cum_params + neck + (c + 1) * n_labels
+        macs = stem_macs + sum(b.macs for b in blocks[:kept]) + c * n_labels
+        rows.append(TruncationInfo(drop, kept, params, macs, c, params / full, full / params))
+    return rows
+
+
 def anatomy(name: str, image_size: int = DEFAULT_IMAGE_SIZE, n_labels: int = len(CHEXPERT_LABELS)) -> Anatomy:
     """Per-block and per-truncation figures for ``name`` at ``image_size``."""
     arch: Arch = get_arch(name)
@@ -202,6 +234,7 @@ def anatomy(name: str, image_size: int = DEFAULT_IMAGE_SIZE, n_labels: int = len
         return int(sum(counts.get(f"{root}.{path}", {}).values()) // 2)
 
     block_params = [sum(_params(get_module(model, q)) for q in paths) for paths in fam.blocks]
+    stem_macs = 0
     if fam.pruning == "timm":  # timm's own trunk at block 1 (no norm, no head) less block 1: what runs before it
         stem_params = _timm_trunk_params(model, 1) - block_params[0]
     else:
@@ -219,32 +252,11 @@ def anatomy(name: str, image_size: int = DEFAULT_IMAGE_SIZE, n_labels: int = len
         ))
 
     if fam.pruning == "timm":
-        truncations = []
-        for drop in range(fam.num_blocks):
-            params, run_macs = _measured_truncation(model, arch, drop, n_labels, image_size)
-            truncations.append(TruncationInfo(drop, fam.num_blocks - drop, params, run_macs,
-                                              blocks[fam.num_blocks - drop - 1].out_channels, 0.0, 0.0))
-        full = truncations[0].params
-        for t in truncations:
-            t.fraction, t.compression = t.params / full, full / t.params
+        truncations = _measured_truncations(model, arch, blocks, n_labels, image_size)
     else:
-        head = get_module(model, fam.head)
-        total_params = full_params(arch.name)  # the function; the figure is `full`
-        full = total_params - _params(head) + (head.in_features + 1) * n_labels
-        full_macs = int(fc.get_total_flops() // 2) - head.in_features * head.out_features + head.in_features * n_labels
-        truncations = [TruncationInfo(0, fam.num_blocks, full, full_macs, head.in_features, 1.0, 1.0)]
-        block_macs = [b.macs for b in blocks]
-        for drop in range(1, fam.num_blocks):
-            kept = fam.num_blocks - drop
-            c = blocks[kept - 1].out_channels
-            neck = sum(_params(get_module(model, p)) for p in fam.neck.paths(kept))
-            params = blocks[kept - 1].cum_params + neck + (c + 1) * n_labels
-            run_macs = stem_macs + sum(block_macs[:kept]) + c * n_labels
-            truncations.append(TruncationInfo(
-                drop, kept, params, run_macs, c, params / full, full / params,
-            ))
+        truncations = _table_truncations(model, arch, blocks, stem_macs, int(fc.get_total_flops() // 2), n_labels)
     meta = weights_meta(arch)
-    weights = {k: meta.get(k) for k in ("id", "license", "mean", "std", "input_size")}
+    weights = {k: meta[k] for k in WEIGHTS_KEYS if k != "top1"}  # top-1 has its own field
     return Anatomy(arch.name, arch.source, image_size, fam.num_blocks, n_labels, stem_params,
                    blocks, truncations, meta["top1"], unit=fam.unit, output="tokens" if fam.tokens else "maps",
                    prefix_tokens=prefix_tokens(model, fam), pools=fam.pools, weights=weights)

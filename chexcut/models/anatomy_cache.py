@@ -104,12 +104,9 @@ def cached_full_params(name: str) -> int:
     return full_params(arch)
 
 
-#: What the shipped store keeps of ``libraries.weights_meta``: enough for ``list``, ``inspect`` and ``weights list``.
-WEIGHTS_KEYS = ("top1", "id", "license", "mean", "std", "input_size")
-
-
 def cached_weights_meta(name: str) -> dict:
-    """:data:`WEIGHTS_KEYS` of the arch's ImageNet weights (see ``libraries.weights_meta``), shipped when known."""
+    """``WEIGHTS_KEYS`` of the arch's ImageNet weights (see ``libraries.weights_meta``), shipped when known."""
+    from chexcut.models.libraries import WEIGHTS_KEYS
     from chexcut.models.registry import get_arch
 
     arch = get_arch(name)
@@ -134,7 +131,7 @@ def compute_shipped(archs=None) -> dict:
     ``archs``: only these architectures' entries."""
     from chexcut.errors import ChexcutError
     from chexcut.models.anatomy import anatomy, full_params
-    from chexcut.models.libraries import weights_meta
+    from chexcut.models.libraries import WEIGHTS_KEYS, weights_meta
     from chexcut.models.registry import REGISTRY
 
     out: dict = {"anatomy": {}, "full_params": {}, "weights": {}}

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: What ``weights_meta`` says of every arch's weights that ``list``, ``inspect`` and ``weights list`` show (and the
+#: shipped anatomy store keeps, so they answer without importing torch).
+WEIGHTS_KEYS = ("top1", "id", "license", "mean", "std", "input_size")
+
 
 class Library:
     """The interface: build an architecture, describe and locate its ImageNet weights, load them."""

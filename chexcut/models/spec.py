@@ -10,9 +10,8 @@ from dataclasses import dataclass, field, replace
 
 from chexcut.choices import Resize, values
 from chexcut.errors import ChexcutError
+from chexcut.models.registry import DEFAULT_IMAGE_SIZE
 
-#: The input size chexcut uses when nothing else says (CheXpert's 320 x 320): the one place it is spelled.
-DEFAULT_IMAGE_SIZE = 320
 RESIZE_MODES = values(Resize)
 
 
