@@ -193,3 +193,34 @@ def test_a_vit_a_swin_and_a_convnext_go_through_every_command(arch, drop, masked
     assert rc == 0, err
     again = json.loads(out)
     assert again["mean_competition"] == first["mean_competition"] and again["labels"] == first["labels"]
+
+
+def test_a_study_mixes_a_cnn_a_vit_and_a_convnext(phantom, tmp_path):
+    """plan -> run -> report with resnet18, test_vit and test_convnext; a size a ViT cannot take is refused at
+    plan time in one line, before any run."""
+    import json
+
+    from conftest import run_cli
+
+    study = tmp_path / "study"
+    code, _, err = run_cli("study", "plan", "--data", phantom, "--out", study, "--archs",
+                           "resnet18,test_vit,test_convnext", "--weights", "none", "--drops", "0,2", "--bootstrap", "20",
+                           "--max-steps", "2", "--image-size", "40", "--batch-size", "8", "--workers", "0", "--device",
+                           "cpu")
+    assert code == 2 and "--archs test_vit" in err and "not a multiple of test_vit's 16 px patches: use 32 or 48" in err
+    assert not (study / "plan.json").exists()
+    code, _, err = run_cli("study", "plan", "--data", phantom, "--out", study, "--archs",
+                           "resnet18,test_vit,test_convnext", "--weights", "none", "--drops", "0,2", "--bootstrap", "20",
+                           "--max-steps", "2", "--image-size", "48", "--batch-size", "8", "--workers", "0", "--device",
+                           "cpu")
+    assert code == 0, err
+    code, _, err = run_cli("study", "run", study, "-q")
+    assert code == 0, err
+    code, _, err = run_cli("report", study, "-o", tmp_path / "rep")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert {(r["arch"], r["drop"]) for r in rep["results"]} == {(a, d) for a in ("resnet18", "test_vit", "test_convnext")
+                                                              for d in (0, 2)}
+    vit = next(r for r in rep["results"] if r["arch"] == "test_vit" and r["drop"] == 2)
+    assert vit["params"] == anatomy("test_vit", 48).truncations[2].params
+    assert "test_vit" in (tmp_path / "rep" / "report.md").read_text()

@@ -18,15 +18,18 @@ NAME = "resnet18-f37072fd.pth"  # torchvision's file name (its hash prefix is th
 
 
 def trained_like(model):
-    """A model's state dict with BatchNorm statistics moved off 0/1, as training moves them (a fresh model's
-    are refused as untrained)."""
+    """A model's state dict with BatchNorm statistics (or, without BatchNorm, LayerNorm scales) moved off 0/1, as
+    training moves them (a fresh model's are refused as untrained)."""
     gen = torch.Generator().manual_seed(7)
     state = model.state_dict()
+    batchnorm = any(k.endswith("running_mean") for k in state)
     for k, v in state.items():
         if k.endswith("running_mean"):
             v.copy_(torch.randn(v.shape, generator=gen) * 0.1)
         elif k.endswith("running_var"):
             v.copy_(1 + torch.rand(v.shape, generator=gen))
+        elif not batchnorm and "norm" in k and k.endswith(".weight") and v.ndim == 1:
+            v.copy_(1 + torch.randn(v.shape, generator=gen) * 0.1)
     return state
 
 
@@ -201,3 +204,32 @@ def test_timm_weights_go_into_the_hugging_face_cache(tmp_path, monkeypatch):
     rc, out, err = run_cli("truncate", "inception_v4", "--drop", "8", "--weights", "imagenet", "-o",
                            tmp_path / "m.safetensors", "--image-size", "96", "-q")
     assert rc == 0, err
+
+
+def test_a_vit_from_a_mirror_into_the_hugging_face_cache_with_its_licence(tmp_path, monkeypatch):
+    """test_vit (timm's tiny ViT, published at 160 px): a fresh model's file is refused (its LayerNorms never moved);
+    a trained one is installed in the hub layout, listed with its licence, and a 64 px model resamples it."""
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path / "cx"))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    torch.manual_seed(0)
+    fresh = timm.create_model("test_vit")
+    save_file({k: v.contiguous() for k, v in fresh.state_dict().items()}, str(mirror / "test_vit.r160_in1k.safetensors"))
+    rc, _, err = run_cli("weights", "fetch", "test_vit", "--mirror", mirror, "-q")
+    assert rc == 2 and "look randomly initialised" in err, err
+    save_file({k: v.contiguous() for k, v in trained_like(fresh).items()}, str(mirror / "test_vit.r160_in1k.safetensors"))
+    rc, _, err = run_cli("weights", "fetch", "test_vit", "--mirror", mirror, "-q")
+    assert rc == 0, err
+    rc, out, _ = run_cli("weights", "list", "--json")
+    row = next(r for r in json.loads(out) if r["arch"] == "test_vit")
+    assert row["cached"] and row["license"] == "apache-2.0"
+    rc, out, err = run_cli("truncate", "test_vit", "--drop", "2", "--weights", "imagenet", "-o",
+                           tmp_path / "m.safetensors", "--image-size", "64", "--json")
+    assert rc == 0, err
+    weights = json.loads(out)["model"]["weights"]
+    assert weights["kind"] == "imagenet" and weights["license"] == "apache-2.0"

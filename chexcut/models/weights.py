@@ -120,13 +120,21 @@ def _check_loadable(arch, path: Path, url: str) -> None:
 
 
 def looks_untrained(state: dict) -> bool:
-    """BatchNorm running statistics that never moved: exactly 0 means and 1 variances in every layer (a trained
-    ImageNet model's are data-dependent). Where there is no published hash this tells a fresh model's tensors
-    from trained weights of the right shapes."""
+    """Normalisation that never moved: BatchNorm running statistics of exactly 0 means and 1 variances in every
+    layer, or, in a model without BatchNorm (ViT, Swin, ConvNeXt: LayerNorm), every norm's scale exactly 1 and
+    shift exactly 0 (a trained model's are data-dependent). Where there is no published hash this tells a fresh
+    model's tensors from trained weights of the right shapes."""
     import torch
 
     means = [v for k, v in state.items() if k.endswith("running_mean")]
     variances = [v for k, v in state.items() if k.endswith("running_var")]
+    if not means and not variances:  # LayerNorms: scale ("norm*.weight") and shift, 1-D
+        def norm_tensors(suffix: str) -> list:  # 1-D tensors of a module whose name says norm (norm1, fc_norm, ...)
+            return [v for k, v in state.items() if k.endswith(suffix) and v.ndim == 1
+                    and "norm" in (k.split(".")[-2] if "." in k else "")]
+
+        scales, shifts = norm_tensors(".weight"), norm_tensors(".bias")
+        return bool(scales) and all(torch.all(w == 1) for w in scales) and all(torch.all(b == 0) for b in shifts)
     if not means or not variances:
         return False
     return all(torch.all(m == 0) for m in means) and all(torch.all(v == 1) for v in variances)
