@@ -66,7 +66,7 @@ def test_the_cli_reference_is_the_generated_one_and_lists_every_option():
 
 PAGES = sorted(p for p in (ROOT / "docs").rglob("*.md") if "reference" not in p.parts)
 GROUPS = ("study", "datasets", "weights")
-_STEPS = ["--max-steps", "2", "--image-size", "40", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+_STEPS = ["--max-steps", "2", "--image-size", "48", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
 #: What the suite appends to each command so that it runs in seconds on a CPU (the last value of an option wins).
 SMALL = {
     "truncate": ["--weights", "none"],
