@@ -169,8 +169,8 @@ def test_a_vit_a_swin_and_a_convnext_go_through_every_command(arch, drop, masked
     spec = json.loads(out)["model"]
     assert spec["image_size"] == 64 and spec["pool"] == get_arch(arch).family.pools[0]
     rc, out, err = run_cli("finetune", model, "--data", masked_phantom64, "--out", run, "--image-size", "64",
-                           "--epochs", "2", "--batch-size", "32", "--lr", "1e-3", "--workers", "0", "--precise-bn", "32",
-                           "-q")
+                           "--epochs", "2", "--max-steps", "6", "--batch-size", "32", "--lr", "1e-3", "--workers", "0",
+                           "--precise-bn", "32", "-q")
     assert rc == 0, err
     rc, out, err = run_cli("evaluate", run, "--bootstrap", "50", "--json", "-")
     assert rc == 0, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import run_cli
 
@@ -33,3 +34,63 @@ def test_card_of_an_evaluated_run_and_its_refusals(run_copy, tmp_path):
     assert (tmp_path / "card_files" / "auroc.png").stat().st_size > 0
     failures = next(s for s in card["sections"] if s["key"] == "failures")
     assert failures["tables"], "a run evaluated with --failures has its failure analysis in the card"
+
+
+HOSTILE = ('<script>alert(1)</script><img src=x onerror=alert(2)> [click](javascript:alert(3)) '
+           '<a href="javascript:alert(4)">a</a> | `x` & &lt;b&gt;\n# heading\n<svg onload=alert(5)>')
+
+
+class _Live:
+    """What an HTML page would run or follow: script elements, event-handler attributes, javascript: URLs."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        self.found = []
+        found = self.found
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                if tag in ("script", "svg", "iframe", "object", "embed"):
+                    found.append(tag)
+                for name, value in attrs:
+                    if name.startswith("on") and value != "this.dataset.broken = '1'":  # the card's own img handler
+                        found.append(f"{tag} {name}")
+                    if name in ("href", "src") and str(value).strip().lower().startswith("javascript:"):
+                        found.append(f"{tag} {name}={value}")
+
+        Parser().feed(text)
+
+
+def test_every_card_field_with_hostile_strings_is_inert(run_copy, tmp_path):
+    """The about YAML, the run folder's name and the data folder's name full of HTML, scripts and javascript: links:
+    the HTML card is autoescaped (nothing live), the Markdown card carries no raw HTML and no link from them."""
+    import shutil
+
+    import yaml
+
+    from chexcut.study.card import ABOUT_KEYS
+
+    run = Path(shutil.move(str(run_copy), str(tmp_path / "<img src=x onerror=alert(9)>")))
+    code, _, err = run_cli("evaluate", run, "--bootstrap", "20", "--json", run / "eval.json", "-q")
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["dir"] = "/data/<script>alert(7)</script>"  # the card reads it, never the folder
+    (run / "config.json").write_text(json.dumps(config))
+    about = tmp_path / "about.yaml"
+    about.write_text(yaml.safe_dump({k: f"{k}: {HOSTILE}" for k in ABOUT_KEYS}))
+    out = tmp_path / "out" / "card.md"
+    out.parent.mkdir()
+    code, _, err = run_cli("card", run, "-o", out, "--html", tmp_path / "out" / "card.html", "--about", about)
+    assert code == 0, err
+    html = (tmp_path / "out" / "card.html").read_text()
+    assert _Live(html).found == []
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "limitations: " in html  # shown, as text
+    md = out.read_text()
+    import re
+
+    for live in ("<script", "<img", "<a ", "<svg", "\n# heading"):
+        assert live not in md, live
+    assert not re.search(r"(?<!\\)\]\(javascript:", md)  # a link only where a bracket is not escaped
+    assert "\\[click\\](javascript:alert(3))" in md and "&lt;script&gt;" in md  # shown as text
+    assert _Live(md).found == []

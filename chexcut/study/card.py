@@ -300,7 +300,7 @@ def _reproduce_section(f: dict, study: Path | None) -> dict:
         f"--image-size {t.get('image_size')} --seed {t.get('seed')}",
         f"chexcut evaluate {run} --bootstrap {f['eval']['bootstrap']} --json {run}/eval.json"])
     return _section("reproduce", "How to reproduce", ["The exact commands (the run's config.json holds every "
-                                                      "setting; predictions come from `chexcut evaluate`):"],
+                                                      "setting; predictions come from chexcut evaluate):"],
                     [_table(["command"], [[c] for c in cmds])])
 
 
@@ -392,26 +392,34 @@ def auroc_plot(card: dict, run: Path, path: Path) -> Path:
     return path
 
 
+def md_text(text) -> str:
+    """Text for the Markdown card, inert: HTML (``<script>``, ``<img onerror>``) shown as text by entities, link
+    and image syntax (``[..](javascript:..)``) broken by escaping its brackets, table cells kept whole (``|``) and
+    every string on one line (a newline could open a block). Every interpolation of card.md.j2 goes through it."""
+    out = str(text).replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    out = out.replace("[", "\\[").replace("]", "\\]").replace("|", "\\|").replace("`", "\\`")
+    return " ".join(out.splitlines())
+
+
 def render(card: dict, fmt: str, assets_prefix: str = "") -> str:
-    """The card as Markdown (``md``: images linked under ``assets_prefix``) or HTML (``html``: images embedded)."""
+    """The card as Markdown (``md``: images linked under ``assets_prefix``, every string through :func:`md_text`)
+    or HTML (``html``: images embedded, every string autoescaped by Jinja2)."""
     import base64
 
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("chexcut.study", "templates"),
-                             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("chexcut.study", "templates"), autoescape=fmt == "html",
                              keep_trailing_newline=True)
 
     def image_src(path: str) -> str:
         if fmt == "html":
             return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-        return f"{assets_prefix}{Path(path).name}"
+        from urllib.parse import quote
 
-    def md_cell(text) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
+        return quote(f"{assets_prefix}{Path(path).name}")  # the folder is named after the user's -o
 
     env.filters["image_src"] = image_src
-    env.filters["md_cell"] = md_cell
+    env.filters["md"] = md_text
     return env.get_template(f"card.{fmt}.j2").render(card=card, needs=NEEDS)
 
 

@@ -158,12 +158,16 @@ class ReportTable:
     warn: bool = False  # a table that says something is wrong (leakage, missing runs)
 
     def markdown(self) -> list[str]:
-        out = ["", f"## {self.title}", ""]
+        """The table as Markdown, every string inert (:func:`chexcut.study.card.md_text`: label, folder and set
+        names are the user's)."""
+        from chexcut.study.card import md_text
+
+        out = ["", f"## {md_text(self.title)}", ""]
         if self.rows:
-            out += ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-            out += ["| " + " | ".join(r) + " |" for r in self.rows]
+            out += ["| " + " | ".join(map(md_text, self.columns)) + " |", "|" + "---|" * len(self.columns)]
+            out += ["| " + " | ".join(map(md_text, r)) + " |" for r in self.rows]
         for t in self.text:
-            out += ["", t]
+            out += ["", md_text(t)]
         return out
 
 
