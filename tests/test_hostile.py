@@ -325,3 +325,36 @@ def test_caches_are_checked_never_trusted(run, tmp_path, torch_home, monkeypatch
     (cache / "index.json").write_text(json.dumps({**index, "paths": 5}))
     rc, _, err = run_cli("evaluate", run / "run", "--cache", cache, "--bootstrap", "0")
     _one_line_exit_2(rc, err, "is damaged")
+
+
+def test_image_paths_leading_outside_the_data_folder_are_refused(run, tmp_path):
+    """A label file naming ``../secret/x.png`` or an absolute path elsewhere would make chexcut read (and explain
+    would draw) a file outside the data folder: refused in one line by every command that reads images, unless
+    ``--images-outside-data``; an absolute path inside the folder is fine."""
+    import pandas as pd
+
+    data = tmp_path / "ph"
+    shutil.copytree(run / "ph", data)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    inner = data / "CheXpert-v1.0-small"
+    valid = pd.read_csv(inner / "valid.csv")
+    a, b, c = valid.index[valid["Frontal/Lateral"] == "Frontal"][:3]
+    shutil.copy(inner / valid.loc[a, "Path"].split("/", 1)[1], secret / "x.jpg")
+    valid.loc[a, "Path"] = "../secret/x.jpg"
+    valid.loc[b, "Path"] = str(secret / "x.jpg")
+    valid.loc[c, "Path"] = str((inner / valid.loc[c, "Path"].split("/", 1)[1]).resolve())  # inside: allowed
+    valid.to_csv(inner / "valid.csv", index=False)
+    for args in (["prepare", data, "--image-size", "32", "-q"],
+                 ["finetune", "resnet18", "--drop", "3", "--weights", "none", "--data", data, "--out", tmp_path / "r",
+                  "--image-size", "32", "--max-steps", "1", "--workers", "0", "-q"],
+                 ["evaluate", run / "run", "--data", data, "--bootstrap", "10", "-q"],
+                 ["explain", run / "run", "--data", data, "-o", tmp_path / "maps", "-q"]):
+        rc, _, err = run_cli(*args)
+        _one_line_exit_2(rc, err, "2 image paths lead outside the data folder")
+        assert "'../secret/x.jpg'" in err and "--images-outside-data" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "maps").exists()
+    rc, out, err = run_cli("evaluate", run / "run", "--data", data, "--bootstrap", "10", "--images-outside-data",
+                           "--allow-overlap", "--json", "-")
+    assert rc == 0, err
+    assert json.loads(out)["n"] > 0

@@ -363,6 +363,7 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
         "valid_frac": (["--valid-frac", "0.2"], lambda r: r.opts.valid_frac == 0.2),
         "cache": (["--cache", cache], lambda r: r.cache == cache),
         "skip_missing": (["--skip-missing"], lambda r: r.skip_missing is True),
+        "images_outside": (["--images-outside-data"], lambda r: r.opts.images_outside is True),
         "in_chans": (["--in-chans", "1"], lambda r: r.model_source["in_chans"] == 1),
         "track_tag": (["--track-tag", "site=a"], lambda r: r.track.tags["site"] == "a"),
         "track_experiment": (["--track-experiment", "cxr"], lambda r: r.track.experiment == "cxr"),

@@ -101,12 +101,14 @@ CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Image cache f
 
 
 SkipMissingOpt = Annotated[bool, typer.Option("--skip-missing", help="Proceed without missing image files (reported).")]
+ImagesOutsideOpt = Annotated[bool, typer.Option("--images-outside-data", help="Allow image paths in the label file that lead outside the data folder (absolute elsewhere, or with ..); refused by default.")]
 
 
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unreadable images (reported).")]
 
 
-def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0, data=None, label_map=None):
+def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0, data=None, label_map=None,
+                 images_outside=False):
     """The DataOptions of a command's data options; ``data`` ``SET:DIR`` names the published data set."""
     from chexcut.data.chexpert import DataOptions
     from chexcut.data.datasets import resolve
@@ -117,7 +119,7 @@ def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, spl
         label_map = str(Path(label_map).resolve())  # a run or a plan reads it from another folder
     return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels, "--labels")) if labels is not None else None, views=str(views),
                        uncertain=uncertain, blank=str(blank), valid_frac=valid_frac, split_seed=split_seed,
-                       dataset=dataset, label_map=label_map)
+                       dataset=dataset, label_map=label_map, images_outside=bool(images_outside))
 
 
 def with_declared_options(declared, before: str):

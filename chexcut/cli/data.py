@@ -14,6 +14,7 @@ from chexcut.cli.app import (
     CsvOpt,
     DataDir,
     ImageSizeOpt,
+    ImagesOutsideOpt,
     LabelMapOpt,
     LabelsOpt,
     PathColOpt,
@@ -40,6 +41,7 @@ def prepare(
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     label_map: LabelMapOpt = None, skip_missing: SkipMissingOpt = False, skip_bad: SkipBadOpt = False,
+    images_outside: ImagesOutsideOpt = False,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
 ):
@@ -48,7 +50,8 @@ def prepare(
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import check_files, load_split
 
-    opts = data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, data=data, label_map=label_map)
+    opts = data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, data=data, label_map=label_map,
+                        images_outside=images_outside)
     resize = str(resize)
     if image_size < 16:
         raise ChexcutError(f"--image-size must be at least 16, not {image_size}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from chexcut.choices import Precision, Split, bound
-from chexcut.cli.app import CsvOpt, SkipBadOpt, app, complete_arch, ints, split_list
+from chexcut.cli.app import CsvOpt, ImagesOutsideOpt, SkipBadOpt, app, complete_arch, ints, split_list
 from chexcut.errors import ChexcutError
 
 
@@ -90,6 +90,7 @@ def explain(
     check: Annotated[bool, typer.Option("--check", help="Pointing game (phantom data with --masks: every masked frontal image of the split, up to --check-limit) and the randomisation sanity check.")] = False,
     check_limit: Annotated[int, typer.Option("--check-limit", **bound("check_limit"), help="At most this many images for the pointing game.")] = 2000,
     skip_bad: SkipBadOpt = False,
+    images_outside: ImagesOutsideOpt = False,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the listing (or with --check the checks) to PATH, or - for stdout.")] = None,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -106,7 +107,7 @@ def explain(
 
     request = ex.ExplainInputs(model=model, images=tuple(images or ()), data=data, csv=csv, split=str(split),
                                limit=limit, labels=tuple(split_list(labels, "--labels") or ()) or None, top=top, layer=layer,
-                               check=check, check_limit=check_limit, skip_bad=skip_bad)
+                               check=check, check_limit=check_limit, skip_bad=skip_bad, images_outside=images_outside)
     with ui.lazy_progress_bar("explaining", quiet=quiet or json_path == "-") as update:
         result, inputs = ex.run_explain(request, out, update)
     if json_path == "-":

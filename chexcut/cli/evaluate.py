@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views, bound
-from chexcut.cli.app import CacheOpt, CsvOpt, LabelMapOpt, TrackOpt, app, split_list
+from chexcut.cli.app import CacheOpt, CsvOpt, ImagesOutsideOpt, LabelMapOpt, TrackOpt, app, split_list
 from chexcut.errors import ChexcutError
 
 
@@ -61,6 +61,7 @@ def evaluate(
     blank: Annotated[Optional[Blank], typer.Option("--blank", help="Blank labels (default: zeros, or the run's).")] = None,
     valid_frac: Annotated[Optional[float], typer.Option("--valid-frac", help="Valid share of patients without valid.csv (default: 0.1, or the run's).")] = None,
     label_map: LabelMapOpt = None,
+    images_outside: ImagesOutsideOpt = False,
     image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"), help="Input size (default: the model file's own preprocessing).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", **bound("batch_size"))] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available).")] = None,
@@ -90,7 +91,7 @@ def evaluate(
     if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
         ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")
         label_file, label_list = Path(labels), None
-    data, given = _given_data(data, csv, path_col, views, uncertain, blank, valid_frac, label_map)
+    data, given = _given_data(data, csv, path_col, views, uncertain, blank, valid_frac, label_map, images_outside)
     inputs = evalrun.EvalInputs(
         model=model, data=data, split=split and str(split), options=given, predictions=predictions, truth=label_file,
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
@@ -110,13 +111,13 @@ def evaluate(
         tracking.log_evaluation(run_dir, result, track)
 
 
-def _given_data(data, csv, path_col, views, uncertain, blank, valid_frac, label_map) -> tuple:
+def _given_data(data, csv, path_col, views, uncertain, blank, valid_frac, label_map, images_outside) -> tuple:
     """(the data folder, the data options given explicitly, by DataOptions field)."""
     data, dataset = _data_set(data, csv)
     return data, {k: (str(v) if k in ("views", "blank") else v) for k, v in (
         ("csv", csv), ("path_col", path_col), ("views", views), ("uncertain", uncertain), ("blank", blank),
-        ("valid_frac", valid_frac), ("dataset", dataset), ("label_map", label_map and str(Path(label_map).resolve())))
-        if v is not None}
+        ("valid_frac", valid_frac), ("dataset", dataset), ("label_map", label_map and str(Path(label_map).resolve())),
+        ("images_outside", images_outside or None)) if v is not None}
 
 
 def _ensemble(members, weights, average) -> dict:

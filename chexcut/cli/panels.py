@@ -11,7 +11,7 @@ _DATA = ["csv", "path_col", "labels", "views", "uncertain", "blank", "valid_frac
 PANELS: dict[str, dict[str, list[str]]] = {
     "evaluate": {
         "What to evaluate": ["data", "split", "predictions", "truth", "labels", "logits", "key_col", "allow_overlap",
-                             "allow_missing"],
+                             "allow_missing", "images_outside"],
         "Data selection": [o for o in _DATA if o != "labels"],
         "Statistics": ["bootstrap", "ci", "seed", "cluster", "level", "method", "alpha"],
         "Comparison and ensembles": ["compare", "margin", "equivalence", "ensemble", "ensemble_weights", "average"],
@@ -23,7 +23,8 @@ PANELS: dict[str, dict[str, list[str]]] = {
         "Inference and devices": ["image_size", "batch_size", "device", "precision", "workers", "cache"],
     },
     "finetune": {
-        "Model, data and run": ["data", "out", "resume", "force", "drop", "keep", "weights", "in_chans", "seed"],
+        "Model, data and run": ["data", "out", "resume", "force", "drop", "keep", "weights", "in_chans", "seed",
+                                "images_outside"],
         "Data selection": _DATA,
         "Training recipe": ["recipe", "epochs", "batch_size", "lr", "layer_decay", "image_size", "resize", "val_every",
                             "precise_bn", "max_steps"],
@@ -44,12 +45,12 @@ PANELS: dict[str, dict[str, list[str]]] = {
         "Output": ["out", "force", "json_out", "quiet"],
     },
     "prepare": {
-        "Images and cache": ["image_size", "resize", "cache", "workers", "skip_missing", "skip_bad"],
+        "Images and cache": ["image_size", "resize", "cache", "workers", "skip_missing", "skip_bad", "images_outside"],
         "Data selection": _DATA,
         "Output": ["json_out", "quiet"],
     },
     "explain": {
-        "What to explain": ["data", "csv", "split", "limit", "labels", "top", "layer", "skip_bad"],
+        "What to explain": ["data", "csv", "split", "limit", "labels", "top", "layer", "skip_bad", "images_outside"],
         "Checks": ["check", "check_limit"],
         "Output": ["out", "json_path", "quiet"],
     },

@@ -13,6 +13,7 @@ from chexcut.cli.app import (
     CacheOpt,
     CsvOpt,
     DataDir,
+    ImagesOutsideOpt,
     LabelMapOpt,
     LabelsOpt,
     PathColOpt,
@@ -47,7 +48,7 @@ def finetune(
     csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
     uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
     label_map: LabelMapOpt = None, cache: CacheOpt = None, skip_missing: SkipMissingOpt = False,
-    track: TrackOpt = None,
+    images_outside: ImagesOutsideOpt = False, track: TrackOpt = None,
     track_experiment: Annotated[Optional[str], typer.Option("--track-experiment", help="MLflow experiment (default: chexcut; a study: its folder's name).")] = None,
     track_tag: Annotated[Optional[list[str]], typer.Option("--track-tag", help="KEY=VALUE tag on the MLflow run (repeatable).")] = None,
     track_models: Annotated[bool, typer.Option("--track-models/--track-no-models", help="Upload best.safetensors to the tracking store.")] = True,
@@ -73,7 +74,7 @@ def finetune(
     else:
         if not model or data is None or out is None:
             raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
-        data, opts = _data(data, label_map, csv, path_col, labels, views, uncertain, blank, valid_frac)
+        data, opts = _data(data, label_map, images_outside, csv, path_col, labels, views, uncertain, blank, valid_frac)
         source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights, in_chans=in_chans, seed=seed)
         run = Run(run_dir=out, data=data, opts=opts,
                   cfg=train_config_from(train, seed), model_source=source.to_json(), cache=cache,
@@ -94,11 +95,11 @@ def finetune(
         ui.err.print(f"{result['status']}: {result['step']} steps, {best}; run in {result['run_dir']}")
 
 
-def _data(data, label_map, *options):
+def _data(data, label_map, images_outside, *options):
     """``--data`` (a folder or ``SET:DIR``) -> (the folder, the run's DataOptions)."""
     from chexcut.data.datasets import split_ref
 
-    opts = data_options(*options, data=data, label_map=label_map)
+    opts = data_options(*options, data=data, label_map=label_map, images_outside=images_outside)
     data = split_ref(data)[0]
     if not data.exists():
         raise ChexcutError(f"--data {data} does not exist")
@@ -124,8 +125,6 @@ def _tags(items: list[str] | None) -> dict:
         out[key.strip()] = value
     return out
 
-
-_DATA_PARAMS = ("csv", "path_col", "labels", "views", "uncertain", "blank", "valid_frac", "label_map")
 
 #: finetune's parameters a study cannot pass to its runs, and why: the grid or the plan decides them, or each
 #: run's output goes to its own log. Every other parameter reaches every run (see :func:`finetune_options`).
@@ -164,7 +163,7 @@ def finetune_options(params: dict, given: set[str], track: dict | None = None):
         track = {**track, "tags": _tags(params.get("track_tag")), "experiment": params.get("track_experiment")}
     data = data_options(params["csv"], params["path_col"], params["labels"], params["views"], params["uncertain"],
                         params["blank"], params["valid_frac"], data=params.get("data"),
-                        label_map=params.get("label_map")).to_json()
+                        label_map=params.get("label_map"), images_outside=params.get("images_outside")).to_json()
     if data.get("csv") and Path(data["csv"]).exists():  # the runs start in the study folder
         data["csv"] = str(Path(data["csv"]).resolve())
     cache = str(Path(params["cache"]).resolve()) if params.get("cache") else None

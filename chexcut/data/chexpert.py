@@ -40,6 +40,8 @@ class DataOptions:
     dataset:   a declared data set (:mod:`chexcut.data.datasets`: nih, padchest, mimic, ...) read as published;
                None: the CheXpert layout, or the set whose label file the folder holds.
     label_map: a CSV (chexpert,source) replacing the data set's declared label mapping where it names a label.
+    images_outside: allow image paths (absolute, or with ``..``) that lead outside the data folder; refused by
+               default, so that a label file cannot make chexcut read (and draw) a file elsewhere.
     """
 
     csv: str | None = None
@@ -52,6 +54,7 @@ class DataOptions:
     split_seed: int = 0
     dataset: str | None = None
     label_map: str | None = None
+    images_outside: bool = False
 
     def __post_init__(self):
         """Bad options fail here, as one line, before any file is read."""
@@ -75,13 +78,15 @@ class DataOptions:
                    labels=tuple(d["labels"]) if d.get("labels") else None, views=d.get("views", "frontal"),
                    uncertain=d.get("uncertain", "zeros"), blank=d.get("blank", "zeros"),
                    valid_frac=d.get("valid_frac", 0.1), split_seed=d.get("split_seed", 0),
-                   dataset=d.get("dataset"), label_map=d.get("label_map"))
+                   dataset=d.get("dataset"), label_map=d.get("label_map"),
+                   images_outside=bool(d.get("images_outside", False)))
 
     def to_json(self) -> dict:
         return {"csv": self.csv, "path_col": self.path_col, "labels": list(self.labels) if self.labels else None,
                 "views": self.views, "uncertain": self.uncertain, "blank": self.blank,
                 "valid_frac": self.valid_frac, "split_seed": self.split_seed,
-                **{k: v for k, v in (("dataset", self.dataset), ("label_map", self.label_map)) if v is not None}}
+                **{k: v for k, v in (("dataset", self.dataset), ("label_map", self.label_map)) if v is not None},
+                **({"images_outside": True} if self.images_outside else {})}
 
 
 @dataclass
@@ -174,9 +179,31 @@ def apply_policies(values: np.ndarray, uncertain: list[float | None], blank: str
 
 # ----------------------------------------------------------------------------- reading
 
-def resolve_paths(paths: list[str], base: Path) -> list[str]:
+#: The option that lets image paths lead outside the data folder (named by the refusal).
+IMAGES_OUTSIDE_FLAG = "--images-outside-data"
+
+
+def resolve_paths(paths: list[str], base: Path, outside: bool = False, source: str = "the label file") -> list[str]:
     """CSV paths -> file paths (strings). CheXpert paths start with their prefix folder; ``base``
-    may be that folder itself or the folder that contains it (decided once per prefix)."""
+    may be that folder itself or the folder that contains it (decided once per prefix).
+
+    A path that leads outside ``base`` (absolute elsewhere, or climbing out with ``..``; judged on the path as
+    written, so a symlinked folder inside the data folder is the user's own layout) is refused naming the first
+    few, unless ``outside``."""
+    out = _joined_paths(paths, base)
+    if not outside:
+        import os
+
+        root = os.path.abspath(base)
+        away = [p for p, f in zip(paths, out) if os.path.commonpath([root, os.path.normpath(f)]) != root]
+        if away:
+            shown = ", ".join(repr(p) for p in away[:3])
+            raise ChexcutError(f"{source}: {len(away)} image paths lead outside the data folder {base} (e.g. {shown}); "
+                               f"pass {IMAGES_OUTSIDE_FLAG} if your layout keeps images elsewhere")
+    return out
+
+
+def _joined_paths(paths: list[str], base: Path) -> list[str]:
     import os
 
     base_s = os.path.abspath(base)  # absolute: the same image has one name, whatever the cwd
@@ -295,7 +322,8 @@ def table_from_frame(df, name: str, base: Path, opts: DataOptions, split: str, n
         study = df["Study"].astype(str).to_numpy(dtype=object)[sel]
     else:
         patient, study = patient_study(paths)
-    return mark_not_annotated(LabelTable(root=base, paths=paths, files=resolve_paths(paths, base), labels=labels,
+    files = resolve_paths(paths, base, opts.images_outside, name)
+    return mark_not_annotated(LabelTable(root=base, paths=paths, files=files, labels=labels,
                                          values=values, targets=targets, mask=mask, patient=patient, study=study,
                                          csv_rows=sel + 2, split=split))
 

@@ -197,12 +197,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
 def gather(images: list[Path] | None, data: Path | None, csv: str | None, split: str, limit: int,
-           pre: Preprocess, skip_bad: bool) -> Inputs:
+           pre: Preprocess, skip_bad: bool, images_outside: bool = False) -> Inputs:
     """The images to explain: files, folders, or ``limit`` frontal rows of a dataset's split."""
     if data is not None:
         from chexcut.data.chexpert import DataOptions, load_split
 
-        table = load_split(data, split, DataOptions(csv=csv, views="frontal"))
+        table = load_split(data, split, DataOptions(csv=csv, views="frontal", images_outside=images_outside))
         paths, files = table.paths[:limit], table.files[:limit]
     else:
         files = []
@@ -432,6 +432,7 @@ class ExplainInputs:
     check: bool = False
     check_limit: int = 2000
     skip_bad: bool = False
+    images_outside: bool = False  # image paths in the label file may lead outside --data
 
 
 def run_explain(i: ExplainInputs, out: Path, progress=None) -> tuple[dict, Inputs]:
@@ -450,7 +451,8 @@ def run_explain(i: ExplainInputs, out: Path, progress=None) -> tuple[dict, Input
     spec = net.chexcut_spec
     target_layer(net, spec, i.layer)
     chosen = choose_labels(spec, list(i.labels) if i.labels else None, i.top)
-    inputs = gather(list(i.images) or None, i.data, i.csv, i.split, i.limit, spec.preprocess, i.skip_bad)
+    inputs = gather(list(i.images) or None, i.data, i.csv, i.split, i.limit, spec.preprocess, i.skip_bad,
+                    i.images_outside)
     masked = (gather_masked(i.data, i.csv, i.split, spec.preprocess, i.skip_bad, i.check_limit)
               if i.check and i.data is not None else None)
     progress(0, len(inputs.paths))

@@ -73,7 +73,7 @@ def resolve(run_dir: Path | None, data: Path | None, split: str | None, given: d
     options the user chose explicitly (``given``: DataOptions field -> value)."""
     from chexcut.data.chexpert import DataOptions
 
-    unknown = set(given) - set(DATA_OPTIONS)
+    unknown = set(given) - set(DATA_OPTIONS) - {"images_outside"}  # a permission, not a choice of rows
     if unknown:
         raise ValueError(f"not data options: {sorted(unknown)}")
     if run_dir is None:

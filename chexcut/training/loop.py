@@ -7,6 +7,7 @@ same bits: batches are a pure function of (seed, epoch), and the RNG state is ch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ def finetune(run: Run, emit=None) -> dict:
         torch.cuda.set_device(device)
     lock = RunLock(Path(run.run_dir))
     tracker = session = None
+    created = dist.main and not Path(run.run_dir).exists()  # a folder this call makes: removed if nothing started
     try:
         with sigterm_interrupts():
             if dist.main:
@@ -73,6 +75,9 @@ def finetune(run: Run, emit=None) -> dict:
 
             stop_workers(session.loader, session.val_loader)
         lock.release()
+        if created and session is None:  # refused before training (bad data, a bad size): leave no empty folder
+            with contextlib.suppress(OSError):
+                Path(run.run_dir).rmdir()
         shutdown(dist)
 
 
