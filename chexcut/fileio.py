@@ -77,10 +77,11 @@ def output_target(path) -> tuple[Path, bool]:
     return (Path(os.path.realpath(path)) if path.is_symlink() else path), False
 
 
-def check_output_file(path: Path, what: str = "output", force: bool = True, inputs=()) -> Path:
+def check_output_file(path: Path, what: str = "output", force: bool = True, inputs=(), protected=()) -> Path:
     """An output file that can be written (an existing one only with ``force``), and none of the command's
     ``inputs`` (a result written over its own label file destroys it), under :func:`output_target`'s rule:
-    checked before any work."""
+    checked before any work. ``protected``: folders the command reads as a whole (a data set's folder, with its
+    label files, lists, metadata and images): an output may add a file there, never replace one."""
     path = Path(path)
     target, in_place = output_target(path)
     if in_place:
@@ -88,6 +89,11 @@ def check_output_file(path: Path, what: str = "output", force: bool = True, inpu
     for source in inputs:
         if source is not None and str(source) != "-" and same_file(target, source):
             raise ChexcutError(f"{what} {path} is one of this command's inputs; write it elsewhere")
+    for folder in protected:
+        root = Path(folder).resolve()
+        if target.exists() and (root == target.resolve() or root in target.resolve().parents):
+            raise ChexcutError(f"{what} {path} would replace a file of {folder}, which this command reads; write "
+                               f"it elsewhere (a new file there is fine)")
     if target.is_dir():
         raise ChexcutError(f"{what} {path} is a folder; give a file name")
     if path.exists() and not force:

@@ -52,7 +52,19 @@ def files_read_under(targets) -> list[Path]:
         target = Path(target)
         folders = [target, *(p for p in target.glob("runs/*") if p.is_dir())] if target.is_dir() else []
         out += [target / "plan.json"] + [f / name for f in folders for name in READ_FILES]
+        out += [e for f in folders for e in sorted((f / "external").glob("*.json"))]  # external evaluations
     return [p for p in out if p.exists()]
+
+
+def run_folders_under(targets) -> list[Path]:
+    """The run directories (a ``config.json`` there) among ``targets`` and their ``runs/*``: folders a report or
+    a card reads whole, where an output of theirs must never land (a stray file in ``external/`` breaks every
+    later report)."""
+    out = []
+    for target in map(Path, targets):
+        folders = [target, *(p for p in target.glob("runs/*") if p.is_dir())] if target.is_dir() else []
+        out += [f for f in folders if (f / CONFIG).is_file()]
+    return out
 
 
 def metrics_header(labels) -> list[str]:

@@ -224,3 +224,33 @@ def test_a_study_mixes_a_cnn_a_vit_and_a_convnext(phantom, tmp_path):
     vit = next(r for r in rep["results"] if r["arch"] == "test_vit" and r["drop"] == 2)
     assert vit["params"] == anatomy("test_vit", 48).truncations[2].params
     assert "test_vit" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_the_run_fits_its_settings_to_the_architecture_before_writing(phantom, tmp_path):
+    """The recipe's 320 px becomes 322 for a /14 DINOv2 (with a note); a size given by hand is the user's; a
+    ViT model file fine-tuned at another size records the parameters of the model it holds; --layer-decay on a
+    torchvision-style CNN is one line before any file is written, and at plan time."""
+    from conftest import run_cli
+
+    from chexcut.training.config import TrainConfig, fit_to_arch
+
+    cfg = TrainConfig.from_recipe("paper")
+    assert "training at 322" in fit_to_arch(cfg, get_arch("vit_small_patch14_dinov2")) and cfg.image_size == 322
+    cfg = TrainConfig.from_recipe("paper", image_size=308)
+    assert fit_to_arch(cfg, get_arch("vit_small_patch14_dinov2")) is None and cfg.image_size == 308
+    model = tmp_path / "vit.safetensors"
+    rc, _, err = run_cli("truncate", "test_vit", "--drop", "3", "--weights", "none", "--image-size", "160", "-o", model)
+    assert rc == 0, err
+    rc, _, err = run_cli("finetune", model, "--data", phantom, "--out", tmp_path / "v", "--image-size", "48",
+                         "--max-steps", "2", "--batch-size", "8", "--workers", "0", "-q")
+    assert rc == 0, err
+    import json
+
+    config = json.loads((tmp_path / "v" / "config.json").read_text())
+    assert config["model"]["params"] == anatomy("test_vit", 48).truncations[3].params
+    rc, _, err = run_cli("finetune", "resnet18", "--weights", "none", "--data", phantom, "--out", tmp_path / "r",
+                         "--layer-decay", "0.7", "--max-steps", "1", "--workers", "0", "-q")
+    assert rc == 2 and "--layer-decay needs a family timm groups into layers" in err and not (tmp_path / "r").exists()
+    rc, _, err = run_cli("study", "plan", "--data", phantom, "--out", tmp_path / "s", "--archs", "test_vit,resnet18",
+                         "--weights", "none", "--layer-decay", "0.7", "--image-size", "48")
+    assert rc == 2 and "--archs resnet18: --layer-decay" in err and not (tmp_path / "s" / "plan.json").exists()

@@ -355,6 +355,44 @@ def test_image_paths_leading_outside_the_data_folder_are_refused(run, tmp_path):
         assert "'../secret/x.jpg'" in err and "--images-outside-data" in err
     assert not (tmp_path / "r").exists() and not (tmp_path / "maps").exists()
     rc, out, err = run_cli("evaluate", run / "run", "--data", data, "--bootstrap", "10", "--images-outside-data",
-                           "--allow-overlap", "--json", "-")
-    assert rc == 0, err
+                           "--json", "-")
+    assert rc == 0, err  # the permission reaches the training rows the overlap check reads
     assert json.loads(out)["n"] > 0
+    # a symlinked folder inside the data cannot be climbed out of: `..` is resolved in the text, so the path judged
+    # is the path opened (here a file inside the data folder that does not exist), never the secret beyond the link
+    os.symlink(secret, inner / "link")
+    (secret / "deeper").mkdir()
+    valid = pd.read_csv(run / "ph" / "CheXpert-v1.0-small" / "valid.csv")  # the original rows
+    valid.loc[a, "Path"] = "CheXpert-v1.0-small/link/deeper/../../secret/x.jpg"
+    valid.to_csv(inner / "valid.csv", index=False)
+    rc, _, err = run_cli("prepare", data, "--image-size", "32", "-q")
+    _one_line_exit_2(rc, err, f"1 of 70 images are missing (first: {inner}/secret/x.jpg)")
+
+
+def test_the_newer_outputs_never_replace_what_the_command_reads(run, tmp_path):
+    """export through a symlink onto the run's model, datasets index onto the set's label file, the card's --json
+    onto an external evaluation, two card outputs naming one file, a report inside a run: each refused in one
+    line before any work, the input intact; ``datasets index -o -`` writes the CSV to stdout."""
+    rc, _, err = run_cli("evaluate", run / "run", "--bootstrap", "10", "--json", tmp_path / "eval.json", "-q")
+    assert rc == 0, err
+    r = tmp_path / "run"
+    shutil.copytree(run / "run", r)
+    shutil.copy(tmp_path / "eval.json", r / "eval.json")
+    (r / "external").mkdir()
+    shutil.copy(tmp_path / "eval.json", r / "external" / "nih.json")
+    before = {p: _digest(p) for p in (r / "best.safetensors", r / "eval.json", r / "external" / "nih.json")}
+    os.symlink(r / "best.safetensors", tmp_path / "link.onnx")
+    _one_line_exit_2(*run_cli("export", r, "-o", tmp_path / "link.onnx", "--force")[::2], "one of this command's inputs")
+    _one_line_exit_2(*run_cli("card", r, "-o", tmp_path / "c.md", "--json", r / "external" / "nih.json")[::2],
+                     "one of this command's inputs")
+    _one_line_exit_2(*run_cli("card", r, "-o", tmp_path / "c.md", "--html", tmp_path / "c.md")[::2], "name one file")
+    _one_line_exit_2(*run_cli("report", r, "-o", r / "external")[::2], "inside the run")
+    assert not (tmp_path / "c.md").exists() and sorted(p.name for p in (r / "external").iterdir()) == ["nih.json"]
+    assert before == {p: _digest(p) for p in before}
+    label = run / "ph" / "CheXpert-v1.0-small" / "valid.csv"
+    digest = _digest(label)
+    _one_line_exit_2(*run_cli("datasets", "index", run / "ph", "-o", label)[::2], "would replace a file of")
+    assert _digest(label) == digest
+    rc, out, err = run_cli("datasets", "index", run / "ph", "-o", "-")
+    assert rc == 0 and out.startswith("Path,") and out.count("\n") > 10, err
+    assert not Path("-").exists()

@@ -133,7 +133,7 @@ def datasets(ctx: typer.Context,
 @datasets_app.command("index")
 def datasets_index(
     ref: Annotated[str, typer.Argument(help="SET:DIR (e.g. nih:/data/nih), or a folder whose label file names its set.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The index CSV to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The index CSV to write (- for stdout); never over a file of the set's folder.")],
     label_map: LabelMapOpt = None,
     all_labels: Annotated[bool, typer.Option("--all-labels", help="Also write the set's own labels that a CheXpert label is mapped from (PadChest: 55 more columns).")] = False,
     json_out: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
@@ -157,16 +157,27 @@ def datasets_index(
         raise ChexcutError(f"data folder {root} does not exist")
     label_map = str(Path(label_map).resolve()) if label_map else None
     frame, not_annotated, label_file = read_index(root, name, label_map)
-    check_output_file(out, "index", inputs=[label_file] + ([Path(label_map)] if label_map else []))
+    to_stdout = str(out) == "-"  # the index CSV on stdout, the summary on stderr
+    if to_stdout and json_out:
+        raise ChexcutError("-o - and --json would both write to stdout; send the index to a file")
+    if not to_stdout:
+        check_output_file(out, "index", inputs=[label_file] + ([Path(label_map)] if label_map else []),
+                          protected=[root])
     ds = get(name)
     missing = missing_files(root, frame["Path"].tolist())
-    with atomic_path(out) as tmp:
-        index_csv_frame(frame, not_annotated, ds, all_labels).to_csv(tmp, index=False)
+    table = index_csv_frame(frame, not_annotated, ds, all_labels)
+    if to_stdout:
+        import sys
+
+        table.to_csv(sys.stdout, index=False)
+    else:
+        with atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False)
     summary = {**index_summary(frame, not_annotated, ds, label_file, missing), "index": str(out)}
     if json_out:
         ui.print_json(summary)
         return
-    ui.out.print(_index_table(summary))
+    (ui.err if to_stdout else ui.out).print(_index_table(summary))
     if missing:
         ui.err.print(f"[yellow]{len(missing):,} of {len(frame):,} images are missing[/] (first: "
                      f"{', '.join(missing[:3])}); `--skip-missing` trains and evaluates without them")

@@ -231,8 +231,14 @@ def report(
     check_parameters(bootstrap=bootstrap, alpha=alpha, margin=margin)
     if out:
         from chexcut.fileio import check_output_folder
+        from chexcut.rundir import run_folders_under
 
         check_output_folder(out, "report folder")
+        inside = [r for r in run_folders_under(targets) if r.resolve() == out.resolve() or r.resolve() in
+                  out.resolve().parents]
+        if inside:
+            raise ChexcutError(f"--out {out} is inside the run {inside[0]}, which this report reads; write the "
+                               f"report elsewhere (e.g. beside the runs)")
     if json_path and json_path != "-":
         from chexcut.fileio import check_output_file
         from chexcut.rundir import files_read_under
@@ -299,14 +305,18 @@ def card(
     subgroups, calibration, operating points, decision curves, failures), software, how to reproduce; and the
     CLAIM and TRIPOD+AI checklists saying where each item is answered or that it needs the authors."""
     import chexcut.cli.ui as ui
-    from chexcut.fileio import check_output_file, write_json
-    from chexcut.rundir import files_read_under
+    from chexcut.fileio import check_output_file, same_file, write_json
+    from chexcut.rundir import files_read_under, run_folders_under
     from chexcut.study.card import read_about, write_card
 
-    reads = files_read_under([target])
-    for path, what in ((out, "--out"), (html, "--html")):
-        if path is not None:
-            check_output_file(path, what, inputs=reads)
+    reads = files_read_under([target]) + ([about] if about is not None else [])
+    outputs = [(path, what) for path, what in ((out, "--out"), (html, "--html"), (json_path, "--json"))
+               if path is not None and str(path) != "-"]
+    for i, (path, what) in enumerate(outputs):
+        check_output_file(Path(path), what, inputs=reads, protected=run_folders_under([target]))
+        for other, other_what in outputs[:i]:
+            if same_file(path, other):
+                raise ChexcutError(f"{other_what} and {what} name one file ({path}); give each its own")
     from chexcut.study.render import make_plots
 
     card = write_card(target, out, read_about(about), html=html, extra_images=make_plots)

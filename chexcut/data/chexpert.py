@@ -187,15 +187,16 @@ def resolve_paths(paths: list[str], base: Path, outside: bool = False, source: s
     """CSV paths -> file paths (strings). CheXpert paths start with their prefix folder; ``base``
     may be that folder itself or the folder that contains it (decided once per prefix).
 
-    A path that leads outside ``base`` (absolute elsewhere, or climbing out with ``..``; judged on the path as
-    written, so a symlinked folder inside the data folder is the user's own layout) is refused naming the first
-    few, unless ``outside``."""
-    out = _joined_paths(paths, base)
-    if not outside:
-        import os
+    A path that leads outside ``base`` (absolute elsewhere, or climbing out with ``..``) is refused naming the first
+    few, unless ``outside``. The paths returned are the ones judged: ``..`` is resolved in the text, so a symlinked
+    folder inside the data folder cannot be climbed out of (``train/../secret`` is ``secret``); a symlinked folder
+    is otherwise the user's own layout, and the data folder may be named through a symlink or by its real path."""
+    import os
 
-        root = os.path.abspath(base)
-        away = [p for p, f in zip(paths, out) if os.path.commonpath([root, os.path.normpath(f)]) != root]
+    out = [os.path.normpath(f) for f in _joined_paths(paths, base)]
+    if not outside:
+        roots = {os.path.abspath(base), os.path.realpath(base)}
+        away = [p for p, f in zip(paths, out) if not any(os.path.commonpath([r, f]) == r for r in roots)]
         if away:
             shown = ", ".join(repr(p) for p in away[:3])
             raise ChexcutError(f"{source}: {len(away)} image paths lead outside the data folder {base} (e.g. {shown}); "

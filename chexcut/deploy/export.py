@@ -87,8 +87,8 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
     out = Path(out)
     if out.suffix != ".onnx":
         raise ChexcutError(f"-o {out}: give a file name ending in .onnx")
-    check_writable(out, force=force, inputs=[model_path])
     path = ModelSource.parse(str(model_path)).require_file("export")
+    check_writable(out, force=force, inputs=[model_path, path])  # a run's best.safetensors, through a symlink too
     spec = read_spec(path)
     size = int(image_size or spec.preprocess.image_size)
     check_image_size(spec.arch, size)

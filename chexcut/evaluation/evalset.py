@@ -73,7 +73,7 @@ def resolve(run_dir: Path | None, data: Path | None, split: str | None, given: d
     options the user chose explicitly (``given``: DataOptions field -> value)."""
     from chexcut.data.chexpert import DataOptions
 
-    unknown = set(given) - set(DATA_OPTIONS) - {"images_outside"}  # a permission, not a choice of rows
+    unknown = set(given) - set(DATA_OPTIONS) - {"images_outside"}
     if unknown:
         raise ValueError(f"not data options: {sorted(unknown)}")
     if run_dir is None:
@@ -85,6 +85,10 @@ def resolve(run_dir: Path | None, data: Path | None, split: str | None, given: d
     train = cfg["train"]
     base = dict(run_dir=Path(run_dir), resize=train.get("resize", "squash"), image_size=train.get("image_size"),
                 cache=Path(cfg["data"]["cache"]) if cfg["data"].get("cache") else None)
+    given = dict(given)
+    permitted = bool(given.pop("images_outside", False))  # a permission, not a choice of rows
+    if permitted:
+        run_opts = dataclasses.replace(run_opts, images_outside=True)
     if not given and split in (None, "valid"):
         if data is None:
             if not run_data.exists():
@@ -124,6 +128,8 @@ def check_overlap(eval_table, es: EvaluationSet, allow: bool, run_dir: Path | No
         return None
     cfg = run_config(run_dir)
     run_data, run_opts = Path(cfg["data"]["dir"]), DataOptions.from_json(cfg["data"])
+    if es.opts.images_outside:  # the permission given for this evaluation reaches the training rows it checks
+        run_opts = dataclasses.replace(run_opts, images_outside=True)
     if not run_data.exists() and es.kind == "run-validation":
         run_data = es.data  # the data moved; its fingerprint matched
     try:

@@ -76,8 +76,9 @@ def at_input_size(model: nn.Module, image_size: int) -> nn.Module:
         return model
     from dataclasses import replace
 
-    resized = replace(spec, preprocess=spec.preprocess.with_size(int(image_size)))
-    fresh = rebuild(resized)
+    fresh = rebuild(replace(spec, preprocess=spec.preprocess.with_size(int(image_size))))
+    # the position embeddings' size changed with the grid: the spec counts the parameters of the model it describes
+    resized = replace(fresh.chexcut_spec, params=sum(p.numel() for p in fresh.parameters()))
     own = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     load_state_dict_strict(fresh, library_of(arch).adapt_state(arch, own, fresh), arch,
                            f"{spec.arch} resampled from {spec.preprocess.image_size} to {image_size} px")

@@ -192,14 +192,18 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
 
 
 def _check_sizes(grid: Grid, options: FinetuneOptions) -> None:
-    """Every architecture takes the runs' image size (a /14 ViT takes no 320, a Swin's windows a multiple of 32):
-    refused now, in one line, not as a shape error in each run's first step."""
+    """Every architecture takes the runs' settings: the image size (a /14 ViT takes no 320 given by hand, a Swin's
+    windows a multiple of 32) and ``--layer-decay`` (only families with layers): refused now, in one line, not in
+    each run's first step."""
     from chexcut.models.anatomy import check_image_size
+    from chexcut.models.registry import get_arch
+    from chexcut.training.config import fit_to_arch
 
-    size = options.train_config(seed=0).image_size
     for arch in grid.archs:
+        cfg = options.train_config(seed=0)
         try:
-            check_image_size(arch, size)
+            fit_to_arch(cfg, get_arch(arch))  # --layer-decay for a family that has layers; the recipe's size fitted
+            check_image_size(arch, cfg.image_size)
         except ChexcutError as e:
             raise ChexcutError(f"--archs {arch}: {e}") from None
 

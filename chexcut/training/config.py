@@ -194,6 +194,25 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("resize", Resize, RESIZE_HELP, default=Resize.squash),
 )
 
+def fit_to_arch(cfg: TrainConfig, arch) -> str | None:
+    """``cfg`` checked against the architecture it trains, before anything is written: ``--layer-decay`` needs a
+    family timm groups into layers; the recipe's default image size (320) is rounded to one the family takes
+    (322 for a /14 DINOv2), and the note saying so is returned. A size the user chose is left for the
+    architecture's own check (one line naming the sizes to use)."""
+    from chexcut.models.registry import default_image_size
+
+    if cfg.layer_decay is not None and arch.family.pruning != "timm":
+        raise ChexcutError(f"--layer-decay needs a family timm groups into layers (ViT, DeiT, DINOv2, Swin, ConvNeXt); "
+                           f"{arch.name} is cut from a torchvision-style table")
+    fitted = default_image_size(arch, cfg.image_size)
+    if fitted != cfg.image_size and cfg.image_size == RECIPES[cfg.recipe]["image_size"]:
+        note = (f"the recipe's --image-size {cfg.image_size} is not a multiple of {arch.name}'s "
+                f"{arch.family.size_multiple} px patches: training at {fitted}")
+        cfg.image_size = fitted
+        return note
+    return None
+
+
 #: TrainConfig fields a user sets on ``finetune``'s command line.
 CLI_TRAIN_FIELDS = tuple(o.name for o in TRAIN_OPTIONS)
 

@@ -156,6 +156,17 @@ def build_model(source: dict, labels=None, image_size: int | None = None):
     return truncate(source["arch"], image_size=image_size, **kw)
 
 
+def source_arch(source: dict):
+    """The registry entry a run's model source names (an architecture, or a model file's), or None (no source:
+    a resume from its checkpoint)."""
+    from chexcut.models.modelfile import read_spec
+    from chexcut.models.registry import get_arch
+
+    if source.get("arch"):
+        return get_arch(source["arch"])
+    return get_arch(read_spec(source["file"]).arch) if source.get("file") else None
+
+
 def check_same_model(spec: ModelSpec, recorded: dict, rd: RunDir) -> None:
     """The checkpoint is the model config.json describes (a last.ckpt copied in from another run would train
     on, and report would believe config.json)."""
@@ -248,6 +259,7 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.infer import resolve_precision
     from chexcut.models.surgery import at_input_size
+    from chexcut.training.config import fit_to_arch
 
     cfg, rd = run.cfg, RunDir(run.run_dir)
     limit_threads()
@@ -258,10 +270,13 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     channels_last = cfg.channels_last and device.type == "cuda"
 
     torch.manual_seed(cfg.seed)  # before the model is built: a random init is part of the run
+    arch = source_arch(run.model_source)  # None on a resume from a checkpoint: its config.json is already fitted
+    size_note = fit_to_arch(cfg, arch) if arch is not None else None  # before anything is built or written
     model, spec, ckpt = starting_model(run, rd, cfg.image_size)
     check_image_size(spec.arch, cfg.image_size)
     model = at_input_size(model, cfg.image_size)  # a ViT's position embeddings resampled to the run's size
     # the preprocessing this run trains with: the model's normalisation, the run's image size and resize mode
+    spec = model.chexcut_spec
     spec = dataclasses.replace(spec, preprocess=spec.preprocess.with_size(cfg.image_size, cfg.resize))
     opts = dataclasses.replace(run.opts, labels=spec.labels)
     data = open_data(run, cfg, opts, dist)
@@ -286,7 +301,7 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     if use_compile:
         train_model = torch.compile(train_model)
     sampler, loader, val_loader, val_shard = make_loaders(data, cfg, device, dist)
-    notes = []
+    notes = [size_note] if size_note else []
     if cfg.precise_bn and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         notes.append(f"--precise-bn skipped: {spec.arch} has no BatchNorm (its LayerNorms keep no running statistics)")
     from chexcut.models.weights import licence_note
