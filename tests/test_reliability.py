@@ -209,10 +209,12 @@ def test_duplicate_headers_rows_and_images_that_lie(phantom, tmp_path):
     real = tmp_path / "real.png"
     Image.new("L", (4500, 4200)).save(real)  # a real radiograph's size passes
     assert load_image(real, 32).shape == (32, 32)
-    absolute = df.head(20).copy()  # absolute paths in a CSV are used as they are
+    absolute = df.head(20).copy()  # absolute paths elsewhere in a CSV: used as they are, with the permission
     absolute["Path"] = [str(phantom / p) for p in absolute["Path"]]
     absolute.to_csv(tmp_path / "abs.csv", index=False)
-    t = load_split(tmp_path, "all", DataOptions(csv=str(tmp_path / "abs.csv"), views="all"))
+    with pytest.raises(ChexcutError, match="20 image paths lead outside the data folder"):
+        load_split(tmp_path, "all", DataOptions(csv=str(tmp_path / "abs.csv"), views="all"))
+    t = load_split(tmp_path, "all", DataOptions(csv=str(tmp_path / "abs.csv"), views="all", images_outside=True))
     assert all(os.path.isfile(f) for f in t.files)
 
 

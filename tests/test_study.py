@@ -372,7 +372,7 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
     # --label-map needs a published set (not this CheXpert-layout one): test_datasets checks it reaches the runs
     assert {p.name for p in command.params} == set(carried) | set(STUDY_REFUSED) | {"label_map"}
     own = {"model", "data", "out", "weights", "force", "track", "track_models"}  # study plan's own (or none)
-    base = ["study", "plan", "--data", data, "--out", tmp_path / "s", "--archs", "resnet18", "--weights", "none",
+    base = ["study", "plan", "--data", data, "--out", tmp_path / "s", "--archs", "test_vit", "--weights", "none",
             "--drops", "3", "--track", f"sqlite:///{tmp_path / 'm.db'}", "--force"]
     args = [str(a) for flag, _ in carried.values() for a in flag]
     rc, _, err = run_cli(*base, *args)

@@ -176,15 +176,21 @@ def test_read_only_cache_folder(env, files):
     assert rc == 2 and "not writable" in err and str(env) in err
 
 
-def test_timm_weights_go_into_the_hugging_face_cache(tmp_path, monkeypatch):
-    """inception_v4 from a mirror folder: installed in the HF cache layout timm's loader reads."""
-    from safetensors.torch import save_file
-
+@pytest.fixture
+def hub_mirror(tmp_path, monkeypatch):
+    """A private Hugging Face cache and chexcut cache, and an empty mirror folder (returned)."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path / "cx"))
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
+    (tmp_path / "mirror").mkdir()
+    return tmp_path / "mirror"
+
+
+def test_timm_weights_go_into_the_hugging_face_cache(tmp_path, hub_mirror):
+    """inception_v4 from a mirror folder: installed in the HF cache layout timm's loader reads."""
+    from safetensors.torch import save_file
+
+    mirror = hub_mirror
     torch.manual_seed(0)
     fresh = {k: v.contiguous() for k, v in build_architecture("inception_v4").state_dict().items()}
     save_file(fresh, str(mirror / "inception_v4.tf_in1k.safetensors"))
@@ -206,17 +212,13 @@ def test_timm_weights_go_into_the_hugging_face_cache(tmp_path, monkeypatch):
     assert rc == 0, err
 
 
-def test_a_vit_from_a_mirror_into_the_hugging_face_cache_with_its_licence(tmp_path, monkeypatch):
+def test_a_vit_from_a_mirror_into_the_hugging_face_cache_with_its_licence(tmp_path, hub_mirror):
     """test_vit (timm's tiny ViT, published at 160 px): a fresh model's file is refused (its LayerNorms never moved);
     a trained one is installed in the hub layout, listed with its licence, and a 64 px model resamples it."""
     import timm
     from safetensors.torch import save_file
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path / "cx"))
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
+    mirror = hub_mirror
     torch.manual_seed(0)
     fresh = timm.create_model("test_vit")
     save_file({k: v.contiguous() for k, v in fresh.state_dict().items()}, str(mirror / "test_vit.r160_in1k.safetensors"))

@@ -107,7 +107,7 @@ ImagesOutsideOpt = Annotated[bool, typer.Option("--images-outside-data", help="A
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unreadable images (reported).")]
 
 
-def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, split_seed=0, data=None, label_map=None,
+def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, data=None, label_map=None,
                  images_outside=False):
     """The DataOptions of a command's data options; ``data`` ``SET:DIR`` names the published data set."""
     from chexcut.data.chexpert import DataOptions
@@ -118,7 +118,7 @@ def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, spl
     if label_map is not None and Path(label_map).exists():
         label_map = str(Path(label_map).resolve())  # a run or a plan reads it from another folder
     return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels, "--labels")) if labels is not None else None, views=str(views),
-                       uncertain=uncertain, blank=str(blank), valid_frac=valid_frac, split_seed=split_seed,
+                       uncertain=uncertain, blank=str(blank), valid_frac=valid_frac,
                        dataset=dataset, label_map=label_map, images_outside=bool(images_outside))
 
 

@@ -141,45 +141,17 @@ def datasets_index(
     """Write a set's harmonised index (path, patient, study, view, sex, age, split, the 14 labels, its own) without
     decoding an image; say what the files hold and which images are missing."""
     import chexcut.cli.ui as ui
-    from chexcut.data.datasets import (
-        get,
-        index_csv_frame,
-        index_summary,
-        missing_files,
-        read_index,
-        resolve,
-    )
-    from chexcut.fileio import atomic_path, check_output_file
+    from chexcut.data.datasets import write_index
 
-    root, name = resolve(ref)
-    name = name or ("chexpert" if root.is_dir() else None)
-    if name is None:
-        raise ChexcutError(f"data folder {root} does not exist")
-    label_map = str(Path(label_map).resolve()) if label_map else None
-    frame, not_annotated, label_file = read_index(root, name, label_map)
-    to_stdout = str(out) == "-"  # the index CSV on stdout, the summary on stderr
-    if to_stdout and json_out:
+    if str(out) == "-" and json_out:
         raise ChexcutError("-o - and --json would both write to stdout; send the index to a file")
-    if not to_stdout:
-        check_output_file(out, "index", inputs=[label_file] + ([Path(label_map)] if label_map else []),
-                          protected=[root])
-    ds = get(name)
-    missing = missing_files(root, frame["Path"].tolist())
-    table = index_csv_frame(frame, not_annotated, ds, all_labels)
-    if to_stdout:
-        import sys
-
-        table.to_csv(sys.stdout, index=False)
-    else:
-        with atomic_path(out) as tmp:
-            table.to_csv(tmp, index=False)
-    summary = {**index_summary(frame, not_annotated, ds, label_file, missing), "index": str(out)}
+    summary, missing = write_index(ref, out, label_map, all_labels)
     if json_out:
         ui.print_json(summary)
         return
-    (ui.err if to_stdout else ui.out).print(_index_table(summary))
+    (ui.err if str(out) == "-" else ui.out).print(_index_table(summary))
     if missing:
-        ui.err.print(f"[yellow]{len(missing):,} of {len(frame):,} images are missing[/] (first: "
+        ui.err.print(f"[yellow]{len(missing):,} of {summary['images']:,} images are missing[/] (first: "
                      f"{', '.join(missing[:3])}); `--skip-missing` trains and evaluates without them")
 
 

@@ -69,12 +69,9 @@ def finetune(
         if model or out or data:
             raise ChexcutError("--resume RUN_DIR takes its model, data and output from the run; give no MODEL, --data or --out")
         _refuse_changes_on_resume(ctx)
-        run = Run.from_run_dir(resume, max_steps=train["max_steps"], device=train["device"])
+        run = Run.from_run_dir(resume, max_steps=train["max_steps"], device=train["device"],
+                               images_outside=images_outside)
         run.track = tracking.resumed(resume, track)
-        if images_outside:  # a permission for this invocation (the run's choice of rows is its own)
-            import dataclasses
-
-            run.opts = dataclasses.replace(run.opts, images_outside=True)
     else:
         if not model or data is None or out is None:
             raise ChexcutError("finetune needs MODEL, --data DIR and --out RUN_DIR (or --resume RUN_DIR)")

@@ -179,49 +179,38 @@ def apply_policies(values: np.ndarray, uncertain: list[float | None], blank: str
 
 # ----------------------------------------------------------------------------- reading
 
-#: The option that lets image paths lead outside the data folder (named by the refusal).
-IMAGES_OUTSIDE_FLAG = "--images-outside-data"
+IMAGES_OUTSIDE_FLAG = "--images-outside-data"  # the option that lets image paths lead outside the data folder
 
 
 def resolve_paths(paths: list[str], base: Path, outside: bool = False, source: str = "the label file") -> list[str]:
     """CSV paths -> file paths (strings). CheXpert paths start with their prefix folder; ``base``
     may be that folder itself or the folder that contains it (decided once per prefix).
 
-    A path that leads outside ``base`` (absolute elsewhere, or climbing out with ``..``) is refused naming the first
-    few, unless ``outside``. The paths returned are the ones judged: ``..`` is resolved in the text, so a symlinked
-    folder inside the data folder cannot be climbed out of (``train/../secret`` is ``secret``); a symlinked folder
-    is otherwise the user's own layout, and the data folder may be named through a symlink or by its real path."""
-    import os
-
-    out = [os.path.normpath(f) for f in _joined_paths(paths, base)]
-    if not outside:
-        roots = {os.path.abspath(base), os.path.realpath(base)}
-        away = [p for p, f in zip(paths, out) if not any(os.path.commonpath([r, f]) == r for r in roots)]
-        if away:
-            shown = ", ".join(repr(p) for p in away[:3])
-            raise ChexcutError(f"{source}: {len(away)} image paths lead outside the data folder {base} (e.g. {shown}); "
-                               f"pass {IMAGES_OUTSIDE_FLAG} if your layout keeps images elsewhere")
-    return out
-
-
-def _joined_paths(paths: list[str], base: Path) -> list[str]:
+    A path leading outside ``base`` (absolute elsewhere, or out by ``..``) is refused unless ``outside``. The paths
+    returned are the ones judged (``..`` resolved in the text: a symlinked folder inside cannot be climbed out of);
+    the data folder may be named through a symlink or by its real path."""
     import os
 
     base_s = os.path.abspath(base)  # absolute: the same image has one name, whatever the cwd
     strip_prefix: dict[str, bool] = {}
     out = []
     for p in paths:
-        if os.path.isabs(p):  # an absolute path in the CSV is used as it is
-            out.append(p)
-            continue
         first, _, rest = p.partition("/")
-        if rest and first in PREFIXES:
+        if os.path.isabs(p):  # an absolute path in the CSV is used as it is
+            out.append(os.path.normpath(p))
+        elif rest and first in PREFIXES:
             strip = strip_prefix.get(first)
             if strip is None:
                 strip = strip_prefix[first] = base.name == first or not (base / first).is_dir()
-            out.append(f"{base_s}/{rest if strip else p}")
+            out.append(os.path.normpath(f"{base_s}/{rest if strip else p}"))
         else:
-            out.append(f"{base_s}/{p}")
+            out.append(os.path.normpath(f"{base_s}/{p}"))
+    roots = {base_s, os.path.realpath(base)}
+    away = [] if outside else [p for p, f in zip(paths, out) if not any(os.path.commonpath([r, f]) == r for r in roots)]
+    if away:
+        raise ChexcutError(f"{source}: {len(away)} image paths lead outside the data folder {base} (e.g. "
+                           f"{', '.join(repr(p) for p in away[:3])}); pass {IMAGES_OUTSIDE_FLAG} if your layout "
+                           f"keeps images elsewhere")
     return out
 
 
@@ -323,10 +312,9 @@ def table_from_frame(df, name: str, base: Path, opts: DataOptions, split: str, n
         study = df["Study"].astype(str).to_numpy(dtype=object)[sel]
     else:
         patient, study = patient_study(paths)
-    files = resolve_paths(paths, base, opts.images_outside, name)
-    return mark_not_annotated(LabelTable(root=base, paths=paths, files=files, labels=labels,
-                                         values=values, targets=targets, mask=mask, patient=patient, study=study,
-                                         csv_rows=sel + 2, split=split))
+    return mark_not_annotated(LabelTable(
+        root=base, paths=paths, files=resolve_paths(paths, base, opts.images_outside, name), labels=labels,
+        values=values, targets=targets, mask=mask, patient=patient, study=study, csv_rows=sel + 2, split=split))
 
 
 def patient_split(table: LabelTable, valid_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -364,3 +364,32 @@ def missing_files(root: Path, paths) -> list[str]:
         if name not in have:
             missing.append(str(p))
     return missing
+
+
+def write_index(ref: str, out, label_map: str | None = None, all_labels: bool = False) -> tuple[dict, list[str]]:
+    """``chexcut datasets index``: the harmonised index of the set ``ref`` names (``SET:DIR``, or a folder whose
+    label file names its set) written to ``out`` (``-``: stdout), no image decoded. Returns (the summary, the
+    missing images). ``out`` is checked first: never one of the files the set's folder holds (label files, lists,
+    metadata, images; a new file there is fine)."""
+    import sys
+
+    from chexcut.fileio import atomic_path, check_output_file
+
+    root, name = resolve(ref)
+    name = name or ("chexpert" if root.is_dir() else None)
+    if name is None:
+        raise ChexcutError(f"data folder {root} does not exist")
+    label_map = str(Path(label_map).resolve()) if label_map else None
+    frame, not_annotated, label_file = read_index(root, name, label_map)
+    if str(out) != "-":
+        check_output_file(Path(out), "index", inputs=[label_file] + ([Path(label_map)] if label_map else []),
+                          protected=[root])
+    ds = get(name)
+    missing = missing_files(root, frame["Path"].tolist())
+    table = index_csv_frame(frame, not_annotated, ds, all_labels)
+    if str(out) == "-":
+        table.to_csv(sys.stdout, index=False)
+    else:
+        with atomic_path(Path(out)) as tmp:
+            table.to_csv(tmp, index=False)
+    return {**index_summary(frame, not_annotated, ds, label_file, missing), "index": str(out)}, missing

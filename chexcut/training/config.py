@@ -88,9 +88,11 @@ class Run:
     track: object = None  # chexcut.tracking.Tracking: log this run to MLflow (rank 0 only)
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path, max_steps: int | None = None, device: str | None = None) -> "Run":
-        """The Run to ``--resume``: settings from its config.json (``max_steps``/``device`` may change).
-        The image cache it used is used again while it is there (same pixels as decoding, only faster)."""
+    def from_run_dir(cls, run_dir: Path, max_steps: int | None = None, device: str | None = None,
+                     images_outside: bool = False) -> "Run":
+        """The Run to ``--resume``: settings from its config.json (``max_steps``/``device`` may change;
+        ``images_outside`` is a permission for this invocation). The image cache it used is used again while it is
+        there (same pixels as decoding, only faster)."""
         from chexcut.data.chexpert import DataOptions
 
         try:
@@ -103,7 +105,7 @@ class Run:
             train["max_steps"] = max_steps
         if device:
             train["device"] = device
-        opts = DataOptions.from_json(d)
+        opts = DataOptions.from_json({**d, **({"images_outside": True} if images_outside else {})})
         cache = Path(d["cache"]) if d.get("cache") and (Path(d["cache"]) / "index.json").is_file() else None
         source = {} if RunDir(run_dir).last.is_file() else _typed_source(config.get("model_source") or {})
         return cls(run_dir=Path(run_dir), data=Path(d["dir"]), opts=opts, cfg=TrainConfig(**train),

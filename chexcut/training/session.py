@@ -156,6 +156,17 @@ def build_model(source: dict, labels=None, image_size: int | None = None):
     return truncate(source["arch"], image_size=image_size, **kw)
 
 
+def start_notes(cfg: TrainConfig, model, spec: ModelSpec, size_note: str | None) -> tuple[str, ...]:
+    """What the run says once when training starts: a fitted image size, precise BN skipped on a model without
+    BatchNorm, the licence of non-commercial starting weights."""
+    from chexcut.models.weights import licence_note
+
+    notes = [size_note] if size_note else []
+    if cfg.precise_bn and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        notes.append(f"--precise-bn skipped: {spec.arch} has no BatchNorm (its LayerNorms keep no running statistics)")
+    return tuple(notes + ([licence_note(spec.weights)] if licence_note(spec.weights) else []))
+
+
 def source_arch(source: dict):
     """The registry entry a run's model source names (an architecture, or a model file's), or None (no source:
     a resume from its checkpoint)."""
@@ -301,17 +312,11 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     if use_compile:
         train_model = torch.compile(train_model)
     sampler, loader, val_loader, val_shard = make_loaders(data, cfg, device, dist)
-    notes = [size_note] if size_note else []
-    if cfg.precise_bn and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        notes.append(f"--precise-bn skipped: {spec.arch} has no BatchNorm (its LayerNorms keep no running statistics)")
-    from chexcut.models.weights import licence_note
-
-    if licence_note(spec.weights):
-        notes.append(licence_note(spec.weights))
     s = Session(run=run, rd=rd, cfg=cfg, device=device, dist=dist, precision=precision, channels_last=channels_last,
                 spec=spec, data=data, model=model, train_model=train_model, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, loader=loader, val_loader=val_loader, sampler=sampler, val_shard=val_shard,
-                state=state, metrics=MetricsLog(rd.metrics, spec.labels), emit=emit, notes=tuple(notes))
+                state=state, metrics=MetricsLog(rd.metrics, spec.labels), emit=emit,
+                notes=start_notes(cfg, model, spec, size_note))
     if dist.main:
         s.metrics.start()
     return s
