@@ -94,3 +94,29 @@ def test_every_card_field_with_hostile_strings_is_inert(run_copy, tmp_path):
     assert not re.search(r"(?<!\\)\]\(javascript:", md)  # a link only where a bracket is not escaped
     assert "\\[click\\](javascript:alert(3))" in md and "&lt;script&gt;" in md  # shown as text
     assert _Live(md).found == []
+
+
+def test_the_about_yaml_is_read_with_bounded_work(tmp_path):
+    """A "billion laughs" file (nested aliases), a 10,000-deep list and a huge file: each one line, at once."""
+    import pytest
+
+    from chexcut.errors import ChexcutError
+    from chexcut.study.card import read_about
+
+    laughs = tmp_path / "laughs.yaml"
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
+    laughs.write_text("\n".join(lines + ["limitations: *i"]) + "\n")
+    with pytest.raises(ChexcutError, match=r"YAML aliases \(\*a\) are not read"):
+        read_about(laughs)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("limitations: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    with pytest.raises(ChexcutError, match="nests more than 20 levels deep"):
+        read_about(deep)
+    big = tmp_path / "big.yaml"
+    big.write_text("limitations: " + "x" * 1_100_000 + "\n")
+    with pytest.raises(ChexcutError, match="holds at most 1,000,000"):
+        read_about(big)
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("limitations: |\n  Phantom data only.\n  Not for clinical use.\nfunding: none\n")
+    assert read_about(fine) == {"limitations": "Phantom data only. Not for clinical use.", "funding": "none"}

@@ -29,14 +29,40 @@ ABOUT_KEYS = ("title", "intended_use", "intended_users", "out_of_scope", "limita
               "public_involvement", "next_steps")
 
 
+#: Bounds of the ``--about`` YAML: a few paragraphs of text per key, read with bounded work whatever the file holds.
+ABOUT_MAX_BYTES, ABOUT_MAX_DEPTH = 1_000_000, 20
+
+
 def read_about(path) -> dict:
-    """The ``--about`` YAML: a mapping of the keys in :data:`ABOUT_KEYS` to text (one line per wrong thing)."""
+    """The ``--about`` YAML: a mapping of the keys in :data:`ABOUT_KEYS` to text (one line per wrong thing).
+
+    Read with bounded work: at most :data:`ABOUT_MAX_BYTES`, nesting at most :data:`ABOUT_MAX_DEPTH` deep, and no
+    aliases (``*name``: a "billion laughs" file expands a few lines of aliases into gigabytes)."""
     import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise ChexcutError(f"{path}: YAML aliases (*{self.peek_event().anchor}) are not read; write each "
+                                   f"text out")
+            self.depth += 1
+            if self.depth > ABOUT_MAX_DEPTH:
+                raise ChexcutError(f"{path}: the YAML nests more than {ABOUT_MAX_DEPTH} levels deep; it is a mapping "
+                                   f"of keys to text")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
 
     if path is None:
         return {}
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if Path(path).stat().st_size > ABOUT_MAX_BYTES:
+            raise ChexcutError(f"{path}: {Path(path).stat().st_size:,} bytes; the --about YAML holds at most "
+                               f"{ABOUT_MAX_BYTES:,}")
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=BoundedLoader)  # a SafeLoader: no objects
     except FileNotFoundError:
         raise ChexcutError(f"--about file not found: {path}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
