@@ -48,23 +48,23 @@ def files_read_under(targets) -> list[Path]:
     """Every run file (:data:`READ_FILES`) and study ``plan.json`` under ``targets`` (run directories and study
     folders): what ``study status`` and ``report`` read, so what their outputs must never be."""
     out = []
-    for target in targets:
-        target = Path(target)
-        folders = [target, *(p for p in target.glob("runs/*") if p.is_dir())] if target.is_dir() else []
+    for target in map(Path, targets):
+        folders = _folders(target)
         out += [target / "plan.json"] + [f / name for f in folders for name in READ_FILES]
         out += [e for f in folders for e in sorted((f / "external").glob("*.json"))]  # external evaluations
     return [p for p in out if p.exists()]
+
+
+def _folders(target: Path) -> list[Path]:
+    """A target and, for a study, its ``runs/*`` folders: where a run may be."""
+    return [target, *(p for p in target.glob("runs/*") if p.is_dir())] if target.is_dir() else []
 
 
 def run_folders_under(targets) -> list[Path]:
     """The run directories (a ``config.json`` there) among ``targets`` and their ``runs/*``: folders a report or
     a card reads whole, where an output of theirs must never land (a stray file in ``external/`` breaks every
     later report)."""
-    out = []
-    for target in map(Path, targets):
-        folders = [target, *(p for p in target.glob("runs/*") if p.is_dir())] if target.is_dir() else []
-        out += [f for f in folders if (f / CONFIG).is_file()]
-    return out
+    return [f for target in map(Path, targets) for f in _folders(target) if (f / CONFIG).is_file()]
 
 
 def metrics_header(labels) -> list[str]:

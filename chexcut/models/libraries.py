@@ -123,7 +123,8 @@ class Torchvision(Library):
 
     def weights_meta(self, arch) -> dict:
         w = self._weights(arch)
-        size = w.transforms().crop_size[0] if hasattr(w.transforms(), "crop_size") else None
+        crop = getattr(w.transforms(), "crop_size", None)  # the transforms it was evaluated with
+        size = crop[0] if crop else None
         return {
             "top1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"],
             "imagenet_params": w.meta["num_params"],

@@ -80,13 +80,20 @@ def at_input_size(model: nn.Module, image_size: int) -> nn.Module:
     # the position embeddings' size changed with the grid: the spec counts the parameters of the model it describes
     resized = replace(fresh.chexcut_spec, params=sum(p.numel() for p in fresh.parameters()))
     own = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    load_state_dict_strict(fresh, library_of(arch).adapt_state(arch, own, fresh), arch,
-                           f"{spec.arch} resampled from {spec.preprocess.image_size} to {image_size} px")
+    load_fitted(fresh, own, arch, f"{spec.arch} resampled from {spec.preprocess.image_size} to {image_size} px")
     fresh.chexcut_spec = resized
     return fresh.train(model.training)
 
 
 # ----------------------------------------------------------------------------- weights
+
+def load_fitted(model: nn.Module, state: dict, arch: Arch, origin: str) -> None:
+    """``state`` made to fit ``model`` by its library's rules (a ViT's position embeddings and a Swin's
+    relative-position tables resampled to the model's input size), then loaded strictly (one line naming what
+    differs)."""
+    load_state_dict_strict(model, library_of(arch).adapt_state(arch, normalise_state_dict(state, arch), model),
+                           arch, origin)
+
 
 def load_imagenet(model: nn.Module, arch: Arch) -> dict:
     """Load the library's ImageNet weights through its own cache; fail loudly, never fall back."""
@@ -106,8 +113,7 @@ def load_imagenet(model: nn.Module, arch: Arch) -> dict:
         raise ChexcutError(
             f"ImageNet weights for {arch.name} are not cached and could not be downloaded ({why}): "
             f"{offline_advice(arch)}") from None
-    state = library_of(arch).adapt_state(arch, normalise_state_dict(state, arch), model)
-    load_state_dict_strict(model, state, arch, f"ImageNet weights {meta['id']} ({meta['file']})")
+    load_fitted(model, state, arch, f"ImageNet weights {meta['id']} ({meta['file']})")
     return {"kind": "imagenet", "id": meta["id"], "url": meta["url"], "license": meta["license"]}
 
 
@@ -120,8 +126,7 @@ def load_weights(model: nn.Module, arch: Arch, weights: str | os.PathLike | None
     path = Path(weights)
     if not path.exists():
         raise ChexcutError(f"--weights must be 'imagenet', 'none' or an existing file; {weights!s} does not exist")
-    state = library_of(arch).adapt_state(arch, normalise_state_dict(read_state_dict(path), arch), model)
-    load_state_dict_strict(model, state, arch, str(path))
+    load_fitted(model, read_state_dict(path), arch, str(path))
     return {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
 
 
