@@ -11,12 +11,15 @@ every case that is not, and the counts.
 import argparse
 import hashlib
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
+from hostile_round5 import round5, round5_cases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,7 @@ def setup(t: Path) -> dict:
     (t / "ro").mkdir()
     round3(t, base, valid, preds)
     round4(t, preds)
+    round5(t, cli)
     return {"t": t, "ph": t / "ph", "valid": base / "valid.csv", "run": t / "run", "m": t / "m.safetensors"}
 
 
@@ -260,7 +264,7 @@ def cases(d: dict) -> list[tuple[str, list, dict]]:
         ("export to missing folder", ["export", m, "-o", t / "no" / "m.onnx"], {}),
         ("export junk model", ["export", t / "junk.safetensors", "-o", t / "j.onnx"], {}),
         ("export wrong suffix", ["export", m, "-o", t / "m.txt"], {}),
-    ] + round3_cases(d) + round4_cases(d)
+    ] + round3_cases(d) + round4_cases(d) + round5_cases(d)
 
 
 def round3_cases(d: dict) -> list[tuple[str, list, dict]]:
@@ -428,12 +432,19 @@ def main():
         t = a.keep or Path(tmp)
         d = setup(t)
         before = {p for p in t.rglob("*")}
-        inputs = [p for p in t.iterdir() if p.is_file()] + [d["valid"], d["run"] / "config.json"]
+        inputs = [p for p in t.iterdir() if p.is_file()] + [d["valid"], d["run"] / "config.json",
+                                                             d["run"] / "valid_predictions.csv",
+                                                             t / "r5_members" / "predictions.csv",
+                                                             t / "nih" / "Data_Entry_2017_v2020.csv"]
         digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs}
         failed = []
         all_cases = [c for c in cases(d) if not a.only or a.only in c[0]]
-        for name, args, env in all_cases:
-            rc, out, err = cli(*args, env=env)
+        slowest = (0.0, "")
+        for name, args, env in all_cases:  # env: environment variables, and "cwd" (the folder the case runs in)
+            env = dict(env)
+            started = time.perf_counter()
+            rc, out, err = cli(*args, env=env, cwd=env.pop("cwd", None))
+            slowest = max(slowest, (time.perf_counter() - started, name))
             lines = [ln for ln in err.splitlines() if ln.strip() and "━" not in ln]
             ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("chexcut: error:")
                   and "Traceback" not in err and "internal error" not in err)
@@ -449,6 +460,8 @@ def main():
             print(f"INPUT CHANGED: {p}")
         print(f"{len(all_cases)} hostile inputs tried, {len(all_cases) - len(failed)} handled (exit 2, one line), "
               f"{len(leftovers)} partial files left, {len(changed)} input files changed")
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kB on Linux: the largest case's
+        print(f"largest memory of any case: {peak:.0f} MB; slowest case: {slowest[1]} ({slowest[0]:.1f} s)")
         sys.exit(1 if failed or leftovers or changed else 0)
 
 

@@ -51,13 +51,15 @@ STREAM_PREFIXES = (*_STREAMS, *_FD_FOLDERS)
 
 
 def output_target(path) -> tuple[Path, bool]:
-    """The output-path rule of every command: (where to write, in place?). A path that names a stream
-    (``/dev/stdout``, ``/dev/fd/N``) or is a character device, FIFO or socket is written in place, never renamed
-    over; a symlink is followed and its final target replaced atomically (the link stays a link); anything else
+    """The output-path rule of every command: (where to write, in place?). ``-`` is standard output; a path that
+    names a stream (``/dev/stdout``, ``/dev/fd/N``) or is a character device, FIFO or socket is written in place,
+    never renamed over; a symlink is followed and its final target replaced atomically (the link stays a link); anything else
     is itself replaced atomically. A symlink loop is one line."""
     import errno
     import stat
 
+    if str(path) == "-":  # the one spelling of standard output, wherever a file is written
+        return Path("/dev/stdout"), True
     path = Path(path)
     if str(path).startswith(STREAM_PREFIXES):
         return path, True
@@ -112,6 +114,17 @@ def check_output_file(path: Path, what: str = "output", force: bool = True, inpu
     if not os.access(parent, os.W_OK):
         raise ChexcutError(f"cannot write {what} {path}: folder {parent} is not writable")
     return path
+
+
+def check_outputs(outputs, inputs=(), protected=()) -> None:
+    """Every output file of one command (``(path, flag)`` pairs; None or ``-`` skipped) under
+    :func:`check_output_file`'s rule, and no two of them naming one file: checked before any work."""
+    given = [(Path(path), flag) for path, flag in outputs if path is not None and str(path) not in ("", "-")]
+    for i, (path, flag) in enumerate(given):
+        check_output_file(path, flag, inputs=inputs, protected=protected)
+        for other, other_flag in given[:i]:
+            if same_file(path, other):
+                raise ChexcutError(f"{other_flag} and {flag} name one file ({path}); give each its own")
 
 
 @contextlib.contextmanager
@@ -277,77 +290,3 @@ def writable_folder(folder: Path, what: str) -> Path:
     except OSError as e:
         raise ChexcutError(f"cannot create the {what} {folder}: {e.strerror}") from None
     return folder
-
-
-def _open_text(path):
-    """A CSV as text, decompressed by its extension (.gz, .bz2, .xz, .zip with one member), a BOM dropped."""
-    import io
-
-    name = str(path).lower()
-    if name.endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-    if name.endswith(".bz2"):
-        import bz2
-
-        return bz2.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-    if name.endswith(".xz"):
-        import lzma
-
-        return lzma.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-    if name.endswith(".zip"):
-        import zipfile
-
-        with zipfile.ZipFile(path) as z:
-            members = [m for m in z.namelist() if not m.endswith("/")]
-            if len(members) != 1:
-                raise ChexcutError(f"{path}: a zipped CSV holds one file, this holds {len(members)}")
-            data = z.read(members[0])
-        return io.StringIO(data.decode("utf-8-sig", errors="replace"), newline="")
-    return open(path, newline="", encoding="utf-8-sig", errors="replace")
-
-
-def _header_line(path) -> tuple[list[str], str]:
-    """(the header's column names as written, the separator), from one read of the first line: the separator is
-    ',' unless the header splits better on ';' or a tab (a spreadsheet saved in a locale with decimal commas
-    writes ';')."""
-    import csv
-
-    with _open_text(path) as f:
-        first = f.readline()
-        counts = {sep: first.count(sep) for sep in (",", ";", "\t")}
-        best = max(counts, key=counts.get)
-        sep = best if counts[best] > counts[","] else ","
-        f.seek(0)  # the header as the csv module reads it (a quoted name may span lines)
-        return next(csv.reader(f, delimiter=sep), []), sep
-
-
-def csv_header(path) -> list[str]:
-    """A CSV's column names as spreadsheets save them: compressed by extension, a UTF-8 BOM dropped, the separator
-    sniffed, spaces around each name stripped."""
-    try:
-        return [c.strip() for c in _header_line(path)[0]]
-    except (OSError, EOFError) as e:
-        raise ChexcutError(f"{path} is not a readable CSV ({e})") from None
-
-
-def read_csv(path, *, text=(), usecols=None, **kwargs):
-    """``pandas.read_csv`` for every CSV a user gives (data, predictions, truth, groups, thresholds, readers): a
-    UTF-8 BOM, CRLF line ends, spaces around column names, a ``.gz``/``.bz2``/``.xz``/``.zip`` file and a ``;``
-    or tab separator (with decimal commas after ``;``) are read; columns are named as :func:`csv_header` names
-    them; ``text``: columns read as strings (``True``: all of them)."""
-    import pandas as pd
-
-    raw, sep = _header_line(path)
-    real = {c.strip(): c for c in raw}
-    dtype = str if text is True else ({real.get(c, c): str for c in text} or None)
-    use = None if usecols is None else [real.get(c, c) for c in usecols]
-    if sep != ",":
-        kwargs.setdefault("sep", sep)
-        if sep == ";":
-            kwargs.setdefault("decimal", ",")
-    with _open_text(path) as f:
-        df = pd.read_csv(f, dtype=dtype, usecols=use, **kwargs)
-    df.columns = [str(c).strip() for c in df.columns]
-    return df

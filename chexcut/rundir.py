@@ -16,8 +16,10 @@ Train, study, report and the UI ask a :class:`RunDir` for paths instead of spell
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from chexcut.errors import ChexcutError
+from chexcut.reading import read_json
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -73,8 +75,8 @@ def metrics_header(labels) -> list[str]:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        value = read_json(path)
+    except ChexcutError:
         return None
     return value if isinstance(value, dict) else None
 

@@ -15,7 +15,6 @@ on stderr and the run goes on untracked. Only the process that writes the run di
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
+from chexcut.reading import read_json
 from chexcut.rundir import TRACKING, RunDir
 
 ENV_URI = "CHEXCUT_TRACKING_URI"
@@ -110,8 +110,8 @@ def require_mlflow() -> None:
 def recorded(run_dir) -> dict | None:
     """The run directory's ``mlflow.json`` (None when the run was never tracked)."""
     try:
-        value = json.loads((Path(run_dir) / RUN_FILE).read_text())
-    except (OSError, ValueError):
+        value = read_json(Path(run_dir) / RUN_FILE)
+    except ChexcutError:
         return None
     return value if isinstance(value, dict) and value.get("run_id") and value.get("uri") else None
 

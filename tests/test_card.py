@@ -69,7 +69,7 @@ def test_every_card_field_with_hostile_strings_is_inert(run_copy, tmp_path):
 
     import yaml
 
-    from chexcut.study.card import ABOUT_KEYS
+    from chexcut.study.about import ABOUT_KEYS
 
     run = Path(shutil.move(str(run_copy), str(tmp_path / "<img src=x onerror=alert(9)>")))
     code, _, err = run_cli("evaluate", run, "--bootstrap", "20", "--json", run / "eval.json", "-q")
@@ -101,7 +101,7 @@ def test_the_about_yaml_is_read_with_bounded_work(tmp_path):
     import pytest
 
     from chexcut.errors import ChexcutError
-    from chexcut.study.card import read_about
+    from chexcut.study.about import read_about
 
     laughs = tmp_path / "laughs.yaml"
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']

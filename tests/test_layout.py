@@ -125,7 +125,7 @@ def test_functions_are_short_and_take_few_parameters():
 #: The declared layer order, bottom to top (docs/concepts/run-directory.md): a module imports only from its own layer or the
 #: layers below. The foundations (errors, files, labels, the bounds) serve everyone; the CLI parses and renders.
 LAYERS = (
-    {"errors", "version", "labels", "choices", "fileio", "rundir", "signals", "events"},
+    {"errors", "version", "labels", "choices", "fileio", "reading", "rundir", "signals", "events"},
     {"data"}, {"models"}, {"evaluation"}, {"tracking"}, {"training"}, {"deploy"}, {"study"}, {"demo"},
     {"chexcut"},  # the package's facade: truncate, save_model, load_model
     {"cli", "__main__"},

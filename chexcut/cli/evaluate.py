@@ -96,7 +96,7 @@ def evaluate(
         model=model, data=data, split=split and str(split), options=given, predictions=predictions, truth=label_file,
         labels=tuple(label_list) if label_list else None, compare=compare, logits=logits, allow_overlap=allow_overlap,
         allow_missing=allow_missing, key_col=key_col, groups=groups, readers=tuple(readers or ()),
-        thresholds=thresholds, threshold_rule=threshold_rule, **_ensemble(ensemble, ensemble_weights, average))
+        thresholds=thresholds, threshold_rule=threshold_rule, **_ensemble(model or predictions, ensemble, ensemble_weights, average))
     run_dir = _tracked_run(model, track)
     result = evalrun.run_evaluation(inputs, stats, infer, predictions_out=predictions_out, plots=plots,
                                     progress=lambda what: ui.progress_bar(what, quiet=quiet))
@@ -120,11 +120,14 @@ def _given_data(data, csv, path_col, views, uncertain, blank, valid_frac, label_
         ("images_outside", images_outside or None)) if v is not None}
 
 
-def _ensemble(members, weights, average) -> dict:
-    """``--ensemble`` / ``--ensemble-weights`` / ``--average`` as EvalInputs fields, checked."""
-    from chexcut.evaluation.ensemble import check_average
+def _ensemble(first, members, weights, average) -> dict:
+    """``--ensemble`` / ``--ensemble-weights`` / ``--average`` as EvalInputs fields, checked (``first``: MODEL or
+    the predictions CSV, the first member) before any inference."""
+    from chexcut.evaluation.ensemble import check_average, check_members
 
     listed = tuple(m for item in members or () for m in split_list(item, "--ensemble"))
+    if listed:
+        check_members([str(first), *listed])
     if weights is not None and not listed:
         raise ChexcutError("--ensemble-weights needs --ensemble MEMBER...")
     try:
@@ -147,6 +150,10 @@ def _statistics(p: dict):
 
     if p["failure_images"] is not None and (not p["failures"] or p["model"] is None):
         raise ChexcutError("--failure-images needs --failures N and a MODEL (a run or model file)")
+    if p["failure_images"] is not None:
+        from chexcut.fileio import check_output_folder
+
+        check_output_folder(p["failure_images"], "--failure-images folder")
     bins = None
     if p["age_bins"]:
         try:
@@ -164,12 +171,10 @@ def _statistics(p: dict):
 
 def _check_outputs(json_path, predictions_out, csv_out, plots, sources: list[Path]) -> None:
     """Every output checked before any inference, never onto an input."""
-    from chexcut.fileio import check_output_file
+    from chexcut.fileio import check_outputs
 
-    for flag, p in (("--json", json_path if json_path != "-" else None), ("--predictions-out", predictions_out),
-                    ("--csv-out", csv_out)):
-        if p and str(p) != "-":
-            check_output_file(Path(p), flag, inputs=sources)
+    check_outputs([(json_path, "--json"), (predictions_out, "--predictions-out"), (csv_out, "--csv-out")],
+                  inputs=sources)
     if plots is not None:
         from chexcut.fileio import check_output_folder
 
@@ -191,7 +196,7 @@ def _tracked_run(model, track) -> Path | None:
 
 def _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv) -> list[Path]:
     """Every file this evaluation reads (the CSVs of its data set too): no output may be one of them."""
-    import json
+    from chexcut.reading import read_json
 
     files = [predictions, truth, compare, groups, thresholds, csv, model]
     files += [item.partition("=")[2] or item for spec in readers or () for item in split_list(spec, "--readers") or ()]
@@ -199,8 +204,8 @@ def _inputs(model, data, predictions, truth, compare, groups, readers, threshold
     if model and (Path(model) / "config.json").is_file():  # a run directory: its own files and its data set
         files += [Path(model) / name for name in ("config.json", "valid_predictions.csv", "best.safetensors")]
         try:
-            folders.append(json.loads((Path(model) / "config.json").read_text())["data"]["dir"])
-        except (OSError, ValueError, KeyError, TypeError):
+            folders.append(read_json(Path(model) / "config.json")["data"]["dir"])
+        except (ChexcutError, KeyError, TypeError):
             pass
     for folder in folders:
         for pattern in ("*.csv", "*/*.csv"):
@@ -252,6 +257,7 @@ def ensemble_command(
     """Average the members' predictions on the same rows and evaluate the ensemble against its best member."""
     import chexcut.cli.ui as ui
     from chexcut.evaluation import orchestrate as evalrun
+    from chexcut.evaluation.ensemble import check_ensemble_folder
     from chexcut.evaluation.settings import Inference, Statistics
     from chexcut.fileio import check_output_folder, write_json
 
@@ -263,11 +269,12 @@ def ensemble_command(
     if csvs and truth is None:
         raise ChexcutError("predictions CSVs as members need --truth FILE")
     check_output_folder(out, "ensemble folder")
+    check_ensemble_folder(out, members, truth)
     data, dataset = _data_set(data, None)
     inputs = evalrun.EvalInputs(
         model=None if csvs else members[0], predictions=Path(members[0]) if csvs else None, truth=truth, data=data,
         split=split and str(split), options={"dataset": dataset} if dataset else {}, allow_overlap=allow_overlap,
-        **_ensemble(members[1:], weights, average))
+        **_ensemble(members[0], members[1:], weights, average))
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -141,10 +141,11 @@ def study_exec(
 
     import chexcut.cli.ui as ui
     from chexcut.rundir import RunDir
-    from chexcut.study.execute import check_step, execute, find_run
+    from chexcut.study.execute import check_launcher, check_step, execute, find_run
     from chexcut.study.plan import load_plan
 
     check_step(step)
+    check_launcher(launcher, step, study_dir)
     plan = load_plan(study_dir)
     run = find_run(plan, run_id, index)
     if step == "finetune":  # a rank of a distributed launch: its output goes where the launching exec sends it
@@ -244,7 +245,7 @@ def report(
         from chexcut.rundir import files_read_under
 
         check_output_file(Path(json_path), "--json", inputs=files_read_under(targets))
-    from chexcut.study.card import read_about
+    from chexcut.study.about import read_about
     from chexcut.study.plan import PLAN
 
     about_text = read_about(about)
@@ -305,18 +306,14 @@ def card(
     subgroups, calibration, operating points, decision curves, failures), software, how to reproduce; and the
     CLAIM and TRIPOD+AI checklists saying where each item is answered or that it needs the authors."""
     import chexcut.cli.ui as ui
-    from chexcut.fileio import check_output_file, same_file, write_json
+    from chexcut.fileio import check_outputs, write_json
     from chexcut.rundir import files_read_under, run_folders_under
-    from chexcut.study.card import read_about, write_card
+    from chexcut.study.about import read_about
+    from chexcut.study.card import write_card
 
     reads = files_read_under([target]) + ([about] if about is not None else [])
-    outputs = [(path, what) for path, what in ((out, "--out"), (html, "--html"), (json_path, "--json"))
-               if path is not None and str(path) != "-"]
-    for i, (path, what) in enumerate(outputs):
-        check_output_file(Path(path), what, inputs=reads, protected=run_folders_under([target]))
-        for other, other_what in outputs[:i]:
-            if same_file(path, other):
-                raise ChexcutError(f"{other_what} and {what} name one file ({path}); give each its own")
+    check_outputs([(out, "--out"), (html, "--html"), (json_path, "--json")], inputs=reads,
+                  protected=run_folders_under([target]))
     from chexcut.study.render import make_plots
 
     card = write_card(target, out, read_about(about), html=html, extra_images=make_plots)

@@ -13,7 +13,6 @@ mtimes, so a cache built for other settings or older files is never found, never
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from chexcut.errors import ChexcutError
 from chexcut.fileio import cache_dir, check_output_folder, write_json
+from chexcut.reading import read_json
 
 FORMAT = 1
 
@@ -78,8 +78,8 @@ def open_cache(files: list, image_size: int, resize: str, folder: Path | None = 
     explicit = folder is not None
     folder = Path(folder) if explicit else default_folder(key)
     try:
-        meta = json.loads((folder / "index.json").read_text())
-    except (OSError, ValueError):
+        meta = read_json(folder / "index.json")
+    except ChexcutError:
         return None
     damage = _index_damage(meta)
     if damage:  # a damaged index is named, never used (nor silently rebuilt over a folder the user chose)
@@ -172,8 +172,8 @@ def _open_files(folder: Path, meta: dict, ordered: list[str], image_size: int) -
     index, n = folder / "index.json", meta["n"]
     images_path, done_path = folder / "images.u8", folder / "done.u8"
     try:
-        old = json.loads(index.read_text())
-    except (OSError, ValueError):
+        old = read_json(index)
+    except ChexcutError:
         old = {}
     old = old if isinstance(old, dict) else {}
     if old.get("key") != meta["key"] or not images_path.exists() or not done_path.exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from chexcut.choices import Blank, Split, Views, check
-from chexcut.data.readers import PREFIXES, find_dataset_dir, patient_study  # noqa: F401 (re-exported)
+from chexcut.data.readers import PREFIXES, find_dataset_dir, label_values, patient_study  # noqa: F401 (re-exported)
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 
@@ -229,17 +229,11 @@ def _view_mask(df, views: str, paths: list[str]) -> np.ndarray:
     return df["AP/PA"].fillna("").astype(str).str.lower().to_numpy() == views
 
 
-def _header(csv: Path) -> list[str]:
-    from chexcut.fileio import csv_header
-
-    return csv_header(csv)
-
-
 def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> LabelTable:
     """Read one CSV, validate it, select views, apply the label policies."""
     import pandas as pd
 
-    from chexcut.fileio import read_csv
+    from chexcut.reading import read_csv
 
     try:
         df = read_csv(csv, text=[opts.path_col, "Patient", "Study"], low_memory=False)
@@ -247,11 +241,6 @@ def read_csv_table(csv: Path, base: Path, opts: DataOptions, split: str) -> Labe
         raise ChexcutError(f"CSV not found: {csv}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise ChexcutError(f"{csv} is not a readable CSV: {str(e).splitlines()[0]}") from None
-    header = _header(csv)
-    dups = sorted({c for c in header if header.count(c) > 1})
-    if dups:
-        raise ChexcutError(f"{csv.name}: the header names {', '.join(map(repr, dups))} more than once; "
-                           f"which column holds the labels is ambiguous")
     return table_from_frame(df, csv.name, base, opts, split)
 
 
@@ -291,13 +280,7 @@ def table_from_frame(df, name: str, base: Path, opts: DataOptions, split: str, n
             marked[:, j] = (raw[n].astype("string").str.strip().str.lower() == NOT_ANNOTATED).fillna(False).to_numpy()
     not_annotated = tuple(n for j, n in enumerate(labels) if n in not_annotated or (len(raw) and marked[:, j].any()))
     raw = raw.mask(marked)
-    values = np.array(raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32))  # writable
-    # a non-numeric cell became NaN: that is an error, unlike a genuinely blank cell
-    bad = (np.isnan(values) & raw.notna().to_numpy()) | ~(np.isnan(values) | np.isin(values, (1.0, 0.0, -1.0)))
-    if bad.any():
-        r, c = np.nonzero(bad)
-        shown = ", ".join(f"row {i + 2} {labels[j]}={raw.iat[i, j]!r}" for i, j in list(zip(r, c))[:3])
-        raise ChexcutError(f"{name}: {len(r)} label cells are not 1, 0, -1 or blank: {shown}")
+    values = label_values(raw, name)
     for j, n in enumerate(labels):
         if n in not_annotated:
             values[:, j] = np.nan

@@ -245,8 +245,23 @@ def detect(root: Path) -> Dataset | None:
     for ds in DATASETS.values():
         if ds.name in ("mimic-negbio", "vinbigdata-any"):
             continue  # variants: chosen by name only
-        if _label_file(root, ds) is not None:
+        if _label_file(root, ds)[0] is not None:
             return ds
+    return None
+
+
+def _near_miss(root: Path) -> str | None:
+    """Why a folder holding a file named like a set's label file is no set (a renamed column, another separator),
+    when it holds no CheXpert train.csv/valid.csv either: said, rather than "no train.csv"."""
+    try:
+        find_dataset_dir(root)
+        return None
+    except ChexcutError:
+        pass
+    for ds in DATASETS.values():
+        hit, why = _label_file(root, ds)
+        if hit is None and why:
+            return f"{root}: not read as {ds.title}: {why}"
     return None
 
 
@@ -261,8 +276,12 @@ def split_ref(data) -> tuple[Path, str | None]:
     happens to contain a colon is a path."""
     s = str(data)
     name, sep, rest = s.partition(":")
-    if sep and name.lower() in DATASETS and rest and not Path(s).exists():
-        return Path(rest), name.lower()
+    if sep and name.lower() in DATASETS and rest:
+        if not Path(s).exists():
+            return Path(rest), name.lower()
+        if Path(rest).is_dir():  # both readings exist: never pick one without a word
+            raise ChexcutError(f"--data {s} names both the folder {s!r} and the {name.lower()} set in {rest}; write "
+                               f"./{s} for the folder")
     if sep and re.fullmatch(r"[a-z][a-z0-9-]*", name) and rest and not Path(s).exists() and not Path(name).exists():
         get(name)  # an unknown set name: one line listing the known ones
     return Path(s), None
@@ -278,6 +297,9 @@ def resolve(data, dataset: str | None = None, csv=None) -> tuple[Path, str | Non
     name = named or dataset
     if name is None and not csv:
         name = published(folder)
+        why = _near_miss(folder) if name is None else None
+        if why:
+            raise ChexcutError(why)
     return folder, name
 
 

@@ -60,37 +60,106 @@ def patient_study(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- shared reading steps
 
-def _label_file(root: Path, ds) -> Path | None:
-    from chexcut.fileio import csv_header
+def _label_file(root: Path, ds) -> tuple[Path | None, str]:
+    """The set's label file in ``root`` (the first name its declaration's patterns match whose header has the
+    declared columns), or None and why each candidate was passed over."""
+    from chexcut.reading import csv_header
 
+    passed = []
     for pattern in ds.label_files:
         for hit in sorted(Path(root).glob(pattern)):
             try:
-                if set(ds.header) <= set(csv_header(hit)):
-                    return hit
-            except (OSError, UnicodeDecodeError, EOFError, ValueError):
+                missing = [c for c in ds.header if c not in csv_header(hit)]
+            except (OSError, UnicodeDecodeError, EOFError, ValueError) as e:
+                passed.append(f"{hit.name} is not a readable CSV ({type(e).__name__})")
                 continue
-    return None
+            if not missing:
+                return hit, ""
+            passed.append(f"{hit.name} {_lacks(missing)}")
+    return None, "; ".join(passed)
 
 
 def find_label_file(root: Path, ds) -> Path:
-    hit = _label_file(root, ds)
+    hit, why = _label_file(root, ds)
     if hit is not None:
         return hit
-    raise ChexcutError(f"{root}: no {ds.title} label file ({' or '.join(ds.label_files)})")
+    raise ChexcutError(f"{root}: {why}" if why else f"{root}: no {ds.title} label file ({' or '.join(ds.label_files)})")
+
+
+def _lacks(missing) -> str:
+    return (f"lacks the column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (a renamed column, or "
+            f"a separator other than , ; or tab?)")
 
 
 def _read(path: Path, **kwargs):
     import pandas as pd
 
-    from chexcut.fileio import read_csv
+    from chexcut.reading import csv_header, read_csv
 
+    missing = [c for c in kwargs.get("usecols") or () if c not in csv_header(path)]
+    if missing:
+        raise ChexcutError(f"{path} {_lacks(missing)}")
     try:
         return read_csv(path, **kwargs)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, OSError, EOFError) as e:
         raise ChexcutError(f"{path} is not a readable CSV: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     except ValueError as e:  # usecols naming a column the file lacks
         raise ChexcutError(f"{path}: {e}") from None
+
+
+LABEL_VALUES = (1.0, 0.0, -1.0)  # positive, negative, uncertain; a blank cell is NaN
+
+
+def label_values(raw, name) -> np.ndarray:
+    """(N, L) float32 of a frame's label cells, each 1, 0, -1 or blank (NaN); any other cell (``yes``, ``2.0``,
+    text) refused naming the file, the row (as a spreadsheet numbers it: header = 1) and the column."""
+    import pandas as pd
+
+    values = np.array(raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32))  # writable
+    # a non-numeric cell became NaN: that is an error, unlike a genuinely blank cell
+    bad = (np.isnan(values) & raw.notna().to_numpy()) | ~(np.isnan(values) | np.isin(values, LABEL_VALUES))
+    if bad.any():
+        r, c = np.nonzero(bad)
+        shown = ", ".join(f"row {i + 2} {raw.columns[j]}={raw.iat[i, j]!r}" for i, j in list(zip(r, c))[:3])
+        raise ChexcutError(f"{name}: {len(r)} label cells are not 1, 0, -1 or blank: {shown}")
+    return values
+
+
+def _first_bad(cells, bad) -> tuple[int, str] | None:
+    """(row index, cell) of the first cell ``bad(cell)`` holds for, judging each distinct cell once."""
+    import pandas as pd
+
+    series = pd.Series(cells)
+    for cell in series.dropna().unique():
+        if bad(cell):
+            return int(np.flatnonzero(series.to_numpy(dtype=object) == cell)[0]), cell
+    return None
+
+
+def check_terms(cells, path, column: str, vocabulary: tuple[str, ...], split) -> None:
+    """Every term of a label column is one the set declares (case and spaces ignored): a misspelt or foreign term
+    would otherwise read as a negative. One line naming the file, the row and the term."""
+    known = {v.lower() for v in vocabulary}
+    hit = _first_bad(cells, lambda cell: any(t.strip().lower() not in known for t in split(str(cell))))
+    if hit is not None:
+        i, cell = hit
+        term = next(t.strip() for t in split(str(cell)) if t.strip().lower() not in known)
+        raise ChexcutError(f"{path}: row {i + 2} {column}={cell!r}: {term!r} is not one of the set's "
+                           f"{len(vocabulary)} labels ({', '.join(vocabulary[:4])}, ...)")
+
+
+#: PadChest's Labels cell: one flat Python-style list of quoted strings, as every one of its 160,758 lists is.
+PADCHEST_LIST = re.compile(r"\[\s*(?:'[^'\[\]]*'(?:\s*,\s*'[^'\[\]]*')*)?\s*\]")
+
+
+def check_lists(cells, path, column: str) -> None:
+    """Each cell a flat list of single-quoted strings (``['pleural effusion', 'cardiomegaly']``) or blank: a nested,
+    double-quoted or bare cell would be split into the wrong terms and read as negatives."""
+    hit = _first_bad(cells, lambda cell: not PADCHEST_LIST.fullmatch(str(cell).strip()))
+    if hit is not None:
+        i, cell = hit
+        raise ChexcutError(f"{path}: row {i + 2} {column}={str(cell)[:80]!r} is not a flat list of quoted labels "
+                           f"(['term', 'term'])")
 
 
 def multi_hot(cells, vocabulary: tuple[str, ...], split: Callable[[str], list[str]]) -> np.ndarray:
@@ -178,6 +247,7 @@ def _read_chexpert(root: Path, ds):
     for split, name in (("train", "train.csv"), ("valid", "valid.csv")):
         if (ddir / name).is_file():
             df = _read(ddir / name, text=["Path"])
+            label_values(df[[c for c in ds.labels if c in df.columns]], ddir / name)
             df["Split"] = split
             parts.append(df)
     df = pd.concat(parts, ignore_index=True)
@@ -206,6 +276,7 @@ def _read_nih(root: Path, ds):
     df = _read(f, text=["Image Index", "Finding Labels"],
                usecols=["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
                         "Patient Gender", "View Position"])
+    check_terms(df["Finding Labels"], f, "Finding Labels", ds.labels, lambda s: s.split("|"))
     names = df["Image Index"].astype(str).to_numpy()
     one, parts = _nih_image_dirs(root)
     if one:
@@ -230,6 +301,7 @@ def _read_padchest(root: Path, ds):
     cols = ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
             "Projection", "MethodLabel", "Labels"]
     df = _read(f, usecols=cols, text=["ImageID", "ImageDir", "StudyID", "PatientID", "Labels", "MethodLabel"])
+    check_lists(df["Labels"], f, "Labels")
     image_dir = df["ImageDir"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
     flat = not any((root / d).is_dir() for d in image_dir.unique()[:64])
     if flat and (root / "images").is_dir():
@@ -256,6 +328,12 @@ def _mimic_reader(labeler: str):
         labels_file = find_label_file(root, ds)
         meta = _one(root, "mimic-cxr-2.0.0-metadata.csv*", ds)
         lab = _read(labels_file, text=["subject_id", "study_id"])
+        label_values(lab[[c for c in ds.labels if c in lab.columns]], labels_file)
+        twice = lab.duplicated(["subject_id", "study_id"]).to_numpy()
+        if twice.any():
+            i = int(np.flatnonzero(twice)[0])
+            raise ChexcutError(f"{labels_file}: row {i + 2} repeats study {lab['study_id'].iat[i]} of subject "
+                               f"{lab['subject_id'].iat[i]}; a study has one row of labels")
         md = _read(meta, text=["dicom_id", "subject_id", "study_id"], usecols=["dicom_id", "subject_id", "study_id",
                                                                                "ViewPosition"])
         df = md.merge(lab, on=["subject_id", "study_id"], how="left", validate="many_to_one")
@@ -296,6 +374,7 @@ def _vinbig_reader(rule: str):
 
         f = find_label_file(root, ds)
         df = _read(f, text=["image_id", "class_name", "rad_id"], usecols=["image_id", "class_name", "rad_id"])
+        check_terms(df["class_name"], f, "class_name", ds.labels, lambda s: [s])
         readers = df.groupby("image_id", sort=True)["rad_id"].nunique()
         ids = readers.index.to_numpy()
         calls = df.drop_duplicates(["image_id", "rad_id", "class_name"]).groupby(["image_id", "class_name"]).size()

@@ -11,6 +11,8 @@ ensemble. No torch here (members that are models are run by :mod:`chexcut.evalua
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from chexcut.errors import ChexcutError
@@ -37,10 +39,40 @@ def check_weights(weights, k: int) -> tuple[float, ...] | None:
     return w
 
 
+def check_members(names: list[str]) -> None:
+    """Each member once, judged by the file or folder it resolves to (``RUN`` and ``RUN/``, a symlink to a run, a
+    ``..`` spelling): one run named twice would count its predictions twice."""
+    import os
+
+    seen: dict[str, str] = {}
+    for name in names:
+        where = os.path.realpath(name)
+        if where in seen:
+            raise ChexcutError(f"an ensemble member is named twice: {seen[where]} and {name} are one "
+                               f"{'run' if os.path.isdir(where) else 'file'} ({where})")
+        seen[where] = name
+
+
+def check_ensemble_folder(out: Path, members: list[str], truth: Path | None) -> None:
+    """``ensemble -o``: never a run's folder (its eval.json and predictions.csv would be replaced), and neither
+    output file one of the members or the truth (a member's CSV, reached by any spelling or link)."""
+    from chexcut.fileio import check_output_file
+    from chexcut.rundir import RunDir
+
+    if RunDir(out).is_run():
+        raise ChexcutError(f"--out {out} is a finetune run's folder; the ensemble writes eval.json and predictions.csv "
+                           f"into a folder of its own")
+    if Path(out).is_dir():
+        for name in ("predictions.csv", "eval.json"):
+            check_output_file(Path(out) / name, "the ensemble's", inputs=[*members, truth],
+                              protected=[m for m in members if Path(m).is_dir()])
+
+
 def combine(mats: list[np.ndarray], weights=None, average: str = "probabilities", inputs_are_logits: bool = False):
     """The weighted mean of ``mats`` (each (N, L)) on the probability or the logit scale."""
     check_average(average)
     w = np.asarray(weights if weights is not None else [1.0] * len(mats), dtype=np.float64)
+    w = w / w.max()  # scaled first: weights near the float maximum would sum to inf (and every prediction to 0)
     w = w / w.sum()
     stack = np.stack([np.asarray(m, dtype=np.float64) for m in mats])
     if inputs_are_logits:
@@ -62,8 +94,7 @@ def member_scores(i, es, evalset, table, infer, progress, first: np.ndarray, oth
     if i.compare:
         raise ChexcutError("--ensemble compares the ensemble with its best member; give no --compare")
     names = [str(i.model or i.predictions), *map(str, i.ensemble)]
-    if len(set(names)) != len(names):
-        raise ChexcutError(f"an ensemble member is named twice: {', '.join(names)}")
+    check_members(names)
     check_weights(i.ensemble_weights, len(names))
     out, overlaps = [(names[0], first)], [None]
     for name in names[1:]:

@@ -20,9 +20,8 @@ def _name(source) -> str:
 def _read(csv, key_col: str | None, columns: list[str]):
     import pandas as pd
 
-    from chexcut.data.chexpert import _header
     from chexcut.evaluation.predictions import canonical_keys, key_column
-    from chexcut.fileio import read_csv
+    from chexcut.reading import csv_header, read_csv
 
     if hasattr(csv, "columns"):  # a published data set's harmonised index, in memory
         have = [c for c in columns if c in csv.columns]
@@ -32,7 +31,7 @@ def _read(csv, key_col: str | None, columns: list[str]):
         df = df.apply(lambda c: c.map(lambda v: None if v is None else (f"{v:g}" if isinstance(v, float) else str(v))))
         df.index = pd.Index(canonical_keys(csv["Path"].astype(str)))
         return df, list(csv.columns)
-    header = _header(csv)
+    header = csv_header(csv)
     have = [c for c in columns if c in header]
     if not have:
         return None, header

@@ -119,7 +119,7 @@ def _entries(rows, name: str, labels, logits: bool, chosen_on: str) -> dict[str,
 def _from_csv(path: Path, labels, logits: bool = False) -> dict[str, Rule]:
     import pandas as pd
 
-    from chexcut.fileio import read_csv
+    from chexcut.reading import read_csv
 
     try:
         df = read_csv(path, text=["label"], skipinitialspace=True)
@@ -135,12 +135,12 @@ def _from_csv(path: Path, labels, logits: bool = False) -> dict[str, Rule]:
 
 
 def _from_eval_json(path: Path, rule: Rule, labels, logits: bool = False) -> dict[str, Rule]:
-    import json
+    from chexcut.reading import read_json
 
     try:
-        ev = json.loads(path.read_text(encoding="utf-8-sig"))
+        ev = read_json(path)
         points = ev["operating_points"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ChexcutError, KeyError, TypeError):
         raise ChexcutError(f"--thresholds {path.name}: not an evaluation JSON with operating points (evaluate "
                            f"--at-specificity S --json FILE writes one)") from None
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):

@@ -302,9 +302,10 @@ def _predictions_and_labels(predictions, label_file, options: dict, logits: bool
     ``allow_missing``; image-level predictions against study-level truth are aggregated to studies."""
     import dataclasses
 
-    from chexcut.data.chexpert import _header, read_csv_table
+    from chexcut.data.chexpert import read_csv_table
     from chexcut.evaluation.predictions import is_image_key, key_column, to_studies
     from chexcut.labels import COMPETITION_LABELS
+    from chexcut.reading import csv_header
 
     preds = read_predictions(predictions, logits=logits, key_col=key_col)
     label_file = Path(label_file)
@@ -317,7 +318,7 @@ def _predictions_and_labels(predictions, label_file, options: dict, logits: bool
         attrs = dict(preds.attrs)
         preds = preds[list(labels)]
         preds.attrs.update(attrs)
-    header = _header(label_file)
+    header = csv_header(label_file)
     lacking = [c for c in COMPETITION_LABELS if c in header and c not in preds.columns]
     if lacking and not allow_missing and not labels:
         import difflib

@@ -70,13 +70,12 @@ def read_predictions(path: str | Path, labels: tuple[str, ...] | None = None, lo
     order, and a sigmoid in floating point would map every logit above ~36.7 to exactly 1.0 (ties)."""
     import pandas as pd
 
-    from chexcut.data.chexpert import _header
-    from chexcut.fileio import read_csv
+    from chexcut.reading import csv_header, read_csv
 
     path = Path(path)
     if not path.is_file():
         raise ChexcutError(f"predictions file not found: {path}")
-    header = _header(path)
+    header = csv_header(path)
     key = key_column(header, key_col, path.name)
     try:
         df = read_csv(path, text=[key])

@@ -17,6 +17,7 @@ from pathlib import Path
 from chexcut.errors import ChexcutError
 from chexcut.fileio import atomic_path, check_writable
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE, ModelSpec, Preprocess  # noqa: F401 (the model file's types)
+from chexcut.reading import json_depth
 
 META_KEY = "chexcut"
 
@@ -42,28 +43,6 @@ MAX_META_BYTES = 1_000_000  # a spec's JSON is ~2 kB; 99 MB of metadata is refus
 MAX_META_DEPTH = 32
 
 
-def _depth(text: str) -> int:
-    """The deepest nesting of brackets in a JSON text, outside its strings (read before json.loads recurses)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
 def read_spec(path: str | os.PathLike) -> ModelSpec:
     """The spec of a chexcut model file, without reading its tensors."""
     from safetensors import safe_open
@@ -84,7 +63,7 @@ def read_spec(path: str | os.PathLike) -> ModelSpec:
     if len(text) > MAX_META_BYTES:  # a spec is a few kB: bounded before it is parsed
         raise ChexcutError(f"{path}: damaged chexcut metadata: {len(text):,} characters (a spec holds at most "
                            f"{MAX_META_BYTES:,})")
-    if _depth(text) > MAX_META_DEPTH:
+    if json_depth(text) > MAX_META_DEPTH:
         raise ChexcutError(f"{path}: damaged chexcut metadata: nested deeper than {MAX_META_DEPTH} levels")
     try:
         spec = json.loads(text)

@@ -22,61 +22,6 @@ NEEDS = "needs the authors"
 CHECKLISTS = {"claim": ("CLAIM 2024 (Checklist for AI in Medical Imaging; Tejani et al., Radiology: AI 2024)",
                         "claim.csv"),
               "tripod_ai": ("TRIPOD+AI (Collins et al., BMJ 2024)", "tripod_ai.csv")}
-ABOUT_KEYS = ("title", "intended_use", "intended_users", "out_of_scope", "limitations", "study_design", "study_goal",
-              "eligibility", "deidentification", "acquisition", "reference_standard", "reference_standard_rationale",
-              "annotators", "annotation_tools", "test_set_annotation", "rater_variability", "explainability", "sample_size", "health_inequalities", "dates", "setting",
-              "treatments", "ethics", "funding", "conflicts", "protocol", "registration", "data_availability",
-              "public_involvement", "next_steps")
-
-
-#: Bounds of the ``--about`` YAML: a few paragraphs of text per key, read with bounded work whatever the file holds.
-ABOUT_MAX_BYTES, ABOUT_MAX_DEPTH = 1_000_000, 20
-
-
-def read_about(path) -> dict:
-    """The ``--about`` YAML: a mapping of the keys in :data:`ABOUT_KEYS` to text (one line per wrong thing).
-
-    Read with bounded work: at most :data:`ABOUT_MAX_BYTES`, nesting at most :data:`ABOUT_MAX_DEPTH` deep, and no
-    aliases (``*name``: a "billion laughs" file expands a few lines of aliases into gigabytes)."""
-    import yaml
-
-    class BoundedLoader(yaml.SafeLoader):
-        depth = 0
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                raise ChexcutError(f"{path}: YAML aliases (*{self.peek_event().anchor}) are not read; write each "
-                                   f"text out")
-            self.depth += 1
-            if self.depth > ABOUT_MAX_DEPTH:
-                raise ChexcutError(f"{path}: the YAML nests more than {ABOUT_MAX_DEPTH} levels deep; it is a mapping "
-                                   f"of keys to text")
-            try:
-                return super().compose_node(parent, index)
-            finally:
-                self.depth -= 1
-
-    if path is None:
-        return {}
-    try:
-        if Path(path).stat().st_size > ABOUT_MAX_BYTES:
-            raise ChexcutError(f"{path}: {Path(path).stat().st_size:,} bytes; the --about YAML holds at most "
-                               f"{ABOUT_MAX_BYTES:,}")
-        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=BoundedLoader)  # a SafeLoader: no objects
-    except FileNotFoundError:
-        raise ChexcutError(f"--about file not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ChexcutError(f"{path} is not readable YAML: {str(e).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ChexcutError(f"{path}: the YAML must be a mapping of keys to text (e.g. intended_use: ...)")
-    unknown = sorted(set(map(str, data)) - set(ABOUT_KEYS))
-    if unknown:
-        raise ChexcutError(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(ABOUT_KEYS)})")
-    return {k: " ".join(str(v).split()) for k, v in data.items() if v is not None and str(v).strip()}
-
-
 def _section(key: str, title: str, paragraphs=(), tables=(), images=()) -> dict:
     return {"key": key, "title": title, "paragraphs": [p for p in paragraphs if p], "tables": list(tables),
             "images": list(images)}
@@ -115,10 +60,21 @@ def _run_facts(run: Path) -> dict:
     if ev is None:
         raise ChexcutError(f"{run} has no eval.json: evaluate it first (chexcut evaluate {run} --json {run}/eval.json)")
     from chexcut.fileio import sha256_file
+    from chexcut.study.collect import damaged
 
-    return {"run": run, "config": cfg, "eval": ev, "state": rd.read_state(),
-            "external": {n: rd.read_eval(n) for n in rd.external_names()},
-            "model_sha256": sha256_file(rd.best) if rd.best.is_file() else None}
+    why = damaged(cfg, ev)
+    if why:
+        raise ChexcutError(f"{run}: {why}")
+    external, unusable = {}, []
+    for name in rd.external_names():  # a damaged external/NAME.json is named in the card, never a crash
+        e = rd.read_eval(name)
+        problem = "unreadable" if e is None else damaged(cfg, e, f"external/{name}.json")
+        if problem:
+            unusable.append(f"external/{name}.json: {problem}")
+        else:
+            external[name] = e
+    return {"run": run, "config": cfg, "eval": ev, "state": rd.read_state(), "external": external,
+            "unusable": unusable, "model_sha256": sha256_file(rd.best) if rd.best.is_file() else None}
 
 
 def _model_section(f: dict, study: dict | None) -> dict:
@@ -194,7 +150,7 @@ def _demographics(cfg: dict) -> dict:
             frame = read_index(Path(d["dir"]), name, opts.label_map)[0]
         else:
             from chexcut.data.chexpert import label_files
-            from chexcut.fileio import read_csv
+            from chexcut.reading import read_csv
 
             frame = pd.concat([read_csv(p, text=[opts.path_col]) for p in label_files(d["dir"], opts) if p.is_file()])
             frame = frame.rename(columns={opts.path_col: "Path"})
@@ -214,6 +170,22 @@ def _demographics(cfg: dict) -> dict:
         return _section("demographics", "Demographics per partition", [f"{NEEDS}: {why or 'no rows'}."])
     return _section("demographics", "Demographics per partition", [],
                     [_table(["partition", "images", "sex", "age median (range)"], rows)])
+
+
+def _ensemble_section(f: dict, study: Path | None) -> dict:
+    """What the evaluation is of: an ensemble (``evaluate RUN --ensemble ...`` wrote it) is described as one."""
+    e = f["eval"].get("ensemble")
+    if isinstance(e, dict) and isinstance(e.get("members"), list):
+        weights = e.get("weights")
+        how = f"{e.get('average', 'probabilities')} averaged" + (
+            f" with weights {', '.join(map(_cell, weights))}" if isinstance(weights, list) else ", equal weights")
+        return _section("ensemble", "Ensembling", [
+            f"The results below are of an ensemble of {len(e['members'])} models ({how}), not of one model: "
+            f"{'; '.join(map(str, e['members']))}. Its best member alone: {e.get('best_member')}; the comparison "
+            f"with it is in the paired results. The model file described above is the first member."])
+    return _section("ensemble", "Ensembling", ["No ensemble: one model." if not study else
+                                               "Seed ensembles per configuration and the ensemble of all "
+                                               "configurations are in the study's report (chexcut report)."])
 
 
 def _preprocessing_section(f: dict) -> dict:
@@ -265,8 +237,9 @@ def _extra_sections(f: dict) -> list[dict]:
             _auroc(e.get("mean_competition")),
             ", ".join(r["label"] for r in e["labels"] if str(r.get("not_evaluable", "")).startswith("not annotated"))]
            for n, e in sorted(f["external"].items()) if e]
-    out.append(_section("external", "External validation", [] if ext else [
-        f"{NEEDS}: no external evaluation was run (chexcut evaluate RUN --data SET:DIR, or study plan --external)."],
+    notes = [f"Not shown, damaged: {u}." for u in f["unusable"]] or ([] if ext else [
+        f"{NEEDS}: no external evaluation was run (chexcut evaluate RUN --data SET:DIR, or study plan --external)."])
+    out.append(_section("external", "External validation", notes,
         [_table(["set", "data set", "rows", "5-task AUROC [CI]", "not annotated there"], ext)] if ext else []))
     gaps = [[g["by"], " vs ".join(g["groups"]), g["label"], _ci(g.get("delta"), g.get("ci_low"), g.get("ci_high")),
              _cell(g.get("p")), _cell(g.get("p_holm"))]
@@ -352,11 +325,18 @@ def build_card(target: Path, about: dict | None = None, plots: list | None = Non
 
 
 def _build(target: Path, about: dict | None = None, plots: list | None = None) -> tuple[dict, dict | None]:
-    """(the card, the study's report or None)."""
+    """(the card, the study's report or None). A run file damaged deeper than :func:`collect.damaged` checks (a
+    key missing, text where a number belongs) is one line naming the run's files, never an internal error."""
+    try:
+        return _assemble(Path(target), about or {}, plots)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ChexcutError(f"{target}: the run's config.json or eval.json is damaged ({type(e).__name__}: "
+                           f"{str(e)[:80]}); evaluate the run again") from None
+
+
+def _assemble(target: Path, about: dict, plots: list | None) -> tuple[dict, dict | None]:
     from chexcut.study.plan import PLAN, load_plan
 
-    about = about or {}
-    target = Path(target)
     study, study_info, report = None, None, None
     if (target / PLAN).is_file():
         from chexcut.study.findings import build_report
@@ -377,9 +357,7 @@ def _build(target: Path, about: dict | None = None, plots: list | None = None) -
             ["intended use", intended[0]], ["intended users", intended[1]], ["out of scope", intended[2]],
             ["limitations", intended[3]]])]),
         _model_section(f, study_info), *_data_sections(f), _preprocessing_section(f), *_training_sections(f),
-        _section("ensemble", "Ensembling", ["No ensemble: one model." if not study else
-                                            "Seed ensembles per configuration and the ensemble of all configurations "
-                                            "are in the study's report (chexcut report)."]),
+        _ensemble_section(f, study),
         *_results_sections(f, plots or []), *_extra_sections(f), _software_section(f), _reproduce_section(f, study)]
     card = {"title": about.get("title") or f"Model card: {f['config']['model']['arch']} "
                                             f"(drop {f['config']['model']['drop']})",

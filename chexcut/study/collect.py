@@ -96,10 +96,11 @@ def collect(targets: list[Path], external: str | None = None) -> Collected:
             res.incomplete.append({"run_dir": str(d), "reason": f"no eval.json (finetune {status or 'not finished'})"})
             continue
         cfg, ev = rd.read_config(), rd.read_eval(external)
+        ev_name = str(ev_file.relative_to(rd.path))
         if cfg is None or ev is None:
-            res.incomplete.append({"run_dir": str(d), "reason": "unreadable config.json or eval.json"})
+            res.incomplete.append({"run_dir": str(d), "reason": f"unreadable {'config.json' if cfg is None else ev_name}"})
             continue
-        damage = _damaged(cfg, ev)
+        damage = damaged(cfg, ev, ev_name)
         if damage:
             res.incomplete.append({"run_dir": str(d), "reason": damage})
             continue
@@ -160,9 +161,10 @@ def _calibration(ev: dict) -> dict | None:
     return out if rows else None
 
 
-def _damaged(cfg: dict, ev: dict) -> str | None:
-    """Why a run's config.json / eval.json cannot be used (the run is then listed, not used), or None."""
-    for where, obj, keys in (("config.json", cfg, ("model", "train")), ("eval.json", ev, ("labels", "n"))):
+def damaged(cfg: dict, ev: dict, ev_name: str = "eval.json") -> str | None:
+    """Why a run's config.json / evaluation JSON (``ev_name``: eval.json or external/NAME.json) cannot be used (the
+    run is then listed, not used), or None."""
+    for where, obj, keys in (("config.json", cfg, ("model", "train")), (ev_name, ev, ("labels", "n"))):
         missing = [k for k in keys if k not in obj]
         if missing:
             return f"damaged {where}: no {', '.join(map(repr, missing))}"
@@ -183,11 +185,11 @@ def _damaged(cfg: dict, ev: dict) -> str | None:
 
     mc = ev.get("mean_competition")
     if mc is not None and (not isinstance(mc, dict) or not all(number(mc.get(k)) for k in ("auroc", "ci_low", "ci_high"))):
-        return "damaged eval.json: 'mean_competition' holds a value that is not a finite number"
+        return f"damaged {ev_name}: 'mean_competition' holds a value that is not a finite number"
     labels = ev["labels"]
     if not isinstance(labels, list) or not all(isinstance(r, dict) and isinstance(r.get("label"), str)
                                                and number(r.get("auroc")) for r in labels):
-        return "damaged eval.json: 'labels' must list each label's name and AUROC (a finite number or null)"
+        return f"damaged {ev_name}: 'labels' must list each label's name and AUROC (a finite number or null)"
     return None
 
 

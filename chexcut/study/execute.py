@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -54,14 +55,40 @@ def inside(folder: Path):
         os.chdir(before)
 
 
+def _launcher_words(launcher: str) -> list[str]:
+    try:
+        words = shlex.split(launcher)
+    except ValueError as e:  # an unbalanced quote, a trailing backslash
+        raise ChexcutError(f"--launcher {launcher!r} is not a command line: {str(e).lower()}") from None
+    if not words:
+        raise ChexcutError("--launcher is empty: give the launch command (e.g. 'torchrun --standalone "
+                           "--nproc_per_node 4') or leave --launcher out")
+    return words
+
+
+def check_launcher(launcher: str | None, step: str, study_dir: Path) -> None:
+    """``--launcher`` checked before any work, one line each: given to a rank (``--step finetune``, which must not
+    launch again), not one command line (an unbalanced quote), empty, or its program not found: on PATH, or for a
+    path, from the study folder (where the launch starts)."""
+    if launcher is None:
+        return
+    if step == "finetune":
+        raise ChexcutError(f"--launcher {launcher!r} with --step finetune: a rank of a launch must not launch "
+                           f"again; give --launcher with --step all (the default) only")
+    program = _launcher_words(launcher)[0]
+    if "/" in program:
+        if shutil.which(str(Path(study_dir).resolve() / program)) is None:
+            raise ChexcutError(f"--launcher {launcher!r}: the program {program!r} is not an executable file (a "
+                               f"path is taken from the study folder {study_dir})")
+    elif shutil.which(program) is None:
+        raise ChexcutError(f"--launcher {launcher!r}: the program {program!r} is not found on PATH")
+
+
 def launch_command(launcher: str, study_dir: Path, run: dict) -> list[str]:
     """The argv that starts this run's finetune under a distributed launcher (``torchrun ...``, ``srun torchrun
     ...``): each rank runs ``chexcut study exec STUDY RUN_ID --step finetune``. Never a shell line."""
-    words = shlex.split(launcher)
-    if not words:
-        raise ChexcutError("--launcher is empty")
-    return [*words, "-m", "chexcut", "study", "exec", str(Path(study_dir).resolve()), run["id"], "--step",
-            "finetune"]
+    return [*_launcher_words(launcher), "-m", "chexcut", "study", "exec", str(Path(study_dir).resolve()), run["id"],
+            "--step", "finetune"]
 
 
 def _finetune(run: dict, plan: dict) -> None:
@@ -129,7 +156,8 @@ def execute(study_dir: Path, run: dict, plan: dict, *, step: str = "all", launch
     ``LAUNCHER -m chexcut study exec STUDY RUN_ID --step finetune`` (torchrun, srun torchrun) and this process
     waits for it (its output to ``log``, a file), then benches and evaluates."""
     check_step(step)
-    study_dir = Path(study_dir)
+    check_launcher(launcher, step, study_dir)
+    study_dir = Path(study_dir).resolve()  # absolute: the launch's ranks are told it from inside it
     with inside(study_dir):
         rd = RunDir(run["run_dir"])
         if step == "finetune":
@@ -137,7 +165,7 @@ def execute(study_dir: Path, run: dict, plan: dict, *, step: str = "all", launch
             return "done"
         if rd.eval.is_file():
             return "skipped"
-        if launcher:
+        if launcher is not None:
             rd.path.mkdir(parents=True, exist_ok=True)
             _wait_for(launch_command(launcher, study_dir, run), run["id"], log)
         else:
@@ -149,7 +177,11 @@ def execute(study_dir: Path, run: dict, plan: dict, *, step: str = "all", launch
 def _wait_for(argv: list[str], run_id: str, log=None) -> None:
     """Start the distributed finetune and wait for it. A stop signal reaches it too (it is in this process
     group): it checkpoints and exits, so this process keeps waiting (never kills it) and then stops as well."""
-    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT if log is not None else None)
+    try:
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT if log is not None else None)
+    except OSError as e:  # checked at the call; gone (or no longer executable) since
+        raise ChexcutError(f"the launcher {argv[0]!r} of {run_id} could not be started: "
+                           f"{e.strerror or type(e).__name__}") from None
     interrupted = None
     while True:
         try:

@@ -7,12 +7,18 @@ with ``--external``). The two are independent samples, so the difference's CI co
 intervals as normal standard errors, ``SE = (high - low) / (2 z)``, ``SE_diff = sqrt(SE_int^2 + SE_ext^2)``
 (an approximation, said so in the JSON). The rank correlation of the configurations is Spearman's rho with a
 Fisher-z interval using Bonett & Wright's (2000) standard error ``sqrt((1 + rho^2 / 2) / (n - 3))``.
+
+At plan time (:func:`check_external_sets`) each external set is checked against the study's training data: not the
+training set itself, readable with the labels the runs learn, and sharing neither images nor patients with the
+runs' training rows, the overlap ``evaluate`` refuses, found before the queue instead of after each run's training.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+from chexcut.errors import ChexcutError
 from chexcut.labels import COMPETITION_LABELS
 
 METHOD = ("difference CI: normal approximation from the two independent percentile intervals; rank correlation: "
@@ -117,3 +123,67 @@ def external_validation(internal: dict, external: dict, name: str, dataset: str 
             "ranking": rank_correlation([r["internal"] for r in rows], [r["external"] for r in rows], alpha),
             "findings": {"internal": fi, "external": fe, "holds": _holds(fi, fe, alpha)},
             "competition_labels_not_scored": not_scored, "incomplete": external.get("incomplete", [])}
+
+
+# ----------------------------------------------------------------------------- at plan time
+
+#: Declared sets that are one set of images under two label files: one id space for their patients.
+_ID_SPACE = {"mimic-negbio": "mimic", "vinbigdata-any": "vinbigdata"}
+
+
+def _id_space(dataset: str | None) -> str:
+    name = dataset or "chexpert"
+    return _ID_SPACE.get(name, name)
+
+
+def check_external_sets(data: Path, externals: list[dict], options) -> None:
+    """The external sets every run will be evaluated on (``external_sets``' records), checked at plan time against
+    the training data ``data`` read with ``options`` (the runs' FinetuneOptions): none is the training set itself,
+    each is readable with the labels the runs learn, none shares images (by path, as ``evaluate`` compares them) or
+    patients with the runs' training rows. Patient ids are compared only within one id space: the same declared set
+    (or its variant under another label file), or two CheXpert-layout folders; NIH patient 12 and CheXpert's
+    patient00012 are different people."""
+    import dataclasses
+
+    from chexcut.data.chexpert import load_split
+    from chexcut.data.datasets import resolve
+
+    opts = options.data_options()
+    folder, named = resolve(data, opts.dataset, opts.csv)
+    training = None if opts.csv else (named or "chexpert")  # a --csv table of one's own: no declared set
+    for ext in externals:
+        if Path(ext["data"]) == folder.resolve() and (ext["dataset"] or "chexpert") == training:
+            raise ChexcutError(f"--external {_ref(ext)} is the training set itself (--data {data}); an external set "
+                               f"is other data (each run is evaluated on its own validation rows anyway)")
+    train = None
+    for ext in externals:
+        ext_opts = dataclasses.replace(opts, csv=None, dataset=ext["dataset"], label_map=None)
+        try:
+            rows = load_split(ext["data"], "all", ext_opts)
+        except ChexcutError as e:
+            raise ChexcutError(f"the external set {ext['name']} ({ext['data']}) cannot be read: {e}") from None
+        if train is None:
+            try:
+                train = load_split(folder, "train", opts)
+            except ChexcutError as e:
+                raise ChexcutError(f"the runs' training rows of --data {data} cannot be read: {e}") from None
+        comparable = training is not None and _id_space(ext["dataset"]) == _id_space(training)
+        _refuse_overlap(ext, rows, train, data, comparable)
+
+
+def _ref(ext: dict) -> str:
+    return f"{ext['dataset']}:{ext['data']}" if ext.get("dataset") else ext["data"]
+
+
+def _refuse_overlap(ext: dict, rows, train, data: Path, patients: bool) -> None:
+    """One line when the external rows share image paths (always) or patient ids (``patients``: one id space)
+    with the training rows: every run's external AUROC would be inflated."""
+    paths = set(train.paths)
+    shared = [p for p in rows.paths if p in paths]
+    ids = set(map(str, train.patient)) if patients else set()
+    shared_patients = sorted({str(p) for p in rows.patient if str(p) in ids})
+    if shared or shared_patients:
+        first = shared[0] if shared else shared_patients[0]
+        raise ChexcutError(f"--external {_ref(ext)} shares {len(shared)} images and {len(shared_patients)} patients "
+                           f"with the runs' training rows (--data {data}; first: {first}): its AUROC would be "
+                           f"inflated; choose an external set of other patients")

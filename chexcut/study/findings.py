@@ -7,7 +7,6 @@ test, and its AUROC is reported as mean +- SD over the seeds with the CI of the 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from chexcut.errors import ChexcutError
 from chexcut.evaluation.metrics import holm
+from chexcut.reading import read_json
 from chexcut.rundir import RunDir
 from chexcut.study.collect import RunResult, check_comparable, collect
 
@@ -37,7 +37,7 @@ class PairedTester:
         from chexcut.data.chexpert import DataOptions, load_split
         from chexcut.evaluation.evaluate import evalset_from_table
 
-        ev = json.loads(Path(run.eval_file).read_text()) if run.eval_file else RunDir(run.run_dir).read_eval()
+        ev = read_json(run.eval_file) if run.eval_file else RunDir(run.run_dir).read_eval()
         src = ev["source"]
         opts = dataclasses.replace(DataOptions.from_json(src["options"]), labels=tuple(run.labels))
         table = load_split(src["data"], src["split"], opts)
@@ -185,6 +185,11 @@ def _external_blocks(targets, col, report: dict, settings: dict) -> list[dict]:
     blocks = []
     names = {r.run_dir: RunDir(r.run_dir).external_names() for r in col.runs}  # each run's folder listed once
     for name in sorted({n for ns in names.values() for n in ns}):
+        found = collect(targets, name)  # a damaged or stray external/NAME.json: named, the rest of the report kept
+        report["incomplete"] += [{"run_dir": i["run_dir"], "reason": f"external/{name}.json: {i['reason']}"}
+                                 for i in found.incomplete if (Path(i["run_dir"]) / "external" / f"{name}.json").is_file()]
+        if not found.runs:
+            continue
         sub = build_report(targets, external=name, **settings)
         first = next(d for d, ns in names.items() if name in ns)
         es = (RunDir(first).read_eval(name) or {}).get("evaluation_set") or {}

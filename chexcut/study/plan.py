@@ -11,7 +11,6 @@ string. Every run lives in ``STUDY_DIR/runs/ID/`` (a finetune run directory) and
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from pathlib import Path
 from chexcut.errors import ChexcutError
 from chexcut.fileio import write_json, write_text
 from chexcut.models.registry import PAPER_ARCHS, get_arch
+from chexcut.reading import read_json
+from chexcut.study.external import check_external_sets
 from chexcut.training.config import FinetuneOptions
 
 WEIGHTS = ("imagenet", "none")
@@ -60,6 +61,10 @@ class Grid:
             check_bounds("drop", d, "--drops")
         for s in self.seeds:
             check_bounds("seed", s, "--seeds")
+        for option, names, given in (("--archs", archs, self.archs), ("--drops", self.drops, self.drops),
+                                     ("--weights", tuple(map(weights_name, weights)), self.weights),
+                                     ("--seeds", self.seeds, self.seeds)):
+            _refuse_repeats(option, names, given)
         return dataclasses.replace(self, archs=archs, weights=weights)
 
     def cells(self) -> tuple[list[dict], list[str]]:
@@ -77,6 +82,29 @@ class Grid:
                         runs.append({"id": rid, "arch": arch, "weights": w, "drop": d, "seed": s,
                                      "run_dir": f"runs/{rid}"})
         return runs, skipped
+
+
+def _refuse_repeats(option: str, names: tuple, given: tuple) -> None:
+    """Two values of one grid axis naming the same runs (``--seeds 1,1``; an arch and another spelling of it; two
+    weights files with one stem, or one stemmed ``imagenet``): the plan would hold two runs of one id in one folder,
+    and every executor would run only the first. One line naming the option and the values."""
+    seen: dict = {}
+    for name, value in zip(names, given):
+        if name in seen:
+            first = seen[name]
+            raise ChexcutError(f"{option} lists {value} twice; give each value once" if str(first) == str(value) else
+                               f"{option} lists {first} and {value}, which name the same runs ({name}); give one")
+        seen[name] = value
+
+
+def repeated_run(runs: list[dict]) -> tuple[int, int] | None:
+    """(first, later) positions of two runs with one id, or None: a run id names one run and one folder."""
+    seen: dict = {}
+    for i, r in enumerate(runs):
+        if r["id"] in seen:
+            return seen[r["id"]], i
+        seen[r["id"]] = i
+    return None
 
 
 def slurm_seconds(time: str) -> int:
@@ -163,18 +191,19 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     grid = grid.check()
     _check_sizes(grid, options)
     _check_data(data, options)
-    for ext in evaluate_options["external"]:
-        _check_external(ext, options)
+    check_external_sets(data, evaluate_options["external"], options)
     if (Path(out) / PLAN).exists() and not force:
         raise ChexcutError(f"{out} already holds a study plan; pass --force to plan over it (runs already done "
                            f"are kept and skipped when their settings match)")
     from chexcut.fileio import check_output_folder
 
-    out = check_output_folder(Path(out), "study folder")
-    out.mkdir(parents=True, exist_ok=True)
     runs, skipped = grid.cells()
     if not runs:
         raise ChexcutError(f"no runs to plan: {'; '.join(dict.fromkeys(skipped)) or 'empty grid'}")
+    if repeated_run(runs):  # the grid's values are unique (Grid.check); a run id names one run all the same
+        raise ChexcutError(f"the grid names the run {runs[repeated_run(runs)[1]]['id']} twice; give each value once")
+    out = check_output_folder(Path(out), "study folder")
+    out.mkdir(parents=True, exist_ok=True)
     plan = {"format": "chexcut-study", "version": PLAN_VERSION, "data": str(data.resolve()),
             "archs": list(grid.archs), "weights": list(grid.weights), "drops": list(grid.drops),
             "seeds": list(grid.seeds), "finetune_options": options.to_json(), "bootstrap": bootstrap, "bench": bench,
@@ -219,19 +248,6 @@ def _check_data(data: Path, options: FinetuneOptions) -> None:
         raise ChexcutError(f"the runs could not read --data {data}: {e}") from None
 
 
-def _check_external(ext: dict, options: FinetuneOptions) -> None:
-    """An external set every run will be evaluated on: readable now, with the labels the runs learn."""
-    import dataclasses
-
-    from chexcut.data.chexpert import load_split
-
-    opts = dataclasses.replace(options.data_options(), csv=None, dataset=ext["dataset"], label_map=None)
-    try:
-        load_split(ext["data"], "all", opts)
-    except ChexcutError as e:
-        raise ChexcutError(f"the external set {ext['name']} ({ext['data']}) cannot be read: {e}") from None
-
-
 def plan_options(plan: dict) -> FinetuneOptions:
     """The typed finetune options every run of the plan shares."""
     return FinetuneOptions.from_json(plan["finetune_options"])
@@ -246,10 +262,10 @@ def _refuse_changed_runs(out: Path, plan: dict) -> None:
     """A re-plan (``--force``) with other settings: runs that already hold results from the old settings would be
     kept as done by every runner. Refuse, naming them, rather than mix two sets of settings in one study."""
     try:
-        old = json.loads((out / PLAN).read_text())
+        old = read_json(out / PLAN)
         old_ids = {r["id"] for r in old.get("runs", [])}
         same = plan_settings(old) == plan_settings(plan)
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+    except (ChexcutError, AttributeError, TypeError, KeyError):
         return
     changed = [] if same else [r["id"] for r in plan["runs"] if r["id"] in old_ids and any((out / r["run_dir"]).glob("*"))]
     if changed:
@@ -281,20 +297,27 @@ def check_evaluate_options(o: dict) -> dict:
 def external_sets(given: list) -> list[dict]:
     """``--external`` (``SET:DIR`` or folders, or the plan's records of them) -> ``[{"name", "data", "dataset"}]``:
     each evaluated by every run after its own validation set, into ``RUN/external/NAME.json``. A name is the set's
-    (``nih``), or the folder's for a CheXpert-layout set; a name given twice gets ``-2``, ``-3``."""
+    (``nih``), or the folder's for a CheXpert-layout set; a name given twice gets ``-2``, ``-3``. One set listed
+    twice (one folder, however spelled, read as one data set) is refused."""
     from chexcut.data.datasets import resolve
 
-    out, names = [], set()
+    out, names, sets = [], set(), {}
     for item in given:
         if isinstance(item, dict):
             if not (isinstance(item.get("name"), str) and isinstance(item.get("data"), str)
-                    and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", item["name"])):
+                    and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", item["name"])) or item["name"] in names:
                 raise ChexcutError(f"an external set's record is damaged: {item!r}")
+            names.add(item["name"])
             out.append({"name": item["name"], "data": item["data"], "dataset": item.get("dataset")})
             continue
         data, dataset = resolve(item)
         if not data.is_dir():
             raise ChexcutError(f"--external {item}: {data} is not a folder")
+        key = (str(data.resolve()), dataset or "chexpert")
+        if key in sets:
+            raise ChexcutError(f"--external lists one set twice ({sets[key]} and {item}: {key[1]} in {key[0]}); "
+                               f"give each external set once")
+        sets[key] = item
         base = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset or data.resolve().name).strip("-.") or "external"
         name, k = base, 1
         while name in names:
@@ -420,10 +443,9 @@ def load_plan(study_dir: Path) -> dict:
     ``runs/ID``: never outside the study), the typed options and evaluate settings. One line naming what is
     wrong; a hand-edited or damaged plan never reaches the executor."""
     where = f"{study_dir}/plan.json"
-    try:
-        plan = json.loads((Path(study_dir) / PLAN).read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
-        raise ChexcutError(f"{study_dir} has no readable plan.json: run `chexcut study plan` first") from None
+    if not (Path(study_dir) / PLAN).is_file():
+        raise ChexcutError(f"{study_dir} has no plan.json: run `chexcut study plan` first")
+    plan = read_json(Path(study_dir) / PLAN, where)
     if not isinstance(plan, dict) or plan.get("format") != "chexcut-study" or not isinstance(plan.get("runs"), list):
         raise ChexcutError(f"{where} is not a chexcut study plan")
     if plan.get("version") != PLAN_VERSION or not isinstance(plan.get("finetune_options"), dict):
@@ -437,6 +459,10 @@ def load_plan(study_dir: Path) -> dict:
         if r["run_dir"] != f"runs/{r['id']}" or "/" in r["id"] or r["id"] in ("", ".", ".."):
             raise ChexcutError(f"{where}: runs[{i}] has the folder {r['run_dir']!r}; a run's folder is runs/ID "
                                f"(damaged; plan the study again)")
+    twice = repeated_run(plan["runs"])
+    if twice:
+        raise ChexcutError(f"{where}: runs[{twice[1]}] repeats the id {plan['runs'][twice[0]]['id']!r} of "
+                           f"runs[{twice[0]}]; a run id names one run (damaged; plan the study again)")
     if not isinstance(plan.get("data"), str) or not isinstance(plan.get("bootstrap"), int):
         raise ChexcutError(f"{where} lacks its data folder or bootstrap count (damaged; plan the study again)")
     try:

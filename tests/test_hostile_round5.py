@@ -1,0 +1,125 @@
+"""Hostile inputs, round 5: ensembles, the card and the report on damaged run files, and the output rule.
+
+An ensemble of one run spelled twice, weights near the float maximum, an ensemble written into a member's folder;
+a card on an ensemble's evaluation, on damaged run files, beside a damaged external evaluation; a report beside
+one; ``-`` as standard output and two outputs naming one file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+
+def _refused(args, *words, cwd=None):
+    code, _, err = run_cli(*args, cwd=cwd)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and all(w in err for w in words), (args, code, err)
+
+
+@pytest.fixture
+def preds(trained_run, phantom, tmp_path):
+    """Two members as predictions CSVs (the run's own and a shifted copy) and their truth."""
+    p1 = trained_run / "valid_predictions.csv"
+    other = pd.read_csv(p1)
+    cols = other.columns[1:]
+    other[cols] = np.clip(other[cols].to_numpy() * 0.5 + 0.2, 0, 1)
+    p2 = tmp_path / "p2.csv"
+    other.to_csv(p2, index=False)
+    return p1, p2, phantom / "CheXpert-v1.0-small" / "valid.csv"
+
+
+def test_an_ensemble_member_named_twice_by_any_spelling(trained_run, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(trained_run)
+    for twin in (f"{trained_run}/", link, trained_run / ".." / trained_run.name):
+        _refused(["ensemble", trained_run, twin, "-o", tmp_path / "e"], "named twice")
+        _refused(["evaluate", trained_run, "--ensemble", twin], "named twice")
+    assert not (tmp_path / "e").exists()
+
+
+def test_ensemble_weights_near_the_float_maximum_are_normalised(preds, tmp_path):
+    p1, p2, truth = preds
+    outs = {}
+    for name, w in (("huge", "1e308,1e308"), ("one", "1,1")):
+        code, _, err = run_cli("ensemble", p1, p2, "--truth", truth, "--weights", w, "--bootstrap", "10", "-o",
+                               tmp_path / name, "-q")
+        assert code == 0, err
+        outs[name] = pd.read_csv(tmp_path / name / "predictions.csv")
+    pd.testing.assert_frame_equal(outs["huge"], outs["one"])
+    assert outs["huge"].iloc[:, 1:].to_numpy().max() > 0
+
+
+def test_an_ensemble_never_writes_over_a_member(trained_run, run_copy, preds, tmp_path):
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    _refused(["ensemble", trained_run, run_copy, "-o", run_copy], "finetune run's folder")
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    p1, p2, truth = preds
+    folder = tmp_path / "members"
+    folder.mkdir()
+    own = folder / "predictions.csv"
+    own.write_bytes(p2.read_bytes())
+    _refused(["ensemble", p1, own, "--truth", truth, "-o", folder], "is one of this command's inputs")
+    assert own.read_bytes() == p2.read_bytes()
+
+
+def test_the_card_of_an_ensemble_evaluation_says_ensemble(trained_run, run_copy, tmp_path):
+    code, _, err = run_cli("evaluate", run_copy, "--ensemble", trained_run, "--bootstrap", "10", "--json",
+                           run_copy / "eval.json", "-q")
+    assert code == 0, err
+    code, _, err = run_cli("card", run_copy, "-o", tmp_path / "card.md")
+    assert code == 0, err
+    text = (tmp_path / "card.md").read_text()
+    assert "an ensemble of 2 models" in text and "No ensemble: one model." not in text
+
+
+def _evaluated(run):
+    code, _, err = run_cli("evaluate", run, "--bootstrap", "10", "--json", run / "eval.json", "-q")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("damage", ["no data", "ci text", "labels text"])
+def test_a_card_on_damaged_run_files_is_one_line(run_copy, tmp_path, damage):
+    _evaluated(run_copy)
+    config, ev = (json.loads((run_copy / f).read_text()) for f in ("config.json", "eval.json"))
+    if damage == "no data":
+        del config["data"]
+    elif damage == "ci text":
+        ev["ci"] = "ninety-five"
+    else:
+        ev["labels"] = "Edema"
+    (run_copy / "config.json").write_text(json.dumps(config))
+    (run_copy / "eval.json").write_text(json.dumps(ev))
+    _refused(["card", run_copy, "-o", tmp_path / "card.md"], "damaged")
+    assert not (tmp_path / "card.md").exists()
+
+
+def test_a_damaged_external_evaluation_is_named_never_fatal(run_copy, tmp_path):
+    _evaluated(run_copy)
+    (run_copy / "external").mkdir()
+    (run_copy / "external" / "broken.json").write_text("{")
+    (run_copy / "external" / "stray.json").write_text(json.dumps({"note": "not an evaluation"}))
+    code, _, err = run_cli("card", run_copy, "-o", tmp_path / "card.md")
+    assert code == 0, err
+    card = (tmp_path / "card.md").read_text()
+    assert "external/broken.json: unreadable" in card and "external/stray.json: damaged" in card
+    code, _, err = run_cli("report", run_copy, "-o", tmp_path / "report.md", "--json", tmp_path / "report.json")
+    assert code == 0, err
+    reasons = [i["reason"] for i in json.loads((tmp_path / "report.json").read_text())["incomplete"]]
+    assert any(r.startswith("external/broken.json") for r in reasons), reasons
+    assert any(r.startswith("external/stray.json") for r in reasons), reasons
+
+
+def test_outputs_dash_is_stdout_and_two_outputs_never_name_one_file(trained_run, preds, tmp_path, capfd):
+    p, _, truth = preds
+    code, _, err = run_cli("evaluate", "--predictions", p, "--truth", truth, "--bootstrap", "10", "--csv-out", "-",
+                           "-q", cwd=tmp_path)
+    assert code == 0, err
+    assert not (tmp_path / "-").exists() and "auroc" in capfd.readouterr().out.lower()
+    _refused(["evaluate", "--predictions", p, "--truth", truth, "--json", tmp_path / "x.json", "--csv-out",
+              tmp_path / "x.json"], "name one file")
+    _refused(["evaluate", trained_run, "--failures", "2", "--failure-images", p], "is a file; give a folder")
+    assert not (tmp_path / "x.json").exists()
