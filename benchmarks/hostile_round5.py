@@ -121,6 +121,8 @@ def round5_cases(d: dict) -> list[tuple[str, list, dict]]:
         ("r5 ensemble into a run's folder", ["ensemble", run, run, "-o", run], {}),
         *[(f"r5 card on a run with {n}", ["card", t / f"r5_run_{n}", "-o", t / "r5.md"], {})
           for n in ("nodata", "citext")],
+        ("r5 explain --json onto the set's label file", ["explain", run, "--data", ph, "--limit", "1", "-o",
+                                                         t / "r5_maps", "--json", valid], {}),
         ("r5 failure images onto a file", ["evaluate", run, "--failures", "2", "--failure-images", p1], {}),
         ("r5 two outputs naming one file", ["evaluate", "--predictions", p1, "--truth", valid, "--json",
                                             t / "r5.json", "--csv-out", t / "r5.json"], {}),

@@ -16,9 +16,22 @@ def check_writable(path: Path, force: bool = False, inputs=()) -> None:
     check_output_file(path, "output", force=force, inputs=inputs)
 
 
+NAME_MAX = 255  # bytes of one file or folder name on Linux and macOS file systems
+
+
+def check_name_lengths(path, what: str) -> None:
+    """Each name along ``path`` within what a file system holds (a 300-character name is one line, not an
+    OSError from deep inside a writer)."""
+    for part in Path(path).parts:
+        if len(part.encode()) > NAME_MAX:
+            raise ChexcutError(f"cannot write {what}: the name {part[:40]}... is longer than the file system allows "
+                               f"({NAME_MAX} bytes)")
+
+
 def check_output_folder(path: Path, what: str = "output folder") -> Path:
     """An output folder that exists or can be created, is a folder, and is writable: checked before any work."""
     path = Path(path)
+    check_name_lengths(path, f"the {what}")
     if path.exists() and not path.is_dir():
         raise ChexcutError(f"the {what} {path} is a file; give a folder")
     probe = path
@@ -85,6 +98,7 @@ def check_output_file(path: Path, what: str = "output", force: bool = True, inpu
     checked before any work. ``protected``: folders the command reads as a whole (a data set's folder, with its
     label files, lists, metadata and images): an output may add a file there, never replace one."""
     path = Path(path)
+    check_name_lengths(path, what)
     target, in_place = output_target(path)
     if in_place:
         return path

@@ -96,13 +96,17 @@ def explain(
 ):
     """Grad-CAM heatmaps over the images (Captum's LayerGradCam at the last kept block), with optional checks."""
     import chexcut.cli.ui as ui
+    from chexcut.data.datasets import split_ref
     from chexcut.fileio import check_output_file, check_output_folder
+    from chexcut.rundir import files_read_under
 
     if (data is None) == (not images):
         raise ChexcutError("give IMAGES (files or folders) or --data DIR, not both or neither")
     check_output_folder(out, "--out folder")
-    if json_path and json_path != "-":
-        check_output_file(Path(json_path), "--json", inputs=[model, data, csv])
+    if json_path and json_path != "-":  # never over the model's files or a file of the folders it reads
+        folders = [split_ref(data)[0]] if data is not None else [p for p in images or () if Path(p).is_dir()]
+        check_output_file(Path(json_path), "--json", inputs=[model, data, csv, *files_read_under([model])],
+                          protected=folders)
     from chexcut.deploy import explain as ex
 
     request = ex.ExplainInputs(model=model, images=tuple(images or ()), data=data, csv=csv, split=str(split),

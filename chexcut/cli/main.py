@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -39,6 +40,9 @@ def _environment_error(e: BaseException) -> str | None:
         where = failed or e.filename or "a file"
         return (f"{codes[e.errno]} writing {where}; earlier checkpoints and caches are kept, temporary files "
                 f"removed: free space or fix the permissions, then run the same command again")
+    if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # a name no writer checked first
+        name = os.path.basename(str(e.filename or "a file"))
+        return f"a file name is longer than the file system allows: {name[:40]}...; give a shorter name"
     text = str(e)
     if "No space left on device" in text or "Disk quota exceeded" in text:  # safetensors and torch.save wrap it
         return (f"no space left on the device while writing {failed or 'a file'}; earlier checkpoints and caches are "

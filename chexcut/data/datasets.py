@@ -237,6 +237,17 @@ def harmonise(own, ds: Dataset, label_map: dict | None = None):
     return frame, not_annotated
 
 
+#: Declared sets that are one set of images under two label files: one id space for their patients.
+_ID_SPACE = {"mimic-negbio": "mimic", "vinbigdata-any": "vinbigdata"}
+
+
+def id_space(dataset: str | None) -> str:
+    """Whose patient ids a set's rows carry: two sets with one id space may hold one patient under one id (CheXpert
+    folders, a set under its two label files); NIH patient 12 and CheXpert's patient00012 are different people."""
+    name = dataset or "chexpert"
+    return _ID_SPACE.get(name, name)
+
+
 def detect(root: Path) -> Dataset | None:
     """The declared set whose label file is in ``root`` (CheXpert first), or None."""
     root = Path(root)

@@ -116,12 +116,14 @@ def resolve(run_dir: Path | None, data: Path | None, split: str | None, given: d
 
 def check_overlap(eval_table, es: EvaluationSet, allow: bool, run_dir: Path | None = None,
                   what: str = "the run") -> dict | None:
-    """Images (by path) and, on the same data set, patients shared with the training rows of the run.
+    """Images (by path) and, on the same data set (one folder, or two folders of one id space: a copy), patients
+    shared with the training rows of the run.
 
     Returns the overlap record (None without a run to check against); raises unless ``allow``."""
     import numpy as np
 
     from chexcut.data.chexpert import DataOptions, load_split
+    from chexcut.data.datasets import id_space
 
     run_dir = run_dir or es.run_dir
     if run_dir is None:
@@ -141,8 +143,11 @@ def check_overlap(eval_table, es: EvaluationSet, allow: bool, run_dir: Path | No
                            f"evaluate without the check") from None
     paths = set(train.paths)
     shared = [p for p in eval_table.paths if p in paths]
-    same_data = (es.kind == "run-validation" and Path(run_dir) == Path(es.run_dir or "")) or \
+    same_folder = (es.kind == "run-validation" and Path(run_dir) == Path(es.run_dir or "")) or \
         Path(es.data).resolve() == run_data.resolve()
+    # another folder of the same set (a copy, the images under new names): its patient ids are the training's
+    same_data = same_folder or (not es.opts.csv and not run_opts.csv and id_space(es.opts.dataset) ==
+                                id_space(run_opts.dataset))
     patients = set(train.patient.astype(str)) if same_data else set()
     shared_patients = sorted({p for p in np.asarray(eval_table.patient).astype(str) if p in patients})
     record = {"checked": True, "images": len(shared), "patients": len(shared_patients),

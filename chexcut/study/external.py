@@ -127,15 +127,6 @@ def external_validation(internal: dict, external: dict, name: str, dataset: str 
 
 # ----------------------------------------------------------------------------- at plan time
 
-#: Declared sets that are one set of images under two label files: one id space for their patients.
-_ID_SPACE = {"mimic-negbio": "mimic", "vinbigdata-any": "vinbigdata"}
-
-
-def _id_space(dataset: str | None) -> str:
-    name = dataset or "chexpert"
-    return _ID_SPACE.get(name, name)
-
-
 def check_external_sets(data: Path, externals: list[dict], options) -> None:
     """The external sets every run will be evaluated on (``external_sets``' records), checked at plan time against
     the training data ``data`` read with ``options`` (the runs' FinetuneOptions): none is the training set itself,
@@ -146,7 +137,7 @@ def check_external_sets(data: Path, externals: list[dict], options) -> None:
     import dataclasses
 
     from chexcut.data.chexpert import load_split
-    from chexcut.data.datasets import resolve
+    from chexcut.data.datasets import id_space, resolve
 
     opts = options.data_options()
     folder, named = resolve(data, opts.dataset, opts.csv)
@@ -167,7 +158,7 @@ def check_external_sets(data: Path, externals: list[dict], options) -> None:
                 train = load_split(folder, "train", opts)
             except ChexcutError as e:
                 raise ChexcutError(f"the runs' training rows of --data {data} cannot be read: {e}") from None
-        comparable = training is not None and _id_space(ext["dataset"]) == _id_space(training)
+        comparable = training is not None and id_space(ext["dataset"]) == id_space(training)
         _refuse_overlap(ext, rows, train, data, comparable)
 
 
