@@ -11,7 +11,6 @@ every case that is not, and the counts.
 import argparse
 import hashlib
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, env=None, cwd=None):
+    """(exit code, stdout, stderr) of one ``python -m chexcut`` process; its peak memory goes to ``PEAK``."""
+    import threading
+
     e = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200", **(env or {}))
-    try:
-        p = subprocess.run([sys.executable, "-m", "chexcut", *map(str, args)], capture_output=True, text=True, env=e,
-                           cwd=cwd, timeout=300)
-    except subprocess.TimeoutExpired:
+    p = subprocess.Popen([sys.executable, "-m", "chexcut", *map(str, args)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=e, cwd=cwd)
+    streams = {}
+    readers = [threading.Thread(target=lambda n=n, f=f: streams.__setitem__(n, f.read()))
+               for n, f in (("out", p.stdout), ("err", p.stderr))]
+    for r in readers:
+        r.start()
+    timer = threading.Timer(300, p.kill)
+    timer.start()
+    _, status, usage = os.wait4(p.pid, 0)  # the child's own rusage: its peak resident memory
+    timer.cancel()
+    for r in readers:
+        r.join()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    PEAK[" ".join(map(str, args))[:80]] = usage.ru_maxrss / 1024  # MiB (ru_maxrss is in KiB on Linux)
+    if p.returncode == -9:
         return None, "", "still running after 300 s (killed)"
-    return p.returncode, p.stdout, p.stderr
+    return p.returncode, streams["out"], streams["err"]
+
+
+PEAK: dict[str, float] = {}
 
 
 def setup(t: Path) -> dict:
@@ -460,8 +477,10 @@ def main():
             print(f"INPUT CHANGED: {p}")
         print(f"{len(all_cases)} hostile inputs tried, {len(all_cases) - len(failed)} handled (exit 2, one line), "
               f"{len(leftovers)} partial files left, {len(changed)} input files changed")
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kB on Linux: the largest case's
-        print(f"largest memory of any case: {peak:.0f} MB; slowest case: {slowest[1]} ({slowest[0]:.1f} s)")
+        case_peak = {name: PEAK[" ".join(map(str, args))[:80]] for name, args, _ in all_cases}
+        biggest = max(case_peak, key=case_peak.get)
+        print(f"largest memory of any case: {case_peak[biggest]:.0f} MiB ({biggest}); slowest case: {slowest[1]} "
+              f"({slowest[0]:.1f} s)")
         sys.exit(1 if failed or leftovers or changed else 0)
 
 

@@ -44,7 +44,7 @@ def study_plan(
     by: Annotated[Optional[str], typer.Option("--by", help="Each evaluate: subgroups by these columns of the data's CSVs or --groups.")] = None,
     age_bins: Annotated[Optional[str], typer.Option("--age-bins", help="With --by Age: interval edges, e.g. 0,40,60,80,200.")] = None,
     groups: Annotated[Optional[Path], typer.Option("--groups", help="A CSV of subgroup columns keyed by Path.")] = None,
-    external: Annotated[Optional[str], typer.Option("--external", help="Comma-separated external sets (SET:DIR or folders) every run is also evaluated on (all rows); `report` compares them with the internal results.")] = None,
+    external: Annotated[Optional[list[str]], typer.Option("--external", help="External sets (SET:DIR or folders; repeatable or a comma list) every run is also evaluated on (all rows); `report` compares them with the internal results.")] = None,
     calibration: Annotated[bool, typer.Option("--calibration/--no-calibration", help="Each evaluate: Brier, ECE, recalibration slope.")] = True,
     track: TrackOpt = None,
     track_models: Annotated[bool, typer.Option("--track-models/--track-no-models", help="With --track: upload each run's best model.")] = True,
@@ -76,7 +76,7 @@ def study_plan(
     plan = plan_study(out, data, grid, options, bootstrap=bootstrap, bench=bench, slurm=cluster if slurm else None,
                       force=force, evaluate_options={"by": split_list(by, "--by") or [], "age_bins": bins,
                                                      "groups": groups, "calibration": calibration,
-                                                     "external": split_list(external, "--external") or []})
+                                                     "external": [e for item in external or () for e in split_list(item, "--external") or ()]})
     if json_out:
         ui.print_json(plan)
         return
