@@ -73,9 +73,9 @@ def truncate(
     out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
     drop: Optional[int] = typer.Option(None, "--drop", **bound("drop"), help="Final blocks to remove (0..B-1) (default: 0)."),
     keep: Optional[int] = typer.Option(None, "--keep", **bound("keep"), help="Blocks to keep (1..B); instead of --drop."),
-    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | PATH to a state dict of the full architecture."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | a pretraining source NAME or NAME:PATH (`chexcut weights list`: dinov2, rad-dino, txrv-all, ...) | PATH to a state dict of the full architecture."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels (default: the 14 CheXpert observations)."),
-    in_chans: int = typer.Option(3, "--in-chans", **bound("in_chans"), help="1 = grayscale input (first conv's RGB filters combined)."),
+    in_chans: Optional[int] = typer.Option(None, "--in-chans", **bound("in_chans"), help="1 = grayscale input (first conv's RGB filters combined) (default: 3, or the --weights source's own)."),
     seed: int = typer.Option(0, "--seed", **bound("seed"), help="Seed for random initialisation (the new head; all weights with --weights none)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", **bound("image_size"), help="Image size recorded in the model file and used for MACs; a ViT or Swin is built for it (default: 320, rounded to a size the family takes)."),
     resize: Resize = typer.Option(Resize.squash, "--resize", help="Resize mode recorded in the model file (its preprocessing)."),
@@ -113,18 +113,21 @@ def truncate(
         ui.err.print(f"wrote {out}")
 
 
-weights_app = typer.Typer(help="ImageNet weights: list, fetch (network or mirror), stage for offline clusters.",
+weights_app = typer.Typer(help="ImageNet weights and pretraining sources: list, fetch (network or mirror), stage for "
+                               "offline clusters.",
                           no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
 
 def _archs_arg(archs: Optional[list[str]], all_: bool, paper: bool) -> list:
+    """The architectures (their ImageNet weights) and pretraining sources named, in order."""
     from chexcut.models.registry import PAPER_ARCHS, REGISTRY, get_arch
+    from chexcut.models.sources import SOURCES
 
     if sum(map(bool, (archs, all_, paper))) != 1:
-        raise ChexcutError("name architectures, or pass --all or --paper (one of them)")
+        raise ChexcutError("name architectures or pretraining sources, or pass --all or --paper (one of them)")
     names = list(REGISTRY) if all_ else list(PAPER_ARCHS) if paper else archs
-    return [get_arch(a) for a in names]
+    return [SOURCES[n.lower()] if n.lower() in SOURCES else get_arch(n) for n in names]
 
 
 @weights_app.command("list")
@@ -132,9 +135,11 @@ def weights_list(
     paper: bool = typer.Option(False, "--paper", help="Only the 16 architectures of the paper."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
 ):
-    """Every architecture's weights: id, file, size, URL, whether cached, where, and whether its hash verifies."""
+    """Every architecture's weights (id, file, size, URL, whether cached, where, whether its hash verifies), then
+    the pretraining sources (what each fits, its licence, whether it is staged). ``--json``: the architectures'."""
     import chexcut.cli.ui as ui
     import chexcut.cli.ui_models as ui_models
+    from chexcut.models import sources
     from chexcut.models.registry import PAPER_ARCHS, REGISTRY
     from chexcut.models.weights import status
 
@@ -143,20 +148,24 @@ def weights_list(
         ui.print_json(rows)
     else:
         ui.out.print(ui_models.weights_table(rows))
+        ui.out.print(ui_models.sources_table([sources.status(s) for s in sources.SOURCES.values()]))
 
 
 @weights_app.command("fetch")
 def weights_fetch(
-    archs: Annotated[Optional[list[str]], typer.Argument(help="Architectures (see `chexcut list`).", autocompletion=complete_arch)] = None,
+    archs: Annotated[Optional[list[str]], typer.Argument(help="Architectures (see `chexcut list`) or pretraining sources (see `chexcut weights list`).", autocompletion=complete_arch)] = None,
     all_: bool = typer.Option(False, "--all", help="Every supported architecture."),
     paper: bool = typer.Option(False, "--paper", help="The 16 architectures of the paper."),
     mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="A folder or http(s) URL serving the files by name (see `weights fetch --to`).")] = None,
     to: Annotated[Optional[Path], typer.Option("--to", help="Write the files into this folder (a mirror to copy to an offline machine) instead of the caches.")] = None,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Download (or copy from a mirror) and verify ImageNet weights into the libraries' caches."""
+    """Download (or copy from a mirror) and verify ImageNet weights into the libraries' caches, and pretraining
+    sources into chexcut's (read through their layout before they are installed)."""
     import chexcut.cli.ui as ui
     from chexcut.fileio import writable_folder
+    from chexcut.models.registry import get_arch
+    from chexcut.models.sources import Source, fetch_source
     from chexcut.models.weights import fetch
 
     chosen = _archs_arg(archs, all_, paper)
@@ -164,18 +173,23 @@ def weights_fetch(
         if to.exists() and not to.is_dir():
             raise ChexcutError(f"--to {to} is a file; give a folder")
         writable_folder(to, "folder --to")
-    for a in chosen:
+    timm_sourced = [get_arch(n) for s in chosen if isinstance(s, Source) and s.layout == "timm" for n in s.archs]
+    for a in [c for c in chosen if not (isinstance(c, Source) and c.layout == "timm")] + timm_sourced:
         with ui.lazy_progress_bar(f"{a.name}", quiet=quiet) as update:
-            got = fetch(a, mirror=mirror, to=to, progress=update)
+            got = (fetch_source if isinstance(a, Source) else fetch)(a, mirror=mirror, to=to, progress=update)
         if not quiet:
             ui.err.print(f"{a.name}: {got['action']} {got['path']}")
 
 
 @weights_app.command("path")
-def weights_path(arch: Annotated[str, typer.Argument(help="Architecture.", autocompletion=complete_arch)]):
-    """The exact path where a copied weights file must go for chexcut (and its library) to find it."""
+def weights_path(arch: Annotated[str, typer.Argument(help="Architecture or pretraining source.", autocompletion=complete_arch)]):
+    """The exact path where a copied weights file (or a source's file or folder) must go for chexcut to find it."""
     from chexcut.models.libraries import library_of
     from chexcut.models.registry import get_arch
+    from chexcut.models.sources import SOURCES, cached_path
 
+    if arch.lower() in SOURCES and SOURCES[arch.lower()].layout != "timm":
+        typer.echo(str(cached_path(SOURCES[arch.lower()])))
+        return
     a = get_arch(arch)
     typer.echo(str(library_of(a).place_path(a)))

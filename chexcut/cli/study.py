@@ -24,7 +24,7 @@ def study_plan(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder for every run (SET:DIR for a published set).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder to write plan.json, run.sh, commands.txt into.")],
     archs: Annotated[Optional[str], typer.Option("--archs", help="Comma-separated architectures (default: the 16 of the paper).")] = None,
-    weights: Annotated[str, typer.Option("--weights", help="Comma-separated: imagenet,none.")] = "imagenet,none",
+    weights: Annotated[str, typer.Option("--weights", help="Comma-separated: imagenet, none, pretraining sources (NAME or NAME:PATH; `chexcut weights list`), state dict files. A source is run with the archs it fits.")] = "imagenet,none",
     drops: Annotated[str, typer.Option("--drops", help="Comma-separated drops (levels past an arch's blocks are skipped).")] = "0,1,2",
     seeds: Annotated[str, typer.Option("--seeds")] = "0",
     bootstrap: Annotated[int, typer.Option("--bootstrap", **bound("bootstrap"), help="Replicates for each run's evaluate.")] = 1000,

@@ -32,6 +32,19 @@ def weights_table(rows: list[dict]) -> Table:
     return t
 
 
+def sources_table(rows: list[dict]) -> Table:
+    t = Table(title="Pretraining sources (--weights NAME, or NAME:PATH to a local copy as published)",
+              title_justify="left", caption="`chexcut weights path NAME`: where a staged copy goes",
+              caption_justify="left")
+    for col in ("name", "fits", "channels", "licence", "staged"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        fits = ", ".join(r["archs"]) if len(r["archs"]) <= 2 else f"{r['archs'][0]} and {len(r['archs']) - 1} more"
+        t.add_row(r["name"], fits, str(r["in_chans"]), r["license"].split(" (")[0],
+                  "[green]yes[/]" if r["staged"] == "yes" else r["staged"])
+    return t
+
+
 def anatomy_tables(a: dict, highlight_drop: int | None = None) -> list[Table]:
     """The blocks (a CNN's maps, a transformer's tokens on their patch grid) and what each truncation costs."""
     size, tokens, unit, w = a["image_size"], a.get("output") == "tokens", a.get("unit", "block"), a.get("weights")

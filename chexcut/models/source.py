@@ -23,13 +23,13 @@ class ModelSource:
     arch: str | None = None
     drop: int = 0
     weights: str = "imagenet"
-    in_chans: int = 3
+    in_chans: int | None = None  # None: 3, or the pretraining source's own
     seed: int = 0
     interim: str | None = None  # a run still training (or stopped): its best model so far, and why
 
     @classmethod
     def parse(cls, target: str, *, drop: int | None = None, keep: int | None = None, weights: str = "imagenet",
-              in_chans: int = 3, seed: int = 0) -> "ModelSource":
+              in_chans: int | None = None, seed: int = 0) -> "ModelSource":
         """``target`` as a file, a run directory or an architecture name (with drop/keep/weights)."""
         from chexcut.models.registry import get_arch, resolve_drop
 

@@ -69,7 +69,7 @@ class ModelSpec:
 
     @property
     def weights_name(self) -> str:
-        return self.weights.get("id") or self.weights.get("path") or self.weights["kind"]
+        return self.weights.get("name") or self.weights.get("id") or self.weights.get("path") or self.weights["kind"]
 
     def to_json(self) -> dict:
         p = self.preprocess

@@ -19,8 +19,10 @@ from chexcut.choices import Resize, check
 from chexcut.errors import ChexcutError
 from chexcut.fileio import sha256_file
 from chexcut.labels import CHEXPERT_LABELS
+from chexcut.models import sources
 from chexcut.models.libraries import library_of
 from chexcut.models.registry import Arch, check_size_multiple, default_image_size, get_arch, resolve_drop
+from chexcut.models.sources import IMAGENET_MEAN, IMAGENET_STD
 from chexcut.models.spec import ModelSpec, Preprocess
 from chexcut.models.tensors import load_state_dict_strict, load_with_metadata, normalise_state_dict, read_state_dict  # noqa: F401
 from chexcut.models.weights import ensure_available, offline_advice
@@ -118,16 +120,43 @@ def load_imagenet(model: nn.Module, arch: Arch) -> dict:
 
 
 def load_weights(model: nn.Module, arch: Arch, weights: str | os.PathLike | None) -> dict:
-    """Apply ``weights`` ("imagenet" | "none" | a path) to the full architecture; return its origin."""
+    """Apply ``weights`` ("imagenet" | "none" | a pretraining source ``NAME[:PATH]`` | a path) to the full
+    architecture; return its origin."""
     if weights is None or str(weights) == "none":
         return {"kind": "none"}
     if str(weights) == "imagenet":
         return load_imagenet(model, arch)
+    named = sources.parse(weights)
+    if named is not None:
+        return load_source(model, arch, *named)
     path = Path(weights)
     if not path.exists():
         raise ChexcutError(f"--weights must be 'imagenet', 'none' or an existing file; {weights!s} does not exist")
     load_fitted(model, read_state_dict(path), arch, str(path))
     return {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
+
+
+def load_source(model: nn.Module, arch: Arch, source: sources.Source, path: Path | None) -> dict:
+    """Load a declared pretraining source (its staged file, or ``path``) by its layout; its origin records the
+    source, the file and its hash, its licence and the preprocessing it was trained with."""
+    source.check_arch(arch.name)
+    described = {"kind": "source", "name": source.name, "layout": source.layout, "license": source.license,
+                 "in_chans": source.in_chans, "image_size": source.image_size}
+    if source.layout == "timm" and path is None:  # the library's own weights under this name
+        origin = load_imagenet(model, arch)
+        return {**origin, **described, "mean": list(source.mean), "std": list(source.std)}
+    where = sources.locate(source, path)
+    state, pre = sources.read_source(source, where)
+    # a source publishes its backbone (and its own classifier, left out): the full model's ImageNet head, which
+    # the cut replaces, keeps its initial values
+    head = model.get_classifier() if arch.family.pruning == "timm" else get_module(model, arch.family.head)
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    own_head = {k: v for k, v in model.state_dict().items() if name and k.startswith(name + ".") and k not in state}
+    load_fitted(model, {**state, **own_head}, arch, f"the {source.name} weights {where}")
+    weights_file = where if where.is_file() else next(p for p in (where / "model.safetensors",
+                                                                  where / "pytorch_model.bin") if p.is_file())
+    return {**described, "license": pre.get("license") or source.license, "path": str(where),
+            "sha256": sha256_file(weights_file), "mean": list(pre["mean"]), "std": list(pre["std"])}
 
 
 # ----------------------------------------------------------------------------- cutting
@@ -216,7 +245,7 @@ def truncate(
     keep: int | None = None,
     weights: str | os.PathLike | None = "imagenet",
     labels: tuple[str, ...] | list[str] | None = None,
-    in_chans: int = 3,
+    in_chans: int | None = None,
     image_size: int | None = None,
     seed: int | None = 0,
     resize: str = "squash",
@@ -239,6 +268,13 @@ def truncate(
         raise ChexcutError("the head needs at least one label; the label list is empty")
     if len(set(labels)) != len(labels):
         raise ChexcutError(f"the head labels have duplicate names: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
+    named = None if weights is None else sources.parse(weights)
+    source_chans = named[0].in_chans if named else 3  # a source trained on grey images takes one channel
+    if in_chans is None:
+        in_chans = source_chans
+    elif named and in_chans != source_chans:
+        raise ChexcutError(f"--weights {named[0].name} takes {source_chans} input channel"
+                           f"{'s' if source_chans > 1 else ''} (as it was trained); --in-chans {in_chans} contradicts it")
     if in_chans not in (1, 3):
         raise ChexcutError(f"in_chans (--in-chans) must be 1 or 3, not {in_chans}")
     image_size = int(image_size or default_image_size(a))
@@ -250,12 +286,14 @@ def truncate(
         if seed is not None:
             torch.manual_seed(seed)
         full = build_architecture(a, image_size)
+        if source_chans == 1:  # the source's weights are one-channel already: the first conv takes one first
+            adapt_in_chans(full, IMAGENET_MEAN, IMAGENET_STD)
         origin = load_weights(full, a, weights)
         model = cut(full, a, d, len(labels), pool)
     float32_head(head_of(model, a, d))
     meta = library_of(a).weights_meta(a)  # the weights' own normalisation (timm's pretrained_cfg), also for none
-    mean, std = tuple(meta["mean"]), tuple(meta["std"])
-    if in_chans == 1:
+    mean, std = tuple(origin.get("mean") or meta["mean"]), tuple(origin.get("std") or meta["std"])
+    if in_chans == 1 and source_chans == 3:
         mean, std = adapt_in_chans(model, mean, std)
     model.eval()
     n = a.family.num_blocks

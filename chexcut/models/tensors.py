@@ -17,7 +17,7 @@ def normalise_state_dict(state: dict, arch: Arch) -> dict:
     return {rename(key.removeprefix("module.")): value for key, value in state.items()}
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     """A safetensors file starts with its header's length (8 bytes, little endian) and then '{'."""
     with open(path, "rb") as f:
         head = f.read(9)
@@ -29,7 +29,7 @@ def read_state_dict(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ChexcutError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors" or _is_safetensors(path):
+    if path.suffix == ".safetensors" or is_safetensors(path):
         from safetensors.torch import load_file
 
         try:

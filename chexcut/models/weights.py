@@ -47,7 +47,7 @@ def licence_note(weights: dict) -> str | None:
     """The one line a run starting from non-commercial weights prints (and records), or None."""
     if not non_commercial(weights.get("license")):
         return None
-    name = weights.get("id") or weights.get("path") or "the starting weights"
+    name = weights.get("name") or weights.get("id") or weights.get("path") or "the starting weights"
     return (f"{name} are licensed {weights['license']}: models trained from them inherit its terms "
             f"(no commercial use)")
 

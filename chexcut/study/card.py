@@ -80,7 +80,8 @@ def _run_facts(run: Path) -> dict:
 def _model_section(f: dict, study: dict | None) -> dict:
     m = f["config"]["model"]
     w = m.get("weights") or {}
-    init = {"none": "random initialisation (no pretrained weights)", "imagenet": "ImageNet-pretrained weights"}.get(
+    init = {"none": "random initialisation (no pretrained weights)", "imagenet": "ImageNet-pretrained weights",
+            "source": f"the pretraining source {w.get('name')} ({w.get('layout')} layout, from {w.get('path')})"}.get(
         w.get("kind"), f"weights from {w.get('path') or w.get('kind')}")
     if w.get("id"):
         init += f" ({w['id']})"
@@ -292,7 +293,9 @@ def _reproduce_section(f: dict, study: Path | None) -> dict:
     cfg, run = f["config"], f["run"]
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     data = f"{d['dataset']}:{d['dir']}" if d.get("dataset") else d["dir"]
-    weights = (m.get("weights") or {}).get("kind", "imagenet")
+    w = m.get("weights") or {}
+    weights = (f"{w['name']}:{w['path']}" if w.get("path") else w["name"]) if w.get("kind") == "source" else \
+        w.get("path") if w.get("kind") == "file" else w.get("kind", "imagenet")
     cmds = ([f"chexcut study run {study}", f"chexcut report {study} -o report"] if study else [
         f"chexcut finetune {m['arch']} --drop {m['drop']} --weights {weights} --data {data} --out {run} "
         f"--recipe {t.get('recipe')} --epochs {t.get('epochs')} --lr {t.get('lr')} --batch-size {t.get('batch_size')} "

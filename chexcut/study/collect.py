@@ -107,7 +107,8 @@ def collect(targets: list[Path], external: str | None = None) -> Collected:
         spec = cfg["model"]
         arch = get_arch(spec["arch"])
         kind = spec["weights"]["kind"]
-        weights = {"imagenet": "imagenet", "none": "none"}.get(kind, "file")
+        weights = spec["weights"].get("name") or "source" if kind == "source" else \
+            {"imagenet": "imagenet", "none": "none"}.get(kind, "file")
         size = int(cfg["train"]["image_size"])
         try:
             anat = cached_anatomy(arch.name, size, len(spec["labels"]))

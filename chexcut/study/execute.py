@@ -107,7 +107,7 @@ def _finetune(run: dict, plan: dict) -> None:
         job.track = tracking.resumed(rd.path)
     else:
         source = ModelSource.parse(run["arch"], drop=run["drop"], weights=run["weights"], seed=run["seed"],
-                                   in_chans=options.source.get("in_chans", 3))
+                                   in_chans=options.source.get("in_chans"))
         job = Run(run_dir=rd.path, data=Path(plan["data"]), opts=options.data_options(),
                   cfg=options.train_config(run["seed"]), model_source=source.to_json(),
                   cache=Path(options.cache) if options.cache else None, skip_missing=options.skip_missing,

@@ -16,6 +16,7 @@ runs' training rows, the overlap ``evaluate`` refuses, found before the queue in
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
@@ -126,6 +127,41 @@ def external_validation(internal: dict, external: dict, name: str, dataset: str 
 
 
 # ----------------------------------------------------------------------------- at plan time
+
+def external_sets(given: list) -> list[dict]:
+    """``--external`` (``SET:DIR`` or folders, or the plan's records of them) -> ``[{"name", "data", "dataset"}]``:
+    each evaluated by every run after its own validation set, into ``RUN/external/NAME.json``. A name is the set's
+    (``nih``), or the folder's for a CheXpert-layout set; a name given twice gets ``-2``, ``-3``. One set listed
+    twice (one folder, however spelled, read as one data set) is refused."""
+    from chexcut.data.datasets import resolve
+
+    out, names, sets = [], set(), {}
+    for item in given:
+        if isinstance(item, dict):
+            if not (isinstance(item.get("name"), str) and isinstance(item.get("data"), str)
+                    and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", item["name"])) or item["name"] in names:
+                raise ChexcutError(f"an external set's record is damaged: {item!r}")
+            names.add(item["name"])
+            out.append({"name": item["name"], "data": item["data"], "dataset": item.get("dataset")})
+            continue
+        data, dataset = resolve(item)
+        if not data.is_dir():
+            raise ChexcutError(f"--external {item}: {data} is not a folder")
+        key = (str(data.resolve()), dataset or "chexpert")
+        if key in sets:
+            raise ChexcutError(f"--external lists one set twice ({sets[key]} and {item}: {key[1]} in {key[0]}); "
+                               f"give each external set once")
+        sets[key] = item
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset or data.resolve().name).strip("-.") or "external"
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}-{k}"
+        names.add(name)
+        out.append({"name": name, "data": str(data.resolve()), "dataset": dataset})
+    return out
+
+
 
 def check_external_sets(data: Path, externals: list[dict], options) -> None:
     """The external sets every run will be evaluated on (``external_sets``' records), checked at plan time against

@@ -163,6 +163,7 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
         "leakage": [str(r.run_dir) for r in col.runs if r.overlap],
         "ensemble_all": tester.all_configurations(groups, rows),
         "imagenet_vs_chexpert": imagenet_vs_chexpert(rows), "pretraining_boost": pretraining_boost(rows, groups, tester),
+        "pretraining_sources": pretraining_sources(rows, groups, tester),
         "family_vs_size": family_vs_size(rows),
         "missing": missing_runs(rows, fill_hint),
         "subgroups": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop, "seed": r.seed,
@@ -325,6 +326,33 @@ def pretraining_boost(rows: list[dict], groups: dict, tester: PairedTester) -> d
     for b, adjusted in zip(boost, holm([b["p"] for b in boost])):  # family: every architecture's boost
         b["p_holm"] = adjusted
     return {"archs": boost, "vs_params": _corr([b["params"] for b in boost], [b["boost"] for b in boost])}
+
+
+def pretraining_sources(rows: list[dict], groups: dict, tester: PairedTester) -> dict:
+    """Every pretraining source against random init and against each other, per architecture at drop 0: the
+    paired delta of mean competition AUROC with its CI and p, Holm-adjusted within each family of tests; and each
+    source's mean boost over the architectures that have it."""
+    by_key = {(r["arch"], r["weights"], r["drop"]): r for r in rows}
+    vs_random, between = [], []
+    for arch in sorted({r["arch"] for r in rows}):
+        present = sorted(w for (a, w, d) in groups if a == arch and d == 0 and w != "none")
+        pairs = [(w, "none") for w in present if (arch, "none", 0) in groups] + \
+            [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
+        for a, b in pairs:
+            cmp = tester.compare(groups[(arch, a, 0)], groups[(arch, b, 0)])
+            ra, rb = by_key[(arch, a, 0)], by_key[(arch, b, 0)]
+            delta = ra["auroc"] - rb["auroc"] if ra["auroc"] is not None and rb["auroc"] is not None else None
+            entry = {"arch": arch, "weights": a, "versus": b, "auroc": ra["auroc"], "versus_auroc": rb["auroc"],
+                     "delta": delta, "ci_low": cmp["ci_low"] if cmp else None,
+                     "ci_high": cmp["ci_high"] if cmp else None, "p": cmp["p"] if cmp else None}
+            (vs_random if b == "none" else between).append(entry)
+    for family in (vs_random, between):
+        for e, adjusted in zip(family, holm([e["p"] for e in family])):
+            e["p_holm"] = adjusted
+    sources = sorted({e["weights"] for e in vs_random})
+    mean = {w: float(np.mean(d)) if (d := [e["delta"] for e in vs_random if e["weights"] == w
+                                            and e["delta"] is not None]) else None for w in sources}
+    return {"vs_random": vs_random, "between": between, "mean_boost": mean}
 
 
 def family_vs_size(rows: list[dict]) -> dict | None:

@@ -20,7 +20,7 @@ from chexcut.errors import ChexcutError
 from chexcut.fileio import write_json, write_text
 from chexcut.models.registry import PAPER_ARCHS, get_arch
 from chexcut.reading import read_json
-from chexcut.study.external import check_external_sets
+from chexcut.study.external import check_external_sets, external_sets
 from chexcut.training.config import FinetuneOptions
 
 WEIGHTS = ("imagenet", "none")
@@ -29,8 +29,36 @@ PLAN_VERSION = 2  # 2: runs hold no command lines; the typed options are the pla
 
 
 def weights_name(weights: str) -> str:
-    """imagenet, none, or a weights file's stem: how runs and cells name their weights."""
+    """imagenet, none, a pretraining source's name, or a weights file's stem: how runs and cells name their
+    weights."""
+    from chexcut.models.sources import parse
+
+    named = parse(weights)
+    if named is not None:
+        return named[0].name
     return Path(weights).stem if Path(weights).is_file() else weights
+
+
+def _checked_weights(w: str, archs: tuple[str, ...]) -> str:
+    """One --weights value as the runs will read it (a file or a source's local copy by its absolute path: the
+    runs start from the study folder); a source that fits none of the archs is one line."""
+    from chexcut.models.sources import locate, parse
+
+    if w in WEIGHTS:
+        return w
+    named = parse(w)
+    if named is not None:
+        source, path = named
+        if not any(source.fits(a) for a in archs):
+            raise ChexcutError(f"--weights {source.name} fits {', '.join(source.archs)}, none of --archs "
+                               f"{', '.join(archs)}")
+        if path is None and source.layout != "timm":
+            locate(source, None)  # staged now, or one line saying how to stage it before any run starts
+        return source.name if path is None else f"{source.name}:{locate(source, path).resolve()}"
+    if not Path(w).is_file():
+        raise ChexcutError(f"--weights {w!r}: use imagenet, none, a pretraining source (`chexcut weights list`) or "
+                           f"a state dict file")
+    return str(Path(w).resolve())
 
 
 def run_id(arch: str, weights: str, drop: int, seed: int) -> str:
@@ -48,11 +76,7 @@ class Grid:
 
     def check(self) -> "Grid":
         archs = tuple(get_arch(a).name for a in self.archs)
-        for w in self.weights:
-            if w not in WEIGHTS and not Path(w).is_file():
-                raise ChexcutError(f"--weights {w!r}: use imagenet, none (or a state dict file)")
-        # a weights file by its absolute path: the runs start from the study folder
-        weights = tuple(w if w in WEIGHTS else str(Path(w).resolve()) for w in self.weights)
+        weights = tuple(_checked_weights(w, archs) for w in self.weights)
         if not self.seeds or not self.drops or not archs or not self.weights:
             raise ChexcutError("a study needs at least one arch, weights, drop and seed")
         from chexcut.choices import check_bounds
@@ -69,10 +93,16 @@ class Grid:
 
     def cells(self) -> tuple[list[dict], list[str]]:
         """(runs, skipped): one run per cell; drops past an arch's blocks are skipped, with the reason."""
+        from chexcut.models.sources import parse
+
         runs, skipped = [], []
         for arch in self.archs:
             n_blocks = get_arch(arch).family.num_blocks
             for w in self.weights:
+                named = parse(w)
+                if named is not None and not named[0].fits(arch):  # a source fits the archs it was trained as
+                    skipped.append(f"{arch} with {named[0].name} (it fits {', '.join(named[0].archs)})")
+                    continue
                 for d in self.drops:
                     if d > n_blocks - 1:
                         skipped.append(f"{arch} drop {d} (only {n_blocks} blocks)")
@@ -139,7 +169,6 @@ class Slurm:
     requeue: bool = True
 
     def __post_init__(self):
-        import re
 
         from chexcut.choices import check_bounds
 
@@ -292,40 +321,6 @@ def check_evaluate_options(o: dict) -> dict:
         groups = str(Path(groups).resolve())
     return {"by": by, "age_bins": list(bins) if bins else None, "groups": groups,
             "calibration": bool(o.get("calibration", True)), "external": external_sets(o.get("external") or [])}
-
-
-def external_sets(given: list) -> list[dict]:
-    """``--external`` (``SET:DIR`` or folders, or the plan's records of them) -> ``[{"name", "data", "dataset"}]``:
-    each evaluated by every run after its own validation set, into ``RUN/external/NAME.json``. A name is the set's
-    (``nih``), or the folder's for a CheXpert-layout set; a name given twice gets ``-2``, ``-3``. One set listed
-    twice (one folder, however spelled, read as one data set) is refused."""
-    from chexcut.data.datasets import resolve
-
-    out, names, sets = [], set(), {}
-    for item in given:
-        if isinstance(item, dict):
-            if not (isinstance(item.get("name"), str) and isinstance(item.get("data"), str)
-                    and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", item["name"])) or item["name"] in names:
-                raise ChexcutError(f"an external set's record is damaged: {item!r}")
-            names.add(item["name"])
-            out.append({"name": item["name"], "data": item["data"], "dataset": item.get("dataset")})
-            continue
-        data, dataset = resolve(item)
-        if not data.is_dir():
-            raise ChexcutError(f"--external {item}: {data} is not a folder")
-        key = (str(data.resolve()), dataset or "chexpert")
-        if key in sets:
-            raise ChexcutError(f"--external lists one set twice ({sets[key]} and {item}: {key[1]} in {key[0]}); "
-                               f"give each external set once")
-        sets[key] = item
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset or data.resolve().name).strip("-.") or "external"
-        name, k = base, 1
-        while name in names:
-            k += 1
-            name = f"{base}-{k}"
-        names.add(name)
-        out.append({"name": name, "data": str(data.resolve()), "dataset": dataset})
-    return out
 
 
 def grid_cell(r: dict) -> str:

@@ -72,9 +72,29 @@ def make_plots(report: dict, out: Path) -> list[Path]:
     ax.set_title("ImageNet accuracy vs chest X-ray AUROC")
     ax.legend(fontsize=8)
     paths.append(_save(fig, ax, out / "imagenet_vs_auroc.png"))
+    vs_random = (report.get("pretraining_sources") or {}).get("vs_random") or []
+    if any(e["delta"] is not None for e in vs_random):
+        paths.append(_sources_plot(vs_random, out / "pretraining_sources.png"))
     for b in report.get("external") or []:
         paths.append(_external_plot(b, out / f"external_{b['name']}.png"))
     return paths
+
+
+def _sources_plot(vs_random: list[dict], path: Path) -> Path:
+    """Each source's boost over random init per architecture, with its paired CI."""
+    import matplotlib.pyplot as plt
+
+    shown = [e for e in vs_random if e["delta"] is not None]
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.35 * len(shown)))
+    for i, e in enumerate(shown):
+        if e["ci_low"] is not None and e["ci_high"] is not None:
+            ax.plot([e["ci_low"], e["ci_high"]], [i, i], color="0.5")
+        ax.plot([e["delta"]], [i], "o")
+    ax.axvline(0, color="0.3", linewidth=0.8)
+    ax.set_yticks(range(len(shown)), [f"{e['arch']} / {e['weights']}" for e in shown], fontsize=8)
+    ax.set_xlabel("mean AUROC minus random init (drop 0), paired 95% CI")
+    ax.set_title("Pretraining sources against random init")
+    return _save(fig, ax, path)
 
 
 def _external_plot(block: dict, path: Path) -> Path:
@@ -272,6 +292,24 @@ def boost_table(report: dict) -> ReportTable:
     return t
 
 
+def sources_tables(report: dict) -> list[ReportTable]:
+    """Every pretraining source against random init and against each other (drop 0, paired, Holm)."""
+    ps = report.get("pretraining_sources") or {}
+    out = []
+    for key, title in (("vs_random", "Pretraining sources against random init (drop 0)"),
+                       ("between", "Pretraining sources against each other (drop 0)")):
+        if ps.get(key):
+            t = ReportTable(title, ["arch", "weights", "versus", "AUROC", "versus AUROC", "delta [CI]", "p (Holm)"])
+            t.rows = [[e["arch"], e["weights"], e["versus"], _fmt(e["auroc"]), _fmt(e["versus_auroc"]),
+                       _fmt(e["delta"], "+.4f") + _ci(e["ci_low"], e["ci_high"], "+.3f"), _fmt(e["p_holm"], ".3g")]
+                      for e in ps[key]]
+            out.append(t)
+    if out and ps.get("mean_boost"):
+        out[0].text.append("Mean boost over the architectures: " + ", ".join(
+            f"{w} {_fmt(v, '+.4f')}" for w, v in ps["mean_boost"].items()) + ".")
+    return out
+
+
 def family_table(report: dict) -> ReportTable | None:
     fs = report.get("family_vs_size")
     if not fs:
@@ -343,7 +381,7 @@ def tables(report: dict) -> list[ReportTable]:
     eff = efficiency_tables(report["efficiency"], report["alpha"],
                             note=(report.get("missing") or {}).get("pretrained"))
     found = [*problem_tables(report), results_table(report), *eff, correlation_table(report), boost_table(report),
-             family_table(report), subgroup_table(report), calibration_table(report), readers_table(report),
+             *sources_tables(report), family_table(report), subgroup_table(report), calibration_table(report), readers_table(report),
              *external_tables(report)]
     return [t for t in found if t is not None]
 

@@ -255,6 +255,7 @@ class FinetuneOptions:
         unknown = set(self.source) - set(SOURCE_FIELDS)
         if unknown:
             raise ChexcutError(f"not model options: {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "source", {k: v for k, v in self.source.items() if v is not None})
         for name, value in self.source.items():
             check_bounds(name, value)
         object.__setattr__(self, "train", {k: v for k, v in self.train.items() if v is not None})
