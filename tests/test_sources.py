@@ -178,3 +178,31 @@ def test_a_study_with_three_pretraining_sources_reports_them(txrv_model, phantom
     assert "cc-by-nc-4.0" in card and "NON-COMMERCIAL" in card
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["weights"]["license"] == "cc-by-nc-4.0"
+
+
+def test_a_source_is_staged_from_a_mirror_and_then_named_alone(txrv_model, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path / "cache"))
+    from chexcut.models.sources import SOURCES
+
+    source = SOURCES["txrv-all"]
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / source.file).write_bytes(b"not a model")  # a damaged copy is refused, never installed
+    code, _, err = run_cli("weights", "fetch", "txrv-all", "--mirror", mirror, "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, out, _ = run_cli("weights", "path", "txrv-all")
+    staged = tmp_path / "cache" / "sources" / "txrv-all" / source.file
+    assert code == 0 and out.strip() == str(staged) and not staged.exists()
+    torch.save(txrv_model, mirror / source.file, _use_new_zipfile_serialization=False)
+    code, _, err = run_cli("weights", "fetch", "txrv-all", "--mirror", mirror, "-q")
+    assert code == 0 and staged.is_file(), err
+    code, _, err = run_cli("truncate", "densenet121", "--weights", "txrv-all", "--drop", "2", "--image-size", "64",
+                           "-o", tmp_path / "m.safetensors")
+    assert code == 0, err
+    code, out, _ = run_cli("inspect", tmp_path / "m.safetensors", "--json")
+    spec = json.loads(out)
+    assert "txrv-all" in json.dumps(spec) and "apache-2.0" in json.dumps(spec)
+    code, out, _ = run_cli("weights", "list")
+    assert "txrv-all" in out and "rad-dino" in out and "msrla" in out

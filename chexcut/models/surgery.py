@@ -189,8 +189,9 @@ def cut(model: nn.Module, arch: Arch, drop: int, n_labels: int, pool: str = "avg
     )
     neck = neck_modules(model, arch, kept)
     # Channel count of the last kept block, measured by a shape probe on the meta device.
-    with torch.device("meta"):
-        probe = torch.empty(1, 3, 299, 299)
+    first_conv = next(m for m in stem.modules() if isinstance(m, nn.Conv2d))
+    with torch.device("meta"):  # as many channels as the stem takes (one for a grey-image source)
+        probe = torch.empty(1, first_conv.in_channels, 299, 299)
     with torch.no_grad():
         channels = _probe_channels(nn.Sequential(stem, blocks), probe)
     return ChexcutNet(stem, blocks, nn.Sequential(*neck), channels, n_labels)
@@ -239,6 +240,21 @@ def adapt_in_chans(model: nn.Module, mean: tuple, std: tuple) -> tuple[tuple, tu
     return (m1,), (s1,)
 
 
+def input_channels(weights, in_chans: int | None) -> tuple[int, int]:
+    """(the model's input channels, the weights' own): ``in_chans`` given, else the pretraining source's (a source
+    trained on grey images takes one channel), else 3; one line when they contradict."""
+    named = None if weights is None else sources.parse(weights)
+    source_chans = named[0].in_chans if named else 3
+    if in_chans is None:
+        in_chans = source_chans
+    elif named and in_chans != source_chans:
+        raise ChexcutError(f"--weights {named[0].name} takes {source_chans} input channel"
+                           f"{'s' if source_chans > 1 else ''} (as it was trained); --in-chans {in_chans} contradicts it")
+    if in_chans not in (1, 3):
+        raise ChexcutError(f"in_chans (--in-chans) must be 1 or 3, not {in_chans}")
+    return in_chans, source_chans
+
+
 def truncate(
     arch: str,
     drop: int | None = None,
@@ -268,15 +284,7 @@ def truncate(
         raise ChexcutError("the head needs at least one label; the label list is empty")
     if len(set(labels)) != len(labels):
         raise ChexcutError(f"the head labels have duplicate names: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
-    named = None if weights is None else sources.parse(weights)
-    source_chans = named[0].in_chans if named else 3  # a source trained on grey images takes one channel
-    if in_chans is None:
-        in_chans = source_chans
-    elif named and in_chans != source_chans:
-        raise ChexcutError(f"--weights {named[0].name} takes {source_chans} input channel"
-                           f"{'s' if source_chans > 1 else ''} (as it was trained); --in-chans {in_chans} contradicts it")
-    if in_chans not in (1, 3):
-        raise ChexcutError(f"in_chans (--in-chans) must be 1 or 3, not {in_chans}")
+    in_chans, source_chans = input_channels(weights, in_chans)
     image_size = int(image_size or default_image_size(a))
     check_size_multiple(a, image_size)
     pool = pool or a.family.pools[0]
