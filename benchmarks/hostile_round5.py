@@ -87,6 +87,9 @@ def round5(t: Path, cli) -> None:
         change(cfg, ev)
         (run / "config.json").write_text(json.dumps(cfg))
         (run / "eval.json").write_text(json.dumps(ev))
+    from conftest import write_evil_pickle
+
+    write_evil_pickle(t / "r5_evil.pt", t / "r5_ran")
     (t / "r5_members").mkdir()
     shutil.copy(t / "preds_copy.csv", t / "r5_members" / "predictions.csv")
 
@@ -123,6 +126,14 @@ def round5_cases(d: dict) -> list[tuple[str, list, dict]]:
           for n in ("nodata", "citext")],
         ("r5 explain --json onto the set's label file", ["explain", run, "--data", ph, "--limit", "1", "-o",
                                                          t / "r5_maps", "--json", valid], {}),
+        ("r5 evaluate --predictions-out onto MIMIC's patients table", ["evaluate", run, "--data",
+                                                                       f"mimic:{t / 'r5_mimic'}", "--predictions-out",
+                                                                       t / "r5_mimic" / "patients.csv.gz"], {}),
+        ("r5 a pretraining source on an architecture it does not fit", ["truncate", "resnet18", "--weights", "rad-dino",
+                                                                        "-o", t / "r5.safetensors"], {}),
+        ("r5 a pickled model that runs code as a source", ["truncate", "densenet121", "--weights",
+                                                           f"txrv-all:{t / 'r5_evil.pt'}", "-o", t / "r5.safetensors"],
+         {}),
         ("r5 failure images onto a file", ["evaluate", run, "--failures", "2", "--failure-images", p1], {}),
         ("r5 two outputs naming one file", ["evaluate", "--predictions", p1, "--truth", valid, "--json",
                                             t / "r5.json", "--csv-out", t / "r5.json"], {}),

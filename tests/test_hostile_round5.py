@@ -161,3 +161,14 @@ def test_a_name_longer_than_the_file_system_allows_is_one_line(trained_run, tmp_
                  ["finetune", "resnet18", "--weights", "none", "--data", tmp_path, "--out", long]):
         _refused(args, "longer than the file system allows")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_never_replaces_a_file_of_the_data_set_it_reads(trained_run, tmp_path):
+    from chexcut.data.phantom_layouts import make_layout_phantom
+
+    mimic = make_layout_phantom(tmp_path / "mimic", "mimic", 20, 32, seed=2)
+    patients = mimic / "patients.csv.gz"
+    before = patients.read_bytes()
+    for flag in ("--predictions-out", "--json", "--csv-out"):
+        _refused(["evaluate", trained_run, "--data", f"mimic:{mimic}", flag, patients], "would replace a file of")
+    assert patients.read_bytes() == before

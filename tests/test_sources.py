@@ -206,3 +206,13 @@ def test_a_source_is_staged_from_a_mirror_and_then_named_alone(txrv_model, tmp_p
     assert "txrv-all" in json.dumps(spec) and "apache-2.0" in json.dumps(spec)
     code, out, _ = run_cli("weights", "list")
     assert "txrv-all" in out and "rad-dino" in out and "msrla" in out
+
+
+def test_a_source_on_an_architecture_it_does_not_fit_is_one_line(tmp_path):
+    for weights, arch in (("dinov2", "resnet18"), ("rad-dino", "vit_small_patch14_dinov2")):
+        code, _, err = run_cli("truncate", arch, "--weights", weights, "-o", tmp_path / "m.safetensors")
+        assert code == 2 and "fits" in err and f"not {arch}" in err, err
+    code, _, err = run_cli("study", "plan", "--data", tmp_path, "--out", tmp_path / "s", "--archs", "resnet18",
+                           "--weights", "none,rad-dino")
+    assert code == 2 and "rad-dino fits vit_base_patch14_dinov2, none of --archs resnet18" in err, err
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "s").exists()

@@ -85,7 +85,7 @@ def evaluate(
     if json_path == "-" and predictions_out is not None and str(predictions_out) == "-":
         raise ChexcutError("--json - and --predictions-out - would both write to stdout; send one to a file")
     _check_outputs(json_path, predictions_out, csv_out, plots,
-                   _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv))
+                   *_inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv))
     quiet = quiet or json_path == "-"
     label_file, label_list = truth, split_list(labels, "--labels")
     if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
@@ -169,12 +169,12 @@ def _statistics(p: dict):
                       failures=p["failures"])
 
 
-def _check_outputs(json_path, predictions_out, csv_out, plots, sources: list[Path]) -> None:
-    """Every output checked before any inference, never onto an input."""
+def _check_outputs(json_path, predictions_out, csv_out, plots, sources: list[Path], folders: list[Path]) -> None:
+    """Every output checked before any inference, never onto an input or over a file of a data folder read."""
     from chexcut.fileio import check_outputs
 
     check_outputs([(json_path, "--json"), (predictions_out, "--predictions-out"), (csv_out, "--csv-out")],
-                  inputs=sources)
+                  inputs=sources, protected=folders)
     if plots is not None:
         from chexcut.fileio import check_output_folder
 
@@ -194,13 +194,15 @@ def _tracked_run(model, track) -> Path | None:
     return run_dir
 
 
-def _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv) -> list[Path]:
-    """Every file this evaluation reads (the CSVs of its data set too): no output may be one of them."""
+def _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv) -> tuple[list, list]:
+    """(every file this evaluation reads, the data folders it reads whole): no output may be one of the files or
+    replace a file of those folders (a set's metadata, e.g. MIMIC's patients.csv.gz, included)."""
+    from chexcut.data.datasets import split_ref
     from chexcut.reading import read_json
 
     files = [predictions, truth, compare, groups, thresholds, csv, model]
     files += [item.partition("=")[2] or item for spec in readers or () for item in split_list(spec, "--readers") or ()]
-    folders = [data] if data else []
+    folders = [split_ref(data)[0]] if data else []
     if model and (Path(model) / "config.json").is_file():  # a run directory: its own files and its data set
         files += [Path(model) / name for name in ("config.json", "valid_predictions.csv", "best.safetensors")]
         try:
@@ -210,7 +212,7 @@ def _inputs(model, data, predictions, truth, compare, groups, readers, threshold
     for folder in folders:
         for pattern in ("*.csv", "*/*.csv"):
             files += list(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
-    return [Path(f) for f in files if f and Path(f).is_file()]
+    return [Path(f) for f in files if f and Path(f).is_file()], [Path(f) for f in folders if Path(f).is_dir()]
 
 
 def _targets(values: list[str] | None, flag: str) -> tuple[float, ...]:
