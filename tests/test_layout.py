@@ -141,3 +141,27 @@ def test_every_import_points_down_the_declared_layers():
     graph = import_graph()
     up = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if _layer(d) > _layer(m))
     assert not up, f"imports against the layer order {[sorted(x) for x in LAYERS]}: {up}"
+
+
+def test_no_private_name_is_used_across_modules():
+    """A module's ``_name`` is its own: another chexcut module neither imports it nor reaches it through an imported
+    module (``other._name``). What two modules share is public and named for what it is."""
+    known = set(modules())
+    crossing = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("chexcut"):
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in known:
+                        aliases.add(a.asname or a.name)  # a module imported by name
+                    elif a.name.startswith("_") and not a.name.startswith("__"):
+                        crossing.append(f"{name}: from {node.module} import {a.name}")
+            elif isinstance(node, ast.Import):
+                aliases |= {a.asname for a in node.names if a.name.startswith("chexcut") and a.asname}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                crossing.append(f"{name}: {node.value.id}.{node.attr}")
+    assert not crossing, crossing

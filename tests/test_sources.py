@@ -161,6 +161,7 @@ def test_a_study_with_three_pretraining_sources_reports_them(txrv_model, phantom
     assert runs == {"densenet121-none-d0-s0", "densenet121-txrv-all-d0-s0", "vit_small_patch14_dinov2-none-d0-s0",
                     "vit_small_patch14_dinov2-hf-dinov2-d0-s0"}, runs
     assert "densenet121 with hf-dinov2" in out + err  # skipped, and said
+    assert "hf-dinov2 is licensed cc-by-nc-4.0" in err  # said once, before any run
     code, _, err = run_cli("study", "run", study, "-q")
     assert code == 0, err[-2000:]
     code, _, err = run_cli("report", study, "-o", tmp_path / "report")

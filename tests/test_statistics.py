@@ -251,14 +251,14 @@ def test_one_usable_replicate_rule_for_every_estimate():
     from chexcut.evaluation.operating import _interval
     from chexcut.evaluation.paired import _bootstrap_test
     from chexcut.evaluation.subgroups import _gap
-    from chexcut.evaluation.summary import _summary
+    from chexcut.evaluation.summary import interval_summary
 
     rng = np.random.default_rng(0)
     for finite, given in ((850, False), (900, True)):
         a = rng.normal(0.8, 0.02, (1000, 1))
         a[finite:] = np.nan  # resamples that drew one class
         b = rng.normal(0.7, 0.02, (1000, 1))
-        auroc = _summary(0.8, a[:, 0], 0.95)
+        auroc = interval_summary(0.8, a[:, 0], 0.95)
         delta = _bootstrap_test(0.1, a[:, 0] - b[:, 0], 0.95, None)
         gap = _gap(np.array([0.8]), a, np.array([0.7]), b, [0], 0.95)
         point = _interval(0.8, [a[:, 0]], 0.95, "sensitivity")

@@ -265,7 +265,7 @@ def ensemble_command(
 
     if len(members) < 2:
         raise ChexcutError("an ensemble needs at least two members")
-    csvs = [m for m in members if evalrun._is_predictions_csv(m)]
+    csvs = [m for m in members if evalrun.is_predictions_csv(m)]
     if csvs and len(csvs) != len(members):
         raise ChexcutError("ensemble members are all models (runs or model files) or all predictions CSVs, not a mix")
     if csvs and truth is None:

@@ -13,7 +13,7 @@ from chexcut.cli.panels import command
 from chexcut.errors import ChexcutError
 
 
-def _interrupted() -> int:
+def report_interrupted() -> int:
     """Say how the process was stopped: 143 after SIGTERM, 130 after Ctrl-C."""
     import os
 
@@ -66,7 +66,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             rv = command().main(args=args, prog_name="chexcut", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == 130:  # Typer turns an interrupt into an exit code itself
-            code = _interrupted()
+            code = report_interrupted()
     except ChexcutError as e:
         if debug:
             import traceback
@@ -83,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"chexcut: error: {msg}{hint}", file=sys.stderr)
         code = e.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        code = _interrupted()
+        code = report_interrupted()
     except BrokenPipeError:
         code = 0
     except Exception as e:

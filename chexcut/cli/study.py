@@ -54,6 +54,7 @@ def study_plan(
     import chexcut.cli.ui as ui
     from chexcut.data.datasets import split_ref
     from chexcut.models.registry import PAPER_ARCHS
+    from chexcut.models.sources import licence_notes
     from chexcut.study.plan import Grid, Slurm, plan_study
     from chexcut.tracking import ENV_URI, absolute_uri, require_mlflow
 
@@ -84,6 +85,8 @@ def study_plan(
                  + (", study.sbatch" if slurm else ""))
     for s in plan["skipped"]:
         ui.err.print(f"skipped {s}")
+    for note in licence_notes(plan["weights"]):
+        ui.err.print(f"[yellow]note:[/] {note}")
     ui.err.print(f"next: chexcut study run {out} --jobs N   (or bash {out}/run.sh"
                  + (f", or sbatch {out}/study.sbatch)" if slurm else ")"))
 
@@ -158,9 +161,9 @@ def study_exec(
         try:
             status = execute(study_dir, run, plan, launcher=launcher, log=log)
         except KeyboardInterrupt:
-            from chexcut.cli.main import _interrupted
+            from chexcut.cli.main import report_interrupted
 
-            _interrupted()  # the line in the run's log too (the status and the Slurm integration read it)
+            report_interrupted()  # the line in the run's log too (the status and the Slurm integration read it)
             raise
         except ChexcutError as e:
             error = str(e)

@@ -27,16 +27,16 @@ import numpy as np
 from chexcut.data.readers import (  # noqa: F401 (PREFIXES, find_dataset_dir, patient_study: re-exported)
     INDEX_COLUMNS,
     PREFIXES,
-    _label_file,
-    _mimic_reader,
-    _read,
-    _read_chexpert,
-    _read_nih,
-    _read_padchest,
-    _vinbig_reader,
     find_dataset_dir,
     find_label_file,
+    label_file_in,
+    mimic_reader,
     patient_study,
+    read_chexpert,
+    read_nih,
+    read_padchest,
+    read_table,
+    vinbig_reader,
 )
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
@@ -129,7 +129,7 @@ def _vinbig(name: str, rule: str, words: str) -> Dataset:
         images="train/IMAGE_ID.dicom (or .dcm/.png/.jpg)", image_format="DICOM",
         views="frontal (PA) only", demographics="none in the label file (in the DICOM headers)",
         official_split=None, labels=VINBIG_LABELS, mapping=_VINBIG_MAPPING, extra=("Readers",),
-        read=_vinbig_reader(rule),
+        read=vinbig_reader(rule),
         notes=f"3 of 17 radiologists read each image; a finding is positive when {words}; No Finding when no "
               f"finding is positive by that rule. Images are patients (no patient id is published).")
 
@@ -143,7 +143,7 @@ def _mimic(name: str, labeler: str, file: str) -> Dataset:
         views="metadata ViewPosition (PA, AP, LATERAL, LL, ...)",
         demographics="gender, anchor_age from MIMIC-IV patients.csv(.gz) in the folder, when given",
         official_split="mimic-cxr-2.0.0-split.csv.gz (train / validate / test)", labels=CHEXPERT_LABELS,
-        mapping=_CHEXPERT_SELF, read=_mimic_reader(labeler),
+        mapping=_CHEXPERT_SELF, read=mimic_reader(labeler),
         notes="Labels are per study; every image of the study carries them.")
 
 
@@ -152,7 +152,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             label_files=("train.csv", "valid.csv", "CheXpert-v1.0*/train.csv", "CheXpert-v1.0*/valid.csv"),
             header=("Path",), images="Path column (CheXpert-v1.0[-small]/train/patientP/studyS/viewV_frontal.jpg)", image_format="JPEG",
             views="Frontal/Lateral, AP/PA", demographics="Sex, Age", official_split="train.csv / valid.csv",
-            labels=CHEXPERT_LABELS, mapping=_CHEXPERT_SELF, read=_read_chexpert,
+            labels=CHEXPERT_LABELS, mapping=_CHEXPERT_SELF, read=read_chexpert,
             notes="1 positive, 0 negative, -1 uncertain, blank not mentioned (the CheXpert labeler)."),
     _mimic("mimic", "CheXpert labeler", "chexpert"),
     _mimic("mimic-negbio", "NegBio labeler", "negbio"),
@@ -161,7 +161,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             images="images/NAME.png or images_0NN/images/NAME.png", image_format="PNG (8-bit)",
             views="View Position (PA, AP)", demographics="Patient Gender, Patient Age",
             official_split="train_val_list.txt / test_list.txt (patient-disjoint), when in the folder",
-            labels=NIH_LABELS, read=_read_nih,
+            labels=NIH_LABELS, read=read_nih,
             mapping={"No Finding": ("No Finding",), "Atelectasis": ("Atelectasis",), "Cardiomegaly": ("Cardiomegaly",),
                      "Pleural Effusion": ("Effusion",), "Pneumonia": ("Pneumonia",), "Pneumothorax": ("Pneumothorax",),
                      "Consolidation": ("Consolidation",), "Edema": ("Edema",), "Lung Lesion": ("Mass", "Nodule"),
@@ -173,7 +173,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             views="Projection (PA, L, AP, AP_horizontal; COSTAL, EXCLUDE, UNK are neither frontal nor lateral)",
             demographics="PatientSex_DICOM; age = study year - PatientBirth", official_split=None,
             labels=tuple(dict.fromkeys(t for ts in PADCHEST_MAPPING.values() for t in ts)) + PADCHEST_OWN,
-            mapping=PADCHEST_MAPPING, read=_read_padchest, extra=("MethodLabel",),
+            mapping=PADCHEST_MAPPING, read=read_padchest, extra=("MethodLabel",),
             notes="Labels as list strings; MethodLabel says Physician (27%) or RNN_model. A row with no Labels is "
                   "blank in every label."),
     _vinbig("vinbigdata", "majority", "at least 2 of its 3 readers (a majority) marked it"),
@@ -194,7 +194,7 @@ def read_label_map(path) -> dict[str, tuple[str, ...]]:
     """A user's mapping file: a CSV with columns ``chexpert`` and ``source`` (one pair a row; a CheXpert label
     given with a blank source is declared not annotated). It replaces the declaration's mapping for the
     CheXpert labels it names and leaves the others as declared."""
-    df = _read(Path(path), text=True)
+    df = read_table(Path(path), text=True)
     if not {"chexpert", "source"} <= set(df.columns):
         raise ChexcutError(f"{path}: a label map needs the columns chexpert and source (has {', '.join(df.columns)})")
     out: dict[str, list[str]] = {}
@@ -256,7 +256,7 @@ def detect(root: Path) -> Dataset | None:
     for ds in DATASETS.values():
         if ds.name in ("mimic-negbio", "vinbigdata-any"):
             continue  # variants: chosen by name only
-        if _label_file(root, ds)[0] is not None:
+        if label_file_in(root, ds)[0] is not None:
             return ds
     return None
 
@@ -270,7 +270,7 @@ def _near_miss(root: Path) -> str | None:
     except ChexcutError:
         pass
     for ds in DATASETS.values():
-        hit, why = _label_file(root, ds)
+        hit, why = label_file_in(root, ds)
         if hit is None and why:
             return f"{root}: not read as {ds.title}: {why}"
     return None

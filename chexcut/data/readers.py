@@ -60,7 +60,7 @@ def patient_study(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- shared reading steps
 
-def _label_file(root: Path, ds) -> tuple[Path | None, str]:
+def label_file_in(root: Path, ds) -> tuple[Path | None, str]:
     """The set's label file in ``root`` (the first name its declaration's patterns match whose header has the
     declared columns), or None and why each candidate was passed over."""
     from chexcut.reading import csv_header
@@ -80,7 +80,7 @@ def _label_file(root: Path, ds) -> tuple[Path | None, str]:
 
 
 def find_label_file(root: Path, ds) -> Path:
-    hit, why = _label_file(root, ds)
+    hit, why = label_file_in(root, ds)
     if hit is not None:
         return hit
     raise ChexcutError(f"{root}: {why}" if why else f"{root}: no {ds.title} label file ({' or '.join(ds.label_files)})")
@@ -91,7 +91,7 @@ def _lacks(missing) -> str:
             f"a separator other than , ; or tab?)")
 
 
-def _read(path: Path, **kwargs):
+def read_table(path: Path, **kwargs):
     import pandas as pd
 
     from chexcut.reading import csv_header, read_csv
@@ -239,14 +239,14 @@ def _split_lists(root: Path, n_names, names, files: dict[str, str]):
 
 # ----------------------------------------------------------------------------- readers
 
-def _read_chexpert(root: Path, ds):
+def read_chexpert(root: Path, ds):
     import pandas as pd
 
     ddir = find_dataset_dir(root)
     parts = []
     for split, name in (("train", "train.csv"), ("valid", "valid.csv")):
         if (ddir / name).is_file():
-            df = _read(ddir / name, text=["Path"])
+            df = read_table(ddir / name, text=["Path"])
             label_values(df[[c for c in ds.labels if c in df.columns]], ddir / name)
             df["Split"] = split
             parts.append(df)
@@ -269,11 +269,11 @@ def _nih_image_dirs(root: Path) -> tuple[str | None, list[str]]:
     return (None, parts) if parts else ("images", [])
 
 
-def _read_nih(root: Path, ds):
+def read_nih(root: Path, ds):
     import pandas as pd
 
     f = find_label_file(root, ds)
-    df = _read(f, text=["Image Index", "Finding Labels"],
+    df = read_table(f, text=["Image Index", "Finding Labels"],
                usecols=["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
                         "Patient Gender", "View Position"])
     check_terms(df["Finding Labels"], f, "Finding Labels", ds.labels, lambda s: s.split("|"))
@@ -294,13 +294,13 @@ def _read_nih(root: Path, ds):
     return _own(out, ds.labels, multi_hot(df["Finding Labels"], ds.labels, lambda s: s.split("|")))
 
 
-def _read_padchest(root: Path, ds):
+def read_padchest(root: Path, ds):
     import pandas as pd
 
     f = find_label_file(root, ds)
     cols = ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
             "Projection", "MethodLabel", "Labels"]
-    df = _read(f, usecols=cols, text=["ImageID", "ImageDir", "StudyID", "PatientID", "Labels", "MethodLabel"])
+    df = read_table(f, usecols=cols, text=["ImageID", "ImageDir", "StudyID", "PatientID", "Labels", "MethodLabel"])
     check_lists(df["Labels"], f, "Labels")
     image_dir = df["ImageDir"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
     flat = not any((root / d).is_dir() for d in image_dir.unique()[:64])
@@ -321,26 +321,26 @@ def _read_padchest(root: Path, ds):
     return _own(out, ds.labels, hot)
 
 
-def _mimic_reader(labeler: str):
+def mimic_reader(labeler: str):
     def read(root: Path, ds):
         import pandas as pd
 
         labels_file = find_label_file(root, ds)
         meta = _one(root, "mimic-cxr-2.0.0-metadata.csv*", ds)
-        lab = _read(labels_file, text=["subject_id", "study_id"])
+        lab = read_table(labels_file, text=["subject_id", "study_id"])
         label_values(lab[[c for c in ds.labels if c in lab.columns]], labels_file)
         twice = lab.duplicated(["subject_id", "study_id"]).to_numpy()
         if twice.any():
             i = int(np.flatnonzero(twice)[0])
             raise ChexcutError(f"{labels_file}: row {i + 2} repeats study {lab['study_id'].iat[i]} of subject "
                                f"{lab['subject_id'].iat[i]}; a study has one row of labels")
-        md = _read(meta, text=["dicom_id", "subject_id", "study_id"], usecols=["dicom_id", "subject_id", "study_id",
+        md = read_table(meta, text=["dicom_id", "subject_id", "study_id"], usecols=["dicom_id", "subject_id", "study_id",
                                                                                "ViewPosition"])
         df = md.merge(lab, on=["subject_id", "study_id"], how="left", validate="many_to_one")
         split_file = next(iter(sorted(root.glob("mimic-cxr-2.0.0-split.csv*"))), None)
         split = np.full(len(df), "", dtype=object)
         if split_file is not None:
-            sp = _read(split_file, text=["dicom_id"], usecols=["dicom_id", "split"])
+            sp = read_table(split_file, text=["dicom_id"], usecols=["dicom_id", "split"])
             split = df["dicom_id"].map(sp.set_index("dicom_id")["split"].map(
                 {"train": "train", "validate": "valid", "test": "test"})).fillna("").to_numpy(dtype=object)
         sid, study = df["subject_id"].astype(str), df["study_id"].astype(str)
@@ -350,7 +350,7 @@ def _mimic_reader(labeler: str):
         age = np.full(len(df), np.nan)
         patients = next(iter(sorted(root.glob("patients.csv*"))), None)
         if patients is not None:
-            pt = _read(patients, text=["subject_id"], usecols=["subject_id", "gender", "anchor_age"]).set_index("subject_id")
+            pt = read_table(patients, text=["subject_id"], usecols=["subject_id", "gender", "anchor_age"]).set_index("subject_id")
             sex = sex_word(sid.map(pt["gender"]), {"M": "Male", "F": "Female"})
             age = pd.to_numeric(sid.map(pt["anchor_age"]), errors="coerce").to_numpy()
         out = _frame(len(df), Path=paths.to_numpy(dtype=object), Patient=sid.to_numpy(dtype=object),
@@ -369,11 +369,11 @@ def _one(root: Path, pattern: str, ds) -> Path:
     return hits[0]
 
 
-def _vinbig_reader(rule: str):
+def vinbig_reader(rule: str):
     def read(root: Path, ds):
 
         f = find_label_file(root, ds)
-        df = _read(f, text=["image_id", "class_name", "rad_id"], usecols=["image_id", "class_name", "rad_id"])
+        df = read_table(f, text=["image_id", "class_name", "rad_id"], usecols=["image_id", "class_name", "rad_id"])
         check_terms(df["class_name"], f, "class_name", ds.labels, lambda s: [s])
         readers = df.groupby("image_id", sort=True)["rad_id"].nunique()
         ids = readers.index.to_numpy()

@@ -17,15 +17,14 @@ from chexcut.evaluation.summary import (  # noqa: F401 (re-exported: the trainin
     MAX_EXCLUDED_SHARE,
     MIN_CLASS,
     MIN_USABLE_SHARE,
-    _figure,
-    _mean_figure,
-    _mean_of,
-    _num,
-    _summary,
     competition_columns,
     competition_mean,
+    interval_summary,
     label_aurocs,
+    label_figure,
     label_rows,
+    mean_figure,
+    mean_of,
 )
 
 
@@ -134,8 +133,8 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
     comp = competition_columns(labels, auc)
     means = {}
     for key, cols in (("mean_competition", comp), ("mean_all", evaluable)):
-        m = _mean_of(auc, reps, cols, ci)
-        means[key] = None if m is None else m | _mean_figure(extra, cols, "average_precision", ci)
+        m = mean_of(auc, reps, cols, ci)
+        means[key] = None if m is None else m | mean_figure(extra, cols, "average_precision", ci)
     result = {
         "n": int(len(y)), "bootstrap": int(bootstrap), "ci": ci, "seed": seed, "cluster": cluster,
         "labels": per_label, **means,
@@ -169,7 +168,7 @@ def calibration_section(labels, points, reps, fitted, ci: float, logits: bool) -
     for j, name in enumerate(labels):
         row = {"label": name}
         for key in ("brier", "ece", "ece_equal_mass", "intercept", "slope"):
-            row |= _figure((points, reps), j, key, ci)
+            row |= label_figure((points, reps), j, key, ci)
         lc = fitted[j]
         if lc is None:
             row["not_evaluable"] = "one class only among the counted rows"

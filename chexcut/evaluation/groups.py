@@ -17,7 +17,7 @@ def _name(source) -> str:
     return source.attrs.get("name", "index") if hasattr(source, "columns") else Path(source).name
 
 
-def _read(csv, key_col: str | None, columns: list[str]):
+def read_table(csv, key_col: str | None, columns: list[str]):
     import pandas as pd
 
     from chexcut.evaluation.predictions import canonical_keys, key_column
@@ -66,7 +66,7 @@ def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
             break
         if not hasattr(csv, "columns") and not Path(csv).is_file():
             raise ChexcutError(f"groups CSV not found: {csv}")
-        df, header = _read(csv if hasattr(csv, "columns") else Path(csv), key_col, todo)
+        df, header = read_table(csv if hasattr(csv, "columns") else Path(csv), key_col, todo)
         headers.append((_name(csv), header))
         if df is None:
             continue

@@ -336,3 +336,11 @@ def delong_test(y: np.ndarray, a: np.ndarray, b: np.ndarray, clusters: np.ndarra
     """Paired DeLong test of AUROC(a) - AUROC(b) (clustered when ``clusters`` is given)."""
     aucs, cov = delong(y, [a, b], clusters)
     return normal_test(float(aucs[0] - aucs[1]), float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), ci, margin)
+
+
+def finite_or_none(x) -> float | None:
+    """``x`` as a float, or None when it is None, NaN or infinite: how every figure a JSON holds is written."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None

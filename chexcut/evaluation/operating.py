@@ -136,24 +136,19 @@ def figures_at(tp: np.ndarray, fp: np.ndarray, k: np.ndarray) -> dict[str, np.nd
 
 
 def _interval(point: float, reps: list[np.ndarray] | None, ci: float, key: str) -> dict:
-    out = {key: _num(point), f"{key}_ci_low": None, f"{key}_ci_high": None}
+    out = {key: metrics.finite_or_none(point), f"{key}_ci_low": None, f"{key}_ci_high": None}
     if reps and np.isfinite(point):
         r = np.concatenate(reps)
         iv = metrics.percentile_interval(point, r, ci)  # the one usable-replicate rule
-        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = metrics.finite_or_none(iv.low), metrics.finite_or_none(iv.high)
     return out
-
-
-def _num(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
 
 
 def _p(reps: list[np.ndarray] | None) -> float | None:
     if not reps:
         return None
     r = np.concatenate(reps)
-    return _num(metrics.bootstrap_p(r)) if np.isfinite(r).any() else None
+    return metrics.finite_or_none(metrics.bootstrap_p(r)) if np.isfinite(r).any() else None
 
 
 @dataclass
@@ -266,7 +261,7 @@ def _results(jobs: list[_Job], labels, point_w, reps: dict, ci: float) -> dict:
             k = job.curve.index(rule, tp, fp)
             fig = figures_at(tp, fp, k)
             row = {"label": label, "rule": rule.name, "target": rule.target,
-                   "threshold": _num(rule.threshold) if rule.fixed else job.curve.threshold(int(k[0])),
+                   "threshold": metrics.finite_or_none(rule.threshold) if rule.fixed else job.curve.threshold(int(k[0])),
                    "n_pos": n_pos, "n_neg": n_neg}
             for key in FIGURES:
                 row |= _interval(fig[key][0], reps.get((job.j, "rule:" + rule.name, key)), ci, key)
@@ -298,5 +293,5 @@ def _results(jobs: list[_Job], labels, point_w, reps: dict, ci: float) -> dict:
             at = figures_at(tp, fp, job.curve.index(Rule("specificity", spec), tp, fp))["sensitivity"][0]
             summary.append({"label": label, "below_model_curve": sum(r["below_model_curve"] for r in below),
                             "of": len(below), "mean_sensitivity": sens, "mean_specificity": spec,
-                            "model_sensitivity_at_mean_specificity": _num(at)})
+                            "model_sensitivity_at_mean_specificity": metrics.finite_or_none(at)})
     return {"operating_points": points, "readers": readers, "readers_summary": summary}

@@ -18,7 +18,7 @@ from chexcut.evaluation.settings import Inference, Statistics
 from chexcut.models.source import ModelSource
 
 
-def _is_predictions_csv(target: str) -> bool:
+def is_predictions_csv(target: str) -> bool:
     p = Path(target)
     return p.is_file() and p.suffix.lower() == ".csv"
 
@@ -374,7 +374,7 @@ def _other_scores(compare: str, what: str, i: EvalInputs, es, evalset, table, in
     """Another model's scores on the evaluated rows: a predictions CSV, or a run / model file run over the same set
     (its training rows checked for overlap when it is a run). ``what`` names it in messages."""
     from chexcut.evaluation import evalset as sets
-    if _is_predictions_csv(compare):
+    if is_predictions_csv(compare):
         other = read_predictions(compare, logits=i.logits, key_col=i.key_col)
         if other.attrs.get("level") == "image" and evalset.paths and not is_image_key(evalset.paths[0]):
             other = to_studies(other)

@@ -23,13 +23,6 @@ import numpy as np
 from chexcut.evaluation import metrics
 
 
-def _num(x) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def delong_clusters(ids: np.ndarray | None) -> np.ndarray | None:
     """Dense cluster ids when some cluster holds more than one row; None (classic DeLong) otherwise."""
     if ids is None:
@@ -68,10 +61,10 @@ class _DeLongDeltas:
 
 def _bootstrap_test(delta: float, dr: np.ndarray, ci: float, margin: float | None) -> dict:
     iv = metrics.percentile_interval(delta, dr, ci)
-    out = {"ci_low": _num(iv.low), "ci_high": _num(iv.high), "p": _num(metrics.bootstrap_p(dr))}
+    out = {"ci_low": metrics.finite_or_none(iv.low), "ci_high": metrics.finite_or_none(iv.high), "p": metrics.finite_or_none(metrics.bootstrap_p(dr))}
     if margin is not None:
         p_ni, p_eq = metrics.bootstrap_margin_p(dr, margin)
-        out.update(p_noninferiority=_num(p_ni), p_equivalence=_num(p_eq))
+        out.update(p_noninferiority=metrics.finite_or_none(p_ni), p_equivalence=metrics.finite_or_none(p_eq))
     return out
 
 
@@ -98,8 +91,8 @@ def compare(y: np.ndarray, mask: np.ndarray, labels, model_a: Arm, model_b: Arm,
         out = {"delta": delta, "ci_low": None, "ci_high": None, "p": None, "method": method}
         if dl is not None:
             t = dl.test(delta, cols, ci, margin)
-            out.update(ci_low=_num(t.ci_low), ci_high=_num(t.ci_high), p=_num(t.p),
-                       p_noninferiority=_num(t.p_noninferiority), p_equivalence=_num(t.p_equivalence))
+            out.update(ci_low=metrics.finite_or_none(t.ci_low), ci_high=metrics.finite_or_none(t.ci_high), p=metrics.finite_or_none(t.p),
+                       p_noninferiority=metrics.finite_or_none(t.p_noninferiority), p_equivalence=metrics.finite_or_none(t.p_equivalence))
             if t.reason:
                 out["reason"] = t.reason
         elif reps_a is not None:

@@ -48,11 +48,11 @@ def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bo
     """One group: its label objects and both means (the whole set's resamples), and its replicate AUROCs."""
     from chexcut.evaluation.calibration import extra_figures
     from chexcut.evaluation.summary import (
-        _mean_figure,
-        _mean_of,
         competition_columns,
         label_aurocs,
         label_rows,
+        mean_figure,
+        mean_of,
     )
 
     mask = (evalset.mask > 0) & rows[:, None]
@@ -68,8 +68,8 @@ def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bo
     evaluable = [j for j in range(len(auc)) if np.isfinite(auc[j])]
     means = {}
     for key, cols in (("mean_competition", comp), ("mean_all", evaluable)):
-        m = _mean_of(auc, reps, cols, stats.ci)
-        means[key] = None if m is None else m | _mean_figure((points, ext), cols, "average_precision", stats.ci)
+        m = mean_of(auc, reps, cols, stats.ci)
+        means[key] = None if m is None else m | mean_figure((points, ext), cols, "average_precision", stats.ci)
     return labels, means, auc, reps
 
 

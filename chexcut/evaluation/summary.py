@@ -13,14 +13,14 @@ MIN_USABLE_SHARE = metrics.MIN_USABLE_SHARE  # the one rule (metrics.usable): fe
 MAX_EXCLUDED_SHARE = 0.01  # more excluded replicates than this: a warning
 
 
-def _summary(estimate: float, reps: np.ndarray | None, ci: float) -> dict:
+def interval_summary(estimate: float, reps: np.ndarray | None, ci: float) -> dict:
     """Point estimate and percentile interval; the interval is null (with the reason) when too few
     replicates were usable, and a warning says when more than a few were excluded."""
     if reps is None:
-        return {"auroc": _num(estimate), "ci_low": None, "ci_high": None}
+        return {"auroc": metrics.finite_or_none(estimate), "ci_low": None, "ci_high": None}
     iv = metrics.percentile_interval(estimate, reps, ci)
     excluded = int(len(reps) - iv.valid_replicates)
-    out = {"auroc": _num(iv.estimate), "ci_low": _num(iv.low), "ci_high": _num(iv.high),
+    out = {"auroc": metrics.finite_or_none(iv.estimate), "ci_low": metrics.finite_or_none(iv.low), "ci_high": metrics.finite_or_none(iv.high),
            "replicates_used": iv.valid_replicates, "replicates_excluded": excluded}
     if np.isfinite(estimate) and len(reps) and metrics.usable(reps) is None:  # the one rule withholds it
         out["ci_low"] = out["ci_high"] = None
@@ -40,17 +40,12 @@ def _small_sample_warning(row: dict) -> None:
     row["warning"] = f"{msg}; {row['warning']}" if row.get("warning") else msg
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
-def _mean_of(auc: np.ndarray, reps: np.ndarray | None, cols: list[int], ci: float) -> dict | None:
+def mean_of(auc: np.ndarray, reps: np.ndarray | None, cols: list[int], ci: float) -> dict | None:
     if not cols:
         return None
     point = float(np.mean(auc[cols]))
     mean_reps = None if reps is None else reps[:, cols].mean(1)  # nan if any label has one class
-    out = _summary(point, mean_reps, ci)
+    out = interval_summary(point, mean_reps, ci)
     out["labels"] = len(cols)
     return out
 
@@ -83,9 +78,9 @@ def label_rows(evalset, mask: np.ndarray, auc: np.ndarray, reps: np.ndarray | No
         n_pos, n_neg = int(yj.sum()), int(len(yj) - yj.sum())
         row = {"label": name, "n_pos": n_pos, "n_neg": n_neg,
                "prevalence": n_pos / len(yj) if len(yj) else None,
-               **_summary(auc[j], None if reps is None else reps[:, j], ci)}
+               **interval_summary(auc[j], None if reps is None else reps[:, j], ci)}
         if extra is not None:
-            row |= _figure(extra, j, "average_precision", ci)
+            row |= label_figure(extra, j, "average_precision", ci)
         if name in evalset.not_annotated:
             row["not_evaluable"] = "not annotated in this data set (blank in every row)"
         elif not np.isfinite(auc[j]):
@@ -95,19 +90,19 @@ def label_rows(evalset, mask: np.ndarray, auc: np.ndarray, reps: np.ndarray | No
     return rows
 
 
-def _figure(extra, j: int, key: str, ci: float) -> dict:
+def label_figure(extra, j: int, key: str, ci: float) -> dict:
     """``{key, key_ci_low, key_ci_high}`` of label ``j`` from extra_figures' (points, replicates)."""
     points, reps = extra
     point = (points[j] or {}).get(key)
-    out = {key: _num(point) if point is not None else None, f"{key}_ci_low": None, f"{key}_ci_high": None}
+    out = {key: metrics.finite_or_none(point) if point is not None else None, f"{key}_ci_low": None, f"{key}_ci_high": None}
     r = (reps[j] or {}).get(key) if reps[j] is not None else None
     if point is not None and r is not None and np.isfinite(point):
         iv = metrics.percentile_interval(point, r, ci)
-        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = metrics.finite_or_none(iv.low), metrics.finite_or_none(iv.high)
     return out
 
 
-def _mean_figure(extra, cols: list[int], key: str, ci: float) -> dict:
+def mean_figure(extra, cols: list[int], key: str, ci: float) -> dict:
     points, reps = extra
     vals = [points[j].get(key) if points[j] else None for j in cols]
     if not cols or any(v is None for v in vals):
@@ -116,5 +111,5 @@ def _mean_figure(extra, cols: list[int], key: str, ci: float) -> dict:
     out = {key: point, f"{key}_ci_low": None, f"{key}_ci_high": None}
     if all(reps[j] is not None for j in cols):
         iv = metrics.percentile_interval(point, np.mean([reps[j][key] for j in cols], axis=0), ci)
-        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = _num(iv.low), _num(iv.high)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = metrics.finite_or_none(iv.low), metrics.finite_or_none(iv.high)
     return out

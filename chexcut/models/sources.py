@@ -112,6 +112,25 @@ def parse(weights) -> tuple[Source, Path | None] | None:
     return source, (Path(rest) if sep else None)
 
 
+def licence_notes(weights) -> list[str]:
+    """One line per pretraining source among ``weights`` whose licence forbids commercial use (a research-only or
+    CC BY-NC licence; a Hugging Face folder's own model card read): what a study plan says before any run."""
+    from chexcut.models.weights import non_commercial
+
+    notes = []
+    for w in weights:
+        named = parse(w)
+        if named is None:
+            continue
+        source, path = named
+        licence = (_hub_licence(Path(path) / "README.md") if path is not None and source.layout == "hf-dinov2"
+                   else None) or source.license
+        if non_commercial(licence):
+            notes.append(f"{source.name} is licensed {licence}: models trained from it inherit its terms "
+                         f"(no commercial use)")
+    return notes
+
+
 def cached_path(source: Source) -> Path:
     """Where ``weights fetch`` stages the source's file (or folder) in chexcut's cache."""
     from chexcut.fileio import cache_dir
