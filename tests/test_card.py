@@ -120,3 +120,36 @@ def test_the_about_yaml_is_read_with_bounded_work(tmp_path):
     fine = tmp_path / "fine.yaml"
     fine.write_text("limitations: |\n  Phantom data only.\n  Not for clinical use.\nfunding: none\n")
     assert read_about(fine) == {"limitations": "Phantom data only. Not for clinical use.", "funding": "none"}
+
+
+def test_the_cards_command_reproduces_the_runs_config(phantom, tmp_path):
+    """A run trained with settings off every default: the card's printed finetune command, run as printed into
+    another folder, writes the same config.json (its output folder aside)."""
+    import shlex
+
+    first = tmp_path / "first"
+    settings = ["--views", "all", "--uncertain", "ones", "--blank", "ignore", "--lr", "0.0003", "--batch-size", "8",
+                "--epochs", "1", "--image-size", "40", "--workers", "0", "--max-steps", "2", "--val-every", "2",
+                "--precision", "fp32", "--no-channels-last", "--log-every", "7", "--labels", "Edema,Cardiomegaly"]
+    code, _, err = run_cli("finetune", "resnet18", "--weights", "none", "--drop", "2", "--data", phantom, "--out",
+                           first, "--seed", "3", "-q", *settings)
+    assert code == 0, err
+    code, _, err = run_cli("evaluate", first, "--bootstrap", "10", "--json", first / "eval.json", "-q")
+    assert code == 0, err
+    code, _, err = run_cli("card", first, "-o", tmp_path / "card.md", "--json", tmp_path / "card.json")
+    assert code == 0, err
+    card = json.loads((tmp_path / "card.json").read_text())
+    rows = next(s for s in card["sections"] if s["key"] == "reproduce")["tables"][0]["rows"]
+    argv = shlex.split(rows[0][0])
+    assert argv[:2] == ["chexcut", "finetune"] and "--views" in argv and "--blank" in argv
+    again = tmp_path / "again"
+    argv[argv.index("--out") + 1] = str(again)
+    code, _, err = run_cli(*argv[1:], "-q")
+    assert code == 0, err
+
+    def config(run):
+        c = json.loads((run / "config.json").read_text())
+        c["model"].pop("training", None)  # the best model's run folder and step
+        return c
+
+    assert config(again) == config(first)

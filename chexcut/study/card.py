@@ -290,16 +290,11 @@ def _software_section(f: dict) -> dict:
 
 
 def _reproduce_section(f: dict, study: Path | None) -> dict:
+    from chexcut.training.reproduce import finetune_command
+
     cfg, run = f["config"], f["run"]
-    m, d, t = cfg["model"], cfg["data"], cfg["train"]
-    data = f"{d['dataset']}:{d['dir']}" if d.get("dataset") else d["dir"]
-    w = m.get("weights") or {}
-    weights = (f"{w['name']}:{w['path']}" if w.get("path") else w["name"]) if w.get("kind") == "source" else \
-        w.get("path") if w.get("kind") == "file" else w.get("kind", "imagenet")
     cmds = ([f"chexcut study run {study}", f"chexcut report {study} -o report"] if study else [
-        f"chexcut finetune {m['arch']} --drop {m['drop']} --weights {weights} --data {data} --out {run} "
-        f"--recipe {t.get('recipe')} --epochs {t.get('epochs')} --lr {t.get('lr')} --batch-size {t.get('batch_size')} "
-        f"--image-size {t.get('image_size')} --seed {t.get('seed')}",
+        finetune_command(cfg, run),
         f"chexcut evaluate {run} --bootstrap {f['eval']['bootstrap']} --json {run}/eval.json"])
     return _section("reproduce", "How to reproduce", ["The exact commands (the run's config.json holds every "
                                                       "setting; predictions come from chexcut evaluate):"],
