@@ -216,4 +216,7 @@ def test_a_source_on_an_architecture_it_does_not_fit_is_one_line(tmp_path):
     code, _, err = run_cli("study", "plan", "--data", tmp_path, "--out", tmp_path / "s", "--archs", "resnet18",
                            "--weights", "none,rad-dino")
     assert code == 2 and "rad-dino fits vit_base_patch14_dinov2, none of --archs resnet18" in err, err
+    code, _, err = run_cli("study", "plan", "--data", tmp_path, "--out", tmp_path / "s", "--archs",
+                           "resnet18,vit_small_patch14_dinov2", "--weights", "imagenet,dinov2")
+    assert code == 2 and "load the same file for vit_small_patch14_dinov2" in err, err
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "s").exists()

@@ -77,6 +77,13 @@ class Grid:
     def check(self) -> "Grid":
         archs = tuple(get_arch(a).name for a in self.archs)
         weights = tuple(_checked_weights(w, archs) for w in self.weights)
+        from chexcut.models.sources import SOURCES
+
+        for source in (SOURCES[w] for w in weights if w in SOURCES and SOURCES[w].layout == "timm"):
+            both = [a for a in archs if source.fits(a)]
+            if "imagenet" in weights and both:  # timm's default weights of these archs are this source's
+                raise ChexcutError(f"--weights imagenet and {source.name} load the same file for {both[0]} (its "
+                                   f"library's pretrained weights are {source.name}'s); give one")
         if not self.seeds or not self.drops or not archs or not self.weights:
             raise ChexcutError("a study needs at least one arch, weights, drop and seed")
         from chexcut.choices import check_bounds
