@@ -23,7 +23,7 @@ def check_name_lengths(path, what: str) -> None:
     """Each name along ``path`` within what a file system holds (a 300-character name is one line, not an
     OSError from deep inside a writer)."""
     for part in Path(path).parts:
-        if len(part.encode()) > NAME_MAX:
+        if len(os.fsencode(part)) > NAME_MAX:
             raise ChexcutError(f"cannot write {what}: the name {part[:40]}... is longer than the file system allows "
                                f"({NAME_MAX} bytes)")
 
@@ -133,6 +133,9 @@ def check_output_file(path: Path, what: str = "output", force: bool = True, inpu
 def check_outputs(outputs, inputs=(), protected=()) -> None:
     """Every output file of one command (``(path, flag)`` pairs; None or ``-`` skipped) under
     :func:`check_output_file`'s rule, and no two of them naming one file: checked before any work."""
+    streamed = [flag for path, flag in outputs if path is not None and str(path) == "-"]
+    if len(streamed) > 1:
+        raise ChexcutError(f"{' and '.join(streamed)} would all write to standard output (-); send all but one to a file")
     given = [(Path(path), flag) for path, flag in outputs if path is not None and str(path) not in ("", "-")]
     for i, (path, flag) in enumerate(given):
         check_output_file(path, flag, inputs=inputs, protected=protected)

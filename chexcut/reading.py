@@ -50,7 +50,8 @@ class _Bounded(io.RawIOBase):
         if self.limit is not None and self.total > self.limit:
             raise ChexcutError(f"{self.path}: decompresses to more than {self.limit:,} bytes ({MAX_EXPANSION} times "
                                f"its size plus {EXPANSION_FLOOR >> 20} MiB); a label table expands about 10 times")
-        ends = np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8, count=n) == 10)
+        chunk = np.frombuffer(buffer, dtype=np.uint8, count=n)
+        ends = np.flatnonzero((chunk == 10) | (chunk == 13))  # LF, CRLF and old Mac CR line ends
         if len(ends) == 0:
             self.line += n
             longest = self.line
@@ -94,7 +95,10 @@ def open_text(path):
     if name.endswith(".zip"):
         import zipfile
 
-        z = zipfile.ZipFile(path)
+        try:
+            z = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as e:
+            raise ChexcutError(f"{path} is not a readable zip file ({e})") from None
         members = [m for m in z.infolist() if not m.filename.endswith("/")]
         if len(members) != 1:
             z.close()
@@ -118,9 +122,14 @@ def _header_line(path) -> tuple[list[str], str]:
     ',' unless the header splits better on ';' or a tab (a spreadsheet saved in a locale with decimal commas
     writes ';')."""
     import csv
+    import lzma
+    import zlib
 
     with open_text(path) as f:
-        first = f.readline()
+        try:
+            first = f.readline()
+        except (lzma.LZMAError, zlib.error) as e:
+            raise ChexcutError(f"{path} cannot be decompressed ({e})") from None
         counts = {sep: first.count(sep) for sep in (",", ";", "\t")}
         best = max(counts, key=counts.get)
         sep = best if counts[best] > counts[","] else ","
@@ -158,13 +167,22 @@ def read_csv(path, *, text=(), usecols=None, **kwargs):
         kwargs.setdefault("sep", sep)
         if sep == ";":
             kwargs.setdefault("decimal", ",")
-    with open_text(path) as f:
-        df = pd.read_csv(f, dtype=dtype, usecols=use, **kwargs)
+    import lzma
+    import zlib
+
+    try:
+        with open_text(path) as f:
+            df = pd.read_csv(f, dtype=dtype, usecols=use, **kwargs)
+    except (lzma.LZMAError, zlib.error, EOFError, OSError) as e:  # a damaged .xz, .bz2, .gz or .zip member
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ChexcutError(f"{path} cannot be decompressed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                           ) from None
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)', re.S)  # an unterminated string runs to the end: linear
 
 
 def json_depth(text: str) -> int:

@@ -141,6 +141,16 @@ def test_the_training_patients_under_new_file_names_are_found(trained_run, phant
         frame["Path"] = [p.replace("/view", "/renamed_view") for p in frame["Path"]]
         frame.to_csv(base / f"{split}.csv", index=False)
     _refused(["evaluate", trained_run, "--data", copy, "--split", "train"], "shares 0 images and", "patients")
+    other = tmp_path / "hospital"  # another hospital's export in the CheXpert layout numbers its own patients
+    shutil.copytree(phantom, other)
+    for split in ("train", "valid"):
+        text = (other / "CheXpert-v1.0-small" / f"{split}.csv").read_text()
+        (other / f"{split}.csv").write_text(text.replace("CheXpert-v1.0-small/", "HospitalB/"))
+    (other / "CheXpert-v1.0-small").rename(other / "HospitalB")
+    (other / "HospitalB" / "train.csv").unlink()
+    (other / "HospitalB" / "valid.csv").unlink()
+    code, _, err = run_cli("evaluate", trained_run, "--data", other, "--split", "all", "--bootstrap", "10", "-q")
+    assert code == 0, err
 
 
 def test_explain_never_writes_its_listing_over_a_file_of_the_data(trained_run, phantom, tmp_path):

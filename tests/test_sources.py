@@ -220,3 +220,25 @@ def test_a_source_on_an_architecture_it_does_not_fit_is_one_line(tmp_path):
                            "resnet18,vit_small_patch14_dinov2", "--weights", "imagenet,dinov2")
     assert code == 2 and "load the same file for vit_small_patch14_dinov2" in err, err
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_transformers_dinov2_with_registers_gives_its_features(tmp_path):
+    """timm's register ViTs embed no position for the class token: the mapping folds it into the class token."""
+    transformers = pytest.importorskip("transformers", reason="transformers (the test extra) builds the oracle")
+    from chexcut.models.sources import SOURCES, licence_of
+    from chexcut.models.surgery import truncate
+
+    torch.manual_seed(3)
+    config = transformers.Dinov2WithRegistersConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                                    intermediate_size=1536, patch_size=14, image_size=56,
+                                                    num_register_tokens=4, layerscale_value=0.5)
+    hf = transformers.Dinov2WithRegistersModel(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = truncate("vit_small_patch14_reg4_dinov2", drop=0, weights=f"hf-dinov2:{tmp_path / 'hf'}",
+                     image_size=56).eval()
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        assert (model.forward_features(x) - hf(pixel_values=x).last_hidden_state).abs().max() <= 1e-4
+    # a folder's own model card never makes a research-only source less restricted
+    assert "research" in licence_of(SOURCES["rad-dino"], {"license": "mit"})
+    assert licence_of(SOURCES["hf-dinov2"], {"license": "cc-by-nc-4.0"}) == "cc-by-nc-4.0"

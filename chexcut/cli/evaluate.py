@@ -82,11 +82,9 @@ def evaluate(
     stats = _statistics(locals())  # the command's parameters, by name (--failure-images checked there too)
     infer = Inference(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                       precision=precision and str(precision), cache_dir=cache)
-    if json_path == "-" and predictions_out is not None and str(predictions_out) == "-":
-        raise ChexcutError("--json - and --predictions-out - would both write to stdout; send one to a file")
     _check_outputs(json_path, predictions_out, csv_out, plots,
                    *_inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv))
-    quiet = quiet or json_path == "-"
+    quiet = quiet or "-" in (str(json_path), str(predictions_out), str(csv_out))  # stdout holds that output alone
     label_file, label_list = truth, split_list(labels, "--labels")
     if labels and Path(labels).is_file():  # deprecated: --labels FILE meant --truth FILE
         ui.err.print("[yellow]warning:[/] --labels FILE is deprecated; use --truth FILE")

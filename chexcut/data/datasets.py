@@ -248,6 +248,24 @@ def id_space(dataset: str | None) -> str:
     return _ID_SPACE.get(name, name)
 
 
+def patients_comparable(dataset_a: str | None, paths_a, dataset_b: str | None, paths_b) -> bool:
+    """Whether two sets' patient ids name the same people, so sharing one is leakage: two published sets of one id
+    space (NIH and NIH under new file names; MIMIC under its two label files), or two copies of CheXpert itself
+    (its own ``CheXpert-v1.0[-small]/`` paths: the small and the full download). Two other folders in the CheXpert
+    layout (another hospital's export, a phantom) number their patients independently: never compared."""
+    a, b = id_space(dataset_a), id_space(dataset_b)
+    if a != b:
+        return False
+    if a != "chexpert":
+        return True
+
+    def own(paths) -> bool:
+        paths = list(paths)
+        return bool(paths) and all(str(p).startswith(PREFIXES) for p in paths[:1000])
+
+    return own(paths_a) and own(paths_b)
+
+
 def detect(root: Path) -> Dataset | None:
     """The declared set whose label file is in ``root`` (CheXpert first), or None."""
     root = Path(root)

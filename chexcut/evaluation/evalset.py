@@ -123,7 +123,7 @@ def check_overlap(eval_table, es: EvaluationSet, allow: bool, run_dir: Path | No
     import numpy as np
 
     from chexcut.data.chexpert import DataOptions, load_split
-    from chexcut.data.datasets import id_space
+    from chexcut.data.datasets import patients_comparable
 
     run_dir = run_dir or es.run_dir
     if run_dir is None:
@@ -145,9 +145,9 @@ def check_overlap(eval_table, es: EvaluationSet, allow: bool, run_dir: Path | No
     shared = [p for p in eval_table.paths if p in paths]
     same_folder = (es.kind == "run-validation" and Path(run_dir) == Path(es.run_dir or "")) or \
         Path(es.data).resolve() == run_data.resolve()
-    # another folder of the same set (a copy, the images under new names): its patient ids are the training's
-    same_data = same_folder or (not es.opts.csv and not run_opts.csv and id_space(es.opts.dataset) ==
-                                id_space(run_opts.dataset))
+    # another copy of the same set (the images under new names): its patient ids are the training's
+    same_data = same_folder or (not es.opts.csv and not run_opts.csv and patients_comparable(
+        es.opts.dataset, eval_table.paths, run_opts.dataset, train.paths))
     patients = set(train.patient.astype(str)) if same_data else set()
     shared_patients = sorted({p for p in np.asarray(eval_table.patient).astype(str) if p in patients})
     record = {"checked": True, "images": len(shared), "patients": len(shared_patients),

@@ -112,6 +112,17 @@ def parse(weights) -> tuple[Source, Path | None] | None:
     return source, (Path(rest) if sep else None)
 
 
+def licence_of(source: Source, preprocessing: dict) -> str:
+    """The licence a loaded source carries: its declared one, unless that is unknown and the folder's own model card
+    names one (a folder never makes a research-only source less restricted)."""
+    from chexcut.models.weights import non_commercial
+
+    found = preprocessing.get("license")
+    if not found or (non_commercial(source.license) and not non_commercial(found)):
+        return source.license
+    return found
+
+
 def licence_notes(weights) -> list[str]:
     """One line per pretraining source among ``weights`` whose licence forbids commercial use (a research-only or
     CC BY-NC licence; a Hugging Face folder's own model card read): what a study plan says before any run."""
@@ -123,8 +134,8 @@ def licence_notes(weights) -> list[str]:
         if named is None:
             continue
         source, path = named
-        licence = (_hub_licence(Path(path) / "README.md") if path is not None and source.layout == "hf-dinov2"
-                   else None) or source.license
+        found = _hub_licence(Path(path) / "README.md") if path is not None and source.layout == "hf-dinov2" else None
+        licence = licence_of(source, {"license": found})
         if non_commercial(licence):
             notes.append(f"{source.name} is licensed {licence}: models trained from it inherit its terms "
                          f"(no commercial use)")
@@ -178,7 +189,7 @@ def hf_dinov2_to_timm(state: dict) -> dict:
     out, qkv = {}, {}
     for key, value in state.items():
         key = key.removeprefix("dinov2.")
-        if key == "embeddings.mask_token":
+        if key == "embeddings.mask_token" or key.startswith("classifier."):  # pretraining's mask, a task's head
             continue
         if key in _HF_TOP:
             out[_HF_TOP[key]] = value
@@ -193,6 +204,10 @@ def hf_dinov2_to_timm(state: dict) -> dict:
         else:
             raise ChexcutError(f"the transformers DINOv2 checkpoint holds {key!r}, which no timm ViT key matches "
                                f"(a DINOv2 with SwiGLU or another model?)")
+    if "reg_token" in out and "pos_embed" in out:  # timm's register ViTs embed no position for the class token
+        pos = out["pos_embed"]
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
     for (block, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise ChexcutError(f"the transformers DINOv2 checkpoint's layer {block} lacks part of its attention")
@@ -294,7 +309,11 @@ def fetch_source(source: Source, mirror: str | None = None, to: Path | None = No
             raise ChexcutError(f"{src}: not in the mirror folder (`chexcut weights fetch {source.name} --to DIR` "
                                f"stages it on a machine with network)")
         shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink(missing_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, part)
+        try:
+            (shutil.copytree if src.is_dir() else shutil.copyfile)(src, part)
+        except (OSError, shutil.Error) as e:
+            shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink(missing_ok=True)
+            raise ChexcutError(f"{src}: cannot be copied from the mirror ({str(e)[:160]})") from None
     elif source.url is None:
         raise ChexcutError(f"{source.name} has no published file to fetch; give --weights {source.name}:PATH")
     elif source.layout == "hf-dinov2":  # a Hugging Face repository: its config, preprocessing and weights

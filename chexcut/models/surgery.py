@@ -155,7 +155,7 @@ def load_source(model: nn.Module, arch: Arch, source: sources.Source, path: Path
     load_fitted(model, {**state, **own_head}, arch, f"the {source.name} weights {where}")
     weights_file = where if where.is_file() else next(p for p in (where / "model.safetensors",
                                                                   where / "pytorch_model.bin") if p.is_file())
-    return {**described, "license": pre.get("license") or source.license, "path": str(where),
+    return {**described, "license": sources.licence_of(source, pre), "path": str(where),
             "sha256": sha256_file(weights_file), "mean": list(pre["mean"]), "std": list(pre["std"])}
 
 

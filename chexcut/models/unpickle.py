@@ -93,14 +93,16 @@ class _LegacyUnpickler(pickle.Unpickler):
     """Finds only the allowed callables and storage types; any other name becomes a :class:`Recorded` class,
     and a ``('module', ...)`` persistent id (a legacy file's module class with its source) one as well."""
 
-    def __init__(self, file, storages: dict | None = None):
+    def __init__(self, file, storages: dict | None = None, budget: int = 0):
         super().__init__(file)
-        self.storages = storages
+        self.storages, self.budget = storages, budget  # budget: the bytes the file can fill (its size)
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
             if name == "set":
                 return set
+            if name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
+                return _checked_rebuild(getattr(torch._utils, name))
             return {"collections": OrderedDict, "torch": torch.Size}.get(module) or getattr(torch._utils, name)
         if module == "torch" and name in _STORAGES:
             return getattr(torch, name)
@@ -118,14 +120,38 @@ class _LegacyUnpickler(pickle.Unpickler):
         dtype = getattr(storage_type, "dtype", None)
         if not isinstance(dtype, torch.dtype) or not isinstance(numel, int) or numel < 0:
             raise pickle.UnpicklingError("a damaged storage record")
+        element = torch._utils._element_size(dtype)
         if key not in self.storages:
-            untyped = torch.UntypedStorage(numel * torch._utils._element_size(dtype))
+            self.budget -= numel * element
+            if self.budget < 0:  # every storage's bytes are in the file: more than its size is a lie
+                raise pickle.UnpicklingError("its storages hold more bytes than the file")
+            untyped = torch.zeros(numel * element, dtype=torch.uint8).untyped_storage()
             self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
         storage = self.storages[key]
-        if view is not None:  # (view key, offset, size): a slice of the root storage
+        if view is not None:  # (view key, offset, size): a slice of the root storage, by its bytes
             _, offset, size = view
-            return storage[int(offset):int(offset) + int(size)]
+            offset, size = int(offset), int(size)
+            if offset < 0 or size < 0 or offset + size > storage.size():
+                raise pickle.UnpicklingError("a storage view outside its storage")
+            part = storage.untyped()[offset * element:(offset + size) * element]
+            return torch.storage.TypedStorage(wrap_storage=part, dtype=dtype, _internal=True)
         return storage
+
+
+def _checked_rebuild(rebuild):
+    """PyTorch's tensor rebuilder, called only for a tensor that lies inside its storage (``set_`` would otherwise
+    grow the storage to whatever size the file names)."""
+
+    def checked(storage, offset, size, stride, *rest):
+        sizes, strides = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+        if int(offset) < 0 or len(sizes) != len(strides) or any(s < 0 for s in sizes + strides):
+            raise pickle.UnpicklingError("a damaged tensor record")
+        extent = 0 if 0 in sizes else int(offset) + sum((n - 1) * st for n, st in zip(sizes, strides)) + 1
+        if extent > storage.size():
+            raise pickle.UnpicklingError("a tensor reaching past its storage")
+        return rebuild(storage, offset, size, stride, *rest)
+
+    return checked
 
 
 def _legacy_load(path: Path):
@@ -138,8 +164,10 @@ def _legacy_load(path: Path):
             raise ChexcutError(f"{path}: not a PyTorch file (neither a zip archive nor the legacy format)")
         _LegacyUnpickler(f).load()  # the protocol version
         _LegacyUnpickler(f).load()  # the system's byte order and type sizes
-        result = _LegacyUnpickler(f, storages).load()
+        result = _LegacyUnpickler(f, storages, budget=path.stat().st_size).load()
         keys = _LegacyUnpickler(f).load()
+        if not isinstance(keys, list) or set(keys) != set(storages):  # every storage filled from the file, once
+            raise ChexcutError(f"{path}: its storages and their data do not match (a damaged file)")
         for key in keys:  # each storage's bytes: an element count (int64), then the data
             storage = storages[key]
             count = int.from_bytes(f.read(8), "little", signed=True)

@@ -32,7 +32,7 @@ from chexcut.fileio import sha256_file, writable_folder
 from chexcut.models.libraries import host_resolves, library_of, staged_path  # noqa: F401 (staged_path: re-exported)
 
 #: Words of a licence identifier that mean "not for commercial use" (CC BY-NC's ``nc``, research-only terms).
-NON_COMMERCIAL_WORDS = frozenset({"nc", "noncommercial", "research"})
+NON_COMMERCIAL_WORDS = frozenset({"nc", "noncommercial", "research", "msrla"})
 
 
 def non_commercial(license: str | None) -> bool:

@@ -81,7 +81,8 @@ def _model_section(f: dict, study: dict | None) -> dict:
     m = f["config"]["model"]
     w = m.get("weights") or {}
     init = {"none": "random initialisation (no pretrained weights)", "imagenet": "ImageNet-pretrained weights",
-            "source": f"the pretraining source {w.get('name')} ({w.get('layout')} layout, from {w.get('path')})"}.get(
+            "source": f"the pretraining source {w.get('name')} ({w.get('layout')} layout, from "
+                      f"{w.get('path') or w.get('id') or 'its library'})"}.get(
         w.get("kind"), f"weights from {w.get('path') or w.get('kind')}")
     if w.get("id"):
         init += f" ({w['id']})"

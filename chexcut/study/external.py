@@ -167,13 +167,13 @@ def check_external_sets(data: Path, externals: list[dict], options) -> None:
     """The external sets every run will be evaluated on (``external_sets``' records), checked at plan time against
     the training data ``data`` read with ``options`` (the runs' FinetuneOptions): none is the training set itself,
     each is readable with the labels the runs learn, none shares images (by path, as ``evaluate`` compares them) or
-    patients with the runs' training rows. Patient ids are compared only within one id space: the same declared set
-    (or its variant under another label file), or two CheXpert-layout folders; NIH patient 12 and CheXpert's
-    patient00012 are different people."""
+    patients with the runs' training rows. Patient ids are compared only where they name the same people
+    (:func:`chexcut.data.datasets.patients_comparable`: one published set, or two copies of CheXpert itself); NIH
+    patient 12 and CheXpert's patient00012 are different people, and so are two hospitals' CheXpert-layout exports."""
     import dataclasses
 
     from chexcut.data.chexpert import load_split
-    from chexcut.data.datasets import id_space, resolve
+    from chexcut.data.datasets import patients_comparable, resolve
 
     opts = options.data_options()
     folder, named = resolve(data, opts.dataset, opts.csv)
@@ -194,7 +194,7 @@ def check_external_sets(data: Path, externals: list[dict], options) -> None:
                 train = load_split(folder, "train", opts)
             except ChexcutError as e:
                 raise ChexcutError(f"the runs' training rows of --data {data} cannot be read: {e}") from None
-        comparable = training is not None and id_space(ext["dataset"]) == id_space(training)
+        comparable = training is not None and patients_comparable(ext["dataset"], rows.paths, training, train.paths)
         _refuse_overlap(ext, rows, train, data, comparable)
 
 
