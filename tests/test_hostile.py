@@ -142,7 +142,7 @@ def test_foreign_weights_devices_and_streams(run, tmp_path):
     rc, _, err = run_cli("evaluate", run / "run", "--device", "meta", "--bootstrap", "0")
     _one_line_exit_2(rc, err, "chexcut runs on cpu or cuda")
     rc, _, err = run_cli("evaluate", run / "run", "--json", "-", "--predictions-out", "-")
-    _one_line_exit_2(rc, err, "both write to stdout")
+    _one_line_exit_2(rc, err, "would all write to standard output")
     # a process substitution (a pipe) is read like a file: the same result as the file itself
     truth = run / "ph" / "CheXpert-v1.0-small" / "valid.csv"
     preds = run / "run" / "valid_predictions.csv"
