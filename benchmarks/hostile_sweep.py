@@ -42,7 +42,7 @@ def cli(*args, env=None, cwd=None):
     for r in readers:
         r.join()
     p.returncode = os.waitstatus_to_exitcode(status)
-    PEAK[" ".join(map(str, args))[:80]] = usage.ru_maxrss / 1024  # MiB (ru_maxrss is in KiB on Linux)
+    PEAK[" ".join(map(str, args))] = usage.ru_maxrss / 1024  # MiB (ru_maxrss is in KiB on Linux)
     if p.returncode == -9:
         return None, "", "still running after 300 s (killed)"
     return p.returncode, streams["out"], streams["err"]
@@ -477,7 +477,7 @@ def main():
             print(f"INPUT CHANGED: {p}")
         print(f"{len(all_cases)} hostile inputs tried, {len(all_cases) - len(failed)} handled (exit 2, one line), "
               f"{len(leftovers)} partial files left, {len(changed)} input files changed")
-        case_peak = {name: PEAK[" ".join(map(str, args))[:80]] for name, args, _ in all_cases}
+        case_peak = {name: PEAK[" ".join(map(str, args))] for name, args, _ in all_cases}
         biggest = max(case_peak, key=case_peak.get)
         print(f"largest memory of any case: {case_peak[biggest]:.0f} MiB ({biggest}); slowest case: {slowest[1]} "
               f"({slowest[0]:.1f} s)")

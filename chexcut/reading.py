@@ -218,3 +218,27 @@ def read_json(path, what: str | None = None):
     except (OSError, UnicodeDecodeError) as e:
         raise ChexcutError(f"{what} cannot be read ({getattr(e, 'strerror', None) or e})") from None
     return parse_json(text, what)
+
+
+def parse_yaml(text: str, what, max_depth: int, alias_hint: str = "write each value out",
+               depth_hint: str = ""):
+    """``yaml`` text read safely (no objects) with bounded work: aliases refused (a "billion laughs" file expands
+    a few lines of them into gigabytes) and nesting past ``max_depth`` refused, each one line naming ``what``.
+    A malformed text raises ``yaml.YAMLError`` for the caller to word."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise ChexcutError(f"{what}: YAML aliases (*{self.peek_event().anchor}) are not read; {alias_hint}")
+            self.depth += 1
+            if self.depth > max_depth:
+                raise ChexcutError(f"{what}: the YAML nests more than {max_depth} levels deep{depth_hint}")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader: plain values only

@@ -242,3 +242,17 @@ def test_a_transformers_dinov2_with_registers_gives_its_features(tmp_path):
     # a folder's own model card never makes a research-only source less restricted
     assert "research" in licence_of(SOURCES["rad-dino"], {"license": "mit"})
     assert licence_of(SOURCES["hf-dinov2"], {"license": "cc-by-nc-4.0"}) == "cc-by-nc-4.0"
+
+
+def test_a_model_cards_front_matter_is_read_with_bounded_work(tmp_path):
+    """A Hugging Face folder's README front matter is YAML a user gives: aliases (a "billion laughs") are one line."""
+    from chexcut.models.sources import licence_notes
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\na: &a [x, x, x]\nb: [*a, *a, *a]\nlicense: cc-by-nc-4.0\n---\n")
+    with pytest.raises(ChexcutError, match=r"YAML aliases \(\*a\) are not read"):
+        licence_notes([f"hf-dinov2:{folder}"])
+    (folder / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# a model\n")
+    assert licence_notes([f"hf-dinov2:{folder}"]) == [
+        "hf-dinov2 is licensed cc-by-nc-4.0: models trained from it inherit its terms (no commercial use)"]

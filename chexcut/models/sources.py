@@ -215,16 +215,25 @@ def hf_dinov2_to_timm(state: dict) -> dict:
     return out
 
 
+def weights_file(path: Path) -> Path:
+    """The file a located source's tensors are read from: the file itself, or a Hugging Face folder's
+    ``model.safetensors`` (else ``pytorch_model.bin``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+    if found is None:
+        raise ChexcutError(f"{path}: no model.safetensors or pytorch_model.bin (a Hugging Face model folder)")
+    return found
+
+
 def _hf_dinov2(folder: Path, source: Source) -> tuple[dict, dict]:
     """(timm state dict, preprocessing) of a transformers Dinov2Model folder (or its safetensors file)."""
     from chexcut.models.tensors import read_state_dict
     from chexcut.reading import read_json
 
     folder = Path(folder)
-    files = [folder] if folder.is_file() else [folder / n for n in ("model.safetensors", "pytorch_model.bin")
-                                               if (folder / n).is_file()]
-    if not files:
-        raise ChexcutError(f"{folder}: no model.safetensors or pytorch_model.bin (a Hugging Face model folder)")
+    tensors = weights_file(folder)
     config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     if config and (config.get("model_type") not in ("dinov2", "dinov2_with_registers")
                    or config.get("use_swiglu_ffn") or config.get("hidden_act", "gelu") != "gelu"):
@@ -240,21 +249,23 @@ def _hf_dinov2(folder: Path, source: Source) -> tuple[dict, dict]:
     licence = _hub_licence(folder / "README.md")
     if licence:
         pre["license"] = licence
-    return hf_dinov2_to_timm(read_state_dict(files[0])), pre
+    return hf_dinov2_to_timm(read_state_dict(tensors)), pre
 
 
 def _hub_licence(readme: Path) -> str | None:
-    """The ``license`` of a Hugging Face model card's YAML front matter (what the Hub shows), or None."""
+    """The ``license`` of a Hugging Face model card's YAML front matter (what the Hub shows), or None; the front
+    matter read with bounded work (no aliases, 20 levels), as every YAML a user gives."""
     import yaml
+
+    from chexcut.reading import parse_yaml
 
     if not readme.is_file():
         return None
     text = readme.read_text(encoding="utf-8", errors="replace")[:65536]
     if not text.startswith("---"):
         return None
-    front = text[3:].split("\n---", 1)[0]
     try:
-        meta = yaml.safe_load(front)
+        meta = parse_yaml(text[3:].split("\n---", 1)[0], readme, 20)
     except yaml.YAMLError:
         return None
     value = meta.get("license") if isinstance(meta, dict) else None

@@ -153,10 +153,8 @@ def load_source(model: nn.Module, arch: Arch, source: sources.Source, path: Path
     name = next((n for n, m in model.named_modules() if m is head), None)
     own_head = {k: v for k, v in model.state_dict().items() if name and k.startswith(name + ".") and k not in state}
     load_fitted(model, {**state, **own_head}, arch, f"the {source.name} weights {where}")
-    weights_file = where if where.is_file() else next(p for p in (where / "model.safetensors",
-                                                                  where / "pytorch_model.bin") if p.is_file())
     return {**described, "license": sources.licence_of(source, pre), "path": str(where),
-            "sha256": sha256_file(weights_file), "mean": list(pre["mean"]), "std": list(pre["std"])}
+            "sha256": sha256_file(sources.weights_file(where)), "mean": list(pre["mean"]), "std": list(pre["std"])}
 
 
 # ----------------------------------------------------------------------------- cutting

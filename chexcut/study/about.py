@@ -25,21 +25,7 @@ def read_about(path) -> dict:
     aliases (``*name``: a "billion laughs" file expands a few lines of aliases into gigabytes)."""
     import yaml
 
-    class BoundedLoader(yaml.SafeLoader):
-        depth = 0
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                raise ChexcutError(f"{path}: YAML aliases (*{self.peek_event().anchor}) are not read; write each "
-                                   f"text out")
-            self.depth += 1
-            if self.depth > ABOUT_MAX_DEPTH:
-                raise ChexcutError(f"{path}: the YAML nests more than {ABOUT_MAX_DEPTH} levels deep; it is a mapping "
-                                   f"of keys to text")
-            try:
-                return super().compose_node(parent, index)
-            finally:
-                self.depth -= 1
+    from chexcut.reading import parse_yaml
 
     if path is None:
         return {}
@@ -47,7 +33,8 @@ def read_about(path) -> dict:
         if Path(path).stat().st_size > ABOUT_MAX_BYTES:
             raise ChexcutError(f"{path}: {Path(path).stat().st_size:,} bytes; the --about YAML holds at most "
                                f"{ABOUT_MAX_BYTES:,}")
-        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=BoundedLoader)  # a SafeLoader: no objects
+        data = parse_yaml(Path(path).read_text(encoding="utf-8"), path, ABOUT_MAX_DEPTH, "write each text out",
+                          "; it is a mapping of keys to text")
     except FileNotFoundError:
         raise ChexcutError(f"--about file not found: {path}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -16,7 +16,7 @@ from chexcut.errors import ChexcutError
 from chexcut.evaluation.metrics import holm
 from chexcut.reading import read_json
 from chexcut.rundir import RunDir
-from chexcut.study.collect import RunResult, check_comparable, collect
+from chexcut.study.collect import Collected, RunResult, check_comparable, collect
 
 
 class PairedTester:
@@ -135,15 +135,17 @@ def _corr(x, y) -> dict | None:
 
 
 def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 margin: float = 0.02, fill_hint: str | None = None, external: str | None = None) -> dict:
+                 margin: float = 0.02, fill_hint: str | None = None, external: str | None = None,
+                 collected: Collected | None = None) -> dict:
     """The report JSON: per-configuration results and the paper's four findings.
 
     Parameter efficiency is decided twice: by the paper's rule (the deepest truncation without a
     significant drop) and by non-inferiority at ``margin`` (the deepest truncation whose drop is shown
     to be smaller than ``margin``: one-sided test at ``alpha``, i.e. the lower bound of the one-sided
     1 - alpha interval of delta lies above -margin). ``external``: the same report from the runs' evaluations on
-    that external set; without it, the report adds an ``external`` block per set the runs were evaluated on."""
-    col = collect(targets, external)
+    that external set; without it, the report adds an ``external`` block per set the runs were evaluated on.
+    ``collected``: the runs already read by :func:`collect` for these targets and ``external`` (read once)."""
+    col = collected if collected is not None else collect(targets, external)
     if not col.runs:
         raise ChexcutError(f"no evaluated runs found ({len(col.incomplete)} without eval.json: run "
                            f"`chexcut evaluate RUN --data DIR --json RUN/eval.json --predictions-out RUN/predictions.csv`)")
@@ -191,7 +193,7 @@ def _external_blocks(targets, col, report: dict, settings: dict) -> list[dict]:
                                  for i in found.incomplete if (Path(i["run_dir"]) / "external" / f"{name}.json").is_file()]
         if not found.runs:
             continue
-        sub = build_report(targets, external=name, **settings)
+        sub = build_report(targets, external=name, collected=found, **settings)
         first = next(d for d, ns in names.items() if name in ns)
         es = (RunDir(first).read_eval(name) or {}).get("evaluation_set") or {}
         blocks.append(external_validation(report, sub, name, es.get("dataset")))
