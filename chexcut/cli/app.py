@@ -57,6 +57,12 @@ def split_list(value: Optional[str], flag: str | None = None) -> Optional[list[s
     return items
 
 
+def split_repeated(values: Optional[list[str]], flag: str) -> list[str]:
+    """A repeatable option whose values may each be a comma list (``--external A --external B,C``): every value,
+    in order; each given value checked as :func:`split_list` checks it."""
+    return [item for value in values or () for item in split_list(value, flag)]
+
+
 def ints(value: str, name: str) -> list[int]:
     try:
         return [int(v) for v in split_list(value, f"--{name}")]

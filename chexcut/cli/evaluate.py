@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views, bound
-from chexcut.cli.app import CacheOpt, CsvOpt, ImagesOutsideOpt, LabelMapOpt, TrackOpt, app, split_list
+from chexcut.cli.app import CacheOpt, CsvOpt, ImagesOutsideOpt, LabelMapOpt, TrackOpt, app, split_list, split_repeated
 from chexcut.errors import ChexcutError
 
 
@@ -123,7 +123,7 @@ def _ensemble(first, members, weights, average) -> dict:
     the predictions CSV, the first member) before any inference."""
     from chexcut.evaluation.ensemble import check_average, check_members
 
-    listed = tuple(m for item in members or () for m in split_list(item, "--ensemble"))
+    listed = tuple(split_repeated(members, "--ensemble"))
     if listed:
         check_members([str(first), *listed])
     if weights is not None and not listed:
@@ -199,7 +199,7 @@ def _inputs(model, data, predictions, truth, compare, groups, readers, threshold
     from chexcut.reading import read_json
 
     files = [predictions, truth, compare, groups, thresholds, csv, model]
-    files += [item.partition("=")[2] or item for spec in readers or () for item in split_list(spec, "--readers") or ()]
+    files += [item.partition("=")[2] or item for item in split_repeated(readers, "--readers")]
     folders = [split_ref(data)[0]] if data else []
     if model and (Path(model) / "config.json").is_file():  # a run directory: its own files and its data set
         files += [Path(model) / name for name in ("config.json", "valid_predictions.csv", "best.safetensors")]
@@ -217,7 +217,7 @@ def _targets(values: list[str] | None, flag: str) -> tuple[float, ...]:
     """Repeatable, comma-separated sensitivity/specificity targets, each checked in (0, 1]."""
     from chexcut.evaluation.operating import check_target
 
-    return tuple(check_target(v, flag) for item in values or () for v in split_list(item, flag) or ())
+    return tuple(check_target(v, flag) for v in split_repeated(values, flag))
 
 
 def _write(result: dict, json_path: str | None, csv_out: Path | None, quiet: bool) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from chexcut.choices import bound
-from chexcut.cli.app import TrackOpt, app, ints, split_list
+from chexcut.cli.app import TrackOpt, app, ints, split_list, split_repeated
 from chexcut.demo import Demo
 from chexcut.errors import ChexcutError
 
@@ -77,7 +77,7 @@ def study_plan(
     plan = plan_study(out, data, grid, options, bootstrap=bootstrap, bench=bench, slurm=cluster if slurm else None,
                       force=force, evaluate_options={"by": split_list(by, "--by") or [], "age_bins": bins,
                                                      "groups": groups, "calibration": calibration,
-                                                     "external": [e for item in external or () for e in split_list(item, "--external") or ()]})
+                                                     "external": split_repeated(external, "--external")})
     if json_out:
         ui.print_json(plan)
         return
