@@ -298,6 +298,13 @@ def read_source(source: Source, path: Path) -> tuple[dict, dict]:
 
 # ----------------------------------------------------------------------------- staging (chexcut weights fetch)
 
+def _discard(path: Path) -> None:
+    """A partial download or copy (a file, or a Hugging Face folder) removed."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def fetch_source(source: Source, mirror: str | None = None, to: Path | None = None, progress=None) -> dict:
     """Stage the source's file or folder: from ``mirror`` (a folder holding it under its name, or a URL) or the
     network, into chexcut's cache (or into folder ``to``: a mirror to carry to an offline machine). What arrives
@@ -319,11 +326,11 @@ def fetch_source(source: Source, mirror: str | None = None, to: Path | None = No
         if not src.exists():
             raise ChexcutError(f"{src}: not in the mirror folder (`chexcut weights fetch {source.name} --to DIR` "
                                f"stages it on a machine with network)")
-        shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink(missing_ok=True)
+        _discard(part)
         try:
             (shutil.copytree if src.is_dir() else shutil.copyfile)(src, part)
         except (OSError, shutil.Error) as e:
-            shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink(missing_ok=True)
+            _discard(part)
             raise ChexcutError(f"{src}: cannot be copied from the mirror ({str(e)[:160]})") from None
     elif source.url is None:
         raise ChexcutError(f"{source.name} has no published file to fetch; give --weights {source.name}:PATH")
@@ -344,7 +351,7 @@ def fetch_source(source: Source, mirror: str | None = None, to: Path | None = No
     try:
         read_source(source, part)
     except BaseException:
-        shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink(missing_ok=True)
+        _discard(part)
         raise
     if dest.is_dir():
         shutil.rmtree(dest)
