@@ -195,7 +195,7 @@ def round4_cases(d: dict) -> list[tuple[str, list, dict]]:
         ("card onto the run's config", ["card", run, "-o", run / "config.json"], {}),
         ("ensemble of one", ["ensemble", run, "-o", t / "e1"], {}),
         ("ensemble of a run and a CSV", ["ensemble", run, p1, "-o", t / "e2"], {}),
-        ("ensemble weights count", ["ensemble", p1, p2, "--truth", truth, "--weights", "1", "-o", t / "e3"], {}),
+        ("ensemble weights count", ["ensemble", p1, p2, "--truth", truth, "--ensemble-weights", "1", "-o", t / "e3"], {}),
         ("ensemble averaging medians", ["ensemble", p1, p2, "--truth", truth, "--average", "median", "-o", t / "e4"],
          {}),
         ("evaluate ensemble beside compare", ["evaluate", "--predictions", p1, "--truth", truth, "--ensemble", p2,

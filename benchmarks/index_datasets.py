@@ -49,7 +49,7 @@ def main():
         for i in range(a.repeat):
             t = time.perf_counter()
             subprocess.run([sys.executable, "-m", "chexcut", "datasets", "index", f"{name}:{folder}", "-o",
-                            str(tmp / f"{name}-{i}.csv"), "--json"], check=True, capture_output=True)
+                            str(tmp / f"{name}-{i}.csv"), "--json", "-"], check=True, capture_output=True)
             times.append(time.perf_counter() - t)
         from chexcut.data import datasets
 

@@ -102,6 +102,9 @@ def check(choice: type[Choice], value, name: str) -> str:
 #: Every bounded number a user can give, declared once: name -> (least, most, what the bound is for). The CLI
 #: passes them to Typer (``min``/``max``: one-line "not in the range" errors) and the library checks the same
 #: values with :func:`check_bounds` (settings read back from config.json, plans and specs included).
+#: The input size chexcut uses when nothing else says (CheXpert's 320 x 320): the one place it is spelled;
+#: :func:`chexcut.models.registry.default_image_size` rounds it to a size a family takes.
+DEFAULT_IMAGE_SIZE = 320
 MAX_IMAGE_SIZE = 4096  # pixels a side; CheXpert's own images are about 2,320 x 2,828, papers train at 224-512
 BOUNDS: dict[str, tuple[float, float | None]] = {
     "seed": (0, 2**32 - 1),  # numpy and torch seeds

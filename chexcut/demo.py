@@ -123,6 +123,7 @@ def _plan(folder: Path, demo: Demo, weights: list[str], progress) -> dict:
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.phantom import make_phantom
+    from chexcut.evaluation.settings import Statistics
     from chexcut.study.plan import Grid, plan_study
     from chexcut.training.config import FinetuneOptions
 
@@ -141,4 +142,4 @@ def _plan(folder: Path, demo: Demo, weights: list[str], progress) -> dict:
                                      "lr": 3e-3, "val_every": 100000, "workers": 1, "precise_bn": 256},
                               data={"uncertain": "ignore"}, cache=str(cache_dir.resolve()))
     grid = Grid(archs=demo.archs, weights=tuple(weights), drops=demo.drops, seeds=(demo.seed,))
-    return plan_study(folder / "study", data, grid, options, bootstrap=demo.bootstrap, force=True)
+    return plan_study(folder / "study", data, grid, options, statistics=Statistics(bootstrap=demo.bootstrap), force=True)

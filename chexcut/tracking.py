@@ -44,6 +44,33 @@ class Tracking:
         return {"uri": self.uri, "experiment": self.experiment, "tags": dict(self.tags), "log_models": self.log_models}
 
 
+def parse_tags(items: list[str] | None) -> dict:
+    """``--track-tag KEY=VALUE`` (repeatable) as a dict; anything else is one line."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ChexcutError(f"--track-tag takes KEY=VALUE, not {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def study_tracking(uri: str | None, log_models: bool = True, experiment: str | None = None,
+                   tags: list[str] | None = None) -> dict | None:
+    """What a study plan records of ``--track`` (or ``CHEXCUT_TRACKING_URI``), ``--track-models``,
+    ``--track-experiment`` and ``--track-tag``: ``{"uri", "log_models"[, "tags", "experiment"]}``, or None."""
+    uri = uri or os.environ.get(ENV_URI)
+    if not uri:
+        if tags or experiment:
+            raise ChexcutError("--track-tag and --track-experiment need --track (or $CHEXCUT_TRACKING_URI)")
+        return None
+    require_mlflow()  # every run logs to one experiment named after the study folder
+    track = {"uri": absolute_uri(uri), "log_models": log_models}
+    if tags or experiment:
+        track.update(tags=parse_tags(tags), experiment=experiment)
+    return track
+
+
 def tracking_from(uri: str | None, experiment: str | None = None, tags: dict | None = None,
                   log_models: bool = True) -> Tracking | None:
     """The tracking settings a command asks for (``uri`` or ``CHEXCUT_TRACKING_URI``; None: no tracking). Checks

@@ -103,12 +103,12 @@ def test_inspect_and_list_import_no_torch_for_shipped_sizes(tmp_path):
             "r = CliRunner().invoke(app, sys.argv[1:]); assert r.exit_code == 0, r.output; "
             "print(json.dumps({'torch': 'torch' in sys.modules, 'out': r.stdout}))")
     env = {**os.environ, "CHEXCUT_CACHE": str(tmp_path)}
-    for args in (["inspect", "resnet50", "--json"], ["inspect", "mobilenet_v2", "--image-size", "224", "--json"],
-                 ["list", "--json"]):
+    for args in (["inspect", "resnet50", "--json", "-"], ["inspect", "mobilenet_v2", "--image-size", "224", "--json", "-"],
+                 ["list", "--json", "-"]):
         res = json.loads(subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                                         text=True, check=True).stdout)
         assert res["torch"] is False, args
-    a = json.loads(subprocess.run([sys.executable, "-c", code, "inspect", "resnet50", "--json"], env=env,
+    a = json.loads(subprocess.run([sys.executable, "-c", code, "inspect", "resnet50", "--json", "-"], env=env,
                                   capture_output=True, text=True, check=True).stdout)["out"]
     assert json.loads(a) == anatomy("resnet50").to_json()
     assert not (tmp_path / "anatomy").exists()  # nothing computed, nothing cached

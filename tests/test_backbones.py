@@ -164,7 +164,7 @@ def test_a_vit_a_swin_and_a_convnext_go_through_every_command(arch, drop, masked
 
     model, run = tmp_path / "m.safetensors", tmp_path / "run"
     rc, out, err = run_cli("truncate", arch, "--drop", str(drop), "--weights", "none", "--image-size", "64", "-o",
-                           model, "--json")
+                           model, "--json", "-")
     assert rc == 0, err
     spec = json.loads(out)["model"]
     assert spec["image_size"] == 64 and spec["pool"] == get_arch(arch).family.pools[0]
@@ -182,7 +182,7 @@ def test_a_vit_a_swin_and_a_convnext_go_through_every_command(arch, drop, masked
     res = json.loads(out)
     assert {p["verdict"] for p in res["pointing_game"].values()} <= {"passed", "failed"}  # judged, both labels
     assert res["randomisation"]["verdict"] in ("passed", "failed") and len(res["files"]) == 4
-    rc, out, err = run_cli("export", run, "-o", tmp_path / "m.onnx", "--json")
+    rc, out, err = run_cli("export", run, "-o", tmp_path / "m.onnx", "--json", "-")
     assert rc == 0, err
     assert json.loads(out)["max_abs_diff"] <= 1e-4
     rc, out, err = run_cli("bench", run, "--batch", "1,2", "--max-time", "1", "--json", "-")

@@ -18,7 +18,7 @@ def test_help_and_completion_do_not_import_torch():
 
 
 def test_inspect_json_schema():
-    rc, out, err = run_cli("inspect", "resnet50", "--json")
+    rc, out, err = run_cli("inspect", "resnet50", "--json", "-")
     assert rc == 0, err
     a = json.loads(out)
     assert a["arch"] == "resnet50" and a["source"] == "torchvision" and a["image_size"] == 320
@@ -40,7 +40,7 @@ def test_inspect_table_and_errors():
 
 
 def test_list_json():
-    rc, out, err = run_cli("list", "--json")
+    rc, out, err = run_cli("list", "--json", "-")
     assert rc == 0, err
     rows = json.loads(out)
     assert len(rows) == len(REGISTRY) == 31 and sum(r["paper"] for r in rows) == 16 and sum(r["test"] for r in rows) == 2
@@ -50,11 +50,11 @@ def test_list_json():
 
 def test_truncate_then_inspect_file(tmp_path):
     out_file = tmp_path / "r50-d2.safetensors"
-    rc, out, err = run_cli("truncate", "resnet50", "--drop", "2", "-o", out_file, "--weights", "none", "--json")
+    rc, out, err = run_cli("truncate", "resnet50", "--drop", "2", "-o", out_file, "--weights", "none", "--json", "-")
     assert rc == 0, err
     res = json.loads(out)
     assert res["model"]["drop"] == 2 and res["truncated"]["params"] == 1_452_110
-    rc, out, err = run_cli("inspect", out_file, "--json")
+    rc, out, err = run_cli("inspect", out_file, "--json", "-")
     assert rc == 0 and json.loads(out)["model"]["keep"] == 2
     # existing output without --force: refused, file untouched
     before = out_file.read_bytes()

@@ -167,7 +167,7 @@ def test_ensemble_members_must_share_rows_and_labels(tmp_path):
         code, _, err = run_cli("ensemble", a, tmp_path / other, "--truth", tmp_path / "truth.csv", "-o",
                                tmp_path / "x", "-q")
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = run_cli("ensemble", a, b, "--truth", tmp_path / "truth.csv", "-o", tmp_path / "x", "--weights", "1",
+    code, _, err = run_cli("ensemble", a, b, "--truth", tmp_path / "truth.csv", "-o", tmp_path / "x", "--ensemble-weights", "1",
                            "-q")
     assert code == 2 and "gives 1 weights for 2 members" in err
     assert not (tmp_path / "x").exists()  # refused before or after the folder was made: nothing left

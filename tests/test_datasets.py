@@ -69,7 +69,7 @@ def xrv(tmp_path_factory):
 
 def _index(folder, ref, *extra):
     out = folder / f"{ref.split(':')[0]}-index.csv"
-    code, stdout, stderr = run_cli("datasets", "index", ref, "-o", out, "--json", *extra)
+    code, stdout, stderr = run_cli("datasets", "index", ref, "-o", out, "--json", "-", *extra)
     assert code == 0, stderr
     return json.loads(stdout), out
 
@@ -210,7 +210,7 @@ def test_a_label_map_replaces_the_declared_mapping(layouts, tmp_path):
 
 
 def test_datasets_lists_every_declaration_and_refuses_unknown_sets(tmp_path):
-    code, out, _ = run_cli("datasets", "--json")
+    code, out, _ = run_cli("datasets", "--json", "-")
     names = [d["name"] for d in json.loads(out)]
     assert {"chexpert", "mimic", "nih", "padchest", "vinbigdata"} <= set(names)
     nih = next(d for d in json.loads(out) if d["name"] == "nih")
@@ -313,7 +313,7 @@ def test_external_evaluation_on_nih_and_padchest_layouts(trained_run, layouts, t
 
 def test_dicom_set_through_prepare_finetune_and_evaluate(layouts, tmp_path):
     data = f"vinbigdata:{layouts['vinbigdata']}"
-    code, out, err = run_cli("prepare", data, "--image-size", "40", "--cache", tmp_path / "cache", "--json", "-q")
+    code, out, err = run_cli("prepare", data, "--image-size", "40", "--cache", tmp_path / "cache", "--json", "-", "-q")
     assert code == 0, err
     assert json.loads(out)["decoded"] == 60
     run = tmp_path / "run"

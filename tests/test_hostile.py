@@ -191,7 +191,7 @@ def test_outputs_never_replace_what_they_point_at(run, tmp_path):
 
     truth = run / "ph" / "CheXpert-v1.0-small" / "valid.csv"
     preds = run / "run" / "valid_predictions.csv"
-    ev = ["evaluate", "--predictions", preds, "--truth", truth, "--bootstrap", "0", "--json"]
+    ev = ["evaluate", "--predictions", preds, "--truth", truth, "--bootstrap", "0", "--json", "-"]
     (tmp_path / "target.json").write_text("old")
     (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
     rc, _, err = run_cli(*ev, tmp_path / "link.json")
@@ -310,14 +310,14 @@ def test_caches_are_checked_never_trusted(run, tmp_path, torch_home, monkeypatch
     cached.write_bytes(os.urandom(1000))  # a cut download where the library's cache keeps it
     rc, _, err = run_cli("truncate", "resnet18", "--drop", "1", "-o", tmp_path / "x.safetensors")
     _one_line_exit_2(rc, err, "are damaged")
-    rc, out, _ = run_cli("weights", "list", "--json")
+    rc, out, _ = run_cli("weights", "list", "--json", "-")
     entry = next(w for w in json.loads(out) if w["arch"] == "resnet18")
     assert entry["cached"] and entry["verified"] is False  # present, and said not to verify
     monkeypatch.setenv("CHEXCUT_CACHE", str(tmp_path / "cc"))
-    assert run_cli("inspect", "resnet18", "--image-size", "96", "--json")[0] == 0
+    assert run_cli("inspect", "resnet18", "--image-size", "96", "--json", "-")[0] == 0
     (entry_file,) = (tmp_path / "cc" / "anatomy").glob("resnet18-96-*.json")
     entry_file.write_text(json.dumps({"arch": "resnet18"}))  # valid JSON, not an anatomy
-    rc, out, err = run_cli("inspect", "resnet18", "--image-size", "96", "--json")
+    rc, out, err = run_cli("inspect", "resnet18", "--image-size", "96", "--json", "-")
     assert rc == 0 and json.loads(out)["truncations"], err  # recomputed
     cache = tmp_path / "imgcache"
     assert run_cli("prepare", run / "ph", "--image-size", "32", "--cache", cache, "-q")[0] == 0

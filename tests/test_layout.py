@@ -84,7 +84,7 @@ def test_no_import_circle():
 
 def test_the_registry_is_data_and_the_library_never_imports_the_cli():
     graph = import_graph()
-    assert graph["chexcut.models.registry"] <= {"chexcut.errors"}
+    assert graph["chexcut.models.registry"] <= {"chexcut.errors", "chexcut.choices"}
     for name, deps in graph.items():
         if not name.startswith("chexcut.cli") and name != "chexcut.__main__":
             assert not any(d.startswith("chexcut.cli") for d in deps), f"{name} imports the CLI"
@@ -103,15 +103,20 @@ def _is_typer_command(node) -> bool:
 
 
 def test_functions_are_short_and_take_few_parameters():
+    """60 lines a function, 40 a command's body (its options are its signature), 10 parameters (a command takes
+    its options); a function whose ``def`` line says why it is longer (``# longer: ...``: one readable function
+    beats three sliced ones) may take half as many lines again."""
     too_long, too_many = [], []
     for path in PKG.rglob("*.py"):
+        lines = path.read_text().splitlines()
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             where = f"{path.relative_to(PKG)}:{node.lineno} {node.name}"
             command = path.parent.name == "cli" and _is_typer_command(node)
             start = node.body[0].lineno if command else node.lineno  # a command's options are its signature
-            if node.end_lineno - start + 1 > (40 if command else 60):  # a command's body: parse, call, render
+            limit = (40 if command else 60) * (1.5 if "# longer: " in lines[node.lineno - 1] else 1)
+            if node.end_lineno - start + 1 > limit:  # a command's body: parse, call, render
                 too_long.append(where)
             a = node.args
             n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
@@ -125,7 +130,7 @@ def test_functions_are_short_and_take_few_parameters():
 #: The declared layer order, bottom to top (docs/concepts/run-directory.md): a module imports only from its own layer or the
 #: layers below. The foundations (errors, files, labels, the bounds) serve everyone; the CLI parses and renders.
 LAYERS = (
-    {"errors", "version", "labels", "choices", "fileio", "reading", "rundir", "signals", "events"},
+    {"errors", "version", "labels", "choices", "fileio", "reading", "rundir", "signals", "events", "options"},
     {"data"}, {"models"}, {"evaluation"}, {"tracking"}, {"training"}, {"deploy"}, {"study"}, {"demo"},
     {"chexcut"},  # the package's facade: truncate, save_model, load_model
     {"cli", "__main__"},
@@ -165,3 +170,14 @@ def test_no_private_name_is_used_across_modules():
                     and node.attr.startswith("_") and not node.attr.startswith("__")):
                 crossing.append(f"{name}: {node.value.id}.{node.attr}")
     assert not crossing, crossing
+
+
+def test_evaluate_takes_its_options_as_typed_parameters_in_under_60_lines():
+    """evaluate's signature and body together under 60 lines, with no ``locals()`` bag anywhere in the package."""
+    tree = ast.parse((PKG / "cli" / "evaluate.py").read_text())
+    (fn,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "evaluate"]
+    assert fn.end_lineno - fn.lineno + 1 < 60
+    calls = [f"{p.relative_to(PKG)}:{n.lineno}" for p in PKG.rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("locals", "vars")
+             and not n.args]
+    assert calls == []

@@ -202,7 +202,7 @@ def test_a_source_is_staged_from_a_mirror_and_then_named_alone(txrv_model, tmp_p
     code, _, err = run_cli("truncate", "densenet121", "--weights", "txrv-all", "--drop", "2", "--image-size", "64",
                            "-o", tmp_path / "m.safetensors")
     assert code == 0, err
-    code, out, _ = run_cli("inspect", tmp_path / "m.safetensors", "--json")
+    code, out, _ = run_cli("inspect", tmp_path / "m.safetensors", "--json", "-")
     spec = json.loads(out)
     assert "txrv-all" in json.dumps(spec) and "apache-2.0" in json.dumps(spec)
     code, out, _ = run_cli("weights", "list")

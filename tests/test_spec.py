@@ -90,7 +90,7 @@ def test_a_model_trained_with_pad_is_evaluated_explained_and_exported_with_pad(p
     inputs = ex.gather([f], None, None, "valid", 1, spec.preprocess, False)
     assert np.array_equal(inputs.images[0, 0].numpy(), load_image(f, 32, "pad"))
     pytest.importorskip("onnxruntime")
-    rc, out, err = run_cli("export", alone, "-o", tmp_path / "m.onnx", "--json")
+    rc, out, err = run_cli("export", alone, "-o", tmp_path / "m.onnx", "--json", "-")
     assert rc == 0, err
     assert json.loads(out)["resize"] == "pad"
 

@@ -321,16 +321,21 @@ def test_hostile_names_in_a_plan_are_data_never_code(tmp_path):
     assert not [f for f in tmp_path.rglob("pwned*")], "a name was executed"
 
 
+#: finetune's parameters a study plan does not take for its runs: the grid gives the model, its weights, drop and
+#: seed; each run's folder, resumption and output are the study's; tracking and --force are study plan's own.
+NOT_FOR_RUNS = {"model", "data", "out", "resume", "force", "drop", "keep", "weights", "seed", "log_format", "quiet",
+                "track", "track_models"}
+
+
 def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, monkeypatch):
-    """Each of finetune's parameters is declared once for a study: carried into the runs (checked here on the Run
-    the executor hands finetune) or refused in one line (STUDY_REFUSED). A new finetune option fails this test
-    until it is one or the other."""
+    """Each of finetune's parameters, declared once (chexcut.options), is a parameter of study plan carried into the
+    runs (checked here on the Run the executor hands finetune), or the grid's or the study's own (NOT_FOR_RUNS; an
+    unknown option to study plan). A new finetune option fails this test until it is one or the other."""
     import pandas as pd
     import typer
 
     import chexcut.training.loop as loop
     from chexcut.cli import app
-    from chexcut.cli.train import STUDY_REFUSED
     from chexcut.study.execute import execute
 
     rows = pd.read_csv(data / "CheXpert-v1.0-small" / "train.csv").rename(columns={"Path": "Image"})
@@ -370,7 +375,9 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
     }
     command = typer.main.get_command(app).commands["finetune"]
     # --label-map needs a published set (not this CheXpert-layout one): test_datasets checks it reaches the runs
-    assert {p.name for p in command.params} == set(carried) | set(STUDY_REFUSED) | {"label_map"}
+    assert {p.name for p in command.params} == set(carried) | NOT_FOR_RUNS | {"label_map"}
+    plan_params = {p.name for p in typer.main.get_command(app).commands["study"].commands["plan"].params}
+    assert set(carried) | {"label_map"} <= plan_params
     own = {"model", "data", "out", "weights", "force", "track", "track_models"}  # study plan's own (or none)
     base = ["study", "plan", "--data", data, "--out", tmp_path / "s", "--archs", "test_vit", "--weights", "none",
             "--drops", "3", "--track", f"sqlite:///{tmp_path / 'm.db'}", "--force"]
@@ -383,11 +390,52 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
     execute(tmp_path / "s", plan["runs"][0], plan, step="finetune")
     missed = [name for name, (_, reached) in carried.items() if not reached(seen[0])]
     assert not missed, missed
-    for name in sorted(set(STUDY_REFUSED) - own):
+    for name in sorted(NOT_FOR_RUNS - own):
         flag = "--" + name.replace("_", "-")
         value = {"resume": ["x"], "drop": ["1"], "keep": ["1"], "seed": ["3"], "log_format": ["json"]}.get(name, [])
         rc, _, err = run_cli(*base, flag, *value)
-        assert rc == 2 and "cannot go to a study's runs" in err and err.count("\n") == 1, (name, err)
+        assert rc == 2 and "No such option" in err and err.count("\n") == 1, (name, err)
+
+
+def test_every_evaluation_setting_reaches_each_runs_eval_json(data, trained_run, tmp_path, monkeypatch):
+    """Each evaluation setting (a Statistics field, declared once in chexcut.options) given to study plan is in
+    plan.json and, with the run's own seed, in the run's eval.json. A new setting fails this test until a study
+    takes it."""
+    import dataclasses
+    import shutil
+
+    import chexcut.training.loop as loop
+    from chexcut.evaluation.settings import Statistics
+    from chexcut.study.execute import execute
+
+    given = {"bootstrap": (["--bootstrap", "20"], 20), "ci": (["--ci", "0.9"], 0.9),
+             "cluster": (["--cluster", "study"], "study"), "level": (["--level", "image"], "image"),
+             "method": (["--method", "delong"], "delong"), "alpha": (["--alpha", "0.1"], 0.1),
+             "by": (["--by", "Sex,Age"], ["Sex", "Age"]), "age_bins": (["--age-bins", "0,50,200"], [0.0, 50.0, 200.0]),
+             "calibration": (["--no-calibration"], False), "at_specificity": (["--at-specificity", "0.8"], [0.8]),
+             "at_sensitivity": (["--at-sensitivity", "0.7,0.9"], [0.7, 0.9]),
+             "decision_curve": (["--decision-curve"], True), "prevalence_matched": (["--prevalence-matched"], True),
+             "failures": (["--failures", "2"], 2)}
+    defaults = Statistics().to_json()
+    # the run's seed is its own; a margin (and its equivalence test) needs a comparison: `report` makes them
+    assert set(given) == {f.name for f in dataclasses.fields(Statistics)} - {"seed", "margin", "equivalence"}
+    assert all(value != defaults[name] for name, (_, value) in given.items())
+    args = [a for flag, _ in given.values() for a in flag]
+    rc, _, err = run_cli("study", "plan", "--data", data, "--out", tmp_path / "s", "--archs", "resnet18", "--weights",
+                         "none", "--drops", "2", "--seeds", "3", *args)
+    assert rc == 0, err
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    expected = {**defaults, **{name: value for name, (_, value) in given.items()}}
+    assert plan["statistics"] == {k: v for k, v in expected.items() if k != "seed"}
+    rc, _, err = run_cli("study", "plan", "--data", data, "--out", tmp_path / "s2", "--margin", "0.02")
+    assert rc == 2 and "chexcut report --margin" in err and not (tmp_path / "s2").exists()
+    # the finetune is the shared trained run; the evaluation is the executor's own
+    monkeypatch.setattr(loop, "finetune", lambda run, emit=None: shutil.copytree(trained_run, run.run_dir,
+                                                                                 dirs_exist_ok=True))
+    assert execute(tmp_path / "s", plan["runs"][0], plan) == "done"
+    result = json.loads((tmp_path / "s" / plan["runs"][0]["run_dir"] / "eval.json").read_text())
+    assert result["statistics"] == {**expected, "seed": 3}
+    assert result["bootstrap"] == 20 and result["level"] == "image" and "decision_curve" in result
 
 
 def test_a_damaged_or_hand_edited_plan_is_one_line(data, tmp_path):

@@ -62,7 +62,7 @@ def test_a_short_run_learns_and_writes_loadable_outputs(phantom, tmp_path):
                            "--workers", "0", "--uncertain", "ignore")
     assert rc == 0, err
     assert abs(json.loads(out)["mean_competition"]["auroc"] - result["best"]["mean_auroc"]) < 0.2
-    rc, out, err = run_cli("inspect", run_dir / "best.safetensors", "--json")
+    rc, out, err = run_cli("inspect", run_dir / "best.safetensors", "--json", "-")
     assert rc == 0 and json.loads(out)["model"]["arch"] == "resnet18"
 
 

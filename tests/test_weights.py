@@ -110,13 +110,13 @@ def test_fetch_from_an_http_mirror_then_truncate_offline(server, env, tmp_path):
     assert rc == 0, err
     assert "overrides the expected sha256" in err  # the test-only override is never silent
     assert _left(env) == [NAME]
-    rc, out, err = run_cli("weights", "list", "--json")
+    rc, out, err = run_cli("weights", "list", "--json", "-")
     row = next(r for r in json.loads(out) if r["arch"] == "resnet18")
     assert row["cached"] and row["verified"] is True and row["path"] == str(env / NAME)
     other = next(r for r in json.loads(out) if r["arch"] == "resnet34")
     assert not other["cached"] and other["verified"] is None
     rc, out, err = run_cli("truncate", "resnet18", "--drop", "1", "--weights", "imagenet", "-o", tmp_path / "m.safetensors",
-                           "--json")
+                           "--json", "-")
     assert rc == 0, err
     assert json.loads(out)["model"]["weights"]["id"] == "torchvision:resnet18.IMAGENET1K_V1"
 
@@ -204,7 +204,7 @@ def test_timm_weights_go_into_the_hugging_face_cache(tmp_path, hub_mirror):
     assert rc == 0, err
     blobs = tmp_path / "hf" / "hub" / "models--timm--inception_v4.tf_in1k" / "blobs"
     assert _left(blobs) == [sha]
-    rc, out, _ = run_cli("weights", "list", "--json")
+    rc, out, _ = run_cli("weights", "list", "--json", "-")
     row = next(r for r in json.loads(out) if r["arch"] == "inception_v4")
     assert row["cached"] and row["verified"] is None  # its structure was checked; no published hash to verify
     rc, out, err = run_cli("truncate", "inception_v4", "--drop", "8", "--weights", "imagenet", "-o",
@@ -227,11 +227,11 @@ def test_a_vit_from_a_mirror_into_the_hugging_face_cache_with_its_licence(tmp_pa
     save_file({k: v.contiguous() for k, v in trained_like(fresh).items()}, str(mirror / "test_vit.r160_in1k.safetensors"))
     rc, _, err = run_cli("weights", "fetch", "test_vit", "--mirror", mirror, "-q")
     assert rc == 0, err
-    rc, out, _ = run_cli("weights", "list", "--json")
+    rc, out, _ = run_cli("weights", "list", "--json", "-")
     row = next(r for r in json.loads(out) if r["arch"] == "test_vit")
     assert row["cached"] and row["license"] == "apache-2.0"
     rc, out, err = run_cli("truncate", "test_vit", "--drop", "2", "--weights", "imagenet", "-o",
-                           tmp_path / "m.safetensors", "--image-size", "64", "--json")
+                           tmp_path / "m.safetensors", "--image-size", "64", "--json", "-")
     assert rc == 0, err
     weights = json.loads(out)["model"]["weights"]
     assert weights["kind"] == "imagenet" and weights["license"] == "apache-2.0"

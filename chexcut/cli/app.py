@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import RESIZE_HELP, Blank, Resize, Views, bound
+from chexcut.choices import bound
 from chexcut.errors import ChexcutError
+from chexcut.options import BY_NAME, OPTIONS, Option, given
 
 app = typer.Typer(
     name="chexcut",
@@ -43,9 +45,6 @@ def complete_arch(incomplete: str) -> list[str]:
     return [a for a in REGISTRY if a.startswith(incomplete)]
 
 
-TrackOpt = Annotated[Optional[str], typer.Option("--track", help="Log to MLflow at this tracking URI (sqlite:///PATH/mlflow.db, a folder, or a server; default: $CHEXCUT_TRACKING_URI). Needs chexcut[track].")]
-
-
 def split_list(value: Optional[str], flag: str | None = None) -> Optional[list[str]]:
     """A comma-separated option as a list (None: not given). Given but empty (``--labels ,``) is one line naming
     ``flag``: an empty list must never be read as "all" or "none"."""
@@ -70,52 +69,32 @@ def ints(value: str, name: str) -> list[int]:
         raise ChexcutError(f"--{name} must be comma-separated integers, not {value!r}") from None
 
 
-DataDir = Annotated[Path, typer.Argument(help="Dataset folder: CheXpert layout, a published set as SET:DIR (nih:, padchest:, mimic:, vinbigdata:, ...; `chexcut datasets`) or detected from its files, or the base of --csv paths.")]
+def floats(value: Optional[str], flag: str) -> Optional[tuple[float, ...]]:
+    """A comma-separated option of numbers as a tuple (None: not given)."""
+    try:
+        return tuple(float(v) for v in split_list(value, flag)) if value is not None else None
+    except ValueError:
+        raise ChexcutError(f"{flag} takes numbers separated by commas, not {value!r}") from None
 
 
-LabelMapOpt = Annotated[Optional[str], typer.Option("--label-map", help="CSV (chexpert,source) replacing a published set's declared mapping to the CheXpert 14 for the labels it names.")]
+DataDir = Annotated[Path, typer.Argument(help=BY_NAME["data"].help)]
 
 
-CsvOpt = Annotated[Optional[str], typer.Option("--csv", help="A generic CSV instead of train.csv/valid.csv.")]
+def _typer_option(o: Option):
+    """The Typer option of a declaration: flags, default, the general help, bounds, environment variable (the
+    per-command help, requirement and shown default are set on the built commands by ``panels.polish``)."""
+    return typer.Option(o.default, *o.flags, help=o.help, envvar=o.envvar, **(bound(o.name) if o.bound else {}))
 
 
-PathColOpt = Annotated[str, typer.Option("--path-col", help="Column of image paths (relative to DATA).")]
+#: ``OPT.name``: the Typer option of every declaration in :mod:`chexcut.options`, the default of a command's
+#: parameter ``name`` (``bootstrap: Optional[int] = OPT.bootstrap``).
+OPT = SimpleNamespace(**{o.name: _typer_option(o) for o in OPTIONS})
 
 
-LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label columns (default: the CheXpert 14 present).")]
-
-
-ViewsOpt = Annotated[Views, typer.Option("--views", help="Which views to use.")]
-
-
-UncertainOpt = Annotated[str, typer.Option("--uncertain", help="Uncertain (-1) labels: ones | zeros | ignore | chexpert | A=ones,B=zeros,default=zeros.")]
-
-
-BlankOpt = Annotated[Blank, typer.Option("--blank", help="Blank labels: zeros (not mentioned) or ignore.")]
-
-
-ValidFracOpt = Annotated[float, typer.Option("--valid-frac", help="Valid share of patients when there is no valid.csv.")]
-
-
-ImageSizeOpt = Annotated[int, typer.Option("--image-size", **bound("image_size"), help="Square image size in pixels.")]
-
-
-ResizeOpt = Annotated[Resize, typer.Option("--resize", help=RESIZE_HELP)]
-
-
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Image cache folder (default: ~/.cache/chexcut/images/KEY).")]
-
-
-SkipMissingOpt = Annotated[bool, typer.Option("--skip-missing", help="Proceed without missing image files (reported).")]
-ImagesOutsideOpt = Annotated[bool, typer.Option("--images-outside-data", help="Allow image paths in the label file that lead outside the data folder (absolute elsewhere, or with ..); refused by default.")]
-
-
-SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Proceed past unreadable images (reported).")]
-
-
-def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, data=None, label_map=None,
-                 images_outside=False):
-    """The DataOptions of a command's data options; ``data`` ``SET:DIR`` names the published data set."""
+def data_options(data=None, csv=None, path_col=None, labels=None, views=None, uncertain=None, blank=None,
+                 valid_frac=None, label_map=None, images_outside=False):
+    """The DataOptions of a command's data options (None: DataOptions' default); ``data`` ``SET:DIR`` names the
+    published data set."""
     from chexcut.data.chexpert import DataOptions
     from chexcut.data.datasets import resolve
 
@@ -123,28 +102,27 @@ def data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, dat
     dataset = resolve(data, None, csv)[1] if data is not None else None
     if label_map is not None and Path(label_map).exists():
         label_map = str(Path(label_map).resolve())  # a run or a plan reads it from another folder
-    return DataOptions(csv=csv, path_col=path_col, labels=tuple(split_list(labels, "--labels")) if labels is not None else None, views=str(views),
-                       uncertain=uncertain, blank=str(blank), valid_frac=valid_frac,
-                       dataset=dataset, label_map=label_map, images_outside=bool(images_outside))
+    return DataOptions(**given(
+        csv=csv, path_col=path_col, labels=tuple(split_list(labels, "--labels")) if labels is not None else None,
+        views=views and str(views), uncertain=uncertain, blank=blank and str(blank), valid_frac=valid_frac,
+        dataset=dataset, label_map=label_map), images_outside=bool(images_outside))
 
 
-def with_declared_options(declared, before: str):
-    """Give a command the options of a library declaration (e.g. ``training.config.TRAIN_OPTIONS``) in place of
-    its ``**kwargs``, listed before the parameter ``before``: each option's flag, help, default and Typer
-    min/max (from ``choices.BOUNDS``) come from the one declaration, never a second copy here."""
-    import inspect
+def check_json(target: Optional[str], inputs=(), protected=(), others=()) -> None:
+    """``--json PATH`` checked before any work, with the command's other outputs (``others``: ``(path, flag)``
+    pairs): never over an input or a file of a folder read, never two outputs naming one file or both stdout."""
+    from chexcut.fileio import check_outputs
 
-    from chexcut.choices import bound as bounds
+    check_outputs([(target, "--json"), *others], inputs=list(inputs), protected=list(protected))
 
-    def wrap(fn):
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-                  for p in inspect.signature(fn, eval_str=True).parameters.values()
-                  if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        at = next(i for i, p in enumerate(params) if p.name == before)
-        added = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=Annotated[
-            o.type if o.default is not None else Optional[o.type],
-            typer.Option(o.flag, help=o.help or None, **(bounds(o.name) if o.bound else {}))]) for o in declared]
-        fn.__signature__ = inspect.Signature(params[:at] + added + params[at:])
-        return fn
 
-    return wrap
+def emit_json(target: Optional[str], data) -> None:
+    """``--json -``: the JSON alone on stdout; ``--json PATH``: written there (atomically); None: nothing."""
+    if target == "-":
+        import chexcut.cli.ui as ui
+
+        ui.print_json(data)
+    elif target:
+        from chexcut.fileio import write_json
+
+        write_json(Path(target), data)

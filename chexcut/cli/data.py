@@ -7,71 +7,47 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Blank, Resize, Views, bound
-from chexcut.cli.app import (
-    BlankOpt,
-    CacheOpt,
-    CsvOpt,
-    DataDir,
-    ImageSizeOpt,
-    ImagesOutsideOpt,
-    LabelMapOpt,
-    LabelsOpt,
-    PathColOpt,
-    ResizeOpt,
-    SkipBadOpt,
-    SkipMissingOpt,
-    UncertainOpt,
-    ValidFracOpt,
-    ViewsOpt,
-    app,
-    data_options,
-)
+from chexcut.choices import Blank, Resize, Views
+from chexcut.cli.app import OPT, DataDir, app, check_json, data_options, emit_json
 from chexcut.errors import ChexcutError
-from chexcut.models.spec import DEFAULT_IMAGE_SIZE
+from chexcut.options import given
 
 
 @app.command()
 def prepare(
     data: DataDir,
-    image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
-    resize: ResizeOpt = Resize.squash,
-    cache: CacheOpt = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", **bound("workers"), help="Decoding processes (default: CPU count).")] = None,
-    csv: CsvOpt = None, path_col: PathColOpt = "Path", labels: LabelsOpt = None, views: ViewsOpt = Views.frontal,
-    uncertain: UncertainOpt = "zeros", blank: BlankOpt = Blank.zeros, valid_frac: ValidFracOpt = 0.1,
-    label_map: LabelMapOpt = None, skip_missing: SkipMissingOpt = False, skip_bad: SkipBadOpt = False,
-    images_outside: ImagesOutsideOpt = False,
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+    image_size: Optional[int] = OPT.image_size, resize: Optional[Resize] = OPT.resize, cache: Optional[Path] = OPT.cache,
+    workers: Optional[int] = OPT.workers, csv: Optional[str] = OPT.csv, path_col: Optional[str] = OPT.path_col,
+    labels: Optional[str] = OPT.labels, views: Optional[Views] = OPT.views, uncertain: Optional[str] = OPT.uncertain,
+    blank: Optional[Blank] = OPT.blank, valid_frac: Optional[float] = OPT.valid_frac,
+    label_map: Optional[str] = OPT.label_map, skip_missing: bool = OPT.skip_missing, skip_bad: bool = OPT.skip_bad,
+    images_outside: bool = OPT.images_outside, json: Optional[str] = OPT.json, quiet: bool = OPT.quiet,
 ):
     """Decode and resize every selected image once into a uint8 cache; print label prevalence."""
     import chexcut.cli.ui as ui
+    from chexcut.choices import DEFAULT_IMAGE_SIZE
     from chexcut.data.cache import prepare_cache
     from chexcut.data.chexpert import check_files, load_split
+    from chexcut.data.datasets import split_ref
 
-    opts = data_options(csv, path_col, labels, views, uncertain, blank, valid_frac, data=data, label_map=label_map,
-                        images_outside=images_outside)
-    resize = str(resize)
-    if image_size < 16:
-        raise ChexcutError(f"--image-size must be at least 16, not {image_size}")
+    opts = data_options(data, csv, path_col, labels, views, uncertain, blank, valid_frac, label_map, images_outside)
+    image_size, resize = image_size or DEFAULT_IMAGE_SIZE, str(resize or Resize.squash)
+    check_json(json, protected=[split_ref(data)[0]])
     table = check_files(load_split(data, "all", opts), skip_missing)
     if cache is not None:
         from chexcut.fileio import check_output_folder
 
         check_output_folder(cache, "image cache folder")
-    with ui.lazy_progress_bar(f"decoding to {image_size}px", len(table), quiet=quiet or json_out) as update:
+    with ui.lazy_progress_bar(f"decoding to {image_size}px", len(table), quiet=quiet or json == "-") as update:
         cache_obj, stats = prepare_cache(table.files, image_size, resize, cache, workers, progress=update,
                                          skip_bad=skip_bad)
     summary = {"images": len(cache_obj.paths), "image_size": image_size, "resize": resize, "cache": stats["folder"],
                "decoded": stats["decoded"], "reused": stats["reused"], "bad": stats["bad"],
                "notes": table.notes, "options": opts.to_json(), "prevalence": table.prevalence()}
-    if json_out:
-        ui.print_json(summary)
-        return
-    if not quiet:
+    emit_json(json, summary)
+    if json != "-" and not quiet:
         ui.out.print(ui.prevalence_table(table.prevalence(), f"Label prevalence ({len(table)} images, "
-                                         f"uncertain={uncertain}, blank={blank})"))
+                                         f"uncertain={opts.uncertain}, blank={opts.blank})"))
         for note in table.notes:
             ui.err.print(f"note: {note}")
         if stats["bad"]:
@@ -83,16 +59,12 @@ def prepare(
 @app.command()
 def phantom(
     out: Annotated[Path, typer.Argument(help="Folder to write CheXpert-v1.0-small/ into (another --layout: the folder itself).")],
-    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 600,
-    image_size: ImageSizeOpt = DEFAULT_IMAGE_SIZE,
-    seed: Annotated[int, typer.Option("--seed", **bound("seed"))] = 0,
-    masks: Annotated[bool, typer.Option("--masks", help="Also write where each finding was drawn (masks/ PNGs and masks.csv), to score heatmaps.")] = False,
-    layout: Annotated[str, typer.Option("--layout", help="chexpert, or a published set's layout: nih, padchest (16-bit PNG), vinbigdata (DICOM), mimic.")] = "chexpert",
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    n: Optional[int] = OPT.n, image_size: Optional[int] = OPT.image_size, seed: int = OPT.seed, masks: bool = OPT.masks,
+    layout: str = OPT.layout, quiet: bool = OPT.quiet,
 ):
     """Write a synthetic dataset in the exact CheXpert layout, with findings a CNN can learn."""
     import chexcut.cli.ui as ui
-    from chexcut.data.phantom import make_phantom
+    from chexcut.data.phantom import DEFAULT_N, make_phantom
     from chexcut.data.phantom_layouts import LAYOUTS, make_layout_phantom
     from chexcut.fileio import check_output_folder
 
@@ -101,11 +73,12 @@ def phantom(
     if masks and layout != "chexpert":
         raise ChexcutError("--masks is written for the chexpert layout only")
     check_output_folder(out, "phantom folder")
+    n = n if n is not None else DEFAULT_N
     with ui.lazy_progress_bar("drawing phantom X-rays", n, quiet=quiet) as update:
         if layout == "chexpert":
-            root = make_phantom(out, n=n, image_size=image_size, seed=seed, progress=update, masks=masks)
+            root = make_phantom(out, n=n, **given(image_size=image_size), seed=seed, progress=update, masks=masks)
         else:
-            root = make_layout_phantom(out, layout, n, image_size, seed, progress=update)
+            root = make_layout_phantom(out, layout, n, **given(image_size=image_size), seed=seed, progress=update)
     if not quiet:
         ui.err.print(f"wrote {n} images to {root} ({layout} layout; read it with --data {layout}:{root})")
 
@@ -117,37 +90,34 @@ app.add_typer(datasets_app, name="datasets")
 
 @datasets_app.callback(invoke_without_command=True)
 def datasets(ctx: typer.Context,
-             json_out: bool = typer.Option(False, "--json", help="Print every declaration (files, views, demographics, split, label mapping) as JSON.")):
+             json: Optional[str] = OPT.json):
     """List the supported data sets: labels, official split, demographics, views, image format."""
     if ctx.invoked_subcommand is not None:
         return
     import chexcut.cli.ui as ui
     from chexcut.data.datasets import DATASETS
 
-    if json_out:
-        ui.print_json([d.summary() for d in DATASETS.values()])
-        return
-    ui.out.print(_datasets_table(list(DATASETS.values())))
+    check_json(json)
+    emit_json(json, [d.summary() for d in DATASETS.values()])
+    if json != "-":
+        ui.out.print(_datasets_table(list(DATASETS.values())))
 
 
 @datasets_app.command("index")
 def datasets_index(
     ref: Annotated[str, typer.Argument(help="SET:DIR (e.g. nih:/data/nih), or a folder whose label file names its set.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The index CSV to write (- for stdout); never over a file of the set's folder.")],
-    label_map: LabelMapOpt = None,
-    all_labels: Annotated[bool, typer.Option("--all-labels", help="Also write the set's own labels that a CheXpert label is mapped from (PadChest: 55 more columns).")] = False,
-    json_out: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+    out: Optional[Path] = OPT.out, label_map: Optional[str] = OPT.label_map, all_labels: bool = OPT.all_labels,
+    json: Optional[str] = OPT.json,
 ):
     """Write a set's harmonised index (path, patient, study, view, sex, age, split, the 14 labels, its own) without
     decoding an image; say what the files hold and which images are missing."""
     import chexcut.cli.ui as ui
-    from chexcut.data.datasets import write_index
+    from chexcut.data.datasets import split_ref, write_index
 
-    if str(out) == "-" and json_out:
-        raise ChexcutError("-o - and --json would both write to stdout; send the index to a file")
+    check_json(json, protected=[split_ref(ref)[0]], others=[(out, "-o")])
     summary, missing = write_index(ref, out, label_map, all_labels)
-    if json_out:
-        ui.print_json(summary)
+    emit_json(json, summary)
+    if json == "-":
         return
     (ui.err if str(out) == "-" else ui.out).print(_index_table(summary))
     if missing:

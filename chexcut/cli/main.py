@@ -79,6 +79,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except click_exception as e:  # bad option values, missing arguments: one line, like every user error
         where = getattr(getattr(e, "ctx", None), "command_path", None)
         hint = f" (see `{where} --help`)" if where else ""
+        if "'--json' requires an argument" in e.format_message():
+            hint = " (--json PATH writes the JSON to a file, --json - prints it to stdout)"
         msg = ' '.join(e.format_message().replace("Value error, ", "").split())
         print(f"chexcut: error: {msg}{hint}", file=sys.stderr)
         code = e.exit_code

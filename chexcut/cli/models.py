@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Pool, Resize, bound
-from chexcut.cli.app import app, complete_arch, split_list
+from chexcut.choices import Pool, Resize
+from chexcut.cli.app import OPT, app, check_json, complete_arch, emit_json, split_list
 from chexcut.errors import ChexcutError
 
 
 @app.command("list")
-def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout.")):
+def list_cmd(json: Optional[str] = OPT.json):
     """Every supported architecture: params, ImageNet top-1, blocks (or layers, stages), maps or tokens, licence."""
     import chexcut.cli.ui as ui
     import chexcut.cli.ui_models as ui_models
@@ -27,9 +27,9 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to 
                      "top1": meta["top1"], "num_blocks": a.family.num_blocks, "unit": a.family.unit,
                      "output": "tokens" if a.family.tokens else "maps", "pools": list(a.family.pools),
                      "paper": a.paper, "test": a.test, "weights": meta["id"], "license": meta["license"]})
-    if json_out:
-        ui.print_json(rows)
-    else:
+    check_json(json)
+    emit_json(json, rows)
+    if json != "-":
         ui.out.print(ui_models.arch_list_table(rows))
 
 
@@ -37,8 +37,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON to 
 def inspect(
     target: str = typer.Argument(..., help="Architecture name (see `chexcut list`) or a chexcut model file.",
                                  autocompletion=complete_arch),
-    image_size: Optional[int] = typer.Option(None, "--image-size", **bound("image_size"), help="Input size for shapes and MACs (default: 320, rounded to a size the family takes (322 for a /14 ViT), or the model file's)."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+    image_size: Optional[int] = OPT.image_size, json: Optional[str] = OPT.json,
 ):
     """Block anatomy of an architecture or model file, and what each truncation level costs."""
     import chexcut.cli.ui as ui
@@ -46,6 +45,7 @@ def inspect(
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.source import ModelSource
 
+    check_json(json)
     source = ModelSource.parse(target)
     spec = source.spec() if source.is_file else None
     if spec:
@@ -57,8 +57,8 @@ def inspect(
 
         size = image_size if image_size is not None else default_image_size(get_arch(source.arch))
         a = cached_anatomy(source.arch, size, 14)
-    if json_out:
-        ui.print_json(a)
+    emit_json(json, a)
+    if json == "-":
         return
     if spec:
         ui.out.print(f"[bold]{target}[/]: {spec.arch} drop {spec.drop} (keep {spec.keep}/{spec.num_blocks}), "
@@ -70,19 +70,11 @@ def inspect(
 @app.command()
 def truncate(
     arch: str = typer.Argument(..., help="Architecture name (see `chexcut list`).", autocompletion=complete_arch),
-    out: Path = typer.Option(..., "-o", "--out", help="Model file to write (.safetensors)."),
-    drop: Optional[int] = typer.Option(None, "--drop", **bound("drop"), help="Final blocks to remove (0..B-1) (default: 0)."),
-    keep: Optional[int] = typer.Option(None, "--keep", **bound("keep"), help="Blocks to keep (1..B); instead of --drop."),
-    weights: str = typer.Option("imagenet", "--weights", help="imagenet | none | a pretraining source NAME or NAME:PATH (`chexcut weights list`: dinov2, rad-dino, txrv-all, ...) | PATH to a state dict of the full architecture."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated head labels (default: the 14 CheXpert observations)."),
-    in_chans: Optional[int] = typer.Option(None, "--in-chans", **bound("in_chans"), help="1 = grayscale input (first conv's RGB filters combined) (default: 3, or the --weights source's own)."),
-    seed: int = typer.Option(0, "--seed", **bound("seed"), help="Seed for random initialisation (the new head; all weights with --weights none)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", **bound("image_size"), help="Image size recorded in the model file and used for MACs; a ViT or Swin is built for it (default: 320, rounded to a size the family takes)."),
-    resize: Resize = typer.Option(Resize.squash, "--resize", help="Resize mode recorded in the model file (its preprocessing)."),
-    pool: Optional[Pool] = typer.Option(None, "--pool", help="How the head pools a transformer's last kept layer: token (the class token, default) or avg (the mean of the patch tokens), after the final norm; maps are always averaged."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the model spec and figures as JSON to stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
+    out: Optional[Path] = OPT.out, drop: Optional[int] = OPT.drop, keep: Optional[int] = OPT.keep,
+    weights: Optional[str] = OPT.weights, labels: Optional[str] = OPT.labels, in_chans: Optional[int] = OPT.in_chans,
+    seed: int = OPT.seed, image_size: Optional[int] = OPT.image_size, resize: Optional[Resize] = OPT.resize,
+    pool: Optional[Pool] = OPT.pool, force: bool = OPT.force, json: Optional[str] = OPT.json,
+    quiet: bool = OPT.quiet,
 ):
     """Cut final blocks, attach a new head, load weights, write a self-describing model file."""
     import chexcut.cli.ui as ui
@@ -99,16 +91,18 @@ def truncate(
         raise ChexcutError(f"-o {out}: chexcut model files end in .safetensors")
     image_size = image_size if image_size is not None else default_image_size(a)
     check_image_size(a.name, image_size)
+    weights = weights or "imagenet"
     check_writable(out, force=force, inputs=[weights])
+    check_json(json, inputs=[weights], others=[(out, "-o")])
     model = do_truncate(a.name, drop=d, weights=weights, labels=split_list(labels, "--labels"), in_chans=in_chans,
-                        image_size=image_size, seed=seed, resize=str(resize), pool=str(pool) if pool else None)
+                        image_size=image_size, seed=seed, resize=str(resize or Resize.squash),
+                        pool=str(pool) if pool else None)
     anat = anatomy(a.name, image_size, n_labels=len(model.chexcut_spec.labels))
     save_model(model, out, force=force)
     spec = model.chexcut_spec
     full, cut = anat.truncations[0], anat.truncations[d]
-    if json_out:
-        ui.print_json({"path": str(out), "model": spec.to_json(), "full": vars(full), "truncated": vars(cut)})
-    elif not quiet:
+    emit_json(json, {"path": str(out), "model": spec.to_json(), "full": vars(full), "truncated": vars(cut)})
+    if json != "-" and not quiet:
         ui.err.print(ui_models.truncate_table(spec, vars(full), vars(cut)))
         ui.err.print(f"wrote {out}")
 
@@ -132,8 +126,7 @@ def _archs_arg(archs: Optional[list[str]], all_: bool, paper: bool) -> list:
 
 @weights_app.command("list")
 def weights_list(
-    paper: bool = typer.Option(False, "--paper", help="Only the 16 architectures of the paper."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+    paper: bool = OPT.paper, json: Optional[str] = OPT.json,
 ):
     """Every architecture's weights (id, file, size, URL, whether cached, where, whether its hash verifies), then
     the pretraining sources (what each fits, its licence, whether it is staged). ``--json``: the architectures'."""
@@ -143,10 +136,10 @@ def weights_list(
     from chexcut.models.registry import PAPER_ARCHS, REGISTRY
     from chexcut.models.weights import status
 
+    check_json(json)
     rows = [status(a) for a in REGISTRY.values() if not paper or a.name in PAPER_ARCHS]
-    if json_out:
-        ui.print_json(rows)
-    else:
+    emit_json(json, rows)
+    if json != "-":
         ui.out.print(ui_models.weights_table(rows))
         ui.out.print(ui_models.sources_table([sources.status(s) for s in sources.SOURCES.values()]))
 
@@ -154,11 +147,8 @@ def weights_list(
 @weights_app.command("fetch")
 def weights_fetch(
     archs: Annotated[Optional[list[str]], typer.Argument(help="Architectures (see `chexcut list`) or pretraining sources (see `chexcut weights list`).", autocompletion=complete_arch)] = None,
-    all_: bool = typer.Option(False, "--all", help="Every supported architecture."),
-    paper: bool = typer.Option(False, "--paper", help="The 16 architectures of the paper."),
-    mirror: Annotated[Optional[str], typer.Option("--mirror", envvar="CHEXCUT_WEIGHTS_MIRROR", help="A folder or http(s) URL serving the files by name (see `weights fetch --to`).")] = None,
-    to: Annotated[Optional[Path], typer.Option("--to", help="Write the files into this folder (a mirror to copy to an offline machine) instead of the caches.")] = None,
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    all: bool = OPT.all, paper: bool = OPT.paper, mirror: Optional[str] = OPT.mirror, to: Optional[Path] = OPT.to,
+    quiet: bool = OPT.quiet,
 ):
     """Download (or copy from a mirror) and verify ImageNet weights into the libraries' caches, and pretraining
     sources into chexcut's (read through their layout before they are installed)."""
@@ -168,7 +158,7 @@ def weights_fetch(
     from chexcut.models.sources import Source, fetch_source
     from chexcut.models.weights import fetch
 
-    chosen = _archs_arg(archs, all_, paper)
+    chosen = _archs_arg(archs, all, paper)
     if to is not None:
         if to.exists() and not to.is_dir():
             raise ChexcutError(f"--to {to} is a file; give a folder")

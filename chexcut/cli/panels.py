@@ -19,7 +19,7 @@ PANELS: dict[str, dict[str, list[str]]] = {
                                                         "prevalence_matched"],
         "Operating points, readers and failures": ["at_specificity", "at_sensitivity", "thresholds", "threshold_rule",
                                                    "readers", "failures", "failure_images"],
-        "Outputs": ["json_path", "csv_out", "plots", "predictions_out", "track", "quiet"],
+        "Outputs": ["json", "csv_out", "plots", "predictions_out", "track", "quiet"],
         "Inference and devices": ["image_size", "batch_size", "device", "precision", "workers", "cache"],
     },
     "finetune": {
@@ -33,38 +33,44 @@ PANELS: dict[str, dict[str, list[str]]] = {
                                 "track_models"],
     },
     "study plan": {
-        "Data and grid": ["data", "out", "archs", "weights", "drops", "seeds", "force", "json_out"],
-        "Evaluation of every run": ["bootstrap", "bench", "by", "age_bins", "groups", "calibration", "external"],
+        "Data and grid": ["data", "out", "archs", "weights", "drops", "seeds", "force", "json"],
+        "Every run's finetune": ["in_chans", "recipe", "epochs", "batch_size", "lr", "image_size", "val_every",
+                                 "precision", "channels_last", "compile", "workers", "precise_bn", "layer_decay",
+                                 "max_steps", "log_every", "device", "resize", "cache", "skip_missing"],
+        "Every run's data selection": _DATA + ["images_outside"],
+        "Every run's evaluation": ["bootstrap", "ci", "cluster", "level", "method", "alpha", "margin", "equivalence",
+                                   "by", "age_bins", "groups", "calibration", "at_specificity", "at_sensitivity",
+                                   "decision_curve", "prevalence_matched", "failures", "external", "bench"],
         "Slurm": ["slurm", "nodes", "gpus_per_task", "cpus_per_task", "time", "partition", "account", "mem",
                   "signal_before", "requeue", "sbatch"],
-        "Tracking": ["track", "track_models"],
+        "Tracking": ["track", "track_models", "track_experiment", "track_tag"],
     },
     "truncate": {
         "Model": ["drop", "keep", "weights", "labels", "in_chans", "pool", "seed"],
         "Preprocessing recorded in the model file": ["image_size", "resize"],
-        "Output": ["out", "force", "json_out", "quiet"],
+        "Output": ["out", "force", "json", "quiet"],
     },
     "prepare": {
         "Images and cache": ["image_size", "resize", "cache", "workers", "skip_missing", "skip_bad", "images_outside"],
         "Data selection": _DATA,
-        "Output": ["json_out", "quiet"],
+        "Output": ["json", "quiet"],
     },
     "explain": {
         "What to explain": ["data", "csv", "split", "limit", "labels", "top", "layer", "skip_bad", "images_outside"],
         "Checks": ["check", "check_limit"],
-        "Output": ["out", "json_path", "quiet"],
+        "Output": ["out", "json", "quiet"],
     },
 }
 
 #: command path -> two or three example lines (shown at the end of its help and in the CLI reference).
 EXAMPLES: dict[str, list[str]] = {
-    "list": ["chexcut list", "chexcut list --json"],
+    "list": ["chexcut list", "chexcut list --json -"],
     "inspect": ["chexcut inspect resnet50", "chexcut inspect vit_base_patch16_224 --image-size 320",
-                "chexcut inspect densenet121 --image-size 320 --json"],
+                "chexcut inspect densenet121 --image-size 320 --json -"],
     "truncate": ["chexcut truncate resnet50 --drop 2 -o resnet50-d2.safetensors",
                  "chexcut truncate densenet121 --keep 3 --weights none -o d121-k3.safetensors",
                  "chexcut truncate vit_base_patch16_224 --drop 4 --pool avg --image-size 320 -o vitb-d4.safetensors"],
-    "prepare": ["chexcut prepare data/chexpert --image-size 320", "chexcut prepare nih:data/nih --views all --json"],
+    "prepare": ["chexcut prepare data/chexpert --image-size 320", "chexcut prepare nih:data/nih --views all --json -"],
     "phantom": ["chexcut phantom data/phantom --n 600", "chexcut phantom data/nih-phantom --layout nih --n 200"],
     "finetune": ["chexcut finetune resnet50 --drop 2 --data data/chexpert --out runs/r50-d2",
                  "chexcut finetune densenet121 --weights none --data nih:data/nih --out runs/d121 --recipe fast",
@@ -82,10 +88,10 @@ EXAMPLES: dict[str, list[str]] = {
     "demo": ["chexcut demo chexcut-demo", "chexcut demo demo-small --archs resnet18 --drops 0,1 --n 200 --offline"],
     "card": ["chexcut card runs/r50-d2 -o card.md --html card.html",
              "chexcut card studies/main -o card.md --about about.yaml"],
-    "datasets": ["chexcut datasets", "chexcut datasets --json"],
+    "datasets": ["chexcut datasets", "chexcut datasets --json -"],
     "datasets index": ["chexcut datasets index nih:data/nih -o nih-index.csv",
-                       "chexcut datasets index data/padchest -o padchest-index.csv --json"],
-    "weights list": ["chexcut weights list", "chexcut weights list --json"],
+                       "chexcut datasets index data/padchest -o padchest-index.csv --json -"],
+    "weights list": ["chexcut weights list", "chexcut weights list --json -"],
     "weights fetch": ["chexcut weights fetch resnet50 densenet121", "chexcut weights fetch --all --mirror /shared/w"],
     "weights path": ["chexcut weights path resnet50", "chexcut weights path densenet121"],
     "study plan": ["chexcut study plan --data data/chexpert --out studies/main --archs resnet18,densenet121",
@@ -133,12 +139,40 @@ def command():
     return polish(typer.main.get_command(app))
 
 
+def _settings_default(settings: str, name: str):
+    """The default of field ``name`` of the settings class ``settings`` (an option's ``fills``)."""
+    import dataclasses
+
+    from chexcut.data.chexpert import DataOptions
+    from chexcut.demo import Demo
+    from chexcut.evaluation.settings import Inference, Statistics
+    from chexcut.study.slurm import Slurm
+
+    classes = {"DataOptions": DataOptions, "Demo": Demo, "Inference": Inference, "Statistics": Statistics,
+               "Slurm": Slurm}
+    (f,) = [f for f in dataclasses.fields(classes[settings]) if f.name == name]
+    return f.default
+
+
 def polish(root):
-    """Apply the panels and examples to the command tree and show flags without a type; returns ``root``."""
+    """Apply the declarations' per-command parts (help, required, the settings default shown), the panels and
+    the examples to the command tree and show flags without a type; returns ``root``."""
+    from chexcut.options import BY_NAME
+
     _flags_without_type()
     for path, command in commands(root):
         panels = {name: title for title, names in PANELS.get(path, {}).items() for name in names}
         for param in command.params:
+            declared = BY_NAME.get(param.name) if param.param_type_name == "option" else None
+            if declared is not None:
+                param.help = declared.help_for(path)
+                param.required = path in declared.required_in
+                fills = declared.fills_for(path)
+                if fills:
+                    default = _settings_default(fills, param.name)
+                    shown = (",".join(map(str, default)) if isinstance(default, tuple) else declared.flags[0].split(
+                        "/")[0 if default else 1] if isinstance(default, bool) and declared.switch else default)
+                    param.show_default = str(shown) if shown is not None else False
             if param.name in panels:
                 param.rich_help_panel = panels[param.name]
         if path in EXAMPLES:

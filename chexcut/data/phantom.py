@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chexcut.choices import DEFAULT_IMAGE_SIZE
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 
@@ -214,7 +215,10 @@ def _csv_value(true: int, rng: np.random.Generator, train: bool) -> str:
     return "0.0"
 
 
-def make_phantom(out: str | Path, n: int = 600, image_size: int = 320, seed: int = 0,
+DEFAULT_N = 600  # images `chexcut phantom` draws unless told
+
+
+def make_phantom(out: str | Path, n: int = DEFAULT_N, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
                  valid_frac: float = 0.15, lateral_frac: float = 0.2, progress=None, masks: bool = False) -> Path:
     """Write ``n`` images (about ``lateral_frac`` of them lateral) under ``out/CheXpert-v1.0-small``.
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from chexcut.choices import DEFAULT_IMAGE_SIZE
+from chexcut.data.phantom import DEFAULT_N
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 
@@ -177,7 +179,8 @@ def _mimic(out: Path, n: int, size: int, rng, progress) -> Path:
 WRITERS = {"nih": _nih, "padchest": _padchest, "vinbigdata": _vinbigdata, "mimic": _mimic}
 
 
-def make_layout_phantom(out, layout: str, n: int, image_size: int, seed: int, progress=None) -> Path:
+def make_layout_phantom(out, layout: str, n: int = DEFAULT_N, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
+                        progress=None) -> Path:
     """Write ``n`` drawn frontal images in ``layout``'s published layout under ``out``; returns ``out``."""
     if layout not in WRITERS:
         raise ChexcutError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")

@@ -195,6 +195,7 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
                               "average": i.average, "best_member": best["name"], "member_auroc": best["aurocs"],
                               "compare": "the ensemble (model) minus its best member on these rows (compare)"}
     result["level"] = stats.level
+    result["statistics"] = stats.to_json()  # every setting asked for (a study's runs: the plan's and the run's seed)
     if plots is not None:
         result["plots"] = _plots(evalset, mats[0], result, plots, stats)
     _provenance(result, i, es, source, notes, overlap, warns, given_warnings)

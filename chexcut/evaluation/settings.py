@@ -4,7 +4,7 @@ run over images (:class:`Inference`). Plain values; no torch, no numpy."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from chexcut.choices import BOUNDS, Cluster, Level, Method, check
@@ -85,6 +85,30 @@ class Statistics:
                 raise ChexcutError(f"--age-bins needs at least two increasing edges (e.g. 0,40,60,80,200), not "
                                    f"{','.join(map(str, self.age_bins))}")
             object.__setattr__(self, "age_bins", edges)
+
+    def to_json(self) -> dict:
+        """Every setting, as JSON (tuples as lists): what eval.json and a study's plan record."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Statistics":
+        """The settings :meth:`to_json` wrote (a setting not named takes its default; an unknown one is one line)."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ChexcutError(f"unknown evaluation settings: {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if v is not None or k in
+                      ("margin", "age_bins")})
+
+
+def check_failure_images(folder: Path | None, stats: Statistics, model) -> None:
+    """``--failure-images``: a folder that may be written, with ``--failures N`` and a MODEL to draw maps from."""
+    if folder is None:
+        return
+    if not stats.failures or model is None:
+        raise ChexcutError("--failure-images needs --failures N and a MODEL (a run or model file)")
+    from chexcut.fileio import check_output_folder
+
+    check_output_folder(folder, "--failure-images folder")
 
 
 @dataclass(frozen=True)

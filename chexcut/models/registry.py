@@ -27,11 +27,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from chexcut.choices import DEFAULT_IMAGE_SIZE  # noqa: F401 (re-exported: where the families are)
 from chexcut.errors import ChexcutError
 
-#: The input size chexcut uses when nothing else says (CheXpert's 320 x 320): the one place it is spelled;
-#: :func:`default_image_size` rounds it to a size a family takes.
-DEFAULT_IMAGE_SIZE = 320
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)

@@ -119,9 +119,9 @@ def _evaluate(run: dict, plan: dict) -> None:
     """Bench (when planned), then evaluate on the run's own validation rows: predictions.csv, eval.json."""
     from chexcut import tracking
     from chexcut.evaluation.orchestrate import EvalInputs, run_evaluation
-    from chexcut.evaluation.settings import Inference, Statistics
+    from chexcut.evaluation.settings import Inference
     from chexcut.fileio import write_json
-    from chexcut.study.plan import plan_options
+    from chexcut.study.plan import plan_options, run_statistics
 
     rd = RunDir(run["run_dir"])
     options = plan_options(plan)
@@ -131,12 +131,11 @@ def _evaluate(run: dict, plan: dict) -> None:
         write_json(rd.bench, bench(str(rd.path)))
     infer = Inference(workers=options.train.get("workers"), cache_dir=Path(options.cache) if options.cache else None)
     ev = plan.get("evaluate_options") or {}
-    stats = Statistics(bootstrap=plan["bootstrap"], seed=run["seed"], by=tuple(ev.get("by") or ()),
-                       age_bins=tuple(ev["age_bins"]) if ev.get("age_bins") else None,
-                       calibration=ev.get("calibration", True))
+    stats = run_statistics(plan, run["seed"])
     result = run_evaluation(EvalInputs(model=str(rd.path), groups=Path(ev["groups"]) if ev.get("groups") else None),
                             stats, infer, predictions_out=rd.predictions)
-    external_stats = dataclasses.replace(stats, by=(), age_bins=None)  # an external set's columns are its own
+    # an external set's columns are its own: no subgroups there
+    external_stats = dataclasses.replace(stats, by=(), age_bins=None, prevalence_matched=False)
     for ext in ev.get("external") or []:  # before eval.json, the run's done mark: an interruption redoes them
         rd.external.mkdir(exist_ok=True)
         options = {"dataset": ext["dataset"]} if ext.get("dataset") else {}

@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
+from chexcut.evaluation.settings import Statistics
 from chexcut.fileio import write_json, write_text
 from chexcut.models.registry import PAPER_ARCHS, get_arch
 from chexcut.reading import read_json
 from chexcut.study.external import check_external_sets, external_sets
+from chexcut.study.slurm import Slurm, sbatch_script, single_node_launcher
 from chexcut.training.config import FinetuneOptions
 
 WEIGHTS = ("imagenet", "none")
 PLAN = "plan.json"  # the study folder's plan; run directories live under runs/
-PLAN_VERSION = 2  # 2: runs hold no command lines; the typed options are the plan's
+PLAN_VERSION = 3  # 2: runs hold no command lines; the typed options are the plan's. 3: every evaluation setting
+#: (``statistics``), ``bootstrap`` and the subgroup settings of version 2 among them (version 2 plans are read)
 
 
 def weights_name(weights: str) -> str:
@@ -73,6 +75,10 @@ class Grid:
     weights: tuple[str, ...] = WEIGHTS
     drops: tuple[int, ...] = (0, 1, 2)
     seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        for name in ("archs", "weights", "drops", "seeds"):  # lists given (a plan read back, a caller) as tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def check(self) -> "Grid":
         archs = tuple(get_arch(a).name for a in self.archs)
@@ -144,84 +150,17 @@ def repeated_run(runs: list[dict]) -> tuple[int, int] | None:
     return None
 
 
-def slurm_seconds(time: str) -> int:
-    """Slurm's time format in seconds: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
-    days, _, rest = time.rpartition("-")
-    parts = [int(x) for x in rest.split(":")]
-    if days:
-        h, m, sec = (parts + [0, 0])[:3]
-        return int(days) * 86400 + h * 3600 + m * 60 + sec
-    if len(parts) == 1:
-        return parts[0] * 60
-    if len(parts) == 2:
-        return parts[0] * 60 + parts[1]
-    return parts[0] * 3600 + parts[1] * 60 + parts[2]
-
-
-@dataclass(frozen=True)
-class Slurm:
-    """How ``study.sbatch`` asks for resources. Nothing is written that the user did not ask for except what a
-    study needs (one task per run, its GPUs, a warning signal and requeue), so the cluster's defaults apply:
-    no ``--cpus-per-task`` unless given (DefCpuPerGPU or the partition's default decides)."""
-
-    gpus_per_task: int = 1  # 0: a CPU partition (no GPU directive, no torchrun)
-    nodes: int = 1
-    extra: tuple[str, ...] = ()  # more #SBATCH directives, as given
-    cpus_per_task: int | None = None
-    time: str | None = None  # Slurm's time format: MM, HH:MM:SS, D-HH[:MM[:SS]]
-    partition: str | None = None
-    account: str | None = None
-    mem: str | None = None  # e.g. 32G
-    signal_before: int = 300  # seconds before the time limit Slurm sends SIGTERM to the script (0: none)
-    requeue: bool = True
-
-    def __post_init__(self):
-
-        from chexcut.choices import check_bounds
-
-        for name in ("gpus_per_task", "nodes", "cpus_per_task", "signal_before"):
-            check_bounds(name, getattr(self, name))
-        if self.time is not None and not re.fullmatch(r"([0-9]+-)?[0-9]+(:[0-9]+){0,2}", self.time):
-            raise ChexcutError(f"--time {self.time!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS; ASCII digits)")
-        if self.mem is not None and not re.fullmatch(r"[0-9]+[KMGT]?", self.mem):
-            raise ChexcutError(f"--mem {self.mem!r} is not a Slurm size (e.g. 32G, 16000M)")
-        if self.time is not None and self.signal_before and slurm_seconds(self.time) <= self.signal_before:
-            raise ChexcutError(f"--time {self.time} ({slurm_seconds(self.time)} s) is not longer than --signal-before "
-                               f"{self.signal_before}: Slurm would signal the task before it can work; give a longer "
-                               f"--time or a smaller --signal-before")
-        for name in ("partition", "account"):
-            value = getattr(self, name)
-            if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
-                raise ChexcutError(f"--{name} {value!r}: one name without spaces")
-        for d in self.extra:
-            if not re.fullmatch(r"--[A-Za-z][\w-]*(=\S+)?", d) or not d.isprintable():
-                raise ChexcutError(f"--sbatch {d!r} is not one #SBATCH directive (--name or --name=VALUE, no spaces "
-                                   f"or control characters)")
-
-    def directives(self) -> list[str]:
-        """The #SBATCH lines after the array and task layout (resources, time, signal, requeue, extras)."""
-        out = [f"--{k}={v}" for k, v in (("cpus-per-task", self.cpus_per_task), ("time", self.time),
-                                         ("partition", self.partition), ("account", self.account),
-                                         ("mem", self.mem)) if v is not None]
-        if self.signal_before:
-            out.append(f"--signal=B:TERM@{self.signal_before}")
-        if self.requeue:
-            out += ["--requeue", "--open-mode=append"]
-        return [f"#SBATCH {d}" for d in out + list(self.extra)]
-
-
 def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOptions = FinetuneOptions(), *,
-               bootstrap: int = 1000, bench: bool = False, slurm: Slurm | None = None, force: bool = False,
-               evaluate_options: dict | None = None) -> dict:
-    """Write the plan and its scripts; returns the plan. ``options`` go to every finetune (checked when they
-    were made); ``bench``: each run also measures its model's latency and throughput (RUN/bench.json) before it
-    is evaluated; ``slurm``: also write study.sbatch; ``evaluate_options`` (:func:`check_evaluate_options`):
-    subgroups and calibration for every evaluate."""
-    from chexcut.choices import check_bounds
-
+               statistics: Statistics = Statistics(), bench: bool = False, slurm: Slurm | None = None,
+               force: bool = False, evaluate_options: dict | None = None) -> dict:
+    """Write the plan and its scripts; returns the plan. ``options`` go to every finetune and ``statistics`` to
+    every evaluate (checked when they were made; each run's own seed is its evaluation's); ``bench``: each run
+    also measures its model's latency and throughput (RUN/bench.json) before it is evaluated; ``slurm``: also
+    write study.sbatch; ``evaluate_options`` (:func:`check_evaluate_options`): the subgroup CSV and the external
+    sets of every evaluate."""
     data = Path(data)
     evaluate_options = check_evaluate_options(evaluate_options or {})
-    check_bounds("bootstrap", bootstrap, "--bootstrap")
+    check_statistics(statistics)
     if not data.exists():
         raise ChexcutError(f"--data {data} does not exist")
     grid = grid.check()
@@ -242,14 +181,14 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     out.mkdir(parents=True, exist_ok=True)
     plan = {"format": "chexcut-study", "version": PLAN_VERSION, "data": str(data.resolve()),
             "archs": list(grid.archs), "weights": list(grid.weights), "drops": list(grid.drops),
-            "seeds": list(grid.seeds), "finetune_options": options.to_json(), "bootstrap": bootstrap, "bench": bench,
+            "seeds": list(grid.seeds), "finetune_options": options.to_json(), "statistics": plan_statistics(statistics), "bench": bench,
             "evaluate_options": evaluate_options, "runs": runs, "skipped": skipped}
     _refuse_changed_runs(out, plan)
     write_json(out / PLAN, plan)
     write_text(out / "run.sh", run_script(len(runs)))
     os.chmod(out / "run.sh", 0o755)
     gpus = slurm.gpus_per_task if slurm else 1
-    launcher = f" --launcher {_single_node_launcher(gpus)!r}" if gpus > 1 else ""
+    launcher = f" --launcher {single_node_launcher(gpus)!r}" if gpus > 1 else ""
     write_text(out / "commands.txt", "".join(f"chexcut study exec . --index {i}{launcher}\n" for i in range(len(runs))))
     if slurm:
         write_text(out / "study.sbatch", sbatch_script(len(runs), slurm))
@@ -291,7 +230,7 @@ def plan_options(plan: dict) -> FinetuneOptions:
 
 def plan_settings(plan: dict) -> dict:
     """What decides a run's results besides its grid cell: a re-plan with other settings changes every run."""
-    return {k: plan.get(k) for k in ("data", "finetune_options", "bootstrap", "bench", "evaluate_options")}
+    return {k: plan.get(k) for k in ("data", "finetune_options", "statistics", "bench", "evaluate_options")}
 
 
 def _refuse_changed_runs(out: Path, plan: dict) -> None:
@@ -309,25 +248,46 @@ def _refuse_changed_runs(out: Path, plan: dict) -> None:
                            f"their folders (rm -r {out}/runs/{changed[0]} ...) or plan into a new folder")
 
 
-def check_evaluate_options(o: dict) -> dict:
-    """``{"by": [COL...], "age_bins": [EDGE...] | None, "groups": PATH | None, "calibration": bool}``, checked
-    as evaluate checks them (the groups CSV made absolute)."""
-    from chexcut.evaluation.settings import Statistics
+def check_statistics(statistics: Statistics) -> None:
+    """What a study's evaluations need beyond :class:`Statistics`' own checks: no comparison's margin (each run is
+    evaluated alone; ``report`` compares them), ages in bins."""
+    if statistics.margin is not None:
+        raise ChexcutError("--margin tests a comparison, and a study evaluates each run alone: give it to `chexcut "
+                           "report --margin M`, which compares the runs")
+    if "Age" in statistics.by and not statistics.age_bins:
+        raise ChexcutError("--by Age needs --age-bins EDGES (e.g. 0,40,60,80,200)")
 
-    unknown = set(o) - {"by", "age_bins", "groups", "calibration", "external"}
+
+def plan_statistics(statistics: Statistics) -> dict:
+    """The plan's record of every evaluation setting, without the seed (each run's evaluation uses its own)."""
+    return {k: v for k, v in statistics.to_json().items() if k != "seed"}
+
+
+def run_statistics(plan: dict, seed: int) -> Statistics:
+    """The statistics of one run's evaluation: the plan's, with the run's seed."""
+    return Statistics.from_json({**plan["statistics"], "seed": seed})
+
+
+def _upgrade(plan: dict) -> dict:
+    """A version 2 plan read as version 3: its ``bootstrap`` and subgroup settings are its statistics."""
+    ev = dict(plan.get("evaluate_options") or {})
+    kept = {k: ev.pop(k) for k in ("by", "age_bins", "calibration") if k in ev}
+    return {**plan, "version": PLAN_VERSION, "evaluate_options": ev,
+            "statistics": {"bootstrap": plan.get("bootstrap"), **kept}}
+
+
+def check_evaluate_options(o: dict) -> dict:
+    """``{"groups": PATH | None, "external": [SET...]}``, checked as evaluate checks them (the groups CSV made
+    absolute)."""
+    unknown = set(o) - {"groups", "external"}
     if unknown:
         raise ChexcutError(f"unknown evaluate options: {', '.join(sorted(unknown))}")
-    by, bins = list(o.get("by") or []), o.get("age_bins")
-    Statistics(by=tuple(by), age_bins=tuple(bins) if bins else None)
-    if "Age" in by and not bins:
-        raise ChexcutError("--by Age needs --age-bins EDGES (e.g. 0,40,60,80,200)")
     groups = o.get("groups")
     if groups is not None:
         if not Path(groups).is_file():
             raise ChexcutError(f"groups CSV not found: {groups}")
         groups = str(Path(groups).resolve())
-    return {"by": by, "age_bins": list(bins) if bins else None, "groups": groups,
-            "calibration": bool(o.get("calibration", True)), "external": external_sets(o.get("external") or [])}
+    return {"groups": groups, "external": external_sets(o.get("external") or [])}
 
 
 def grid_cell(r: dict) -> str:
@@ -359,84 +319,6 @@ def run_script(n: int) -> str:
     return _RUN_SH.format(n=n, last=n - 1)
 
 
-def _single_node_launcher(gpus: int) -> str:
-    return f"torchrun --standalone --nproc_per_node {gpus}"
-
-
-def sbatch_script(n: int, slurm: Slurm) -> str:
-    """One array task per run (``chexcut study exec . --index $SLURM_ARRAY_TASK_ID``), single- or multi-node.
-    The script holds no path: it runs in the study folder (sbatch's working directory, or the folder Slurm
-    recorded the script in)."""
-    gpus = slurm.gpus_per_task
-    if slurm.nodes > 1:
-        layout = [f"--nodes={slurm.nodes}", "--ntasks-per-node=1"] + ([f"--gpus-per-node={gpus}"] if gpus else [])
-    else:
-        layout = ["--ntasks=1"] + ([f"--gpus-per-task={gpus}"] if gpus else [])
-    head = ["#!/usr/bin/env bash", "#SBATCH --job-name=chexcut-study", f"#SBATCH --array=0-{n - 1}",
-            *[f"#SBATCH {d}" for d in layout], "#SBATCH --output=slurm-%A_%a.out",
-            *slurm.directives(),
-            "# One array task per run: `chexcut study exec . --index SLURM_ARRAY_TASK_ID` reads it from plan.json",
-            "# (idempotent: done runs are skipped, interrupted ones resume from their checkpoint). Submit it as",
-            "# `sbatch STUDY/study.sbatch` or from the study folder; slurm-*.out files land in sbatch's working folder."]
-    if slurm.signal_before:
-        head += [f"# --signal=B:TERM@{slurm.signal_before}: {slurm.signal_before} s before the time limit Slurm "
-                 "signals this script, which passes",
-                 "# SIGTERM to the run (it checkpoints the step it is at and exits 143) and requeues the task; "
-                 "scancel and",
-                 "# preemption signal every process, and the run checkpoints the same way (a cancelled task is "
-                 "not requeued)."]
-    body = ["set -u", _FIND_STUDY, "CHEXCUT=${CHEXCUT:-chexcut}"]
-    if slurm.nodes > 1:
-        nproc = max(gpus, 1)
-        body += [f"# Multi-node: each run trains on {slurm.nodes} nodes x {nproc} processes; the rendezvous is on "
-                 "the first node.",
-                 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-                 "port=$((29500 + SLURM_ARRAY_TASK_ID % 1000))",
-                 f'launcher="srun torchrun --nnodes {slurm.nodes} --nproc-per-node {nproc} --rdzv-backend c10d '
-                 '--rdzv-endpoint $head:$port --rdzv-id chexcut-$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID"']
-    elif gpus > 1:
-        body.append(f'launcher="{_single_node_launcher(gpus)}"')
-    else:
-        body.append('launcher=""')
-    return "\n".join(head + body) + "\n" + _SBATCH_RUN
-
-
-# sbatch's working folder is where it was called; when that is not the study, the folder of the script as Slurm
-# recorded it (scontrol's Command=) is. Either way the path is read at run time, never written into the script.
-_FIND_STUDY = r"""if [ ! -f plan.json ]; then
-  script=$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's/^ *Command=//p' | head -n 1)
-  [ -n "$script" ] && cd "$(dirname "$script")" 2>/dev/null
-fi
-[ -f plan.json ] || { echo "chexcut-study: no plan.json in $(pwd): sbatch --chdir STUDY STUDY/study.sbatch" >&2; exit 2; }"""
-
-
-# The task's run goes in a background subshell so that the script's trap runs at once when SIGTERM comes
-# (the subshell outlives the signal: it waits for its command, which does the stopping); the script waits for it
-# before it decides whether to requeue (only a task still RUNNING, i.e. stopped ahead of its time limit, never
-# a cancelled one).
-_SBATCH_RUN = r"""pgid=$(ps -o pgid= $$ | tr -d ' ')
-stopping=0
-on_term() {
-  trap '' TERM; stopping=1
-  echo "chexcut-study: SIGTERM: the run checkpoints and stops" >&2
-  if [ "$pgid" = "$$" ]; then kill -TERM -- "-$pgid" 2>/dev/null; else pkill -TERM -P "$child" 2>/dev/null; fi
-}
-trap on_term TERM
-( trap ':' TERM; if [ -n "$launcher" ]; then $CHEXCUT study exec . --index "$SLURM_ARRAY_TASK_ID" --launcher "$launcher"
-  else $CHEXCUT study exec . --index "$SLURM_ARRAY_TASK_ID"; fi ) &
-child=$!
-wait "$child"; rc=$?
-while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
-task="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-}}_${SLURM_ARRAY_TASK_ID}"
-if [ "$stopping" = 1 ] && [ "$(squeue -h -j "${SLURM_JOB_ID:-0}" -o %T 2>/dev/null)" = RUNNING ]; then
-  echo "chexcut-study: requeueing $task: it resumes from its checkpoint" >&2
-  scontrol requeue "$task"
-fi
-exit $rc
-"""
-
-
-#: plan.json's run entries: each field and its type (the executor reads nothing else of a run).
 RUN_FIELDS = {"id": str, "arch": str, "weights": str, "drop": int, "seed": int, "run_dir": str}
 
 
@@ -450,6 +332,8 @@ def load_plan(study_dir: Path) -> dict:
     plan = read_json(Path(study_dir) / PLAN, where)
     if not isinstance(plan, dict) or plan.get("format") != "chexcut-study" or not isinstance(plan.get("runs"), list):
         raise ChexcutError(f"{where} is not a chexcut study plan")
+    if plan.get("version") == 2:
+        plan = _upgrade(plan)
     if plan.get("version") != PLAN_VERSION or not isinstance(plan.get("finetune_options"), dict):
         raise ChexcutError(f"{where} has plan format {plan.get('version')!r}, this chexcut reads format "
                            f"{PLAN_VERSION}: plan the study again (chexcut study plan ... --force)")
@@ -465,10 +349,11 @@ def load_plan(study_dir: Path) -> dict:
     if twice:
         raise ChexcutError(f"{where}: runs[{twice[1]}] repeats the id {plan['runs'][twice[0]]['id']!r} of "
                            f"runs[{twice[0]}]; a run id names one run (damaged; plan the study again)")
-    if not isinstance(plan.get("data"), str) or not isinstance(plan.get("bootstrap"), int):
-        raise ChexcutError(f"{where} lacks its data folder or bootstrap count (damaged; plan the study again)")
+    if not isinstance(plan.get("data"), str) or not isinstance(plan.get("statistics"), dict):
+        raise ChexcutError(f"{where} lacks its data folder or evaluation settings (damaged; plan the study again)")
     try:
         FinetuneOptions.from_json(plan["finetune_options"])
+        check_statistics(run_statistics(plan, 0))
         check_evaluate_options({k: v for k, v in (plan.get("evaluate_options") or {}).items() if k != "groups"})
         external_sets((plan.get("evaluate_options") or {}).get("external") or [])
     except ChexcutError as e:

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 
-from chexcut.choices import RESIZE_HELP, Precision, Recipe, Resize, check
+from chexcut.choices import Precision, Recipe, Resize, check
 from chexcut.errors import ChexcutError
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE
+from chexcut.options import TRAIN_OPTIONS
 from chexcut.rundir import RunDir
 
 RECIPES: dict[str, dict] = {
@@ -147,54 +148,6 @@ def _typed_source(source: dict) -> dict:
             out.pop(k, None)
     return out
 
-
-@dataclass(frozen=True)
-class TrainOption:
-    """One training setting a user sets on ``finetune``'s command line, declared once: the command's option
-    (``--name``, or ``--name/--no-name`` for a flag; Typer's min/max from ``BOUNDS[name]`` when ``bound``), its
-    check (TrainConfig.validate), config.json (the TrainConfig field of that name), a study's plan
-    (FinetuneOptions.train), MLflow's parameters and ``--resume`` (``on_resume``: may change when resuming; every
-    other setting is the run's own, and giving it beside --resume is refused)."""
-
-    name: str  # the TrainConfig field and the command's parameter
-    type: type  # int, float, str, bool or a Choice enum
-    help: str = ""
-    default: object = None  # None: the recipe's value
-    bound: bool = False
-    on_resume: bool = False
-
-    @property
-    def flag(self) -> str:
-        dashed = self.name.replace("_", "-")
-        return f"--{dashed}/--no-{dashed}" if self.type is bool else f"--{dashed}"
-
-
-#: finetune's training options, in the order ``finetune --help`` lists them.
-TRAIN_OPTIONS: tuple[TrainOption, ...] = (
-    TrainOption("recipe", Recipe, "paper (Adam 1e-4, batch 16, 3 epochs, fp32) or fast (large batch, bf16, "
-                "channels_last, compile, cosine).", default=Recipe.paper),
-    TrainOption("epochs", int, "Passes over the training set (default: the recipe's).", bound=True),
-    TrainOption("batch_size", int, "Images per step and process (default: the recipe's).", bound=True),
-    TrainOption("lr", float, "Learning rate (default: the recipe's)."),
-    TrainOption("image_size", int, "Square input in pixels (default: the recipe's, 320).", bound=True),
-    TrainOption("val_every", int, "Validate every N steps (and at each epoch end).", bound=True),
-    TrainOption("precision", Precision, "Default: the recipe's; auto = bf16 on GPU, fp32 on CPU."),
-    TrainOption("channels_last", bool, "channels_last memory format (default: the recipe's)."),
-    TrainOption("compile", bool, "torch.compile (GPU only)."),
-    TrainOption("workers", int, "DataLoader worker processes (default: 4, at most the CPUs this process may use: "
-                "its affinity, SLURM_CPUS_PER_TASK).", bound=True),
-    TrainOption("precise_bn", int, "Before each validation, re-estimate BatchNorm statistics on N training images "
-                "(for short runs; 0 = off; a model without BatchNorm, such as a ViT, skips it with a note).",
-                bound=True),
-    TrainOption("layer_decay", float, "Layer-wise learning-rate decay: layer k of L learns at lr x D^(L-k), the "
-                "head at lr (timm's param_groups_layer_decay; usual for ViT fine-tuning, 0.65-0.75; off by "
-                "default; timm families only)."),
-    TrainOption("max_steps", int, "Stop after this many steps in all (the schedule is unchanged; --resume "
-                "continues).", bound=True, on_resume=True),
-    TrainOption("log_every", int, "Log every N steps.", default=50, bound=True),
-    TrainOption("device", str, "cpu | cuda | cuda:N (default: cuda if available).", on_resume=True),
-    TrainOption("resize", Resize, RESIZE_HELP, default=Resize.squash),
-)
 
 def fit_to_arch(cfg: TrainConfig, arch) -> str | None:
     """``cfg`` checked against the architecture it trains, before anything is written: ``--layer-decay`` needs a

@@ -1,7 +1,7 @@
 """The finetune command line that reproduces a run, read from its ``config.json`` alone.
 
-Every training setting is one of :data:`~chexcut.training.config.TRAIN_OPTIONS` (written when it differs from the
-recipe's value), every data setting one of :data:`DATA_FLAGS` (written when it differs from
+Every training setting is one of :data:`~chexcut.options.TRAIN_OPTIONS` (written when it differs from the
+recipe's value), every data setting one of :data:`~chexcut.options.DATA` (written when it differs from
 :class:`~chexcut.data.chexpert.DataOptions`' default), and the model is the recorded source (an architecture with
 its drop, weights and channels, or a model file). Run as printed, the command writes the same ``config.json``
 (paths and times aside): the model card prints it, and a test runs it.
@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import shlex
 
-#: DataOptions fields finetune sets from its command line: field -> flag (a bool is a flag without a value).
-DATA_FLAGS = {"csv": "--csv", "path_col": "--path-col", "labels": "--labels", "views": "--views",
-              "uncertain": "--uncertain", "blank": "--blank", "valid_frac": "--valid-frac",
-              "label_map": "--label-map", "images_outside": "--images-outside-data"}
-
 
 def finetune_argv(config: dict, out) -> list[str]:
     """``chexcut finetune ...`` as an argv that trains ``config.json``'s run again into ``out``."""
     from chexcut.data.chexpert import DataOptions
     from chexcut.labels import CHEXPERT_LABELS
-    from chexcut.training.config import TRAIN_OPTIONS, TrainConfig
+    from chexcut.options import DATA, TRAIN_OPTIONS
+    from chexcut.training.config import TrainConfig
 
     source, data, train = config["model_source"], config["data"], config["train"]
     argv = ["chexcut", "finetune"]
@@ -34,7 +30,10 @@ def finetune_argv(config: dict, out) -> list[str]:
     folder = f"{data['dataset']}:{data['dir']}" if data.get("dataset") else str(data["dir"])
     argv += ["--data", folder, "--out", str(out)]
     defaults = DataOptions()
-    for field, flag in DATA_FLAGS.items():
+    for option in DATA:  # the DataOptions fields (--data and --split are the command's own)
+        field, flag = option.name, option.flag
+        if field in ("data", "split"):
+            continue
         value = data.get(field)
         if field == "labels":  # recorded as resolved: any list but the 14 in their order is written out
             if value and list(value) != list(CHEXPERT_LABELS):
@@ -50,7 +49,7 @@ def finetune_argv(config: dict, out) -> list[str]:
         value = train.get(option.name)
         if option.name != "recipe" and (value is None or value == getattr(recipe, option.name)):
             continue
-        if option.type is bool:
+        if option.switch:
             argv.append(f"--{option.name.replace('_', '-')}" if value else f"--no-{option.name.replace('_', '-')}")
         else:
             argv += [f"--{option.name.replace('_', '-')}", str(value)]
