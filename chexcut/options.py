@@ -123,7 +123,7 @@ INFERENCE = (
 STATISTICS = (
     _o("bootstrap", "Bootstrap replicates (0 disables).", bound=True, fills={"*": "Statistics", "demo": "Demo"},
        help_in={"ensemble": "Replicates for CIs and the paired test against the best member.",
-                "report": "Replicates for the paired comparisons (default: 1000).",
+                "report": "Replicates for the paired comparisons.",
                 "study plan": "Replicates for each run's evaluate."}),
     _o("ci", "Confidence level.", fills="Statistics"),
     _o("cluster", "Resample by patient, study or none.", fills="Statistics"),

@@ -7,6 +7,7 @@ this one handler and its flag; nothing else sets signal handlers.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -104,3 +105,14 @@ def raise_if_interrupted() -> None:
     """Raise the interrupt :func:`deferred_interrupts` held back, if one arrived."""
     if interrupt_pending():
         raise_interrupt()
+
+
+def report_interrupted() -> int:
+    """Say how the process was stopped (on stderr): 143 after SIGTERM, 130 after Ctrl-C."""
+    import sys
+
+    what = saved()
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it once (the others saved nothing)
+        print(f"chexcut: {'terminated (SIGTERM)' if terminated() else 'interrupted'}" + (f": {what}" if what else ""),
+              file=sys.stderr)
+    return 143 if terminated() else 130

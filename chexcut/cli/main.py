@@ -11,19 +11,7 @@ import typer
 from chexcut.cli.app import app  # noqa: F401 (its commands are registered by the package: chexcut/cli/__init__.py)
 from chexcut.cli.panels import command
 from chexcut.errors import ChexcutError
-
-
-def report_interrupted() -> int:
-    """Say how the process was stopped: 143 after SIGTERM, 130 after Ctrl-C."""
-    import os
-
-    from chexcut.signals import saved, terminated
-
-    what = saved()
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it once (the others saved nothing)
-        print(f"chexcut: {'terminated (SIGTERM)' if terminated() else 'interrupted'}" + (f": {what}" if what else ""),
-              file=sys.stderr)
-    return 143 if terminated() else 130
+from chexcut.signals import report_interrupted
 
 
 def _environment_error(e: BaseException) -> str | None:

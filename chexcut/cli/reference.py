@@ -32,6 +32,8 @@ def _type(param, ctx) -> str:
 
 
 def _default(param) -> str:
+    if isinstance(getattr(param, "show_default", None), str):  # the default of the settings object it fills
+        return f"`{param.show_default}`"
     d = param.default
     if d is None or getattr(param, "required", False) or callable(d):
         return ""

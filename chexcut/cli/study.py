@@ -127,12 +127,8 @@ def study_exec(
 ):
     """Execute one planned run from plan.json: what run.sh, study.sbatch and `study run` call. Done runs are
     skipped, interrupted ones resumed; the run's output goes to its log.txt."""
-    import contextlib
-    import traceback
-
     import chexcut.cli.ui as ui
-    from chexcut.rundir import RunDir
-    from chexcut.study.execute import check_launcher, check_step, execute, find_run
+    from chexcut.study.execute import check_launcher, check_step, execute, execute_logged, find_run
     from chexcut.study.plan import load_plan
 
     check_step(step)
@@ -142,23 +138,7 @@ def study_exec(
     if step == "finetune":  # a rank of a distributed launch: its output goes where the launching exec sends it
         execute(study_dir, run, plan, step=step)
         return
-    log_path = RunDir(study_dir / run["run_dir"]).log
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    error = None
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            status = execute(study_dir, run, plan, launcher=launcher, log=log)
-        except KeyboardInterrupt:
-            from chexcut.cli.main import report_interrupted
-
-            report_interrupted()  # the line in the run's log too (the status and the Slurm integration read it)
-            raise
-        except ChexcutError as e:
-            error = str(e)
-            print(f"chexcut: error: {e}", flush=True)
-        except Exception as e:
-            error = f"internal error: {type(e).__name__}: {e}"
-            traceback.print_exc()
+    status, error, log_path = execute_logged(study_dir, run, plan, launcher)
     if error is not None:
         ui.err.print(f"chexcut: run {run['id']} failed: {error} (log: {log_path})", markup=False, soft_wrap=True)
         raise typer.Exit(1)

@@ -192,3 +192,30 @@ def _wait_for(argv: list[str], run_id: str, log=None) -> None:
         raise interrupted or KeyboardInterrupt()
     if code != 0:
         raise ChexcutError(f"the distributed finetune of {run_id} exited {code} (its output is in the run's log.txt)")
+
+
+def execute_logged(study_dir: Path, run: dict, plan: dict, launcher: str | None = None) -> tuple:
+    """:func:`execute` with everything it prints going to the run's log.txt, as ``study exec`` runs it: returns
+    ``(status, error, log path)``; ``error`` is the one line a user error (or an internal error, its traceback in
+    the log) gave, and None when the run is done or skipped. An interrupt is said in the log too (the status and
+    the Slurm integration read it) and raised."""
+    import traceback
+
+    from chexcut.signals import report_interrupted
+
+    log_path = RunDir(Path(study_dir) / run["run_dir"]).log
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    status, error = None, None
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            status = execute(study_dir, run, plan, launcher=launcher, log=log)
+        except KeyboardInterrupt:
+            report_interrupted()
+            raise
+        except ChexcutError as e:
+            error = str(e)
+            print(f"chexcut: error: {e}", flush=True)
+        except Exception as e:
+            error = f"internal error: {type(e).__name__}: {e}"
+            traceback.print_exc()
+    return status, error, log_path
