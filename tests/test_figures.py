@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 from chexcut.evaluation import figures, operating
 from chexcut.evaluation.figures import Figure
 from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS
-from conftest import run_cli
 
 N = 80
 
