@@ -301,14 +301,18 @@ class Tracker:
         self.end("FINISHED" if event.status == "finished" else "KILLED")
 
     def log_evaluation(self, result: dict) -> None:
-        """``evaluate RUN``: the 5-task and all-label AUROCs with their CI bounds, latency, and eval.json."""
+        """``evaluate RUN``: the 5-task and all-label AUROCs with their CI bounds and APs, each label's declared figures
+        (:mod:`chexcut.evaluation.figures`, ``tracked``: AUROC), latency, and eval.json."""
         values = {}
         for key in ("mean_competition", "mean_all"):
             m = result.get(key) or {}
             for part in ("auroc", "ci_low", "ci_high", "average_precision"):
                 values[f"eval_{key}_{part}"] = m.get(part)
-        for row in result.get("labels", []):
-            values[f"eval_auroc/{row['label']}"] = row.get("auroc")
+        from chexcut.evaluation import figures
+
+        for fig in figures.registry():  # the declared per-label figures logged (Figure.tracked): eval_KEY/LABEL
+            if fig.tracked and fig.section in ("labels", "calibration"):
+                values |= {f"eval_{fig.key}/{label}": row.get(fig.key) for label, row in figures.by_label(result, fig).items()}
         bench = self.rd.read_bench()  # the report's reading of bench.json: batch-1 latency, throughput
         if bench:
             values["bench_latency_ms"], values["bench_throughput_img_s"] = bench["latency_ms"], bench["throughput_img_s"]

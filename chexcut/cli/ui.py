@@ -151,30 +151,49 @@ def _ci(lo, hi, fmt="{:.3f}") -> str:
     return "no CI" if lo is None or hi is None else f"{fmt.format(lo)} to {fmt.format(hi)}"
 
 
-def evaluation_extra_tables(r: dict) -> list[Table]:
-    """Average precision (beside prevalence, its chance level), calibration, subgroups and their gaps."""
-    tables = []
-    t = Table(title="Precision-recall (AP's chance level is the prevalence)", title_justify="left",
-              box=box.SIMPLE_HEAD)
-    for col in ("label", "prevalence", "AP", "AP CI"):
+#: The terminal tables figures are columns of (:mod:`chexcut.evaluation.figures`): title, and whether it shows when
+#: empty; a table a figure names that is not here is titled by its name ("figures": the per-label figures).
+FIGURE_TABLES = {
+    "precision-recall": ("Precision-recall (AP's chance level is the prevalence)", True),
+    "calibration": ("Calibration (10 equal-width bins; the logistic recalibration logit P(y) = a + b logit(p): "
+                    "b = 1 with a = 0 is perfect; a is the joint fit's, not calibration-in-the-large)", False),
+    "figures": ("Per-label figures (CIs: the evaluation's bootstrap)", False),
+}
+OWN_TABLES = ("auroc", "operating")  # tables drawn by their own function (evaluation_table, operating_tables)
+
+
+def figure_table(r: dict, table: str) -> Table | None:
+    """One terminal table of declared figures (``Figure.table``): a row per label with a value (the precision-recall
+    table with its prevalence, AP's chance level), each figure with its CI where declared (``table_ci``)."""
+    from chexcut.evaluation import figures
+
+    figs = figures.in_table(table)
+    title, always = FIGURE_TABLES.get(table, (table, False))
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    context = ["prevalence"] if table == "precision-recall" else []
+    columns = [c for f in figs for c in ((f.name, f"{f.name} CI") if f.table_ci and f.resampled else (f.name,))]
+    for col in ("label", *context, *columns):
         t.add_column(col, justify="left" if col == "label" else "right", no_wrap=True)
+    rows = [figures.by_label(r, f) for f in figs]
     for row in r["labels"]:
-        if row.get("average_precision") is not None:
-            t.add_row(row["label"], _f(row["prevalence"], "{:.3f}"), _f(row["average_precision"], "{:.3f}"),
-                      _ci(row["average_precision_ci_low"], row["average_precision_ci_high"]))
-    tables.append(t)
-    cal = [c for c in (r.get("calibration") or {}).get("labels", []) if c.get("brier") is not None]
-    if cal:
-        c_t = Table(title="Calibration (10 equal-width bins; the logistic recalibration logit P(y) = a + b logit(p): "
-                          "b = 1 with a = 0 is perfect; a is the joint fit's, not calibration-in-the-large)",
-                    title_justify="left", box=box.SIMPLE_HEAD)
-        for col in ("label", "Brier", "ECE", "ECE CI", "recal. slope b", "recal. intercept a"):
-            c_t.add_column(col, justify="left" if col == "label" else "right", no_wrap=True)
-        for c in cal:
-            c_t.add_row(c["label"], _f(c["brier"], "{:.3f}"), _f(c["ece"], "{:.3f}"), _ci(c["ece_ci_low"], c["ece_ci_high"]),
-                        "separated" if c["slope"] is None else f"{c['slope']:.2f}",
-                        "separated" if c["intercept"] is None else f"{c['intercept']:.2f}")
-        tables.append(c_t)
+        found = [m.get(row["label"]) or {} for m in rows]
+        if all(c.get(f.key) is None for f, c in zip(figs, found)):
+            continue
+        cells = [_f(row["prevalence"], "{:.3f}")] if context else []
+        for f, c in zip(figs, found):
+            cells.append(f.text(c.get(f.key)))
+            if f.table_ci and f.resampled:
+                cells.append(_ci(c.get(f.ci_keys[0]), c.get(f.ci_keys[1]), "{:" + f.fmt + "}"))
+        t.add_row(row["label"], *cells)
+    return t if t.row_count or always else None
+
+
+def evaluation_extra_tables(r: dict) -> list[Table]:
+    """The declared figures' tables (average precision beside prevalence, calibration, ...), subgroups and their
+    gaps, operating points and readers."""
+    from chexcut.evaluation import figures
+
+    tables = [t for name in figures.tables() if name not in OWN_TABLES if (t := figure_table(r, name)) is not None]
     if r.get("subgroups"):
         g = Table(title="Subgroups (the whole set's resamples)", title_justify="left", box=box.SIMPLE_HEAD)
         for col in ("by", "group", "n", "5-task AUROC", "CI", "5-task AP"):
@@ -200,19 +219,21 @@ def evaluation_extra_tables(r: dict) -> list[Table]:
 def operating_tables(r: dict) -> list[Table]:
     """Operating points (flagged when chosen on the evaluated set) and, per label, readers against the model.
     Intervals are in the JSON; the tables keep label names whole at 80 columns."""
+    from chexcut.evaluation import figures
+
     tables = []
     points = [p for p in r.get("operating_points") or [] if p.get("sensitivity") is not None]
     if points:
         t = Table(title="Operating points (* chosen on this set: optimistic; CIs in --json)", title_justify="left",
                   box=box.SIMPLE_HEAD, caption="a case is positive when its score >= threshold", caption_justify="left",
                   padding=(0, 1), pad_edge=False, collapse_padding=True)
-        for col in ("label", "rule", "threshold", "sens", "spec", "PPV", "NPV", "F1"):
+        figs = figures.in_table("operating")
+        for col in ("label", "rule", "threshold", *(f.name for f in figs)):
             t.add_column(col, justify="left" if col in ("label", "rule") else "right", no_wrap=True)
         for p in points:
             rule = p["rule"].replace("specificity", "spec").replace("sensitivity", "sens")
             t.add_row(p["label"], rule + ("*" if p.get("optimistic") else ""),
-                      "none" if p["threshold"] is None else f"{p['threshold']:.4g}",
-                      *(_f(p[k], "{:.3f}") for k in ("sensitivity", "specificity", "ppv", "npv", "f1")))
+                      "none" if p["threshold"] is None else f"{p['threshold']:.4g}", *(f.text(p.get(f.key)) for f in figs))
         tables.append(t)
     readers = [x for x in r.get("readers") or [] if x.get("sensitivity") is not None]
     summary = {s["label"]: s for s in r.get("readers_summary") or []}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from chexcut.evaluation import figures
 from chexcut.evaluation.metrics import descending_ties
 
 N_BINS = 10
@@ -71,6 +72,7 @@ class LabelCalibration:
         self.clusters = np.asarray(clusters, dtype=np.int64)
         self.k = n_clusters or (int(self.clusters.max()) + 1 if len(self.clusters) else 1)
         self.calibration = calibration
+        self._recalibrated = None  # (counts, (intercept, slope)): the last replicates' recalibration
         order, ends = descending_ties(self.p)  # the one curve primitive
         s, ys = self.p[order], self.y[order]
         self.cl_sorted = self.clusters[order]
@@ -126,22 +128,26 @@ class LabelCalibration:
             return np.abs(sums[:, :N_BINS]).sum(1) / sums[:, N_BINS:].sum(1)
 
     def recalibration(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(intercept, slope) per replicate; the last ``counts``' fit is kept, so the two figures share one."""
+        if self._recalibrated is not None and self._recalibrated[0] is counts:
+            return self._recalibrated[1]
         if self.fit is None:
             nan = np.full(len(counts), np.nan)
             return nan, nan
         big = len(self.y) > LARGE
         theta, _ = _newton(self.x32 if big else self.x, self.y32 if big else self.y, counts[:, self.clusters],
                            self.fit, 1 if big else REPLICATE_NEWTON_STEPS)
-        return theta[:, 0], theta[:, 1]
+        self._recalibrated = (counts, (theta[:, 0], theta[:, 1]))
+        return self._recalibrated[1]
+
+    def weights(self, counts: np.ndarray) -> np.ndarray:
+        """(R, n) row weights of the replicates whose cluster draw counts are ``counts`` (R, K)."""
+        return np.asarray(counts, dtype=np.float64)[:, self.clusters]
 
     def figures(self, counts: np.ndarray) -> dict[str, np.ndarray]:
-        """Every figure for the replicates whose cluster draw counts are ``counts`` (R, K)."""
-        out = {"average_precision": self.average_precision(counts)}
-        if self.calibration:
-            a, b = self.recalibration(counts)
-            out |= {"brier": self.brier(counts), "ece": self.ece(counts, self.bins_width),
-                    "ece_equal_mass": self.ece(counts, self.bins_mass), "intercept": a, "slope": b}
-        return out
+        """Every computed figure (:mod:`chexcut.evaluation.figures`) for the replicates whose cluster draw counts
+        are ``counts`` (R, K)."""
+        return {f.key: f.compute(self, counts) for f in figures.computed(self.calibration)}
 
 
 def _loglik(theta, x, y) -> float:
@@ -211,9 +217,6 @@ def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, start, steps: int) -> t
     return theta, converged
 
 
-FIGURES = ("average_precision", "brier", "ece", "ece_equal_mass", "intercept", "slope")
-
-
 def extra_figures(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, clusters: np.ndarray, bootstrap: int,
                   seed: int, calibration: bool, logits: bool = False, chunk: int | None = None, counts=None):
     """Per label (columns of ``y``): ``(point figures, replicate figures or None, LabelCalibration)``, on the
@@ -234,7 +237,7 @@ def extra_figures(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, clusters:
             continue
         per.append((rows, LabelCalibration(yj, probs[rows, j], clusters[rows], calibration, n_clusters)))
     points = [None if q is None else _point(q[1]) for q in per]
-    reps = [None if q is None else {k: [] for k in FIGURES if k in points[j]} for j, q in enumerate(per)]
+    reps = [None if q is None else {k: [] for k in points[j]} for j, q in enumerate(per)]
     if bootstrap:
         sub = max(1, 2**22 // max(len(y), 1))  # rows x replicates per step: bounded memory
         for drawn in counts if counts is not None else replicate_counts(len(y), clusters, bootstrap, seed, chunk):
@@ -251,7 +254,5 @@ def extra_figures(y: np.ndarray, mask: np.ndarray, scores: np.ndarray, clusters:
 
 
 def _point(lc: LabelCalibration) -> dict[str, float]:
-    point = {k: float(v[0]) for k, v in lc.figures(np.ones((1, lc.k))).items()}
-    if lc.calibration and lc.fit is not None:
-        point["intercept"], point["slope"] = float(lc.fit[0, 0]), float(lc.fit[0, 1])
-    return point
+    """The whole set's value of every computed figure."""
+    return {f.key: f.whole_set(lc) for f in figures.computed(lc.calibration)}

@@ -19,6 +19,8 @@ from chexcut.evaluation.summary import (  # noqa: F401 (re-exported: the trainin
     MIN_USABLE_SHARE,
     competition_columns,
     competition_mean,
+    figure_fields,
+    figure_means,
     interval_summary,
     label_aurocs,
     label_figure,
@@ -134,7 +136,7 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
     means = {}
     for key, cols in (("mean_competition", comp), ("mean_all", evaluable)):
         m = mean_of(auc, reps, cols, ci)
-        means[key] = None if m is None else m | mean_figure(extra, cols, "average_precision", ci)
+        means[key] = None if m is None else m | figure_means(extra, cols, ci)
     result = {
         "n": int(len(y)), "bootstrap": int(bootstrap), "ci": ci, "seed": seed, "cluster": cluster,
         "labels": per_label, **means,
@@ -162,13 +164,14 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
 
 def calibration_section(labels, points, reps, fitted, ci: float, logits: bool) -> dict:
     """``{"labels": [{label, brier, ece, ece_equal_mass, slope, intercept (each with its CI), bins}], ...}``."""
+    from chexcut.evaluation import figures
     from chexcut.evaluation.calibration import N_BINS, reliability, width_bins
 
     rows = []
     for j, name in enumerate(labels):
         row = {"label": name}
-        for key in ("brier", "ece", "ece_equal_mass", "intercept", "slope"):
-            row |= label_figure((points, reps), j, key, ci)
+        for fig in figures.in_section("calibration"):  # as declared
+            row |= figure_fields((points, reps), j, fig, ci)
         lc = fitted[j]
         if lc is None:
             row["not_evaluable"] = "one class only among the counted rows"

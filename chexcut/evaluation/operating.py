@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluation import metrics
+from chexcut.evaluation import figures, metrics
 
-FIGURES = ("sensitivity", "specificity", "ppv", "npv", "f1")
+#: The figures of an operating point, as declared (:mod:`chexcut.evaluation.figures`); computed by :func:`figures_at`.
+FIGURES = tuple(f.key for f in figures.in_section("operating_points"))
 _TOL = 1e-9  # weights are small integers: counts compare exactly, targets (floats) get this slack
 
 

@@ -77,24 +77,33 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
 
 
 def write_results_csv(path, result: dict) -> None:
-    """Per-label rows (and the two means) with the comparison columns when there is one."""
+    """Per-label rows (and the two means) with the comparison columns when there is one. The figure columns are
+    the declared ones (``Figure.csv``: AUROC and its CI, ...), each with its CI; a mean row has the figures that
+    are averaged (``Figure.mean``)."""
     import pandas as pd
 
+    from chexcut.evaluation import figures
     from chexcut.fileio import atomic_path
 
+    figs = [f for f in figures.registry() if f.csv and f.section in ("labels", "calibration")]
+    found = [figures.by_label(result, f) for f in figs]
     rows = []
     comp = {r["label"]: r for r in (result["compare"] or {}).get("labels", [])}
     for r in result["labels"]:
         c = comp.get(r["label"], {})
-        rows.append({"label": r["label"], "n_pos": r["n_pos"], "n_neg": r["n_neg"], "auroc": r["auroc"],
-                     "ci_low": r["ci_low"], "ci_high": r["ci_high"], "delta": c.get("delta"),
-                     "delta_ci_low": c.get("ci_low"), "delta_ci_high": c.get("ci_high"), "p": c.get("p")})
+        row = {"label": r["label"], "n_pos": r["n_pos"], "n_neg": r["n_neg"]}
+        for f, by in zip(figs, found):
+            row |= {k: (by.get(r["label"]) or {}).get(k) for k in f.keys}
+        rows.append(row | {"delta": c.get("delta"), "delta_ci_low": c.get("ci_low"),
+                           "delta_ci_high": c.get("ci_high"), "p": c.get("p")})
     for key in ("mean_competition", "mean_all"):
         m = result[key] or {}
         c = (result["compare"] or {}).get(key) or {}
-        rows.append({"label": key, "auroc": m.get("auroc"), "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"),
-                     "delta": c.get("delta"), "delta_ci_low": c.get("ci_low"), "delta_ci_high": c.get("ci_high"),
-                     "p": c.get("p")})
+        row = {"label": key}
+        for f in figs:
+            row |= {k: m.get(k) for k in f.keys} if f.mean and f.section == "labels" else {}
+        rows.append(row | {"delta": c.get("delta"), "delta_ci_low": c.get("ci_low"), "delta_ci_high": c.get("ci_high"),
+                           "p": c.get("p")})
     with atomic_path(Path(path)) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 

@@ -49,9 +49,9 @@ def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bo
     from chexcut.evaluation.calibration import extra_figures
     from chexcut.evaluation.summary import (
         competition_columns,
+        figure_means,
         label_aurocs,
         label_rows,
-        mean_figure,
         mean_of,
     )
 
@@ -69,7 +69,7 @@ def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bo
     means = {}
     for key, cols in (("mean_competition", comp), ("mean_all", evaluable)):
         m = mean_of(auc, reps, cols, stats.ci)
-        means[key] = None if m is None else m | mean_figure((points, ext), cols, "average_precision", stats.ci)
+        means[key] = None if m is None else m | figure_means((points, ext), cols, stats.ci)
     return labels, means, auc, reps
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chexcut.evaluation import metrics
+from chexcut.evaluation import figures, metrics
 from chexcut.labels import COMPETITION_LABELS
 
 MIN_CLASS = 10  # fewer positives or negatives than this in a label: its interval carries a warning
@@ -80,7 +80,8 @@ def label_rows(evalset, mask: np.ndarray, auc: np.ndarray, reps: np.ndarray | No
                "prevalence": n_pos / len(yj) if len(yj) else None,
                **interval_summary(auc[j], None if reps is None else reps[:, j], ci)}
         if extra is not None:
-            row |= label_figure(extra, j, "average_precision", ci)
+            for fig in figures.computed(False):  # the labels section's (average precision, ...)
+                row |= figure_fields(extra, j, fig, ci)
         if name in evalset.not_annotated:
             row["not_evaluable"] = "not annotated in this data set (blank in every row)"
         elif not np.isfinite(auc[j]):
@@ -100,6 +101,28 @@ def label_figure(extra, j: int, key: str, ci: float) -> dict:
         iv = metrics.percentile_interval(point, r, ci)
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = metrics.finite_or_none(iv.low), metrics.finite_or_none(iv.high)
     return out
+
+
+def figure_fields(extra, j: int, fig, ci: float) -> dict:
+    """A declared figure's fields in label ``j``'s JSON row: its value, and its CI when it is resampled."""
+    return _named(label_figure(extra, j, fig.key, ci), fig)
+
+
+def figure_means(extra, cols: list[int], ci: float) -> dict:
+    """The means (with CIs) over the labels ``cols`` of the labels section's figures declared ``mean``."""
+    out = {}
+    for fig in figures.computed(False):
+        if fig.mean:
+            out |= _named(mean_figure(extra, cols, fig.key, ci), fig)
+    return out
+
+
+def _named(fields: dict, fig) -> dict:
+    """``{key, key_ci_low, key_ci_high}`` under the figure's declared CI names (none when it is not resampled)."""
+    if not fig.resampled:
+        return {fig.key: fields[fig.key]}
+    low, high = fig.ci_keys
+    return {fig.key: fields[fig.key], low: fields[f"{fig.key}_ci_low"], high: fields[f"{fig.key}_ci_high"]}
 
 
 def mean_figure(extra, cols: list[int], key: str, ci: float) -> dict:

@@ -37,10 +37,11 @@ class RunResult:
     overlap: bool = False  # evaluated with --allow-overlap on rows shared with its training set
     bench: dict | None = None  # this run's level from `chexcut bench RUN --json RUN/bench.json`
     subgroups: list[dict] | None = None  # eval.json's subgroups: by, group, n, 5-task AUROC and CI
-    calibration: dict | None = None  # the 5 tasks' mean Brier, ECE and recalibration slope (eval.json)
+    calibration: dict | None = None  # the 5 tasks' mean of the calibration figures the report shows (eval.json)
+    figures: dict | None = None  # the 5 tasks' mean of the labels section's figures the report shows (if any)
     readers: list[dict] | None = None  # eval.json's readers: per label and reader, the model minus reader deltas
     eval_file: Path | None = None  # the evaluation JSON read (eval.json, or external/NAME.json)
-    label_auroc: dict | None = None  # label -> (AUROC, CI low, CI high) from that JSON
+    label_figures: dict = field(default_factory=dict)  # figure key -> label -> (value, CI low, CI high), that JSON
 
 
 @dataclass
@@ -128,8 +129,8 @@ def collect(targets: list[Path], external: str | None = None) -> Collected:
             auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
             labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
             predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=rd.read_bench(),
-            subgroups=_subgroups(ev), calibration=_calibration(ev), readers=_readers(ev), eval_file=ev_file,
-            label_auroc={r["label"]: (r.get("auroc"), r.get("ci_low"), r.get("ci_high")) for r in ev["labels"]}))
+            subgroups=_subgroups(ev), calibration=figure_means(ev, "calibration"), figures=figure_means(ev, "labels"),
+            readers=_readers(ev), eval_file=ev_file, label_figures=label_figures(ev)))
     return res
 
 
@@ -149,17 +150,37 @@ def _readers(ev: dict) -> list[dict] | None:
     return rows or None
 
 
-def _calibration(ev: dict) -> dict | None:
-    """Mean Brier, ECE and slope over the evaluated competition labels that have them."""
+def figure_means(ev: dict, section: str) -> dict | None:
+    """The mean of each figure of ``section`` the report shows (``Figure.report_mean``: Brier, ECE and slope in
+    calibration's) over the competition labels that have it, and how many competition labels the section has;
+    None without them."""
+    from chexcut.evaluation import figures
     from chexcut.labels import COMPETITION_LABELS
 
-    rows = [r for r in (ev.get("calibration") or {}).get("labels", []) if r.get("label") in COMPETITION_LABELS]
+    shown = [f for f in figures.in_section(section) if f.report_mean]
+    rows = [r for r in figures.section_rows(ev, section) if r.get("label") in COMPETITION_LABELS]
+    if not shown or not rows:
+        return None
     out = {}
-    for key in ("brier", "ece", "slope"):
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        out[key] = sum(vals) / len(vals) if vals else None
+    for f in shown:
+        vals = [r[f.key] for r in rows if r.get(f.key) is not None]
+        out[f.key] = sum(vals) / len(vals) if vals else None
     out["labels"] = len(rows)
-    return out if rows else None
+    return out
+
+
+def label_figures(ev: dict) -> dict:
+    """figure key -> label -> (value, CI low, CI high) of the figures the report lists per label
+    (``Figure.report_labels``: AUROC)."""
+    from chexcut.evaluation import figures
+
+    out = {}
+    for f in figures.registry():
+        if f.report_labels and f.section in ("labels", "calibration"):
+            low, high = f.ci_keys if f.resampled else (None, None)
+            out[f.key] = {label: (r.get(f.key), r.get(low) if low else None, r.get(high) if high else None)
+                          for label, r in figures.by_label(ev, f).items()}
+    return out
 
 
 def damaged(cfg: dict, ev: dict, ev_name: str = "eval.json") -> str | None:

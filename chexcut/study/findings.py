@@ -172,6 +172,9 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
                        **g} for r in col.runs for g in (r.subgroups or [])],
         "calibration": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop,
                          "seed": r.seed, **r.calibration} for r in col.runs if r.calibration],
+        **({"figures": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop,
+                         "seed": r.seed, **r.figures} for r in col.runs if r.figures]}
+           if any(r.figures for r in col.runs) else {}),  # the labels section's declared figures, when any
         "readers": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop, "seed": r.seed,
                      **x} for r in col.runs for x in (r.readers or [])],
     }
@@ -244,16 +247,16 @@ def result_row(rs: list[RunResult], cmp: dict | None, alpha: float, ensemble: di
         "p_noninferiority": cmp.get("p_noninferiority") if cmp else None,
         "noninferior": cmp.get("noninferior") if cmp else None,
         "run_dirs": [str(r.run_dir) for r in rs],
-        "label_auroc": _label_means(rs),
+        **{f"label_{key}": _label_means(rs, key) for key in rs[0].label_figures},  # label_auroc, ...
         **_bench_means(rs),
     }
 
 
-def _label_means(rs: list[RunResult]) -> dict:
-    """label -> [AUROC (mean over seeds), CI low, CI high (one seed only)]."""
+def _label_means(rs: list[RunResult], key: str = "auroc") -> dict:
+    """label -> [the figure ``key`` (AUROC, ...: mean over seeds), CI low, CI high (one seed only)]."""
     out = {}
     for label in rs[0].labels:
-        vals = [(r.label_auroc or {}).get(label, (None, None, None)) for r in rs]
+        vals = [r.label_figures.get(key, {}).get(label, (None, None, None)) for r in rs]
         mean, _ = _mean_sd([v[0] for v in vals])
         out[label] = [mean, *(vals[0][1:] if len(rs) == 1 else (None, None))]
     return out

@@ -350,14 +350,23 @@ def subgroup_table(report: dict) -> ReportTable | None:
                         for r in rows])
 
 
-def calibration_table(report: dict) -> ReportTable | None:
-    rows = report.get("calibration") or []
-    if not rows:
+def figures_table(report: dict, section: str, title: str) -> ReportTable | None:
+    """Per run, the mean over the 5 tasks of each figure of an evaluation's ``section`` the report shows
+    (``Figure.report_mean``, :mod:`chexcut.evaluation.figures`)."""
+    from chexcut.evaluation import figures
+
+    rows = report.get({"labels": "figures"}.get(section, section)) or []
+    shown = [f for f in figures.in_section(section) if f.report_mean]
+    if not rows or not shown:
         return None
-    return ReportTable("Calibration (mean over the 5 tasks; slope 1 is perfect, below 1 overconfident)",
-                       ["arch", "weights", "drop", "seed", "Brier", "ECE", "slope"],
-                       [[r["arch"], r["weights"], str(r["drop"]), str(r["seed"]), _fmt(r["brier"]), _fmt(r["ece"]),
-                         "separated" if r["slope"] is None else _fmt(r["slope"], ".2f")] for r in rows])
+    return ReportTable(title, ["arch", "weights", "drop", "seed", *(f.report_name or f.name for f in shown)],
+                       [[r["arch"], r["weights"], str(r["drop"]), str(r["seed"]),
+                         *(f.text(r.get(f.key), f.report_fmt, "n/a") for f in shown)] for r in rows])
+
+
+def calibration_table(report: dict) -> ReportTable | None:
+    return figures_table(report, "calibration",
+                         "Calibration (mean over the 5 tasks; slope 1 is perfect, below 1 overconfident)")
 
 
 def readers_table(report: dict) -> ReportTable | None:
@@ -381,7 +390,8 @@ def tables(report: dict) -> list[ReportTable]:
     eff = efficiency_tables(report["efficiency"], report["alpha"],
                             note=(report.get("missing") or {}).get("pretrained"))
     found = [*problem_tables(report), results_table(report), *eff, correlation_table(report), boost_table(report),
-             *sources_tables(report), family_table(report), subgroup_table(report), calibration_table(report), readers_table(report),
+             *sources_tables(report), family_table(report), subgroup_table(report), calibration_table(report),
+             figures_table(report, "labels", "Per-label figures (mean over the 5 tasks)"), readers_table(report),
              *external_tables(report)]
     return [t for t in found if t is not None]
 
