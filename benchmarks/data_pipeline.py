@@ -43,10 +43,10 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
 
+    from chexcut.data.batches import XrayBatches, batch_order
     from chexcut.data.cache import prepare_cache
-    from chexcut.data.chexpert import DataOptions, load_split
-    from chexcut.data.dataset import XrayBatches, batch_order
     from chexcut.data.phantom import make_phantom
+    from chexcut.data.tables import DataOptions, load_split
 
     tmp = Path(tempfile.mkdtemp(prefix="chexcut-bench-"))
     big = tmp / "big" / "CheXpert-v1.0-small"
@@ -80,7 +80,7 @@ def main():
             x = cached[b][0]
             n += len(b)
     cache_rate = n / (time.perf_counter() - t)
-    from chexcut.data.dataset import CachedBatchLoader
+    from chexcut.data.batches import CachedBatchLoader
 
     n = 0
     t = time.perf_counter()

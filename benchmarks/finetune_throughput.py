@@ -140,8 +140,8 @@ def main():
 
     import chexcut
     from chexcut.data.cache import prepare_cache
-    from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.phantom import make_phantom
+    from chexcut.data.tables import DataOptions, load_split
     from chexcut.models.infer import default_precision
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -221,8 +221,8 @@ def infer_figures(a, results, spec, device, batch, steps, precision, gpu, tr, va
     """(d) vs (e) over the same number of images: 4 passes over the training split after one warm-up
     pass (which also meets the odd-sized last batch once, so cuDNN autotuning is not timed)."""
     import chexcut
+    from chexcut.data.batches import XrayBatches, batch_order, make_loader
     from chexcut.data.cache import prepare_cache
-    from chexcut.data.dataset import XrayBatches, batch_order, make_loader
     from chexcut.models.infer import predict
 
     results["d_synthetic_infer"] = synthetic_infer(chexcut.truncate(a.arch, weights="none"), spec, device, batch,

@@ -14,7 +14,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from chexcut.evaluation.evaluate import MIN_CLASS, EvalSet, evaluate
+from chexcut.evaluation.evaluate import MIN_CLASS, EvalRows, evaluate
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
         for k in range(a.datasets):
             y = np.r_[np.ones(n_pos), np.zeros(200)]
             s = rng.normal(0, 1, n) + d * y
-            es = EvalSet([str(i) for i in range(n)], ("Edema",), y[:, None], np.ones((n, 1)), np.arange(n),
+            es = EvalRows([str(i) for i in range(n)], ("Edema",), y[:, None], np.ones((n, 1)), np.arange(n),
                          np.arange(n))
             row = evaluate(es, s[:, None], bootstrap=a.replicates, cluster="none", seed=k)["labels"][0]
             if row["ci_low"] is not None:

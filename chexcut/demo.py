@@ -121,8 +121,8 @@ def run_demo(folder: Path, demo: Demo = Demo(), jobs: int = 1, offline: bool = F
 def _plan(folder: Path, demo: Demo, weights: list[str], progress) -> dict:
     """The phantom data (drawn once per seed), its image cache, and the study plan."""
     from chexcut.data.cache import prepare_cache
-    from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.phantom import make_phantom
+    from chexcut.data.tables import DataOptions, load_split
     from chexcut.evaluation.settings import Statistics
     from chexcut.study.plan import Grid, plan_study
     from chexcut.training.config import FinetuneOptions

@@ -58,7 +58,7 @@ def _o(name: str, help: str, *short: str, **kw) -> Option:
 _TRACK_HELP = ("Log to MLflow at this tracking URI (sqlite:///PATH/mlflow.db, a folder, or a server; default: "
                "$CHEXCUT_TRACKING_URI). Needs chexcut[track].")
 
-#: The data options (:class:`chexcut.data.chexpert.DataOptions`): which rows and labels of a data set.
+#: The data options (:class:`chexcut.data.tables.DataOptions`): which rows and labels of a data set.
 DATA = (
     _o("data", "Dataset folder: CheXpert layout, a published set as SET:DIR (nih:, padchest:, mimic:, vinbigdata:, "
        "...; `chexcut datasets`) or detected from its files, or the base of --csv paths.", required_in=("study plan",),

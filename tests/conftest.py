@@ -42,7 +42,7 @@ def phantom(tmp_path_factory):
 def trained_run(phantom, tmp_path_factory):
     """One short finetune of the shared phantom (resnet18 drop 2, 4 steps at 40 px, validated at step 4: a best
     model, a checkpoint, metrics) for every test that only needs "a run". Read-only: use ``run_copy`` to change it."""
-    from chexcut.data.chexpert import DataOptions
+    from chexcut.data.tables import DataOptions
     from chexcut.training.config import Run, TrainConfig
     from chexcut.training.loop import finetune
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from chexcut.data.batches import XrayBatches, batch_order
 from chexcut.data.cache import open_cache, prepare_cache
-from chexcut.data.chexpert import load_split
-from chexcut.data.dataset import XrayBatches, batch_order
 from chexcut.data.images import load_image
 from chexcut.data.phantom import make_phantom
+from chexcut.data.tables import load_split
 from chexcut.errors import ChexcutError
 
 
@@ -96,7 +96,7 @@ def test_batch_order_is_seeded_and_sharded():
 
 
 def test_cached_batch_loader_matches_the_dataset(phantom, tmp_path):
-    from chexcut.data.dataset import CachedBatchLoader
+    from chexcut.data.batches import CachedBatchLoader
 
     t = load_split(phantom, "all")
     cache, _ = prepare_cache(t.files, 32, folder=tmp_path / "c", workers=1)

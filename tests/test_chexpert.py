@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chexcut.data.chexpert import (
+from chexcut.data.tables import (
     DataOptions,
     apply_policies,
     check_files,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chexcut.evaluation.evaluate import EvalSet, evaluate
+from chexcut.evaluation.evaluate import EvalRows, evaluate
 from chexcut.evaluation.operating import Rule
 
 
@@ -14,7 +14,7 @@ def _set(y, groups=None, patients=None):
     n = len(y)
     y = np.asarray(y, dtype=np.float64).reshape(n, -1)
     ids = np.asarray(patients if patients is not None else np.arange(n)).astype(str)
-    return EvalSet(paths=[f"p{i}.png" for i in range(n)], labels=tuple(f"L{j}" for j in range(y.shape[1])), y=y,
+    return EvalRows(paths=[f"p{i}.png" for i in range(n)], labels=tuple(f"L{j}" for j in range(y.shape[1])), y=y,
                    mask=np.ones_like(y), patient=ids, study=ids, groups=groups)
 
 

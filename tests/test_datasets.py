@@ -144,7 +144,7 @@ def test_vinbigdata_image_labels_by_the_majority_and_the_any_rule(xrv, tmp_path)
 
 
 def test_indexing_the_real_tables_reads_them_whole(xrv):
-    from chexcut.data.chexpert import DataOptions, load_split
+    from chexcut.data.tables import DataOptions, load_split
 
     nih = load_split(f"nih:{xrv / 'nih'}", "all", DataOptions(views="all"))
     assert len(nih) == 112_120 and nih.not_annotated == ("Enlarged Cardiomediastinum", "Lung Opacity", "Fracture",
@@ -165,8 +165,8 @@ def layouts(tmp_path_factory):
 
 
 def test_every_layout_reads_back_as_published(layouts):
-    from chexcut.data.chexpert import DataOptions, check_files, load_split
     from chexcut.data.datasets import DATASETS
+    from chexcut.data.tables import DataOptions, check_files, load_split
 
     for name, folder in layouts.items():
         table = check_files(load_split(folder, "all", DataOptions(views="all")))  # detected; every file found
@@ -181,7 +181,7 @@ def test_every_layout_reads_back_as_published(layouts):
 def test_mimic_layout_official_split_views_and_demographics(layouts, tmp_path):
     import pandas as pd
 
-    from chexcut.data.chexpert import DataOptions, load_split
+    from chexcut.data.tables import DataOptions, load_split
 
     folder = layouts["mimic"]
     split = pd.read_csv(folder / "mimic-cxr-2.0.0-split.csv.gz")
@@ -197,7 +197,7 @@ def test_mimic_layout_official_split_views_and_demographics(layouts, tmp_path):
 
 
 def test_a_label_map_replaces_the_declared_mapping(layouts, tmp_path):
-    from chexcut.data.chexpert import DataOptions, load_split
+    from chexcut.data.tables import DataOptions, load_split
 
     m = tmp_path / "map.csv"
     m.write_text("chexpert,source\nLung Opacity,Infiltration\nLung Opacity,Consolidation\nPleural Other,\n")

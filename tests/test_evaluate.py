@@ -8,14 +8,14 @@ import pytest
 from conftest import REALCXR, run_cli
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluation.evaluate import EvalSet, aggregate_by_study, evaluate
+from chexcut.evaluation.evaluate import EvalRows, aggregate_by_study, evaluate
 from chexcut.evaluation.predictions import align, read_predictions
 
 COMP = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 
 
 def test_study_level_takes_the_max_over_views():
-    es = EvalSet(["a1", "a2", "b1"], ("Edema",), np.array([[1.0], [1.0], [0.0]]), np.ones((3, 1)),
+    es = EvalRows(["a1", "a2", "b1"], ("Edema",), np.array([[1.0], [1.0], [0.0]]), np.ones((3, 1)),
                  np.array(["p1", "p1", "p2"], dtype=object), np.array(["p1/s1", "p1/s1", "p2/s1"], dtype=object))
     agg, (s,) = aggregate_by_study(es, [np.array([[0.2], [0.7], [0.5]])])
     assert agg.paths == ["p1/s1", "p2/s1"]
@@ -29,7 +29,7 @@ def test_schema_and_not_evaluable_label():
     labels = tuple(COMP) + ("Fracture",)
     y = rng.integers(0, 2, (n, 6)).astype(float)
     y[:, 5] = 0  # Fracture: negatives only
-    es = EvalSet([str(i) for i in range(n)], labels, y, np.ones((n, 6)), np.arange(n) // 2, np.arange(n))
+    es = EvalRows([str(i) for i in range(n)], labels, y, np.ones((n, 6)), np.arange(n) // 2, np.arange(n))
     r = evaluate(es, rng.random((n, 6)), bootstrap=100)
     assert set(r) >= {"n", "bootstrap", "ci", "labels", "mean_competition", "mean_all", "compare"}
     frac = r["labels"][5]
@@ -44,7 +44,7 @@ def test_schema_and_not_evaluable_label():
 @pytest.mark.parametrize("kw,msg", [({"bootstrap": -1}, "--bootstrap"), ({"ci": 1.5}, "--ci"),
                                     ({"cluster": "hospital"}, "--cluster")])
 def test_bad_parameters(kw, msg):
-    es = EvalSet(["a", "b"], ("Edema",), np.array([[1.0], [0.0]]), np.ones((2, 1)), np.arange(2), np.arange(2))
+    es = EvalRows(["a", "b"], ("Edema",), np.array([[1.0], [0.0]]), np.ones((2, 1)), np.arange(2), np.arange(2))
     with pytest.raises(ChexcutError, match=msg):
         evaluate(es, np.array([[0.4], [0.2]]), **kw)
 
@@ -71,7 +71,7 @@ def test_predictions_file_validation(tmp_path):
 
 
 def test_join_mismatch_and_empty_join():
-    es = EvalSet(["a", "b", "c"], ("Edema",), np.zeros((3, 1)), np.ones((3, 1)), np.arange(3), np.arange(3))
+    es = EvalRows(["a", "b", "c"], ("Edema",), np.zeros((3, 1)), np.ones((3, 1)), np.arange(3), np.arange(3))
     preds = pd.DataFrame({"Edema": [0.1, 0.2]}, index=["a", "b"])
     with pytest.raises(ChexcutError, match="1 of 3 truth rows have no predictions row"):
         align(es, preds)

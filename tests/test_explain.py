@@ -26,11 +26,11 @@ def masked_phantom(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
 def test_explain_every_architecture_at_drop_0_and_deepest(arch, masked_phantom, tmp_path):
-    from chexcut.data.chexpert import load_split
+    from chexcut.data.tables import load_split
     from chexcut.deploy import explain as ex
 
     size = 80 if arch.startswith("inception") else 48
-    t = load_split(masked_phantom, "valid", chexcut.data.chexpert.DataOptions())
+    t = load_split(masked_phantom, "valid", chexcut.data.tables.DataOptions())
     for drop in (0, get_arch(arch).family.num_blocks - 1):
         model = chexcut.truncate(arch, drop=drop, weights="none", image_size=size)
         inputs = ex.read_images(t.files[:2], t.paths[:2], size, "squash", False)
@@ -44,7 +44,7 @@ def test_explain_every_architecture_at_drop_0_and_deepest(arch, masked_phantom, 
 def test_trained_maps_point_at_the_findings_and_fail_randomisation(masked_phantom, tmp_path):
     from conftest import TEST_SEED
 
-    from chexcut.data.chexpert import DataOptions
+    from chexcut.data.tables import DataOptions
     from chexcut.training.config import Run, TrainConfig
     from chexcut.training.loop import finetune
 
@@ -114,10 +114,10 @@ def test_batched_gradcam_equals_one_image_at_a_time(masked_phantom):
     """Batches of images and per-image targets (each image's top K) give the maps of one image at a time."""
     import numpy as np
 
-    from chexcut.data.chexpert import load_split
+    from chexcut.data.tables import load_split
     from chexcut.deploy import explain as ex
 
-    t = load_split(masked_phantom, "valid", chexcut.data.chexpert.DataOptions())
+    t = load_split(masked_phantom, "valid", chexcut.data.tables.DataOptions())
     model = chexcut.truncate("densenet121", drop=1, weights="none", image_size=48).eval()
     spec = model.chexcut_spec
     inputs = ex.read_images(t.files[:10], t.paths[:10], 48, "squash", False)

@@ -82,7 +82,7 @@ def _paired(rng, n_pos, n_neg, d, noise):
 
 
 def test_paired_test_under_the_null_rejects_rarely():
-    from chexcut.evaluation.evaluate import EvalSet, evaluate
+    from chexcut.evaluation.evaluate import EvalRows, evaluate
 
     rng = np.random.default_rng(4)
     rejections = 0
@@ -90,14 +90,14 @@ def test_paired_test_under_the_null_rejects_rarely():
     for k in range(sims):
         y, a, b = _paired(rng, 50, 70, 1.0, 0.8)  # exchangeable: same distribution
         n = len(y)
-        es = EvalSet([str(i) for i in range(n)], ("Edema",), y[:, None], np.ones((n, 1)), np.arange(n), np.arange(n))
+        es = EvalRows([str(i) for i in range(n)], ("Edema",), y[:, None], np.ones((n, 1)), np.arange(n), np.arange(n))
         r = evaluate(es, a[:, None], bootstrap=300, seed=k, compare=b[:, None], cluster="none")
         rejections += r["compare"]["labels"][0]["p"] < 0.05
     assert rejections <= 0.10 * sims, rejections
 
 
 def test_paired_test_detects_a_real_difference():
-    from chexcut.evaluation.evaluate import EvalSet, evaluate
+    from chexcut.evaluation.evaluate import EvalRows, evaluate
 
     rng = np.random.default_rng(5)
     hits = 0
@@ -106,7 +106,7 @@ def test_paired_test_detects_a_real_difference():
         good = latent + rng.normal(0, 0.3, len(y))
         bad = latent + rng.normal(0, 2.0, len(y))
         n = len(y)
-        es = EvalSet([str(i) for i in range(n)], ("Edema",), y[:, None], np.ones((n, 1)), np.arange(n), np.arange(n))
+        es = EvalRows([str(i) for i in range(n)], ("Edema",), y[:, None], np.ones((n, 1)), np.arange(n), np.arange(n))
         r = evaluate(es, good[:, None], bootstrap=300, seed=k, compare=bad[:, None], cluster="none")
         c = r["compare"]["labels"][0]
         hits += c["p"] < 0.05 and c["delta"] > 0

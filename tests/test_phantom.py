@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from chexcut.data.batches import XrayBatches, batch_order
 from chexcut.data.cache import prepare_cache
-from chexcut.data.chexpert import DataOptions, load_split
-from chexcut.data.dataset import XrayBatches, batch_order
 from chexcut.data.phantom import HEADER, make_phantom
+from chexcut.data.tables import DataOptions, load_split
 from chexcut.errors import ChexcutError
 from chexcut.labels import CHEXPERT_LABELS
 

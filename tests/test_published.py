@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 
 from chexcut.errors import ChexcutError
 from chexcut.evaluation import calibration as cal
-from chexcut.evaluation.evaluate import EvalSet, evaluate
+from chexcut.evaluation.evaluate import EvalRows, evaluate
 from chexcut.evaluation.predictions import canonical_key
 from chexcut.labels import COMPETITION_LABELS
 
@@ -25,7 +25,7 @@ def _evalset(y, groups=None, patient=None):
     y = np.asarray(y, dtype=np.float64).reshape(n, -1)
     ids = np.arange(n) if patient is None else np.asarray(patient)
     labels = tuple(COMPETITION_LABELS[: y.shape[1]])
-    return EvalSet([f"p{i}" for i in range(n)], labels, y, np.ones_like(y), ids.astype(str), ids.astype(str),
+    return EvalRows([f"p{i}" for i in range(n)], labels, y, np.ones_like(y), ids.astype(str), ids.astype(str),
                    groups=groups)
 
 

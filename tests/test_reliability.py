@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from chexcut.data.chexpert import DataOptions
+from chexcut.data.tables import DataOptions
 from chexcut.errors import ChexcutError
 from chexcut.training.config import Run, TrainConfig
 from chexcut.training.lock import RunLock
@@ -133,7 +133,7 @@ def test_prepare_reserves_its_cache_before_writing(phantom, tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "posix_fallocate", no_room)
-    from chexcut.data.chexpert import load_split
+    from chexcut.data.tables import load_split
 
     files = load_split(phantom, "all", DataOptions()).files
     with pytest.raises(ChexcutError, match="no room for the image cache .* MiB"):
@@ -191,8 +191,8 @@ def test_study_plan_checks_options_at_plan_time(phantom, tmp_path):
 def test_duplicate_headers_rows_and_images_that_lie(phantom, tmp_path):
     from PIL import Image
 
-    from chexcut.data.chexpert import load_split
     from chexcut.data.images import load_image
+    from chexcut.data.tables import load_split
 
     base = phantom / "CheXpert-v1.0-small"
     df = pd.read_csv(base / "train.csv")

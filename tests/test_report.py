@@ -40,7 +40,7 @@ def dataset(tmp_path_factory):
 def make_run(base: Path, data: Path, arch: str, weights: str, drop: int, noise: float, seed: int = 0,
              labels=CHEXPERT_LABELS):
     """A run directory as finetune + evaluate leave it, with predictions = truth + noise (quality known)."""
-    from chexcut.data.chexpert import DataOptions, load_split
+    from chexcut.data.tables import DataOptions, load_split
 
     d = base / f"{arch}-{weights}-d{drop}-s{seed}"
     d.mkdir(parents=True)

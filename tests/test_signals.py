@@ -114,7 +114,7 @@ def test_a_signal_to_the_process_group_checkpoints_and_resumes_bit_exactly(setup
 def test_workers_ignore_stop_signals():
     """Workers start with SIGTERM/SIGINT blocked (inherited from the main thread while the loader starts them), so a
     signal to the group in that window cannot kill one; once running they ignore both and unblock them."""
-    from chexcut.data.dataset import ignore_stop_signals, stop_signals_blocked
+    from chexcut.data.batches import ignore_stop_signals, stop_signals_blocked
 
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

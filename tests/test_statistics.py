@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from chexcut.errors import ChexcutError
 from chexcut.evaluation import metrics
-from chexcut.evaluation.evaluate import EvalSet, evaluate
+from chexcut.evaluation.evaluate import EvalRows, evaluate
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 COMP = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -23,7 +23,7 @@ def _evalset(y, patient=None, labels=("Edema",)):
     y = np.asarray(y, dtype=float).reshape(len(y), -1)
     n = len(y)
     patient = np.arange(n) if patient is None else np.asarray(patient)
-    return EvalSet([str(i) for i in range(n)], tuple(labels), y, np.ones_like(y), patient, np.arange(n))
+    return EvalRows([str(i) for i in range(n)], tuple(labels), y, np.ones_like(y), patient, np.arange(n))
 
 
 # ----------------------------------------------------------------------------- DeLong = pROC
@@ -97,7 +97,7 @@ def _five_labels(rng, n=600, gap=0.0):
     common = rng.normal(0, 1, (n, 1))  # correlated errors across labels and models
     a = y * 1.2 + common + rng.normal(0, 1, (n, 5))
     b = y * (1.2 - gap) + common + rng.normal(0, 1, (n, 5))
-    es = EvalSet([str(i) for i in range(n)], COMP, y, np.ones_like(y), np.arange(n), np.arange(n))
+    es = EvalRows([str(i) for i in range(n)], COMP, y, np.ones_like(y), np.arange(n), np.arange(n))
     return es, a, b
 
 
@@ -114,7 +114,7 @@ def test_mean_under_delong_needs_no_bootstrap_and_agrees_with_it():
     assert se_dl == pytest.approx(se_bs, rel=0.15)
     # the mean's variance counts the covariance between labels: five copies of one label have the mean's
     # standard error equal to the label's own (perfect correlation), not sqrt(5) times smaller
-    one = EvalSet(es.paths, COMP, np.repeat(es.y[:, :1], 5, 1), es.mask, es.patient, es.study)
+    one = EvalRows(es.paths, COMP, np.repeat(es.y[:, :1], 5, 1), es.mask, es.patient, es.study)
     cp = evaluate(one, np.repeat(a[:, :1], 5, 1), bootstrap=0, compare=np.repeat(b[:, :1], 5, 1), method="delong",
                   cluster="none")["compare"]
     width = cp["mean_competition"]["ci_high"] - cp["mean_competition"]["ci_low"]
@@ -176,7 +176,7 @@ def test_few_positives_are_flagged_and_one_positive_gets_no_interval():
     y[:5, 0] = 1  # 5 positives
     y[:1, 1] = 1  # 1 positive
     s = rng.random((n, 2)) + y
-    es = EvalSet([str(i) for i in range(n)], ("Edema", "Cardiomegaly"), y, np.ones_like(y), np.arange(n),
+    es = EvalRows([str(i) for i in range(n)], ("Edema", "Cardiomegaly"), y, np.ones_like(y), np.arange(n),
                  np.arange(n))
     r = evaluate(es, s, bootstrap=500, cluster="none")
     five, one = r["labels"]
@@ -293,7 +293,7 @@ def test_subgroup_gaps_carry_holm_p_values_within_their_column():
     y = (rng.random((n, 3)) < 0.3).astype(float)
     s = y + rng.normal(0, 1, (n, 3))
     site = np.array(["a", "b", "c"])[rng.integers(0, 3, n)].astype(object)
-    es = EvalSet(y=y, mask=np.ones_like(y), labels=tuple(labels), paths=[f"p{i}/s1/v.jpg" for i in range(n)],
+    es = EvalRows(y=y, mask=np.ones_like(y), labels=tuple(labels), paths=[f"p{i}/s1/v.jpg" for i in range(n)],
                  patient=np.arange(n), study=np.arange(n), groups={"Site": site})
     _, gaps, _ = evaluate_subgroups(es, s, Statistics(bootstrap=200, by=("Site",)), np.arange(n))
     assert len(gaps) == 3 * 4  # 3 pairs of sites x (3 labels + the competition mean)

@@ -8,7 +8,7 @@ import torch
 from conftest import run_cli
 
 import chexcut
-from chexcut.data.chexpert import DataOptions
+from chexcut.data.tables import DataOptions
 from chexcut.errors import ChexcutError
 from chexcut.training.config import Run, TrainConfig
 from chexcut.training.lock import RunLock
@@ -149,7 +149,7 @@ def test_unwritable_out_and_missing_data(phantom, tmp_path):
 def test_resume_is_bit_exact_from_the_cache(phantom, tmp_path):
     """The same with the prepared cache (threaded loader) instead of per-image decoding."""
     from chexcut.data.cache import prepare_cache
-    from chexcut.data.chexpert import load_split
+    from chexcut.data.tables import load_split
 
     t = load_split(phantom, "all", DataOptions())
     prepare_cache(t.files, 48, folder=tmp_path / "cache", workers=1)

@@ -95,8 +95,8 @@ def data_options(data=None, csv=None, path_col=None, labels=None, views=None, un
                  valid_frac=None, label_map=None, images_outside=False):
     """The DataOptions of a command's data options (None: DataOptions' default); ``data`` ``SET:DIR`` names the
     published data set."""
-    from chexcut.data.chexpert import DataOptions
     from chexcut.data.datasets import resolve
+    from chexcut.data.tables import DataOptions
 
     # SET:DIR, or a folder holding a published set's label file: the run records the set
     dataset = resolve(data, None, csv)[1] if data is not None else None

@@ -27,8 +27,8 @@ def prepare(
     import chexcut.cli.ui as ui
     from chexcut.choices import DEFAULT_IMAGE_SIZE
     from chexcut.data.cache import prepare_cache
-    from chexcut.data.chexpert import check_files, load_split
     from chexcut.data.datasets import split_ref
+    from chexcut.data.tables import check_files, load_split
 
     opts = data_options(data, csv, path_col, labels, views, uncertain, blank, valid_frac, label_map, images_outside)
     image_size, resize = image_size or DEFAULT_IMAGE_SIZE, str(resize or Resize.squash)

@@ -143,7 +143,7 @@ def _settings_default(settings: str, name: str):
     """The default of field ``name`` of the settings class ``settings`` (an option's ``fills``)."""
     import dataclasses
 
-    from chexcut.data.chexpert import DataOptions
+    from chexcut.data.tables import DataOptions
     from chexcut.demo import Demo
     from chexcut.evaluation.settings import Inference, Statistics
     from chexcut.study.slurm import Slurm

@@ -200,7 +200,7 @@ def gather(images: list[Path] | None, data: Path | None, csv: str | None, split:
            pre: Preprocess, skip_bad: bool, images_outside: bool = False) -> Inputs:
     """The images to explain: files, folders, or ``limit`` frontal rows of a dataset's split."""
     if data is not None:
-        from chexcut.data.chexpert import DataOptions, load_split
+        from chexcut.data.tables import DataOptions, load_split
 
         table = load_split(data, split, DataOptions(csv=csv, views="frontal", images_outside=images_outside))
         paths, files = table.paths[:limit], table.files[:limit]
@@ -224,8 +224,8 @@ def gather_masked(data: Path, csv: str | None, split: str, pre: Preprocess, skip
                   limit: int = CHECK_LIMIT) -> tuple[Inputs, dict] | None:
     """For the pointing game: every frontal image of the split with a drawn region (up to ``limit``) and
     where each finding is; None when the dataset has no masks (not a phantom made with ``--masks``)."""
-    from chexcut.data.chexpert import DataOptions, find_dataset_dir, load_split
     from chexcut.data.phantom import read_masks
+    from chexcut.data.tables import DataOptions, find_dataset_dir, load_split
 
     try:
         if csv or not (find_dataset_dir(data) / "masks.csv").is_file():

@@ -12,7 +12,7 @@ from chexcut.errors import ChexcutError
 
 def _files_by_key(source: dict, level: str) -> dict[str, str]:
     """Each evaluated key (an image path, or a study at the study level) -> an image file (a study's first view)."""
-    from chexcut.data.chexpert import DataOptions, load_split
+    from chexcut.data.tables import DataOptions, load_split
 
     opts = DataOptions.from_json(source["options"])
     table = load_split(source["data"], source["split"], dataclasses.replace(opts, labels=None))

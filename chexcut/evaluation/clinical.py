@@ -135,27 +135,27 @@ def _figure(point: float, reps: np.ndarray | None, ci: float, key: str) -> dict:
     return out
 
 
-def error_rates(evalset, scores, thresholds: dict, stats, clusters, counts=None) -> tuple[list, list]:
+def error_rates(evalrows, scores, thresholds: dict, stats, clusters, counts=None) -> tuple[list, list]:
     """``(error_rates, error_rate_gaps)``: per ``--by`` column, group and label with an operating threshold
     (``thresholds``: label -> (threshold, rule name)), FNR and FPR with CIs; and every pair of groups' differences
     (a - b) with CI, two-sided p and Holm's p over the column's gaps (FNR and FPR of every label)."""
-    chunks = _chunks(len(evalset.y), clusters, stats.bootstrap, stats.seed, counts)
+    chunks = _chunks(len(evalrows.y), clusters, stats.bootstrap, stats.seed, counts)
     rates, gaps = [], []
-    mask = evalset.mask > 0
+    mask = evalrows.mask > 0
     from chexcut.evaluation.subgroups import group_order
 
     for column in stats.by:
-        values = (evalset.groups or {}).get(column)
+        values = (evalrows.groups or {}).get(column)
         order = group_order(column, values, stats.age_bins if column == "Age" else None)
         fits: dict = {}
         for g in order:
             in_group = np.array([v == g for v in values], dtype=bool)
-            for j, name in enumerate(evalset.labels):
+            for j, name in enumerate(evalrows.labels):
                 if name not in thresholds:
                     continue
                 t, rule = thresholds[name]
                 rows = np.flatnonzero(mask[:, j] & in_group)
-                y, called = evalset.y[rows, j], scores[rows, j] >= t
+                y, called = evalrows.y[rows, j], scores[rows, j] >= t
                 fnr, fpr = (a[0] for a in _rates(y, called, np.ones((1, len(rows)))))
                 reps = [_rates(y, called, _rows_weights(c, clusters, rows)) for c in chunks]
                 rf = np.concatenate([r[0] for r in reps]) if reps else None
@@ -166,7 +166,7 @@ def error_rates(evalset, scores, thresholds: dict, stats, clusters, counts=None)
                               **_figure(fnr, rf, stats.ci, "fnr"), **_figure(fpr, rp, stats.ci, "fpr")})
         family = []
         for a, b in combinations(order, 2):
-            for name in evalset.labels:
+            for name in evalrows.labels:
                 if (a, name) not in fits or (b, name) not in fits:
                     continue
                 fa, fb = fits[(a, name)], fits[(b, name)]
@@ -214,26 +214,26 @@ def _matched(y: np.ndarray, w: np.ndarray, target: float) -> np.ndarray:
     return w * np.nan_to_num(scale)
 
 
-def prevalence_matched(evalset, scores, stats, clusters, counts=None) -> list[dict]:
+def prevalence_matched(evalrows, scores, stats, clusters, counts=None) -> list[dict]:
     """Per ``--by`` column and label: each group's AP as it is and after matching its prevalence to the whole set's,
     with CIs, and the gap between every pair of groups before and after (a - b, CI, p)."""
-    chunks = _chunks(len(evalset.y), clusters, stats.bootstrap, stats.seed, counts)
+    chunks = _chunks(len(evalrows.y), clusters, stats.bootstrap, stats.seed, counts)
     from chexcut.evaluation.subgroups import group_order
 
     out = []
-    mask = evalset.mask > 0
+    mask = evalrows.mask > 0
     for column in stats.by:
-        values = (evalset.groups or {}).get(column)
+        values = (evalrows.groups or {}).get(column)
         order = group_order(column, values, stats.age_bins if column == "Age" else None)
-        for j, name in enumerate(evalset.labels):
+        for j, name in enumerate(evalrows.labels):
             every = np.flatnonzero(mask[:, j])
-            if not len(every) or evalset.y[every, j].min() == evalset.y[every, j].max():
+            if not len(every) or evalrows.y[every, j].min() == evalrows.y[every, j].max():
                 continue
-            target = float(evalset.y[every, j].mean())
+            target = float(evalrows.y[every, j].mean())
             fits = {}
             for g in order:
                 rows = np.flatnonzero(mask[:, j] & np.array([v == g for v in values], dtype=bool))
-                y, s = evalset.y[rows, j], scores[rows, j]
+                y, s = evalrows.y[rows, j], scores[rows, j]
                 one = np.ones((1, len(rows)))
                 raw, matched = weighted_ap(y, s, one)[0], weighted_ap(y, s, _matched(y, one, target))[0]
                 reps = [(weighted_ap(y, s, w), weighted_ap(y, s, _matched(y, w, target)))

@@ -87,7 +87,7 @@ def combine(mats: list[np.ndarray], weights=None, average: str = "probabilities"
     return 1 / (1 + np.exp(-np.tensordot(w, np.log(p / (1 - p)), axes=1)))
 
 
-def member_scores(i, es, evalset, table, infer, progress, first: np.ndarray, other_scores):
+def member_scores(i, es, evalrows, table, infer, progress, first: np.ndarray, other_scores):
     """``([(name, (N, L) scores)...], [overlap record or None per member])``: MODEL's (``first``) and each
     ``--ensemble`` member's on the evaluated rows (``other_scores`` runs or reads one, as ``--compare`` does)."""
     check_average(i.average)
@@ -98,21 +98,21 @@ def member_scores(i, es, evalset, table, infer, progress, first: np.ndarray, oth
     check_weights(i.ensemble_weights, len(names))
     out, overlaps = [(names[0], first)], [None]
     for name in names[1:]:
-        scores, overlap = other_scores(name, "--ensemble", i, es, evalset, table, infer, progress)
+        scores, overlap = other_scores(name, "--ensemble", i, es, evalrows, table, infer, progress)
         out.append((name, scores))
         overlaps.append(overlap)
     return out, overlaps
 
 
-def best_member(evalset, names: list[str], mats: list[np.ndarray]) -> dict:
-    """The member with the highest 5-task mean AUROC on ``evalset`` (all evaluable labels when no task is)."""
+def best_member(evalrows, names: list[str], mats: list[np.ndarray]) -> dict:
+    """The member with the highest 5-task mean AUROC on ``evalrows`` (all evaluable labels when no task is)."""
     from chexcut.evaluation.summary import competition_columns, label_aurocs
 
-    mask = evalset.mask > 0
+    mask = evalrows.mask > 0
     aurocs = {}
     for name, m in zip(names, mats):
-        auc = label_aurocs(evalset.y, mask, m)
-        cols = competition_columns(evalset.labels, auc) or [j for j in range(len(auc)) if np.isfinite(auc[j])]
+        auc = label_aurocs(evalrows.y, mask, m)
+        cols = competition_columns(evalrows.labels, auc) or [j for j in range(len(auc)) if np.isfinite(auc[j])]
         aurocs[name] = float(np.mean(auc[cols])) if cols else None
     ranked = [n for n in names if aurocs[n] is not None]
     if not ranked:

@@ -31,7 +31,7 @@ from chexcut.evaluation.summary import (  # noqa: F401 (re-exported: the trainin
 
 
 @dataclass
-class EvalSet:
+class EvalRows:
     """Rows to evaluate: ``y``/``mask`` (N, L), and the ids used for aggregation and clustering."""
 
     paths: list[str]
@@ -44,36 +44,36 @@ class EvalSet:
     groups: dict | None = None  # subgroup column -> (N,) group names (None where a row belongs to none)
 
 
-def _clinical(evalset, scores, stats, clusters, draws, logits: bool, result: dict) -> dict:
+def _clinical(evalrows, scores, stats, clusters, draws, logits: bool, result: dict) -> dict:
     """Decision curves, error rates by subgroup at the operating thresholds, prevalence-matched gaps, failures."""
     from chexcut.evaluation import clinical
 
     out = {}
     if stats.decision_curve:
-        out["decision_curve"] = clinical.decision_curves(evalset.y, evalset.mask, scores, evalset.labels, clusters,
+        out["decision_curve"] = clinical.decision_curves(evalrows.y, evalrows.mask, scores, evalrows.labels, clusters,
                                                          draws, logits)
     thresholds = clinical.operating_thresholds(result.get("operating_points"))
     if stats.by and thresholds:
-        out["error_rates"], out["error_rate_gaps"] = clinical.error_rates(evalset, scores, thresholds, stats,
+        out["error_rates"], out["error_rate_gaps"] = clinical.error_rates(evalrows, scores, thresholds, stats,
                                                                           clusters, draws.counts)
     if stats.prevalence_matched:
-        out["prevalence_matched"] = clinical.prevalence_matched(evalset, scores, stats, clusters, draws.counts)
+        out["prevalence_matched"] = clinical.prevalence_matched(evalrows, scores, stats, clusters, draws.counts)
     if stats.failures:
         from chexcut.evaluation.failures import failures
 
-        out["failures"] = failures(evalset, scores, thresholds, stats.failures)
+        out["failures"] = failures(evalrows, scores, thresholds, stats.failures)
     return out
 
 
 # ----------------------------------------------------------------------------- aggregation
 
-def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[EvalSet, list[np.ndarray]]:
+def aggregate_by_study(evalrows: EvalRows, scores: list[np.ndarray]) -> tuple[EvalRows, list[np.ndarray]]:
     """One row per study: the max prediction over its views (the official CheXpert evaluation);
     a label counts for the study if it counts for any view, positive if positive in any; a subgroup value
     is its first view's."""
     import pandas as pd
 
-    codes, uniq = pd.factorize(pd.Series(evalset.study, dtype=object))
+    codes, uniq = pd.factorize(pd.Series(evalrows.study, dtype=object))
     k = len(uniq)
 
     def group_max(a):
@@ -81,27 +81,27 @@ def aggregate_by_study(evalset: EvalSet, scores: list[np.ndarray]) -> tuple[Eval
         np.maximum.at(out, codes, a)
         return out
 
-    masked_y = np.where(evalset.mask > 0, evalset.y, -np.inf)
+    masked_y = np.where(evalrows.mask > 0, evalrows.y, -np.inf)
     y = group_max(masked_y)
-    mask = group_max(evalset.mask.astype(np.float64))
+    mask = group_max(evalrows.mask.astype(np.float64))
     y = np.where(np.isfinite(y), y, 0.0)
     first = np.zeros(k, dtype=np.int64)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
-    groups = None if evalset.groups is None else {c: g[first] for c, g in evalset.groups.items()}
-    agg = EvalSet(paths=[str(u) for u in uniq], labels=evalset.labels, y=y, mask=mask,
-                  patient=evalset.patient[first], study=np.asarray(uniq, dtype=object),
-                  not_annotated=evalset.not_annotated, groups=groups)
+    groups = None if evalrows.groups is None else {c: g[first] for c, g in evalrows.groups.items()}
+    agg = EvalRows(paths=[str(u) for u in uniq], labels=evalrows.labels, y=y, mask=mask,
+                  patient=evalrows.patient[first], study=np.asarray(uniq, dtype=object),
+                  not_annotated=evalrows.not_annotated, groups=groups)
     return agg, [group_max(s) for s in scores]
 
 
 # ----------------------------------------------------------------------------- the evaluation
 
-def cluster_rows(evalset: EvalSet, cluster: str) -> np.ndarray:
+def cluster_rows(evalrows: EvalRows, cluster: str) -> np.ndarray:
     """The id each row resamples (and DeLong clusters) by: patient, study, or the row itself."""
-    return {"patient": evalset.patient, "study": evalset.study, "none": np.arange(len(evalset.y))}[cluster]
+    return {"patient": evalrows.patient, "study": evalrows.study, "none": np.arange(len(evalrows.y))}[cluster]
 
 
-def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = None, *,
+def evaluate(evalrows: EvalRows, scores: np.ndarray, stats: Statistics | None = None, *,
              compare: np.ndarray | None = None, chunk: int | None = None, logits: bool = False,
              readers: dict | None = None, given: dict | None = None, **settings) -> dict:
     """The evaluation JSON (see docs/concepts/evaluation.md for the schema). ``scores`` (and ``compare``) are (N, L): probabilities,
@@ -112,12 +112,12 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
     from chexcut.evaluation import calibration, operating, paired, subgroups
 
     stats = stats or Statistics(**settings)
-    scores = metrics.check_scores(scores, evalset.y.shape, "scores")
+    scores = metrics.check_scores(scores, evalrows.y.shape, "scores")
     if compare is not None:
-        compare = metrics.check_scores(compare, evalset.y.shape, "compare")
+        compare = metrics.check_scores(compare, evalrows.y.shape, "compare")
     bootstrap, ci, seed, cluster = stats.bootstrap, stats.ci, stats.seed, stats.cluster
-    y, mask, labels = evalset.y, evalset.mask > 0, evalset.labels
-    clusters = metrics.cluster_ids(cluster_rows(evalset, cluster))
+    y, mask, labels = evalrows.y, evalrows.mask > 0, evalrows.labels
+    clusters = metrics.cluster_ids(cluster_rows(evalrows, cluster))
     auc = label_aurocs(y, mask, scores)
     auc_b = None if compare is None else label_aurocs(y, mask, compare)
     reps = reps_b = None
@@ -130,7 +130,7 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
                                                          stats.calibration, logits=logits, chunk=chunk,
                                                          counts=counts)
     extra = (points, ext_reps)
-    per_label = label_rows(evalset, mask, auc, reps, ci, extra)
+    per_label = label_rows(evalrows, mask, auc, reps, ci, extra)
     evaluable = [j for j in range(len(labels)) if np.isfinite(auc[j])]
     comp = competition_columns(labels, auc)
     means = {}
@@ -148,17 +148,17 @@ def evaluate(evalset: EvalSet, scores: np.ndarray, stats: Statistics | None = No
         result["calibration"] = calibration_section(labels, points, ext_reps, fitted, ci, logits)
     if stats.by:
         result["subgroups"], result["subgroup_gaps"], notes = subgroups.evaluate_subgroups(
-            evalset, scores, stats, clusters, logits=logits, chunk=chunk, counts=counts)
+            evalrows, scores, stats, clusters, logits=logits, chunk=chunk, counts=counts)
         result["warnings"] += notes
     rules = operating.rules_of(stats)
     draws = operating.Draws(bootstrap, seed, ci, chunk, counts)
     if rules or readers or given:
         result |= operating.operating_points(y, mask, scores, labels, clusters, rules, readers, given, draws)
-    result |= _clinical(evalset, scores, stats, clusters, draws, logits, result)
+    result |= _clinical(evalrows, scores, stats, clusters, draws, logits, result)
     if compare is not None:
         result["compare"] = paired.compare(
             y, mask, labels, paired.Arm(scores, auc, reps), paired.Arm(compare, auc_b, reps_b), comp=comp,
-            evaluable=evaluable, stats=stats, cluster_ids=None if cluster == "none" else cluster_rows(evalset, cluster))
+            evaluable=evaluable, stats=stats, cluster_ids=None if cluster == "none" else cluster_rows(evalrows, cluster))
     return result
 
 
@@ -185,7 +185,7 @@ def calibration_section(labels, points, reps, fitted, ci: float, logits: bool) -
             "recalibration": "logit P(y) = intercept + slope * logit(p): perfect calibration is 0 and 1"}
 
 
-def evalset_from_table(table) -> EvalSet:
-    return EvalSet(paths=list(table.paths), labels=tuple(table.labels), y=table.targets.astype(np.float64),
+def evalset_from_table(table) -> EvalRows:
+    return EvalRows(paths=list(table.paths), labels=tuple(table.labels), y=table.targets.astype(np.float64),
                    mask=table.mask, patient=table.patient, study=table.study,
                    not_annotated=tuple(getattr(table, "not_annotated", ())))

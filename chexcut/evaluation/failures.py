@@ -26,14 +26,14 @@ def youden_threshold(y: np.ndarray, s: np.ndarray) -> float | None:
     return float(s[order][ends][int(np.argmax(j))])
 
 
-def failures(evalset, scores: np.ndarray, thresholds: dict, n: int) -> list[dict]:
+def failures(evalrows, scores: np.ndarray, thresholds: dict, n: int) -> list[dict]:
     """The ``failures`` JSON block: per label, ``false_positives`` and ``false_negatives`` (``n`` each at most)."""
     out = []
-    mask = evalset.mask > 0
-    groups = evalset.groups or {}
-    for j, name in enumerate(evalset.labels):
+    mask = evalrows.mask > 0
+    groups = evalrows.groups or {}
+    for j, name in enumerate(evalrows.labels):
         rows = np.flatnonzero(mask[:, j])
-        y, s = evalset.y[rows, j], scores[rows, j]
+        y, s = evalrows.y[rows, j], scores[rows, j]
         if name in thresholds:
             t, rule = thresholds[name]
         else:
@@ -46,11 +46,11 @@ def failures(evalset, scores: np.ndarray, thresholds: dict, n: int) -> list[dict
         out.append({"label": name, "threshold": float(t), "rule": rule,
                     "n_false_positives": int(((s >= t) & (y == 0)).sum()),
                     "n_false_negatives": int(((s < t) & (y == 1)).sum()),
-                    "false_positives": [_case(evalset, groups, rows[i], s[i], y[i]) for i in fp],
-                    "false_negatives": [_case(evalset, groups, rows[i], s[i], y[i]) for i in fn]})
+                    "false_positives": [_case(evalrows, groups, rows[i], s[i], y[i]) for i in fp],
+                    "false_negatives": [_case(evalrows, groups, rows[i], s[i], y[i]) for i in fn]})
     return out
 
 
-def _case(evalset, groups: dict, row: int, score: float, truth: float) -> dict:
-    return {"key": evalset.paths[row], "score": float(score), "truth": int(truth),
+def _case(evalrows, groups: dict, row: int, score: float, truth: float) -> dict:
+    return {"key": evalrows.paths[row], "score": float(score), "truth": int(truth),
             **{c: v[row] for c, v in groups.items()}}

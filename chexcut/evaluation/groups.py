@@ -47,8 +47,8 @@ def read_table(csv, key_col: str | None, columns: list[str]):
     return df[have], header
 
 
-def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
-    """(``evalset`` with ``groups`` {column: (N,) values or None} for every column of ``stats.by``, warnings: a
+def attach_groups(evalrows, stats, sources: list[tuple[Path, str | None]]):
+    """(``evalrows`` with ``groups`` {column: (N,) values or None} for every column of ``stats.by``, warnings: a
     source that leaves evaluated rows out says how many)."""
     from chexcut.evaluation.predictions import canonical_keys
     from chexcut.evaluation.subgroups import age_intervals
@@ -58,7 +58,7 @@ def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
         raise ChexcutError("--by Age needs --age-bins EDGES (e.g. 0,40,60,80,200): each age would be its own group")
     if stats.age_bins and "Age" not in wanted:
         raise ChexcutError("--age-bins applies to --by Age; add Age to --by")
-    keys = canonical_keys(evalset.paths)
+    keys = canonical_keys(evalrows.paths)
     groups, headers, warnings = {}, [], []
     for csv, key_col in sources:
         todo = [c for c in wanted if c not in groups]
@@ -88,4 +88,4 @@ def attach_groups(evalset, stats, sources: list[tuple[Path, str | None]]):
     if unknown:
         seen = "; ".join(f"{name}: {', '.join(h[:10])}{'...' if len(h) > 10 else ''}" for name, h in headers)
         raise ChexcutError(f"--by {', '.join(unknown)}: no such column in the truth or --groups CSV ({seen})")
-    return dataclasses.replace(evalset, groups=groups), warnings
+    return dataclasses.replace(evalrows, groups=groups), warnings

@@ -48,8 +48,8 @@ def parse_reader_specs(specs) -> list[tuple[str, Path]]:
     return out
 
 
-def read_readers(specs: list[tuple[str, Path]], evalset, key_col: str | None = None) -> dict[str, np.ndarray]:
-    """Each reader's (N, L) reads in ``evalset``'s row order: 0/1, nan for a label the reader's file lacks.
+def read_readers(specs: list[tuple[str, Path]], evalrows, key_col: str | None = None) -> dict[str, np.ndarray]:
+    """Each reader's (N, L) reads in ``evalrows``'s row order: 0/1, nan for a label the reader's file lacks.
     Every truth row must have a read (one line naming how many lack one, and the first)."""
     import pandas as pd
 
@@ -63,13 +63,13 @@ def read_readers(specs: list[tuple[str, Path]], evalset, key_col: str | None = N
             row = int(np.flatnonzero(~np.isin(values, (0.0, 1.0)).all(1))[0]) + 2
             raise ChexcutError(f"--readers {name}: {path.name} holds values other than 0 and 1 (first in row {row}); "
                                f"a reader's file gives one binary decision per label")
-        have = [c for c in evalset.labels if c in reads.columns]
+        have = [c for c in evalrows.labels if c in reads.columns]
         if not have:
             raise ChexcutError(f"--readers {name}: {path.name} has none of the evaluated labels "
-                               f"({', '.join(evalset.labels[:5])}...)")
-        full = pd.DataFrame({c: reads[c] if c in reads.columns else np.nan for c in evalset.labels}, index=reads.index)
+                               f"({', '.join(evalrows.labels[:5])}...)")
+        full = pd.DataFrame({c: reads[c] if c in reads.columns else np.nan for c in evalrows.labels}, index=reads.index)
         full.attrs.update(reads.attrs)
-        out[name] = align(evalset, full, name=f"reader {name}")
+        out[name] = align(evalrows, full, name=f"reader {name}")
     return out
 
 
@@ -157,8 +157,8 @@ def _from_eval_json(path: Path, rule: Rule, labels, logits: bool = False) -> dic
 
 def _from_run(run_dir: Path, rule: Rule, labels, level: str) -> dict[str, Rule]:
     """The rule applied to a run's validation predictions (the rows and labels its config names)."""
-    from chexcut.data.chexpert import load_split
-    from chexcut.evaluation import evalset as sets
+    from chexcut.data.tables import load_split
+    from chexcut.evaluation import evaluation_set as sets
     from chexcut.evaluation.evaluate import aggregate_by_study, evalset_from_table
     from chexcut.evaluation.predictions import align, read_predictions
     from chexcut.rundir import RunDir

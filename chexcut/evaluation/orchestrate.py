@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluation.evalset import overlaps_training
 from chexcut.evaluation.evaluate import aggregate_by_study, evalset_from_table, evaluate
+from chexcut.evaluation.evaluation_set import overlaps_training
 from chexcut.evaluation.predictions import align, is_image_key, read_predictions, to_studies, write_predictions
 from chexcut.evaluation.settings import Inference, Statistics
 from chexcut.models.source import ModelSource
@@ -31,9 +31,9 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
     import pandas as pd
     import torch
 
+    from chexcut.data.batches import XrayBatches, batch_order, make_loader
     from chexcut.data.cache import open_cache
-    from chexcut.data.chexpert import check_files, load_split
-    from chexcut.data.dataset import XrayBatches, batch_order, make_loader
+    from chexcut.data.tables import check_files, load_split
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.infer import pick_device, predict, resolve_precision
     from chexcut.models.modelfile import load_model, read_spec
@@ -176,28 +176,28 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     es, table, preds, notes, warns, overlap, group_sources = _gather(i, source, infer, progress)
     if i.groups is not None:
         group_sources.insert(0, (Path(i.groups), i.key_col))
-    evalset = evalset_from_table(table)
+    evalrows = evalset_from_table(table)
     if stats.by:
         from chexcut.evaluation.groups import attach_groups
 
-        evalset, group_warnings = attach_groups(evalset, stats, group_sources)
+        evalrows, group_warnings = attach_groups(evalrows, stats, group_sources)
         warns = warns + group_warnings
-    mats, members, overlap = _scores(i, es, evalset, table, preds, notes, overlap, infer, progress,
+    mats, members, overlap = _scores(i, es, evalrows, table, preds, notes, overlap, infer, progress,
                                      predictions_out)
-    reads = read_readers(reader_specs, evalset, i.key_col)
+    reads = read_readers(reader_specs, evalrows, i.key_col)
     n_scores = len(mats)
     mats += list(reads.values())
     if stats.level == "study":
-        evalset, mats = aggregate_by_study(evalset, mats)
-    given, given_warnings = given_thresholds(i.thresholds, rule, evalset.labels, stats.level,
+        evalrows, mats = aggregate_by_study(evalrows, mats)
+    given, given_warnings = given_thresholds(i.thresholds, rule, evalrows.labels, stats.level,
                                              i.logits and i.model is None) if i.thresholds else (None, [])
     compare, best = (mats[1] if n_scores > 1 else None), None
     if members:
         from chexcut.evaluation.ensemble import best_member
 
-        best = best_member(evalset, [n for n, _ in members], mats[1:n_scores])
+        best = best_member(evalrows, [n for n, _ in members], mats[1:n_scores])
         compare = mats[1 + best["index"]]
-    result = evaluate(evalset, mats[0], stats, compare=compare,
+    result = evaluate(evalrows, mats[0], stats, compare=compare,
                       logits=i.logits and i.model is None, readers=dict(zip(reads, mats[n_scores:])), given=given)
     if members:
         result["ensemble"] = {"members": [n for n, _ in members], "weights": _weights(i, len(members)),
@@ -206,30 +206,30 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     result["level"] = stats.level
     result["statistics"] = stats.to_json()  # every setting asked for (a study's runs: the plan's and the run's seed)
     if plots is not None:
-        result["plots"] = _plots(evalset, mats[0], result, plots, stats)
+        result["plots"] = _plots(evalrows, mats[0], result, plots, stats)
     _provenance(result, i, es, source, notes, overlap, warns, given_warnings)
     return result
 
 
-def _scores(i: EvalInputs, es, evalset, table, preds, notes, overlap, infer: Inference, progress, predictions_out):
+def _scores(i: EvalInputs, es, evalrows, table, preds, notes, overlap, infer: Inference, progress, predictions_out):
     """``(mats, members, overlap)``: the model's scores (an ensemble's: the combined ones, then each member's) and
-    --compare's, aligned with ``evalset``; the predictions CSV written once nothing was refused."""
-    mats = [align(evalset, preds, notes=notes)]
+    --compare's, aligned with ``evalrows``; the predictions CSV written once nothing was refused."""
+    mats = [align(evalrows, preds, notes=notes)]
     if i.compare:
-        other, compare_overlap = _compare_scores(i, es, evalset, table, infer, progress)
+        other, compare_overlap = _compare_scores(i, es, evalrows, table, infer, progress)
         mats.append(other)
         overlap = {"model": overlap, "compare": compare_overlap} if compare_overlap is not None else overlap
     members = []
     if i.ensemble:
         from chexcut.evaluation.ensemble import combine, member_scores
 
-        members, member_overlaps = member_scores(i, es, evalset, table, infer, progress, mats[0], _other_scores)
+        members, member_overlaps = member_scores(i, es, evalrows, table, infer, progress, mats[0], _other_scores)
         mats = [combine([m for _, m in members], i.ensemble_weights, i.average, i.logits and i.model is None),
                 *(m for _, m in members)]
         if any(o is not None for o in member_overlaps):
             overlap = {"members": member_overlaps}
     if predictions_out and members:  # the ensemble's own predictions, image level
-        write_predictions(predictions_out, list(evalset.paths), tuple(evalset.labels), mats[0])
+        write_predictions(predictions_out, list(evalrows.paths), tuple(evalrows.labels), mats[0])
     elif predictions_out and i.model is not None:  # only after every refusal: no output for a refused evaluation
         write_predictions(predictions_out, table.paths, tuple(preds.columns), preds.to_numpy())
     return mats, members, overlap
@@ -268,19 +268,19 @@ def _warnings(result: dict, warns: list[str], given_warnings: list[str], interim
     result["warning_kinds"] = [{"kind": k, "message": w} for k, w in kinds]
 
 
-def _plots(evalset, scores, result: dict, folder: Path, stats: Statistics) -> list[str]:
+def _plots(evalrows, scores, result: dict, folder: Path, stats: Statistics) -> list[str]:
     from chexcut.evaluation.evaluate import cluster_rows
     from chexcut.evaluation.metrics import cluster_ids
     from chexcut.evaluation.plots import write_plots
 
-    clusters = cluster_ids(cluster_rows(evalset, stats.cluster))
-    return [str(f) for f in write_plots(evalset, scores, result, folder, stats, clusters)]
+    clusters = cluster_ids(cluster_rows(evalrows, stats.cluster))
+    return [str(f) for f in write_plots(evalrows, scores, result, folder, stats, clusters)]
 
 
 def _gather(i: EvalInputs, source, infer: Inference, progress):
     """The rows and the predictions to evaluate: (evaluation set or None, truth table, predictions, notes,
     warnings, overlap record, where subgroup columns can be read)."""
-    from chexcut.evaluation import evalset as sets
+    from chexcut.evaluation import evaluation_set as sets
 
     es, notes, warns = None, [], []
     if i.model is not None:
@@ -299,7 +299,7 @@ def _gather(i: EvalInputs, source, infer: Inference, progress):
 
 
 def _options(options: dict):
-    from chexcut.data.chexpert import DataOptions
+    from chexcut.data.tables import DataOptions
 
     return DataOptions(**options)
 
@@ -312,7 +312,7 @@ def _predictions_and_labels(predictions, label_file, options: dict, logits: bool
     ``allow_missing``; image-level predictions against study-level truth are aggregated to studies."""
     import dataclasses
 
-    from chexcut.data.chexpert import read_csv_table
+    from chexcut.data.tables import read_csv_table
     from chexcut.evaluation.predictions import is_image_key, key_column, to_studies
     from chexcut.labels import COMPETITION_LABELS
     from chexcut.reading import csv_header
@@ -360,8 +360,8 @@ def table_key(es) -> str:
 def dataset_csvs(es) -> list:
     """Where a data set's subgroup columns are read: ``--csv``, train.csv and valid.csv, or a published set's
     harmonised index (in memory: Sex, Age, AP/PA, PadChest's MethodLabel, ...)."""
-    from chexcut.data.chexpert import find_dataset_dir
     from chexcut.data.datasets import read_index, resolve
+    from chexcut.data.tables import find_dataset_dir
 
     name = resolve(es.data, es.opts.dataset, es.opts.csv)[1]
     if name and name != "chexpert":
@@ -375,27 +375,27 @@ def dataset_csvs(es) -> list:
     return [f for f in (ddir / "valid.csv", ddir / "train.csv") if f.is_file()]
 
 
-def _compare_scores(i: EvalInputs, es, evalset, table, infer: Inference, progress):
+def _compare_scores(i: EvalInputs, es, evalrows, table, infer: Inference, progress):
     """The other model's scores on the same rows (a predictions CSV, or a model run on the same set)."""
-    return _other_scores(i.compare, "--compare", i, es, evalset, table, infer, progress)
+    return _other_scores(i.compare, "--compare", i, es, evalrows, table, infer, progress)
 
 
-def _other_scores(compare: str, what: str, i: EvalInputs, es, evalset, table, infer: Inference, progress):
+def _other_scores(compare: str, what: str, i: EvalInputs, es, evalrows, table, infer: Inference, progress):
     """Another model's scores on the evaluated rows: a predictions CSV, or a run / model file run over the same set
     (its training rows checked for overlap when it is a run). ``what`` names it in messages."""
-    from chexcut.evaluation import evalset as sets
+    from chexcut.evaluation import evaluation_set as sets
     if is_predictions_csv(compare):
         other = read_predictions(compare, logits=i.logits, key_col=i.key_col)
-        if other.attrs.get("level") == "image" and evalset.paths and not is_image_key(evalset.paths[0]):
+        if other.attrs.get("level") == "image" and evalrows.paths and not is_image_key(evalrows.paths[0]):
             other = to_studies(other)
-        return align(evalset, other, name=f"{what} {compare}"), None
+        return align(evalrows, other, name=f"{what} {compare}"), None
     if es is None:
         raise ChexcutError(f"{what} with a model needs MODEL too (run on the same data), not --predictions")
     source = ModelSource.parse(str(compare))
     with progress(f"inference ({what.lstrip('-')})") as update:
-        _, other, _ = model_predictions(source.require_file(f"evaluate {what}"), es, infer, labels=evalset.labels,
+        _, other, _ = model_predictions(source.require_file(f"evaluate {what}"), es, infer, labels=evalrows.labels,
                                         progress=update)
     other_run = source.run_dir
     overlap = sets.check_overlap(table, es, i.allow_overlap, run_dir=other_run, what=f"{what} {compare}") \
         if other_run else None
-    return align(evalset, other, name=f"{what} {compare}"), overlap
+    return align(evalrows, other, name=f"{what} {compare}"), overlap

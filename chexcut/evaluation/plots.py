@@ -61,7 +61,7 @@ def roc_band(y, s, clusters, bootstrap: int, seed: int, ci: float) -> tuple[np.n
     return tuple(np.quantile(np.array(curves), [a, 1 - a], axis=0))
 
 
-def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) -> list[Path]:
+def write_plots(evalrows, scores, result: dict, folder: Path, stats, clusters) -> list[Path]:
     """Every PNG for the evaluable labels of ``result``; returns the files written."""
     import matplotlib
 
@@ -84,12 +84,12 @@ def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) ->
         plt.close(fig)
         written.append(f)
 
-    mask = evalset.mask > 0
+    mask = evalrows.mask > 0
     for j, row in enumerate(result["labels"]):
         if row.get("auroc") is None:
             continue
         name, rows = row["label"], np.flatnonzero(mask[:, j])
-        y, s = evalset.y[rows, j], scores[rows, j]
+        y, s = evalrows.y[rows, j], scores[rows, j]
         fpr, tpr = weighted_roc(y, s, np.ones((1, len(y))))
         band = roc_band(y, s, clusters[rows], stats.bootstrap, stats.seed, stats.ci)
         fig, ax = plt.subplots(figsize=(4.6, 4.4))
@@ -105,7 +105,7 @@ def write_plots(evalset, scores, result: dict, folder: Path, stats, clusters) ->
         if name in cal and cal[name].get("bins"):
             _reliability_plot(plt, save, name, cal[name])
         for column in stats.by:
-            _subgroup_plot(plt, save, name, column, evalset, scores, j, result)
+            _subgroup_plot(plt, save, name, column, evalrows, scores, j, result)
     return written
 
 
@@ -183,9 +183,9 @@ def _reliability_plot(plt, save, name, c) -> None:
     save(fig, name, "reliability")
 
 
-def _subgroup_plot(plt, save, name, column, evalset, scores, j, result) -> None:
-    mask = evalset.mask[:, j] > 0
-    values = evalset.groups[column]
+def _subgroup_plot(plt, save, name, column, evalrows, scores, j, result) -> None:
+    mask = evalrows.mask[:, j] > 0
+    values = evalrows.groups[column]
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     drawn = 0
     for g in [s for s in result.get("subgroups", []) if s["by"] == column]:
@@ -193,7 +193,7 @@ def _subgroup_plot(plt, save, name, column, evalset, scores, j, result) -> None:
         if lab.get("auroc") is None:
             continue
         rows = np.flatnonzero(mask & np.array([v == g["group"] for v in values]))
-        fpr, tpr = weighted_roc(evalset.y[rows, j], scores[rows, j], np.ones((1, len(rows))))
+        fpr, tpr = weighted_roc(evalrows.y[rows, j], scores[rows, j], np.ones((1, len(rows))))
         ax.plot(fpr[0], tpr[0], lw=1.8, label=f"{g['group']}: {lab['auroc']:.3f} (n {lab['n_pos'] + lab['n_neg']})")
         drawn += 1
     if not drawn:

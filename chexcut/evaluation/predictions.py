@@ -145,15 +145,15 @@ def write_predictions(path: str | Path, paths: list[str], labels: tuple[str, ...
         df.to_csv(tmp, index=False)  # shortest round-trip repr of each float64: order kept, no artificial ties
 
 
-def align(evalset, preds, name: str = "predictions", notes: list | None = None) -> np.ndarray:
-    """The (N, L) scores of ``preds`` (DataFrame indexed by canonical key) in ``evalset``'s row order.
+def align(evalrows, preds, name: str = "predictions", notes: list | None = None) -> np.ndarray:
+    """The (N, L) scores of ``preds`` (DataFrame indexed by canonical key) in ``evalrows``'s row order.
 
     Truth rows without a prediction are an error naming how many and the first; prediction rows without a
     truth row are a note in ``notes`` (e.g. views the evaluation does not count)."""
-    missing_cols = [c for c in evalset.labels if c not in preds.columns]
+    missing_cols = [c for c in evalrows.labels if c not in preds.columns]
     if missing_cols:
         raise ChexcutError(f"{name} lack label columns: {', '.join(missing_cols)}")
-    keys = canonical_keys(evalset.paths)
+    keys = canonical_keys(evalrows.paths)
     if preds.attrs.get("level") == "study" and keys and is_image_key(keys[0]):
         keys = [study_of(k) for k in keys]  # every image gets its study's score
     import pandas as pd
@@ -165,10 +165,10 @@ def align(evalset, preds, name: str = "predictions", notes: list | None = None) 
         raise ChexcutError(f"no rows of the truth match the {name} on their keys (empty join; "
                            f"e.g. truth {keys[0]!r} vs {name} {have[0]!r})")
     if unmatched:
-        first = evalset.paths[int(np.flatnonzero(pos < 0)[0])]
+        first = evalrows.paths[int(np.flatnonzero(pos < 0)[0])]
         raise ChexcutError(f"{unmatched} of {len(keys)} truth rows have no {name} row (first: {first})")
     if notes is not None:
         extra = have.difference(keys, sort=False)
         if len(extra):
             notes.append(f"{len(extra)} {name} rows have no truth row and were not evaluated (first: {extra[0]})")
-    return preds[list(evalset.labels)].to_numpy(dtype=np.float64)[pos]
+    return preds[list(evalrows.labels)].to_numpy(dtype=np.float64)[pos]

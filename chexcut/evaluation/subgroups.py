@@ -44,7 +44,7 @@ def group_order(column: str, values: np.ndarray, age_bins) -> list[str]:
     return sorted(present, key=str)
 
 
-def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bool, chunk, counts=None):
+def _group_result(evalrows, scores, stats, clusters, rows: np.ndarray, logits: bool, chunk, counts=None):
     """One group: its label objects and both means (the whole set's resamples), and its replicate AUROCs."""
     from chexcut.evaluation.calibration import extra_figures
     from chexcut.evaluation.summary import (
@@ -55,16 +55,16 @@ def _group_result(evalset, scores, stats, clusters, rows: np.ndarray, logits: bo
         mean_of,
     )
 
-    mask = (evalset.mask > 0) & rows[:, None]
-    auc = label_aurocs(evalset.y, mask, scores)
+    mask = (evalrows.mask > 0) & rows[:, None]
+    auc = label_aurocs(evalrows.y, mask, scores)
     reps = None
     if stats.bootstrap:
-        reps = metrics.bootstrap_aurocs(evalset.y, [scores], mask, clusters, stats.bootstrap, seed=stats.seed,
+        reps = metrics.bootstrap_aurocs(evalrows.y, [scores], mask, clusters, stats.bootstrap, seed=stats.seed,
                                         chunk=chunk, counts=counts)[0]
-    points, ext, _ = extra_figures(evalset.y, mask, scores, clusters, stats.bootstrap, stats.seed, False,
+    points, ext, _ = extra_figures(evalrows.y, mask, scores, clusters, stats.bootstrap, stats.seed, False,
                                    logits=logits, chunk=chunk, counts=counts)
-    labels = label_rows(evalset, mask, auc, reps, stats.ci, (points, ext))
-    comp = competition_columns(evalset.labels, auc)
+    labels = label_rows(evalrows, mask, auc, reps, stats.ci, (points, ext))
+    comp = competition_columns(evalrows.labels, auc)
     evaluable = [j for j in range(len(auc)) if np.isfinite(auc[j])]
     means = {}
     for key, cols in (("mean_competition", comp), ("mean_all", evaluable)):
@@ -91,13 +91,13 @@ def _gap(a_auc, a_reps, b_auc, b_reps, cols: list[int], ci: float) -> dict:
     return {"delta": delta, **paired_interval(delta, reps, ci)}
 
 
-def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, chunk=None, counts=None):
+def evaluate_subgroups(evalrows, scores, stats, clusters, logits: bool = False, chunk=None, counts=None):
     """``(subgroups, subgroup_gaps, notes)`` for every column of ``stats.by`` (see docs/concepts/evaluation.md for the JSON)."""
     from chexcut.labels import COMPETITION_LABELS
 
     subgroups, gaps, notes = [], [], []
     for column in stats.by:
-        values = (evalset.groups or {}).get(column)
+        values = (evalrows.groups or {}).get(column)
         if values is None:
             raise ChexcutError(f"--by {column}: no such column among the subgroup sources")
         left_out = int(sum(v is None for v in values))
@@ -110,7 +110,7 @@ def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, c
         fits = {}
         for g in order:
             rows = np.array([v == g for v in values], dtype=bool)
-            labels, means, auc, reps = _group_result(evalset, scores, stats, clusters, rows, logits, chunk, counts)
+            labels, means, auc, reps = _group_result(evalrows, scores, stats, clusters, rows, logits, chunk, counts)
             fits[g] = (auc, reps)
             subgroups.append({"by": column, "group": g, "n": int(rows.sum()), "labels": labels, **means})
             small = [r["label"] for r in labels if r.get("warning")]
@@ -119,11 +119,11 @@ def evaluate_subgroups(evalset, scores, stats, clusters, logits: bool = False, c
                              f"unreliable intervals ({', '.join(small[:4])}{', ...' if len(small) > 4 else ''})")
         for a, b in combinations(order, 2):
             (aa, ra), (ab, rb) = fits[a], fits[b]
-            both = [j for j in range(len(evalset.labels)) if np.isfinite(aa[j]) and np.isfinite(ab[j])]
+            both = [j for j in range(len(evalrows.labels)) if np.isfinite(aa[j]) and np.isfinite(ab[j])]
             for j in both:
-                gaps.append({"by": column, "groups": [a, b], "label": evalset.labels[j],
+                gaps.append({"by": column, "groups": [a, b], "label": evalrows.labels[j],
                              **_gap(aa, ra, ab, rb, [j], stats.ci)})
-            comp = [j for j in both if evalset.labels[j] in COMPETITION_LABELS]
+            comp = [j for j in both if evalrows.labels[j] in COMPETITION_LABELS]
             if comp:
                 gaps.append({"by": column, "groups": [a, b], "label": "mean_competition", "labels": len(comp),
                              **_gap(aa, ra, ab, rb, comp, stats.ci)})

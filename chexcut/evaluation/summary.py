@@ -67,13 +67,13 @@ def competition_mean(labels, auc: np.ndarray) -> float | None:
     return float(np.mean(auc[cols])) if cols else None
 
 
-def label_rows(evalset, mask: np.ndarray, auc: np.ndarray, reps: np.ndarray | None, ci: float,
+def label_rows(evalrows, mask: np.ndarray, auc: np.ndarray, reps: np.ndarray | None, ci: float,
                extra=None) -> list[dict]:
     """The per-label objects of the JSON: counts, prevalence, AUROC and CI, average precision and CI, reasons
     and warnings. ``extra``: (points, replicates) of :func:`chexcut.evaluation.calibration.extra_figures`."""
-    y = evalset.y
+    y = evalrows.y
     rows = []
-    for j, name in enumerate(evalset.labels):
+    for j, name in enumerate(evalrows.labels):
         yj = y[mask[:, j], j]
         n_pos, n_neg = int(yj.sum()), int(len(yj) - yj.sum())
         row = {"label": name, "n_pos": n_pos, "n_neg": n_neg,
@@ -82,7 +82,7 @@ def label_rows(evalset, mask: np.ndarray, auc: np.ndarray, reps: np.ndarray | No
         if extra is not None:
             for fig in figures.computed(False):  # the labels section's (average precision, ...)
                 row |= figure_fields(extra, j, fig, ci)
-        if name in evalset.not_annotated:
+        if name in evalrows.not_annotated:
             row["not_evaluable"] = "not annotated in this data set (blank in every row)"
         elif not np.isfinite(auc[j]):
             row["not_evaluable"] = (f"only {'positives' if n_pos else 'negatives'}" if len(yj) else "no counted rows")

@@ -140,8 +140,8 @@ def _demographics(cfg: dict) -> dict:
 
     import pandas as pd
 
-    from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.datasets import read_index, resolve
+    from chexcut.data.tables import DataOptions, load_split
 
     d = cfg["data"]
     opts = dataclasses.replace(DataOptions.from_json(d), labels=None)
@@ -151,7 +151,7 @@ def _demographics(cfg: dict) -> dict:
         if name and name != "chexpert":
             frame = read_index(Path(d["dir"]), name, opts.label_map)[0]
         else:
-            from chexcut.data.chexpert import label_files
+            from chexcut.data.tables import label_files
             from chexcut.reading import read_csv
 
             frame = pd.concat([read_csv(p, text=[opts.path_col]) for p in label_files(d["dir"], opts) if p.is_file()])

@@ -217,7 +217,7 @@ def damaged(cfg: dict, ev: dict, ev_name: str = "eval.json") -> str | None:
 
 def _overlapping(ev: dict) -> bool:
     """Whether an eval.json records rows shared with the training set (allowed with --allow-overlap)."""
-    from chexcut.evaluation.evalset import overlaps_training
+    from chexcut.evaluation.evaluation_set import overlaps_training
 
     return overlaps_training((ev.get("evaluation_set") or {}).get("overlap"))
 

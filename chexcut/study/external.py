@@ -172,8 +172,8 @@ def check_external_sets(data: Path, externals: list[dict], options) -> None:
     patient 12 and CheXpert's patient00012 are different people, and so are two hospitals' CheXpert-layout exports."""
     import dataclasses
 
-    from chexcut.data.chexpert import load_split
     from chexcut.data.datasets import patients_comparable, resolve
+    from chexcut.data.tables import load_split
 
     opts = options.data_options()
     folder, named = resolve(data, opts.dataset, opts.csv)

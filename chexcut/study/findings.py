@@ -24,17 +24,17 @@ class PairedTester:
 
     def __init__(self, runs: list[RunResult], bootstrap: int, seed: int, alpha: float, margin: float | None = None):
         self.bootstrap, self.seed, self.alpha, self.margin = bootstrap, seed, alpha, margin
-        self.evalset = None
+        self.evalrows = None
         self._preds: dict[Path, np.ndarray] = {}
         first = next((r for r in runs if r.predictions is not None), None)
         if first is not None:
-            self.evalset = self._evalset(first)
+            self.evalrows = self._evalset(first)
 
     def _evalset(self, run: RunResult):
         """Labels of the evaluation rows, rebuilt the way evaluate built them."""
         import dataclasses
 
-        from chexcut.data.chexpert import DataOptions, load_split
+        from chexcut.data.tables import DataOptions, load_split
         from chexcut.evaluation.evaluate import evalset_from_table
 
         ev = read_json(run.eval_file) if run.eval_file else RunDir(run.run_dir).read_eval()
@@ -53,7 +53,7 @@ class PairedTester:
             if r.predictions is None:
                 return None
             if r.predictions not in self._preds:
-                self._preds[r.predictions] = align(self.evalset, read_predictions(r.predictions, labels=r.labels),
+                self._preds[r.predictions] = align(self.evalrows, read_predictions(r.predictions, labels=r.labels),
                                                    name=str(r.predictions))
             mats.append(self._preds[r.predictions])
         return np.mean(mats, axis=0)
@@ -62,15 +62,15 @@ class PairedTester:
         from chexcut.evaluation.evaluate import aggregate_by_study
 
         if self.level == "study":
-            return aggregate_by_study(self.evalset, mats)
-        return self.evalset, mats
+            return aggregate_by_study(self.evalrows, mats)
+        return self.evalrows, mats
 
     def interval(self, runs: list[RunResult]) -> dict | None:
         """The mean competition AUROC of the seed ensemble of ``runs`` with its bootstrap CI (None without
         predictions)."""
         from chexcut.evaluation.evaluate import evaluate
 
-        scores = None if self.evalset is None else self.scores(runs)
+        scores = None if self.evalrows is None else self.scores(runs)
         if scores is None or not self.bootstrap:
             return None
         es, mats = self._aggregated([scores])
@@ -81,7 +81,7 @@ class PairedTester:
         None without predictions."""
         from chexcut.evaluation.evaluate import evaluate
 
-        if self.evalset is None:
+        if self.evalrows is None:
             return None
         sa, sb = self.scores(a), self.scores(b)
         if sa is None or sb is None:
@@ -97,7 +97,7 @@ class PairedTester:
         from chexcut.evaluation.evaluate import evaluate
 
         ranked = [r for r in rows if r["auroc"] is not None]
-        if self.evalset is None or len(groups) < 2 or not ranked:
+        if self.evalrows is None or len(groups) < 2 or not ranked:
             return None
         mats = [self.scores(rs) for rs in groups.values()]
         best = max(ranked, key=lambda r: r["auroc"])

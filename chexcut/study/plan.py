@@ -215,7 +215,7 @@ def _check_sizes(grid: Grid, options: FinetuneOptions) -> None:
 def _check_data(data: Path, options: FinetuneOptions) -> None:
     """The data set as every run will read it (its CSVs, labels, views, split): a plan whose runs would all fail on
     it (``--labels 'Edema,Shoe size'``, a missing CSV) is refused now, not after a cluster's queue."""
-    from chexcut.data.chexpert import load_split
+    from chexcut.data.tables import load_split
 
     try:
         load_split(data, "all", options.data_options())

@@ -37,7 +37,7 @@ def precise_bn(s) -> None:
     After few steps the running averages lag far behind the weights, and eval mode then predicts nearly
     a constant (MobileNetV2 at chance in a short run). The images are a fixed, seeded choice, the same on
     every rank, and the training RNG is untouched, so resume stays bit-exact."""
-    from chexcut.data.dataset import make_loader
+    from chexcut.data.batches import make_loader
     from chexcut.models.infer import autocast
     from chexcut.training.session import eval_batch_size
 

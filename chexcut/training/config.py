@@ -79,7 +79,7 @@ class Run:
 
     run_dir: Path
     data: Path
-    opts: object  # chexcut.data.chexpert.DataOptions
+    opts: object  # chexcut.data.tables.DataOptions
     cfg: TrainConfig
     model_source: dict  # {"file": path} or {"arch", "drop", "weights", "in_chans"}
     cache: Path | None = None
@@ -94,7 +94,7 @@ class Run:
         """The Run to ``--resume``: settings from its config.json (``max_steps``/``device`` may change;
         ``images_outside`` is a permission for this invocation). The image cache it used is used again while it is
         there (same pixels as decoding, only faster)."""
-        from chexcut.data.chexpert import DataOptions
+        from chexcut.data.tables import DataOptions
 
         try:
             config = RunDir(run_dir).read_config()
@@ -198,7 +198,7 @@ class FinetuneOptions:
 
     def __post_init__(self):
         from chexcut.choices import check_bounds
-        from chexcut.data.chexpert import DataOptions
+        from chexcut.data.tables import DataOptions
 
         if self.track is not None and not str((self.track or {}).get("uri") or ""):
             raise ChexcutError("a study's tracking needs a URI")
@@ -220,7 +220,7 @@ class FinetuneOptions:
         return TrainConfig.from_recipe(str(self.train.get("recipe", "paper")), seed=seed, **overrides)
 
     def data_options(self):
-        from chexcut.data.chexpert import DataOptions
+        from chexcut.data.tables import DataOptions
 
         return DataOptions.from_json(self.data)
 

@@ -71,7 +71,7 @@ def finetune(run: Run, emit=None) -> dict:
         raise
     finally:
         if session is not None:
-            from chexcut.data.dataset import stop_workers
+            from chexcut.data.batches import stop_workers
 
             stop_workers(session.loader, session.val_loader)
         lock.release()
@@ -92,7 +92,7 @@ def train_loop(s: Session) -> dict:
 
     The loss stays on the device between log rows (no per-step synchronisation): its running sum and the
     first non-finite step are read at log and validation steps, before anything is checkpointed."""
-    from chexcut.data.dataset import batch_order
+    from chexcut.data.batches import batch_order
     from chexcut.models.infer import autocast
 
     cfg, d, st, device = s.cfg, s.data, s.state, s.device

@@ -2,7 +2,7 @@
 
 Every training setting is one of :data:`~chexcut.options.TRAIN_OPTIONS` (written when it differs from the
 recipe's value), every data setting one of :data:`~chexcut.options.DATA` (written when it differs from
-:class:`~chexcut.data.chexpert.DataOptions`' default), and the model is the recorded source (an architecture with
+:class:`~chexcut.data.tables.DataOptions`' default), and the model is the recorded source (an architecture with
 its drop, weights and channels, or a model file). Run as printed, the command writes the same ``config.json``
 (paths and times aside): the model card prints it, and a test runs it.
 """
@@ -14,7 +14,7 @@ import shlex
 
 def finetune_argv(config: dict, out) -> list[str]:
     """``chexcut finetune ...`` as an argv that trains ``config.json``'s run again into ``out``."""
-    from chexcut.data.chexpert import DataOptions
+    from chexcut.data.tables import DataOptions
     from chexcut.labels import CHEXPERT_LABELS
     from chexcut.options import DATA, TRAIN_OPTIONS
     from chexcut.training.config import TrainConfig

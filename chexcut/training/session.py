@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chexcut.data.chexpert import dataset_fingerprint
+from chexcut.data.tables import dataset_fingerprint
 from chexcut.errors import ChexcutError
 from chexcut.fileio import write_json
 from chexcut.models.spec import ModelSpec
@@ -209,9 +209,9 @@ def starting_model(run: Run, rd: RunDir, image_size: int | None = None):
 
 def open_data(run: Run, cfg: TrainConfig, opts, dist: Dist) -> RunData:
     """Training and validation rows (every check before the first step), with the image cache."""
+    from chexcut.data.batches import XrayBatches, batch_order
     from chexcut.data.cache import open_cache
-    from chexcut.data.chexpert import check_files, load_split
-    from chexcut.data.dataset import XrayBatches, batch_order
+    from chexcut.data.tables import check_files, load_split
 
     train_t = check_files(load_split(run.data, "train", opts), run.skip_missing)
     valid_t = check_files(load_split(run.data, "valid", opts), run.skip_missing)
@@ -252,7 +252,7 @@ def write_config(rd: RunDir, run: Run, resolved: dict, data: RunData, opts, spec
 
 def make_loaders(data: RunData, cfg: TrainConfig, device: torch.device, dist: Dist):
     """(train sampler, train loader, validation loader, this rank's validation rows)."""
-    from chexcut.data.dataset import make_loader
+    from chexcut.data.batches import make_loader
 
     pin = device.type == "cuda"
     val_shard = np.arange(len(data.valid_ds))[dist.rank::dist.world]

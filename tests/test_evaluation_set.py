@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from sklearn.metrics import roc_auc_score
 
-from chexcut.data.chexpert import DataOptions, load_split
+from chexcut.data.tables import DataOptions, load_split
 from chexcut.training.config import Run, TrainConfig
 from chexcut.training.loop import finetune
 

@@ -60,7 +60,7 @@ def run_config(run_dir: Path) -> dict:
 
 
 def _fingerprint_matches(data: Path, opts, cfg: dict) -> bool:
-    from chexcut.data.chexpert import dataset_fingerprint
+    from chexcut.data.tables import dataset_fingerprint
 
     try:
         return dataset_fingerprint(Path(data), opts) == cfg["data"].get("fingerprint")
@@ -71,7 +71,7 @@ def _fingerprint_matches(data: Path, opts, cfg: dict) -> bool:
 def resolve(run_dir: Path | None, data: Path | None, split: str | None, given: dict) -> EvaluationSet:
     """The evaluation set for a model from ``run_dir`` (or a bare model file when None), given the data
     options the user chose explicitly (``given``: DataOptions field -> value)."""
-    from chexcut.data.chexpert import DataOptions
+    from chexcut.data.tables import DataOptions
 
     unknown = set(given) - set(DATA_OPTIONS) - {"images_outside"}
     if unknown:
@@ -122,8 +122,8 @@ def check_overlap(eval_table, es: EvaluationSet, allow: bool, run_dir: Path | No
     Returns the overlap record (None without a run to check against); raises unless ``allow``."""
     import numpy as np
 
-    from chexcut.data.chexpert import DataOptions, load_split
     from chexcut.data.datasets import patients_comparable
+    from chexcut.data.tables import DataOptions, load_split
 
     run_dir = run_dir or es.run_dir
     if run_dir is None:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from chexcut.data.cache import ImageCache
-from chexcut.data.chexpert import LabelTable
 from chexcut.data.images import load_image
+from chexcut.data.tables import LabelTable
 from chexcut.errors import ChexcutError
 
 
