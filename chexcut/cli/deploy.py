@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Precision, Split, bound
+from chexcut.choices import ExportFormat, Precision, Split, bound
 from chexcut.cli.app import CsvOpt, ImagesOutsideOpt, SkipBadOpt, app, complete_arch, ints, split_list
 from chexcut.errors import ChexcutError
 
@@ -56,14 +56,34 @@ def bench(
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="Model file or finetune run dir.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="ONNX file to write (.onnx).")],
+    model: Annotated[str, typer.Argument(help="Model file, finetune run dir, Hugging Face model folder or hf-hub:ORG/NAME.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="ONNX file to write (.onnx), or with --format hub the folder.")],
+    format_: Annotated[ExportFormat, typer.Option("--format", help="onnx (a graph with the preprocessing and sigmoid inside) or hub (a Hugging Face model folder: model.safetensors, timm's config.json, a model card).")] = ExportFormat.onnx,
+    onnx: Annotated[bool, typer.Option("--onnx", help="With --format hub: the ONNX graph in the folder too (model.onnx).")] = False,
+    push: Annotated[Optional[str], typer.Option("--push", help="With --format hub: upload the folder to the Hugging Face repository ORG/NAME (token: HF_TOKEN or `hf auth login`).")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"), help="Size of the example input (default: the model file's); the batch stays dynamic.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file (or replace the folder).")] = False,
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ):
-    """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime."""
+    """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime; or
+    with --format hub a Hugging Face model folder that timm (or, for a truncated CNN, chexcut) loads."""
     import chexcut.cli.ui as ui
+
+    if str(format_) == "hub":
+        from chexcut.deploy.hub import export_hub
+
+        if image_size is not None:
+            raise ChexcutError("--image-size applies to --format onnx; a model folder keeps the model's own size")
+        res = export_hub(model, out, onnx=onnx, push=push, force=force)
+        if json_out:
+            ui.print_json(res)
+        else:
+            ui.err.print(f"wrote {res['path']}: {', '.join(res['files'])}; loads in {res['loads_in']}"
+                         + (f" ({res['requires_chexcut']})" if res["requires_chexcut"] else "")
+                         + (f"; pushed to {res['push']['url']}" if res.get("push") else ""))
+        return
+    if onnx or push:
+        raise ChexcutError("--onnx and --push apply to --format hub")
     from chexcut.deploy.export import export_onnx
 
     res = export_onnx(model, out, image_size=image_size, force=force)
