@@ -236,7 +236,7 @@ def test_export_hub_refusals(run_copy, tmp_path):
                         ([m, "--format", "hub", "-o", tmp_path / "full"], "pass --force"),
                         ([m, "--format", "hub", "-o", tmp_path / "file"], "is a file"),
                         ([run_copy, "--format", "hub", "-o", run_copy, "--force"], "input"),
-                        ([m, "--format", "hub", "-o", tmp_path / "h", "--image-size", "64"], "--format onnx")):
+                        ([m, "--format", "hub", "-o", tmp_path / "h", "--onnx", "--push", "a/b/c"], "ORG/NAME")):
         code, _, err = run_cli("export", *args)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (args, err)
     assert (tmp_path / "full" / "keep.txt").is_file() and not (tmp_path / "h").exists()

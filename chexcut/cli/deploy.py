@@ -61,7 +61,7 @@ def export(
     format_: Annotated[ExportFormat, typer.Option("--format", help="onnx (a graph with the preprocessing and sigmoid inside) or hub (a Hugging Face model folder: model.safetensors, timm's config.json, a model card).")] = ExportFormat.onnx,
     onnx: Annotated[bool, typer.Option("--onnx", help="With --format hub: the ONNX graph in the folder too (model.onnx).")] = False,
     push: Annotated[Optional[str], typer.Option("--push", help="With --format hub: upload the folder to the Hugging Face repository ORG/NAME (token: HF_TOKEN or `hf auth login`).")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"), help="Size of the example input (default: the model file's); the batch stays dynamic.")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", **bound("image_size"), help="Size of the example input (default: the model file's); the batch stays dynamic. With --format hub: the input size the folder records (a ViT resampled).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file (or replace the folder).")] = False,
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ):
@@ -72,9 +72,7 @@ def export(
     if str(format_) == "hub":
         from chexcut.deploy.hub import export_hub
 
-        if image_size is not None:
-            raise ChexcutError("--image-size applies to --format onnx; a model folder keeps the model's own size")
-        res = export_hub(model, out, onnx=onnx, push=push, force=force)
+        res = export_hub(model, out, onnx=onnx, push=push, force=force, image_size=image_size)
         if json_out:
             ui.print_json(res)
         else:

@@ -160,11 +160,15 @@ def check_repo_id(repo: str | None) -> None:
         raise ChexcutError(f"--push {repo!r}: give a Hugging Face repository as ORG/NAME")
 
 
-def export_hub(model, out: Path, onnx: bool = False, push: str | None = None, force: bool = False) -> dict:
+def export_hub(model, out: Path, onnx: bool = False, push: str | None = None, force: bool = False,
+               image_size: int | None = None) -> dict:
     """Write ``model`` (a model file, run directory, model folder or hf-hub id) as a Hugging Face model folder at
-    ``out``; with ``push``, upload it. Returns what was written. Nothing is left at ``out`` when writing fails."""
+    ``out``; with ``push``, upload it. ``image_size``: the input size the folder records (default: the model's; a
+    ViT's position embeddings resampled by timm). Returns what was written. Nothing is left at ``out`` when writing
+    fails."""
     from chexcut.deploy.hubcard import evaluations, hub_licence, readme
     from chexcut.fileio import atomic_folder, write_json, write_text
+    from chexcut.models.anatomy import check_image_size
     from chexcut.models.modelfile import load_model, read_spec, save_model
     from chexcut.models.source import ModelSource
     from chexcut.rundir import RunDir
@@ -173,8 +177,10 @@ def export_hub(model, out: Path, onnx: bool = False, push: str | None = None, fo
     path = source.require_file("export")
     out = check_output(out, force, [model, path, source.run_dir])
     check_repo_id(push)
-    spec = read_spec(path)
-    net = load_model(path)
+    size = int(image_size or read_spec(path).preprocess.image_size)
+    check_image_size(read_spec(path).arch, size)
+    net = load_model(path, image_size=size)
+    spec = replace(net.chexcut_spec, preprocess=net.chexcut_spec.preprocess.with_size(size))
     twin, args, why = timm_twin(net, spec)
     licence = hub_licence(spec.weights)["license"]
     config = timm_config(twin, spec, args, licence) if twin is not None else chexcut_config(spec, why, licence)
@@ -188,7 +194,7 @@ def export_hub(model, out: Path, onnx: bool = False, push: str | None = None, fo
         if onnx:
             from chexcut.deploy.export import export_onnx
 
-            export_onnx(path, tmp / "model.onnx")
+            export_onnx(path, tmp / "model.onnx", image_size=size)
     result = {"path": str(out), "model": str(path), "arch": spec.arch, "drop": spec.drop,
               "files": sorted(p.name for p in out.iterdir()), "loads_in": "chexcut" if why else "timm",
               "requires_chexcut": why or None, "architecture": config["architecture"],
