@@ -35,6 +35,12 @@ class Pool(Choice):
     avg = "avg"
 
 
+class ExportFormat(Choice):
+    """What ``chexcut export`` writes: an ONNX graph, or a Hugging Face model folder."""
+    onnx = "onnx"
+    hub = "hub"
+
+
 RESIZE_HELP = "squash (CheXpert baseline) or pad (letterbox)."
 
 

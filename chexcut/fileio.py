@@ -171,6 +171,36 @@ def atomic_path(path: Path):
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(path: Path):
+    """Yield an empty temporary folder beside ``path``; if the block succeeds it takes ``path``'s place (an existing
+    folder there is moved aside first, then removed), else it is removed: a reader never sees half a folder."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    _writing.append(path)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the usual permissions
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _writing.pop()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _last_failed[:] = [path]
+        _writing.pop()
+        raise
+
+
 def _in_place(path: Path):
     """The body of :func:`atomic_path` for a stream, device or FIFO: the writer writes a temporary file, whose
     bytes then go to ``path`` opened for appending (a shell's ``> file`` behind /dev/stdout is not truncated;

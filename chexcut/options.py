@@ -93,7 +93,8 @@ INFERENCE = (
     _o("image_size", "Input size in pixels (default: the model file's own preprocessing).", bound=True,
        fills={"demo": "Demo"},
        help_in={"bench": "Default: the model file's, or 320 for an architecture.",
-                "export": "Size of the example input (default: the model file's); the batch stays dynamic.",
+                "export": "Size of the example input (default: the model file's); the batch stays dynamic. With "
+                          "--format hub: the input size the folder records (a ViT resampled).",
                 "finetune": "Square input in pixels (default: the recipe's, 320).",
                 "inspect": "Input size for shapes and MACs (default: 320, rounded to a size the family takes (322 "
                            "for a /14 ViT), or the model file's).",
@@ -271,7 +272,8 @@ OUTPUT = (
                 "datasets index": "The index CSV to write (- for stdout); never over a file of the set's folder.",
                 "ensemble": "Folder for predictions.csv (the ensemble's) and eval.json.",
                 "explain": "Folder for the overlays and contact sheets (default: explain).",
-                "export": "ONNX file to write (.onnx).", "finetune": "Run directory to create.",
+                "export": "ONNX file to write (.onnx), or with --format hub the folder.",
+                "finetune": "Run directory to create.",
                 "report": "Write report.md, results.csv, results.json and PNG plots here.",
                 "study plan": "Study folder to write plan.json, run.sh, commands.txt into.",
                 "truncate": "Model file to write (.safetensors)."}),
@@ -284,9 +286,15 @@ OUTPUT = (
         "study status": "Write the status JSON to PATH, or - for stdout."}),
     _o("quiet", "No progress output or table.", "-q", default=False),
     _o("force", "Overwrite an existing output file.", default=False, help_in={
+        "export": "Overwrite an existing file (or replace the folder).",
         "finetune": "Start over in a --out that holds a finished or stopped run.",
         "study plan": "Plan over an existing study plan."}),
     _o("html", "Also write a self-contained HTML card here."),
+    _o("format", "onnx (a graph with the preprocessing and sigmoid inside) or hub (a Hugging Face model folder: "
+       "model.safetensors, timm's config.json, a model card) (default: onnx)."),
+    _o("onnx", "With --format hub: the ONNX graph in the folder too (model.onnx).", default=False),
+    _o("push", "With --format hub: upload the folder to the Hugging Face repository ORG/NAME (token: HF_TOKEN or "
+       "`hf auth login`)."),
     _o("about", "YAML with what only the authors know: intended_use, intended_users, out_of_scope, limitations, "
        "reference_standard, annotators, ethics, funding, ...",
        help_in={"report": "With --out and one study: the model card's YAML (intended use, limitations, reference "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chexcut.choices import Precision, Split
+from chexcut.choices import ExportFormat, Precision, Split
 from chexcut.cli.app import OPT, app, check_json, complete_arch, emit_json, ints, split_list
 from chexcut.errors import ChexcutError
 from chexcut.options import given
@@ -44,15 +44,30 @@ def bench(
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="Model file or finetune run dir.")],
-    out: Optional[Path] = OPT.out, image_size: Optional[int] = OPT.image_size, force: bool = OPT.force,
+    model: Annotated[str, typer.Argument(help="Model file, finetune run dir, Hugging Face model folder or hf-hub:ORG/NAME.")],
+    out: Optional[Path] = OPT.out, format: Optional[ExportFormat] = OPT.format, onnx: bool = OPT.onnx,
+    push: Optional[str] = OPT.push, image_size: Optional[int] = OPT.image_size, force: bool = OPT.force,
     json: Optional[str] = OPT.json,
 ):
-    """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime."""
+    """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime; or
+    with --format hub a Hugging Face model folder that timm (or, for a truncated CNN, chexcut) loads."""
     import chexcut.cli.ui as ui
+
+    check_json(json, inputs=[model], others=[] if format == ExportFormat.hub else [(out, "-o")])
+    if format == ExportFormat.hub:
+        from chexcut.deploy.hub import export_hub
+
+        res = export_hub(model, out, onnx=onnx, push=push, force=force, image_size=image_size)
+        emit_json(json, res)
+        if json != "-":
+            ui.err.print(f"wrote {res['path']}: {', '.join(res['files'])}; loads in {res['loads_in']}"
+                         + (f" ({res['requires_chexcut']})" if res["requires_chexcut"] else "")
+                         + (f"; pushed to {res['push']['url']}" if res.get("push") else ""))
+        return
+    if onnx or push:
+        raise ChexcutError("--onnx and --push apply to --format hub")
     from chexcut.deploy.export import export_onnx
 
-    check_json(json, inputs=[model], others=[(out, "-o")])
     res = export_onnx(model, out, image_size=image_size, force=force)
     emit_json(json, res)
     if json != "-":

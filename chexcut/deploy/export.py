@@ -86,7 +86,7 @@ def export_onnx(model_path, out: Path, image_size: int | None = None, force: boo
     onnx, _ = require_onnx()
     out = Path(out)
     if out.suffix != ".onnx":
-        raise ChexcutError(f"-o {out}: give a file name ending in .onnx")
+        raise ChexcutError(f"-o {out}: give a file name ending in .onnx (or --format hub for a Hugging Face model folder)")
     path = ModelSource.parse(str(model_path)).require_file("export")
     check_writable(out, force=force, inputs=[model_path, path])  # a run's best.safetensors, through a symlink too
     spec = read_spec(path)

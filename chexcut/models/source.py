@@ -1,8 +1,10 @@
-"""What a MODEL argument names: a chexcut model file, a finetune run directory, or an architecture.
+"""What a MODEL argument names: a chexcut model file, a finetune run directory, a Hugging Face model folder
+(``chexcut export --format hub``) or its ``hf-hub:ORG/NAME`` id, or an architecture.
 
-One parser for every command that takes a model (inspect, truncate, finetune, evaluate), so the
-rules ("a path that exists or ends in .safetensors is a file; a folder is a run; anything else is
-an architecture name") live in one place. No torch here.
+One parser for every command that takes a model (inspect, finetune, evaluate, explain, bench, export), so the
+rules ("a path that exists or ends in .safetensors is a file; a folder with ``model.safetensors`` and no
+``best.safetensors`` is a Hugging Face model folder, any other folder a run; ``hf-hub:`` names a model folder in
+the Hugging Face cache, read offline; anything else is an architecture name") live in one place. No torch here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,34 @@ from pathlib import Path
 
 from chexcut.errors import ChexcutError
 from chexcut.rundir import RunDir
+
+HUB_PREFIX = "hf-hub:"
+HUB_WEIGHTS = "model.safetensors"  # a Hugging Face model folder's weights (timm's name; chexcut's spec inside)
+
+
+def cached_hub_folder(repo_id: str) -> Path:
+    """The snapshot folder of Hugging Face model repository ``repo_id`` (``ORG/NAME``, optionally ``@REVISION``) in
+    the Hugging Face cache, found offline (a published model is staged like weights: downloaded once on a machine
+    with network); one line saying how to stage it when it is not there."""
+    import re
+
+    from chexcut.models.libraries import Timm
+
+    repo, _, revision = repo_id.partition("@")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", repo):
+        raise ChexcutError(f"{HUB_PREFIX}{repo_id}: give a Hugging Face model id as {HUB_PREFIX}ORG/NAME")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo, revision=revision or None, local_files_only=True,
+                                   cache_dir=Timm.hub_cache())
+    except Exception:  # not cached (or a revision never fetched): huggingface_hub's own errors, worded once
+        raise ChexcutError(f"{HUB_PREFIX}{repo_id} is not in the Hugging Face cache ({Timm.hub_cache()}): on a "
+                           f"machine with network run `hf download {repo}` (the same HF_HOME), or give the model "
+                           f"folder itself") from None
+    if not (Path(folder) / HUB_WEIGHTS).is_file():
+        raise ChexcutError(f"{HUB_PREFIX}{repo_id}: the cached repository has no {HUB_WEIGHTS}")
+    return Path(folder)
 
 
 @dataclass(frozen=True)
@@ -33,7 +63,13 @@ class ModelSource:
         """``target`` as a file, a run directory or an architecture name (with drop/keep/weights)."""
         from chexcut.models.registry import get_arch, resolve_drop
 
+        if target.startswith(HUB_PREFIX):
+            target = str(cached_hub_folder(target[len(HUB_PREFIX):]))
         p = Path(target)
+        if p.is_dir() and not RunDir(p).best.exists() and (p / HUB_WEIGHTS).is_file():
+            if drop is not None or keep is not None:
+                raise ChexcutError("--drop/--keep apply to an architecture name; a published model is already cut")
+            return cls(file=p / HUB_WEIGHTS)
         if p.is_dir():
             if drop is not None or keep is not None:
                 raise ChexcutError("--drop/--keep apply to an architecture name; a run's model is already cut")
