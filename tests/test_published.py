@@ -20,7 +20,7 @@ from chexcut.evaluation.predictions import canonical_key
 from chexcut.labels import COMPETITION_LABELS
 
 
-def _evalset(y, groups=None, patient=None):
+def _evalrows(y, groups=None, patient=None):
     n = len(y)
     y = np.asarray(y, dtype=np.float64).reshape(n, -1)
     ids = np.arange(n) if patient is None else np.asarray(patient)
@@ -67,7 +67,7 @@ def test_subgroup_aurocs_equal_scikit_learn_on_the_subset():
     y = rng.random((n, 2)) < 0.3
     s = y * 0.8 + rng.random((n, 2))
     sex = np.array(["Female", "Male"])[rng.integers(0, 2, n)].astype(object)
-    es = _evalset(y, groups={"Sex": sex})
+    es = _evalrows(y, groups={"Sex": sex})
     from chexcut.evaluation.settings import Statistics
 
     r = evaluate(es, s, Statistics(bootstrap=200, by=("Sex",)))
@@ -96,14 +96,14 @@ def test_a_set_gap_is_found_and_a_null_gap_rejects_at_about_alpha():
     rng = np.random.default_rng(2)
     ya, sa = _binormal(rng, 2500, 0.85)
     yb, sb = _binormal(rng, 2500, 0.75)
-    es = _evalset(np.r_[ya, yb], groups={"Site": np.array(["a"] * 2500 + ["b"] * 2500, dtype=object)})
+    es = _evalrows(np.r_[ya, yb], groups={"Site": np.array(["a"] * 2500 + ["b"] * 2500, dtype=object)})
     r = evaluate(es, np.r_[sa, sb][:, None], Statistics(bootstrap=500, by=("Site",), calibration=False))
     gap = next(x for x in r["subgroup_gaps"] if x["label"] == "mean_competition")
     assert gap["ci_low"] < 0.10 < gap["ci_high"] and gap["ci_low"] > 0 and gap["p"] < 0.01, gap
     rejected = 0
     for k in range(200):  # the same model in two groups: p < 0.05 in about 5% of data sets
         y, s = _binormal(rng, 300, 0.8)
-        es = _evalset(y, groups={"Site": np.array(["a", "b"] * 150, dtype=object)})
+        es = _evalrows(y, groups={"Site": np.array(["a", "b"] * 150, dtype=object)})
         r = evaluate(es, s[:, None], Statistics(bootstrap=200, by=("Site",), calibration=False, seed=k))
         rejected += next(x for x in r["subgroup_gaps"] if x["label"] == "mean_competition")["p"] < 0.05
     print("null rejection rate", rejected / 200)
@@ -116,14 +116,14 @@ def test_a_calibrated_model_has_small_ece_and_unit_slope_an_overconfident_one_do
     rng = np.random.default_rng(3)
     p = rng.beta(1, 3, 6000)
     y = rng.random(6000) < p
-    good = evaluate(_evalset(y), p[:, None], Statistics(bootstrap=300))["calibration"]["labels"][0]
+    good = evaluate(_evalrows(y), p[:, None], Statistics(bootstrap=300))["calibration"]["labels"][0]
     assert good["ece"] < 0.025 and good["slope_ci_low"] < 1 < good["slope_ci_high"]
     assert good["intercept_ci_low"] < 0 < good["intercept_ci_high"]
     logit = np.log(p / (1 - p))
     over = 1 / (1 + np.exp(-2.5 * logit))  # same ranking, far too confident
-    bad = evaluate(_evalset(y), over[:, None], Statistics(bootstrap=300))["calibration"]["labels"][0]
+    bad = evaluate(_evalrows(y), over[:, None], Statistics(bootstrap=300))["calibration"]["labels"][0]
     assert bad["ece"] > 0.08 and bad["slope_ci_high"] < 0.5
-    sep = evaluate(_evalset([0, 0, 1, 1] * 10), np.array([0.1, 0.2, 0.8, 0.9] * 10)[:, None],
+    sep = evaluate(_evalrows([0, 0, 1, 1] * 10), np.array([0.1, 0.2, 0.8, 0.9] * 10)[:, None],
                    Statistics(bootstrap=50))["calibration"]["labels"][0]
     assert sep["slope"] is None and "separated" in sep["recalibration_note"]
 

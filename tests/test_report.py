@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import f_oneway, spearmanr
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluation.evaluate import aggregate_by_study, evalset_from_table, evaluate
+from chexcut.evaluation.evaluate import aggregate_by_study, evalrows_from_table, evaluate
 from chexcut.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 from chexcut.models.anatomy import anatomy
 from chexcut.models.libraries import weights_meta
@@ -54,7 +54,7 @@ def make_run(base: Path, data: Path, arch: str, weights: str, drop: int, noise: 
     spec = {"arch": arch, "drop": drop, "labels": list(labels), "params": params,
             "weights": {"kind": weights}, "image_size": 320}
     (d / "config.json").write_text(json.dumps({"model": spec, "train": {"seed": seed, "image_size": 320}}))
-    es, (s,) = aggregate_by_study(evalset_from_table(table), [probs])
+    es, (s,) = aggregate_by_study(evalrows_from_table(table), [probs])
     ev = evaluate(es, s, bootstrap=200)
     ev["level"] = "study"
     ev["source"] = {"data": str(data), "split": "valid", "options": opts.to_json()}

@@ -19,7 +19,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 COMP = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
 
-def _evalset(y, patient=None, labels=("Edema",)):
+def _evalrows(y, patient=None, labels=("Edema",)):
     y = np.asarray(y, dtype=float).reshape(len(y), -1)
     n = len(y)
     patient = np.arange(n) if patient is None else np.asarray(patient)
@@ -47,7 +47,7 @@ def test_delong_equals_pROC_on_aSAH():
         assert t.p == pytest.approx(ref["p"], rel=1e-10)
         assert [t.ci_low, t.ci_high] == pytest.approx(ref["ci95_delta"], rel=1e-9)
     # every row its own cluster is classic DeLong: the evaluation keeps pROC's figures with --cluster patient
-    es = _evalset(y)
+    es = _evalrows(y)
     r = evaluate(es, df[["wfns"]].to_numpy(float), bootstrap=0, compare=df[["s100b"]].to_numpy(float),
                  method="delong", cluster="patient")
     assert r["compare"]["labels"][0]["p"] == pytest.approx(0.0271757822291882, rel=1e-10)
@@ -81,7 +81,7 @@ def test_clustered_delong_keeps_its_error_rate_under_a_clustered_null():
 def test_evaluate_delong_uses_patient_clusters_unless_told_none():
     rng = np.random.default_rng(3)
     y, a, b, pid = _clustered_null(rng, k=60)
-    es = _evalset(y, patient=pid)
+    es = _evalrows(y, patient=pid)
     by_patient = evaluate(es, a[:, None], bootstrap=0, compare=b[:, None], method="delong", cluster="patient")
     by_row = evaluate(es, a[:, None], bootstrap=0, compare=b[:, None], method="delong", cluster="none")
     pp, pn = by_patient["compare"]["labels"][0]["p"], by_row["compare"]["labels"][0]["p"]
@@ -128,7 +128,7 @@ def _pair(rng, n, gap):
     y = (rng.random(n) < 0.4).astype(float)
     a = y * 1.5 + rng.normal(0, 1, n)
     b = y * (1.5 - gap) + rng.normal(0, 1, n)
-    return _evalset(y), b[:, None], a[:, None]
+    return _evalrows(y), b[:, None], a[:, None]
 
 
 @pytest.mark.parametrize("method", ["bootstrap", "delong"])
@@ -184,14 +184,14 @@ def test_few_positives_are_flagged_and_one_positive_gets_no_interval():
     assert one["ci_low"] is None and one["ci_high"] is None and "replicates drew both classes" in one["interval_note"]
     assert one["auroc"] == pytest.approx(roc_auc_score(y[:, 1], s[:, 1]))
     assert len(r["warnings"]) == 2
-    big = evaluate(_evalset((rng.random(400) < 0.5).astype(float)), rng.random((400, 1)), bootstrap=200)
+    big = evaluate(_evalrows((rng.random(400) < 0.5).astype(float)), rng.random((400, 1)), bootstrap=200)
     assert "warning" not in big["labels"][0] and big["warnings"] == []
 
 
 def test_degenerate_delong_in_evaluate_gives_a_reason_not_p0():
     y = np.r_[np.ones(20), np.zeros(20)]
     s = np.r_[np.ones(20), np.zeros(20)]  # both models separate perfectly: zero variance
-    r = evaluate(_evalset(y), s[:, None], bootstrap=0, compare=s[:, None] * 2, method="delong", cluster="none")
+    r = evaluate(_evalrows(y), s[:, None], bootstrap=0, compare=s[:, None] * 2, method="delong", cluster="none")
     c = r["compare"]["labels"][0]
     assert c["p"] is None and "zero DeLong variance" in c["reason"] and c["delta"] == 0
 

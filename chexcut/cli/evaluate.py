@@ -55,8 +55,8 @@ def evaluate(  # one parameter per option (declared in chexcut.options), four to
     check_failure_images(failure_images, stats, model)
     infer = Inference(**given(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
                               precision=precision and str(precision), cache_dir=cache))
-    _check_outputs(json, predictions_out, csv_out, plots,
-                   *_inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv))
+    _check_outputs(json, predictions_out, csv_out, plots, model, data,
+                   [predictions, truth, compare, groups, thresholds, csv], readers)
     quiet = quiet or "-" in (str(json), str(predictions_out), str(csv_out))  # stdout holds that output alone
     label_file, label_list = _labels(truth, labels)
     data, options = _given_data(data, csv, path_col, views, uncertain, blank, valid_frac, label_map, images_outside)
@@ -119,8 +119,12 @@ def _data_set(data, csv):
     return (None, None) if data is None else resolve(data, None, csv)
 
 
-def _check_outputs(json, predictions_out, csv_out, plots, sources: list[Path], folders: list[Path]) -> None:
-    """Every output checked before any inference, never onto an input or over a file of a data folder read."""
+def _check_outputs(json, predictions_out, csv_out, plots, model, data, files: list, readers) -> None:
+    """Every output checked before any inference, never onto a file the evaluation reads (MODEL's, ``files``,
+    the readers') or over a file of a data folder it reads."""
+    from chexcut.evaluation.evaluation_set import files_read
+
+    sources, folders = files_read(model, data, files, readers)
     check_json(json, sources, folders, others=[(predictions_out, "--predictions-out"), (csv_out, "--csv-out")])
     if plots is not None:
         from chexcut.fileio import check_output_folder
@@ -139,27 +143,6 @@ def _tracked_run(model, track) -> Path | None:
 
         tracking.resumed(run_dir, track)
     return run_dir
-
-
-def _inputs(model, data, predictions, truth, compare, groups, readers, thresholds, csv) -> tuple[list, list]:
-    """(every file this evaluation reads, the data folders it reads whole): no output may be one of the files or
-    replace a file of those folders (a set's metadata, e.g. MIMIC's patients.csv.gz, included)."""
-    from chexcut.data.datasets import split_ref
-    from chexcut.reading import read_json
-
-    files = [predictions, truth, compare, groups, thresholds, csv, model]
-    files += [item.partition("=")[2] or item for item in split_repeated(readers, "--readers")]
-    folders = [split_ref(data)[0]] if data else []
-    if model and (Path(model) / "config.json").is_file():  # a run directory: its own files and its data set
-        files += [Path(model) / name for name in ("config.json", "valid_predictions.csv", "best.safetensors")]
-        try:
-            folders.append(read_json(Path(model) / "config.json")["data"]["dir"])
-        except (ChexcutError, KeyError, TypeError):
-            pass
-    for folder in folders:
-        for pattern in ("*.csv", "*/*.csv"):
-            files += list(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
-    return [Path(f) for f in files if f and Path(f).is_file()], [Path(f) for f in folders if Path(f).is_dir()]
 
 
 def _write(result: dict, json: str | None, csv_out: Path | None, quiet: bool, failure_images=None) -> None:

@@ -185,7 +185,7 @@ def calibration_section(labels, points, reps, fitted, ci: float, logits: bool) -
             "recalibration": "logit P(y) = intercept + slope * logit(p): perfect calibration is 0 and 1"}
 
 
-def evalset_from_table(table) -> EvalRows:
+def evalrows_from_table(table) -> EvalRows:
     return EvalRows(paths=list(table.paths), labels=tuple(table.labels), y=table.targets.astype(np.float64),
                    mask=table.mask, patient=table.patient, study=table.study,
                    not_annotated=tuple(getattr(table, "not_annotated", ())))

@@ -68,7 +68,7 @@ def _fingerprint_matches(data: Path, opts, cfg: dict) -> bool:
         return False
 
 
-def resolve(run_dir: Path | None, data: Path | None, split: str | None, given: dict) -> EvaluationSet:
+def which_rows(run_dir: Path | None, data: Path | None, split: str | None, given: dict) -> EvaluationSet:
     """The evaluation set for a model from ``run_dir`` (or a bare model file when None), given the data
     options the user chose explicitly (``given``: DataOptions field -> value)."""
     from chexcut.data.tables import DataOptions
@@ -167,3 +167,28 @@ def overlaps_training(overlap) -> bool:
         return False
     parts = [overlap.get("model"), overlap.get("compare")] if "compare" in overlap else [overlap]
     return any(p and (p.get("images") or p.get("patients")) for p in parts)
+
+
+def files_read(model, data, files: list, readers: list[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """(every file an evaluation reads, the data folders it reads whole), for its output checks: no output may be
+    one of the files or replace a file of those folders (a set's metadata, e.g. MIMIC's patients.csv.gz, included).
+    ``model``: a run directory (its own files and its data set) or a model file; ``data``: ``--data``; ``files``
+    the other files named (predictions, truth, ...); ``readers``: ``--readers`` values (FILE or NAME=FILE, comma
+    lists)."""
+    from chexcut.data.datasets import split_ref
+    from chexcut.errors import ChexcutError
+    from chexcut.reading import read_json
+
+    files = [*files, model]
+    files += [item.partition("=")[2] or item for value in readers or () for item in value.split(",") if item]
+    folders = [split_ref(data)[0]] if data else []
+    if model and (Path(model) / "config.json").is_file():  # a run directory: its own files and its data set
+        files += [Path(model) / name for name in ("config.json", "valid_predictions.csv", "best.safetensors")]
+        try:
+            folders.append(read_json(Path(model) / "config.json")["data"]["dir"])
+        except (ChexcutError, KeyError, TypeError):
+            pass
+    for folder in folders:
+        for pattern in ("*.csv", "*/*.csv"):
+            files += list(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
+    return [Path(f) for f in files if f and Path(f).is_file()], [Path(f) for f in folders if Path(f).is_dir()]

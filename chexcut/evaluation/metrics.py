@@ -80,10 +80,10 @@ def cluster_ids(groups) -> np.ndarray:
     return inv.astype(np.int64)
 
 
-def bootstrap_counts(n_clusters: int, n_replicates: int, rng: np.random.Generator) -> np.ndarray:
+def bootstrap_counts(n_clusters: int, bootstrap: int, rng: np.random.Generator) -> np.ndarray:
     """(B, K) float32: how many times each of K clusters is drawn (K draws with replacement)."""
     k = int(n_clusters)
-    return rng.multinomial(k, np.full(k, 1.0 / k), size=n_replicates).astype(np.float32)
+    return rng.multinomial(k, np.full(k, 1.0 / k), size=bootstrap).astype(np.float32)
 
 
 class _LabelIndex:
@@ -195,20 +195,20 @@ def bootstrap_margin_p(reps: np.ndarray, margin: float) -> tuple[float, float]:
 
 
 def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, clusters: np.ndarray,
-                     n_replicates: int, seed: int = 0, chunk: int | None = None, counts=None) -> list[np.ndarray]:
+                     bootstrap: int, seed: int = 0, chunk: int | None = None, counts=None) -> list[np.ndarray]:
     """Replicate AUROCs, (B, L) per score matrix, all on the same resamples (paired).
 
     ``y``, ``mask``: (N, L); ``scores``: list of (N, L); ``clusters``: (N,) dense ids 0..K-1.
     Replicates are drawn ``chunk`` at a time, so memory stays bounded (a few (chunk, N) float32
-    arrays, ~32 MiB each by default). The resamples depend only on ``seed``, ``n_replicates``,
+    arrays, ~32 MiB each by default). The resamples depend only on ``seed``, ``bootstrap``,
     ``chunk`` and the number of clusters.
     """
     n, n_labels = y.shape
     jobs = [(m, j, _LabelIndex(y[:, j], s[:, j], np.flatnonzero(mask[:, j]), clusters))
             for m, s in enumerate(scores) for j in range(n_labels)]
-    out = [np.empty((n_replicates, n_labels)) for _ in scores]
+    out = [np.empty((bootstrap, n_labels)) for _ in scores]
     start = 0
-    for c in counts if counts is not None else replicate_counts(n, clusters, n_replicates, seed, chunk):
+    for c in counts if counts is not None else replicate_counts(n, clusters, bootstrap, seed, chunk):
         r = len(c)
         for m, j, li in jobs:
             out[m][start:start + r, j] = li.weighted(c)
@@ -219,24 +219,24 @@ def bootstrap_aurocs(y: np.ndarray, scores: list[np.ndarray], mask: np.ndarray, 
 MAX_KEPT_COUNTS = 2**29  # bytes of draw counts kept for reuse by every figure (512 MiB); beyond, drawn again
 
 
-def kept_counts(n: int, clusters: np.ndarray, n_replicates: int, seed: int = 0, chunk: int | None = None):
+def kept_counts(n: int, clusters: np.ndarray, bootstrap: int, seed: int = 0, chunk: int | None = None):
     """The chunks of :func:`replicate_counts` as a list, drawn once for the AUROC, AP, calibration and every
     subgroup (the draws cost as much as the figures at 200,000 rows); None when they would not fit."""
     k = int(clusters.max()) + 1 if n else 1
-    if n_replicates * k * 4 > MAX_KEPT_COUNTS:
+    if bootstrap * k * 4 > MAX_KEPT_COUNTS:
         return None
-    return list(replicate_counts(n, clusters, n_replicates, seed, chunk))
+    return list(replicate_counts(n, clusters, bootstrap, seed, chunk))
 
 
-def replicate_counts(n: int, clusters: np.ndarray, n_replicates: int, seed: int = 0, chunk: int | None = None):
+def replicate_counts(n: int, clusters: np.ndarray, bootstrap: int, seed: int = 0, chunk: int | None = None):
     """The cluster draw counts of :func:`bootstrap_aurocs`'s replicates, a (R, K) chunk at a time: every figure
     computed from them (average precision, calibration, subgroup AUROCs) sits on the same resamples."""
     if chunk is None:
-        chunk = max(32, min(n_replicates, 2**23 // max(n, 1)))
+        chunk = max(32, min(bootstrap, 2**23 // max(n, 1)))
     k = int(clusters.max()) + 1 if n else 1
     rng = np.random.default_rng(seed)
-    for start in range(0, n_replicates, chunk):
-        yield bootstrap_counts(k, min(chunk, n_replicates - start), rng)
+    for start in range(0, bootstrap, chunk):
+        yield bootstrap_counts(k, min(chunk, bootstrap - start), rng)
 
 
 # ----------------------------------------------------------------------------- DeLong

@@ -159,7 +159,7 @@ def _from_run(run_dir: Path, rule: Rule, labels, level: str) -> dict[str, Rule]:
     """The rule applied to a run's validation predictions (the rows and labels its config names)."""
     from chexcut.data.tables import load_split
     from chexcut.evaluation import evaluation_set as sets
-    from chexcut.evaluation.evaluate import aggregate_by_study, evalset_from_table
+    from chexcut.evaluation.evaluate import aggregate_by_study, evalrows_from_table
     from chexcut.evaluation.predictions import align, read_predictions
     from chexcut.rundir import RunDir
 
@@ -167,10 +167,10 @@ def _from_run(run_dir: Path, rule: Rule, labels, level: str) -> dict[str, Rule]:
     if not run.is_run() or not run.valid_predictions.is_file():
         raise ChexcutError(f"--thresholds {run_dir}: not a finished finetune run (no config.json or "
                            f"valid_predictions.csv)")
-    es = sets.resolve(run_dir, None, None, {})
+    es = sets.which_rows(run_dir, None, None, {})
     preds = read_predictions(run.valid_predictions)
     table = load_split(es.data, es.split, es.opts)
-    vs = evalset_from_table(table)
+    vs = evalrows_from_table(table)
     missing = [c for c in vs.labels if c not in preds.columns]
     if missing:
         raise ChexcutError(f"--thresholds {run_dir}: its validation predictions lack {', '.join(missing)}")

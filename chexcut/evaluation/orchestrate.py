@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
-from chexcut.evaluation.evaluate import aggregate_by_study, evalset_from_table, evaluate
+from chexcut.evaluation.evaluate import aggregate_by_study, evalrows_from_table, evaluate
 from chexcut.evaluation.evaluation_set import overlaps_training
 from chexcut.evaluation.predictions import align, is_image_key, read_predictions, to_studies, write_predictions
 from chexcut.evaluation.settings import Inference, Statistics
@@ -176,7 +176,7 @@ def run_evaluation(inputs: EvalInputs, stats: Statistics = Statistics(), infer: 
     es, table, preds, notes, warns, overlap, group_sources = _gather(i, source, infer, progress)
     if i.groups is not None:
         group_sources.insert(0, (Path(i.groups), i.key_col))
-    evalrows = evalset_from_table(table)
+    evalrows = evalrows_from_table(table)
     if stats.by:
         from chexcut.evaluation.groups import attach_groups
 
@@ -284,7 +284,7 @@ def _gather(i: EvalInputs, source, infer: Inference, progress):
 
     es, notes, warns = None, [], []
     if i.model is not None:
-        es = sets.resolve(source.run_dir, i.data, i.split, dict(i.options))
+        es = sets.which_rows(source.run_dir, i.data, i.split, dict(i.options))
         with progress("inference") as update:
             table, preds, spec = model_predictions(source.file, es, infer, labels=i.labels, progress=update)
         warns = list(spec.notes)

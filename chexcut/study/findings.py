@@ -28,21 +28,21 @@ class PairedTester:
         self._preds: dict[Path, np.ndarray] = {}
         first = next((r for r in runs if r.predictions is not None), None)
         if first is not None:
-            self.evalrows = self._evalset(first)
+            self.evalrows = self._evalrows(first)
 
-    def _evalset(self, run: RunResult):
+    def _evalrows(self, run: RunResult):
         """Labels of the evaluation rows, rebuilt the way evaluate built them."""
         import dataclasses
 
         from chexcut.data.tables import DataOptions, load_split
-        from chexcut.evaluation.evaluate import evalset_from_table
+        from chexcut.evaluation.evaluate import evalrows_from_table
 
         ev = read_json(run.eval_file) if run.eval_file else RunDir(run.run_dir).read_eval()
         src = ev["source"]
         opts = dataclasses.replace(DataOptions.from_json(src["options"]), labels=tuple(run.labels))
         table = load_split(src["data"], src["split"], opts)
         self.level = ev.get("level", "study")
-        return evalset_from_table(table)
+        return evalrows_from_table(table)
 
     def scores(self, runs: list[RunResult]) -> np.ndarray | None:
         """Seed-averaged (N, L) probabilities of ``runs`` on the evaluation rows."""
