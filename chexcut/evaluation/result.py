@@ -157,7 +157,7 @@ class LabelResult:
     def interval(self, fig: figures.Figure) -> tuple:
         """``(value, CI low, CI high)`` of ``fig`` (the CI None when it is not resampled)."""
         got = list(self.figure(fig).values())
-        return (got + [None, None])[:3]
+        return tuple(got + [None, None])[:3]
 
 
 @dataclass(frozen=True)
