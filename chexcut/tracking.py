@@ -300,24 +300,27 @@ class Tracker:
             self.artifact(self.rd.best)
         self.end("FINISHED" if event.status == "finished" else "KILLED")
 
-    def log_evaluation(self, result: dict) -> None:
+    def log_evaluation(self, result) -> None:
         """``evaluate RUN``: the 5-task and all-label AUROCs with their CI bounds and APs, each label's declared figures
-        (:mod:`chexcut.evaluation.figures`, ``tracked``: AUROC), latency, and eval.json."""
-        values = {}
-        for key in ("mean_competition", "mean_all"):
-            m = result.get(key) or {}
-            for part in ("auroc", "ci_low", "ci_high", "average_precision"):
-                values[f"eval_{key}_{part}"] = m.get(part)
+        (:mod:`chexcut.evaluation.figures`, ``tracked``: AUROC), latency, and eval.json. ``result``: an
+        :class:`~chexcut.evaluation.result.Evaluation` or its JSON."""
         from chexcut.evaluation import figures
+        from chexcut.evaluation.result import Evaluation
 
+        ev = Evaluation.of(result)
+        values = {}
+        for key, m in ev.means:
+            for part in ("auroc", "ci_low", "ci_high", "average_precision"):
+                values[f"eval_{key}_{part}"] = m.get(part) if m else None
         for fig in figures.registry():  # the declared per-label figures logged (Figure.tracked): eval_KEY/LABEL
             if fig.tracked and fig.section in ("labels", "calibration"):
-                values |= {f"eval_{fig.key}/{label}": row.get(fig.key) for label, row in figures.by_label(result, fig).items()}
+                values |= {f"eval_{fig.key}/{r.label}": r.figure(fig)[fig.key] for r in ev.labels
+                           if r.rows.get(fig.section)}
         bench = self.rd.read_bench()  # the report's reading of bench.json: batch-1 latency, throughput
         if bench:
             values["bench_latency_ms"], values["bench_throughput_img_s"] = bench["latency_ms"], bench["throughput_img_s"]
         self.metrics(values, step=0)
-        self.tags({"chexcut.evaluated_on": (result.get("evaluation_set") or {}).get("description", "")[:250]})
+        self.tags({"chexcut.evaluated_on": ev.evaluation_set.get("description", "")[:250]})
         self.artifact(self.rd.eval)
 
 

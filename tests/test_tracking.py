@@ -163,8 +163,10 @@ def test_a_benched_run_logs_its_latency(tmp_path, monkeypatch):
     (run / "bench.json").write_text(json.dumps({"device_name": "cpu", "levels": [
         {"drop": 1, "latency_ms": {"median": 12.5}, "throughput_img_s": 80.0}]}))
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.log_evaluation(run, {"mean_competition": {"auroc": 0.8, "ci_low": 0.7, "ci_high": 0.9}, "labels": []},
-                            uri=db)
+    result = {"n": 10, "bootstrap": 0, "ci": 0.95, "seed": 0, "cluster": "patient", "labels": [],
+              "mean_competition": {"auroc": 0.8, "ci_low": 0.7, "ci_high": 0.9, "labels": 5}, "mean_all": None,
+              "competition_labels": [], "warnings": [], "compare": None}  # an evaluation, as the schema has it
+    tracking.log_evaluation(run, result, uri=db)
     rid = json.loads((run / "mlflow.json").read_text())["run_id"]
     m = MlflowClient(db).get_run(rid).data.metrics
     assert m["bench_latency_ms"] == 12.5 and m["bench_throughput_img_s"] == 80.0

@@ -154,14 +154,17 @@ def _write(result: dict, json: str | None, csv_out: Path | None, quiet: bool, fa
         result["failure_images"] = [str(p) for p in failure_sheets(result, *failure_images)]
     import chexcut.cli.ui as ui
     from chexcut.evaluation.orchestrate import write_results_csv
+    from chexcut.evaluation.result import Evaluation
+
+    evaluation = Evaluation.from_json(result)  # what is written conforms to the schema
     if csv_out:
-        write_results_csv(csv_out, result)
-    emit_json(json, result)
+        write_results_csv(csv_out, evaluation)
+    emit_json(json, evaluation.to_json())
     if json != "-" and not quiet:
-        ui.out.print(ui.evaluation_table(result))
+        ui.out.print(ui.evaluation_table(evaluation))
         for table in ui.evaluation_extra_tables(result):
             ui.out.print(table)
-        for note in result.get("notes", []):
+        for note in evaluation.notes:
             ui.err.print(f"[dim]note:[/] {note}")
 
 

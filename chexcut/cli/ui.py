@@ -162,10 +162,11 @@ FIGURE_TABLES = {
 OWN_TABLES = ("auroc", "operating")  # tables drawn by their own function (evaluation_table, operating_tables)
 
 
-def figure_table(r: dict, table: str) -> Table | None:
+def figure_table(r, table: str) -> Table | None:
     """One terminal table of declared figures (``Figure.table``): a row per label with a value (the precision-recall
     table with its prevalence, AP's chance level), each figure with its CI where declared (``table_ci``)."""
     from chexcut.evaluation import figures
+    from chexcut.evaluation.result import Evaluation
 
     figs = figures.in_table(table)
     title, always = FIGURE_TABLES.get(table, (table, False))
@@ -174,17 +175,16 @@ def figure_table(r: dict, table: str) -> Table | None:
     columns = [c for f in figs for c in ((f.name, f"{f.name} CI") if f.table_ci and f.resampled else (f.name,))]
     for col in ("label", *context, *columns):
         t.add_column(col, justify="left" if col == "label" else "right", no_wrap=True)
-    rows = [figures.by_label(r, f) for f in figs]
-    for row in r["labels"]:
-        found = [m.get(row["label"]) or {} for m in rows]
-        if all(c.get(f.key) is None for f, c in zip(figs, found)):
+    for row in Evaluation.of(r).labels:
+        found = [row.figure(f) for f in figs]
+        if all(c[f.key] is None for f, c in zip(figs, found)):
             continue
-        cells = [_f(row["prevalence"], "{:.3f}")] if context else []
+        cells = [_f(row.prevalence, "{:.3f}")] if context else []
         for f, c in zip(figs, found):
-            cells.append(f.text(c.get(f.key)))
+            cells.append(f.text(c[f.key]))
             if f.table_ci and f.resampled:
-                cells.append(_ci(c.get(f.ci_keys[0]), c.get(f.ci_keys[1]), "{:" + f.fmt + "}"))
-        t.add_row(row["label"], *cells)
+                cells.append(_ci(c[f.ci_keys[0]], c[f.ci_keys[1]], "{:" + f.fmt + "}"))
+        t.add_row(row.label, *cells)
     return t if t.row_count or always else None
 
 
@@ -257,20 +257,30 @@ def operating_tables(r: dict) -> list[Table]:
     return tables
 
 
-def evaluation_table(r: dict) -> Table:
-    """Per-label AUROC with CI; with --compare the paired delta, its CI and p (and non-inferiority at a
-    margin). Labels whose interval cannot be trusted are marked with a ! and explained under the table."""
-    comp = r.get("compare")
-    margin = (comp or {}).get("margin")
-    title = (f"AUROC, {r['n']} {'studies' if r.get('level') == 'study' else 'images'}"
-             + (f", {int(r['ci'] * 100)}% bootstrap CI ({r['bootstrap']} replicates, by {r['cluster']})"
-                if r["bootstrap"] else ""))
+def _auroc_title(r) -> str:
+    """The AUROC table's title: rows, CI and resampling, the paired test, the evaluation set."""
+    comp = r.compare
+    title = (f"AUROC, {r.n} {'studies' if r.level == 'study' else 'images'}"
+             + (f", {int(r.ci * 100)}% bootstrap CI ({r.bootstrap} replicates, by {r.cluster})"
+                if r.bootstrap else ""))
     if comp and comp.get("method") == "delong":
-        title += f"; paired DeLong{' (clustered by ' + r['cluster'] + ')' if r['cluster'] != 'none' else ''}"
-    es = r.get("evaluation_set") or {}
+        title += f"; paired DeLong{' (clustered by ' + r.cluster + ')' if r.cluster != 'none' else ''}"
+    es = r.evaluation_set
     if es.get("description"):
         title += f"\non {es['description']}"
-    t = Table(title=title, title_justify="left")
+    return title
+
+
+def evaluation_table(result) -> Table:
+    """Per-label AUROC with CI; with --compare the paired delta, its CI and p (and non-inferiority at a
+    margin). Labels whose interval cannot be trusted are marked with a ! and explained under the table.
+    ``result``: an :class:`~chexcut.evaluation.result.Evaluation` or its JSON."""
+    from chexcut.evaluation.result import Evaluation
+
+    r = Evaluation.of(result)
+    comp = r.compare
+    margin = (comp or {}).get("margin")
+    t = Table(title=_auroc_title(r), title_justify="left")
     for col in ("label", "pos/neg", "AUROC", "CI"):
         t.add_column(col, justify="left" if col == "label" else "right", no_wrap=col == "label")
     if comp:
@@ -289,27 +299,27 @@ def evaluation_table(r: dict) -> Table:
         return cells
 
     notes = []
-    for row in r["labels"]:
-        auc = _f(row["auroc"]) if row["auroc"] is not None else f"[dim]n/e ({row.get('not_evaluable', '')})[/]"
+    for row in r.labels:
+        auc = _f(row.auroc) if row.auroc is not None else f"[dim]n/e ({row.not_evaluable or ''})[/]"
         mark = ""
-        if row.get("warning") or row.get("interval_note"):
+        if row.warning or row.interval_note:
             mark = " [yellow]![/]"
-            notes.append(f"! {row['label']}: {row.get('interval_note') or row['warning']}")
-        cells = [row["label"] + mark, f"{row['n_pos']}/{row['n_neg']}", auc, ci(row["ci_low"], row["ci_high"])]
+            notes.append(f"! {row.label}: {row.interval_note or row.warning}")
+        cells = [row.label + mark, f"{row.n_pos}/{row.n_neg}", auc, ci(row.ci_low, row.ci_high)]
         if comp:
-            cells += compare_cells(crow[row["label"]])
+            cells += compare_cells(crow[row.label])
         t.add_row(*cells)
-    for key, name in (("mean_competition", "mean (5 competition)"), ("mean_all", "mean (all evaluable)")):
-        m = r[key]
+    names = {"mean_competition": "mean (5 competition)", "mean_all": "mean (all evaluable)"}
+    for key, m in r.means:
         if not m:
             continue
-        cells = [f"[bold]{name}[/]", f"{m['labels']} labels", f"[bold]{_f(m['auroc'])}[/]", ci(m["ci_low"], m["ci_high"])]
+        cells = [f"[bold]{names[key]}[/]", f"{m.labels} labels", f"[bold]{_f(m.auroc)}[/]", ci(m.ci_low, m.ci_high)]
         if comp:
             cells += compare_cells(comp.get(key) or {})
         t.add_row(*cells)
     from chexcut.evaluation.orchestrate import SERIOUS
 
-    leak = [w["message"] for w in r.get("warning_kinds", []) if w["kind"] in SERIOUS]
+    leak = [w["message"] for w in r.section("warning_kinds", []) if w["kind"] in SERIOUS]
     caption = [f"[bold red]{w}[/]" for w in leak] + ([comp["verdict"]] if comp else []) + notes
     if caption:
         t.caption = "\n".join(caption)

@@ -76,32 +76,32 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
     return table, df, spec
 
 
-def write_results_csv(path, result: dict) -> None:
+def write_results_csv(path, result) -> None:
     """Per-label rows (and the two means) with the comparison columns when there is one. The figure columns are
     the declared ones (``Figure.csv``: AUROC and its CI, ...), each with its CI; a mean row has the figures that
-    are averaged (``Figure.mean``)."""
+    are averaged (``Figure.mean``). ``result``: an :class:`~chexcut.evaluation.result.Evaluation` or its JSON."""
     import pandas as pd
 
     from chexcut.evaluation import figures
+    from chexcut.evaluation.result import Evaluation
     from chexcut.fileio import atomic_path
 
+    ev = Evaluation.of(result)
     figs = [f for f in figures.registry() if f.csv and f.section in ("labels", "calibration")]
-    found = [figures.by_label(result, f) for f in figs]
     rows = []
-    comp = {r["label"]: r for r in (result["compare"] or {}).get("labels", [])}
-    for r in result["labels"]:
-        c = comp.get(r["label"], {})
-        row = {"label": r["label"], "n_pos": r["n_pos"], "n_neg": r["n_neg"]}
-        for f, by in zip(figs, found):
-            row |= {k: (by.get(r["label"]) or {}).get(k) for k in f.keys}
+    comp = {r["label"]: r for r in (ev.compare or {}).get("labels", [])}
+    for r in ev.labels:
+        c = comp.get(r.label, {})
+        row = {"label": r.label, "n_pos": r.n_pos, "n_neg": r.n_neg}
+        for f in figs:
+            row |= r.figure(f)
         rows.append(row | {"delta": c.get("delta"), "delta_ci_low": c.get("ci_low"),
                            "delta_ci_high": c.get("ci_high"), "p": c.get("p")})
-    for key in ("mean_competition", "mean_all"):
-        m = result[key] or {}
-        c = (result["compare"] or {}).get(key) or {}
+    for key, m in ev.means:
+        c = (ev.compare or {}).get(key) or {}
         row = {"label": key}
         for f in figs:
-            row |= {k: m.get(k) for k in f.keys} if f.mean and f.section == "labels" else {}
+            row |= (m.figure(f) if m else dict.fromkeys(f.keys)) if f.mean and f.section == "labels" else {}
         rows.append(row | {"delta": c.get("delta"), "delta_ci_low": c.get("ci_low"), "delta_ci_high": c.get("ci_high"),
                            "p": c.get("p")})
     with atomic_path(Path(path)) as tmp:

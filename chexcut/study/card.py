@@ -39,10 +39,13 @@ def _cell(v) -> str:
     return str(v)
 
 
-def _auroc(m: dict | None) -> str:
-    """An evaluation JSON object's AUROC with its CI (a label row, or a mean)."""
-    m = m or {}
-    return _ci(m.get("auroc"), m.get("ci_low"), m.get("ci_high"))
+def _auroc(m) -> str:
+    """An AUROC with its CI: a label's (:class:`~chexcut.evaluation.result.LabelResult`), a mean's
+    (:class:`~chexcut.evaluation.result.Mean`), or a JSON object's (a subgroup's mean)."""
+    if m is None or isinstance(m, dict):
+        m = m or {}
+        return _ci(m.get("auroc"), m.get("ci_low"), m.get("ci_high"))
+    return _ci(m.auroc, m.ci_low, m.ci_high)
 
 
 def _ci(v, lo, hi) -> str:
@@ -60,15 +63,15 @@ def _run_facts(run: Path) -> dict:
     if ev is None:
         raise ChexcutError(f"{run} has no eval.json: evaluate it first (chexcut evaluate {run} --json {run}/eval.json)")
     from chexcut.fileio import sha256_file
-    from chexcut.study.collect import damaged
+    from chexcut.study.collect import checked
 
-    why = damaged(cfg, ev)
+    ev, why = checked(cfg, ev, "eval.json")
     if why:
         raise ChexcutError(f"{run}: {why}")
     external, unusable = {}, []
     for name in rd.external_names():  # a damaged external/NAME.json is named in the card, never a crash
         e = rd.read_eval(name)
-        problem = "unreadable" if e is None else damaged(cfg, e, f"external/{name}.json")
+        e, problem = (None, "unreadable") if e is None else checked(cfg, e, f"external/{name}.json")
         if problem:
             unusable.append(f"external/{name}.json: {problem}")
         else:
@@ -108,7 +111,7 @@ def _model_section(f: dict, study: dict | None) -> dict:
 
 def _data_sections(f: dict) -> list[dict]:
     d, ev = f["config"]["data"], f["eval"]
-    src = ev.get("evaluation_set") or {}
+    src = ev.evaluation_set
     data_rows = [["data set", d.get("dataset") or "chexpert (CheXpert layout)"], ["folder", d["dir"]],
                  ["label files' fingerprint (sha256)", d.get("fingerprint")],
                  ["labels", ", ".join(d.get("labels") or [])], ["views", d.get("views")],
@@ -176,7 +179,7 @@ def _demographics(cfg: dict) -> dict:
 
 def _ensemble_section(f: dict, study: Path | None) -> dict:
     """What the evaluation is of: an ensemble (``evaluate RUN --ensemble ...`` wrote it) is described as one."""
-    e = f["eval"].get("ensemble")
+    e = f["eval"].section("ensemble")
     if isinstance(e, dict) and isinstance(e.get("members"), list):
         weights = e.get("weights")
         how = f"{e.get('average', 'probabilities')} averaged" + (
@@ -216,28 +219,26 @@ def _training_sections(f: dict) -> list[dict]:
 
 def _results_sections(f: dict, plots: list) -> list[dict]:
     ev = f["eval"]
-    rows = [[r["label"], r["n_pos"], r["n_neg"], _auroc(r),
-             r.get("not_evaluable") or ""] for r in ev["labels"]]
-    for key, name in (("mean_competition", "5-task mean"), ("mean_all", "mean of all evaluable")):
-        m = ev.get(key) or {}
-        rows.append([name, "", "", _auroc(m), m.get("interval_note", "")])
-    stats = (f"AUROC per label with {ev['ci']:.0%} percentile bootstrap intervals ({ev['bootstrap']} replicates, "
-             f"resampling clusters by {ev['cluster']}, seed {ev['seed']}; evaluated at the {ev.get('level')} level); an "
+    rows = [[r.label, r.n_pos, r.n_neg, _auroc(r), r.not_evaluable or ""] for r in ev.labels]
+    names = {"mean_competition": "5-task mean", "mean_all": "mean of all evaluable"}
+    for key, m in ev.means:
+        rows.append([names[key], "", "", _auroc(m), m.get("interval_note", "") if m else ""])
+    stats = (f"AUROC per label with {ev.ci:.0%} percentile bootstrap intervals ({ev.bootstrap} replicates, "
+             f"resampling clusters by {ev.cluster}, seed {ev.seed}; evaluated at the {ev.level} level); an "
              f"interval is withheld when fewer than 90% of the replicates drew both classes. Paired comparisons use "
              f"the same resamples (or DeLong); p-values of a family are Holm-adjusted beside the raw ones. chexcut's "
              f"AUROC, CIs and DeLong tests are tested equal to R's pROC and scikit-learn.")
     out = [_section("statistics", "Statistical methods", [stats]),
-           _section("results", f"Results on {(ev.get('evaluation_set') or {}).get('description', 'the evaluation set')}",
-                    [f"{ev['n']} rows evaluated."], [_table(["label", "positives", "negatives", "AUROC [CI]", "note"],
+           _section("results", f"Results on {ev.evaluation_set.get('description', 'the evaluation set')}",
+                    [f"{ev.n} rows evaluated."], [_table(["label", "positives", "negatives", "AUROC [CI]", "note"],
                                                             rows)], plots)]
     return out
 
 
 def _extra_sections(f: dict) -> list[dict]:
     ev, out = f["eval"], []
-    ext = [[n, (e.get("evaluation_set") or {}).get("dataset"), e.get("n"),
-            _auroc(e.get("mean_competition")),
-            ", ".join(r["label"] for r in e["labels"] if str(r.get("not_evaluable", "")).startswith("not annotated"))]
+    ext = [[n, e.evaluation_set.get("dataset"), e.n, _auroc(e.mean_competition),
+            ", ".join(r.label for r in e.labels if str(r.not_evaluable or "").startswith("not annotated"))]
            for n, e in sorted(f["external"].items()) if e]
     notes = [f"Not shown, damaged: {u}." for u in f["unusable"]] or ([] if ext else [
         f"{NEEDS}: no external evaluation was run (chexcut evaluate RUN --data SET:DIR, or study plan --external)."])
@@ -245,10 +246,10 @@ def _extra_sections(f: dict) -> list[dict]:
         [_table(["set", "data set", "rows", "5-task AUROC [CI]", "not annotated there"], ext)] if ext else []))
     gaps = [[g["by"], " vs ".join(g["groups"]), g["label"], _ci(g.get("delta"), g.get("ci_low"), g.get("ci_high")),
              _cell(g.get("p")), _cell(g.get("p_holm"))]
-            for g in ev.get("subgroup_gaps") or [] if g["label"] == "mean_competition"]
-    groups = [[s["by"], s["group"], s["n"], _auroc(s.get("mean_competition"))] for s in ev.get("subgroups") or []]
+            for g in ev.section("subgroup_gaps") or [] if g["label"] == "mean_competition"]
+    groups = [[s["by"], s["group"], s["n"], _auroc(s.get("mean_competition"))] for s in ev.section("subgroups") or []]
     err = [[e["by"], e["group"], e["label"], _ci(e.get("fnr"), e.get("fnr_ci_low"), e.get("fnr_ci_high")),
-            _ci(e.get("fpr"), e.get("fpr_ci_low"), e.get("fpr_ci_high"))] for e in ev.get("error_rates") or []]
+            _ci(e.get("fpr"), e.get("fpr_ci_low"), e.get("fpr_ci_high"))] for e in ev.section("error_rates") or []]
     tables = [t for t, rows in ((_table(["by", "group", "rows", "5-task AUROC [CI]"], groups), groups),
                                 (_table(["by", "groups", "label", "AUROC gap [CI]", "p", "p (Holm)"], gaps), gaps),
                                 (_table(["by", "group", "label", "FNR [CI]", "FPR [CI]"], err), err)) if rows]
@@ -257,19 +258,19 @@ def _extra_sections(f: dict) -> list[dict]:
     cal = [[c["label"], _ci(c.get("brier"), c.get("brier_ci_low"), c.get("brier_ci_high")),
             _ci(c.get("ece"), c.get("ece_ci_low"), c.get("ece_ci_high")),
             _ci(c.get("slope"), c.get("slope_ci_low"), c.get("slope_ci_high"))]
-           for c in (ev.get("calibration") or {}).get("labels", []) if c.get("brier") is not None]
+           for c in (ev.section("calibration") or {}).get("labels", []) if c.get("brier") is not None]
     out.append(_section("calibration", "Calibration", [] if cal else [f"{NEEDS}: calibration was not computed."],
                         [_table(["label", "Brier [CI]", "ECE [CI]", "recalibration slope [CI]"], cal)] if cal else []))
     ops = [[p["label"], p["rule"], _cell(p.get("threshold")),
             _ci(p.get("sensitivity"), p.get("sensitivity_ci_low"), p.get("sensitivity_ci_high")),
             _ci(p.get("specificity"), p.get("specificity_ci_low"), p.get("specificity_ci_high"))]
-           for p in ev.get("operating_points") or [] if p.get("sensitivity") is not None]
+           for p in ev.section("operating_points") or [] if p.get("sensitivity") is not None]
     out.append(_section("operating", "Model output and operating points", [
         "The model outputs one probability per label (sigmoid)." if ops else
         f"{NEEDS}: the model outputs one probability per label (sigmoid); no operating threshold was evaluated "
         f"(chexcut evaluate --at-specificity S, or --thresholds RUN)."],
         [_table(["label", "rule", "threshold", "sensitivity [CI]", "specificity [CI]"], ops)] if ops else []))
-    dc = ev.get("decision_curve")
+    dc = ev.section("decision_curve")
     dcr = [[x["label"], _cell(x.get("prevalence")), x.get("beneficial_from"), x.get("beneficial_to")]
            for x in (dc or {}).get("labels", []) if "model" in x]
     out.append(_section("decision", "Clinical utility (decision curves)", [] if dc else [
@@ -277,7 +278,7 @@ def _extra_sections(f: dict) -> list[dict]:
         [_table(["label", "prevalence", "net benefit above treat-all and treat-none from", "to"], dcr)] if dc else []))
     fl = [[x["label"], _cell(x.get("threshold")), x.get("rule"), x.get("n_false_positives"), x.get("n_false_negatives"),
            ", ".join(c["key"] for c in x.get("false_positives", [])[:3])]
-          for x in ev.get("failures") or [] if "threshold" in x]
+          for x in ev.section("failures") or [] if "threshold" in x]
     out.append(_section("failures", "Failure analysis", [] if fl else [
         f"{NEEDS}: no failure analysis was run (chexcut evaluate --failures N [--failure-images DIR])."],
         [_table(["label", "threshold", "rule", "false positives", "false negatives", "most confident FPs"], fl)]
@@ -296,7 +297,7 @@ def _reproduce_section(f: dict, study: Path | None) -> dict:
     cfg, run = f["config"], f["run"]
     cmds = ([f"chexcut study run {study}", f"chexcut report {study} -o report"] if study else [
         finetune_command(cfg, run),
-        f"chexcut evaluate {run} --bootstrap {f['eval']['bootstrap']} --json {run}/eval.json"])
+        f"chexcut evaluate {run} --bootstrap {f['eval'].bootstrap} --json {run}/eval.json"])
     return _section("reproduce", "How to reproduce", ["The exact commands (the run's config.json holds every "
                                                       "setting; predictions come from chexcut evaluate):"],
                     [_table(["command"], [[c] for c in cmds])])
@@ -362,8 +363,8 @@ def _assemble(target: Path, about: dict, plots: list | None) -> tuple[dict, dict
                                             f"(drop {f['config']['model']['drop']})",
             "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "target": str(target), "run": str(run), "sections": sections, "checklists": _checklists(sections, about),
-            "eval": {"n": f["eval"]["n"], "mean_competition": f["eval"].get("mean_competition"),
-                     "labels": {r["label"]: r.get("auroc") for r in f["eval"]["labels"]}}}
+            "eval": {"n": f["eval"].n, "mean_competition": f["eval"].section("mean_competition"),
+                     "labels": {r.label: r.auroc for r in f["eval"].labels}}}
     return card, report
 
 
@@ -376,16 +377,17 @@ def auroc_plot(card: dict, run: Path, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from chexcut.evaluation.result import Evaluation
     from chexcut.fileio import atomic_path
 
-    ev = RunDir(run).read_eval()
-    rows = [r for r in ev["labels"] if r.get("auroc") is not None]
+    ev = Evaluation.from_json(RunDir(run).read_eval(), where=f"{run}/eval.json")
+    rows = [r for r in ev.labels if r.auroc is not None]
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(rows), 3) + 1))
     for k, r in enumerate(rows):
-        if r.get("ci_low") is not None:
-            ax.plot([r["ci_low"], r["ci_high"]], [k, k], color="tab:blue", lw=2, alpha=0.5)
-        ax.plot([r["auroc"]], [k], "o", color="tab:blue")
-    ax.set_yticks(range(len(rows)), [r["label"] for r in rows])
+        if r.ci_low is not None:
+            ax.plot([r.ci_low, r.ci_high], [k, k], color="tab:blue", lw=2, alpha=0.5)
+        ax.plot([r.auroc], [k], "o", color="tab:blue")
+    ax.set_yticks(range(len(rows)), [r.label for r in rows])
     ax.axvline(0.5, color="grey", ls="--", lw=0.8)
     ax.set(xlabel="AUROC (95% CI)", xlim=(0, 1), title="AUROC per label")
     ax.grid(alpha=0.3)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chexcut import rundir
 from chexcut.errors import ChexcutError
+from chexcut.evaluation.result import Evaluation
 from chexcut.rundir import RunDir
 from chexcut.study.plan import PLAN, load_plan
 
@@ -101,7 +102,7 @@ def collect(targets: list[Path], external: str | None = None) -> Collected:
         if cfg is None or ev is None:
             res.incomplete.append({"run_dir": str(d), "reason": f"unreadable {'config.json' if cfg is None else ev_name}"})
             continue
-        damage = damaged(cfg, ev, ev_name)
+        ev, damage = checked(cfg, ev, ev_name)
         if damage:
             res.incomplete.append({"run_dir": str(d), "reason": damage})
             continue
@@ -116,41 +117,40 @@ def collect(targets: list[Path], external: str | None = None) -> Collected:
             macs = anat["truncations"][int(spec["drop"])]["macs"]
         except ChexcutError:
             macs = None
-        mc = ev.get("mean_competition") or {}
-        src = ev.get("source") or {}
-        key = json.dumps({"data": src.get("data"), "split": src.get("split"), "level": ev.get("level"),
-                          "n": ev.get("n"), "options": {k: v for k, v in (src.get("options") or {}).items()
+        mc, src = ev.mean_competition, ev.source
+        key = json.dumps({"data": src.get("data"), "split": src.get("split"), "level": ev.level,
+                          "n": ev.n, "options": {k: v for k, v in (src.get("options") or {}).items()
                                                         if k in ("views", "uncertain", "blank", "csv")}},
                          sort_keys=True)
         preds = rd.predictions if external is None else rd.external_predictions(external)
         res.runs.append(RunResult(
             run_dir=d, arch=arch.name, family=arch.family.name, weights=weights, drop=int(spec["drop"]),
             seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
-            auroc=mc.get("auroc"), ci_low=mc.get("ci_low"), ci_high=mc.get("ci_high"),
-            labels=tuple(r["label"] for r in ev["labels"]), eval_n=int(ev["n"]), eval_key=key,
+            auroc=mc and mc.auroc, ci_low=mc and mc.ci_low, ci_high=mc and mc.ci_high,
+            labels=tuple(r.label for r in ev.labels), eval_n=ev.n, eval_key=key,
             predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=rd.read_bench(),
             subgroups=_subgroups(ev), calibration=figure_means(ev, "calibration"), figures=figure_means(ev, "labels"),
             readers=_readers(ev), eval_file=ev_file, label_figures=label_figures(ev)))
     return res
 
 
-def _subgroups(ev: dict) -> list[dict] | None:
+def _subgroups(ev: Evaluation) -> list[dict] | None:
     rows = []
-    for g in ev.get("subgroups") or []:
+    for g in ev.section("subgroups") or []:
         m = g.get("mean_competition") or {}
         rows.append({"by": g.get("by"), "group": g.get("group"), "n": g.get("n"), "auroc": m.get("auroc"),
                      "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high")})
     return rows or None
 
 
-def _readers(ev: dict) -> list[dict] | None:
+def _readers(ev: Evaluation) -> list[dict] | None:
     keys = ("label", "reader", "sensitivity", "specificity", "model_sensitivity_at_reader_specificity",
             "delta_sensitivity", "p_sensitivity", "below_model_curve")
-    rows = [{k: x.get(k) for k in keys} for x in ev.get("readers") or [] if x.get("sensitivity") is not None]
+    rows = [{k: x.get(k) for k in keys} for x in ev.section("readers") or [] if x.get("sensitivity") is not None]
     return rows or None
 
 
-def figure_means(ev: dict, section: str) -> dict | None:
+def figure_means(ev: Evaluation, section: str) -> dict | None:
     """The mean of each figure of ``section`` the report shows (``Figure.report_mean``: Brier, ECE and slope in
     calibration's) over the competition labels that have it, and how many competition labels the section has;
     None without them."""
@@ -158,7 +158,7 @@ def figure_means(ev: dict, section: str) -> dict | None:
     from chexcut.labels import COMPETITION_LABELS
 
     shown = [f for f in figures.in_section(section) if f.report_mean]
-    rows = [r for r in figures.section_rows(ev, section) if r.get("label") in COMPETITION_LABELS]
+    rows = [r.rows[section] for r in ev.labels if r.label in COMPETITION_LABELS and r.rows.get(section)]
     if not shown or not rows:
         return None
     out = {}
@@ -169,7 +169,7 @@ def figure_means(ev: dict, section: str) -> dict | None:
     return out
 
 
-def label_figures(ev: dict) -> dict:
+def label_figures(ev: Evaluation) -> dict:
     """figure key -> label -> (value, CI low, CI high) of the figures the report lists per label
     (``Figure.report_labels``: AUROC)."""
     from chexcut.evaluation import figures
@@ -177,9 +177,7 @@ def label_figures(ev: dict) -> dict:
     out = {}
     for f in figures.registry():
         if f.report_labels and f.section in ("labels", "calibration"):
-            low, high = f.ci_keys if f.resampled else (None, None)
-            out[f.key] = {label: (r.get(f.key), r.get(low) if low else None, r.get(high) if high else None)
-                          for label, r in figures.by_label(ev, f).items()}
+            out[f.key] = {r.label: r.interval(f) for r in ev.labels if r.rows.get(f.section)}
     return out
 
 
@@ -215,11 +213,23 @@ def damaged(cfg: dict, ev: dict, ev_name: str = "eval.json") -> str | None:
     return None
 
 
-def _overlapping(ev: dict) -> bool:
+def checked(cfg: dict, ev: dict, ev_name: str = "eval.json") -> tuple[Evaluation | None, str | None]:
+    """``(the Evaluation, None)`` of a run's evaluation JSON (``ev_name``), or ``(None, why it cannot be used)``:
+    :func:`damaged`, then the schema (:meth:`Evaluation.from_json`)."""
+    why = damaged(cfg, ev, ev_name)
+    if why:
+        return None, why
+    try:
+        return Evaluation.from_json(ev, where=ev_name), None
+    except ChexcutError as e:
+        return None, str(e)
+
+
+def _overlapping(ev: Evaluation) -> bool:
     """Whether an eval.json records rows shared with the training set (allowed with --allow-overlap)."""
     from chexcut.evaluation.evaluation_set import overlaps_training
 
-    return overlaps_training((ev.get("evaluation_set") or {}).get("overlap"))
+    return overlaps_training(ev.evaluation_set.get("overlap"))
 
 
 def check_comparable(runs: list[RunResult]) -> None:

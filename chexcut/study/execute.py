@@ -119,6 +119,7 @@ def _evaluate(run: dict, plan: dict) -> None:
     """Bench (when planned), then evaluate on the run's own validation rows: predictions.csv, eval.json."""
     from chexcut import tracking
     from chexcut.evaluation.orchestrate import EvalInputs, run_evaluation
+    from chexcut.evaluation.result import Evaluation
     from chexcut.evaluation.settings import Inference
     from chexcut.fileio import write_json
     from chexcut.study.plan import plan_options, run_statistics
@@ -132,18 +133,19 @@ def _evaluate(run: dict, plan: dict) -> None:
     infer = Inference(workers=options.train.get("workers"), cache_dir=Path(options.cache) if options.cache else None)
     ev = plan.get("evaluate_options") or {}
     stats = run_statistics(plan, run["seed"])
-    result = run_evaluation(EvalInputs(model=str(rd.path), groups=Path(ev["groups"]) if ev.get("groups") else None),
-                            stats, infer, predictions_out=rd.predictions)
+    result = Evaluation.from_json(run_evaluation(
+        EvalInputs(model=str(rd.path), groups=Path(ev["groups"]) if ev.get("groups") else None), stats, infer,
+        predictions_out=rd.predictions), where=str(rd.eval))  # what is written conforms to the schema
     # an external set's columns are its own: no subgroups there
     external_stats = dataclasses.replace(stats, by=(), age_bins=None, prevalence_matched=False)
     for ext in ev.get("external") or []:  # before eval.json, the run's done mark: an interruption redoes them
         rd.external.mkdir(exist_ok=True)
         options = {"dataset": ext["dataset"]} if ext.get("dataset") else {}
-        ext_result = run_evaluation(EvalInputs(model=str(rd.path), data=Path(ext["data"]), split="all",
-                                               options=options), external_stats, infer,
-                                    predictions_out=rd.external_predictions(ext["name"]))
-        write_json(rd.external_eval(ext["name"]), ext_result)
-    write_json(rd.eval, result)
+        ext_result = Evaluation.from_json(run_evaluation(
+            EvalInputs(model=str(rd.path), data=Path(ext["data"]), split="all", options=options), external_stats,
+            infer, predictions_out=rd.external_predictions(ext["name"])), where=str(rd.external_eval(ext["name"])))
+        write_json(rd.external_eval(ext["name"]), ext_result.to_json())
+    write_json(rd.eval, result.to_json())
     tracking.log_evaluation(rd.path, result)
 
 
