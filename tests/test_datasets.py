@@ -403,7 +403,7 @@ def test_hostile_label_files_are_one_line_and_write_nothing(tmp_path):
     entry.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
                      "a.png,Edema,0,1,50,M,PA\n")
     before = entry.read_bytes()
-    cases = [(["-o", entry], "is one of this command's inputs")]  # the index never replaces the labels it reads
+    cases = [(["-o", entry], "which this command reads")]  # the index never replaces the labels it reads
     for content, words in ((before + b"a.png,Edema,0,1,50,M,PA\n", "repeat an image"),
                            (gzip.compress(before)[:40], "not a readable CSV")):
         bad = tmp_path / f"bad{len(cases)}"

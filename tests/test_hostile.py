@@ -191,7 +191,7 @@ def test_outputs_never_replace_what_they_point_at(run, tmp_path):
 
     truth = run / "ph" / "CheXpert-v1.0-small" / "valid.csv"
     preds = run / "run" / "valid_predictions.csv"
-    ev = ["evaluate", "--predictions", preds, "--truth", truth, "--bootstrap", "0", "--json", "-"]
+    ev = ["evaluate", "--predictions", preds, "--truth", truth, "--bootstrap", "0", "--json"]
     (tmp_path / "target.json").write_text("old")
     (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
     rc, _, err = run_cli(*ev, tmp_path / "link.json")

@@ -69,7 +69,7 @@ def test_an_ensemble_never_writes_over_a_member(trained_run, run_copy, preds, tm
 
 
 def test_the_card_of_an_ensemble_evaluation_says_ensemble(trained_run, run_copy, tmp_path):
-    code, _, err = run_cli("evaluate", run_copy, "--ensemble", trained_run, "--bootstrap", "10", "--json", "-",
+    code, _, err = run_cli("evaluate", run_copy, "--ensemble", trained_run, "--bootstrap", "10", "--json",
                            run_copy / "eval.json", "-q")
     assert code == 0, err
     code, _, err = run_cli("card", run_copy, "-o", tmp_path / "card.md")
@@ -179,6 +179,6 @@ def test_evaluate_never_replaces_a_file_of_the_data_set_it_reads(trained_run, tm
     mimic = make_layout_phantom(tmp_path / "mimic", "mimic", 20, 32, seed=2)
     patients = mimic / "patients.csv.gz"
     before = patients.read_bytes()
-    for flag in ("--predictions-out", "--json", "-", "--csv-out"):
+    for flag in ("--predictions-out", "--json", "--csv-out"):
         _refused(["evaluate", trained_run, "--data", f"mimic:{mimic}", flag, patients], "would replace a file of")
     assert patients.read_bytes() == before

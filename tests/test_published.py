@@ -244,7 +244,7 @@ def test_a_study_evaluates_by_subgroup_and_the_report_shows_it(tmp_path):
                          "0,50,200", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0")
     assert rc == 0, err
     plan = json.loads((tmp_path / "s" / "plan.json").read_text())
-    assert plan["evaluate_options"]["by"] == ["Sex", "Age"]
+    assert plan["statistics"]["by"] == ["Sex", "Age"]
     rc, _, err = run_cli("study", "run", tmp_path / "s")
     assert rc == 0, err[-2000:]
     ev = json.loads((tmp_path / "s" / plan["runs"][0]["run_dir"] / "eval.json").read_text())

@@ -166,7 +166,7 @@ def test_outputs_and_arguments_are_checked_before_work(phantom, tmp_path, args, 
 
 def test_evaluate_checks_its_outputs_before_inference(trained_run, tmp_path):
     run_dir = trained_run
-    for flag in ("--json", "-", "--predictions-out", "--csv-out"):
+    for flag in ("--json", "--predictions-out", "--csv-out"):
         rc, _, err = run_cli("evaluate", run_dir, flag, tmp_path / "missing" / "x")
         assert rc == 2 and "does not exist" in err and flag in err and err.count("\n") == 1, err
         rc, _, err = run_cli("evaluate", run_dir, flag, tmp_path)
