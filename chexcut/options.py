@@ -216,6 +216,10 @@ TRAINING = (
        "runs; 0 = off; a model without BatchNorm, such as a ViT, skips it with a note).", bound=True),
     _o("layer_decay", "Layer-wise learning-rate decay: layer k of L learns at lr x D^(L-k), the head at lr (timm's "
        "param_groups_layer_decay; usual for ViT fine-tuning, 0.65-0.75; off by default; timm families only)."),
+    _o("label_fraction", "Train on this share of the training patients, in (0, 1]: patients drawn in the seed's "
+       "order (nested: for one seed the 1% are inside the 10%), each label keeping a positive where the data has "
+       "one; recorded in the run's label_fraction.json (default: 1, all).",
+       help_in={"study plan": "Every run's share of training patients (see --label-fractions for an axis)."}),
     _o("max_steps", "Stop after this many steps in all (the schedule is unchanged; --resume continues).",
        bound=True, on_resume=True),
     _o("log_every", "Log every N steps (default: 50).", bound=True),
@@ -331,7 +335,7 @@ BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 #: passes to every run, and what --resume keeps (unless ``on_resume``).
 TRAIN_OPTIONS: tuple[Option, ...] = tuple(BY_NAME[n] for n in (
     "recipe", "epochs", "batch_size", "lr", "image_size", "val_every", "precision", "channels_last", "compile",
-    "workers", "precise_bn", "layer_decay", "max_steps", "log_every", "device", "resize"))
+    "workers", "precise_bn", "layer_decay", "label_fraction", "max_steps", "log_every", "device", "resize"))
 
 
 def given(**values) -> dict:

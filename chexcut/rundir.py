@@ -33,6 +33,7 @@ PREDICTIONS = "predictions.csv"
 EXTERNAL = "external"  # external/NAME.json and NAME-predictions.csv: evaluations on a study's --external sets
 LOG = "log.txt"
 BENCH = "bench.json"
+LABEL_BUDGET = "label_fraction.json"  # finetune --label-fraction: the patients drawn, positives per label
 TRACKING = "mlflow.json"  # the MLflow run this run logs to (``--track``)
 
 #: What one training run writes (removed by ``finetune --force`` before it starts over).
@@ -104,6 +105,7 @@ class RunDir:
     predictions = property(lambda self: self.path / PREDICTIONS)
     log = property(lambda self: self.path / LOG)
     bench = property(lambda self: self.path / BENCH)
+    label_budget = property(lambda self: self.path / LABEL_BUDGET)
     external = property(lambda self: self.path / EXTERNAL)
 
     def external_eval(self, name: str) -> Path:

@@ -355,6 +355,7 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
         "workers": (["--workers", "1"], lambda r: r.cfg.workers == 1),
         "precise_bn": (["--precise-bn", "16"], lambda r: r.cfg.precise_bn == 16),
         "layer_decay": (["--layer-decay", "0.7"], lambda r: r.cfg.layer_decay == 0.7),
+        "label_fraction": (["--label-fraction", "0.5"], lambda r: r.cfg.label_fraction == 0.5),
         "max_steps": (["--max-steps", "9"], lambda r: r.cfg.max_steps == 9),
         "log_every": (["--log-every", "3"], lambda r: r.cfg.log_every == 3),
         "device": (["--device", "cpu"], lambda r: r.cfg.device == "cpu"),

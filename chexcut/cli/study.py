@@ -28,7 +28,8 @@ def study_plan(  # longer: the grid, every finetune option, every evaluation set
     val_every: Optional[int] = OPT.val_every, precision: Optional[Precision] = OPT.precision,
     channels_last: Optional[bool] = OPT.channels_last, compile: Optional[bool] = OPT.compile,
     workers: Optional[int] = OPT.workers, precise_bn: Optional[int] = OPT.precise_bn,
-    layer_decay: Optional[float] = OPT.layer_decay, max_steps: Optional[int] = OPT.max_steps,
+    layer_decay: Optional[float] = OPT.layer_decay,
+    label_fraction: Optional[float] = OPT.label_fraction, max_steps: Optional[int] = OPT.max_steps,
     log_every: Optional[int] = OPT.log_every, device: Optional[str] = OPT.device, resize: Optional[Resize] = OPT.resize,
     csv: Optional[str] = OPT.csv, path_col: Optional[str] = OPT.path_col, labels: Optional[str] = OPT.labels,
     views: Optional[Views] = OPT.views, uncertain: Optional[str] = OPT.uncertain, blank: Optional[Blank] = OPT.blank,
@@ -68,8 +69,8 @@ def study_plan(  # longer: the grid, every finetune option, every evaluation set
     options = FinetuneOptions(
         train=given(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                     val_every=val_every, precision=precision, channels_last=channels_last, compile=compile,
-                    workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, max_steps=max_steps,
-                    log_every=log_every, device=device, resize=resize),
+                    workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, label_fraction=label_fraction,
+                    max_steps=max_steps, log_every=log_every, device=device, resize=resize),
         data={**opts.to_json(), **given(csv=csv and Path(csv).exists() and str(Path(csv).resolve()) or None)},
         cache=str(cache.resolve()) if cache else None, skip_missing=skip_missing,
         track=study_tracking(track, track_models, track_experiment, track_tag), source=given(in_chans=in_chans))

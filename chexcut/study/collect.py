@@ -43,6 +43,7 @@ class RunResult:
     readers: list[dict] | None = None  # eval.json's readers: per label and reader, the model minus reader deltas
     eval_file: Path | None = None  # the evaluation JSON read (eval.json, or external/NAME.json)
     label_figures: dict = field(default_factory=dict)  # figure key -> label -> (value, CI low, CI high), that JSON
+    label_fraction: float = 1.0  # the share of training patients it trained on (finetune --label-fraction)
 
 
 @dataclass
@@ -130,7 +131,8 @@ def collect(targets: list[Path], external: str | None = None) -> Collected:
             labels=tuple(r.label for r in ev.labels), eval_n=ev.n, eval_key=key,
             predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=rd.read_bench(),
             subgroups=_subgroups(ev), calibration=figure_means(ev, "calibration"), figures=figure_means(ev, "labels"),
-            readers=_readers(ev), eval_file=ev_file, label_figures=label_figures(ev)))
+            readers=_readers(ev), eval_file=ev_file, label_figures=label_figures(ev),
+            label_fraction=float(cfg["train"].get("label_fraction", 1.0))))
     return res
 
 
@@ -241,6 +243,10 @@ def check_comparable(runs: list[RunResult]) -> None:
         a, b = list(labels)[:2]
         raise ChexcutError(f"the runs were evaluated on different label sets ({len(a)} vs {len(b)} labels, e.g. "
                            f"{sorted(set(a) ^ set(b))[:3]}); report them separately")
+    fractions = sorted({r.label_fraction for r in runs})
+    if len(fractions) > 1:  # seeds of one configuration must be runs of one label budget
+        raise ChexcutError(f"the runs trained on different label fractions ({', '.join(f'{f:g}' for f in fractions)}); "
+                           f"report each fraction's runs separately")
     keys = {r.eval_key for r in runs}
     if len(keys) > 1:
         a, b = (json.loads(k) for k in list(keys)[:2])

@@ -34,6 +34,7 @@ class RunData:
     steps_per_epoch: int
     total_steps: int
     last_step: int  # total_steps, or --max-steps when smaller
+    label_budget: dict | None = None  # --label-fraction: what was drawn (chexcut.data.fractions.draw_patients)
 
 
 @dataclass
@@ -215,6 +216,19 @@ def open_data(run: Run, cfg: TrainConfig, opts, dist: Dist) -> RunData:
 
     train_t = check_files(load_split(run.data, "train", opts), run.skip_missing)
     valid_t = check_files(load_split(run.data, "valid", opts), run.skip_missing)
+    budget = None
+    if cfg.label_fraction < 1:  # a label budget: patients of the training rows only, drawn in the seed's order
+        from chexcut.data.fractions import draw_patients
+
+        keep, budget = draw_patients(train_t, cfg.label_fraction, cfg.seed)
+        train_t = train_t.subset(keep)
+        train_t.notes.append(f"--label-fraction {cfg.label_fraction:g}: {budget['patients']} of "
+                             f"{budget['of_patients']} training patients ({budget['images']} images)")
+        if budget["without_positives"] and dist.main:
+            import sys
+
+            print(f"chexcut: warning: no positive training row for {', '.join(budget['without_positives'])}: "
+                  f"the model cannot learn it", file=sys.stderr)
     if cfg.batch_size > len(train_t):
         raise ChexcutError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train_t)} images)")
     cache = open_cache(train_t.files + valid_t.files, cfg.image_size, cfg.resize, run.cache)
@@ -236,7 +250,7 @@ def open_data(run: Run, cfg: TrainConfig, opts, dist: Dist) -> RunData:
     steps_per_epoch = len(batch_order(len(train_ds), cfg.batch_size, True, cfg.seed, 0, True, dist.rank, dist.world))
     total_steps = steps_per_epoch * cfg.epochs
     return RunData(train_t, valid_t, cache, train_ds, valid_ds, steps_per_epoch, total_steps,
-                   min(total_steps, cfg.max_steps or total_steps))
+                   min(total_steps, cfg.max_steps or total_steps), budget)
 
 
 def write_config(rd: RunDir, run: Run, resolved: dict, data: RunData, opts, spec: ModelSpec) -> None:
@@ -248,6 +262,8 @@ def write_config(rd: RunDir, run: Run, resolved: dict, data: RunData, opts, spec
         "model": spec.to_json(), "model_source": {k: str(v) for k, v in run.model_source.items()},
         "steps_per_epoch": data.steps_per_epoch, "total_steps": data.total_steps, "versions": versions(),
     })
+    if data.label_budget is not None:
+        write_json(rd.label_budget, data.label_budget)
 
 
 def make_loaders(data: RunData, cfg: TrainConfig, device: torch.device, dist: Dist):
