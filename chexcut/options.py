@@ -96,6 +96,7 @@ INFERENCE = (
                 "export": "Size of the example input (default: the model file's); the batch stays dynamic. With "
                           "--format hub: the input size the folder records (a ViT resampled).",
                 "finetune": "Square input in pixels (default: the recipe's, 320).",
+                "study plan": "Every run's square input in pixels (default: the recipe's, 320).",
                 "inspect": "Input size for shapes and MACs (default: 320, rounded to a size the family takes (322 "
                            "for a /14 ViT), or the model file's).",
                 "truncate": "Image size recorded in the model file and used for MACs; a ViT or Swin is built for it "
@@ -104,12 +105,15 @@ INFERENCE = (
                 "prepare": "Square image size in pixels (default: 320)."}),
     _o("resize", RESIZE_HELP + " (default: squash)", help_in={
         "truncate": "Resize mode recorded in the model file (its preprocessing; default: squash)."}),
-    _o("batch_size", "Images per batch (default: 64).", bound=True, fills={"*": "Inference", "finetune": None},
-       help_in={"finetune": "Images per step and process (default: the recipe's)."}),
+    _o("batch_size", "Images per batch (default: 64).", bound=True,
+       fills={"*": "Inference", "finetune": None, "study plan": None},
+       help_in={"finetune": "Images per step and process (default: the recipe's).",
+                "study plan": "Images per step and process of every run (default: the recipe's)."}),
     _o("device", "cpu | cuda | cuda:N (default: cuda if available).", on_resume=True),
     _o("precision", "bf16 | fp16 | fp32 | auto (default: auto = bf16 on GPU, fp32 on CPU).",
        help_in={"bench": "bf16 | fp16 | fp32 | auto (default: fp32).",
-                "finetune": "Default: the recipe's; auto = bf16 on GPU, fp32 on CPU."}),
+                "finetune": "Default: the recipe's; auto = bf16 on GPU, fp32 on CPU.",
+                "study plan": "Every run's (default: the recipe's; auto = bf16 on GPU, fp32 on CPU)."}),
     _o("workers", "DataLoader worker processes (default: 4, at most the CPUs this process may use: its affinity, "
        "SLURM_CPUS_PER_TASK).", bound=True, help_in={"prepare": "Decoding processes (default: the CPUs this process may "
                                                                 "use)."}),
@@ -216,6 +220,8 @@ TRAINING = (
        "runs; 0 = off; a model without BatchNorm, such as a ViT, skips it with a note).", bound=True),
     _o("layer_decay", "Layer-wise learning-rate decay: layer k of L learns at lr x D^(L-k), the head at lr (timm's "
        "param_groups_layer_decay; usual for ViT fine-tuning, 0.65-0.75; off by default; timm families only)."),
+    _o("adapt", "What is trained: full (every parameter), probe (the head on a frozen backbone) or last:K (the last K "
+       "kept blocks and the head); frozen BatchNorm layers stay in eval mode (default: full)."),
     _o("label_fraction", "Train on this share of the training patients, in (0, 1]: patients drawn in the seed's "
        "order (nested: for one seed the 1% are inside the 10%), each label keeping a positive where the data has "
        "one; recorded in the run's label_fraction.json (default: 1, all).",
@@ -335,7 +341,7 @@ BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 #: passes to every run, and what --resume keeps (unless ``on_resume``).
 TRAIN_OPTIONS: tuple[Option, ...] = tuple(BY_NAME[n] for n in (
     "recipe", "epochs", "batch_size", "lr", "image_size", "val_every", "precision", "channels_last", "compile",
-    "workers", "precise_bn", "layer_decay", "label_fraction", "max_steps", "log_every", "device", "resize"))
+    "workers", "precise_bn", "layer_decay", "adapt", "label_fraction", "max_steps", "log_every", "device", "resize"))
 
 
 def given(**values) -> dict:

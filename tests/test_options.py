@@ -96,3 +96,23 @@ def test_bare_json_says_what_it_takes():
 
     rc, out, err = run_cli("list", "--json")
     assert rc == 2 and out == "" and "--json - prints it to stdout" in err and err.count("\n") == 1
+
+
+def test_json_never_replaces_what_a_command_reads(phantom, trained_run, tmp_path):
+    """``--json PATH`` on the commands where it used to be a bare flag: never over the data set, a model file or
+    a run's files (each one line, the file kept)."""
+    import shutil
+
+    from conftest import run_cli
+
+    data = shutil.copytree(phantom, tmp_path / "data")
+    train = data / "CheXpert-v1.0-small" / "train.csv"
+    model = trained_run / "best.safetensors"
+    before = (train.read_bytes(), model.read_bytes())
+    for args in (["study", "plan", "--data", data, "--out", tmp_path / "s", "--archs", "resnet18", "--weights", "none",
+                  "--drops", "0", "--json", train],
+                 ["inspect", model, "--json", model], ["prepare", data, "--json", train],
+                 ["export", trained_run, "-o", tmp_path / "m.onnx", "--json", model]):
+        rc, out, err = run_cli(*args)
+        assert rc == 2 and err.count("\n") == 1, (args, err)
+    assert (train.read_bytes(), model.read_bytes()) == before and not (tmp_path / "s").exists()

@@ -468,3 +468,31 @@ def test_a_plan_whose_runs_cannot_read_the_data_is_refused(data, tmp_path):
         rc, _, err = run_cli("study", "plan", "--data", folder, "--out", tmp_path / "s", "--archs", "resnet18", *extra)
         assert rc == 2 and words in err and err.count("\n") == 1, err
         assert not (tmp_path / "s" / "plan.json").exists()
+
+
+def test_a_format_2_plan_is_read_and_planned_over_with_its_own_settings(data, tmp_path):
+    """A study planned by the previous version (plan.json format 2: ``bootstrap`` and the subgroup settings beside
+    the options) runs on and may be planned again with the same settings: its statistics are read as format 3's."""
+    from chexcut.study.plan import load_plan, run_statistics
+
+    s = tmp_path / "s"
+    args = ["study", "plan", "--data", data, "--out", s, "--archs", "resnet18", "--weights", "none", "--drops", "0",
+            "--bootstrap", "30", "--by", "Sex"]
+    assert run_cli(*args)[0] == 0
+    plan = json.loads((s / "plan.json").read_text())
+    old = {**plan, "version": 2, "bootstrap": 30, "evaluate_options": {**plan["evaluate_options"], "by": ["Sex"],
+                                                                       "age_bins": None, "calibration": True}}
+    del old["statistics"]
+    (s / "plan.json").write_text(json.dumps(old))
+    stats = run_statistics(load_plan(s), 7)
+    assert (stats.bootstrap, stats.by, stats.seed) == (30, ("Sex",), 7)
+    (s / "runs" / plan["runs"][0]["id"]).mkdir(parents=True)
+    (s / "runs" / plan["runs"][0]["id"] / "log.txt").write_text("started")
+    rc, _, err = run_cli(*args, "--force")
+    assert rc == 0, err  # the same settings: not "results from other settings"
+    rc, _, err = run_cli(*args[:-4], "--bootstrap", "40", "--force")
+    assert rc == 2 and "other settings" in err
+    del old["bootstrap"]
+    (s / "plan.json").write_text(json.dumps(old))
+    rc, _, err = run_cli("study", "exec", s, "--index", "0")
+    assert rc == 2 and "bootstrap count" in err

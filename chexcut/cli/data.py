@@ -32,7 +32,7 @@ def prepare(
 
     opts = data_options(data, csv, path_col, labels, views, uncertain, blank, valid_frac, label_map, images_outside)
     image_size, resize = image_size or DEFAULT_IMAGE_SIZE, str(resize or Resize.squash)
-    check_json(json, protected=[split_ref(data)[0]])
+    check_json(json, inputs=[f for f in (csv, label_map) if f], protected=[split_ref(data)[0]])
     table = check_files(load_split(data, "all", opts), skip_missing)
     if cache is not None:
         from chexcut.fileio import check_output_folder
@@ -114,7 +114,7 @@ def datasets_index(
     import chexcut.cli.ui as ui
     from chexcut.data.datasets import split_ref, write_index
 
-    check_json(json, protected=[split_ref(ref)[0]], others=[(out, "-o")])
+    check_json(json, inputs=[label_map] if label_map else [], protected=[split_ref(ref)[0]], others=[(out, "-o")])
     summary, missing = write_index(ref, out, label_map, all_labels)
     emit_json(json, summary)
     if json == "-":

@@ -33,7 +33,7 @@ def bench(
         check_writable(Path(json), force=True, inputs=[target, *(
             f for f in files_read_under([target]) if f.name != "bench.json")])
     with ui.lazy_progress_bar("bench", quiet=quiet or json == "-") as update:
-        settings = BenchSettings(**given(device=device, image_size=image_size, batches=tuple(ints(batch, "batch")) if batch else None,
+        settings = BenchSettings(**given(device=device, image_size=image_size, batches=tuple(ints(batch, "batch")) if batch is not None else None,
                                          precision=precision and str(precision), channels_last=channels_last,
                                          compile=compile, threads=threads, runtime=runtime, max_run_time=max_time))
         res = run_bench(target, drops=ints(drops, "drops") if drops else None, settings=settings, progress=update)
@@ -52,9 +52,12 @@ def export(
     """ONNX with chexcut's preprocessing and sigmoid inside (uint8 (N,1,H,W) -> (N,14)), checked in ONNX Runtime; or
     with --format hub a Hugging Face model folder that timm (or, for a truncated CNN, chexcut) loads."""
     import chexcut.cli.ui as ui
+    from chexcut.rundir import files_read_under
 
-    check_json(json, inputs=[model], others=[] if format == ExportFormat.hub else [(out, "-o")])
-    if format == ExportFormat.hub:
+    hub = format == ExportFormat.hub
+    check_json(json, inputs=[model, *files_read_under([model])], protected=[out] if hub else [],
+               others=[] if hub else [(out, "-o")])
+    if hub:
         from chexcut.deploy.hub import export_hub
 
         res = export_hub(model, out, onnx=onnx, push=push, force=force, image_size=image_size)

@@ -44,8 +44,9 @@ def inspect(
     import chexcut.cli.ui_models as ui_models
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.source import ModelSource
+    from chexcut.rundir import files_read_under
 
-    check_json(json)
+    check_json(json, inputs=[target, *files_read_under([target])])  # never over the model file it reads
     source = ModelSource.parse(target)
     spec = source.spec() if source.is_file else None
     if spec:

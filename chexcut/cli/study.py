@@ -29,16 +29,16 @@ def study_plan(  # longer: the grid, every finetune option, every evaluation set
     channels_last: Optional[bool] = OPT.channels_last, compile: Optional[bool] = OPT.compile,
     workers: Optional[int] = OPT.workers, precise_bn: Optional[int] = OPT.precise_bn,
     layer_decay: Optional[float] = OPT.layer_decay,
-    label_fraction: Optional[float] = OPT.label_fraction, max_steps: Optional[int] = OPT.max_steps,
+    adapt: Optional[str] = OPT.adapt, label_fraction: Optional[float] = OPT.label_fraction, max_steps: Optional[int] = OPT.max_steps,
     log_every: Optional[int] = OPT.log_every, device: Optional[str] = OPT.device, resize: Optional[Resize] = OPT.resize,
     csv: Optional[str] = OPT.csv, path_col: Optional[str] = OPT.path_col, labels: Optional[str] = OPT.labels,
     views: Optional[Views] = OPT.views, uncertain: Optional[str] = OPT.uncertain, blank: Optional[Blank] = OPT.blank,
     valid_frac: Optional[float] = OPT.valid_frac, label_map: Optional[str] = OPT.label_map,
     images_outside: bool = OPT.images_outside, cache: Optional[Path] = OPT.cache, skip_missing: bool = OPT.skip_missing,
-    # what every run's evaluate takes (each run's seed is its evaluation's)
+    # what every run's evaluate takes (each run's seed is its evaluation's; a margin is report's: it compares runs)
     bootstrap: Optional[int] = OPT.bootstrap, ci: Optional[float] = OPT.ci, cluster: Optional[Cluster] = OPT.cluster,
     level: Optional[Level] = OPT.level, method: Optional[Method] = OPT.method, alpha: Optional[float] = OPT.alpha,
-    margin: Optional[float] = OPT.margin, equivalence: Optional[bool] = OPT.equivalence, by: Optional[str] = OPT.by,
+    by: Optional[str] = OPT.by,
     age_bins: Optional[str] = OPT.age_bins, groups: Optional[Path] = OPT.groups,
     calibration: Optional[bool] = OPT.calibration, at_specificity: Optional[list[str]] = OPT.at_specificity,
     at_sensitivity: Optional[list[str]] = OPT.at_sensitivity, decision_curve: Optional[bool] = OPT.decision_curve,
@@ -64,19 +64,19 @@ def study_plan(  # longer: the grid, every finetune option, every evaluation set
     from chexcut.tracking import study_tracking
     from chexcut.training.config import FinetuneOptions
 
-    check_json(json)
+    check_json(json, inputs=[f for f in (csv, label_map, groups) if f],  # never over what the plan reads or writes
+               protected=[split_ref(data)[0], out, *(split_ref(e)[0] for e in split_repeated(external, "--external"))])
     opts = data_options(data, csv, path_col, labels, views, uncertain, blank, valid_frac, label_map, images_outside)
     options = FinetuneOptions(
         train=given(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                     val_every=val_every, precision=precision, channels_last=channels_last, compile=compile,
-                    workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, label_fraction=label_fraction,
+                    workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, adapt=adapt, label_fraction=label_fraction,
                     max_steps=max_steps, log_every=log_every, device=device, resize=resize),
         data={**opts.to_json(), **given(csv=csv and Path(csv).exists() and str(Path(csv).resolve()) or None)},
         cache=str(cache.resolve()) if cache else None, skip_missing=skip_missing,
         track=study_tracking(track, track_models, track_experiment, track_tag), source=given(in_chans=in_chans))
     statistics = Statistics(**given(
-        bootstrap=bootstrap, ci=ci, cluster=cluster, method=method, alpha=alpha, margin=margin,
-        equivalence=equivalence, level=level, by=split_list(by, "--by"), age_bins=floats(age_bins, "--age-bins"),
+        bootstrap=bootstrap, ci=ci, cluster=cluster, method=method, alpha=alpha, level=level, by=split_list(by, "--by"), age_bins=floats(age_bins, "--age-bins"),
         calibration=calibration, at_specificity=split_repeated(at_specificity, "--at-specificity"),
         at_sensitivity=split_repeated(at_sensitivity, "--at-sensitivity"), decision_curve=decision_curve,
         prevalence_matched=prevalence_matched, failures=failures))

@@ -25,7 +25,7 @@ def finetune(  # longer: the run, its model, its data and the training recipe, r
     precision: Optional[Precision] = OPT.precision, channels_last: Optional[bool] = OPT.channels_last,
     compile: Optional[bool] = OPT.compile, workers: Optional[int] = OPT.workers,
     precise_bn: Optional[int] = OPT.precise_bn, layer_decay: Optional[float] = OPT.layer_decay,
-    label_fraction: Optional[float] = OPT.label_fraction,
+    adapt: Optional[str] = OPT.adapt, label_fraction: Optional[float] = OPT.label_fraction,
     max_steps: Optional[int] = OPT.max_steps, log_every: Optional[int] = OPT.log_every,
     device: Optional[str] = OPT.device, resize: Optional[Resize] = OPT.resize, seed: int = OPT.seed,
     csv: Optional[str] = OPT.csv, path_col: Optional[str] = OPT.path_col, labels: Optional[str] = OPT.labels,
@@ -63,7 +63,7 @@ def finetune(  # longer: the run, its model, its data and the training recipe, r
                                    seed=seed)
         train = given(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                       val_every=val_every, precision=precision, channels_last=channels_last, compile=compile,
-                      workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, label_fraction=label_fraction,
+                      workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, adapt=adapt, label_fraction=label_fraction,
                       max_steps=max_steps, log_every=log_every, device=device, resize=resize)
         run = Run(run_dir=out, data=data, opts=opts, cfg=train_config_from(train, seed), model_source=source.to_json(), cache=cache,
                   skip_missing=skip_missing, force=force,

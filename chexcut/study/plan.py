@@ -230,7 +230,8 @@ def plan_options(plan: dict) -> FinetuneOptions:
 
 def plan_settings(plan: dict) -> dict:
     """What decides a run's results besides its grid cell: a re-plan with other settings changes every run."""
-    return {k: plan.get(k) for k in ("data", "finetune_options", "statistics", "bench", "evaluate_options")}
+    settings = {k: plan.get(k) for k in ("data", "finetune_options", "bench", "evaluate_options")}
+    return {**settings, "statistics": plan_statistics(run_statistics(plan, 0))}  # every setting, defaults filled
 
 
 def _refuse_changed_runs(out: Path, plan: dict) -> None:
@@ -238,9 +239,10 @@ def _refuse_changed_runs(out: Path, plan: dict) -> None:
     kept as done by every runner. Refuse, naming them, rather than mix two sets of settings in one study."""
     try:
         old = read_json(out / PLAN)
+        old = _upgrade(old) if old.get("version") == 2 else old
         old_ids = {r["id"] for r in old.get("runs", [])}
         same = plan_settings(old) == plan_settings(plan)
-    except (ChexcutError, AttributeError, TypeError, KeyError):
+    except (ChexcutError, AttributeError, TypeError, KeyError, ValueError):
         return
     changed = [] if same else [r["id"] for r in plan["runs"] if r["id"] in old_ids and any((out / r["run_dir"]).glob("*"))]
     if changed:
@@ -270,6 +272,8 @@ def run_statistics(plan: dict, seed: int) -> Statistics:
 
 def _upgrade(plan: dict) -> dict:
     """A version 2 plan read as version 3: its ``bootstrap`` and subgroup settings are its statistics."""
+    if not isinstance(plan.get("bootstrap"), int) or isinstance(plan.get("bootstrap"), bool):
+        raise ChexcutError("plan.json (format 2) lacks its bootstrap count (damaged; plan the study again)")
     ev = dict(plan.get("evaluate_options") or {})
     kept = {k: ev.pop(k) for k in ("by", "age_bins", "calibration") if k in ev}
     return {**plan, "version": PLAN_VERSION, "evaluate_options": ev,

@@ -10,7 +10,10 @@ def reestimate_batchnorm(model: torch.nn.Module, batches, forward=None, devices=
     """Reset every BatchNorm's running statistics and set them to the exact average over ``batches``
     (inputs, with the current weights, no gradients); the RNG (the CPU's and ``devices``') is left as it
     was. Returns the BN count."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    from chexcut.training.adapt import frozen_batchnorms, train_mode
+
+    frozen = {id(m) for m in frozen_batchnorms(model)}  # a frozen block keeps its pretrained statistics
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in frozen]
     if not bns:
         return 0
     momenta = [m.momentum for m in bns]
@@ -21,13 +24,16 @@ def reestimate_batchnorm(model: torch.nn.Module, batches, forward=None, devices=
     forward = forward or model
     try:
         with torch.random.fork_rng(devices=list(devices)), torch.no_grad():
-            model.train()
+            train_mode(model)
             for x in batches:
                 forward(x)
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
-        model.train(was_training)
+        if was_training:
+            train_mode(model)
+        else:
+            model.eval()
     return len(bns)
 
 

@@ -27,6 +27,7 @@ from chexcut.signals import (
     raise_interrupt,
     sigterm_interrupts,
 )
+from chexcut.training.adapt import train_mode
 from chexcut.training.batchnorm import precise_bn
 from chexcut.training.checkpoint import save_checkpoint, write_state
 from chexcut.training.config import Run
@@ -106,7 +107,7 @@ def train_loop(s: Session) -> dict:
             epoch, within = divmod(st.step, d.steps_per_epoch)
             s.sampler.batches = batch_order(len(d.train_ds), cfg.batch_size, True, cfg.seed, epoch, True,
                                             s.dist.rank, s.dist.world)[within:]
-            s.train_model.train()
+            train_mode(s.train_model)
             for images, targets, mask, _rows in s.loader:
                 x = s.spec.preprocess.normalise(images.to(device, non_blocking=True), s.channels_last)
                 with autocast(device, s.precision):
@@ -161,7 +162,7 @@ def log_and_validate(s: Session, meter: "ThroughputMeter", validate_now: bool) -
         row["val_mean_auroc"] = result["mean_auroc"]
         row.update({f"auroc:{k}": v for k, v in result["aurocs"].items()})
         save_checkpoint(s, "running")
-        s.train_model.train()
+        train_mode(s.train_model)
     log_row(s, row)
     meter.restart()
 

@@ -17,6 +17,7 @@ from chexcut.errors import ChexcutError
 from chexcut.fileio import write_json
 from chexcut.models.spec import ModelSpec
 from chexcut.rundir import MetricsLog, RunDir
+from chexcut.training.adapt import apply_adapt
 from chexcut.training.checkpoint import RunState, load_checkpoint, restore
 from chexcut.training.config import Run, TrainConfig
 from chexcut.training.distributed import Dist
@@ -123,7 +124,7 @@ def make_optimizer(cfg: TrainConfig, model):
     """The recipe's optimizer over ``model``'s parameters; with ``--layer-decay D`` one group per layer (timm's
     ``param_groups_layer_decay``: layer k of L at lr x D^(L-k), the head at lr; biases and norms without weight
     decay), each group's lr set from its ``lr_scale`` so the schedule scales them all alike."""
-    params = model.parameters()
+    params = [p for p in model.parameters() if p.requires_grad]  # a frozen part (--adapt) is not optimised
     if cfg.layer_decay is not None:
         from timm.optim import param_groups_layer_decay
 
@@ -133,6 +134,8 @@ def make_optimizer(cfg: TrainConfig, model):
         params = param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         for group in params:
             group["lr"] = cfg.lr * group.pop("lr_scale", 1.0)
+            group["params"] = [p for p in group["params"] if p.requires_grad]
+        params = [group for group in params if group["params"]]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -158,11 +161,15 @@ def build_model(source: dict, labels=None, image_size: int | None = None):
 
 
 def start_notes(cfg: TrainConfig, model, spec: ModelSpec, size_note: str | None) -> tuple[str, ...]:
-    """What the run says once when training starts: a fitted image size, precise BN skipped on a model without
-    BatchNorm, the licence of non-commercial starting weights."""
+    """What the run says once when training starts: a fitted image size, the parameters --adapt trains, precise BN
+    skipped on a model without BatchNorm, the licence of non-commercial starting weights."""
     from chexcut.models.weights import licence_note
 
     notes = [size_note] if size_note else []
+    if cfg.adapt != "full":
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        notes.append(f"--adapt {cfg.adapt}: {trainable:,} of {total:,} parameters trained ({trainable / total:.1%})")
     if cfg.precise_bn and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         notes.append(f"--precise-bn skipped: {spec.arch} has no BatchNorm (its LayerNorms keep no running statistics)")
     return tuple(notes + ([licence_note(spec.weights)] if licence_note(spec.weights) else []))
@@ -307,9 +314,11 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     spec = dataclasses.replace(spec, preprocess=spec.preprocess.with_size(cfg.image_size, cfg.resize))
     opts = dataclasses.replace(run.opts, labels=spec.labels)
     data = open_data(run, cfg, opts, dist)
+    trainable, total = apply_adapt(model, spec, cfg.adapt)  # --adapt: what is not trained is frozen
     if dist.main and ckpt is None:  # a resumed run keeps its own config.json
         write_config(rd, run, {"device": str(device), "precision": precision, "compile": use_compile,
-                                    "channels_last": channels_last, "world_size": dist.world}, data, opts, spec)
+                               "channels_last": channels_last, "world_size": dist.world,
+                               "trainable_params": trainable, "total_params": total}, data, opts, spec)
 
     model = model.to(device)
     if channels_last:
