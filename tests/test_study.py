@@ -74,7 +74,7 @@ def test_exec_skips_done_runs_resumes_interrupted_ones_and_starts_the_rest(data,
 
     s = tmp_path / "s"
     plan = plan_study(s, data, Grid(archs=("resnet18",), weights=("none",), drops=(0, 1, 2), seeds=(0,)),
-                      FinetuneOptions(train={"epochs": 2}, source={"in_chans": 1}))
+                      FinetuneOptions(train={"epochs": 2}, in_chans=1))
     seen = []
     monkeypatch.setattr(loop, "finetune", lambda run, emit=None: seen.append(run))
     monkeypatch.setattr(ex, "_evaluate", lambda run, plan: (s / run["run_dir"] / "eval.json").write_text("{}"))
@@ -356,6 +356,7 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
         "precise_bn": (["--precise-bn", "16"], lambda r: r.cfg.precise_bn == 16),
         "layer_decay": (["--layer-decay", "0.7"], lambda r: r.cfg.layer_decay == 0.7),
         "label_fraction": (["--label-fraction", "0.5"], lambda r: r.cfg.label_fraction == 0.5),
+        "adapt": (["--adapt", "last:1"], lambda r: r.cfg.adapt == "last:1"),
         "max_steps": (["--max-steps", "9"], lambda r: r.cfg.max_steps == 9),
         "log_every": (["--log-every", "3"], lambda r: r.cfg.log_every == 3),
         "device": (["--device", "cpu"], lambda r: r.cfg.device == "cpu"),
@@ -429,7 +430,7 @@ def test_every_evaluation_setting_reaches_each_runs_eval_json(data, trained_run,
     expected = {**defaults, **{name: value for name, (_, value) in given.items()}}
     assert plan["statistics"] == {k: v for k, v in expected.items() if k != "seed"}
     rc, _, err = run_cli("study", "plan", "--data", data, "--out", tmp_path / "s2", "--margin", "0.02")
-    assert rc == 2 and "chexcut report --margin" in err and not (tmp_path / "s2").exists()
+    assert rc == 2 and "No such option: --margin" in err and not (tmp_path / "s2").exists()  # report's option
     # the finetune is the shared trained run; the evaluation is the executor's own
     monkeypatch.setattr(loop, "finetune", lambda run, emit=None: shutil.copytree(trained_run, run.run_dir,
                                                                                  dirs_exist_ok=True))

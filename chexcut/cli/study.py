@@ -55,6 +55,8 @@ def study_plan(  # longer: the grid, every finetune option, every evaluation set
     track_experiment: Optional[str] = OPT.track_experiment, track_tag: Optional[list[str]] = OPT.track_tag,
 ):
     """Write a study plan: a run per cell of the grid, each fine-tuned and evaluated with the options given here."""
+    import dataclasses
+
     import chexcut.cli.ui as ui
     from chexcut.data.datasets import split_ref
     from chexcut.evaluation.settings import Statistics
@@ -72,9 +74,9 @@ def study_plan(  # longer: the grid, every finetune option, every evaluation set
                     val_every=val_every, precision=precision, channels_last=channels_last, compile=compile,
                     workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, adapt=adapt, label_fraction=label_fraction,
                     max_steps=max_steps, log_every=log_every, device=device, resize=resize),
-        data={**opts.to_json(), **given(csv=csv and Path(csv).exists() and str(Path(csv).resolve()) or None)},
+        data=dataclasses.replace(opts, **given(csv=csv and Path(csv).exists() and str(Path(csv).resolve()) or None)),
         cache=str(cache.resolve()) if cache else None, skip_missing=skip_missing,
-        track=study_tracking(track, track_models, track_experiment, track_tag), source=given(in_chans=in_chans))
+        track=study_tracking(track, track_models, track_experiment, track_tag), in_chans=in_chans)
     statistics = Statistics(**given(
         bootstrap=bootstrap, ci=ci, cluster=cluster, method=method, alpha=alpha, level=level, by=split_list(by, "--by"), age_bins=floats(age_bins, "--age-bins"),
         calibration=calibration, at_specificity=split_repeated(at_specificity, "--at-specificity"),

@@ -175,7 +175,7 @@ def check_external_sets(data: Path, externals: list[dict], options) -> None:
     from chexcut.data.datasets import patients_comparable, resolve
     from chexcut.data.tables import load_split
 
-    opts = options.data_options()
+    opts = options.data
     folder, named = resolve(data, opts.dataset, opts.csv)
     training = None if opts.csv else (named or "chexpert")  # a --csv table of one's own: no declared set
     for ext in externals:

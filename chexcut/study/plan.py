@@ -218,7 +218,7 @@ def _check_data(data: Path, options: FinetuneOptions) -> None:
     from chexcut.data.tables import load_split
 
     try:
-        load_split(data, "all", options.data_options())
+        load_split(data, "all", options.data)
     except ChexcutError as e:
         raise ChexcutError(f"the runs could not read --data {data}: {e}") from None
 

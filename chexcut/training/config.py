@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 
 from chexcut.choices import Precision, Recipe, Resize, check
+from chexcut.data.tables import DataOptions
 from chexcut.errors import ChexcutError
 from chexcut.models.spec import DEFAULT_IMAGE_SIZE
 from chexcut.options import TRAIN_OPTIONS
@@ -186,60 +187,51 @@ def train_config_from(options: dict, seed: int) -> TrainConfig:
     return TrainConfig.from_recipe(str(values.pop("recipe", None) or "paper"), seed=seed, **values)
 
 
-#: ModelSource fields a study's runs share (the grid gives arch, weights, drop and seed).
-SOURCE_FIELDS = ("in_chans",)
-
-
 @dataclass(frozen=True)
 class FinetuneOptions:
     """What every run of a study passes to ``finetune`` besides its grid cell (arch, weights, drop, seed):
-    training overrides (``None``: the recipe's), data options, the model's input channels, the image cache,
-    MLflow tracking. Checked at construction, so a plan with a bad option fails when it is written, for Python
-    callers too; the executor builds each run from it (:mod:`chexcut.study.execute`)."""
+    training overrides (TrainConfig fields; absent: the recipe's), the data options, the model's input channels, the
+    image cache, MLflow tracking. Checked at construction, so a plan with a bad option fails when it is written,
+    for Python callers too; the executor builds each run from it (:mod:`chexcut.study.execute`)."""
 
     train: dict = field(default_factory=dict)  # CLI_TRAIN_FIELDS -> value
-    data: dict = field(default_factory=dict)  # DataOptions fields, as JSON
+    data: DataOptions = field(default_factory=DataOptions)  # (a dict of its fields, as plan.json holds, is read)
     cache: str | None = None
     skip_missing: bool = False
     track: dict | None = None  # {"uri", "log_models", "tags", "experiment"}: every run logs to MLflow
-    source: dict = field(default_factory=dict)  # SOURCE_FIELDS -> value (in_chans)
+    in_chans: int | None = None  # the model's input channels (None: its weights')
 
     def __post_init__(self):
         from chexcut.choices import check_bounds
-        from chexcut.data.tables import DataOptions
 
         if self.track is not None and not str((self.track or {}).get("uri") or ""):
             raise ChexcutError("a study's tracking needs a URI")
         unknown = set(self.train) - set(CLI_TRAIN_FIELDS)
         if unknown:
             raise ChexcutError(f"not finetune options: {', '.join(sorted(unknown))}")
-        unknown = set(self.source) - set(SOURCE_FIELDS)
-        if unknown:
-            raise ChexcutError(f"not model options: {', '.join(sorted(unknown))}")
-        object.__setattr__(self, "source", {k: v for k, v in self.source.items() if v is not None})
-        for name, value in self.source.items():
-            check_bounds(name, value)
+        check_bounds("in_chans", self.in_chans)
         object.__setattr__(self, "train", {k: v for k, v in self.train.items() if v is not None})
         self.train_config(seed=0)
-        object.__setattr__(self, "data", DataOptions.from_json(self.data).to_json())
+        if not isinstance(self.data, DataOptions):
+            object.__setattr__(self, "data", DataOptions.from_json(dict(self.data)))
 
     def train_config(self, seed: int) -> TrainConfig:
         overrides = {k: v for k, v in self.train.items() if k != "recipe"}
         return TrainConfig.from_recipe(str(self.train.get("recipe", "paper")), seed=seed, **overrides)
 
-    def data_options(self):
-        from chexcut.data.tables import DataOptions
-
-        return DataOptions.from_json(self.data)
-
     def to_json(self) -> dict:
-        return {"train": dict(self.train), "data": dict(self.data), "cache": self.cache,
-                "skip_missing": self.skip_missing, "track": self.track, "source": dict(self.source)}
+        return {"train": dict(self.train), "data": self.data.to_json(), "cache": self.cache,
+                "skip_missing": self.skip_missing, "track": self.track,
+                "source": {"in_chans": self.in_chans} if self.in_chans is not None else {}}
 
     @classmethod
     def from_json(cls, d: dict) -> "FinetuneOptions":
+        source = dict(d.get("source") or {})
+        unknown = set(source) - {"in_chans"}
+        if unknown:
+            raise ChexcutError(f"not model options: {', '.join(sorted(unknown))}")
         return cls(train=dict(d.get("train") or {}), data=dict(d.get("data") or {}), cache=d.get("cache"),
-                   skip_missing=bool(d.get("skip_missing")), track=d.get("track"), source=dict(d.get("source") or {}))
+                   skip_missing=bool(d.get("skip_missing")), track=d.get("track"), in_chans=source.get("in_chans"))
 
     def tracking(self, study: str, cell: str):
         """This study's :class:`chexcut.tracking.Tracking` for one run (None when untracked): the experiment is
