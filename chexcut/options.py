@@ -195,7 +195,8 @@ MODEL = (
        help_in={"finetune": "With an architecture name: final blocks to remove (default: 0)."}),
     _o("keep", "Blocks to keep (1..B); instead of --drop.", bound=True),
     _o("weights", "imagenet | none | a pretraining source NAME or NAME:PATH (`chexcut weights list`: dinov2, "
-       "rad-dino, txrv-all, ...) | PATH to a state dict of the full architecture (default: imagenet).",
+       "rad-dino, txrv-all, ...) | PATH to a state dict of the full architecture | an uncut chexcut model of it (a "
+       "model file, a published folder or hf-hub:ORG/NAME) (default: imagenet).",
        help_in={"finetune": "With an architecture name: imagenet | none | a pretraining source NAME or NAME:PATH | "
                             "PATH (default: imagenet).",
                 "study plan": "Comma-separated: imagenet, none, pretraining sources (NAME or NAME:PATH; `chexcut "

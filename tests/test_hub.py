@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_cli
 
 #: Runs in a process that cannot import chexcut: plain timm loads the folder (through the Hub's cache, offline, as
@@ -242,3 +243,45 @@ def test_export_hub_refusals(run_copy, tmp_path):
     assert (tmp_path / "full" / "keep.txt").is_file() and not (tmp_path / "h").exists()
     assert (run_copy / "best.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+@pytest.mark.parametrize("arch, drop, size", [("resnet18", 2, 40), ("test_vit", 2, 32)])
+def test_truncate_starts_from_a_published_uncut_model(arch, drop, size, tmp_path, monkeypatch):
+    """``truncate ARCH --weights FOLDER|hf-hub:ORG/NAME``: a published chexcut model of that architecture, uncut,
+    gives the kept blocks their weights (its classifier is replaced by the cut's head) and its preprocessing."""
+    from safetensors.torch import load_file
+
+    from chexcut.models.modelfile import read_spec
+
+    full = tmp_path / "full.safetensors"
+    assert run_cli("truncate", arch, "--drop", "0", "--weights", "none", "--image-size", str(size), "--seed", "3",
+                   "-o", full, "-q")[0] == 0
+    folder = tmp_path / "hub"
+    code, _, err = run_cli("export", full, "--format", "hub", "-o", folder)
+    assert code == 0, err
+    cache = tmp_path / "hf"
+    stage_in_hf_cache(folder, cache, "someone/cxr-full")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    published = load_file(str(folder / "model.safetensors"))
+    for ref in (folder, "hf-hub:someone/cxr-full"):
+        cut = tmp_path / f"cut-{len(str(ref))}.safetensors"
+        code, _, err = run_cli("truncate", arch, "--drop", str(drop), "--weights", ref, "--image-size", str(size),
+                               "-o", cut, "-q")
+        assert code == 0, err
+        mine, spec = load_file(str(cut)), read_spec(cut)
+        by_shape = {}
+        for v in published.values():
+            by_shape.setdefault(tuple(v.shape), []).append(v)
+        backbone = {k: v for k, v in mine.items() if not k.startswith(("head.", "fc."))}
+        # every tensor of the cut's stem and kept blocks is one of the published model's (keys differ: a table
+        # family's cut holds its blocks under blocks.N)
+        assert backbone and all(any(torch.equal(v, w) for w in by_shape.get(tuple(v.shape), [])) for v in backbone.values())
+        assert spec.weights["kind"] == "file" and spec.preprocess.mean == read_spec(full).preprocess.mean
+    other = "resnet34" if arch == "resnet18" else "resnet18"
+    code, _, err = run_cli("truncate", other, "--weights", folder, "-o", tmp_path / "x.safetensors", "-q")
+    assert code == 2 and f"is a {arch} model" in err and err.count("\n") == 1
+    code, _, err = run_cli("truncate", arch, "--drop", "1", "--weights", "none", "--image-size", str(size), "-o",
+                           tmp_path / "d1.safetensors", "-q")
+    code, _, err = run_cli("truncate", arch, "--drop", "2", "--weights", tmp_path / "d1.safetensors", "--image-size",
+                           str(size), "-o", tmp_path / "y.safetensors", "-q")
+    assert code == 2 and "cannot start another cut" in err and not (tmp_path / "y.safetensors").exists()

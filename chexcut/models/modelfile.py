@@ -16,10 +16,14 @@ from pathlib import Path
 
 from chexcut.errors import ChexcutError
 from chexcut.fileio import atomic_path, check_writable
-from chexcut.models.spec import DEFAULT_IMAGE_SIZE, ModelSpec, Preprocess  # noqa: F401 (the model file's types)
-from chexcut.reading import json_depth
+from chexcut.models.spec import (  # noqa: F401 (the model file's types and its reader)
+    DEFAULT_IMAGE_SIZE,
+    META_KEY,
+    ModelSpec,
+    Preprocess,
+    read_spec,
+)
 
-META_KEY = "chexcut"
 
 def save_model(model, path: str | os.PathLike, spec: ModelSpec | None = None, force: bool = True) -> Path:
     """Write ``model``'s weights and ``spec`` to ``path`` atomically (temp file + rename).
@@ -39,39 +43,6 @@ def save_model(model, path: str | os.PathLike, spec: ModelSpec | None = None, fo
     return path
 
 
-MAX_META_BYTES = 1_000_000  # a spec's JSON is ~2 kB; 99 MB of metadata is refused before parsing
-MAX_META_DEPTH = 32
-
-
-def read_spec(path: str | os.PathLike) -> ModelSpec:
-    """The spec of a chexcut model file, without reading its tensors."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ChexcutError(f"model file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:
-        raise ChexcutError(
-            f"{path} is not a chexcut model file (not a valid safetensors file; pickles are never loaded)"
-        ) from None
-    if META_KEY not in meta:
-        raise ChexcutError(f"{path} is a safetensors file but not a chexcut model (no '{META_KEY}' metadata)")
-    text = meta[META_KEY]
-    if len(text) > MAX_META_BYTES:  # a spec is a few kB: bounded before it is parsed
-        raise ChexcutError(f"{path}: damaged chexcut metadata: {len(text):,} characters (a spec holds at most "
-                           f"{MAX_META_BYTES:,})")
-    if json_depth(text) > MAX_META_DEPTH:
-        raise ChexcutError(f"{path}: damaged chexcut metadata: nested deeper than {MAX_META_DEPTH} levels")
-    try:
-        spec = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise ChexcutError(f"{path}: the chexcut metadata is not valid JSON") from None
-    if not isinstance(spec, dict) or spec.get("format") != "chexcut-model":
-        raise ChexcutError(f"{path}: the chexcut metadata does not describe a model")
-    return ModelSpec.from_json(spec, path)
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", image_size: int | None = None):

@@ -6,11 +6,15 @@ model feeds it with its own preprocessing. No torch at module level.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from chexcut.choices import Resize, values
 from chexcut.errors import ChexcutError
 from chexcut.models.registry import DEFAULT_IMAGE_SIZE
+from chexcut.reading import json_depth
 
 RESIZE_MODES = values(Resize)
 
@@ -155,3 +159,40 @@ def check_spec(spec: dict, path) -> None:
                            f"({', '.join(arch.family.pools)})")
     if not 0 <= spec["drop"] < arch.family.num_blocks:
         raise ChexcutError(f"{path}: damaged chexcut metadata: drop {spec['drop']} is not a truncation of {arch.name}")
+
+
+#: The safetensors metadata key holding a chexcut model file's spec.
+META_KEY = "chexcut"
+MAX_META_BYTES = 1_000_000  # a spec's JSON is ~2 kB; 99 MB of metadata is refused before parsing
+MAX_META_DEPTH = 32
+
+
+def read_spec(path: str | os.PathLike) -> ModelSpec:
+    """The spec of a chexcut model file, without reading its tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ChexcutError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        raise ChexcutError(
+            f"{path} is not a chexcut model file (not a valid safetensors file; pickles are never loaded)"
+        ) from None
+    if META_KEY not in meta:
+        raise ChexcutError(f"{path} is a safetensors file but not a chexcut model (no '{META_KEY}' metadata)")
+    text = meta[META_KEY]
+    if len(text) > MAX_META_BYTES:  # a spec is a few kB: bounded before it is parsed
+        raise ChexcutError(f"{path}: damaged chexcut metadata: {len(text):,} characters (a spec holds at most "
+                           f"{MAX_META_BYTES:,})")
+    if json_depth(text) > MAX_META_DEPTH:
+        raise ChexcutError(f"{path}: damaged chexcut metadata: nested deeper than {MAX_META_DEPTH} levels")
+    try:
+        spec = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ChexcutError(f"{path}: the chexcut metadata is not valid JSON") from None
+    if not isinstance(spec, dict) or spec.get("format") != "chexcut-model":
+        raise ChexcutError(f"{path}: the chexcut metadata does not describe a model")
+    return ModelSpec.from_json(spec, path)

@@ -23,7 +23,7 @@ from chexcut.models import sources
 from chexcut.models.libraries import library_of
 from chexcut.models.registry import Arch, check_size_multiple, default_image_size, get_arch, resolve_drop
 from chexcut.models.sources import IMAGENET_MEAN, IMAGENET_STD
-from chexcut.models.spec import ModelSpec, Preprocess
+from chexcut.models.spec import META_KEY, ModelSpec, Preprocess, read_spec
 from chexcut.models.tensors import load_state_dict_strict, load_with_metadata, normalise_state_dict, read_state_dict  # noqa: F401
 from chexcut.models.weights import ensure_available, offline_advice
 from chexcut.version import __version__
@@ -129,11 +129,55 @@ def load_weights(model: nn.Module, arch: Arch, weights: str | os.PathLike | None
     named = sources.parse(weights)
     if named is not None:
         return load_source(model, arch, *named)
+    published = published_model_file(weights)
+    if published is not None:
+        return load_published(model, arch, published)
     path = Path(weights)
     if not path.exists():
         raise ChexcutError(f"--weights must be 'imagenet', 'none' or an existing file; {weights!s} does not exist")
     load_fitted(model, read_state_dict(path), arch, str(path))
     return {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
+
+
+def published_model_file(weights) -> Path | None:
+    """``--weights`` naming a chexcut model rather than a state dict: a published model folder, an
+    ``hf-hub:ORG/NAME`` id (read offline), a run directory or a chexcut model file; None otherwise."""
+    from chexcut.models.source import HUB_PREFIX, ModelSource
+
+    text, path = str(weights), Path(weights)
+    if text.startswith(HUB_PREFIX) or path.is_dir():
+        return ModelSource.parse(text).require_file("--weights")
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return path if META_KEY in (f.metadata() or {}) else None
+        except Exception:
+            return None  # not a safetensors file: read_state_dict says so
+    return None
+
+
+def load_published(model: nn.Module, arch: Arch, path: Path) -> dict:
+    """A chexcut model of the same architecture, uncut, as the starting weights (its classifier left out: the cut
+    gives the model its own head); its preprocessing and licence come along."""
+    from safetensors.torch import load_file
+
+    spec = read_spec(path)
+    if spec.arch != arch.name:
+        raise ChexcutError(f"--weights {path} is a {spec.arch} model, not {arch.name}")
+    if spec.drop != 0:
+        raise ChexcutError(f"--weights {path} keeps {spec.keep} of {spec.num_blocks} blocks: its final blocks are "
+                           f"gone, so it cannot start another cut; use an uncut (drop 0) model")
+    state = load_file(str(path))
+    head = model.get_classifier() if arch.family.pruning == "timm" else get_module(model, arch.family.head)
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    state = {k: v for k, v in state.items() if not (name and k.startswith(name + "."))}
+    own_head = {k: v for k, v in model.state_dict().items() if name and k.startswith(name + ".")}
+    load_fitted(model, {**state, **own_head}, arch, f"the chexcut model {path}")
+    pre = spec.preprocess
+    return {"kind": "file", "path": str(path), "sha256": sha256_file(path), "model": spec.weights_name,
+            "license": spec.weights.get("license"), "mean": list(pre.mean), "std": list(pre.std)}
 
 
 def load_source(model: nn.Module, arch: Arch, source: sources.Source, path: Path | None) -> dict:
