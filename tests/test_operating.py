@@ -235,12 +235,13 @@ def test_reader_and_threshold_mistakes_are_one_line(public, tmp_path):
 
 
 def test_report_shows_readers_of_runs_evaluated_with_them(public):
+    from chexcut.evaluation.result import Evaluation
     from chexcut.study.collect import _readers
     from chexcut.study.render import readers_table
 
     r = _eval("--predictions", public / "model_predictions.csv", "--truth", public / "groundtruth.csv", "--readers",
               public / "bc4.csv", "--bootstrap", "100", "--labels", "Edema")
-    rows = _readers(r)
+    rows = _readers(Evaluation.from_json(r))
     assert [(x["label"], x["reader"]) for x in rows] == [("Edema", "bc4")]
     table = readers_table({"readers": [{"arch": "resnet18", "weights": "none", "drop": 1, "seed": 0, **x}
                                        for x in rows]})
