@@ -101,7 +101,7 @@ class ModelSource:
 
     def spec(self) -> dict:
         """The model file's spec (one clear error when it is not a chexcut model)."""
-        from chexcut.models.modelfile import read_spec
+        from chexcut.models.spec import read_spec
 
         if self.file is None:
             raise ChexcutError(f"{self.arch} is an architecture name; a model file or run directory is needed here")
