@@ -153,6 +153,18 @@ def _settings_default(settings: str, name: str):
     return f.default
 
 
+def _shown(declared, default) -> str | bool:
+    """How --help shows a settings default: a tuple as a comma list, a switch by its flag, None not at all."""
+    if default is None:
+        return False
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    if isinstance(default, bool) and declared.switch:
+        on, off = declared.flags[0].split("/")
+        return on if default else off
+    return str(default)
+
+
 def polish(root):
     """Apply the declarations' per-command parts (help, required, the settings default shown), the panels and
     the examples to the command tree and show flags without a type; returns ``root``."""
@@ -168,10 +180,7 @@ def polish(root):
                 param.required = path in declared.required_in
                 fills = declared.fills_for(path)
                 if fills:
-                    default = _settings_default(fills, param.name)
-                    shown = (",".join(map(str, default)) if isinstance(default, tuple) else declared.flags[0].split(
-                        "/")[0 if default else 1] if isinstance(default, bool) and declared.switch else default)
-                    param.show_default = str(shown) if shown is not None else False
+                    param.show_default = _shown(declared, _settings_default(fills, param.name))
             if param.name in panels:
                 param.rich_help_panel = panels[param.name]
         if path in EXAMPLES:

@@ -96,8 +96,8 @@ class Statistics:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ChexcutError(f"unknown evaluation settings: {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if v is not None or k in
-                      ("margin", "age_bins")})
+        nullable = {f.name for f in fields(cls) if f.default is None}  # None is a value there, else "not given"
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if v is not None or k in nullable})
 
 
 def check_failure_images(folder: Path | None, stats: Statistics, model) -> None:

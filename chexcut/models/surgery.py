@@ -139,6 +139,21 @@ def load_weights(model: nn.Module, arch: Arch, weights: str | os.PathLike | None
     return {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
 
 
+def with_own_head(model: nn.Module, arch: Arch, state: dict) -> dict:
+    """``state`` with the full model's own classifier in place of any it holds: the cut replaces the classifier, so
+    it keeps its initial values (a published backbone's, or another task's, never has to fit)."""
+    head = model.get_classifier() if arch.family.pruning == "timm" else get_module(model, arch.family.head)
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if name is None:
+        return state
+
+    def in_head(key: str) -> bool:
+        return key.startswith(name + ".")
+
+    own = {k: v for k, v in model.state_dict().items() if in_head(k)}
+    return {**{k: v for k, v in state.items() if not in_head(k)}, **own}
+
+
 def published_model_file(weights) -> Path | None:
     """``--weights`` naming a chexcut model rather than a state dict: a published model folder, an
     ``hf-hub:ORG/NAME`` id (read offline), a run directory or a chexcut model file; None otherwise."""
@@ -169,12 +184,7 @@ def load_published(model: nn.Module, arch: Arch, path: Path) -> dict:
     if spec.drop != 0:
         raise ChexcutError(f"--weights {path} keeps {spec.keep} of {spec.num_blocks} blocks: its final blocks are "
                            f"gone, so it cannot start another cut; use an uncut (drop 0) model")
-    state = load_file(str(path))
-    head = model.get_classifier() if arch.family.pruning == "timm" else get_module(model, arch.family.head)
-    name = next((n for n, m in model.named_modules() if m is head), None)
-    state = {k: v for k, v in state.items() if not (name and k.startswith(name + "."))}
-    own_head = {k: v for k, v in model.state_dict().items() if name and k.startswith(name + ".")}
-    load_fitted(model, {**state, **own_head}, arch, f"the chexcut model {path}")
+    load_fitted(model, with_own_head(model, arch, load_file(str(path))), arch, f"the chexcut model {path}")
     pre = spec.preprocess
     return {"kind": "file", "path": str(path), "sha256": sha256_file(path), "model": spec.weights_name,
             "license": spec.weights.get("license"), "mean": list(pre.mean), "std": list(pre.std)}
@@ -191,12 +201,8 @@ def load_source(model: nn.Module, arch: Arch, source: sources.Source, path: Path
         return {**origin, **described, "mean": list(source.mean), "std": list(source.std)}
     where = sources.locate(source, path)
     state, pre = sources.read_source(source, where)
-    # a source publishes its backbone (and its own classifier, left out): the full model's ImageNet head, which
-    # the cut replaces, keeps its initial values
-    head = model.get_classifier() if arch.family.pruning == "timm" else get_module(model, arch.family.head)
-    name = next((n for n, m in model.named_modules() if m is head), None)
-    own_head = {k: v for k, v in model.state_dict().items() if name and k.startswith(name + ".") and k not in state}
-    load_fitted(model, {**state, **own_head}, arch, f"the {source.name} weights {where}")
+    # a source publishes its backbone (its own classifier is left out when it is read)
+    load_fitted(model, with_own_head(model, arch, state), arch, f"the {source.name} weights {where}")
     return {**described, "license": sources.licence_of(source, pre), "path": str(where),
             "sha256": sha256_file(sources.weights_file(where)), "mean": list(pre["mean"]), "std": list(pre["std"])}
 

@@ -160,15 +160,15 @@ def build_model(source: dict, labels=None, image_size: int | None = None):
     return truncate(source["arch"], image_size=image_size, **kw)
 
 
-def start_notes(cfg: TrainConfig, model, spec: ModelSpec, size_note: str | None) -> tuple[str, ...]:
+def start_notes(cfg: TrainConfig, model, spec: ModelSpec, size_note: str | None,
+                adapted: tuple[int, int]) -> tuple[str, ...]:
     """What the run says once when training starts: a fitted image size, the parameters --adapt trains, precise BN
     skipped on a model without BatchNorm, the licence of non-commercial starting weights."""
     from chexcut.models.weights import licence_note
 
     notes = [size_note] if size_note else []
     if cfg.adapt != "full":
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        trainable, total = adapted  # apply_adapt's count
         notes.append(f"--adapt {cfg.adapt}: {trainable:,} of {total:,} parameters trained ({trainable / total:.1%})")
     if cfg.precise_bn and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         notes.append(f"--precise-bn skipped: {spec.arch} has no BatchNorm (its LayerNorms keep no running statistics)")
@@ -341,7 +341,7 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
                 spec=spec, data=data, model=model, train_model=train_model, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, loader=loader, val_loader=val_loader, sampler=sampler, val_shard=val_shard,
                 state=state, metrics=MetricsLog(rd.metrics, spec.labels), emit=emit,
-                notes=start_notes(cfg, model, spec, size_note))
+                notes=start_notes(cfg, model, spec, size_note, (trainable, total)))
     if dist.main:
         s.metrics.start()
     return s
