@@ -138,6 +138,8 @@ STATISTICS = (
     _o("margin", "With --compare: non-inferiority margin in AUROC units (e.g. 0.02); tests H0: delta <= -M.",
        help_in={"report": "Non-inferiority margin (AUROC units) for parameter efficiency (default: 0.02)."}),
     _o("equivalence", "With --margin: also test equivalence within +-M (TOST).", fills="Statistics"),
+    _o("target_auroc", "The AUROC the learning curves predict the labelled patients for, in (0, 1) (default: the "
+       "best configuration's)."),
     _o("by", "Subgroups: comma-separated columns of the truth CSV or --groups (e.g. Sex,AP/PA).",
        help_in={"study plan": "Each evaluate: subgroups by these columns of the data's CSVs or --groups."}),
     _o("age_bins", "With --by Age: interval edges, e.g. 0,40,60,80,200."),
@@ -245,6 +247,10 @@ STUDY = (
     _o("drops", "Comma-separated drops (levels past an arch's blocks are skipped; default: 0,1,2).",
        fills={"demo": "Demo"}, help_in={"bench": "Comma-separated levels (default: all)."}),
     _o("seeds", "Comma-separated training seeds, one run per seed (default: 0)."),
+    _o("adapts", "Comma-separated adaptations, a run each: finetune's --adapt values, e.g. probe,last:2,full "
+       "(default: full). last:K past the blocks a drop keeps is skipped."),
+    _o("label_fractions", "Comma-separated shares of the training patients in (0, 1], a run each; for one seed the "
+       "smaller budgets' patients are among the larger ones' (default: 1)."),
     _o("external", "External sets (SET:DIR or folders; repeatable or a comma list) every run is also evaluated on "
        "(all rows); `report` compares them with the internal results."),
     _o("bench", "Each run also measures its model's latency and throughput (bench.json; shown by report).",

@@ -30,7 +30,7 @@ def test_plan_writes_plan_script_and_commands(data, tmp_path):
     # the runs share typed options; evaluate reads each run's data options from its config.json (its own
     # validation rows, no leakage), so the plan holds no command lines at all
     assert plan["finetune_options"]["train"] == {"recipe": "fast"} and plan["finetune_options"]["data"]["views"] == "all"
-    assert set(plan["runs"][0]) == {"id", "arch", "weights", "drop", "seed", "run_dir"}
+    assert set(plan["runs"][0]) == {"id", "arch", "weights", "drop", "adapt", "label_fraction", "seed", "run_dir"}
     script = (tmp_path / "s" / "run.sh").read_text()
     assert "study exec . --index" in script and "seq 0 15" in script
     assert os.stat(tmp_path / "s" / "run.sh").st_mode & stat.S_IXUSR
@@ -324,7 +324,7 @@ def test_hostile_names_in_a_plan_are_data_never_code(tmp_path):
 #: finetune's parameters a study plan does not take for its runs: the grid gives the model, its weights, drop and
 #: seed; each run's folder, resumption and output are the study's; tracking and --force are study plan's own.
 NOT_FOR_RUNS = {"model", "data", "out", "resume", "force", "drop", "keep", "weights", "seed", "log_format", "quiet",
-                "track", "track_models"}
+                "track", "track_models", "adapt", "label_fraction"}  # adapt, label_fraction: grid axes (test_howmuch)
 
 
 def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, monkeypatch):
@@ -355,8 +355,6 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
         "workers": (["--workers", "1"], lambda r: r.cfg.workers == 1),
         "precise_bn": (["--precise-bn", "16"], lambda r: r.cfg.precise_bn == 16),
         "layer_decay": (["--layer-decay", "0.7"], lambda r: r.cfg.layer_decay == 0.7),
-        "label_fraction": (["--label-fraction", "0.5"], lambda r: r.cfg.label_fraction == 0.5),
-        "adapt": (["--adapt", "last:1"], lambda r: r.cfg.adapt == "last:1"),
         "max_steps": (["--max-steps", "9"], lambda r: r.cfg.max_steps == 9),
         "log_every": (["--log-every", "3"], lambda r: r.cfg.log_every == 3),
         "device": (["--device", "cpu"], lambda r: r.cfg.device == "cpu"),
@@ -394,7 +392,8 @@ def test_every_finetune_option_reaches_every_run_or_is_refused(data, tmp_path, m
     assert not missed, missed
     for name in sorted(NOT_FOR_RUNS - own):
         flag = "--" + name.replace("_", "-")
-        value = {"resume": ["x"], "drop": ["1"], "keep": ["1"], "seed": ["3"], "log_format": ["json"]}.get(name, [])
+        value = {"resume": ["x"], "drop": ["1"], "keep": ["1"], "seed": ["3"], "log_format": ["json"], "adapt": ["probe"],
+                 "label_fraction": ["0.5"]}.get(name, [])
         rc, _, err = run_cli(*base, flag, *value)
         assert rc == 2 and "No such option" in err and err.count("\n") == 1, (name, err)
 

@@ -33,10 +33,11 @@ PANELS: dict[str, dict[str, list[str]]] = {
                                 "track_models"],
     },
     "study plan": {
-        "Data and grid": ["data", "out", "archs", "weights", "drops", "seeds", "force", "json"],
+        "Data and grid": ["data", "out", "archs", "weights", "drops", "adapts", "label_fractions", "seeds", "force",
+                          "json"],
         "Every run's finetune": ["in_chans", "recipe", "epochs", "batch_size", "lr", "image_size", "val_every",
                                  "precision", "channels_last", "compile", "workers", "precise_bn", "layer_decay",
-                                 "max_steps", "log_every", "device", "resize", "cache", "skip_missing", "adapt", "label_fraction"],
+                                 "max_steps", "log_every", "device", "resize", "cache", "skip_missing"],
         "Every run's data selection": _DATA + ["images_outside"],
         "Every run's evaluation": ["bootstrap", "ci", "cluster", "level", "method", "alpha", "by", "age_bins", "groups", "calibration", "at_specificity", "at_sensitivity",
                                    "decision_curve", "prevalence_matched", "failures", "external", "bench"],

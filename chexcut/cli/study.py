@@ -21,15 +21,16 @@ app.add_typer(study_app, name="study")
 def study_plan(  # longer: the grid, every finetune option, every evaluation setting and Slurm's: one parameter each
     data: Optional[Path] = OPT.data, out: Optional[Path] = OPT.out, archs: Optional[str] = OPT.archs,
     weights: Optional[str] = OPT.weights, drops: Optional[str] = OPT.drops, seeds: Optional[str] = OPT.seeds,
+    adapts: Optional[str] = OPT.adapts, label_fractions: Optional[str] = OPT.label_fractions,
     force: bool = OPT.force, json: Optional[str] = OPT.json,
-    # what every run's finetune takes (the grid gives the model, its weights, drop and seed)
+    # what every run's finetune takes (the grid gives the model, its weights, drop, adaptation, label fraction, seed)
     in_chans: Optional[int] = OPT.in_chans, recipe: Optional[Recipe] = OPT.recipe, epochs: Optional[int] = OPT.epochs,
     batch_size: Optional[int] = OPT.batch_size, lr: Optional[float] = OPT.lr, image_size: Optional[int] = OPT.image_size,
     val_every: Optional[int] = OPT.val_every, precision: Optional[Precision] = OPT.precision,
     channels_last: Optional[bool] = OPT.channels_last, compile: Optional[bool] = OPT.compile,
     workers: Optional[int] = OPT.workers, precise_bn: Optional[int] = OPT.precise_bn,
     layer_decay: Optional[float] = OPT.layer_decay,
-    adapt: Optional[str] = OPT.adapt, label_fraction: Optional[float] = OPT.label_fraction, max_steps: Optional[int] = OPT.max_steps,
+    max_steps: Optional[int] = OPT.max_steps,
     log_every: Optional[int] = OPT.log_every, device: Optional[str] = OPT.device, resize: Optional[Resize] = OPT.resize,
     csv: Optional[str] = OPT.csv, path_col: Optional[str] = OPT.path_col, labels: Optional[str] = OPT.labels,
     views: Optional[Views] = OPT.views, uncertain: Optional[str] = OPT.uncertain, blank: Optional[Blank] = OPT.blank,
@@ -72,8 +73,7 @@ def study_plan(  # longer: the grid, every finetune option, every evaluation set
     options = FinetuneOptions(
         train=given(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                     val_every=val_every, precision=precision, channels_last=channels_last, compile=compile,
-                    workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, adapt=adapt, label_fraction=label_fraction,
-                    max_steps=max_steps, log_every=log_every, device=device, resize=resize),
+                    workers=workers, precise_bn=precise_bn, layer_decay=layer_decay, max_steps=max_steps, log_every=log_every, device=device, resize=resize),
         data=dataclasses.replace(opts, **given(csv=csv and Path(csv).exists() and str(Path(csv).resolve()) or None)),
         cache=str(cache.resolve()) if cache else None, skip_missing=skip_missing,
         track=study_tracking(track, track_models, track_experiment, track_tag), in_chans=in_chans)
@@ -83,7 +83,9 @@ def study_plan(  # longer: the grid, every finetune option, every evaluation set
         at_sensitivity=split_repeated(at_sensitivity, "--at-sensitivity"), decision_curve=decision_curve,
         prevalence_matched=prevalence_matched, failures=failures))
     grid = Grid(**given(archs=split_list(archs, "--archs"), weights=split_list(weights, "--weights"),
-                        drops=drops and ints(drops, "drops"), seeds=seeds and ints(seeds, "seeds")))
+                        drops=drops and ints(drops, "drops"), seeds=seeds and ints(seeds, "seeds"),
+                        adapts=split_list(adapts, "--adapts"),
+                        label_fractions=floats(label_fractions, "--label-fractions")))
     cluster_settings = Slurm(**given(
         gpus_per_task=gpus_per_task, nodes=nodes, extra=split_list(sbatch, "--sbatch"), cpus_per_task=cpus_per_task,
         time=time, partition=partition, account=account, mem=mem, signal_before=signal_before, requeue=requeue))
@@ -184,8 +186,8 @@ def study_status(
 def report(
     targets: Annotated[list[Path], typer.Argument(help="Study folders or run directories.")],
     out: Optional[Path] = OPT.out, bootstrap: Optional[int] = OPT.bootstrap, alpha: Optional[float] = OPT.alpha,
-    margin: Optional[float] = OPT.margin, seed: int = OPT.seed, json: Optional[str] = OPT.json,
-    about: Optional[Path] = OPT.about,
+    margin: Optional[float] = OPT.margin, target_auroc: Optional[float] = OPT.target_auroc, seed: int = OPT.seed,
+    json: Optional[str] = OPT.json, about: Optional[Path] = OPT.about,
 ):
     """Turn many runs into the CheXtransfer findings: tables, correlations, parameter efficiency, plots."""
     import chexcut.cli.ui as ui
@@ -212,7 +214,7 @@ def report(
     from chexcut.study.plan import PLAN
 
     about_text = read_about(about)
-    rep = build_report(targets, seed=seed, **settings)
+    rep = build_report(targets, seed=seed, target_auroc=target_auroc, **settings)
     if out:
         study = targets[0] if len(targets) == 1 and (targets[0] / PLAN).is_file() else None
         written = write_outputs(rep, out, card_of=study, about=about_text)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from chexcut.errors import ChexcutError
 from chexcut.rundir import RunDir
+from chexcut.study.table import md_text
 
 NEEDS = "needs the authors"
 CHECKLISTS = {"claim": ("CLAIM 2024 (Checklist for AI in Medical Imaging; Tejani et al., Radiology: AI 2024)",
@@ -395,15 +396,6 @@ def auroc_plot(card: dict, run: Path, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def md_text(text) -> str:
-    """Text for the Markdown card, inert: HTML (``<script>``, ``<img onerror>``) shown as text by entities, link
-    and image syntax (``[..](javascript:..)``) broken by escaping its brackets, table cells kept whole (``|``) and
-    every string on one line (a newline could open a block). Every interpolation of card.md.j2 goes through it."""
-    out = str(text).replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    out = out.replace("[", "\\[").replace("]", "\\]").replace("|", "\\|").replace("`", "\\`")
-    return " ".join(out.splitlines())
 
 
 def render(card: dict, fmt: str, assets_prefix: str = "") -> str:

@@ -44,6 +44,14 @@ class RunResult:
     eval_file: Path | None = None  # the evaluation JSON read (eval.json, or external/NAME.json)
     label_figures: dict = field(default_factory=dict)  # figure key -> label -> (value, CI low, CI high), that JSON
     label_fraction: float = 1.0  # the share of training patients it trained on (finetune --label-fraction)
+    adapt: str = "full"  # what it trained (finetune --adapt)
+    trainable_params: int | None = None  # the parameters --adapt trained (config.json resolved; None: not recorded)
+    train_patients: int | None = None  # the labelled patients it learnt from (None: not recorded)
+
+    @property
+    def arm(self) -> tuple[str, float]:
+        """(adaptation, label fraction): how much of the model was trained, on how many labels."""
+        return self.adapt, self.label_fraction
 
 
 @dataclass
@@ -79,10 +87,6 @@ def find_run_dirs(targets: list[Path]) -> list[Path]:
 def collect(targets: list[Path], external: str | None = None) -> Collected:
     """Every run under ``targets`` with its evaluation: eval.json, or with ``external`` its evaluation on that
     external set (``external/NAME.json`` and ``NAME-predictions.csv``)."""
-    from chexcut.models.anatomy_cache import cached_anatomy
-    from chexcut.models.libraries import weights_meta
-    from chexcut.models.registry import get_arch
-
     res = Collected()
     for d in find_run_dirs(targets):
         rd = RunDir(d)
@@ -107,33 +111,51 @@ def collect(targets: list[Path], external: str | None = None) -> Collected:
         if damage:
             res.incomplete.append({"run_dir": str(d), "reason": damage})
             continue
-        spec = cfg["model"]
-        arch = get_arch(spec["arch"])
-        kind = spec["weights"]["kind"]
-        weights = spec["weights"].get("name") or "source" if kind == "source" else \
-            {"imagenet": "imagenet", "none": "none"}.get(kind, "file")
-        size = int(cfg["train"]["image_size"])
-        try:
-            anat = cached_anatomy(arch.name, size, len(spec["labels"]))
-            macs = anat["truncations"][int(spec["drop"])]["macs"]
-        except ChexcutError:
-            macs = None
-        mc, src = ev.mean_competition, ev.source
-        key = json.dumps({"data": src.get("data"), "split": src.get("split"), "level": ev.level,
-                          "n": ev.n, "options": {k: v for k, v in (src.get("options") or {}).items()
-                                                        if k in ("views", "uncertain", "blank", "csv")}},
-                         sort_keys=True)
-        preds = rd.predictions if external is None else rd.external_predictions(external)
-        res.runs.append(RunResult(
-            run_dir=d, arch=arch.name, family=arch.family.name, weights=weights, drop=int(spec["drop"]),
-            seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
-            auroc=mc and mc.auroc, ci_low=mc and mc.ci_low, ci_high=mc and mc.ci_high,
-            labels=tuple(r.label for r in ev.labels), eval_n=ev.n, eval_key=key,
-            predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=rd.read_bench(),
-            subgroups=_subgroups(ev), calibration=figure_means(ev, "calibration"), figures=figure_means(ev, "labels"),
-            readers=_readers(ev), eval_file=ev_file, label_figures=label_figures(ev),
-            label_fraction=float(cfg["train"].get("label_fraction", 1.0))))
+        res.runs.append(run_result(rd, cfg, ev, ev_file, external))
     return res
+
+
+def run_result(rd: RunDir, cfg: dict, ev: Evaluation, ev_file: Path, external: str | None) -> RunResult:
+    """One evaluated run as the report reads it: its configuration (model, weights, drop, adaptation, label
+    budget), its evaluation (``ev``, read from ``ev_file``: eval.json or the ``external`` set's) and what it cost."""
+    from chexcut.models.anatomy_cache import cached_anatomy
+    from chexcut.models.libraries import weights_meta
+    from chexcut.models.registry import get_arch
+
+    spec = cfg["model"]
+    arch = get_arch(spec["arch"])
+    kind = spec["weights"]["kind"]
+    weights = spec["weights"].get("name") or "source" if kind == "source" else \
+        {"imagenet": "imagenet", "none": "none"}.get(kind, "file")
+    size = int(cfg["train"]["image_size"])
+    try:
+        anat = cached_anatomy(arch.name, size, len(spec["labels"]))
+        macs = anat["truncations"][int(spec["drop"])]["macs"]
+    except ChexcutError:
+        macs = None
+    mc, src = ev.mean_competition, ev.source
+    key = json.dumps({"data": src.get("data"), "split": src.get("split"), "level": ev.level,
+                      "n": ev.n, "options": {k: v for k, v in (src.get("options") or {}).items()
+                                                    if k in ("views", "uncertain", "blank", "csv")}},
+                     sort_keys=True)
+    preds = rd.predictions if external is None else rd.external_predictions(external)
+    return RunResult(
+        run_dir=rd.path, arch=arch.name, family=arch.family.name, weights=weights, drop=int(spec["drop"]),
+        seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
+        auroc=mc and mc.auroc, ci_low=mc and mc.ci_low, ci_high=mc and mc.ci_high,
+        labels=tuple(r.label for r in ev.labels), eval_n=ev.n, eval_key=key,
+        predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=rd.read_bench(),
+        subgroups=_subgroups(ev), calibration=figure_means(ev, "calibration"), figures=figure_means(ev, "labels"),
+        readers=_readers(ev), eval_file=ev_file, label_figures=label_figures(ev),
+        label_fraction=float(cfg["train"].get("label_fraction", 1.0)), adapt=str(cfg["train"].get("adapt", "full")),
+        trainable_params=_count((cfg.get("resolved") or {}).get("trainable_params"),
+                                int(spec["params"]) if cfg["train"].get("adapt", "full") == "full" else None),
+        train_patients=_count((cfg.get("data") or {}).get("train_patients"), None))
+
+
+def _count(value, otherwise: int | None) -> int | None:
+    """A count config.json records (an int, not a bool), or ``otherwise`` (a run from before it was recorded)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else otherwise
 
 
 def _subgroups(ev: Evaluation) -> list[dict] | None:
@@ -198,6 +220,11 @@ def damaged(cfg: dict, ev: dict, ev_name: str = "eval.json") -> str | None:
     try:
         get_arch(spec["arch"])
         int(spec["drop"]), int(spec["params"]), int(cfg["train"]["seed"]), int(cfg["train"]["image_size"])
+        from chexcut.data.fractions import check_fraction
+        from chexcut.training.adapt import parse_adapt
+
+        check_fraction(cfg["train"].get("label_fraction", 1.0), "label_fraction")
+        parse_adapt(cfg["train"].get("adapt", "full"))
     except (ChexcutError, KeyError, TypeError, ValueError) as e:
         return f"damaged config.json: {e}"
     import math
@@ -243,10 +270,6 @@ def check_comparable(runs: list[RunResult]) -> None:
         a, b = list(labels)[:2]
         raise ChexcutError(f"the runs were evaluated on different label sets ({len(a)} vs {len(b)} labels, e.g. "
                            f"{sorted(set(a) ^ set(b))[:3]}); report them separately")
-    fractions = sorted({r.label_fraction for r in runs})
-    if len(fractions) > 1:  # seeds of one configuration must be runs of one label budget
-        raise ChexcutError(f"the runs trained on different label fractions ({', '.join(f'{f:g}' for f in fractions)}); "
-                           f"report each fraction's runs separately")
     keys = {r.eval_key for r in runs}
     if len(keys) > 1:
         a, b = (json.loads(k) for k in list(keys)[:2])

@@ -109,7 +109,7 @@ def _finetune(run: dict, plan: dict) -> None:
         source = ModelSource.parse(run["arch"], drop=run["drop"], weights=run["weights"], seed=run["seed"],
                                    in_chans=options.in_chans)
         job = Run(run_dir=rd.path, data=Path(plan["data"]), opts=options.data,
-                  cfg=options.train_config(run["seed"]), model_source=source.to_json(),
+                  cfg=options.train_config(run["seed"], run["adapt"], run["label_fraction"]), model_source=source.to_json(),
                   cache=Path(options.cache) if options.cache else None, skip_missing=options.skip_missing,
                   force=True, track=options.tracking(".", grid_cell(run)))
     finetune(job)

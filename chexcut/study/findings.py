@@ -134,9 +134,9 @@ def _corr(x, y) -> dict | None:
     return {"n": len(pairs), "spearman_rho": f(rho), "spearman_p": f(p), "kendall_tau": f(tau), "kendall_p": f(pt)}
 
 
-def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,
+def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0,  # longer: the findings in order
                  margin: float = 0.02, fill_hint: str | None = None, external: str | None = None,
-                 collected: Collected | None = None) -> dict:
+                 collected: Collected | None = None, target_auroc: float | None = None) -> dict:
     """The report JSON: per-configuration results and the paper's four findings.
 
     Parameter efficiency is decided twice: by the paper's rule (the deepest truncation without a
@@ -144,39 +144,55 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
     to be smaller than ``margin``: one-sided test at ``alpha``, i.e. the lower bound of the one-sided
     1 - alpha interval of delta lies above -margin). ``external``: the same report from the runs' evaluations on
     that external set; without it, the report adds an ``external`` block per set the runs were evaluated on.
-    ``collected``: the runs already read by :func:`collect` for these targets and ``external`` (read once)."""
+    ``collected``: the runs already read by :func:`collect` for these targets and ``external`` (read once).
+
+    A study of several adaptations or label budgets: the paper's findings are computed on one of them
+    (``arm``: :func:`chexcut.study.howmuch.main_arm`), and ``how_much`` compares every configuration
+    (``target_auroc``: what its learning curves predict the labels for)."""
+    from chexcut.study.howmuch import how_much, main_arm
+
+    if target_auroc is not None and not 0 < target_auroc < 1:
+        raise ChexcutError(f"--target-auroc is an AUROC in (0, 1), e.g. 0.85; not {target_auroc:g}")
     col = collected if collected is not None else collect(targets, external)
     if not col.runs:
         raise ChexcutError(f"no evaluated runs found ({len(col.incomplete)} without eval.json: run "
                            f"`chexcut evaluate RUN --data DIR --json RUN/eval.json --predictions-out RUN/predictions.csv`)")
     check_comparable(col.runs)
-    groups: dict[tuple, list[RunResult]] = {}
-    for r in col.runs:
-        groups.setdefault((r.arch, r.weights, r.drop), []).append(r)
     tester = PairedTester(col.runs, bootstrap, seed, alpha, margin)
+    every: dict[tuple, list[RunResult]] = {}
+    for r in col.runs:
+        every.setdefault((r.arch, r.weights, r.drop, *r.arm), []).append(r)
+    arm = main_arm({r.arm for r in col.runs})
+    runs = [r for r in col.runs if r.arm == arm]
+    groups = {k[:3]: rs for k, rs in every.items() if k[3:] == arm}
     rows = [result_row(rs, tester.compare(rs, groups[(k[0], k[1], 0)]) if k[2] > 0 and (k[0], k[1], 0) in groups
                        else None, alpha, tester.interval(rs) if len(rs) > 1 else None)
             for k, rs in sorted(groups.items())]
     for r, adjusted in zip(rows, holm([r["p_vs_drop0"] for r in rows])):  # family: every test against drop 0
         r["p_vs_drop0_holm"] = adjusted
+    arm_rows = dict(zip(sorted(groups), rows))  # every configuration's row: the arm's as computed above
+    every_rows = {k: arm_rows[k[:3]] if k[3:] == arm else
+                  configuration_row(rs, tester.interval(rs) if len(rs) > 1 else None) for k, rs in every.items()}
     report = {
         "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
-        "margin": margin, "results": rows, "efficiency": parameter_efficiency(rows, margin),
-        "leakage": [str(r.run_dir) for r in col.runs if r.overlap],
+        "margin": margin, "arm": {"adapt": arm[0], "label_fraction": arm[1], "runs": len(runs)},
+        "how_much": how_much(every_rows, every, tester, alpha, margin, target_auroc), "results": rows,
+        "efficiency": parameter_efficiency(rows, margin),
+        "leakage": [str(r.run_dir) for r in col.runs if r.overlap],  # every run's, the other arms' too
         "ensemble_all": tester.all_configurations(groups, rows),
         "imagenet_vs_chexpert": imagenet_vs_chexpert(rows), "pretraining_boost": pretraining_boost(rows, groups, tester),
         "pretraining_sources": pretraining_sources(rows, groups, tester),
         "family_vs_size": family_vs_size(rows),
         "missing": missing_runs(rows, fill_hint),
         "subgroups": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop, "seed": r.seed,
-                       **g} for r in col.runs for g in (r.subgroups or [])],
+                       **g} for r in runs for g in (r.subgroups or [])],
         "calibration": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop,
-                         "seed": r.seed, **r.calibration} for r in col.runs if r.calibration],
+                         "seed": r.seed, **r.calibration} for r in runs if r.calibration],
         **({"figures": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop,
-                         "seed": r.seed, **r.figures} for r in col.runs if r.figures]}
-           if any(r.figures for r in col.runs) else {}),  # the labels section's declared figures, when any
+                         "seed": r.seed, **r.figures} for r in runs if r.figures]}
+           if any(r.figures for r in runs) else {}),  # the labels section's declared figures, when any
         "readers": [{"run_dir": str(r.run_dir), "arch": r.arch, "weights": r.weights, "drop": r.drop, "seed": r.seed,
-                     **x} for r in col.runs for x in (r.readers or [])],
+                     **x} for r in runs for x in (r.readers or [])],
     }
     if external is None:
         report["external"] = _external_blocks(targets, col, report, dict(bootstrap=bootstrap, alpha=alpha, seed=seed,
@@ -228,27 +244,38 @@ def missing_runs(rows: list[dict], fill_hint: str | None = None) -> dict:
     return notes
 
 
-def result_row(rs: list[RunResult], cmp: dict | None, alpha: float, ensemble: dict | None = None) -> dict:
-    """One configuration (arch, weights, drop) over its seeds, with its paired test against drop 0. Its CI:
-    the run's bootstrap CI, or with several seeds the CI of the seed ensemble (``ensemble``)."""
+def configuration_row(rs: list[RunResult], ensemble: dict | None = None) -> dict:
+    """One configuration (arch, weights, drop, adaptation, label fraction) over its seeds. Its CI: the run's
+    bootstrap CI, or with several seeds the CI of the seed ensemble (``ensemble``)."""
     mean, sd = _mean_sd([r.auroc for r in rs])
     first = rs[0]
     ci = (first.ci_low, first.ci_high) if len(rs) == 1 else \
         ((ensemble or {}).get("ci_low"), (ensemble or {}).get("ci_high"))
+    patients, _ = _mean_sd([r.train_patients for r in rs])
     return {
         "arch": first.arch, "family": first.family, "weights": first.weights, "drop": first.drop,
-        "params": first.params, "macs": first.macs, "top1": first.top1, "seeds": sorted(r.seed for r in rs),
+        "adapt": first.adapt, "label_fraction": first.label_fraction, "params": first.params,
+        "trainable_params": first.trainable_params, "train_patients": None if patients is None else round(patients),
+        "macs": first.macs, "top1": first.top1, "seeds": sorted(r.seed for r in rs),
         "auroc": mean, "auroc_sd": sd, "ci_low": ci[0], "ci_high": ci[1],
         "ensemble_auroc": (ensemble or {}).get("auroc") if len(rs) > 1 else None,
+        "run_dirs": [str(r.run_dir) for r in rs],
+        **{f"label_{key}": _label_means(rs, key) for key in rs[0].label_figures},  # label_auroc, ...
+        **_bench_means(rs),
+        **{key: _mean_sd([(r.calibration or {}).get(key) for r in rs])[0] for key in ("brier", "ece", "slope")},
+    }
+
+
+def result_row(rs: list[RunResult], cmp: dict | None, alpha: float, ensemble: dict | None = None) -> dict:
+    """:func:`configuration_row`, with its paired test against drop 0 (``cmp``)."""
+    return {
+        **configuration_row(rs, ensemble),
         "delta_vs_drop0": cmp["delta"] if cmp else None, "delta_ci_low": cmp["ci_low"] if cmp else None,
         "delta_ci_high": cmp["ci_high"] if cmp else None, "p_vs_drop0": cmp["p"] if cmp else None,
         "no_significant_drop": (None if cmp is None or cmp["p"] is None
                                 else not (cmp["delta"] < 0 and cmp["p"] < alpha)),
         "p_noninferiority": cmp.get("p_noninferiority") if cmp else None,
         "noninferior": cmp.get("noninferior") if cmp else None,
-        "run_dirs": [str(r.run_dir) for r in rs],
-        **{f"label_{key}": _label_means(rs, key) for key in rs[0].label_figures},  # label_auroc, ...
-        **_bench_means(rs),
     }
 
 

@@ -1,4 +1,4 @@
-"""A study: the grid of runs (arch x weights x drop x seed) as a plan, a shell script, a Slurm array.
+"""A study: the grid of runs (arch x weights x drop x adaptation x label fraction x seed) as a plan, a shell script, a Slurm array.
 
 ``plan`` writes ``STUDY_DIR/plan.json`` (every run and the typed options they share), ``run.sh`` (runs every
 planned run in turn), ``commands.txt`` (one command per run, for any scheduler) and, with ``slurm``,
@@ -26,8 +26,9 @@ from chexcut.training.config import FinetuneOptions
 
 WEIGHTS = ("imagenet", "none")
 PLAN = "plan.json"  # the study folder's plan; run directories live under runs/
-PLAN_VERSION = 3  # 2: runs hold no command lines; the typed options are the plan's. 3: every evaluation setting
-#: (``statistics``), ``bootstrap`` and the subgroup settings of version 2 among them (version 2 plans are read)
+PLAN_VERSION = 4  # 2: runs hold no command lines; the typed options are the plan's. 3: every evaluation setting
+#: (``statistics``), ``bootstrap`` and the subgroup settings of version 2 among them. 4: each run's ``adapt`` and
+#: ``label_fraction`` (grid axes; a version 3 plan's shared ones move into its runs). Versions 2 and 3 are read.
 
 
 def weights_name(weights: str) -> str:
@@ -63,21 +64,27 @@ def _checked_weights(w: str, archs: tuple[str, ...]) -> str:
     return str(Path(w).resolve())
 
 
-def run_id(arch: str, weights: str, drop: int, seed: int) -> str:
-    return f"{arch}-{weights}-d{drop}-s{seed}"
+def run_id(arch: str, weights: str, drop: int, seed: int, adapt: str = "full", label_fraction: float = 1.0) -> str:
+    """``ARCH-WEIGHTS-dDROP[-ADAPT][-fFRACTION]-sSEED``: the adaptation and the label fraction only where they are
+    not the defaults (``last:2`` is written ``last2``: no colon in a folder name)."""
+    middle = ("" if adapt == "full" else f"-{adapt.replace(':', '')}") + \
+        ("" if label_fraction == 1 else f"-f{label_fraction:g}")
+    return f"{arch}-{weights}-d{drop}{middle}-s{seed}"
 
 
 @dataclass(frozen=True)
 class Grid:
-    """The study's grid: every (arch, weights, drop, seed) cell is one run."""
+    """The study's grid: every (arch, weights, drop, adaptation, label fraction, seed) cell is one run."""
 
     archs: tuple[str, ...] = PAPER_ARCHS
     weights: tuple[str, ...] = WEIGHTS
     drops: tuple[int, ...] = (0, 1, 2)
     seeds: tuple[int, ...] = (0,)
+    adapts: tuple[str, ...] = ("full",)  # what each run trains (chexcut.training.adapt)
+    label_fractions: tuple[float, ...] = (1.0,)  # the share of training patients each run learns from
 
     def __post_init__(self):
-        for name in ("archs", "weights", "drops", "seeds"):  # lists given (a plan read back, a caller) as tuples
+        for name in ("archs", "weights", "drops", "seeds", "adapts", "label_fractions"):  # lists given as tuples
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def check(self) -> "Grid":
@@ -90,9 +97,15 @@ class Grid:
             if "imagenet" in weights and both:  # timm's default weights of these archs are this source's
                 raise ChexcutError(f"--weights imagenet and {source.name} load the same file for {both[0]} (its "
                                    f"library's pretrained weights are {source.name}'s); give one")
-        if not self.seeds or not self.drops or not archs or not self.weights:
-            raise ChexcutError("a study needs at least one arch, weights, drop and seed")
+        if not self.seeds or not self.drops or not archs or not self.weights or not self.adapts \
+                or not self.label_fractions:
+            raise ChexcutError("a study needs at least one arch, weights, drop, adaptation, label fraction and seed")
         from chexcut.choices import check_bounds
+        from chexcut.data.fractions import check_fraction
+        from chexcut.training.adapt import parse_adapt
+
+        adapts = tuple(str(parse_adapt(a)) for a in self.adapts)
+        fractions = tuple(float(check_fraction(f, "--label-fractions")) for f in self.label_fractions)
 
         for d in self.drops:
             check_bounds("drop", d, "--drops")
@@ -100,13 +113,16 @@ class Grid:
             check_bounds("seed", s, "--seeds")
         for option, names, given in (("--archs", archs, self.archs), ("--drops", self.drops, self.drops),
                                      ("--weights", tuple(map(weights_name, weights)), self.weights),
-                                     ("--seeds", self.seeds, self.seeds)):
+                                     ("--seeds", self.seeds, self.seeds), ("--adapts", adapts, self.adapts),
+                                     ("--label-fractions", fractions, self.label_fractions)):
             _refuse_repeats(option, names, given)
-        return dataclasses.replace(self, archs=archs, weights=weights)
+        return dataclasses.replace(self, archs=archs, weights=weights, adapts=adapts, label_fractions=fractions)
 
     def cells(self) -> tuple[list[dict], list[str]]:
-        """(runs, skipped): one run per cell; drops past an arch's blocks are skipped, with the reason."""
+        """(runs, skipped): one run per cell; drops past an arch's blocks, and ``last:K`` past the blocks a drop
+        keeps, are skipped, with the reason."""
         from chexcut.models.sources import parse
+        from chexcut.training.adapt import parse_adapt
 
         runs, skipped = [], []
         for arch in self.archs:
@@ -120,10 +136,15 @@ class Grid:
                     if d > n_blocks - 1:
                         skipped.append(f"{arch} drop {d} (only {n_blocks} blocks)")
                         continue
-                    for s in self.seeds:
-                        rid = run_id(arch, weights_name(w), d, s)
-                        runs.append({"id": rid, "arch": arch, "weights": w, "drop": d, "seed": s,
-                                     "run_dir": f"runs/{rid}"})
+                    for adapt in self.adapts:
+                        if parse_adapt(adapt).blocks > n_blocks - d:
+                            skipped.append(f"{arch} drop {d} --adapt {adapt} (it keeps {n_blocks - d} block"
+                                       f"{'' if n_blocks - d == 1 else 's'})")
+                            continue
+                        runs += [{"id": run_id(arch, weights_name(w), d, s, adapt, f), "arch": arch, "weights": w,
+                                  "drop": d, "adapt": adapt, "label_fraction": f, "seed": s,
+                                  "run_dir": f"runs/{run_id(arch, weights_name(w), d, s, adapt, f)}"}
+                                 for f in self.label_fractions for s in self.seeds]
         return runs, skipped
 
 
@@ -181,7 +202,8 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
     out.mkdir(parents=True, exist_ok=True)
     plan = {"format": "chexcut-study", "version": PLAN_VERSION, "data": str(data.resolve()),
             "archs": list(grid.archs), "weights": list(grid.weights), "drops": list(grid.drops),
-            "seeds": list(grid.seeds), "finetune_options": options.to_json(), "statistics": plan_statistics(statistics), "bench": bench,
+            "seeds": list(grid.seeds), "adapts": list(grid.adapts), "label_fractions": list(grid.label_fractions),
+            "finetune_options": options.to_json(), "statistics": plan_statistics(statistics), "bench": bench,
             "evaluate_options": evaluate_options, "runs": runs, "skipped": skipped}
     _refuse_changed_runs(out, plan)
     write_json(out / PLAN, plan)
@@ -238,8 +260,7 @@ def _refuse_changed_runs(out: Path, plan: dict) -> None:
     """A re-plan (``--force``) with other settings: runs that already hold results from the old settings would be
     kept as done by every runner. Refuse, naming them, rather than mix two sets of settings in one study."""
     try:
-        old = read_json(out / PLAN)
-        old = _upgrade(old) if old.get("version") == 2 else old
+        old = upgraded(read_json(out / PLAN))
         old_ids = {r["id"] for r in old.get("runs", [])}
         same = plan_settings(old) == plan_settings(plan)
     except (ChexcutError, AttributeError, TypeError, KeyError, ValueError):
@@ -270,14 +291,23 @@ def run_statistics(plan: dict, seed: int) -> Statistics:
     return Statistics.from_json({**plan["statistics"], "seed": seed})
 
 
-def _upgrade(plan: dict) -> dict:
-    """A version 2 plan read as version 3: its ``bootstrap`` and subgroup settings are its statistics."""
-    if not isinstance(plan.get("bootstrap"), int) or isinstance(plan.get("bootstrap"), bool):
-        raise ChexcutError("plan.json (format 2) lacks its bootstrap count (damaged; plan the study again)")
-    ev = dict(plan.get("evaluate_options") or {})
-    kept = {k: ev.pop(k) for k in ("by", "age_bins", "calibration") if k in ev}
-    return {**plan, "version": PLAN_VERSION, "evaluate_options": ev,
-            "statistics": {"bootstrap": plan.get("bootstrap"), **kept}}
+def upgraded(plan: dict) -> dict:
+    """A plan of an earlier version read as this one's: version 2's ``bootstrap`` and subgroup settings are its
+    statistics (version 3); version 3's shared ``adapt`` and ``label_fraction`` are each run's (version 4)."""
+    if plan.get("version") == 2:
+        if not isinstance(plan.get("bootstrap"), int) or isinstance(plan.get("bootstrap"), bool):
+            raise ChexcutError("plan.json (format 2) lacks its bootstrap count (damaged; plan the study again)")
+        ev = dict(plan.get("evaluate_options") or {})
+        kept = {k: ev.pop(k) for k in ("by", "age_bins", "calibration") if k in ev}
+        plan = {**plan, "version": 3, "evaluate_options": ev, "statistics": {"bootstrap": plan.get("bootstrap"), **kept}}
+    if plan.get("version") == 3 and isinstance(plan.get("finetune_options"), dict) and isinstance(plan.get("runs"), list):
+        train = dict(plan["finetune_options"].get("train") or {})
+        adapt, fraction = train.pop("adapt", "full"), train.pop("label_fraction", 1.0)
+        plan = {**plan, "version": PLAN_VERSION, "finetune_options": {**plan["finetune_options"], "train": train},
+                "adapts": [adapt], "label_fractions": [fraction],
+                "runs": [{**r, "adapt": adapt, "label_fraction": fraction} if isinstance(r, dict) else r
+                         for r in plan["runs"]]}
+    return plan
 
 
 def check_evaluate_options(o: dict) -> dict:
@@ -295,8 +325,11 @@ def check_evaluate_options(o: dict) -> dict:
 
 
 def grid_cell(r: dict) -> str:
-    """The run's cell without its seed: seeds of one cell are grouped by it (e.g. in MLflow)."""
-    return f"{r['arch']}/{weights_name(r['weights'])}/drop{r['drop']}"
+    """The run's cell without its seed: seeds of one cell are grouped by it (e.g. in MLflow); the adaptation and the
+    label fraction where they are not the defaults."""
+    cell = f"{r['arch']}/{weights_name(r['weights'])}/drop{r['drop']}"
+    return cell + ("" if r["adapt"] == "full" else f"/{r['adapt']}") + \
+        ("" if r["label_fraction"] == 1 else f"/f{r['label_fraction']:g}")
 
 
 _RUN_SH = """#!/usr/bin/env bash
@@ -323,7 +356,8 @@ def run_script(n: int) -> str:
     return _RUN_SH.format(n=n, last=n - 1)
 
 
-RUN_FIELDS = {"id": str, "arch": str, "weights": str, "drop": int, "seed": int, "run_dir": str}
+RUN_FIELDS = {"id": str, "arch": str, "weights": str, "drop": int, "adapt": str, "label_fraction": (int, float),
+              "seed": int, "run_dir": str}
 
 
 def load_plan(study_dir: Path) -> dict:
@@ -336,8 +370,7 @@ def load_plan(study_dir: Path) -> dict:
     plan = read_json(Path(study_dir) / PLAN, where)
     if not isinstance(plan, dict) or plan.get("format") != "chexcut-study" or not isinstance(plan.get("runs"), list):
         raise ChexcutError(f"{where} is not a chexcut study plan")
-    if plan.get("version") == 2:
-        plan = _upgrade(plan)
+    plan = upgraded(plan)
     if plan.get("version") != PLAN_VERSION or not isinstance(plan.get("finetune_options"), dict):
         raise ChexcutError(f"{where} has plan format {plan.get('version')!r}, this chexcut reads format "
                            f"{PLAN_VERSION}: plan the study again (chexcut study plan ... --force)")
@@ -349,6 +382,10 @@ def load_plan(study_dir: Path) -> dict:
         if r["run_dir"] != f"runs/{r['id']}" or "/" in r["id"] or r["id"] in ("", ".", ".."):
             raise ChexcutError(f"{where}: runs[{i}] has the folder {r['run_dir']!r}; a run's folder is runs/ID "
                                f"(damaged; plan the study again)")
+        try:
+            Grid(adapts=(r["adapt"],), label_fractions=(r["label_fraction"],)).check()
+        except ChexcutError as e:
+            raise ChexcutError(f"{where}: runs[{i}]: {e} (damaged; plan the study again)") from None
     twice = repeated_run(plan["runs"])
     if twice:
         raise ChexcutError(f"{where}: runs[{twice[1]}] repeats the id {plan['runs'][twice[0]]['id']!r} of "

@@ -1,13 +1,14 @@
-"""The report rendered: one table model (:class:`ReportTable`) built once from the report JSON, written as
-markdown (``report.md``) and drawn by :mod:`chexcut.cli.ui` in the terminal, so the two cannot drift; the
-CSV/JSON files and the plots (AUROC with its CI as error bars)."""
+"""The report rendered: its tables (:class:`chexcut.study.table.ReportTable`, built once from the report JSON,
+written as markdown in ``report.md`` and drawn by :mod:`chexcut.cli.ui` in the terminal, so the two cannot
+drift), the CSV/JSON files and the plots (AUROC with its CI as error bars)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from chexcut.study.table import ReportTable, ci, fmt, save_plot
 
 
 def write_outputs(report: dict, out: Path, card_of: Path | None = None, about: dict | None = None) -> list[Path]:
@@ -70,14 +71,17 @@ def make_plots(report: dict, out: Path) -> list[Path]:
     ax.set_xlabel("ImageNet top-1 (%)")
     ax.set_ylabel("mean AUROC, 5 competition tasks")
     ax.set_title("ImageNet accuracy vs chest X-ray AUROC")
-    ax.legend(fontsize=8)
-    paths.append(_save(fig, ax, out / "imagenet_vs_auroc.png"))
+    if ax.get_legend_handles_labels()[0]:  # no architecture has a top-1 figure: no legend to draw
+        ax.legend(fontsize=8)
+    paths.append(save_plot(fig, ax, out / "imagenet_vs_auroc.png"))
     vs_random = (report.get("pretraining_sources") or {}).get("vs_random") or []
     if any(e["delta"] is not None for e in vs_random):
         paths.append(_sources_plot(vs_random, out / "pretraining_sources.png"))
     for b in report.get("external") or []:
         paths.append(_external_plot(b, out / f"external_{b['name']}.png"))
-    return paths
+    from chexcut.study import howmuch
+
+    return paths + howmuch.plots(report, out)
 
 
 def _sources_plot(vs_random: list[dict], path: Path) -> Path:
@@ -94,7 +98,7 @@ def _sources_plot(vs_random: list[dict], path: Path) -> Path:
     ax.set_yticks(range(len(shown)), [f"{e['arch']} / {e['weights']}" for e in shown], fontsize=8)
     ax.set_xlabel("mean AUROC minus random init (drop 0), paired 95% CI")
     ax.set_title("Pretraining sources against random init")
-    return _save(fig, ax, path)
+    return save_plot(fig, ax, path)
 
 
 def _external_plot(block: dict, path: Path) -> Path:
@@ -118,8 +122,8 @@ def _external_plot(block: dict, path: Path) -> Path:
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, alpha=0.5)
     rk = block["ranking"]
     ax.set(xlabel="internal 5-task AUROC", ylabel=f"external AUROC ({block['name']})",
-           title=f"External validation on {block['name']}: rank rho {_fmt(rk['spearman_rho'], '.2f')}")
-    return _save(fig, ax, path)
+           title=f"External validation on {block['name']}: rank rho {fmt(rk['spearman_rho'], '.2f')}")
+    return save_plot(fig, ax, path)
 
 
 def _path_plot(rows: list[dict], x: str, xlabel: str, title: str, path: Path) -> Path:
@@ -148,52 +152,12 @@ def _path_plot(rows: list[dict], x: str, xlabel: str, title: str, path: Path) ->
     ax.set_ylabel("mean AUROC, 5 competition tasks (bars: 95% CI)")
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, ax, path)
-
-
-def _save(fig, ax, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from chexcut.fileio import atomic_path
-
-    ax.grid(alpha=0.3)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _fmt(v, spec=".4f"):
-    return "n/a" if v is None else format(v, spec)
-
-
-@dataclass
-class ReportTable:
-    """One table of the report, as plain text cells: the markdown and the terminal render the same rows."""
-
-    title: str
-    columns: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)  # paragraphs after the table (or instead of it)
-    warn: bool = False  # a table that says something is wrong (leakage, missing runs)
-
-    def markdown(self) -> list[str]:
-        """The table as Markdown, every string inert (:func:`chexcut.study.card.md_text`: label, folder and set
-        names are the user's)."""
-        from chexcut.study.card import md_text
-
-        out = ["", f"## {md_text(self.title)}", ""]
-        if self.rows:
-            out += ["| " + " | ".join(map(md_text, self.columns)) + " |", "|" + "---|" * len(self.columns)]
-            out += ["| " + " | ".join(map(md_text, r)) + " |" for r in self.rows]
-        for t in self.text:
-            out += ["", md_text(t)]
-        return out
+    return save_plot(fig, ax, path)
 
 
 def _auroc_cell(r: dict) -> str:
     """The 5-task AUROC with its CI: one run's bootstrap CI, or over seeds mean +- SD and the seed ensemble's CI."""
-    cell = _fmt(r["auroc"])
+    cell = fmt(r["auroc"])
     if r.get("auroc_sd") is not None and len(r.get("seeds") or ()) > 1:
         cell += f" ± {r['auroc_sd']:.4f} (SD, {len(r['seeds'])} seeds)"
     if r.get("ci_low") is not None:
@@ -204,23 +168,26 @@ def _auroc_cell(r: dict) -> str:
 def results_table(report: dict) -> ReportTable:
     m = report.get("margin")
     yes_no = {True: "yes", False: "NO", None: "n/a"}
-    t = ReportTable(f"Results ({report['runs']} runs; paired bootstrap vs drop 0, alpha {report['alpha']}, "
-                    f"non-inferiority margin {_fmt(m, 'g')})",
+    arm = report.get("arm") or {}
+    of = (f"{arm['runs']} runs of {report['runs']}: --adapt {arm['adapt']}, --label-fraction {arm['label_fraction']:g}"
+          if report.get("how_much") else f"{report['runs']} runs")
+    t = ReportTable(f"Results ({of}; paired bootstrap vs drop 0, alpha {report['alpha']}, "
+                    f"non-inferiority margin {fmt(m, 'g')})",
                     ["arch", "weights", "drop", "params", "MACs", "AUROC [95% CI]", "delta vs drop 0", "p",
-                     "no sig. drop", f"non-inf. p ({_fmt(m, 'g')})", "non-inferior"])
+                     "no sig. drop", f"non-inf. p ({fmt(m, 'g')})", "non-inferior"])
     for r in report["results"]:
         macs = "n/a" if not r["macs"] else f"{r['macs'] / 1e9:.2f}G"
         t.rows.append([r["arch"], r["weights"], str(r["drop"]), f"{r['params']:,}", macs, _auroc_cell(r),
-                       _fmt(r["delta_vs_drop0"], "+.4f") if r["drop"] else "(reference)",
-                       _fmt(r["p_vs_drop0"], ".3g") if r["drop"] else "", yes_no[r["no_significant_drop"]]
-                       if r["drop"] else "", _fmt(r.get("p_noninferiority"), ".3g") if r["drop"] else "",
+                       fmt(r["delta_vs_drop0"], "+.4f") if r["drop"] else "(reference)",
+                       fmt(r["p_vs_drop0"], ".3g") if r["drop"] else "", yes_no[r["no_significant_drop"]]
+                       if r["drop"] else "", fmt(r.get("p_noninferiority"), ".3g") if r["drop"] else "",
                        yes_no[r.get("noninferior")] if r["drop"] else ""])
     e = report.get("ensemble_all")
     if e and e.get("auroc") is not None:
         t.rows.append([f"ensemble of all {e['configurations']} configurations", "", "", "", "",
-                       _fmt(e["auroc"]) + _ci(e["ci_low"], e["ci_high"]),
-                       f"{_fmt(e['delta_vs_best'], '+.4f')} vs best ({e['best_configuration']})",
-                       _fmt(e["p_vs_best"], ".3g"), "", "", ""])
+                       fmt(e["auroc"]) + ci(e["ci_low"], e["ci_high"]),
+                       f"{fmt(e['delta_vs_best'], '+.4f')} vs best ({e['best_configuration']})",
+                       fmt(e["p_vs_best"], ".3g"), "", "", ""])
     widths = [r["ci_high"] - r["ci_low"] for r in report["results"] if r.get("ci_low") is not None]
     if widths:
         t.text.append(f"The 95% CIs are {np.median(widths):.3f} wide (median; {min(widths):.3f}-{max(widths):.3f}): "
@@ -231,7 +198,7 @@ def results_table(report: dict) -> ReportTable:
 
 def efficiency_tables(eff: dict, alpha: float, title: str = "pretrained", note: str | None = None) -> list[ReportTable]:
     """Both rules side by side: the paper's (no significant drop) and non-inferiority at the margin."""
-    m = _fmt(eff.get("margin"), "g")
+    m = fmt(eff.get("margin"), "g")
     extra = efficiency_tables(eff["random_init"], alpha, "random init") if eff.get("random_init", {}).get("archs") \
         else []
     t = ReportTable(f"Parameter efficiency ({title})",
@@ -247,8 +214,8 @@ def efficiency_tables(eff: dict, alpha: float, title: str = "pretrained", note: 
     t.rows = [[e["arch"], f"{e['params_full']:,}", str(e["drop"]), f"{e['params']:,}", f"{e['ratio']:.2f}x",
                str(e["drop_noninferior"]), f"{e['params_noninferior']:,}", f"{e['ratio_noninferior']:.2f}x"]
               for e in eff["archs"]]
-    t.text.append(f"Mean ratio, paper rule: {_fmt(eff['mean_ratio'], '.2f')}x; non-inferiority rule: "
-                  f"{_fmt(eff['mean_ratio_noninferior'], '.2f')}x (the paper reports 3.25x for pretrained models).")
+    t.text.append(f"Mean ratio, paper rule: {fmt(eff['mean_ratio'], '.2f')}x; non-inferiority rule: "
+                  f"{fmt(eff['mean_ratio_noninferior'], '.2f')}x (the paper reports 3.25x for pretrained models).")
     out = [t]
     timed = [e for e in eff["archs"] if "latency_speedup" in e]
     if timed:
@@ -276,16 +243,16 @@ def correlation_table(report: dict) -> ReportTable:
         if v["spearman_rho"] is None:
             t.rows.append([name, str(v["n"]), why or "needs 3 architectures", ""])
             continue
-        t.rows.append([name, str(v["n"]), f"{_fmt(v['spearman_rho'], '.2f')} ({_fmt(v['spearman_p'], '.3g')})",
-                       f"{_fmt(v.get('kendall_tau'), '.2f')} ({_fmt(v.get('kendall_p'), '.3g')})"])
+        t.rows.append([name, str(v["n"]), f"{fmt(v['spearman_rho'], '.2f')} ({fmt(v['spearman_p'], '.3g')})",
+                       f"{fmt(v.get('kendall_tau'), '.2f')} ({fmt(v.get('kendall_p'), '.3g')})"])
     return t
 
 
 def boost_table(report: dict) -> ReportTable:
     pb = report["pretraining_boost"]
     t = ReportTable("Pretraining boost (drop 0)", ["arch", "params", "pretrained", "random", "boost", "p"])
-    t.rows = [[b["arch"], f"{b['params']:,}", _fmt(b["pretrained"]), _fmt(b["random"]), _fmt(b["boost"], "+.4f"),
-               _fmt(b["p"], ".3g")] for b in pb["archs"]]
+    t.rows = [[b["arch"], f"{b['params']:,}", fmt(b["pretrained"]), fmt(b["random"]), fmt(b["boost"], "+.4f"),
+               fmt(b["p"], ".3g")] for b in pb["archs"]]
     if not t.rows:
         t.text.append((report.get("missing") or {}).get("boost") or "no architecture has both pretrained and "
                       "random-init runs at drop 0")
@@ -300,13 +267,13 @@ def sources_tables(report: dict) -> list[ReportTable]:
                        ("between", "Pretraining sources against each other (drop 0)")):
         if ps.get(key):
             t = ReportTable(title, ["arch", "weights", "versus", "AUROC", "versus AUROC", "delta [CI]", "p (Holm)"])
-            t.rows = [[e["arch"], e["weights"], e["versus"], _fmt(e["auroc"]), _fmt(e["versus_auroc"]),
-                       _fmt(e["delta"], "+.4f") + _ci(e["ci_low"], e["ci_high"], "+.3f"), _fmt(e["p_holm"], ".3g")]
+            t.rows = [[e["arch"], e["weights"], e["versus"], fmt(e["auroc"]), fmt(e["versus_auroc"]),
+                       fmt(e["delta"], "+.4f") + ci(e["ci_low"], e["ci_high"], "+.3f"), fmt(e["p_holm"], ".3g")]
                       for e in ps[key]]
             out.append(t)
     if out and ps.get("mean_boost"):
         out[0].text.append("Mean boost over the architectures: " + ", ".join(
-            f"{w} {_fmt(v, '+.4f')}" for w, v in ps["mean_boost"].items()) + ".")
+            f"{w} {fmt(v, '+.4f')}" for w, v in ps["mean_boost"].items()) + ".")
     return out
 
 
@@ -346,7 +313,7 @@ def subgroup_table(report: dict) -> ReportTable | None:
     return ReportTable("Subgroups (5-task AUROC, each run's evaluation)",
                        ["arch", "weights", "drop", "seed", "by", "group", "n", "AUROC", "95% CI"],
                        [[r["arch"], r["weights"], str(r["drop"]), str(r["seed"]), r["by"], r["group"], str(r["n"]),
-                         _fmt(r["auroc"]), "no CI" if r["ci_low"] is None else f"{r['ci_low']:.4f}-{r['ci_high']:.4f}"]
+                         fmt(r["auroc"]), "no CI" if r["ci_low"] is None else f"{r['ci_low']:.4f}-{r['ci_high']:.4f}"]
                         for r in rows])
 
 
@@ -378,9 +345,9 @@ def readers_table(report: dict) -> ReportTable | None:
                        ["arch", "weights", "drop", "seed", "label", "reader", "reader sens", "reader spec",
                         "model sens", "delta", "p", "below curve"],
                        [[r["arch"], r["weights"], str(r["drop"]), str(r["seed"]), r["label"], r["reader"],
-                         _fmt(r["sensitivity"], ".3f"), _fmt(r["specificity"], ".3f"),
-                         _fmt(r["model_sensitivity_at_reader_specificity"], ".3f"),
-                         _fmt(r["delta_sensitivity"], "+.3f"),
+                         fmt(r["sensitivity"], ".3f"), fmt(r["specificity"], ".3f"),
+                         fmt(r["model_sensitivity_at_reader_specificity"], ".3f"),
+                         fmt(r["delta_sensitivity"], "+.3f"),
                          "no test" if r["p_sensitivity"] is None else f"{r['p_sensitivity']:.3g}",
                          "yes" if r["below_model_curve"] else "no"] for r in rows])
 
@@ -389,7 +356,9 @@ def tables(report: dict) -> list[ReportTable]:
     """Every table of the report, in order: what is wrong first, then the results and the findings."""
     eff = efficiency_tables(report["efficiency"], report["alpha"],
                             note=(report.get("missing") or {}).get("pretrained"))
-    found = [*problem_tables(report), results_table(report), *eff, correlation_table(report), boost_table(report),
+    from chexcut.study import howmuch
+
+    found = [*problem_tables(report), results_table(report), *howmuch.tables(report), *eff, correlation_table(report), boost_table(report),
              *sources_tables(report), family_table(report), subgroup_table(report), calibration_table(report),
              figures_table(report, "labels", "Per-label figures (mean over the 5 tasks)"), readers_table(report),
              *external_tables(report)]
@@ -405,13 +374,13 @@ def external_tables(report: dict) -> list[ReportTable]:
                          "external - internal [CI]"])
         for r in b["configurations"]:
             t.rows.append([r["arch"], r["weights"], str(r["drop"]),
-                           _fmt(r["internal"]) + _ci(r["internal_ci_low"], r["internal_ci_high"]),
-                           _fmt(r["external"]) + _ci(r["external_ci_low"], r["external_ci_high"]),
-                           _fmt(r["difference"], "+.4f") + _ci(r["ci_low"], r["ci_high"], "+.3f")])
+                           fmt(r["internal"]) + ci(r["internal_ci_low"], r["internal_ci_high"]),
+                           fmt(r["external"]) + ci(r["external_ci_low"], r["external_ci_high"]),
+                           fmt(r["difference"], "+.4f") + ci(r["ci_low"], r["ci_high"], "+.3f")])
         rk = b["ranking"]
         holds = {True: "holds", False: "does NOT hold", None: "n/a (runs missing)"}
         t.text.append(f"Ranking of the {rk['n']} configurations, internal vs external: Spearman rho "
-                      f"{_fmt(rk['spearman_rho'], '.3f')}{_ci(rk['ci_low'], rk['ci_high'])}.")
+                      f"{fmt(rk['spearman_rho'], '.3f')}{ci(rk['ci_low'], rk['ci_high'])}.")
         t.text.append("Findings on this set: " + "; ".join(f"{k.replace('_', ' ')}: {holds[v]}"
                                                            for k, v in b["findings"]["holds"].items()) + ".")
         if b.get("competition_labels_not_scored"):
@@ -420,10 +389,6 @@ def external_tables(report: dict) -> list[ReportTable]:
         t.text.append(f"Method: {b['method']}.")
         out.append(t)
     return out
-
-
-def _ci(lo, hi, spec=".3f") -> str:
-    return "" if lo is None or hi is None else f" [{format(lo, spec)}, {format(hi, spec)}]"
 
 
 def markdown(report: dict, plots: list[str], card: bool = False) -> str:

@@ -179,6 +179,8 @@ def fit_to_arch(cfg: TrainConfig, arch) -> str | None:
 
 #: TrainConfig fields a user sets on ``finetune``'s command line.
 CLI_TRAIN_FIELDS = tuple(o.name for o in TRAIN_OPTIONS)
+#: Training settings a study varies per run (grid axes), not shared by its runs (:class:`FinetuneOptions`).
+GRID_TRAIN_FIELDS = ("adapt", "label_fraction")
 
 
 def train_config_from(options: dict, seed: int) -> TrainConfig:
@@ -209,15 +211,22 @@ class FinetuneOptions:
         unknown = set(self.train) - set(CLI_TRAIN_FIELDS)
         if unknown:
             raise ChexcutError(f"not finetune options: {', '.join(sorted(unknown))}")
+        axes = set(self.train) & set(GRID_TRAIN_FIELDS)
+        if axes:  # each run's own, from its grid cell (chexcut.study.plan.Grid's adapts and label_fractions)
+            raise ChexcutError(f"{', '.join(sorted(axes))}: a study's grid axis (--adapts, --label-fractions), not "
+                               f"an option every run shares")
         check_bounds("in_chans", self.in_chans)
         object.__setattr__(self, "train", {k: v for k, v in self.train.items() if v is not None})
         self.train_config(seed=0)
         if not isinstance(self.data, DataOptions):
             object.__setattr__(self, "data", DataOptions.from_json(dict(self.data)))
 
-    def train_config(self, seed: int) -> TrainConfig:
+    def train_config(self, seed: int, adapt: str = "full", label_fraction: float = 1.0) -> TrainConfig:
+        """One run's training settings: these options, with the run's grid cell (its seed, adaptation and label
+        fraction)."""
         overrides = {k: v for k, v in self.train.items() if k != "recipe"}
-        return TrainConfig.from_recipe(str(self.train.get("recipe", "paper")), seed=seed, **overrides)
+        return TrainConfig.from_recipe(str(self.train.get("recipe", "paper")), seed=seed, adapt=adapt,
+                                       label_fraction=label_fraction, **overrides)
 
     def to_json(self) -> dict:
         return {"train": dict(self.train), "data": self.data.to_json(), "cache": self.cache,
