@@ -96,7 +96,9 @@ EXAMPLES: dict[str, list[str]] = {
     "weights path": ["chexcut weights path resnet50", "chexcut weights path densenet121"],
     "study plan": ["chexcut study plan --data data/chexpert --out studies/main --archs resnet18,densenet121",
                    "chexcut study plan --data data/chexpert --out studies/slurm --slurm --time 12:00:00 "
-                   "--external nih:data/nih"],
+                   "--external nih:data/nih",
+                   "chexcut study plan --data data/chexpert --out studies/how-much --adapts probe,full "
+                   "--label-fractions 0.1,1"],
     "study run": ["chexcut study run studies/main --jobs 2", "chexcut study run studies/main -q"],
     "study exec": ["chexcut study exec studies/main --index 0",
                    "chexcut study exec studies/main resnet18-imagenet-d0-s0 --launcher 'torchrun --nproc-per-node 2'"],
