@@ -15,11 +15,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Commands run in-process (run_cli): rich's consoles read the width once, when chexcut.cli.ui is first imported.
 os.environ["COLUMNS"] = "200"
-# A private chexcut cache per test session (anatomy cache, etc.).
+# A private chexcut cache per test session (anatomy cache, etc.), removed when the session ends (pytest-xdist's
+# workers inherit it from the controller, which made it and removes it).
 if "CHEXCUT_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["CHEXCUT_CACHE"] = tempfile.mkdtemp(prefix="chexcut-cache-")
+    atexit.register(shutil.rmtree, os.environ["CHEXCUT_CACHE"], ignore_errors=True)
 
 
 # Tests whose verdict rests on what a model learned draw their data and seeds from this offset: CI runs 0; a
