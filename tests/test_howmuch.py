@@ -148,3 +148,18 @@ def test_power_law_fits_like_numpy_least_squares_on_noisy_points():
     slope, intercept = np.polyfit(np.log(n), np.log(1 - auroc), 1)
     assert fit["c"] == pytest.approx(-slope) and fit["b"] == pytest.approx(np.exp(intercept))
     assert fit["patients_for_target"] is None and 0 < fit["r2"] < 1
+
+
+@pytest.mark.parametrize("field, value", [("label_fraction", "all"), ("label_fraction", 0), ("adapt", "half")])
+def test_a_run_whose_config_names_no_budget_or_adaptation_is_listed_not_used(trained_run, tmp_path, field, value):
+    import shutil
+
+    from chexcut.study.collect import collect
+
+    run = shutil.copytree(trained_run, tmp_path / "r")
+    assert run_cli("evaluate", run, "--bootstrap", "0", "--json", run / "eval.json", "-q")[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    config["train"][field] = value
+    (run / "config.json").write_text(json.dumps(config))
+    found = collect([run])
+    assert not found.runs and "damaged config.json" in found.incomplete[0]["reason"]
