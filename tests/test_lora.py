@@ -176,3 +176,23 @@ def test_a_lora_run_resumes_exactly(phantom, tmp_path):
     first = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)  # and LoRA did train: B left zero
     assert any(v.abs().sum() > 0 for k, v in first["model"].items() if ".lora_B." in k)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]["adapted_modules"]
+
+
+def test_inspect_lists_the_layers_lora_would_adapt(tmp_path):
+    code, out, err = run_cli("inspect", "test_vit", "--image-size", "32", "--adapt", "lora:8", "--json", "-")
+    assert code == 0, err
+    listing = json.loads(out)["adapt"]
+    model = _model("test_vit", 0)
+    linears = {n: m for n, m in model.named_modules() if n.startswith("blocks.") and isinstance(m, nn.Linear)}
+    assert [r["module"] for r in listing["adapted_modules"]] == list(linears)  # qkv, proj, fc1, fc2 of each layer
+    assert [r["lora_params"] for r in listing["adapted_modules"]] == [_lora_size(m, 8) for m in linears.values()]
+    assert [r["block"] for r in listing["adapted_modules"]] == [int(n.split(".")[1]) + 1 for n in linears]
+    assert listing["adapt"] == "lora:8" and listing["skipped_modules"] == {}
+    path = save_model(_model("resnet18", 2), tmp_path / "m.safetensors")  # a model file: its own (truncated) blocks
+    code, out, err = run_cli("inspect", path, "--adapt", "lora:2", "--json", "-")
+    assert code == 0, err
+    assert {r["block"] for r in json.loads(out)["adapt"]["adapted_modules"]} == {1, 2}
+    code, out, err = run_cli("inspect", "resnet18", "--adapt", "lora:2")
+    assert code == 0 and "layer1.0.conv1" in out and "Conv2d(64, 64, 3x3)" in out
+    code, _, err = run_cli("inspect", "resnet18", "--adapt", "lora:0")
+    assert code == 2 and "--adapt 'lora:0'" in err and err.count("\n") == 1

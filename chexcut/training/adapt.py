@@ -101,6 +101,30 @@ def kept_block_parameters(model, spec) -> list[set[int]]:
             for paths in kept_block_paths(model, spec)]
 
 
+def adapt_listing(model, spec, adapt: str) -> dict:
+    """What ``adapt`` trains in ``model`` (adapted in place), as ``inspect --adapt`` shows it: ``{"adapt",
+    "trainable_params", "total_params", "adapted_modules": [{"module", "block", "layer", "lora_params"}],
+    "skipped_modules": {path: why}}`` (``block``: 1 = the first block, as inspect counts them)."""
+    adapted = apply_adapt(model, spec, adapt)
+    blocks = kept_block_paths(model, spec)
+    rows = []
+    for name in adapted.modules:
+        layer = model.get_submodule(name)
+        block = next(i for i, paths in enumerate(blocks, 1) if any(name.startswith(p + ".") for p in paths))
+        rows.append({"module": name, "block": block, "layer": layer_shape(layer.get_base_layer()),
+                     "lora_params": sum(p.numel() for n, p in layer.named_parameters() if n.startswith("lora_"))})
+    return {"adapt": str(parse_adapt(adapt)), "trainable_params": adapted.trainable, "total_params": adapted.total,
+            "adapted_modules": rows, "skipped_modules": adapted.skipped}
+
+
+def layer_shape(m) -> str:
+    """``Linear(64, 192)``, ``Conv2d(64, 128, 3x3, stride 2)``: a layer's type and shape, in short."""
+    if not hasattr(m, "kernel_size"):
+        return f"{type(m).__name__}({m.in_features}, {m.out_features})"
+    stride = f", stride {m.stride[0]}" if max(m.stride) > 1 else ""
+    return f"{type(m).__name__}({m.in_channels}, {m.out_channels}, {'x'.join(map(str, m.kernel_size))}{stride})"
+
+
 def frozen_batchnorms(model) -> list:
     """The BatchNorm layers whose parameters are all frozen (kept in eval mode while training)."""
     import torch
