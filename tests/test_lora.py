@@ -127,6 +127,8 @@ def test_without_peft_it_is_one_line(phantom, tmp_path, monkeypatch):
                            "--adapt", "lora:8", "--device", "cpu", "-q")
     assert code == 2 and err.count("\n") == 1 and "--adapt lora:8 needs peft: pip install 'chexcut[lora]'" in err
     assert not out.exists()
+    code, _, err = run_cli("inspect", "resnet18", "--adapt", "lora:2")
+    assert code == 2 and err.count("\n") == 1 and "needs peft" in err
     model = _model("resnet18", 2)
     with pytest.raises(ChexcutError, match="needs peft"):
         apply_adapt(model, model.chexcut_spec, "lora:8")
