@@ -223,8 +223,12 @@ TRAINING = (
        "runs; 0 = off; a model without BatchNorm, such as a ViT, skips it with a note).", bound=True),
     _o("layer_decay", "Layer-wise learning-rate decay: layer k of L learns at lr x D^(L-k), the head at lr (timm's "
        "param_groups_layer_decay; usual for ViT fine-tuning, 0.65-0.75; off by default; timm families only)."),
-    _o("adapt", "What is trained: full (every parameter), probe (the head on a frozen backbone) or last:K (the last K "
-       "kept blocks and the head); frozen BatchNorm layers stay in eval mode (default: full)."),
+    _o("adapt", "What is trained: full (every parameter), probe (the head on a frozen backbone), last:K (the last K "
+       "kept blocks and the head) or lora:R (LoRA of rank R, alpha R, on the kept blocks' Linear and ungrouped Conv2d "
+       "layers, and the head; needs chexcut[lora]; the model file holds the merged weights); frozen BatchNorm layers "
+       "stay in eval mode (default: full).",
+       help_in={"inspect": "List what this --adapt would train (full, probe, last:K or lora:R): trainable and total "
+                           "parameters; for lora:R every layer LoRA adapts and every one it skips."}),
     _o("label_fraction", "Train on this share of the training patients, in (0, 1]: patients drawn in the seed's "
        "order (nested: for one seed the 1% are inside the 10%), each label keeping a positive where the data has "
        "one; recorded in the run's label_fraction.json (default: 1, all).",

@@ -1,4 +1,4 @@
-"""finetune --adapt: what is trained (full, probe, last:K), and that exactly that changes."""
+"""finetune --adapt: what is trained (full, probe, last:K), and that exactly that changes (lora:R: test_lora.py)."""
 
 import json
 
@@ -44,7 +44,8 @@ def _step(model, size: int):
 def test_exactly_the_adapted_blocks_and_the_head_change(arch, drop, size, adapt):
     model = truncate(arch, drop=drop, weights="none", image_size=size, seed=0)
     spec = model.chexcut_spec
-    trainable, total = apply_adapt(model, spec, adapt)
+    adapted = apply_adapt(model, spec, adapt)
+    trainable, total = adapted.trainable, adapted.total
     blocks = kept_block_parameters(model, spec)
     a = parse_adapt(adapt)
     trained_blocks = set().union(*blocks[len(blocks) - a.blocks:]) if a.blocks else set()
@@ -65,8 +66,8 @@ def test_exactly_the_adapted_blocks_and_the_head_change(arch, drop, size, adapt)
 
 def test_full_trains_every_parameter():
     model = truncate("resnet18", drop=2, weights="none", image_size=32, seed=0)
-    trainable, total = apply_adapt(model, model.chexcut_spec, "full")
-    assert trainable == total and all(_step(model, 32)[n] for n, _ in model.named_parameters())
+    adapted = apply_adapt(model, model.chexcut_spec, "full")
+    assert adapted.trainable == adapted.total and all(_step(model, 32)[n] for n, _ in model.named_parameters())
 
 
 def test_a_run_records_what_it_trains_and_resume_keeps_it(phantom, tmp_path):

@@ -37,9 +37,10 @@ def list_cmd(json: Optional[str] = OPT.json):
 def inspect(
     target: str = typer.Argument(..., help="Architecture name (see `chexcut list`) or a chexcut model file.",
                                  autocompletion=complete_arch),
-    image_size: Optional[int] = OPT.image_size, json: Optional[str] = OPT.json,
+    image_size: Optional[int] = OPT.image_size, adapt: Optional[str] = OPT.adapt, json: Optional[str] = OPT.json,
 ):
-    """Block anatomy of an architecture or model file, and what each truncation level costs."""
+    """Block anatomy of an architecture or model file, and what each truncation level costs; with --adapt, what
+    that adaptation would train (lora:R: the layers LoRA adapts)."""
     import chexcut.cli.ui as ui
     import chexcut.cli.ui_models as ui_models
     from chexcut.models.anatomy_cache import cached_anatomy
@@ -58,6 +59,8 @@ def inspect(
 
         size = image_size if image_size is not None else default_image_size(get_arch(source.arch))
         a = cached_anatomy(source.arch, size, 14)
+    if adapt is not None:
+        a["adapt"] = adapt_listing_of(spec or source.arch, size, adapt)
     emit_json(json, a)
     if json == "-":
         return
@@ -66,6 +69,23 @@ def inspect(
                      f"{spec.params:,} params, {len(spec.labels)} labels, weights {spec.weights_name}")
     for t in ui_models.anatomy_tables(a, highlight_drop=spec.drop if spec else None):
         ui.out.print(t)
+    if adapt is not None:
+        ui.out.print(ui_models.adapt_table(a["adapt"]))
+
+
+def adapt_listing_of(target, image_size: int, adapt: str) -> dict:
+    """``inspect --adapt``: what ``adapt`` trains in a model file's model (its spec), or in an architecture's whole
+    model (drop 0, 14 labels); built without weights (what is trained does not depend on them)."""
+    from chexcut.models.spec import ModelSpec
+    from chexcut.models.surgery import rebuild, truncate
+    from chexcut.training.adapt import adapt_listing, parse_adapt
+    from chexcut.training.lora import check_peft
+
+    if parse_adapt(adapt).kind == "lora":
+        check_peft(str(parse_adapt(adapt)))
+    model = rebuild(target) if isinstance(target, ModelSpec) else truncate(target, drop=0, weights="none",
+                                                                            image_size=image_size)
+    return adapt_listing(model, model.chexcut_spec, adapt)
 
 
 @app.command()

@@ -73,6 +73,21 @@ def anatomy_tables(a: dict, highlight_drop: int | None = None) -> list[Table]:
     return [blocks, trunc]
 
 
+def adapt_table(d: dict) -> Table:
+    """``inspect --adapt``: the parameters it trains and, for lora:R, every layer LoRA adapts (and those skipped)."""
+    share = d["trainable_params"] / d["total_params"]
+    skipped = d["skipped_modules"]
+    caption = (f"skipped (left frozen): {len(skipped)} layers, e.g. {next(iter(skipped))}: {next(iter(skipped.values()))}"
+               if skipped else None)
+    t = Table(title=f"--adapt {d['adapt']}: {d['trainable_params']:,} of {d['total_params']:,} parameters trained "
+                    f"({share:.1%})", title_justify="left", caption=caption, caption_justify="left")
+    for col in ("block", "module", "layer", "LoRA params"):
+        t.add_column(col, justify="right" if col in ("block", "LoRA params") else "left", no_wrap=col == "layer")
+    for r in d["adapted_modules"]:
+        t.add_row(str(r["block"]), r["module"], r["layer"], f"{r['lora_params']:,}")
+    return t
+
+
 def truncate_table(spec: dict, full: dict, cut: dict) -> Table:
     t = Table(title=f"{spec.arch}: drop {spec.drop} (keep {spec.keep} of {spec.num_blocks} blocks)",
               title_justify="left")

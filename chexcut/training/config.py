@@ -53,7 +53,7 @@ class TrainConfig:
     precise_bn: int = 0  # training images to re-estimate BatchNorm statistics on before each validation
     layer_decay: float | None = None  # layer-wise learning-rate decay (timm's param_groups_layer_decay); None: off
     label_fraction: float = 1.0  # the share of training patients whose labels are used (chexcut.data.fractions)
-    adapt: str = "full"  # what is trained: full | probe | last:K (chexcut.training.adapt)
+    adapt: str = "full"  # what is trained: full | probe | last:K | lora:R (chexcut.training.adapt)
 
     @classmethod
     def from_recipe(cls, recipe: str, **overrides) -> "TrainConfig":
@@ -75,7 +75,12 @@ class TrainConfig:
         check_fraction(self.label_fraction)
         from chexcut.training.adapt import parse_adapt
 
-        self.adapt = str(parse_adapt(self.adapt))
+        adapt = parse_adapt(self.adapt)
+        self.adapt = str(adapt)
+        if adapt.kind == "lora":  # before anything is written: peft is an optional extra
+            from chexcut.training.lora import check_peft
+
+            check_peft(self.adapt)
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ChexcutError(f"--layer-decay must be in (0, 1] (0.65 to 0.75 is usual for a ViT), not {self.layer_decay}")
         self.precision = check(Precision, self.precision, "--precision")

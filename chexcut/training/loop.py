@@ -210,6 +210,7 @@ def keep_if_best(s: Session, result: dict) -> None:
     """Rank 0 writes best.safetensors and valid_predictions.csv when the validation improved."""
     from chexcut.evaluation.predictions import write_predictions
     from chexcut.models import modelfile
+    from chexcut.training.lora import merged
 
     score = result["mean_auroc"]
     if score is None:  # no competition label evaluable: fall back to every evaluable label
@@ -223,7 +224,7 @@ def keep_if_best(s: Session, result: dict) -> None:
         # the session's spec carries the preprocessing this run trained (and validated) with
         out_spec = dataclasses.replace(s.spec, training={"run_dir": str(s.rd), "step": s.state.step,
                                                          "valid_mean_auroc": score})
-        modelfile.save_model(s.model, s.rd.best, spec=out_spec)
+        modelfile.save_model(merged(s.model), s.rd.best, spec=out_spec)  # lora:R: the weights with LoRA folded in
         write_predictions(s.rd.valid_predictions, s.data.valid.paths, s.labels, result["probs"])
 
 

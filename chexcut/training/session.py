@@ -17,7 +17,7 @@ from chexcut.errors import ChexcutError
 from chexcut.fileio import write_json
 from chexcut.models.spec import ModelSpec
 from chexcut.rundir import MetricsLog, RunDir
-from chexcut.training.adapt import apply_adapt
+from chexcut.training.adapt import Adapted, apply_adapt
 from chexcut.training.checkpoint import RunState, load_checkpoint, restore
 from chexcut.training.config import Run, TrainConfig
 from chexcut.training.distributed import Dist
@@ -161,15 +161,19 @@ def build_model(source: dict, labels=None, image_size: int | None = None):
 
 
 def start_notes(cfg: TrainConfig, model, spec: ModelSpec, size_note: str | None,
-                adapted: tuple[int, int]) -> tuple[str, ...]:
+                adapted: Adapted) -> tuple[str, ...]:
     """What the run says once when training starts: a fitted image size, the parameters --adapt trains, precise BN
     skipped on a model without BatchNorm, the licence of non-commercial starting weights."""
     from chexcut.models.weights import licence_note
 
     notes = [size_note] if size_note else []
     if cfg.adapt != "full":
-        trainable, total = adapted  # apply_adapt's count
+        trainable, total = adapted.trainable, adapted.total  # apply_adapt's count
         notes.append(f"--adapt {cfg.adapt}: {trainable:,} of {total:,} parameters trained ({trainable / total:.1%})")
+    if adapted.modules:
+        skipped = f"; {len(adapted.skipped)} left frozen (skipped_modules)" if adapted.skipped else ""
+        notes.append(f"--adapt {cfg.adapt}: LoRA in {len(adapted.modules)} layers (config.json resolved."
+                     f"adapted_modules){skipped}")
     if cfg.precise_bn and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         notes.append(f"--precise-bn skipped: {spec.arch} has no BatchNorm (its LayerNorms keep no running statistics)")
     return tuple(notes + ([licence_note(spec.weights)] if licence_note(spec.weights) else []))
@@ -314,11 +318,13 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
     spec = dataclasses.replace(spec, preprocess=spec.preprocess.with_size(cfg.image_size, cfg.resize))
     opts = dataclasses.replace(run.opts, labels=spec.labels)
     data = open_data(run, cfg, opts, dist)
-    trainable, total = apply_adapt(model, spec, cfg.adapt)  # --adapt: what is not trained is frozen
+    adapted = apply_adapt(model, spec, cfg.adapt)  # --adapt: what is not trained is frozen (lora:R: LoRA added)
     if dist.main and ckpt is None:  # a resumed run keeps its own config.json
+        lora = {"adapted_modules": list(adapted.modules), "skipped_modules": adapted.skipped} if adapted.modules else {}
         write_config(rd, run, {"device": str(device), "precision": precision, "compile": use_compile,
                                "channels_last": channels_last, "world_size": dist.world,
-                               "trainable_params": trainable, "total_params": total}, data, opts, spec)
+                               "trainable_params": adapted.trainable, "total_params": adapted.total, **lora},
+                     data, opts, spec)
 
     model = model.to(device)
     if channels_last:
@@ -341,7 +347,7 @@ def build_session(run: Run, emit, device, dist: Dist) -> Session:
                 spec=spec, data=data, model=model, train_model=train_model, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, loader=loader, val_loader=val_loader, sampler=sampler, val_shard=val_shard,
                 state=state, metrics=MetricsLog(rd.metrics, spec.labels), emit=emit,
-                notes=start_notes(cfg, model, spec, size_note, (trainable, total)))
+                notes=start_notes(cfg, model, spec, size_note, adapted))
     if dist.main:
         s.metrics.start()
     return s
