@@ -251,7 +251,7 @@ STUDY = (
     _o("drops", "Comma-separated drops (levels past an arch's blocks are skipped; default: 0,1,2).",
        fills={"demo": "Demo"}, help_in={"bench": "Comma-separated levels (default: all)."}),
     _o("seeds", "Comma-separated training seeds, one run per seed (default: 0)."),
-    _o("adapts", "Comma-separated adaptations, a run each: finetune's --adapt values, e.g. probe,last:2,full "
+    _o("adapts", "Comma-separated adaptations, a run each: finetune's --adapt values, e.g. probe,last:2,lora:8,full "
        "(default: full). last:K past the blocks a drop keeps is skipped."),
     _o("label_fractions", "Comma-separated shares of the training patients in (0, 1], a run each; for one seed the "
        "smaller budgets' patients are among the larger ones' (default: 1)."),

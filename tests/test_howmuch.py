@@ -163,3 +163,16 @@ def test_a_run_whose_config_names_no_budget_or_adaptation_is_listed_not_used(tra
     (run / "config.json").write_text(json.dumps(config))
     found = collect([run])
     assert not found.runs and "damaged config.json" in found.incomplete[0]["reason"]
+
+
+def test_a_lora_axis_without_peft_is_refused_before_anything_is_planned(phantom, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if the extra were not installed
+    rc, _, err = run_cli("study", "plan", "--data", phantom, "--out", tmp_path / "s", "--archs", "resnet18",
+                         "--weights", "none", "--adapts", "full,lora:8")
+    assert rc == 2 and "needs peft" in err and err.count("\n") == 1 and not (tmp_path / "s").exists()
+    monkeypatch.undo()
+    rc, _, err = run_cli("study", "plan", "--data", phantom, "--out", tmp_path / "s", "--archs", "resnet18",
+                         "--weights", "none", "--adapts", "full,lora:8")
+    assert rc == 0 and "resnet18-none-d0-lora8-s0" in {r["id"] for r in load_plan(tmp_path / "s")["runs"]}

@@ -218,13 +218,15 @@ def plan_study(out: Path, data: Path, grid: Grid = Grid(), options: FinetuneOpti
 
 
 def _check_sizes(grid: Grid, options: FinetuneOptions) -> None:
-    """Every architecture takes the runs' settings: the image size (a /14 ViT takes no 320 given by hand, a Swin's
-    windows a multiple of 32) and ``--layer-decay`` (only families with layers): refused now, in one line, not in
-    each run's first step."""
+    """Every adaptation can run here (``lora:R`` needs peft), and every architecture takes the runs' settings: the
+    image size (a /14 ViT takes no 320 given by hand, a Swin's windows a multiple of 32) and ``--layer-decay`` (only
+    families with layers): refused now, in one line, not in each run's first step."""
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.registry import get_arch
     from chexcut.training.config import fit_to_arch
 
+    for adapt in grid.adapts:  # what an adaptation needs is there (lora:R: peft, an extra)
+        options.train_config(seed=0, adapt=adapt)
     for arch in grid.archs:
         cfg = options.train_config(seed=0)
         try:
