@@ -268,7 +268,8 @@ def write_config(rd: RunDir, run: Run, resolved: dict, data: RunData, opts, spec
     write_json(rd.config, {
         "train": dataclasses.asdict(run.cfg), "resolved": resolved,
         "data": {"dir": str(Path(run.data).resolve()), **opts.to_json(), "train_images": len(data.train),
-                 "train_patients": len(set(map(str, data.train.patient))), "valid_images": len(data.valid), "cache": str(data.cache.folder) if data.cache else None,
+                 "train_patients": len(set(map(str, data.train.patient))), "valid_images": len(data.valid),
+                 "cache": str(data.cache.folder) if data.cache else None,
                  "fingerprint": dataset_fingerprint(run.data, opts), "notes": data.train.notes + data.valid.notes},
         "model": spec.to_json(), "model_source": {k: str(v) for k, v in run.model_source.items()},
         "steps_per_epoch": data.steps_per_epoch, "total_steps": data.total_steps, "versions": versions(),
