@@ -162,6 +162,15 @@ def check_spec(spec: dict, path) -> None:
 
 
 #: The safetensors metadata key holding a chexcut model file's spec.
+def weights_label(weights: dict) -> str:
+    """How a study's report names a model's starting weights (its ``weights`` record): ``imagenet``, ``none``, a
+    pretraining source's name, or ``file`` (a state dict or a published model)."""
+    kind = weights["kind"]
+    if kind == "source":
+        return weights.get("name") or "source"
+    return {"imagenet": "imagenet", "none": "none"}.get(kind, "file")
+
+
 META_KEY = "chexcut"
 MAX_META_BYTES = 1_000_000  # a spec's JSON is ~2 kB; 99 MB of metadata is refused before parsing
 MAX_META_DEPTH = 32

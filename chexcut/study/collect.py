@@ -15,6 +15,7 @@ from chexcut.errors import ChexcutError
 from chexcut.evaluation.result import Evaluation
 from chexcut.rundir import RunDir
 from chexcut.study.plan import PLAN, load_plan
+from chexcut.study.probes import is_probe_folder
 
 
 @dataclass
@@ -68,6 +69,8 @@ def find_run_dirs(targets: list[Path]) -> list[Path]:
             raise ChexcutError(f"{t} does not exist")
         if RunDir(t).is_run():
             out.append(t)
+        elif is_probe_folder(t):
+            continue  # chexcut probe's depth curve: read by chexcut.study.probes, not a run
         elif (t / PLAN).is_file() or (t / "runs").is_dir():
             if (t / PLAN).is_file():
                 out += [t / r["run_dir"] for r in load_plan(t)["runs"]]
@@ -121,12 +124,11 @@ def run_result(rd: RunDir, cfg: dict, ev: Evaluation, ev_file: Path, external: s
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.libraries import weights_meta
     from chexcut.models.registry import get_arch
+    from chexcut.models.spec import weights_label
 
     spec = cfg["model"]
     arch = get_arch(spec["arch"])
-    kind = spec["weights"]["kind"]
-    weights = spec["weights"].get("name") or "source" if kind == "source" else \
-        {"imagenet": "imagenet", "none": "none"}.get(kind, "file")
+    weights = weights_label(spec["weights"])
     size = int(cfg["train"]["image_size"])
     try:
         anat = cached_anatomy(arch.name, size, len(spec["labels"]))

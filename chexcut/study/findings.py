@@ -150,6 +150,7 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
     (``arm``: :func:`chexcut.study.howmuch.main_arm`), and ``how_much`` compares every configuration
     (``target_auroc``: what its learning curves predict the labels for)."""
     from chexcut.study.howmuch import how_much, main_arm
+    from chexcut.study.probes import probes_beside
 
     if target_auroc is not None and not 0 < target_auroc < 1:
         raise ChexcutError(f"--target-auroc is an AUROC in (0, 1), e.g. 0.85; not {target_auroc:g}")
@@ -177,6 +178,7 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
         "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
         "margin": margin, "arm": {"adapt": arm[0], "label_fraction": arm[1], "runs": len(runs)},
         "how_much": how_much(every_rows, every, tester, alpha, margin, target_auroc), "results": rows,
+        "probes": probes_beside(targets, rows, col.runs[0].eval_key),
         "efficiency": parameter_efficiency(rows, margin),
         "leakage": [str(r.run_dir) for r in col.runs if r.overlap],  # every run's, the other arms' too
         "ensemble_all": tester.all_configurations(groups, rows),

@@ -79,9 +79,9 @@ def make_plots(report: dict, out: Path) -> list[Path]:
         paths.append(_sources_plot(vs_random, out / "pretraining_sources.png"))
     for b in report.get("external") or []:
         paths.append(_external_plot(b, out / f"external_{b['name']}.png"))
-    from chexcut.study import howmuch
+    from chexcut.study import howmuch, probes
 
-    return paths + howmuch.plots(report, out)
+    return paths + probes.plot(report, out) + howmuch.plots(report, out)
 
 
 def _sources_plot(vs_random: list[dict], path: Path) -> Path:
@@ -356,9 +356,9 @@ def tables(report: dict) -> list[ReportTable]:
     """Every table of the report, in order: what is wrong first, then the results and the findings."""
     eff = efficiency_tables(report["efficiency"], report["alpha"],
                             note=(report.get("missing") or {}).get("pretrained"))
-    from chexcut.study import howmuch
+    from chexcut.study import howmuch, probes
 
-    found = [*problem_tables(report), results_table(report), *howmuch.tables(report), *eff, correlation_table(report), boost_table(report),
+    found = [*problem_tables(report), results_table(report), probes.table(report), *howmuch.tables(report), *eff, correlation_table(report), boost_table(report),
              *sources_tables(report), family_table(report), subgroup_table(report), calibration_table(report),
              figures_table(report, "labels", "Per-label figures (mean over the 5 tasks)"), readers_table(report),
              *external_tables(report)]
