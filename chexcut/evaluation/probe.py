@@ -11,20 +11,19 @@ Holm-adjusted across blocks -> ``probe.json`` (the depth curve) and ``probe.png`
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from chexcut.errors import ChexcutError
+from chexcut.evaluation.logistic import MAX_ITER
 from chexcut.evaluation.settings import Inference, Statistics
 
 #: The regularisation grid (sklearn's C: the inverse of the L2 penalty's weight), chosen per block.
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 #: The share of the training patients held out to choose C (patient-disjoint, seeded by --seed).
 VALIDATION_SHARE = 0.2
-MAX_ITER = 1000
 FEATURES = "features"  # OUT/features/: the cached features
 
 
@@ -43,75 +42,38 @@ class ProbeInputs:
     seed: int = 0
 
 
-@dataclass
-class Heads:
-    """One block's probe: the standardiser of the fit rows and per label a fitted ``LogisticRegression`` (or, for
-    a label with one class among its counted fit rows, that constant probability)."""
-
-    scaler: object
-    models: list
-
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        xs = self.scaler.transform(np.asarray(x, dtype=np.float64))
-        return np.stack([m.predict_proba(xs)[:, 1] if hasattr(m, "predict_proba") else np.full(len(xs), m)
-                         for m in self.models], axis=1)
-
-
-def fit_heads(x: np.ndarray, y: np.ndarray, counted: np.ndarray, c: float) -> Heads:
-    """Standardise ``x`` (all its rows), then per label j a binary logistic regression with C = ``c`` on the rows
-    ``counted[:, j]`` (a masked label's rows are unknown, left out), positive where ``y > 0.5``."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    x = np.asarray(x, dtype=np.float64)
-    scaler = StandardScaler().fit(x)
-    xs = scaler.transform(x)
-    models = []
-    for j in range(y.shape[1]):
-        rows = counted[:, j]
-        t = y[rows, j] > 0.5
-        if t.any() and not t.all():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)  # counted below (Heads.unconverged)
-                models.append(LogisticRegression(C=c, max_iter=MAX_ITER).fit(xs[rows], t))
-        else:
-            models.append(float(t.mean()) if rows.any() else 0.5)
-    return Heads(scaler, models)
-
-
-def unconverged(heads: Heads) -> int:
-    return sum(1 for m in heads.models if hasattr(m, "n_iter_") and int(m.n_iter_.max()) >= MAX_ITER)
-
-
 def choose_c(x: np.ndarray, table, seed: int) -> tuple[float, float | None]:
     """(C, its mean validation AUROC over the evaluable labels): the grid's C whose heads, fit on the training
     patients outside a seeded ``VALIDATION_SHARE`` of them, rank that share best (the smallest C on a tie);
-    sklearn's default C = 1 when no label is evaluable there."""
+    sklearn's default C = 1 when no label is evaluable there. Every C of the grid is fit at once."""
     from chexcut.data.tables import patient_split
+    from chexcut.evaluation.logistic import fit_logistic
     from chexcut.evaluation.summary import label_aurocs
 
     fit, val = patient_split(table, VALIDATION_SHARE, seed)
-    y, counted = table.targets, table.mask > 0
+    y, counted, n = table.targets, table.mask > 0, table.targets.shape[1]
+    p = fit_logistic(x[fit], y[fit], counted[fit], C_GRID).probabilities(x[val])
     best_c, best = 1.0, None
-    for c in C_GRID:
-        p = fit_heads(x[fit], y[fit], counted[fit], c).probabilities(x[val])
-        auc = label_aurocs(y[val] > 0.5, counted[val], p)
+    for k, c in enumerate(C_GRID):
+        auc = label_aurocs(y[val], counted[val], p[:, k * n:(k + 1) * n])
         score = float(np.mean(auc[np.isfinite(auc)])) if np.isfinite(auc).any() else None
         if score is not None and (best is None or score > best):
             best_c, best = c, score
     return best_c, best
 
 
-def fit_blocks(blocks: list[np.ndarray], table, seed: int, progress=None) -> tuple[list[Heads], list[dict]]:
-    """Per block: C chosen on the validation patients, then the heads refit on all training rows with it."""
+def fit_blocks(blocks: list[np.ndarray], table, seed: int, progress=None) -> tuple[list, list[dict]]:
+    """Per block: C chosen on the validation patients, then the heads refit on all training rows with it
+    (:class:`chexcut.evaluation.logistic.Heads`, one problem per label)."""
+    from chexcut.evaluation.logistic import fit_logistic
+
     heads, chosen = [], []
     for k, x in enumerate(blocks, 1):
         x = x.astype(np.float64)
         c, val_auroc = choose_c(x, table, seed)
-        h = fit_heads(x, table.targets, table.mask > 0, c)
+        h = fit_logistic(x, table.targets, table.mask > 0, [c])
         heads.append(h)
-        chosen.append({"C": c, "validation_auroc": val_auroc, "unconverged": unconverged(h)})
+        chosen.append({"C": c, "validation_auroc": val_auroc, "unconverged": h.unconverged})
         if progress:
             progress(k, len(blocks))
     return heads, chosen
@@ -306,7 +268,7 @@ def probe_notes(result: dict, train, evaluated, curve) -> tuple[list[str], list[
                          f"predicts a constant")
     stuck = sum(b["unconverged"] for b in result["blocks"])
     if stuck:
-        warns.append(f"{stuck} logistic fits stopped at {MAX_ITER} iterations before converging")
+        warns.append(f"{stuck} logistic fits stopped at {MAX_ITER} Newton iterations before converging")
     seen = dict.fromkeys(w for e in curve for w in e["result"]["warnings"])
     return notes, warns + list(seen)
 
