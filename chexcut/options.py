@@ -61,11 +61,12 @@ _TRACK_HELP = ("Log to MLflow at this tracking URI (sqlite:///PATH/mlflow.db, a 
 #: The data options (:class:`chexcut.data.tables.DataOptions`): which rows and labels of a data set.
 DATA = (
     _o("data", "Dataset folder: CheXpert layout, a published set as SET:DIR (nih:, padchest:, mimic:, vinbigdata:, "
-       "...; `chexcut datasets`) or detected from its files, or the base of --csv paths.", required_in=("study plan",),
+       "...; `chexcut datasets`) or detected from its files, or the base of --csv paths.", required_in=("probe", "study plan"),
        help_in={"evaluate": "Dataset folder (default: a run's own); SET:DIR for a published set (nih:, padchest:, "
                             "...): an external evaluation on the labels both annotate.",
                 "ensemble": "Dataset folder or SET:DIR (default: the first run's own validation set).",
                 "explain": "A dataset instead of IMAGES (with --csv, --split, --limit).",
+                "probe": "Dataset folder (SET:DIR for a published set): the probes are fit on its train rows.",
                 "study plan": "Dataset folder for every run (SET:DIR for a published set)."}),
     _o("csv", "A generic CSV instead of train.csv/valid.csv."),
     _o("path_col", "Column of image paths (relative to DATA; default: Path, or a run's).", fills="DataOptions"),
@@ -85,7 +86,8 @@ DATA = (
     Option("images_outside", ("--images-outside-data",), "Allow image paths in the label file that lead outside "
            "the data folder (absolute elsewhere, or with ..); refused by default.", default=False),
     _o("split", "Rows of the data to evaluate on (default: valid).",
-       help_in={"ensemble": "Which rows of --data.", "explain": "Rows of --data (default: valid)."}),
+       help_in={"ensemble": "Which rows of --data.", "explain": "Rows of --data (default: valid).",
+                "probe": "Rows of --data the probes are evaluated on (default: valid; they are fit on train)."}),
 )
 
 #: Images, their cache, and how a model runs over them (:class:`chexcut.evaluation.settings.Inference`).
@@ -158,6 +160,8 @@ STATISTICS = (
     _o("seed", "Seed (default: 0).", bound=True, default=0, help_in={
         "evaluate": "Bootstrap seed.", "ensemble": "Bootstrap seed.", "report": "Bootstrap seed.",
         "finetune": "Seed of the run (data order, augmentation, a new head).",
+        "probe": "Seed of the validation patients that choose C, the --label-fraction draw, the bootstrap and random "
+                 "weights.",
         "truncate": "Seed for random initialisation (the new head; all weights with --weights none).",
         "phantom": "Draws the phantom data.", "demo": "Draws the phantom data and seeds every run."}),
 )
@@ -194,7 +198,8 @@ EVALUATION = (
 #: The model a command builds (:class:`chexcut.models.source.ModelSource`).
 MODEL = (
     _o("drop", "Final blocks to remove (0..B-1; default: 0).", bound=True,
-       help_in={"finetune": "With an architecture name: final blocks to remove (default: 0)."}),
+       help_in={"finetune": "With an architecture name: final blocks to remove (default: 0).",
+                "probe": "With an architecture name: final blocks to remove; the rest are probed (default: 0)."}),
     _o("keep", "Blocks to keep (1..B); instead of --drop.", bound=True),
     _o("weights", "imagenet | none | a pretraining source NAME or NAME:PATH (`chexcut weights list`: dinov2, "
        "rad-dino, txrv-all, ...) | PATH to a state dict of the full architecture | an uncut chexcut model of it (a "
@@ -232,7 +237,9 @@ TRAINING = (
     _o("label_fraction", "Train on this share of the training patients, in (0, 1]: patients drawn in the seed's "
        "order (nested: for one seed the 1% are inside the 10%), each label keeping a positive where the data has "
        "one; recorded in the run's label_fraction.json (default: 1, all).",
-       help_in={"study plan": "Every run's share of training patients (see --label-fractions for an axis)."}),
+       help_in={"probe": "Fit the probes on this share of the training patients, in (0, 1], drawn as finetune draws "
+                         "them (recorded in probe.json; default: 1, all).",
+                "study plan": "Every run's share of training patients (see --label-fractions for an axis)."}),
     _o("max_steps", "Stop after this many steps in all (the schedule is unchanged; --resume continues).",
        bound=True, on_resume=True),
     _o("log_every", "Log every N steps (default: 50).", bound=True),
@@ -287,14 +294,15 @@ STUDY = (
 
 #: Outputs, and options of one command each.
 OUTPUT = (
-    _o("out", "Where to write.", "-o", required_in=("card", "datasets index", "ensemble", "export", "study plan",
-                                                     "truncate"),
+    _o("out", "Where to write.", "-o", required_in=("card", "datasets index", "ensemble", "export", "probe",
+                                                     "study plan", "truncate"),
        help_in={"card": "The card's Markdown file (figures go to OUT_STEM_files/).",
                 "datasets index": "The index CSV to write (- for stdout); never over a file of the set's folder.",
                 "ensemble": "Folder for predictions.csv (the ensemble's) and eval.json.",
                 "explain": "Folder for the overlays and contact sheets (default: explain).",
                 "export": "ONNX file to write (.onnx), or with --format hub the folder.",
                 "finetune": "Run directory to create.",
+                "probe": "Folder for probe.json, probe.png and features/ (the cached features a later probe reuses).",
                 "report": "Write report.md, results.csv, results.json and PNG plots here.",
                 "study plan": "Study folder to write plan.json, run.sh, commands.txt into.",
                 "truncate": "Model file to write (.safetensors)."}),
@@ -303,6 +311,7 @@ OUTPUT = (
         "card": "Also write the card as JSON to PATH, or - for stdout.",
         "evaluate": "Write the evaluation JSON to PATH, or - for stdout.",
         "explain": "Write the listing (or with --check the checks) to PATH, or - for stdout.",
+        "probe": "Also write probe.json to PATH, or - for stdout.",
         "report": "Write the report JSON to PATH, or - for stdout.",
         "study status": "Write the status JSON to PATH, or - for stdout."}),
     _o("quiet", "No progress output or table.", "-q", default=False),

@@ -74,6 +74,7 @@ SMALL = {
     "prepare": ["--image-size", "40", "--workers", "1", "-q"],
     "evaluate": ["--bootstrap", "20", "--workers", "0", "-q"],
     "ensemble": ["--bootstrap", "20", "-q"],
+    "probe": ["--weights", "none", "--image-size", "32", "--bootstrap", "20", "--workers", "0", "-q"],
     "report": ["--bootstrap", "20"],
     "study plan": [*_STEPS, "--bootstrap", "20", "--weights", "none", "--seeds", "0", "--drops", "0,1"],
     "study run": ["-q"],

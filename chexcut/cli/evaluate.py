@@ -8,7 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from chexcut.choices import Blank, Cluster, Level, Method, Precision, Split, Views
-from chexcut.cli.app import OPT, app, check_json, emit_json, floats, split_list, split_repeated
+from chexcut.cli.app import (
+    OPT,
+    app,
+    check_json,
+    complete_arch,
+    data_options,
+    emit_json,
+    floats,
+    split_list,
+    split_repeated,
+)
 from chexcut.errors import ChexcutError
 from chexcut.options import given
 
@@ -213,3 +223,56 @@ def ensemble_command(
         e = result["ensemble"]
         ui.err.print(f"ensemble of {len(e['members'])} ({e['average']}); best member {e['best_member']}; "
                      f"wrote {out}/predictions.csv and eval.json")
+
+
+@app.command()
+def probe(  # one parameter per option (declared in chexcut.options), four to a line
+    model: Annotated[str, typer.Argument(help="Model file from `truncate`, a finetune run dir (its best model), or an architecture name (with --drop/--keep/--weights).", autocompletion=complete_arch)],
+    data: Optional[Path] = OPT.data, out: Optional[Path] = OPT.out, split: Optional[Split] = OPT.split,
+    drop: Optional[int] = OPT.drop, keep: Optional[int] = OPT.keep, weights: Optional[str] = OPT.weights,
+    in_chans: Optional[int] = OPT.in_chans, seed: int = OPT.seed, label_fraction: Optional[float] = OPT.label_fraction,
+    bootstrap: Optional[int] = OPT.bootstrap, ci: Optional[float] = OPT.ci, alpha: Optional[float] = OPT.alpha,
+    method: Optional[Method] = OPT.method, cluster: Optional[Cluster] = OPT.cluster, level: Optional[Level] = OPT.level,
+    image_size: Optional[int] = OPT.image_size, batch_size: Optional[int] = OPT.batch_size,
+    device: Optional[str] = OPT.device, precision: Optional[Precision] = OPT.precision,
+    workers: Optional[int] = OPT.workers, cache: Optional[Path] = OPT.cache, csv: Optional[str] = OPT.csv,
+    path_col: Optional[str] = OPT.path_col, labels: Optional[str] = OPT.labels, views: Optional[Views] = OPT.views,
+    uncertain: Optional[str] = OPT.uncertain, blank: Optional[Blank] = OPT.blank,
+    valid_frac: Optional[float] = OPT.valid_frac, label_map: Optional[str] = OPT.label_map,
+    images_outside: bool = OPT.images_outside, json: Optional[str] = OPT.json, quiet: bool = OPT.quiet,
+):
+    """A linear probe at every depth: one forward pass, a logistic head per block, each block against the best."""
+    import chexcut.cli.ui as ui
+    from chexcut.cli.ui_models import probe_table
+    from chexcut.data.datasets import split_ref
+    from chexcut.data.fractions import check_fraction
+    from chexcut.evaluation.evaluation_set import files_read
+    from chexcut.evaluation.probe import ProbeInputs, run_probe, write_outputs
+    from chexcut.evaluation.settings import Inference, Statistics
+    from chexcut.fileio import check_output_folder
+    from chexcut.models.source import ModelSource
+
+    source = ModelSource.parse(model, drop=drop, keep=keep, weights=weights or "imagenet", in_chans=in_chans, seed=seed)
+    if source.file is not None:
+        source.spec()  # a file that is no chexcut model fails here, before the data is read
+    opts = data_options(data, csv, path_col, labels, views, uncertain, blank, valid_frac, label_map, images_outside)
+    folder = split_ref(data)[0]
+    if not folder.exists():
+        raise ChexcutError(f"--data {folder} does not exist")
+    check_output_folder(out, "--out folder")
+    check_json(json, *files_read(str(source.file) if source.file else None, folder, [csv, label_map], ()))
+    stats = Statistics(**given(bootstrap=bootstrap, ci=ci, alpha=alpha, method=method, cluster=cluster, level=level,
+                               seed=seed), calibration=False)
+    infer = Inference(**given(image_size=image_size, batch_size=batch_size, device=device, workers=workers,
+                              precision=precision and str(precision), cache_dir=cache))
+    inputs = ProbeInputs(source=source, model=model, data=folder, out=out, opts=opts, split=str(split or "valid"),
+                         label_fraction=check_fraction(label_fraction if label_fraction is not None else 1.0), seed=seed)
+    quiet = quiet or json == "-"
+    result = run_probe(inputs, stats, infer, progress=lambda what: ui.progress_bar(what, quiet=quiet))
+    write_outputs(result, out)
+    emit_json(json, result)
+    if not quiet:
+        ui.out.print(probe_table(result))
+        for line in result["notes"] + [f"[yellow]warning:[/] {w}" for w in result["warnings"]]:
+            ui.err.print(f"[dim]note:[/] {line}" if not line.startswith("[yellow]") else line)
+        ui.err.print(f"wrote {out}/probe.json and {out}/probe.png")

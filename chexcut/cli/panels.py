@@ -32,6 +32,13 @@ PANELS: dict[str, dict[str, list[str]]] = {
         "Output and tracking": ["log_every", "log_format", "quiet", "track", "track_experiment", "track_tag",
                                 "track_models"],
     },
+    "probe": {
+        "Model, data and output": ["data", "out", "split", "drop", "keep", "weights", "in_chans", "seed",
+                                   "label_fraction", "json", "quiet"],
+        "Data selection": _DATA + ["images_outside"],
+        "Statistics": ["bootstrap", "ci", "alpha", "method", "cluster", "level"],
+        "Features": ["image_size", "batch_size", "device", "precision", "workers", "cache"],
+    },
     "study plan": {
         "Data and grid": ["data", "out", "archs", "weights", "drops", "adapts", "label_fractions", "seeds", "force",
                           "json"],
@@ -78,6 +85,10 @@ EXAMPLES: dict[str, list[str]] = {
     "evaluate": ["chexcut evaluate runs/r50-d2 --bootstrap 1000 --json -",
                  "chexcut evaluate runs/r50-d2 --data padchest:data/padchest --by Sex --json ext.json",
                  "chexcut evaluate --predictions preds.csv --truth test_labels.csv --compare other.csv"],
+    "probe": ["chexcut probe resnet50 --data data/chexpert --out probes/r50",
+              "chexcut probe vit_small_patch14_dinov2 --weights dinov2 --data data/chexpert --out probes/dinov2 "
+              "--label-fraction 0.1",
+              "chexcut probe runs/r50-d2 --data nih:data/nih --out probes/r50-d2-nih --json -"],
     "ensemble": ["chexcut ensemble runs/a runs/b runs/c -o runs/ensemble",
                  "chexcut ensemble a.csv b.csv --truth labels.csv -o ens --average logits"],
     "bench": ["chexcut bench resnet50 --drops 0,1,2", "chexcut bench runs/r50-d2 --runtime onnxruntime --json -"],

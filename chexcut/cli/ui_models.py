@@ -103,3 +103,36 @@ def truncate_table(spec: dict, full: dict, cut: dict) -> Table:
     t.add_row("pooling", spec.pool, spec.pool)
     t.add_row("weights", "", spec.weights_name)
     return t
+
+
+def probe_table(res: dict) -> Table:
+    """``chexcut probe``'s depth curve: per block its width, C, AUROC with CI, and the paired test against the best."""
+    m, stats = res["model"], res["settings"]["statistics"]
+    t = Table(title=f"Linear probe at every depth: {m['arch']} ({m['weights']}, {m['image_size']} px), "
+                    f"{res['data']['train_images']} training images, {res['data']['evaluation_rows']} evaluation rows",
+              title_justify="left", caption_justify="left",
+              caption=f"AUROC: the {res['mean'].replace('_', ' ')} with its {stats['ci']:.0%} CI (clustered bootstrap); "
+                      f"vs best: paired {stats['method']} test, p Holm-adjusted across blocks; * p < {stats['alpha']:g}")
+    for col, just in (("block", "right"), ("name", "left"), ("width", "right"), ("C", "right"),
+                      ("valid AUROC", "right"), ("AUROC", "right"), ("CI", "right"), ("vs best", "right"),
+                      ("CI of delta", "right"), ("p (Holm)", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    for r in res["blocks"]:
+        v = r["vs_best"]
+        if v is None:
+            vs = ("best", "", "")
+        else:
+            star = "*" if v.get("p_holm") is not None and v["p_holm"] < stats["alpha"] else ""
+            vs = (_num(v["delta"], "{:+.4f}"), _interval(v["ci_low"], v["ci_high"], "{:+.3f}"),
+                  _num(v.get("p_holm"), "{:.3g}") + star)
+        t.add_row(str(r["block"]), r["name"], str(r["width"]), f"{r['C']:g}", _num(r["validation_auroc"]),
+                  _num(r["auroc"]), _interval(r["ci_low"], r["ci_high"]), *vs)
+    return t
+
+
+def _num(x, fmt="{:.4f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _interval(lo, hi, fmt="{:.3f}") -> str:
+    return "-" if lo is None or hi is None else f"{fmt.format(lo)} to {fmt.format(hi)}"

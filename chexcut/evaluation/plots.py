@@ -201,3 +201,41 @@ def _subgroup_plot(plt, save, name, column, evalrows, scores, j, result) -> None
         return
     _roc_axes(ax, f"{name}: ROC by {column}")
     save(fig, name, f"roc-by-{slug(column)}")
+
+
+def write_probe_plot(result: dict, path: Path) -> Path:
+    """``chexcut probe``'s depth curve: each block's mean AUROC (``result["mean"]``) with its CI against the block
+    index, the best block marked, and each block's significance against it (Holm-adjusted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from chexcut.fileio import atomic_path
+
+    rows = [r for r in result["blocks"] if r["auroc"] is not None]
+    k = np.array([r["block"] for r in rows])
+    auc = np.array([r["auroc"] for r in rows])
+    low = np.array([r["ci_low"] if r["ci_low"] is not None else r["auroc"] for r in rows])
+    high = np.array([r["ci_high"] if r["ci_high"] is not None else r["auroc"] for r in rows])
+    alpha = result["settings"]["statistics"]["alpha"]
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    ax.fill_between(k, low, high, color="tab:blue", alpha=0.2, label=f"{result['settings']['statistics']['ci']:.0%} CI")
+    ax.plot(k, auc, "o-", color="tab:blue", label=result["mean"].replace("_", " ") + " AUROC")
+    worse = [r for r in rows if r["vs_best"] and r["vs_best"].get("p_holm") is not None
+             and r["vs_best"]["p_holm"] < alpha]
+    if worse:
+        ax.plot([r["block"] for r in worse], [r["auroc"] for r in worse], "x", color="tab:red", ms=9,
+                label=f"differs from the best (Holm p < {alpha:g})")
+    best = result["best_block"]
+    ax.axvline(best, color="grey", ls=":", label=f"best: block {best}")
+    m = result["model"]
+    ax.set(xlabel="block (the probe reads its pooled output)", ylabel="AUROC on the evaluation rows",
+           title=f"linear probe at every depth: {m['arch']} ({m['weights']}, {m['image_size']} px)")
+    ax.set_xticks(k)
+    ax.legend(loc="lower right", fontsize=8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
