@@ -119,6 +119,9 @@ def test_a_study_of_two_fractions_and_two_adaptations_reports_its_learning_curve
     assert rc == 0, err
     rc, _, err = run_cli("study", "run", s, "-q")
     assert rc == 0, err
+    rc, _, err = run_cli("probe", "resnet18", "--weights", "none", "--data", phantom, "--out", s / "probes" / "r18",
+                         "--image-size", "32", "--bootstrap", "40", "--workers", "0", "--device", "cpu", "-q")
+    assert rc == 0, err  # a probe in the study folder: its depth curve beside the fine-tuned truncation
     rc, out, err = run_cli("report", s, "--out", tmp_path / "r", "--bootstrap", "60", "--target-auroc", "0.8")
     assert rc == 0, err
     report = json.loads((tmp_path / "r" / "results.json").read_text())
@@ -136,6 +139,13 @@ def test_a_study_of_two_fractions_and_two_adaptations_reports_its_learning_curve
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Learning curves" in md and "## Calibration by adaptation" in md and "Frontier of trainable" in md
     assert (tmp_path / "r" / "learning_curves.png").is_file() and (tmp_path / "r" / "frontier.png").is_file()
+    probe = json.loads((s / "probes" / "r18" / "probe.json").read_text())
+    [beside] = report["probes"]
+    assert beside["comparable"] and (beside["arch"], beside["weights"]) == ("resnet18", "none")
+    by_block = {b["block"]: b for b in beside["blocks"]}
+    assert by_block[2]["drop"] == 2 and by_block[2]["finetuned_auroc"] == report["results"][0]["auroc"]
+    assert by_block[2]["probe_auroc"] == probe["blocks"][1]["auroc"] and by_block[1]["finetuned_auroc"] is None
+    assert "## Linear probe at every depth" in md and (tmp_path / "r" / "probe_vs_finetuned.png").is_file()
     rc, _, err = run_cli("report", s, "--target-auroc", "1.5")
     assert rc == 2 and "--target-auroc" in err and err.count("\n") == 1
 

@@ -237,8 +237,11 @@ def run_probe(inputs: ProbeInputs, stats: Statistics = Statistics(calibration=Fa
 
 def model_json(inputs: ProbeInputs, spec) -> dict:
     p = spec.preprocess
+    from chexcut.models.spec import weights_label
+
     return {"source": inputs.model, "arch": spec.arch, "drop": spec.drop, "keep": spec.num_blocks - spec.drop,
-            "num_blocks": spec.num_blocks, "weights": spec.weights_name, "pool": spec.pool,
+            "num_blocks": spec.num_blocks, "weights": spec.weights_name, "weights_label": weights_label(spec.weights),
+            "pool": spec.pool,
             "image_size": p.image_size, "resize": p.resize, "in_chans": p.in_chans}
 
 
