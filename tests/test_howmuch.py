@@ -48,6 +48,7 @@ def test_each_run_trains_its_cell_of_the_axes(phantom, tmp_path, monkeypatch):
     (["--label-fractions", "0.5,x"], "--label-fractions takes numbers"),
     (["--adapts", "probe,PROBE"], "--adapts lists probe and PROBE"),
     (["--label-fractions", "0.5,0.50"], "--label-fractions lists 0.5 twice"),
+    (["--label-fractions", "0.1234561,0.1234564"], "which name the same runs (0.123456)"),
     (["--adapt", "probe"], "No such option: --adapt")])
 def test_bad_axes_are_one_line_and_plan_nothing(phantom, tmp_path, args, message):
     rc, _, err = run_cli("study", "plan", "--data", phantom, "--out", tmp_path / "s", "--archs", "resnet18",
@@ -74,6 +75,25 @@ def test_a_format_3_plan_moves_its_shared_adaptation_into_its_runs(phantom, tmp_
     assert read["finetune_options"]["train"] == {} and read["adapts"] == ["probe"]
 
 
+def test_a_replan_never_keeps_a_run_folder_trained_as_another_cell(phantom, tmp_path):
+    """A format-3 plan's --adapt lora:4 run has the id (no suffix) a format-4 plan gives full fine-tuning: planning
+    over it with --force is refused while the folder holds that run, as for any changed setting."""
+    s = tmp_path / "s"
+    args = ["study", "plan", "--data", phantom, "--out", s, "--archs", "resnet18", "--weights", "none", "--drops", "0"]
+    assert run_cli(*args)[0] == 0
+    plan = json.loads((s / "plan.json").read_text())
+    old = {**plan, "version": 3, "runs": [{k: v for k, v in r.items() if k not in ("adapt", "label_fraction")}
+                                          for r in plan["runs"]]}
+    old["finetune_options"] = {**plan["finetune_options"], "train": {"adapt": "lora:4"}}
+    del old["adapts"], old["label_fractions"]
+    (s / "plan.json").write_text(json.dumps(old))
+    (s / "runs" / "resnet18-none-d0-s0").mkdir(parents=True)
+    (s / "runs" / "resnet18-none-d0-s0" / "log.txt").write_text("trained with lora:4")
+    rc, _, err = run_cli(*args, "--force")
+    assert rc == 2 and "other settings" in err and err.count("\n") == 1
+    assert json.loads((s / "plan.json").read_text())["version"] == 3  # the plan kept
+
+
 def test_the_power_law_recovers_its_parameters_and_marks_extrapolation():
     b, c = 3.0, 0.4
     points = [{"patients": n, "auroc": 1 - b * n ** -c} for n in (50, 200, 1000)]
@@ -84,6 +104,8 @@ def test_the_power_law_recovers_its_parameters_and_marks_extrapolation():
     assert inside["patients_for_target"] == pytest.approx(500) and inside["extrapolation"] is False
     flat = power_law([{"patients": 10, "auroc": 0.8}, {"patients": 20, "auroc": 0.7}], target=0.9)
     assert flat["patients_for_target"] is None and "does not rise" in flat["note"]
+    nearly = power_law([{"patients": 8, "auroc": 0.70}, {"patients": 27, "auroc": 0.7001}], target=0.9)
+    assert nearly["patients_for_target"] is None and "too flat" in nearly["note"]  # (it overflowed)
     one = power_law([{"patients": 10, "auroc": 0.8}, {"patients": None, "auroc": 0.7}], target=0.9)
     assert one["b"] is None and "two budgets" in one["note"]
 

@@ -119,6 +119,7 @@ def test_features_are_cached_reused_and_recomputed_for_another_key(phantom, tmp_
     (["resnet18", "--label-fraction", "1.5"], "--label-fraction"),
     (["resnet18", "--label-fraction", "0"], "--label-fraction"),
     (["resnet18", "--split", "train"], "--split train"),
+    (["resnet18", "--split", "all"], "of its patients are the probe's training patients"),
     (["missing.safetensors"], "model file not found"),
 ])
 def test_user_errors_are_one_line_and_write_nothing(phantom, tmp_path, args, words):

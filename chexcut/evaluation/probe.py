@@ -128,6 +128,10 @@ def probe_rows(inputs: ProbeInputs) -> tuple:
         raise ChexcutError("--split train: the probe is fit on the training rows; evaluate on valid (or test)")
     train = check_files(load_split(inputs.data, "train", inputs.opts))
     evaluated = check_files(load_split(inputs.data, inputs.split, inputs.opts))
+    shared = set(map(str, train.patient)) & set(map(str, evaluated.patient))
+    if shared:  # (--split all holds the training rows): heads scored on the rows they were fit on
+        raise ChexcutError(f"--split {inputs.split}: {len(shared)} of its patients are the probe's training patients; "
+                           f"evaluate on rows apart from the train split (valid, or test)")
     keep, budget = None, None
     if inputs.label_fraction < 1:  # patients of the training rows only, drawn in the seed's order (as finetune)
         from chexcut.data.fractions import draw_patients

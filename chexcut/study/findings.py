@@ -178,7 +178,7 @@ def build_report(targets: list[Path], bootstrap: int = 1000, alpha: float = 0.05
         "runs": len(col.runs), "incomplete": col.incomplete, "alpha": alpha, "bootstrap": bootstrap,
         "margin": margin, "arm": {"adapt": arm[0], "label_fraction": arm[1], "runs": len(runs)},
         "how_much": how_much(every_rows, every, tester, alpha, margin, target_auroc), "results": rows,
-        "probes": probes_beside(targets, rows, col.runs[0].eval_key),
+        "probes": probes_beside(targets, rows, col.runs[0].eval_key, arm[1]),
         "efficiency": parameter_efficiency(rows, margin),
         "leakage": [str(r.run_dir) for r in col.runs if r.overlap],  # every run's, the other arms' too
         "ensemble_all": tester.all_configurations(groups, rows),

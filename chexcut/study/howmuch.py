@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+#: The most patients a learning curve predicts (log: 1e12); a flatter curve says it cannot reach its target.
+MAX_LOG_PATIENTS = 12 * math.log(10)
 #: A configuration: (arch, weights, drop, adaptation, label fraction).
 Key = tuple[str, str, int, str, float]
 
@@ -94,12 +96,17 @@ def power_law(points: list[dict], target: float | None) -> dict:
     r2 = 1 - float(np.sum((y - fitted) ** 2)) / ss if len(usable) > 2 and ss > 0 else None
     fit = {"b": float(math.exp(intercept)), "c": float(-slope), "r2": r2, "patients_for_target": None,
            "extrapolation": None, "note": None}
-    if fit["c"] <= 0:
+    if fit["c"] <= 1e-9:  # (equal AUROCs fit c = 0 give or take rounding)
         fit["note"] = "the AUROC does not rise with the labels over these budgets: no prediction"
     elif target is not None and 0 < target < 1:
-        needed = (fit["b"] / (1 - target)) ** (1 / fit["c"])
+        log_needed = (intercept - math.log(1 - target)) / fit["c"]  # in logs: a nearly flat curve overflows
+        if log_needed > MAX_LOG_PATIENTS:
+            fit["note"] = (f"the fitted curve is too flat to reach AUROC {target:g} within "
+                           f"1e{MAX_LOG_PATIENTS / math.log(10):.0f} patients")
+            return fit
+        needed = math.exp(log_needed)
         seen = [p["patients"] for p in usable]
-        fit["patients_for_target"] = float(needed)
+        fit["patients_for_target"] = needed
         fit["extrapolation"] = not min(seen) * (1 - 1e-9) <= needed <= max(seen) * (1 + 1e-9)  # (rounding)
     return fit
 
@@ -217,7 +224,8 @@ def plots(report: dict, out) -> list:
                     label=f"{c['arch']}/{c['weights']}/d{c['drop']}/{c['adapt']}")
             ci_segments(ax, x, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=color, alpha=0.5)
             if c["fit"]["c"] is not None and x:
-                grid = np.geomspace(min(x), max([*x, c["fit"]["patients_for_target"] or 0]), 50)
+                reach = min(c["fit"]["patients_for_target"] or 0, 10 * max(x))  # at most a decade past the data
+                grid = np.geomspace(min(x), max([*x, reach]), 50)
                 ax.plot(grid, 1 - c["fit"]["b"] * grid ** -c["fit"]["c"], "--", color=color, alpha=0.7)
         ax.set(xscale="log", xlabel="labelled training patients (log)", ylabel="mean AUROC, 5 competition tasks",
                title="Learning curves (dashed: fitted power law; past the last point: extrapolation)")

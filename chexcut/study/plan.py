@@ -114,7 +114,8 @@ class Grid:
         for option, names, given in (("--archs", archs, self.archs), ("--drops", self.drops, self.drops),
                                      ("--weights", tuple(map(weights_name, weights)), self.weights),
                                      ("--seeds", self.seeds, self.seeds), ("--adapts", adapts, self.adapts),
-                                     ("--label-fractions", fractions, self.label_fractions)):
+                                     ("--label-fractions", tuple(f"{f:g}" for f in fractions),  # as run ids
+                                      self.label_fractions)):
             _refuse_repeats(option, names, given)
         return dataclasses.replace(self, archs=archs, weights=weights, adapts=adapts, label_fractions=fractions)
 
@@ -263,11 +264,14 @@ def _refuse_changed_runs(out: Path, plan: dict) -> None:
     kept as done by every runner. Refuse, naming them, rather than mix two sets of settings in one study."""
     try:
         old = upgraded(read_json(out / PLAN))
-        old_ids = {r["id"] for r in old.get("runs", [])}
+        old_runs = {r["id"]: {k: r.get(k) for k in RUN_FIELDS} for r in old.get("runs", [])}
         same = plan_settings(old) == plan_settings(plan)
     except (ChexcutError, AttributeError, TypeError, KeyError, ValueError):
         return
-    changed = [] if same else [r["id"] for r in plan["runs"] if r["id"] in old_ids and any((out / r["run_dir"]).glob("*"))]
+    # a kept folder whose run differs: the settings all runs share, or its own cell (a format-3 plan's --adapt
+    # lora:4 run has the id a format-4 plan gives its full fine-tuning)
+    changed = [r["id"] for r in plan["runs"] if r["id"] in old_runs and any((out / r["run_dir"]).glob("*"))
+               and (not same or old_runs[r["id"]] != {k: r.get(k) for k in RUN_FIELDS})]
     if changed:
         raise ChexcutError(f"{len(changed)} runs of {out} hold results from other settings (first: {changed[0]}); remove "
                            f"their folders (rm -r {out}/runs/{changed[0]} ...) or plan into a new folder")

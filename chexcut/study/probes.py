@@ -42,9 +42,11 @@ def eval_key(probe: dict) -> str:
                        "n": data["evaluation_rows"], "options": options}, sort_keys=True)
 
 
-def probes_beside(targets: list[Path], rows: list[dict], run_key: str | None) -> list[dict]:
-    """Per probe found under ``targets``: its blocks beside the report's ``rows`` (the fine-tuned configurations)
-    of its arch and weights, when it was evaluated on the runs' rows (``run_key``); else the reason it is not."""
+def probes_beside(targets: list[Path], rows: list[dict], run_key: str | None,
+                  label_fraction: float = 1.0) -> list[dict]:
+    """Per probe found under ``targets``: its blocks beside the report's ``rows`` (the fine-tuned configurations, of
+    ``label_fraction``) of its arch and weights, when it was evaluated on the runs' rows (``run_key``); else the
+    reason it is not. A probe fit on another share of the training patients is compared, with a note saying so."""
     out = []
     for path in find_probes(targets):
         try:
@@ -52,10 +54,13 @@ def probes_beside(targets: list[Path], rows: list[dict], run_key: str | None) ->
             model, blocks = probe["model"], probe["blocks"]
             key = eval_key(probe)
             arch, weights, num_blocks = str(model["arch"]), str(model["weights_label"]), int(model["num_blocks"])
+            fraction = float(probe["settings"].get("label_fraction", 1.0))
         except (ChexcutError, KeyError, TypeError, ValueError) as e:
             out.append({"probe": str(path), "comparable": False, "reason": f"unreadable probe.json ({e})"})
             continue
-        entry = {"probe": str(path), "arch": arch, "weights": weights, "comparable": True, "reason": None}
+        entry = {"probe": str(path), "arch": arch, "weights": weights, "label_fraction": fraction, "comparable": True,
+                 "reason": None, "note": None if fraction == label_fraction else
+                 f"the probe was fit on {fraction:g} of the training patients, the runs on {label_fraction:g}"}
         tuned = {r["drop"]: r for r in rows if r["arch"] == arch and r["weights"] == weights}
         if key != run_key:
             entry.update(comparable=False, reason="evaluated on other rows than the runs (data, split, options, "
@@ -88,6 +93,8 @@ def table(report: dict):
         if not p["comparable"]:
             t.text.append(f"{p['probe']}: not compared: {p['reason']}.")
             continue
+        if p.get("note"):
+            t.text.append(f"{p['arch']}/{p['weights']}: {p['note']}.")
         for b in p["blocks"]:
             t.rows.append([p["arch"], p["weights"], str(b["block"]), str(b["drop"]),
                            fmt(b["probe_auroc"]) + ci(b["probe_ci_low"], b["probe_ci_high"]),
