@@ -64,6 +64,20 @@ def default_folder(key: str) -> Path:
     return cache_dir() / "images" / key
 
 
+def dataset_cache(data, opts, files: list, image_size: int, resize: str,
+                  folder: Path | None = None) -> ImageCache | None:
+    """:func:`open_cache` for some rows (``files``) of the data set ``data`` read with ``opts``: ``chexcut prepare``
+    caches the whole set (train + valid), so the default location is found by the whole set's files, when they can
+    be read."""
+    from chexcut.data.tables import load_split
+
+    try:
+        key_files = load_split(data, "all", opts).files
+    except ChexcutError:
+        key_files = None
+    return open_cache(files, image_size, resize, folder, key_files=key_files)
+
+
 def open_cache(files: list, image_size: int, resize: str, folder: Path | None = None,
                refuse_other: bool = True, key_files: list | None = None) -> ImageCache | None:
     """A complete cache holding ``files`` at these settings, or None.

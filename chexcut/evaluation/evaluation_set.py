@@ -192,3 +192,17 @@ def files_read(model, data, files: list, readers: list[str] | None = None) -> tu
         for pattern in ("*.csv", "*/*.csv"):
             files += list(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
     return [Path(f) for f in files if f and Path(f).is_file()], [Path(f) for f in folders if Path(f).is_dir()]
+
+
+#: The data options that choose an evaluation's rows and their labels (two evaluations differing in one are not
+#: on the same rows).
+ROW_OPTIONS = ("views", "uncertain", "blank", "csv")
+
+
+def rows_key(data, split, level, n, options: dict | None) -> str:
+    """Which rows an evaluation scored, as one string: two evaluations with one key are paired row for row (the
+    data folder, split, level, row count and :data:`ROW_OPTIONS` of its data options)."""
+    import json
+
+    return json.dumps({"data": data, "split": split, "level": level, "n": n,
+                       "options": {k: v for k, v in (options or {}).items() if k in ROW_OPTIONS}}, sort_keys=True)

@@ -32,7 +32,7 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
     import torch
 
     from chexcut.data.batches import XrayBatches, batch_order, make_loader
-    from chexcut.data.cache import open_cache
+    from chexcut.data.cache import dataset_cache
     from chexcut.data.tables import check_files, load_split
     from chexcut.models.anatomy import check_image_size
     from chexcut.models.infer import pick_device, predict, resolve_precision
@@ -57,14 +57,10 @@ def model_predictions(model_path, es, infer: Inference, labels=None, progress=No
 
     limit_threads()
     model = load_model(path, device=str(dev), image_size=size)  # a ViT at another size: resampled by timm
-    try:  # `chexcut prepare` caches the whole dataset (train + valid): read this split from it
-        key_files = load_split(es.data, "all", opts).files
-    except ChexcutError:
-        key_files = None
     cache_dir = infer.cache_dir
     if cache_dir is None and es.cache is not None and es.cache.is_dir():
         cache_dir = es.cache  # the cache the run trained from
-    cache = open_cache(table.files, size, pre.resize, cache_dir, key_files=key_files)
+    cache = dataset_cache(es.data, opts, table.files, size, pre.resize, cache_dir)
     ds = XrayBatches(table, size, pre.resize, cache=cache)
     channels_last = dev.type == "cuda"
     if channels_last:

@@ -172,20 +172,18 @@ def probe_model(inputs: ProbeInputs, labels, infer: Inference):
 def cached_features(ex, identity: dict, table, split: str, inputs: ProbeInputs, infer: Inference, progress):
     """(features of ``table``'s rows, the file, whether it was reused): read from OUT/features when the key
     matches, else one forward pass, written there."""
-    from chexcut.data.tables import load_split
+    from chexcut.data.cache import dataset_cache
     from chexcut.evaluation.probe_features import feature_key, read_features, write_features
 
-    key = feature_key(identity, ex.spec.preprocess, ex.precision, table.files)
+    pre = ex.spec.preprocess
+    key = feature_key(identity, pre, ex.precision, table.files)
     path = key.path(Path(inputs.out) / FEATURES, split)
     blocks = read_features(path, key)
     if blocks is not None:
         return blocks, path, True
-    try:  # `chexcut prepare` caches the whole dataset (train + valid): read the rows from it
-        key_files = load_split(inputs.data, "all", inputs.opts).files
-    except ChexcutError:
-        key_files = None
+    cache = dataset_cache(inputs.data, inputs.opts, table.files, pre.image_size, pre.resize, infer.cache_dir)
     with progress(f"features ({split})") as update:
-        blocks = ex.table_features(table, infer, infer.cache_dir, key_files, update)
+        blocks = ex.table_features(table, infer, cache, update)
     write_features(path, key, blocks)
     return blocks, path, False
 
@@ -240,13 +238,12 @@ def run_probe(inputs: ProbeInputs, stats: Statistics = Statistics(calibration=Fa
 
 
 def model_json(inputs: ProbeInputs, spec) -> dict:
-    p = spec.preprocess
     from chexcut.models.spec import weights_label
 
+    p = spec.preprocess
     return {"source": inputs.model, "arch": spec.arch, "drop": spec.drop, "keep": spec.num_blocks - spec.drop,
             "num_blocks": spec.num_blocks, "weights": spec.weights_name, "weights_label": weights_label(spec.weights),
-            "pool": spec.pool,
-            "image_size": p.image_size, "resize": p.resize, "in_chans": p.in_chans}
+            "pool": spec.pool, "image_size": p.image_size, "resize": p.resize, "in_chans": p.in_chans}
 
 
 def pooling(spec) -> str:
@@ -275,7 +272,7 @@ def probe_notes(result: dict, train, evaluated, curve) -> tuple[list[str], list[
                          f"predicts a constant")
     stuck = sum(b["unconverged"] for b in result["blocks"])
     if stuck:
-        warns.append(f"{stuck} logistic fits stopped at {MAX_ITER} Newton iterations before converging")
+        warns.append(f"{stuck} logistic fits stopped at {MAX_ITER} iterations before converging")
     seen = dict.fromkeys(w for e in curve for w in e["result"]["warnings"])
     return notes, warns + list(seen)
 

@@ -160,15 +160,13 @@ class Extractor:
     precision: str
 
     @torch.no_grad()
-    def table_features(self, table, infer, cache_dir=None, key_files=None, progress=None) -> list[np.ndarray]:
-        """One forward pass over ``table``'s images (the evaluation's loader and image cache): per kept block,
-        (rows, width) float16, in the table's row order."""
+    def table_features(self, table, infer, cache=None, progress=None) -> list[np.ndarray]:
+        """One forward pass over ``table``'s images (the evaluation's loader; ``cache``: an image cache holding
+        them): per kept block, (rows, width) float16, in the table's row order."""
         from chexcut.data.batches import XrayBatches, batch_order, make_loader
-        from chexcut.data.cache import open_cache
         from chexcut.models.infer import autocast
 
         pre = self.spec.preprocess
-        cache = open_cache(table.files, pre.image_size, pre.resize, cache_dir, key_files=key_files)
         ds = XrayBatches(table, pre.image_size, pre.resize, cache=cache)
         loader = make_loader(ds, batch_order(len(ds), infer.batch_size, False, 0, 0), infer.workers,
                              pin=self.device.type == "cuda")

@@ -41,12 +41,18 @@ def block_paths(arch: Arch) -> list[str]:
     return [paths[-1] for paths in arch.family.blocks]
 
 
-def block_modules(model: nn.Module, arch: Arch, drop: int) -> list[nn.Module]:
-    """The kept blocks of a chexcut model, in order (index 1 = block 1 of ``inspect``).
+def kept_block_paths(model: nn.Module, arch: Arch, drop: int) -> list[list[str]]:
+    """Each kept block's module paths in a chexcut model, block 1 first, as the family declares them (a DenseNet
+    block is its dense block and its transition; the last path is the block's output).
 
     A table family's truncated model (:class:`chexcut.models.surgery.ChexcutNet`) holds its blocks in
     ``model.blocks``; a whole model and a timm-pruned one keep the library's module paths."""
     if drop > 0 and arch.family.pruning == "table":
-        return list(model.blocks)
-    kept = arch.family.num_blocks - drop
-    return [model.get_submodule(p) for p in block_paths(arch)[:kept]]
+        return [[f"blocks.{i}"] for i in range(len(model.blocks))]
+    return [list(paths) for paths in arch.family.blocks[:arch.family.num_blocks - drop]]
+
+
+def block_modules(model: nn.Module, arch: Arch, drop: int) -> list[nn.Module]:
+    """The kept blocks of a chexcut model, in order (index 1 = block 1 of ``inspect``): the module whose output is
+    each block's output."""
+    return [model.get_submodule(paths[-1]) for paths in kept_block_paths(model, arch, drop)]

@@ -121,6 +121,7 @@ def collect(targets: list[Path], external: str | None = None) -> Collected:
 def run_result(rd: RunDir, cfg: dict, ev: Evaluation, ev_file: Path, external: str | None) -> RunResult:
     """One evaluated run as the report reads it: its configuration (model, weights, drop, adaptation, label
     budget), its evaluation (``ev``, read from ``ev_file``: eval.json or the ``external`` set's) and what it cost."""
+    from chexcut.evaluation.evaluation_set import rows_key
     from chexcut.models.anatomy_cache import cached_anatomy
     from chexcut.models.libraries import weights_meta
     from chexcut.models.registry import get_arch
@@ -136,11 +137,9 @@ def run_result(rd: RunDir, cfg: dict, ev: Evaluation, ev_file: Path, external: s
     except ChexcutError:
         macs = None
     mc, src = ev.mean_competition, ev.source
-    key = json.dumps({"data": src.get("data"), "split": src.get("split"), "level": ev.level,
-                      "n": ev.n, "options": {k: v for k, v in (src.get("options") or {}).items()
-                                                    if k in ("views", "uncertain", "blank", "csv")}},
-                     sort_keys=True)
+    key = rows_key(src.get("data"), src.get("split"), ev.level, ev.n, src.get("options"))
     preds = rd.predictions if external is None else rd.external_predictions(external)
+    adapt = str(cfg["train"].get("adapt", "full"))
     return RunResult(
         run_dir=rd.path, arch=arch.name, family=arch.family.name, weights=weights, drop=int(spec["drop"]),
         seed=int(cfg["train"]["seed"]), params=int(spec["params"]), macs=macs, top1=weights_meta(arch)["top1"],
@@ -149,9 +148,9 @@ def run_result(rd: RunDir, cfg: dict, ev: Evaluation, ev_file: Path, external: s
         predictions=preds if preds.is_file() else None, overlap=_overlapping(ev), bench=rd.read_bench(),
         subgroups=_subgroups(ev), calibration=figure_means(ev, "calibration"), figures=figure_means(ev, "labels"),
         readers=_readers(ev), eval_file=ev_file, label_figures=label_figures(ev),
-        label_fraction=float(cfg["train"].get("label_fraction", 1.0)), adapt=str(cfg["train"].get("adapt", "full")),
+        label_fraction=float(cfg["train"].get("label_fraction", 1.0)), adapt=adapt,
         trainable_params=_count((cfg.get("resolved") or {}).get("trainable_params"),
-                                int(spec["params"]) if cfg["train"].get("adapt", "full") == "full" else None),
+                                int(spec["params"]) if adapt == "full" else None),  # (recorded since --adapt)
         train_patients=_count((cfg.get("data") or {}).get("train_patients"), None))
 
 

@@ -30,9 +30,8 @@ Key = tuple[str, str, int, str, float]
 def main_arm(arms: set[tuple[str, float]]) -> tuple[str, float]:
     """The (adaptation, label fraction) the paper's findings are computed on: full fine-tuning on the largest
     budget when the study has it, else the adaptation named first in sorted order on its largest budget."""
-    full = [a for a in arms if a[0] == "full"]
-    pool = full or [a for a in arms if a[0] == min(x[0] for x in arms)]
-    return max(pool, key=lambda a: a[1])
+    adapt = "full" if any(a == "full" for a, _ in arms) else min(a for a, _ in arms)
+    return max((a for a in arms if a[0] == adapt), key=lambda a: a[1])
 
 
 def how_much(rows: dict[Key, dict], groups: dict[Key, list], tester, alpha: float, margin: float,
@@ -48,11 +47,11 @@ def how_much(rows: dict[Key, dict], groups: dict[Key, list], tester, alpha: floa
     best = max(ranked, key=lambda k: rows[k]["auroc"]) if ranked else None
     configurations = []
     for key, row in sorted(rows.items()):
-        cmp = tester.compare(groups[key], groups[best]) if best is not None and key != best else None
-        configurations.append({**row, "best": key == best, "delta_vs_best": cmp and cmp["delta"],
-                               "delta_ci_low": cmp and cmp["ci_low"], "delta_ci_high": cmp and cmp["ci_high"],
-                               "p_vs_best": cmp and cmp["p"], "p_noninferior_to_best": cmp and cmp.get("p_noninferiority"),
-                               "noninferior_to_best": True if key == best else (cmp and cmp.get("noninferior"))})
+        cmp = (tester.compare(groups[key], groups[best]) if best is not None and key != best else None) or {}
+        configurations.append({**row, "best": key == best, "delta_vs_best": cmp.get("delta"),
+                               "delta_ci_low": cmp.get("ci_low"), "delta_ci_high": cmp.get("ci_high"),
+                               "p_vs_best": cmp.get("p"), "p_noninferior_to_best": cmp.get("p_noninferiority"),
+                               "noninferior_to_best": True if key == best else cmp.get("noninferior")})
     target = target_auroc if target_auroc is not None else (rows[best]["auroc"] if best else None)
     return {"margin": margin, "alpha": alpha, "target_auroc": target,
             "target_note": "given (--target-auroc)" if target_auroc is not None else "the best configuration's AUROC",

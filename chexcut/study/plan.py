@@ -11,6 +11,7 @@ string. Every run lives in ``STUDY_DIR/runs/ID/`` (a finetune run directory) and
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ class Grid:
         from chexcut.training.adapt import parse_adapt
 
         adapts = tuple(str(parse_adapt(a)) for a in self.adapts)
-        fractions = tuple(float(check_fraction(f, "--label-fractions")) for f in self.label_fractions)
+        fractions = tuple(check_fraction(f, "--label-fractions") for f in self.label_fractions)
 
         for d in self.drops:
             check_bounds("drop", d, "--drops")
@@ -142,10 +143,10 @@ class Grid:
                             skipped.append(f"{arch} drop {d} --adapt {adapt} (it keeps {n_blocks - d} block"
                                        f"{'' if n_blocks - d == 1 else 's'})")
                             continue
-                        runs += [{"id": run_id(arch, weights_name(w), d, s, adapt, f), "arch": arch, "weights": w,
-                                  "drop": d, "adapt": adapt, "label_fraction": f, "seed": s,
-                                  "run_dir": f"runs/{run_id(arch, weights_name(w), d, s, adapt, f)}"}
-                                 for f in self.label_fractions for s in self.seeds]
+                        for f, s in itertools.product(self.label_fractions, self.seeds):
+                            rid = run_id(arch, weights_name(w), d, s, adapt, f)
+                            runs.append({"id": rid, "arch": arch, "weights": w, "drop": d, "adapt": adapt,
+                                         "label_fraction": f, "seed": s, "run_dir": f"runs/{rid}"})
         return runs, skipped
 
 

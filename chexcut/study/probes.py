@@ -10,7 +10,6 @@ the features that truncation keeps, and trains only a linear head on them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from chexcut.errors import ChexcutError
@@ -35,11 +34,12 @@ def find_probes(targets: list[Path]) -> list[Path]:
 
 
 def eval_key(probe: dict) -> str:
-    """The evaluation rows of a probe, as :func:`chexcut.study.collect.run_result` keys a run's evaluation."""
-    data, stats = probe["data"], probe["settings"]["statistics"]
-    options = {k: data.get(k) for k in ("views", "uncertain", "blank", "csv") if k in data}
-    return json.dumps({"data": data["dir"], "split": data["split"], "level": stats.get("level", "study"),
-                       "n": data["evaluation_rows"], "options": options}, sort_keys=True)
+    """The evaluation rows of a probe, keyed as a run's evaluation is (its data options are in ``data``)."""
+    from chexcut.evaluation.evaluation_set import rows_key
+
+    data = probe["data"]
+    return rows_key(data["dir"], data["split"], probe["settings"]["statistics"].get("level", "study"),
+                    data["evaluation_rows"], data)
 
 
 def probes_beside(targets: list[Path], rows: list[dict], run_key: str | None,

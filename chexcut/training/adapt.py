@@ -85,14 +85,11 @@ def head_parameters(model, blocks: list[set[int]]) -> set[int]:
 
 
 def kept_block_paths(model, spec) -> list[list[str]]:
-    """Each kept block's module paths, block 1 first, as the family declares them (a DenseNet block is its dense
-    block and its transition); a table family's truncated model holds them in ``model.blocks``."""
+    """Each kept block's module paths, block 1 first (:func:`chexcut.models.backbone.kept_block_paths`)."""
+    from chexcut.models import backbone
     from chexcut.models.registry import get_arch
 
-    arch = get_arch(spec.arch)
-    if spec.drop > 0 and arch.family.pruning == "table":
-        return [[f"blocks.{i}"] for i in range(len(model.blocks))]
-    return [list(paths) for paths in arch.family.blocks[:arch.family.num_blocks - spec.drop]]
+    return backbone.kept_block_paths(model, get_arch(spec.arch), spec.drop)
 
 
 def kept_block_parameters(model, spec) -> list[set[int]]:
